@@ -1,0 +1,389 @@
+//! Accounts: who may register, how passwords are checked, and what a login costs.
+//!
+//! * User names follow one regex and are compared without case (they are lower-cased
+//!   before anything else, so `Alice` and `alice` are the same account).
+//! * Password rules are a table of simple regexes (the `regex` crate has no look-ahead),
+//!   and a rejection lists every rule that failed.
+//! * Passwords are stored only as bcrypt hashes. bcrypt reads at most 72 bytes and would
+//!   silently ignore the rest, so longer passwords are refused rather than truncated.
+//! * A login for an unknown user verifies against a dummy hash of the same cost, so the
+//!   answer takes as long as for a wrong password and says the same thing.
+//! * bcrypt runs behind a small pool of permits: a storm of logins queues instead of
+//!   starving every other thread of CPU.
+
+use std::sync::{Condvar, Mutex, PoisonError};
+
+use regex::Regex;
+use std::sync::LazyLock;
+
+use crate::error::Result;
+use crate::store::{Created, Store};
+
+/// bcrypt's input limit in bytes; anything after it would be ignored.
+pub const BCRYPT_MAX_PASSWORD_BYTES: usize = 72;
+
+/// The user-name rule: a letter, then letters, digits or `_`; 3 to 32 characters. Short
+/// enough to show in a chat line, ASCII so that look-alike names cannot be registered.
+static USERNAME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[a-z][a-z0-9_]{2,31}$").unwrap_or_else(|e| panic!("bad built-in regex: {e}"))
+});
+
+/// Human description of the user-name rule, shown on rejection.
+pub const USERNAME_RULE: &str =
+    "3-32 characters: a letter first, then letters, digits or underscores";
+
+/// A password rule: a pattern that must (or must not) match, and what it means.
+struct PasswordRule {
+    pattern: Regex,
+    must_match: bool,
+    description: &'static str,
+}
+
+/// The password rules, each a simple regex, checked in order.
+static PASSWORD_RULES: LazyLock<Vec<PasswordRule>> = LazyLock::new(|| {
+    let rule = |pattern: &str, must_match, description| PasswordRule {
+        pattern: Regex::new(pattern).unwrap_or_else(|e| panic!("bad built-in regex: {e}")),
+        must_match,
+        description,
+    };
+    vec![
+        rule(r"^.{8,}$", true, "at least 8 characters"),
+        rule(r"\p{Lu}", true, "an upper-case letter"),
+        rule(r"\p{Ll}", true, "a lower-case letter"),
+        rule(r"\p{Nd}", true, "a digit"),
+        rule(r"^\s|\s$", false, "no space at the start or end"),
+    ]
+});
+
+/// Passwords that pass every rule above and are still among the first an attacker tries.
+const COMMON_PASSWORDS: &[&str] = &[
+    "password1",
+    "password123",
+    "passw0rd",
+    "p@ssw0rd",
+    "qwerty123",
+    "welcome1",
+    "welcome123",
+    "admin123",
+    "letmein1",
+    "iloveyou1",
+    "abc12345",
+    "abcd1234",
+    "changeme1",
+    "securechat1",
+];
+
+/// Lower-cases and checks a user name. Returns the canonical name, or the rule it broke.
+pub fn normalize_username(user: &str) -> Result<String, String> {
+    let lower = user.to_lowercase();
+    if USERNAME.is_match(&lower) {
+        Ok(lower)
+    } else {
+        Err(format!("user name must be {USERNAME_RULE}"))
+    }
+}
+
+/// Every password rule that `password` breaks for the (canonical) user name `user`; empty
+/// when the password is acceptable.
+pub fn password_problems(user: &str, password: &str) -> Vec<&'static str> {
+    let mut problems: Vec<&'static str> = PASSWORD_RULES
+        .iter()
+        .filter(|rule| rule.pattern.is_match(password) != rule.must_match)
+        .map(|rule| rule.description)
+        .collect();
+    let lower = password.to_lowercase();
+    if !user.is_empty() && lower.contains(&user.to_lowercase()) {
+        problems.push("must not contain the user name");
+    }
+    if password.len() > BCRYPT_MAX_PASSWORD_BYTES {
+        problems.push("at most 72 bytes (bcrypt ignores anything longer)");
+    }
+    if COMMON_PASSWORDS.contains(&lower.as_str()) {
+        problems.push("not a commonly used password");
+    }
+    problems
+}
+
+/// Why a registration was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterError {
+    /// The name breaks the naming rule.
+    BadUsername(String),
+    /// The password breaks these rules.
+    WeakPassword(Vec<&'static str>),
+    /// The name is taken.
+    Exists,
+    /// The database refused the write; the account was not created.
+    Storage(String),
+}
+
+/// Why a login was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginError {
+    /// Unknown user or wrong password: deliberately indistinguishable.
+    Invalid,
+    /// The database could not be read.
+    Storage(String),
+}
+
+/// Registration and login, with bounded bcrypt concurrency.
+pub struct Accounts {
+    /// Where accounts live.
+    store: Store,
+    /// bcrypt work factor for new hashes (each step doubles the cost).
+    cost: u32,
+    /// A hash of a random password at `cost`, verified for unknown users so that a login
+    /// attempt costs the same whether or not the account exists.
+    dummy_hash: String,
+    /// Bounds concurrent bcrypt computations.
+    permits: Permits,
+}
+
+impl Accounts {
+    /// Wraps a store. `cost` is the bcrypt cost; `max_concurrent` bounds simultaneous
+    /// bcrypt computations (the number of CPU cores is a good value).
+    pub fn new(store: Store, cost: u32, max_concurrent: usize) -> Result<Accounts> {
+        let mut random = [0u8; 18];
+        aws_lc_rs::rand::fill(&mut random[..])
+            .map_err(|_| crate::Error::Config("the system random generator failed".into()))?;
+        let dummy_hash = bcrypt::hash(random, cost)
+            .map_err(|e| crate::Error::Config(format!("bcrypt cost {cost} is not usable: {e}")))?;
+        Ok(Accounts {
+            store,
+            cost,
+            dummy_hash,
+            permits: Permits::new(max_concurrent.max(1)),
+        })
+    }
+
+    /// The underlying store (identity keys, counters).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Creates an account after checking the rules. Returns the canonical user name.
+    pub fn register(&self, user: &str, password: &str) -> Result<String, RegisterError> {
+        let user = normalize_username(user).map_err(RegisterError::BadUsername)?;
+        let problems = password_problems(&user, password);
+        if !problems.is_empty() {
+            return Err(RegisterError::WeakPassword(problems));
+        }
+        // Cheap early answer; the insert below is the authority (two racing registrations).
+        if matches!(self.store.password_hash(&user), Ok(Some(_))) {
+            return Err(RegisterError::Exists);
+        }
+        let hash = {
+            let _permit = self.permits.acquire();
+            bcrypt::hash(password, self.cost).map_err(|e| RegisterError::Storage(e.to_string()))?
+        };
+        match self.store.create_account(&user, &hash) {
+            Ok(Created::Yes) => Ok(user),
+            Ok(Created::AlreadyExists) => Err(RegisterError::Exists),
+            Err(e) => Err(RegisterError::Storage(e.to_string())),
+        }
+    }
+
+    /// Checks a user name and password. Returns the canonical user name.
+    pub fn login(&self, user: &str, password: &str) -> Result<String, LoginError> {
+        let user = normalize_username(user).ok();
+        let stored = match &user {
+            Some(name) => self
+                .store
+                .password_hash(name)
+                .map_err(|e| LoginError::Storage(e.to_string()))?,
+            None => None,
+        };
+        let verified = {
+            let _permit = self.permits.acquire();
+            let hash = stored.as_deref().unwrap_or(&self.dummy_hash);
+            // bcrypt would ignore bytes past 72; such a password was never accepted at
+            // registration, so it cannot be right. Verify anyway to keep the cost equal.
+            let ok = bcrypt::verify(password, hash).unwrap_or(false);
+            ok && stored.is_some() && password.len() <= BCRYPT_MAX_PASSWORD_BYTES
+        };
+        match (verified, user) {
+            (true, Some(user)) => {
+                if let Err(e) = self.store.record_login(&user) {
+                    log::warn!("could not record login time for {user}: {e}");
+                }
+                Ok(user)
+            }
+            _ => Err(LoginError::Invalid),
+        }
+    }
+}
+
+/// A counting semaphore: at most `n` holders at once, the rest wait in line.
+struct Permits {
+    /// Permits not currently held.
+    available: Mutex<usize>,
+    /// Wakes a waiter when a permit comes back.
+    returned: Condvar,
+}
+
+impl Permits {
+    fn new(n: usize) -> Permits {
+        Permits {
+            available: Mutex::new(n),
+            returned: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) -> PermitGuard<'_> {
+        let mut available = self
+            .available
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while *available == 0 {
+            available = self
+                .returned
+                .wait(available)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *available -= 1;
+        PermitGuard { permits: self }
+    }
+}
+
+/// Returns its permit when dropped.
+struct PermitGuard<'a> {
+    permits: &'a Permits,
+}
+
+impl Drop for PermitGuard<'_> {
+    fn drop(&mut self) {
+        let mut available = self
+            .permits
+            .available
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *available += 1;
+        self.permits.returned.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names_are_lower_cased_and_checked() {
+        assert_eq!(normalize_username("Alice_1").unwrap(), "alice_1");
+        for bad in [
+            "al",
+            "1alice",
+            "alice!",
+            "",
+            "a".repeat(33).as_str(),
+            "élise",
+        ] {
+            assert!(normalize_username(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_good_password_passes() {
+        assert!(password_problems("alice", "Correct horse 9").is_empty());
+    }
+
+    #[test]
+    fn every_broken_rule_is_listed() {
+        let problems = password_problems("alice", "abc");
+        assert_eq!(
+            problems,
+            vec!["at least 8 characters", "an upper-case letter", "a digit"]
+        );
+        assert_eq!(
+            password_problems("alice", "ABCDEFGH1"),
+            vec!["a lower-case letter"]
+        );
+        assert_eq!(
+            password_problems("alice", "xAlice123"),
+            vec!["must not contain the user name"]
+        );
+        assert_eq!(
+            password_problems("bob", " Padded123"),
+            vec!["no space at the start or end"]
+        );
+        assert_eq!(
+            password_problems("bob", "Password1"),
+            vec!["not a commonly used password"]
+        );
+        let long = format!("Aa1{}", "x".repeat(70));
+        assert_eq!(
+            password_problems("bob", &long),
+            vec!["at most 72 bytes (bcrypt ignores anything longer)"]
+        );
+    }
+
+    #[test]
+    fn length_counts_characters_not_bytes() {
+        // Seven characters, more than eight bytes.
+        assert!(password_problems("bob", "Ééééé1x").contains(&"at least 8 characters"));
+    }
+
+    fn accounts() -> (tempfile::TempDir, Accounts) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, Accounts::new(store, 4, 2).unwrap())
+    }
+
+    #[test]
+    fn register_then_login() {
+        let (_dir, accounts) = accounts();
+        assert_eq!(
+            accounts.register("Alice", "Sturdy pass 1").unwrap(),
+            "alice"
+        );
+        assert_eq!(accounts.login("ALICE", "Sturdy pass 1").unwrap(), "alice");
+        assert_eq!(
+            accounts.login("alice", "Sturdy pass 2"),
+            Err(LoginError::Invalid)
+        );
+        assert_eq!(
+            accounts.login("nobody", "Sturdy pass 1"),
+            Err(LoginError::Invalid)
+        );
+        assert_eq!(
+            accounts.login("x!", "Sturdy pass 1"),
+            Err(LoginError::Invalid)
+        );
+        assert_eq!(accounts.login("alice", ""), Err(LoginError::Invalid));
+        assert_eq!(
+            accounts.register("alice", "Sturdy pass 1"),
+            Err(RegisterError::Exists)
+        );
+    }
+
+    #[test]
+    fn only_a_bcrypt_hash_is_stored() {
+        let (_dir, accounts) = accounts();
+        accounts.register("carol", "Sturdy pass 1").unwrap();
+        let hash = accounts.store().password_hash("carol").unwrap().unwrap();
+        assert!(hash.starts_with("$2b$04$"), "{hash}");
+        assert!(!hash.contains("Sturdy"));
+    }
+
+    #[test]
+    fn permits_bound_concurrency() {
+        let permits = std::sync::Arc::new(Permits::new(2));
+        let inside = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (permits, inside, peak) = (permits.clone(), inside.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    let _p = permits.acquire();
+                    let now = inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+}

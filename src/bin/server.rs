@@ -1,0 +1,133 @@
+//! The securechat server.
+//!
+//! Usage: `cargo run --bin server -- [--listen ADDR] [--data-dir DIR] [--cert FILE --key FILE]`
+//!
+//! With no certificate given it uses (and on first start creates) a development CA and
+//! server certificate in `certs/`; clients started from the same directory trust it.
+//! Stops cleanly on Ctrl-C or SIGTERM. `--help` lists every limit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use securechat::server::{self, Config, Limits, Server};
+use securechat::{logging, tls};
+
+/// A TLS chat server with end-to-end encrypted private messages.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address and port to listen on.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: SocketAddr,
+    /// Directory for the account database.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// PEM certificate chain (leaf first). Without it a development certificate is used.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key for --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Where the development CA and certificate live (made on first start).
+    #[arg(long, default_value = "certs")]
+    certs_dir: PathBuf,
+    /// bcrypt cost for new password hashes (each step doubles the work).
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
+    bcrypt_cost: u32,
+    /// Largest frame (line) a client may send, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_frame)]
+    max_frame: usize,
+    /// Seconds allowed for the TLS handshake.
+    #[arg(long, default_value_t = Limits::default().handshake_timeout.as_secs())]
+    handshake_timeout: u64,
+    /// Seconds allowed from connecting to logging in.
+    #[arg(long, default_value_t = Limits::default().login_timeout.as_secs())]
+    login_timeout: u64,
+    /// Seconds a logged-in client may stay silent (clients ping to stay connected).
+    #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs())]
+    idle_timeout: u64,
+    /// Connections served at once.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// Connections from one IP address at once (0 = no limit).
+    #[arg(long, default_value_t = Limits::default().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+    /// Bytes that may wait for one client before it is disconnected as not reading.
+    #[arg(long, default_value_t = Limits::default().outbound_queue_bytes)]
+    queue_bytes: usize,
+    /// bcrypt computations at once (default: the number of CPU cores).
+    #[arg(long, default_value_t = Limits::default().bcrypt_concurrency)]
+    bcrypt_concurrency: usize,
+}
+
+fn main() -> ExitCode {
+    logging::init();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> securechat::Result<()> {
+    let (cert, key) = match (args.cert, args.key) {
+        (Some(cert), Some(key)) => (cert, key),
+        _ => {
+            let dev = tls::ensure_dev_certificates(&args.certs_dir)?;
+            log::info!(
+                "development certificate ({}): {}; clients trust the CA {} \
+                 (SHA-256 fingerprint {})",
+                dev.action,
+                dev.cert.display(),
+                dev.ca.display(),
+                dev.ca_fingerprint
+            );
+            (dev.cert, dev.key)
+        }
+    };
+    let (chain, key) = tls::load_identity(&cert, &key)?;
+    let limits = Limits {
+        max_frame: args.max_frame,
+        handshake_timeout: Duration::from_secs(args.handshake_timeout),
+        login_timeout: Duration::from_secs(args.login_timeout),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
+        outbound_queue_bytes: args.queue_bytes,
+        bcrypt_concurrency: args.bcrypt_concurrency,
+    };
+    match server::raise_open_file_limit() {
+        Ok(n) if (n as usize) < limits.max_connections + 64 => log::warn!(
+            "open-file limit is {n}: fewer than --max-connections {} allows",
+            limits.max_connections
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
+    }
+    let server = Server::start(Config {
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+        tls: tls::server_config(chain, key)?,
+        bcrypt_cost: args.bcrypt_cost,
+        limits,
+    })?;
+    log::info!(
+        "securechat listening on {} (TLS 1.3/1.2; data in {})",
+        server.local_addr(),
+        args.data_dir.display()
+    );
+    let handle = server.shutdown_handle();
+    ctrlc::set_handler(move || {
+        log::info!("shutdown requested");
+        handle.trigger();
+    })
+    .map_err(|e| securechat::Error::Config(format!("cannot install signal handler: {e}")))?;
+    server.wait();
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! A TLS connection over a blocking `TcpStream` that one thread reads while another writes.
+//!
+//! rustls has no split into read and write halves, and a `Mutex<StreamOwned>` deadlocks (a
+//! blocked `read` would hold the lock). [`TlsStream`] keeps the rustls state behind a short
+//! lock instead:
+//!
+//! * the reader does a plain socket `read` with no lock held, then locks to feed the bytes
+//!   to rustls (`read_tls` → `process_new_packets` → drain plaintext);
+//! * a writer locks to encrypt plaintext and take the TLS records out (`write_tls` into a
+//!   buffer), releases it, and only then writes the socket.
+//!
+//! Invariant: **the TLS lock is never held across a socket call.** Socket writes are
+//! serialised by a second lock, `write_lock`, taken before the TLS lock, so records leave
+//! in the order rustls produced them even when the reader has to send something (an alert,
+//! a key update) while the writer is busy.
+//! Both the server and the client use this type.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::frame::LineBuffer;
+
+/// What one read from the socket amounted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Bytes arrived (possibly no complete plaintext yet); keep reading.
+    Open,
+    /// The peer closed the connection: a TLS `close_notify` or end of the TCP stream.
+    Closed,
+}
+
+/// A TLS session over a socket, shared between a reading and a writing thread.
+pub struct TlsStream {
+    /// The rustls state machine. Never held across a socket call.
+    tls: Mutex<rustls::Connection>,
+    /// The socket. Reads take no lock; writes happen only under `write_lock`.
+    socket: TcpStream,
+    /// Serialises socket writes so TLS records are sent in the order they were produced.
+    /// Lock order: `write_lock` before `tls`.
+    write_lock: Mutex<()>,
+}
+
+impl TlsStream {
+    /// Runs the TLS handshake on `socket`, giving up at `deadline`, and returns the
+    /// connection ready for use. A peer that is silent, slow, or not speaking TLS at all
+    /// fails here; on a protocol error rustls's alert is sent before returning.
+    pub fn handshake(
+        conn: impl Into<rustls::Connection>,
+        socket: TcpStream,
+        deadline: Instant,
+    ) -> Result<TlsStream> {
+        let mut conn = conn.into();
+        let mut socket = socket;
+        while conn.is_handshaking() {
+            while conn.wants_write() {
+                set_timeouts(&socket, deadline)?;
+                conn.write_tls(&mut socket)?;
+            }
+            if !conn.is_handshaking() {
+                break;
+            }
+            set_timeouts(&socket, deadline)?;
+            let n = conn.read_tls(&mut socket).map_err(timeout_as_error)?;
+            if n == 0 {
+                return Err(Error::Protocol(
+                    "connection closed during the TLS handshake".into(),
+                ));
+            }
+            if let Err(e) = conn.process_new_packets() {
+                // Best effort: tell the peer why (rustls queued an alert).
+                let _ = conn.write_tls(&mut socket);
+                return Err(e.into());
+            }
+        }
+        while conn.wants_write() {
+            set_timeouts(&socket, deadline)?;
+            conn.write_tls(&mut socket)?;
+        }
+        // Writes are bounded by what the writer batches, not by rustls's buffer limit:
+        // a batch is encrypted and taken out at once, so the buffer never builds up.
+        conn.set_buffer_limit(None);
+        socket.set_write_timeout(None)?;
+        socket.set_read_timeout(None)?;
+        Ok(TlsStream {
+            tls: Mutex::new(conn),
+            socket,
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    /// The underlying socket, for setting timeouts and addresses. Do not read or write it.
+    pub fn socket(&self) -> &TcpStream {
+        &self.socket
+    }
+
+    /// Moves plaintext that rustls already holds into `lines` without touching the socket.
+    /// Call once after the handshake: a peer may send its first frames together with its
+    /// last handshake message.
+    pub fn take_buffered(&self, lines: &mut LineBuffer) -> Result<ReadOutcome> {
+        let mut tls = self.lock_tls();
+        let (_, ended) = lines.fill_from(&mut tls.reader())?;
+        Ok(if ended {
+            ReadOutcome::Closed
+        } else {
+            ReadOutcome::Open
+        })
+    }
+
+    /// Blocks for one socket read, decrypts what arrived and appends the plaintext to
+    /// `lines`. `scratch` receives the raw bytes; its size bounds one read.
+    pub fn read_some(&self, scratch: &mut [u8], lines: &mut LineBuffer) -> Result<ReadOutcome> {
+        let n = match (&self.socket).read(scratch) {
+            Ok(0) => return Ok(ReadOutcome::Closed),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(ReadOutcome::Open),
+            Err(e) => return Err(e.into()),
+        };
+        let mut received = &scratch[..n];
+        let mut outcome = ReadOutcome::Open;
+        let wants_write;
+        {
+            let mut tls = self.lock_tls();
+            while !received.is_empty() {
+                tls.read_tls(&mut received)?;
+                if let Err(e) = tls.process_new_packets() {
+                    drop(tls);
+                    // Send rustls's alert so the peer learns why; the error is what matters.
+                    let _ = self.flush();
+                    return Err(e.into());
+                }
+                // Drain after every `process_new_packets` so plaintext never piles up
+                // inside rustls (its buffer is bounded and would refuse more records).
+                let (_, ended) = lines.fill_from(&mut tls.reader())?;
+                if ended {
+                    outcome = ReadOutcome::Closed;
+                    break;
+                }
+            }
+            wants_write = tls.wants_write();
+        }
+        if wants_write {
+            self.flush()?;
+        }
+        Ok(outcome)
+    }
+
+    /// Encrypts `plaintext` and writes it to the socket. `scratch` holds the TLS records
+    /// between the two steps; pass the same buffer each time to reuse its allocation.
+    pub fn send(&self, plaintext: &[u8], scratch: &mut Vec<u8>) -> Result<()> {
+        let _writing = self.lock_write();
+        {
+            let mut tls = self.lock_tls();
+            tls.writer().write_all(plaintext)?;
+            drain_tls(&mut tls, scratch)?;
+        }
+        self.write_socket(scratch)
+    }
+
+    /// Writes out whatever TLS data rustls has queued (alerts, key updates).
+    pub fn flush(&self) -> Result<()> {
+        let _writing = self.lock_write();
+        let mut records = Vec::new();
+        drain_tls(&mut self.lock_tls(), &mut records)?;
+        self.write_socket(&mut records)
+    }
+
+    /// Sends a TLS `close_notify` (best effort) and shuts the socket down both ways, which
+    /// also wakes a thread blocked reading it.
+    pub fn close(&self) {
+        {
+            let _writing = self.lock_write();
+            let mut records = Vec::new();
+            let drained = {
+                let mut tls = self.lock_tls();
+                tls.send_close_notify();
+                drain_tls(&mut tls, &mut records)
+            };
+            if drained.is_ok() {
+                // Best effort: the peer may already be gone.
+                let _ = self.write_socket(&mut records);
+            }
+        }
+        self.shutdown_socket();
+    }
+
+    /// Shuts the socket down both ways without a TLS goodbye. Never blocks: this is what
+    /// the router uses to evict a client whose writer may be stuck on a full socket.
+    pub fn shutdown_socket(&self) {
+        // Fails only if the socket is already shut down, which is the goal.
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+
+    /// The negotiated protocol version and key-exchange group, for logs.
+    pub fn describe(&self) -> String {
+        let tls = self.lock_tls();
+        let version = tls
+            .protocol_version()
+            .map_or_else(|| "?".to_owned(), |v| format!("{v:?}"));
+        let group = tls
+            .negotiated_key_exchange_group()
+            .map_or_else(|| "?".to_owned(), |g| format!("{:?}", g.name()));
+        let suite = tls
+            .negotiated_cipher_suite()
+            .map_or_else(|| "?".to_owned(), |s| format!("{:?}", s.suite()));
+        format!("{version}, {suite}, {group}")
+    }
+
+    fn write_socket(&self, records: &mut Vec<u8>) -> Result<()> {
+        if !records.is_empty() {
+            (&self.socket).write_all(records)?;
+            records.clear();
+        }
+        Ok(())
+    }
+
+    fn lock_tls(&self) -> MutexGuard<'_, rustls::Connection> {
+        // A panic elsewhere cannot leave rustls half-updated in a way that matters here:
+        // the next TLS call reports any inconsistency as an error.
+        self.tls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_write(&self) -> MutexGuard<'_, ()> {
+        self.write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Moves every queued TLS record from rustls into `out`.
+fn drain_tls(tls: &mut rustls::Connection, out: &mut Vec<u8>) -> Result<()> {
+    while tls.wants_write() {
+        tls.write_tls(out)?;
+    }
+    Ok(())
+}
+
+/// Sets the socket's read and write timeouts to the time left until `deadline`.
+fn set_timeouts(socket: &TcpStream, deadline: Instant) -> Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(Error::Protocol("timed out during the TLS handshake".into()));
+    }
+    socket.set_read_timeout(Some(left))?;
+    socket.set_write_timeout(Some(left))?;
+    Ok(())
+}
+
+/// Turns a socket timeout into a readable error.
+fn timeout_as_error(e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            Error::Protocol("timed out during the TLS handshake".into())
+        }
+        _ => Error::Io(e),
+    }
+}

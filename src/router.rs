@@ -1,0 +1,259 @@
+//! The router: one thread that owns who is online and moves frames between them.
+//!
+//! Per-client reader threads send it [`Event`]s over one crossbeam channel; it answers by
+//! pushing frames into clients' [`Outbox`]es. It never touches a socket for reading or
+//! writing and never blocks on a client: a push into a full outbox evicts that client
+//! (its queue is over its byte bound because it stopped reading) and everyone else carries
+//! on. Because every frame for a logged-in client goes through here, replies reach a
+//! client in the order it sent its requests.
+//!
+//! Presence (`ONLINE`/`OFFLINE`) is told to a user's *contacts* — the users it exchanged
+//! private messages with since logging in — rather than to everyone: broadcasting every
+//! login to every user costs O(n²) with 10,000 users online, and contacts are who needs to
+//! know (their end-to-end session with that user must be renewed).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+
+use crate::outbox::{Line, Outbox};
+
+/// Identifies one connection for the lifetime of the server.
+pub type ConnId = u64;
+
+/// At most this many names in one `OK LIST` reply, so the reply stays a reasonable frame
+/// with thousands online; the reply also carries the total.
+pub const LIST_MAX_NAMES: usize = 500;
+
+/// What a client thread tells the router.
+pub enum Event {
+    /// A connection authenticated as `user`. If `user` was already online, that older
+    /// session is told and closed: the newest login wins.
+    LoggedIn {
+        id: ConnId,
+        user: Arc<str>,
+        outbox: Outbox,
+    },
+    /// Requests from one read of a logged-in connection, in order.
+    Requests {
+        id: ConnId,
+        user: Arc<str>,
+        requests: Vec<Routed>,
+    },
+    /// A logged-in connection ended. The router sends `farewell` (if any) after whatever
+    /// it still had for the client, then closes the outbox, so nothing queued is lost.
+    LoggedOut {
+        id: ConnId,
+        user: Arc<str>,
+        outbox: Outbox,
+        farewell: Option<Line>,
+    },
+    /// The server is stopping: say goodbye to everyone and exit.
+    Shutdown,
+}
+
+/// A request the router carries out for a logged-in user.
+pub enum Routed {
+    /// Deliver `line` (a complete `FROM <sender> <payload>` frame) to `to`.
+    Direct { to: Box<str>, line: Vec<u8> },
+    /// Deliver `line` (a complete `ROOM <sender> <text>` frame) to everyone else.
+    Room { line: Arc<[u8]> },
+    /// Reply with who is online.
+    List,
+    /// Send this reply to the requester, in order with the router's own replies.
+    Reply(Line),
+}
+
+/// A logged-in user as the router sees it.
+struct Online {
+    /// The connection currently logged in as this user.
+    id: ConnId,
+    /// Where its frames go.
+    outbox: Outbox,
+    /// Users it exchanged private messages with; told when it leaves.
+    contacts: HashSet<Arc<str>>,
+    /// The last user it sent a private message to, to skip the contact-set update on the
+    /// hot path of a conversation.
+    last_to: Option<Arc<str>>,
+}
+
+/// The router's state. Owned by the router thread alone.
+#[derive(Default)]
+pub struct Router {
+    /// Everyone logged in, by canonical user name.
+    online: HashMap<Arc<str>, Online>,
+}
+
+impl Router {
+    /// Runs until `Event::Shutdown` arrives or every sender is gone. (Connections are told
+    /// about a shutdown by the server, which reaches the ones not logged in too.)
+    pub fn run(mut self, events: Receiver<Event>) {
+        while let Ok(event) = events.recv() {
+            if !self.handle(event) {
+                break;
+            }
+        }
+    }
+
+    /// Applies one event. Returns `false` when the router should stop.
+    fn handle(&mut self, event: Event) -> bool {
+        match event {
+            Event::LoggedIn { id, user, outbox } => self.logged_in(id, user, outbox),
+            Event::Requests { id, user, requests } => {
+                for request in requests {
+                    self.request(id, &user, request);
+                }
+            }
+            Event::LoggedOut {
+                id,
+                user,
+                outbox,
+                farewell,
+            } => {
+                if self.online.get(&user).is_some_and(|o| o.id == id) {
+                    self.remove(&user);
+                    if let Some(line) = farewell {
+                        let _ = outbox.push(line);
+                    }
+                }
+                outbox.close();
+            }
+            Event::Shutdown => return false,
+        }
+        true
+    }
+
+    fn logged_in(&mut self, id: ConnId, user: Arc<str>, outbox: Outbox) {
+        if self.online.contains_key(&user) {
+            // Take-over: the old session is told why, then closed after the message.
+            if let Some(old) = self.remove(&user) {
+                log::info!("{user}: logged in again from another connection; closing the old one");
+                let _ = old.outbox.push(Line::from(
+                    "BYE replaced: you logged in from another connection\n".to_owned(),
+                ));
+                old.outbox.close();
+            }
+        }
+        let ok = Line::from(format!("OK LOGIN {user}\n"));
+        if outbox.push(ok).is_err() {
+            outbox.evict();
+            return;
+        }
+        self.online.insert(
+            user,
+            Online {
+                id,
+                outbox,
+                contacts: HashSet::new(),
+                last_to: None,
+            },
+        );
+    }
+
+    fn request(&mut self, id: ConnId, user: &Arc<str>, request: Routed) {
+        // A request from a session that was replaced (or evicted) is dropped.
+        if !self.online.get(user).is_some_and(|o| o.id == id) {
+            return;
+        }
+        match request {
+            Routed::Direct { to, line } => self.direct(user, &to, line),
+            Routed::Room { line } => {
+                let mut full = Vec::new();
+                for (name, client) in &self.online {
+                    if name != user && client.outbox.push(Line::Shared(line.clone())).is_err() {
+                        full.push(name.clone());
+                    }
+                }
+                for name in full {
+                    self.evict(&name);
+                }
+            }
+            Routed::List => {
+                let mut names: Vec<&str> = self.online.keys().map(|k| &**k).collect();
+                names.sort_unstable();
+                let total = names.len();
+                names.truncate(LIST_MAX_NAMES);
+                let reply = format!("OK LIST {total} {}\n", names.join(" "));
+                self.send(user, Line::from(reply));
+            }
+            Routed::Reply(line) => self.send(user, line),
+        }
+    }
+
+    /// Delivers a private frame, or tells the sender the recipient is not online.
+    fn direct(&mut self, from: &Arc<str>, to: &str, line: Vec<u8>) {
+        let Some((to_name, recipient)) = self.online.get_key_value(to) else {
+            let reply = format!("ERR MSG offline {to} {to} is not online\n");
+            self.send(from, Line::from(reply));
+            return;
+        };
+        let to_name = to_name.clone();
+        if recipient.outbox.push(Line::Owned(line)).is_err() {
+            self.evict(&to_name);
+            let reply = format!("ERR MSG offline {to} {to} is not online\n");
+            self.send(from, Line::from(reply));
+            return;
+        }
+        self.note_contact(from, &to_name);
+    }
+
+    /// Records that `from` and `to` are in a conversation, so each hears when the other
+    /// leaves.
+    fn note_contact(&mut self, from: &Arc<str>, to: &Arc<str>) {
+        let Some(sender) = self.online.get_mut(from) else {
+            return;
+        };
+        if sender.last_to.as_ref() == Some(to) {
+            return;
+        }
+        sender.last_to = Some(to.clone());
+        if sender.contacts.insert(to.clone()) {
+            if let Some(recipient) = self.online.get_mut(to) {
+                recipient.contacts.insert(from.clone());
+            }
+        }
+    }
+
+    /// Sends a reply to `user`, evicting it if its queue is full.
+    fn send(&mut self, user: &Arc<str>, line: Line) {
+        if let Some(client) = self.online.get(user) {
+            if client.outbox.push(line).is_err() {
+                self.evict(&user.clone());
+            }
+        }
+    }
+
+    /// Disconnects a client whose queue is full: it stopped reading.
+    fn evict(&mut self, user: &Arc<str>) {
+        if let Some(client) = self.remove(user) {
+            log::warn!(
+                "{user}: disconnected, outbound queue full ({} bytes queued): the client stopped reading",
+                client.outbox.queued()
+            );
+            client.outbox.evict();
+        }
+    }
+
+    /// Takes `user` off the online map and tells its contacts.
+    fn remove(&mut self, user: &Arc<str>) -> Option<Online> {
+        let client = self.online.remove(user)?;
+        let notice: Arc<[u8]> = Arc::from(format!("OFFLINE {user}\n").into_bytes());
+        let mut full = Vec::new();
+        for contact in &client.contacts {
+            if let Some(other) = self.online.get_mut(contact) {
+                other.contacts.remove(user);
+                if other.last_to.as_ref() == Some(user) {
+                    other.last_to = None;
+                }
+                if other.outbox.push(Line::Shared(notice.clone())).is_err() {
+                    full.push(contact.clone());
+                }
+            }
+        }
+        for name in full {
+            self.evict(&name);
+        }
+        Some(client)
+    }
+}

@@ -1,0 +1,412 @@
+//! The server: configuration and limits, the accept loop, connection admission, and an
+//! explicit shutdown.
+//!
+//! Threads: one accept loop, one router, and a reader plus a writer per connection (see
+//! [`crate::session`]). [`Server::start`] binds and returns at once, so tests run a real
+//! server in-process on `127.0.0.1:0`; `src/bin/server.rs` is a thin wrapper around it.
+//!
+//! Shutdown: [`ShutdownHandle::trigger`] (from Ctrl-C/SIGTERM, or a test) stops the accept
+//! loop, tells every connection `BYE server shutting down`, waits for their threads, stops
+//! the router and closes the database.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::accounts::Accounts;
+use crate::error::{Error, Result};
+use crate::outbox::{Line, Outbox};
+use crate::router::{ConnId, Event, Router};
+use crate::session;
+use crate::store::Store;
+
+/// The server's limits. Every one is configurable; the defaults suit a small team on one
+/// machine and are what the protocol spec documents.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest frame a client may send, in bytes. 16 KiB holds a 4 KiB message even after
+    /// end-to-end encryption and base64 (about 1.4x), with room for key-exchange frames.
+    pub max_frame: usize,
+    /// Time allowed for the TLS handshake; a silent or trickling peer is cut off after it.
+    pub handshake_timeout: Duration,
+    /// Time allowed from accepting a connection to a successful login.
+    pub login_timeout: Duration,
+    /// A logged-in client that sends no complete frame for this long is disconnected.
+    /// Clients send `PING` to stay connected while their user is idle.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are refused at accept.
+    pub max_connections: usize,
+    /// Connections from one IP address at once (0 = no limit).
+    pub max_connections_per_ip: usize,
+    /// Bytes that may wait in one client's outbound queue. A client that stops reading
+    /// reaches it and is disconnected. 256 KiB is several seconds of a busy chat.
+    pub outbound_queue_bytes: usize,
+    /// bcrypt computations at once (logins and registrations queue for a permit).
+    pub bcrypt_concurrency: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_frame: 16 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            login_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 10_000,
+            max_connections_per_ip: 64,
+            outbound_queue_bytes: 256 * 1024,
+            bcrypt_concurrency: thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// Everything the server needs to start.
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for the account database.
+    pub data_dir: PathBuf,
+    /// The TLS configuration (certificate, key, policy), see [`crate::tls`].
+    pub tls: Arc<rustls::ServerConfig>,
+    /// bcrypt cost for new password hashes.
+    pub bcrypt_cost: u32,
+    /// Connection and resource limits.
+    pub limits: Limits,
+}
+
+/// State shared by every connection thread.
+pub(crate) struct Shared {
+    /// The limits in force.
+    pub limits: Limits,
+    /// Registration and login.
+    pub accounts: Accounts,
+    /// The router's inbox.
+    pub router: Sender<Event>,
+    /// TLS configuration for new connections.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Who is connected: admission counts and a handle on each queue for shutdown.
+    connections: Mutex<Connections>,
+    /// Signalled when a connection ends (shutdown waits on it).
+    connection_ended: Condvar,
+    /// Set once shutdown begins.
+    stopping: AtomicBool,
+}
+
+/// Live connections, for admission control and shutdown.
+#[derive(Default)]
+struct Connections {
+    /// Connections admitted and not yet finished (including those still handshaking).
+    total: usize,
+    /// Connections per source address.
+    per_ip: HashMap<IpAddr, usize>,
+    /// The outbox of each connection past its handshake, to say goodbye at shutdown.
+    outboxes: HashMap<ConnId, Outbox>,
+}
+
+impl Shared {
+    fn lock_connections(&self) -> MutexGuard<'_, Connections> {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Admits a connection from `ip`, or says which limit refuses it.
+    fn admit(&self, ip: IpAddr) -> std::result::Result<(), String> {
+        let mut conns = self.lock_connections();
+        if conns.total >= self.limits.max_connections {
+            return Err(format!(
+                "server full ({} connections)",
+                self.limits.max_connections
+            ));
+        }
+        let from_ip = conns.per_ip.get(&ip).copied().unwrap_or(0);
+        if self.limits.max_connections_per_ip > 0 && from_ip >= self.limits.max_connections_per_ip {
+            return Err(format!(
+                "{from_ip} connections already open from {ip} (limit {})",
+                self.limits.max_connections_per_ip
+            ));
+        }
+        conns.total += 1;
+        *conns.per_ip.entry(ip).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// Releases what `admit` counted.
+    fn release(&self, ip: IpAddr) {
+        let mut conns = self.lock_connections();
+        conns.total -= 1;
+        if let Some(n) = conns.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                conns.per_ip.remove(&ip);
+            }
+        }
+        self.connection_ended.notify_all();
+    }
+
+    /// Records a connection's queue so shutdown can reach it. A connection that registers
+    /// after shutdown began is told at once.
+    pub(crate) fn register(&self, id: ConnId, outbox: Outbox) {
+        // Checked under the lock that `stop` holds while setting the flag, so every
+        // connection is either in the map when goodbyes are sent or told here.
+        let mut conns = self.lock_connections();
+        if self.stopping.load(Ordering::SeqCst) {
+            say_shutdown(&outbox);
+        }
+        conns.outboxes.insert(id, outbox);
+    }
+
+    pub(crate) fn unregister(&self, id: ConnId) {
+        self.lock_connections().outboxes.remove(&id);
+    }
+}
+
+fn say_shutdown(outbox: &Outbox) {
+    let _ = outbox.push(Line::Owned(b"BYE server shutting down\n".to_vec()));
+    outbox.close();
+}
+
+/// A running server.
+pub struct Server {
+    /// The address actually bound (the port is chosen by the OS for `:0`).
+    local_addr: SocketAddr,
+    /// Shared with every connection thread.
+    shared: Arc<Shared>,
+    /// Stops the server.
+    shutdown: ShutdownHandle,
+    /// The accept loop thread.
+    acceptor: Option<JoinHandle<()>>,
+    /// The router thread.
+    router: Option<JoinHandle<()>>,
+}
+
+/// Asks a server to stop. Cheap to clone; safe to use from a signal handler thread.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    /// The flag every loop checks.
+    requested: Arc<(Mutex<bool>, Condvar)>,
+    /// Where to connect to wake the accept loop from its blocking `accept`.
+    wake_addr: SocketAddr,
+}
+
+impl ShutdownHandle {
+    /// Requests shutdown. Returns at once; [`Server::wait`] does the work.
+    pub fn trigger(&self) {
+        let (flag, cond) = &*self.requested;
+        *flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        cond.notify_all();
+    }
+
+    fn wait_requested(&self) {
+        let (flag, cond) = &*self.requested;
+        let mut requested = flag.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*requested {
+            requested = cond.wait(requested).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// How long shutdown waits for connections to say goodbye before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+impl Server {
+    /// Opens the database, binds the listener and starts the accept loop and the router.
+    pub fn start(config: Config) -> Result<Server> {
+        let store = Store::open(&config.data_dir)?;
+        let accounts = Accounts::new(store, config.bcrypt_cost, config.limits.bcrypt_concurrency)?;
+        let listener = TcpListener::bind(config.listen)
+            .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
+        let local_addr = listener.local_addr()?;
+
+        let (router_tx, router_rx) = crossbeam_channel::bounded(ROUTER_INBOX);
+        let router = thread::Builder::new()
+            .name("router".into())
+            .spawn(move || Router::default().run(router_rx))?;
+        let shared = Arc::new(Shared {
+            limits: config.limits,
+            accounts,
+            router: router_tx,
+            tls: config.tls,
+            connections: Mutex::new(Connections::default()),
+            connection_ended: Condvar::new(),
+            stopping: AtomicBool::new(false),
+        });
+        let shutdown = ShutdownHandle {
+            requested: Arc::new((Mutex::new(false), Condvar::new())),
+            wake_addr: wake_address(local_addr),
+        };
+        let acceptor = {
+            let shared = shared.clone();
+            thread::Builder::new()
+                .name("accept".into())
+                .spawn(move || accept_loop(listener, shared))?
+        };
+        Ok(Server {
+            local_addr,
+            shared,
+            shutdown,
+            acceptor: Some(acceptor),
+            router: Some(router),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle that stops this server.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Blocks until shutdown is requested, then shuts down cleanly.
+    pub fn wait(mut self) {
+        self.shutdown.wait_requested();
+        self.stop();
+    }
+
+    /// Stops the server now and waits for it.
+    pub fn shutdown(mut self) {
+        self.shutdown.trigger();
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let shared = &self.shared;
+        // Set here for the accept loop, and again under the connection lock below.
+        shared.stopping.store(true, Ordering::SeqCst);
+        // Wake the accept loop: it sees `stopping` and returns.
+        let _ = TcpStream::connect_timeout(&self.shutdown.wake_addr, Duration::from_secs(1));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        // Say goodbye to everyone connected, then wait for their threads.
+        {
+            let conns = shared.lock_connections();
+            shared.stopping.store(true, Ordering::SeqCst);
+            for outbox in conns.outboxes.values() {
+                say_shutdown(outbox);
+            }
+        }
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        let mut conns = shared.lock_connections();
+        while conns.total > 0 && Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            conns = shared
+                .connection_ended
+                .wait_timeout(conns, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        if conns.total > 0 {
+            log::warn!(
+                "shutdown: {} connections did not close in time",
+                conns.total
+            );
+        }
+        drop(conns);
+        let _ = shared.router.send(Event::Shutdown);
+        if let Some(router) = self.router.take() {
+            let _ = router.join();
+        }
+        log::info!("server stopped");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.acceptor.is_some() {
+            self.shutdown.trigger();
+            self.stop();
+        }
+    }
+}
+
+/// Capacity of the router's inbox. When the router falls behind, readers block on it,
+/// which stops them reading their sockets: TCP pushes back on the senders instead of the
+/// server's memory growing.
+const ROUTER_INBOX: usize = 4096;
+
+/// Where to connect to reach a listener bound to `addr` (a wildcard means loopback).
+fn wake_address(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
+}
+
+/// Longest pause after repeated `accept` failures (for example, out of file descriptors).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let (socket, peer) = match listener.accept() {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(5);
+                accepted
+            }
+            Err(e) => {
+                if shared.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                log::warn!("accept failed: {e}; retrying in {backoff:?}");
+                thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Err(reason) = shared.admit(peer.ip()) {
+            log::warn!("{peer}: connection refused: {reason}");
+            continue;
+        }
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let conn_shared = shared.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("reader-{id}"))
+            .stack_size(session::READER_STACK_BYTES)
+            .spawn(move || {
+                session::serve(conn_shared.clone(), socket, peer, id);
+                conn_shared.release(peer.ip());
+            });
+        if let Err(e) = spawned {
+            log::error!("{peer}: cannot start a thread for the connection: {e}");
+            shared.release(peer.ip());
+        }
+    }
+}
+
+/// Raises this process's soft open-file limit to its hard limit (each connection is a
+/// file descriptor). Returns the limit now in force.
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(limit.rlim_cur)
+}

@@ -1,0 +1,272 @@
+//! Account storage: an embedded SQLite database in the server's data directory.
+//!
+//! Durability is the point: a registration the server acknowledged must survive a restart,
+//! a `kill -9` and a power cut, so the database runs in WAL mode with `synchronous=FULL`
+//! (each commit is on disk before `OK REGISTER` is sent). Nothing is deleted on disconnect.
+//! A database that fails its integrity check at start is reported and left alone, never
+//! replaced.
+//!
+//! Connections are pooled: SQLite connections are not `Sync`, and the threads that need one
+//! (a client's reader while it registers or logs in) are many and short-lived. The pool
+//! keeps a few open connections and opens more on demand.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::error::{Error, Result};
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "securechat.db";
+
+/// Schema version stored in `PRAGMA user_version`; bump with a migration step.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Idle connections kept for reuse. Account operations are bounded by the bcrypt permits,
+/// so a handful covers the concurrency that actually occurs.
+const MAX_IDLE_CONNECTIONS: usize = 8;
+
+/// How long a writer waits for another writer's lock before failing the request.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The account database.
+pub struct Store {
+    /// Path of the database file, for opening pooled connections.
+    path: PathBuf,
+    /// Idle connections ready for reuse.
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// What `create_account` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The account is stored.
+    Yes,
+    /// An account with that name (ignoring case) already exists; nothing changed.
+    AlreadyExists,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `data_dir`, checks its integrity and
+    /// brings the schema up to date. A corrupt or foreign file is an error, never replaced.
+    pub fn open(data_dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            Error::Config(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let store = Store {
+            idle: Mutex::new(Vec::new()),
+            path,
+        };
+        let conn = store.connect().map_err(|e| store.unusable(e))?;
+        let verdict: String = conn
+            .query_row("PRAGMA quick_check", [], |row| row.get(0))
+            .map_err(|e| store.unusable(e))?;
+        if verdict != "ok" {
+            return Err(Error::Config(format!(
+                "database {} failed its integrity check ({verdict}); restore it from a backup \
+                 or move it away. It is never replaced automatically.",
+                store.path.display()
+            )));
+        }
+        migrate(&conn).map_err(|e| store.unusable(e))?;
+        store.put_back(conn);
+        Ok(store)
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stores a new account. The commit is durable when this returns `Ok(Created::Yes)`.
+    pub fn create_account(&self, user: &str, password_hash: &str) -> Result<Created> {
+        self.with_connection(|conn| {
+            let inserted = conn.execute(
+                "INSERT INTO accounts (username, password_hash, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (username) DO NOTHING",
+                params![user, password_hash, unix_now()],
+            )?;
+            Ok(if inserted == 1 {
+                Created::Yes
+            } else {
+                Created::AlreadyExists
+            })
+        })
+    }
+
+    /// The bcrypt hash of `user`'s password, or `None` if there is no such account.
+    pub fn password_hash(&self, user: &str) -> Result<Option<String>> {
+        self.with_connection(|conn| {
+            conn.query_row(
+                "SELECT password_hash FROM accounts WHERE username = ?1",
+                [user],
+                |row| row.get(0),
+            )
+            .optional()
+        })
+    }
+
+    /// Notes a successful login (for the operator; nothing depends on it).
+    pub fn record_login(&self, user: &str) -> Result<()> {
+        self.with_connection(|conn| {
+            conn.execute(
+                "UPDATE accounts SET last_login_at = ?2 WHERE username = ?1",
+                params![user, unix_now()],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Replaces `user`'s identity public key (base64). Returns `false` if no such account.
+    pub fn set_identity_key(&self, user: &str, key: &str) -> Result<bool> {
+        self.with_connection(|conn| {
+            let changed = conn.execute(
+                "UPDATE accounts SET identity_key = ?2, key_updated_at = ?3 WHERE username = ?1",
+                params![user, key, unix_now()],
+            )?;
+            Ok(changed == 1)
+        })
+    }
+
+    /// `None` if there is no such account, `Some(None)` if it has published no key yet.
+    pub fn identity_key(&self, user: &str) -> Result<Option<Option<String>>> {
+        self.with_connection(|conn| {
+            conn.query_row(
+                "SELECT identity_key FROM accounts WHERE username = ?1",
+                [user],
+                |row| row.get(0),
+            )
+            .optional()
+        })
+    }
+
+    /// Number of accounts (for the start-up log line).
+    pub fn account_count(&self) -> Result<i64> {
+        self.with_connection(|conn| {
+            conn.query_row("SELECT COUNT(*) FROM accounts", [], |row| row.get(0))
+        })
+    }
+
+    /// Runs `f` on a pooled connection.
+    fn with_connection<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => self.connect()?,
+        };
+        let result = f(&conn);
+        self.put_back(conn);
+        Ok(result?)
+    }
+
+    fn put_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_CONNECTIONS {
+            idle.push(conn);
+        }
+    }
+
+    fn connect(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open(&self.path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // WAL: readers never block the writer. FULL: a commit is on disk before it returns.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(conn)
+    }
+
+    fn unusable(&self, e: rusqlite::Error) -> Error {
+        Error::Config(format!(
+            "cannot use database {}: {e}. If the file is damaged, restore it from a backup or \
+             move it away; it is never replaced automatically.",
+            self.path.display()
+        ))
+    }
+}
+
+/// Creates or upgrades the schema.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "schema version {version} is newer than this server understands ({SCHEMA_VERSION})"
+        )));
+    }
+    if version < 1 {
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE IF NOT EXISTS accounts (
+                 id             INTEGER PRIMARY KEY,
+                 username       TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                 password_hash  TEXT NOT NULL,
+                 identity_key   TEXT,
+                 created_at     INTEGER NOT NULL,
+                 last_login_at  INTEGER,
+                 key_updated_at INTEGER
+             );
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_persist_across_reopen_and_names_ignore_case() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.create_account("alice", "h1").unwrap(), Created::Yes);
+            assert_eq!(
+                store.create_account("ALICE", "h2").unwrap(),
+                Created::AlreadyExists
+            );
+            assert!(store.set_identity_key("alice", "k").unwrap());
+            assert!(!store.set_identity_key("nobody", "k").unwrap());
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.password_hash("alice").unwrap().as_deref(), Some("h1"));
+        assert_eq!(store.password_hash("bob").unwrap(), None);
+        assert_eq!(
+            store.identity_key("alice").unwrap(),
+            Some(Some("k".to_owned()))
+        );
+        assert_eq!(store.identity_key("bob").unwrap(), None);
+        assert_eq!(store.account_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_corrupt_database_is_refused_and_left_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let garbage = b"this is not an SQLite database, and must not be overwritten".repeat(100);
+        std::fs::write(&path, &garbage).unwrap();
+        let err = Store::open(dir.path())
+            .err()
+            .expect("must fail")
+            .to_string();
+        assert!(err.contains("never replaced"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), garbage);
+    }
+}
