@@ -17,10 +17,12 @@
 //! | [`store`] | the SQLite account database |
 //! | [`files`] | private (0600) files written atomically |
 //! | [`logging`] | timestamped stderr logging |
+//! | [`client`] | the client: connection, terminal interface, end-to-end layer |
 //!
 //! The binaries in `src/bin/` only parse arguments and call into these modules.
 
 pub mod accounts;
+pub mod client;
 pub mod connection;
 pub mod error;
 pub mod files;
