@@ -1,69 +1,83 @@
-//! Small file helpers shared by everything that keeps secrets on disk: private keys,
-//! identity keys, pinned peer keys.
+//! Small files only their owner may read: created with mode 0600 from the first byte and replaced
+//! atomically, so a crash never leaves a half-written key or pin list behind. Used for TLS
+//! private keys, identity keys and pinned peer keys. Unix only.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
-/// Permission bits for files only their owner may read: private keys and key pins.
-pub const PRIVATE_MODE: u32 = 0o600;
+/// Owner read and write, nobody else anything: identity keys are secrets, and a pin list that
+/// others could edit would let them pin their own keys.
+const PRIVATE_FILE_MODE: u32 = 0o600;
 
-/// Permission bits for directories that hold private files.
-pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Directories we create for such files: owner only, so other users cannot even list them.
+const PRIVATE_DIR_MODE: u32 = 0o700;
 
-/// Writes `contents` to `path` so that a reader sees either the old file or the complete
-/// new one, never a torn write, and so that the file is never readable by anyone but its
-/// owner, not even for a moment: a temporary file is created with mode 0600, synced, and
-/// renamed over `path`.
-pub fn write_private_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(PRIVATE_MODE)
-            .open(&tmp)?;
-        // `mode` applies only when the file is created; make sure of it either way.
-        file.set_permissions(fs::Permissions::from_mode(PRIVATE_MODE))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        if let Ok(dir) = fs::File::open(dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+/// Permission bits that give the group or other users any access.
+const GROUP_OR_OTHER_BITS: u32 = 0o077;
+
+/// Replaces `path` with `contents`: writes a temporary file beside it (mode 0600), flushes it to
+/// disk, renames it over `path`, and flushes the directory. Readers see the old or the new file,
+/// never a mixture. Creates missing parent directories with mode 0700.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)?;
+    let temporary = temporary_path(path)?;
+    // A leftover from a crash may have any mode; remove it so that `create_new` sets ours.
+    match fs::remove_file(&temporary) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+        _ => {}
     }
-    result
+    let written = write_new_file(&temporary, contents).and_then(|()| fs::rename(&temporary, path));
+    if written.is_err() {
+        // Best effort: the error we report is the write's, not this clean-up's.
+        let _ = fs::remove_file(&temporary);
+    }
+    written?;
+    File::open(dir)?.sync_all()
 }
 
-/// Creates `dir` (and its parents) if needed, with mode 0700 for the last component.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    fs::create_dir_all(dir)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+/// True when the file's permissions give nobody but its owner any access.
+pub fn is_owner_only(metadata: &fs::Metadata) -> bool {
+    metadata.permissions().mode() & GROUP_OR_OTHER_BITS == 0
 }
 
-/// Refuses a private file that group or others can read: a leaked key is not usable as a
-/// secret, and silently continuing would hide the leak.
-pub fn check_private(path: &Path) -> std::io::Result<()> {
-    let mode = fs::metadata(path)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
+fn write_new_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// Creates `dir` (and its parents) if needed, owner-only.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+}
+
+/// Refuses a private file that group or others can access: a leaked key is no longer a
+/// secret, and silently carrying on would hide the leak.
+pub fn check_private(path: &Path) -> io::Result<()> {
+    let metadata = fs::metadata(path)?;
+    if !is_owner_only(&metadata) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
             format!(
-                "{} is readable by other users (mode {:o}); run `chmod 600 {}`",
+                "{} can be read or changed by other users (mode {:o}); run `chmod 600 {}`",
                 path.display(),
-                mode & 0o777,
+                metadata.permissions().mode() & 0o777,
                 path.display()
             ),
         ));
@@ -71,31 +85,56 @@ pub fn check_private(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `name.tmp` next to `name`.
+fn temporary_path(path: &Path) -> io::Result<PathBuf> {
+    let mut name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?
+        .to_os_string();
+    name.push(".tmp");
+    Ok(path.with_file_name(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn private_files_are_0600_and_replaced_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("secret");
-        write_private_atomic(&path, b"one").unwrap();
-        write_private_atomic(&path, b"two").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"two");
-        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, PRIVATE_MODE);
-        check_private(&path).unwrap();
-        // No temporary file left behind.
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    fn creates_owner_only_file_and_directories_and_replaces_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nested").join("secret");
+        write_atomically(&path, b"first").expect("write");
+        write_atomically(&path, b"second").expect("rewrite");
+        assert_eq!(fs::read(&path).expect("read"), b"second");
+        let metadata = fs::metadata(&path).expect("metadata");
+        assert_eq!(metadata.permissions().mode() & 0o777, PRIVATE_FILE_MODE);
+        assert!(is_owner_only(&metadata));
+        let dir_mode = fs::metadata(path.parent().expect("parent")).expect("dir");
+        assert_eq!(dir_mode.permissions().mode() & 0o777, PRIVATE_DIR_MODE);
+        assert!(!temporary_path(&path).expect("tmp").exists());
+        check_private(&path).expect("owner-only");
     }
 
     #[test]
-    fn group_readable_files_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
+    fn group_readable_files_are_refused_with_a_fix() {
+        let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("leaky");
-        fs::write(&path, b"k").unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = check_private(&path).unwrap_err();
+        fs::write(&path, b"k").expect("write");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = check_private(&path).expect_err("must refuse");
         assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn a_stale_world_readable_temporary_file_does_not_leak_its_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("secret");
+        let stale = temporary_path(&path).expect("tmp");
+        fs::write(&stale, b"junk").expect("stale");
+        fs::set_permissions(&stale, fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_atomically(&path, b"fresh").expect("write");
+        let metadata = fs::metadata(&path).expect("metadata");
+        assert_eq!(metadata.permissions().mode() & 0o777, PRIVATE_FILE_MODE);
+        assert_eq!(fs::read(&path).expect("read"), b"fresh");
     }
 }

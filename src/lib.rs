@@ -15,6 +15,7 @@
 //! | [`tls`] | TLS policy for both ends; the development CA |
 //! | [`accounts`] | user-name and password rules, bcrypt, bounded bcrypt work |
 //! | [`store`] | the SQLite account database |
+//! | [`e2e`] | end-to-end encryption: signed Diffie-Hellman, keys, AEAD, pinned keys |
 //! | [`files`] | private (0600) files written atomically |
 //! | [`logging`] | timestamped stderr logging |
 //! | [`client`] | the client: connection, terminal interface, end-to-end layer |
@@ -24,6 +25,7 @@
 pub mod accounts;
 pub mod client;
 pub mod connection;
+pub mod e2e;
 pub mod error;
 pub mod files;
 pub mod frame;

@@ -164,16 +164,18 @@ impl Session {
         }
         let mut outcome = stream.take_buffered(&mut lines);
         loop {
-            match outcome {
-                Ok(ReadOutcome::Open) => {}
-                Ok(ReadOutcome::Closed) => {
-                    return ("client closed the connection".into(), None);
-                }
-                Err(Error::Io(e)) if is_timeout(&e) => {}
+            let closed = match outcome {
+                Ok(ReadOutcome::Open) => false,
+                Ok(ReadOutcome::Closed) => true,
+                Err(Error::Io(e)) if is_timeout(&e) => false,
                 Err(e) => return (e.to_string(), None),
-            }
+            };
+            // Frames that arrived together with the close are still carried out.
             if let Flow::Stop(reason, bye) = self.handle_lines(&mut lines, stream) {
                 return (reason, bye);
+            }
+            if closed {
+                return ("client closed the connection".into(), None);
             }
             if let Flow::Stop(reason, bye) = self.check_deadlines() {
                 return (reason, bye);
@@ -405,7 +407,7 @@ impl Session {
         }
         match self.shared.accounts.store().set_identity_key(user, key) {
             Ok(true) => {
-                log::info!("conn#{}: {user} published a new identity key", self.id);
+                log::info!("conn#{}: {user} set its identity key", self.id);
                 self.reply("OK SETKEY\n".to_owned())
             }
             Ok(false) | Err(_) => self.reply_error(&ProtocolError::new(

@@ -193,7 +193,7 @@ pub fn ensure_dev_certificates(dir: &Path) -> Result<DevCertificates> {
     } else {
         let key_pair = generate_key()?;
         let ca = ca_params()?.self_signed(&key_pair).map_err(rcgen_error)?;
-        files::write_private_atomic(&ca_key, key_pair.serialize_pem().as_bytes())?;
+        files::write_atomically(&ca_key, key_pair.serialize_pem().as_bytes())?;
         fs::write(&ca_cert, ca.pem())?;
         // A new CA invalidates any old server certificate.
         let _ = fs::remove_file(&cert);
@@ -217,7 +217,7 @@ pub fn ensure_dev_certificates(dir: &Path) -> Result<DevCertificates> {
         let leaf = params
             .signed_by(&server_key, &issuer)
             .map_err(rcgen_error)?;
-        files::write_private_atomic(&key, server_key.serialize_pem().as_bytes())?;
+        files::write_atomically(&key, server_key.serialize_pem().as_bytes())?;
         let ca_pem = fs::read_to_string(&ca_cert)?;
         fs::write(&cert, format!("{}{}", leaf.pem(), ca_pem))?;
         if action == "reused" {

@@ -1,1 +1,73 @@
-fn main() {}
+//! The securechat terminal client.
+//!
+//! Usage: `cargo run --bin client -- [--server HOST:PORT] [--ca FILE]`
+//!
+//! Shows the `l` (log in) / `r` (register) / `c` (close) menu, then the chat. Trusts the
+//! public web PKI and, if present, the development CA in `certs/ca.pem` (or `--ca FILE`).
+//! For scripts: `--user NAME --password-stdin [--register]`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use securechat::client::terminal::{self, Options};
+use securechat::e2e::Group;
+
+/// A secure terminal chat client: TLS to the server, end-to-end encryption between users.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Server to connect to.
+    #[arg(long, default_value = "localhost:7878")]
+    server: String,
+    /// CA certificate to trust besides the public web PKI (default: certs/ca.pem if present).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Where to keep identity keys and pinned peer keys
+    /// (default: $XDG_DATA_HOME/securechat or ~/.local/share/securechat).
+    #[arg(long)]
+    home: Option<PathBuf>,
+    /// Log in as this user, skipping the menu.
+    #[arg(long)]
+    user: Option<String>,
+    /// With --user: read the password from the first line of standard input.
+    #[arg(long, requires = "user")]
+    password_stdin: bool,
+    /// With --user: register the account first.
+    #[arg(long, requires = "user")]
+    register: bool,
+    /// Explain every Diffie-Hellman exchange step by step (as /dh USER does for one user).
+    #[arg(long)]
+    explain: bool,
+    /// Diffie-Hellman group for exchanges this client starts: ffdhe3072 or ffdhe2048.
+    #[arg(long, default_value = "ffdhe3072", value_parser = parse_group)]
+    group: Group,
+}
+
+fn parse_group(name: &str) -> Result<Group, String> {
+    Group::from_name(name)
+        .ok_or_else(|| format!("unknown group {name:?}: use ffdhe3072 or ffdhe2048"))
+}
+
+fn main() -> ExitCode {
+    securechat::logging::init();
+    let args = Args::parse();
+    let options = Options {
+        server: args.server,
+        ca: args.ca,
+        home: args.home,
+        user: args.user,
+        password_stdin: args.password_stdin,
+        register: args.register,
+        explain: args.explain,
+        group: args.group,
+    };
+    match terminal::run(options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,4 +1,10 @@
 //! The client side: the connection to a server, and (in the terminal client) the menu,
 //! the commands and the end-to-end layer.
 
+pub mod app;
+pub mod commands;
 pub mod link;
+pub mod paths;
+pub mod screen;
+pub mod secure;
+pub mod terminal;

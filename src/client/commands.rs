@@ -1,0 +1,134 @@
+//! What the user types after logging in, parsed into commands. Pure: no I/O.
+
+/// One line typed by the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Text for the current conversation: the public room, or the `/chat` partner.
+    Text(String),
+    /// `/msg USER TEXT`: one private message.
+    Msg { to: String, text: String },
+    /// `/chat USER`: plain lines go to USER; `/chat` alone: back to the room.
+    Chat(Option<String>),
+    /// `/list`: who is online.
+    List,
+    /// `/fingerprint [USER]`: your identity fingerprint, or the safety number with USER.
+    Fingerprint(Option<String>),
+    /// `/verify USER`: mark USER's key as checked out of band.
+    Verify(String),
+    /// `/accept USER`: trust USER's new identity key after a key-change warning.
+    Accept(String),
+    /// `/dh USER`: show the key exchange with USER step by step (runs a fresh one).
+    Explain(String),
+    /// `/help`.
+    Help,
+    /// `/quit`, `/exit` or `exit`.
+    Quit,
+    /// Nothing to do (an empty line).
+    Nothing,
+}
+
+/// The help text, one command per line.
+pub const HELP: &str = "\
+commands:
+  TEXT               send TEXT to the current conversation (the room, or your /chat partner)
+  /msg USER TEXT     private, end-to-end encrypted message to USER
+  /chat USER         send plain lines to USER from now on; /chat alone returns to the room
+  /list              who is online
+  /fingerprint [USER]  your key fingerprint, or the safety number you share with USER
+  /verify USER       mark USER's key as verified (after comparing safety numbers)
+  /accept USER       trust USER's new key after a key-change warning
+  /dh USER           show a fresh Diffie-Hellman exchange with USER step by step
+  /help              this help
+  /quit or exit      leave
+The public room is protected by TLS only: the server can read it. Private messages are
+end-to-end encrypted: only you and your partner can read them.";
+
+/// Parses one typed line. Errors say what was expected.
+pub fn parse(line: &str) -> Result<Input, String> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.trim().is_empty() {
+        return Ok(Input::Nothing);
+    }
+    if line.trim() == "exit" {
+        return Ok(Input::Quit);
+    }
+    let Some(command) = line.strip_prefix('/') else {
+        return Ok(Input::Text(line.to_owned()));
+    };
+    let (name, rest) = match command.split_once(char::is_whitespace) {
+        Some((name, rest)) => (name, rest.trim_start()),
+        None => (command, ""),
+    };
+    let user_arg = |usage: &str| -> Result<String, String> {
+        let user = rest.trim();
+        if user.is_empty() || user.contains(char::is_whitespace) {
+            Err(format!("usage: {usage}"))
+        } else {
+            Ok(user.to_lowercase())
+        }
+    };
+    let optional_user = || -> Option<String> {
+        let user = rest.trim();
+        (!user.is_empty()).then(|| user.to_lowercase())
+    };
+    match name {
+        "msg" => {
+            let (to, text) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            if to.is_empty() || text.trim().is_empty() {
+                return Err("usage: /msg USER TEXT".into());
+            }
+            Ok(Input::Msg {
+                to: to.to_lowercase(),
+                text: text.to_owned(),
+            })
+        }
+        "chat" => Ok(Input::Chat(optional_user())),
+        "list" | "who" => Ok(Input::List),
+        "fingerprint" | "fp" => Ok(Input::Fingerprint(optional_user())),
+        "verify" => user_arg("/verify USER").map(Input::Verify),
+        "accept" => user_arg("/accept USER").map(Input::Accept),
+        "dh" => user_arg("/dh USER").map(Input::Explain),
+        "help" | "?" => Ok(Input::Help),
+        "quit" | "exit" => Ok(Input::Quit),
+        other => Err(format!("unknown command /{other}; type /help")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(parse("hello all"), Ok(Input::Text("hello all".into())));
+        assert_eq!(
+            parse("/msg Bob hi  there"),
+            Ok(Input::Msg {
+                to: "bob".into(),
+                text: "hi  there".into()
+            })
+        );
+        assert_eq!(parse("/chat bob"), Ok(Input::Chat(Some("bob".into()))));
+        assert_eq!(parse("/chat"), Ok(Input::Chat(None)));
+        assert_eq!(parse("/list"), Ok(Input::List));
+        assert_eq!(parse("/fingerprint"), Ok(Input::Fingerprint(None)));
+        assert_eq!(
+            parse("/fingerprint bob"),
+            Ok(Input::Fingerprint(Some("bob".into())))
+        );
+        assert_eq!(parse("/verify bob"), Ok(Input::Verify("bob".into())));
+        assert_eq!(parse("/accept bob"), Ok(Input::Accept("bob".into())));
+        assert_eq!(parse("/dh bob"), Ok(Input::Explain("bob".into())));
+        assert_eq!(parse("/quit"), Ok(Input::Quit));
+        assert_eq!(parse("exit"), Ok(Input::Quit));
+        assert_eq!(parse("/help"), Ok(Input::Help));
+        assert_eq!(parse("   "), Ok(Input::Nothing));
+    }
+
+    #[test]
+    fn bad_commands_say_what_was_expected() {
+        assert_eq!(parse("/msg bob"), Err("usage: /msg USER TEXT".into()));
+        assert_eq!(parse("/verify"), Err("usage: /verify USER".into()));
+        assert!(parse("/frobnicate").unwrap_err().contains("/help"));
+    }
+}

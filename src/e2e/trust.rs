@@ -1,0 +1,338 @@
+//! Pinned identity keys (trust on first use): the first key seen for a contact is remembered, and
+//! any later change is flagged instead of silently accepted.
+//!
+//! The file is text, one line per contact, sorted by name, with `#` comment lines allowed:
+//!
+//! ```text
+//! # securechat pinned identity keys
+//! bob 3q2+7w...base64 of 32 bytes...= verified
+//! carol Zm9v...= unverified
+//! ```
+//!
+//! `verified` means the user compared the safety number with that contact; `unverified` means the
+//! key was only taken on first use. The file is replaced atomically with mode 0600 on every
+//! change. A file that does not parse is reported with its line number and never overwritten:
+//! silently starting over would forget every pin, which is exactly what an attacker would want.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::{E2eError, IdentityPublicKey};
+use crate::files::write_atomically;
+
+/// Written at the top of the file for anyone who opens it.
+const FILE_HEADER: &str = "# securechat pinned identity keys (trust on first use)\n\
+                           # <username> <base64 Ed25519 public key> verified|unverified\n";
+/// Marks a key whose safety number the user compared.
+const VERIFIED: &str = "verified";
+/// Marks a key taken on first use only.
+const UNVERIFIED: &str = "unverified";
+
+/// What the pin store says about a key a contact presents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinStatus {
+    /// No key pinned for this contact yet: pin it (and suggest comparing safety numbers).
+    FirstUse,
+    /// The key is the pinned one.
+    Matches {
+        /// Whether the user has compared safety numbers for this key.
+        verified: bool,
+    },
+    /// The contact presents a different key: a new device, or a man in the middle. Warn loudly.
+    Changed {
+        /// The key pinned until now.
+        old: IdentityPublicKey,
+    },
+}
+
+/// One contact's pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pin {
+    /// The pinned key.
+    key: IdentityPublicKey,
+    /// Whether the user compared safety numbers for it.
+    verified: bool,
+}
+
+/// The pinned keys of one account, backed by one file.
+#[derive(Debug)]
+pub struct PinStore {
+    /// The file the pins live in.
+    path: PathBuf,
+    /// Contact name → pin. Invariant: equal to the file's contents after every successful call.
+    pins: BTreeMap<String, Pin>,
+}
+
+impl PinStore {
+    /// Opens the pin file at `path`. A missing file is an empty store (the file is written on the
+    /// first pin); a file that does not parse is an error and is left untouched.
+    pub fn open(path: &Path) -> Result<PinStore, E2eError> {
+        let pins = match fs::read_to_string(path) {
+            Ok(text) => parse_pins(&text).map_err(|(line, problem)| {
+                E2eError::TrustStore(format!(
+                    "{}, line {line}: {problem}. The file was left as it is: fix that line, or \
+                     move the file away to start over (every contact's key will then be trusted \
+                     anew on first use)",
+                    path.display()
+                ))
+            })?,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(error) => {
+                return Err(E2eError::TrustStore(format!(
+                    "cannot read {}: {error}",
+                    path.display()
+                )))
+            }
+        };
+        Ok(PinStore {
+            path: path.to_owned(),
+            pins,
+        })
+    }
+
+    /// Compares `key` with what is pinned for `user`.
+    pub fn check(&self, user: &str, key: &IdentityPublicKey) -> PinStatus {
+        match self.pins.get(user) {
+            None => PinStatus::FirstUse,
+            Some(pin) if pin.key == *key => PinStatus::Matches {
+                verified: pin.verified,
+            },
+            Some(pin) => PinStatus::Changed { old: pin.key },
+        }
+    }
+
+    /// Pins `key` for a contact seen for the first time (unverified). Pinning the same key again
+    /// does nothing; a different key is refused — use [`PinStore::accept_new_key`] for that.
+    pub fn pin(&mut self, user: &str, key: &IdentityPublicKey) -> Result<(), E2eError> {
+        match self.check(user, key) {
+            PinStatus::Matches { .. } => Ok(()),
+            PinStatus::Changed { .. } => Err(E2eError::TrustStore(format!(
+                "{user} already has a different pinned key; compare safety numbers before \
+                 accepting the new one"
+            ))),
+            PinStatus::FirstUse => self.store(user, *key, false),
+        }
+    }
+
+    /// Records that the user compared safety numbers with `user` for the pinned key.
+    pub fn mark_verified(&mut self, user: &str) -> Result<(), E2eError> {
+        let key = self
+            .pins
+            .get(user)
+            .map(|pin| pin.key)
+            .ok_or_else(|| E2eError::TrustStore(format!("no key is pinned for {user}")))?;
+        self.store(user, key, true)
+    }
+
+    /// Replaces `user`'s pinned key after a change the user accepted; the new key is unverified.
+    pub fn accept_new_key(&mut self, user: &str, key: &IdentityPublicKey) -> Result<(), E2eError> {
+        self.store(user, *key, false)
+    }
+
+    /// Sets one pin and saves; memory changes only if the file was written.
+    fn store(
+        &mut self,
+        user: &str,
+        key: IdentityPublicKey,
+        verified: bool,
+    ) -> Result<(), E2eError> {
+        check_username(user)?;
+        let mut updated = self.pins.clone();
+        updated.insert(user.to_owned(), Pin { key, verified });
+        write_atomically(&self.path, format_pins(&updated).as_bytes()).map_err(|error| {
+            E2eError::TrustStore(format!("cannot write {}: {error}", self.path.display()))
+        })?;
+        self.pins = updated;
+        Ok(())
+    }
+}
+
+/// A username must be one non-empty token so that each line stays `name key status`.
+fn check_username(user: &str) -> Result<(), E2eError> {
+    let usable = !user.is_empty()
+        && !user.starts_with('#')
+        && !user.chars().any(|c| c.is_whitespace() || c.is_control());
+    if usable {
+        Ok(())
+    } else {
+        Err(E2eError::TrustStore(format!(
+            "cannot pin a key for the username {user:?}"
+        )))
+    }
+}
+
+fn format_pins(pins: &BTreeMap<String, Pin>) -> String {
+    let mut text = FILE_HEADER.to_owned();
+    for (user, pin) in pins {
+        let status = if pin.verified { VERIFIED } else { UNVERIFIED };
+        text.push_str(&format!("{user} {} {status}\n", pin.key.to_base64()));
+    }
+    text
+}
+
+/// The pins in `text`, or the first bad line's number and what is wrong with it.
+fn parse_pins(text: &str) -> Result<BTreeMap<String, Pin>, (usize, String)> {
+    let mut pins = BTreeMap::new();
+    for (index, line) in text.lines().enumerate() {
+        let line_number = index + 1;
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(' ').collect();
+        let [user, key, status] = fields[..] else {
+            return Err((
+                line_number,
+                "expected `username key verified|unverified`".to_owned(),
+            ));
+        };
+        let key = IdentityPublicKey::from_base64(key)
+            .map_err(|_| (line_number, "the key is not 32 bytes of base64".to_owned()))?;
+        let verified = match status {
+            VERIFIED => true,
+            UNVERIFIED => false,
+            _ => {
+                return Err((
+                    line_number,
+                    "the status must be verified or unverified".to_owned(),
+                ))
+            }
+        };
+        check_username(user).map_err(|_| (line_number, "invalid username".to_owned()))?;
+        if pins
+            .insert(user.to_owned(), Pin { key, verified })
+            .is_some()
+        {
+            return Err((line_number, format!("{user} is listed twice")));
+        }
+    }
+    Ok(pins)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::IdentityKey;
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn new_key() -> IdentityPublicKey {
+        IdentityKey::generate().expect("key").public_key()
+    }
+
+    #[test]
+    fn first_use_then_match_then_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = PinStore::open(&dir.path().join("pins")).expect("open");
+        let (bob, impostor) = (new_key(), new_key());
+        assert_eq!(store.check("bob", &bob), PinStatus::FirstUse);
+        store.pin("bob", &bob).expect("pin");
+        assert_eq!(
+            store.check("bob", &bob),
+            PinStatus::Matches { verified: false }
+        );
+        assert_eq!(
+            store.check("bob", &impostor),
+            PinStatus::Changed { old: bob }
+        );
+        assert!(store.pin("bob", &impostor).is_err());
+        assert_eq!(
+            store.check("bob", &bob),
+            PinStatus::Matches { verified: false }
+        );
+        assert_eq!(store.check("carol", &bob), PinStatus::FirstUse);
+    }
+
+    #[test]
+    fn pins_and_verification_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("alice").join("pins");
+        let (bob, carol) = (new_key(), new_key());
+        {
+            let mut store = PinStore::open(&path).expect("open");
+            store.pin("bob", &bob).expect("pin");
+            store.pin("carol", &carol).expect("pin");
+            store.mark_verified("bob").expect("verify");
+        }
+        let mode = fs::metadata(&path).expect("metadata").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let store = PinStore::open(&path).expect("reopen");
+        assert_eq!(
+            store.check("bob", &bob),
+            PinStatus::Matches { verified: true }
+        );
+        assert_eq!(
+            store.check("carol", &carol),
+            PinStatus::Matches { verified: false }
+        );
+    }
+
+    #[test]
+    fn accepting_a_new_key_replaces_it_and_resets_verification() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pins");
+        let (old, new) = (new_key(), new_key());
+        let mut store = PinStore::open(&path).expect("open");
+        store.pin("bob", &old).expect("pin");
+        store.mark_verified("bob").expect("verify");
+        store.accept_new_key("bob", &new).expect("accept");
+        let reopened = PinStore::open(&path).expect("reopen");
+        assert_eq!(
+            reopened.check("bob", &new),
+            PinStatus::Matches { verified: false }
+        );
+        assert_eq!(reopened.check("bob", &old), PinStatus::Changed { old: new });
+    }
+
+    #[test]
+    fn verifying_an_unknown_contact_or_a_bad_name_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = PinStore::open(&dir.path().join("pins")).expect("open");
+        assert!(matches!(
+            store.mark_verified("nobody"),
+            Err(E2eError::TrustStore(_))
+        ));
+        for name in ["", "two words", "#comment", "new\nline"] {
+            assert!(store.pin(name, &new_key()).is_err(), "{name:?}");
+        }
+        assert!(!dir.path().join("pins").exists());
+    }
+
+    #[test]
+    fn a_corrupt_file_is_reported_and_left_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pins");
+        let key = new_key().to_base64();
+        let corrupt = [
+            format!("bob {key} verified\ncarol {key}\n"),
+            format!("bob {key} trusted\n"),
+            "bob notakey verified\n".to_owned(),
+            format!("bob {key} verified\nbob {key} unverified\n"),
+        ];
+        for text in &corrupt {
+            fs::write(&path, text).expect("write");
+            let error = PinStore::open(&path).expect_err("corrupt file refused");
+            assert!(matches!(&error, E2eError::TrustStore(message) if message.contains("line")));
+            assert_eq!(&fs::read_to_string(&path).expect("read"), text);
+        }
+        let error = PinStore::open(&path).expect_err("refused");
+        assert!(error.to_string().contains("line 2"), "{error}");
+    }
+
+    #[test]
+    fn comments_and_blank_lines_are_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pins");
+        let bob = new_key();
+        fs::write(
+            &path,
+            format!("# mine\n\nbob {} unverified\n", bob.to_base64()),
+        )
+        .expect("write");
+        let store = PinStore::open(&path).expect("open");
+        assert_eq!(
+            store.check("bob", &bob),
+            PinStatus::Matches { verified: false }
+        );
+    }
+}
