@@ -18,6 +18,7 @@ use std::sync::LazyLock;
 
 use crate::error::Result;
 use crate::store::{Created, Store};
+use crate::throttle::Throttled;
 
 /// bcrypt's input limit in bytes; anything after it would be ignored.
 pub const BCRYPT_MAX_PASSWORD_BYTES: usize = 72;
@@ -113,6 +114,8 @@ pub enum RegisterError {
     WeakPassword(Vec<&'static str>),
     /// The name is taken.
     Exists,
+    /// Too many registrations from this address; retry after this long.
+    Throttled(std::time::Duration),
     /// The database refused the write; the account was not created.
     Storage(String),
 }
@@ -162,7 +165,14 @@ impl Accounts {
     }
 
     /// Creates an account after checking the rules. Returns the canonical user name.
-    pub fn register(&self, user: &str, password: &str) -> Result<String, RegisterError> {
+    /// `admit` is asked once the request is valid and before any bcrypt work, so that a
+    /// rate limit counts real registrations and not typing mistakes.
+    pub fn register(
+        &self,
+        user: &str,
+        password: &str,
+        admit: impl FnOnce() -> Result<(), Throttled>,
+    ) -> Result<String, RegisterError> {
         let user = normalize_username(user).map_err(RegisterError::BadUsername)?;
         let problems = password_problems(&user, password);
         if !problems.is_empty() {
@@ -172,6 +182,7 @@ impl Accounts {
         if matches!(self.store.password_hash(&user), Ok(Some(_))) {
             return Err(RegisterError::Exists);
         }
+        admit().map_err(|t| RegisterError::Throttled(t.retry_after))?;
         let hash = {
             let _permit = self.permits.acquire();
             bcrypt::hash(password, self.cost).map_err(|e| RegisterError::Storage(e.to_string()))?
@@ -332,7 +343,9 @@ mod tests {
     fn register_then_login() {
         let (_dir, accounts) = accounts();
         assert_eq!(
-            accounts.register("Alice", "Sturdy pass 1").unwrap(),
+            accounts
+                .register("Alice", "Sturdy pass 1", || Ok(()))
+                .unwrap(),
             "alice"
         );
         assert_eq!(accounts.login("ALICE", "Sturdy pass 1").unwrap(), "alice");
@@ -350,7 +363,7 @@ mod tests {
         );
         assert_eq!(accounts.login("alice", ""), Err(LoginError::Invalid));
         assert_eq!(
-            accounts.register("alice", "Sturdy pass 1"),
+            accounts.register("alice", "Sturdy pass 1", || Ok(())),
             Err(RegisterError::Exists)
         );
     }
@@ -358,7 +371,9 @@ mod tests {
     #[test]
     fn only_a_bcrypt_hash_is_stored() {
         let (_dir, accounts) = accounts();
-        accounts.register("carol", "Sturdy pass 1").unwrap();
+        accounts
+            .register("carol", "Sturdy pass 1", || Ok(()))
+            .unwrap();
         let hash = accounts.store().password_hash("carol").unwrap().unwrap();
         assert!(hash.starts_with("$2b$04$"), "{hash}");
         assert!(!hash.contains("Sturdy"));

@@ -14,6 +14,7 @@
 //! | [`server`] | limits, accept loop, admission, shutdown |
 //! | [`tls`] | TLS policy for both ends; the development CA |
 //! | [`accounts`] | user-name and password rules, bcrypt, bounded bcrypt work |
+//! | [`throttle`] | brute-force and flood defences: login back-off, registration and frame rates |
 //! | [`store`] | the SQLite account database |
 //! | [`e2e`] | end-to-end encryption: signed Diffie-Hellman, keys, AEAD, pinned keys |
 //! | [`files`] | private (0600) files written atomically |
@@ -36,6 +37,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 
 pub use error::{Error, Result};

@@ -25,6 +25,7 @@ use crate::outbox::{Line, Outbox};
 use crate::router::{ConnId, Event, Router};
 use crate::session;
 use crate::store::Store;
+use crate::throttle::{Throttle, ThrottlePolicy};
 
 /// The server's limits. Every one is configurable; the defaults suit a small team on one
 /// machine and are what the protocol spec documents.
@@ -49,6 +50,13 @@ pub struct Limits {
     pub outbound_queue_bytes: usize,
     /// bcrypt computations at once (logins and registrations queue for a permit).
     pub bcrypt_concurrency: usize,
+    /// Frames per second one client may send on average (0 = no limit). Frames over the
+    /// limit are refused with `rate-limited`. 20/s is far above human typing.
+    pub message_rate: u32,
+    /// Frames one client may send at once above the average (a pasted block of lines).
+    pub message_burst: u32,
+    /// Failed-login back-off and registration limits.
+    pub throttle: ThrottlePolicy,
 }
 
 impl Default for Limits {
@@ -62,6 +70,9 @@ impl Default for Limits {
             max_connections_per_ip: 64,
             outbound_queue_bytes: 256 * 1024,
             bcrypt_concurrency: thread::available_parallelism().map_or(2, |n| n.get()),
+            message_rate: 20,
+            message_burst: 100,
+            throttle: ThrottlePolicy::default(),
         }
     }
 }
@@ -90,6 +101,8 @@ pub(crate) struct Shared {
     pub router: Sender<Event>,
     /// TLS configuration for new connections.
     pub tls: Arc<rustls::ServerConfig>,
+    /// Failed-login and registration memory across connections.
+    pub throttle: Throttle,
     /// Who is connected: admission counts and a handle on each queue for shutdown.
     connections: Mutex<Connections>,
     /// Signalled when a connection ends (shutdown waits on it).
@@ -229,6 +242,7 @@ impl Server {
             .name("router".into())
             .spawn(move || Router::default().run(router_rx))?;
         let shared = Arc::new(Shared {
+            throttle: Throttle::new(config.limits.throttle.clone()),
             limits: config.limits,
             accounts,
             router: router_tx,

@@ -28,6 +28,7 @@ use crate::outbox::{outbox, Line, Outbox, OutboxReceiver, Outgoing};
 use crate::protocol::{hello_line, Command, ErrorCode, ProtocolError, Request};
 use crate::router::{ConnId, Event, Routed};
 use crate::server::Shared;
+use crate::throttle::TokenBucket;
 
 /// Stack for writer threads. A writer only encrypts and writes; what it touches of its
 /// stack stays resident for the connection's lifetime, so it is kept small.
@@ -100,6 +101,8 @@ fn serve_connection(
 
     let mut session = Session {
         id,
+        peer,
+        bucket: TokenBucket::new(limits.message_rate, limits.message_burst),
         shared: shared.clone(),
         outbox,
         user: None,
@@ -123,6 +126,10 @@ fn serve_connection(
 struct Session {
     /// This connection's id, for the router and logs.
     id: ConnId,
+    /// The client's address, for per-address throttling and logs.
+    peer: SocketAddr,
+    /// Limits how fast this client may send frames.
+    bucket: TokenBucket,
     /// Server-wide state: limits, accounts, the router.
     shared: Arc<Shared>,
     /// This client's outbound queue. Before login the reader pushes replies here itself;
@@ -188,6 +195,7 @@ impl Session {
     fn handle_lines(&mut self, lines: &mut LineBuffer, stream: &TlsStream) -> Flow {
         let mut flow = Flow::Continue;
         let was_anonymous = self.user.is_none();
+        self.bucket.refill(Instant::now());
         let drained = lines.drain_lines(|line| {
             flow = match line {
                 Ok(text) => {
@@ -261,6 +269,17 @@ impl Session {
             Ok(request) => request,
             Err(error) => return self.reply_error(&error),
         };
+        if request != Request::Quit && !self.bucket.take() {
+            let limits = &self.shared.limits;
+            return self.reply_error(&ProtocolError::new(
+                request.command(),
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} frames per second (bursts of {}); this one was dropped, slow down",
+                    limits.message_rate, limits.message_burst
+                ),
+            ));
+        }
         match (&self.user, request) {
             (_, Request::Quit) => Flow::Stop("client quit".into(), Some("goodbye".into())),
             (_, Request::Ping { token }) => self.reply(pong_line(token)),
@@ -287,7 +306,13 @@ impl Session {
 
     fn register(&mut self, user: &str, password: &str) -> Flow {
         let command = Command::Register;
-        let error = match self.shared.accounts.register(user, password) {
+        let ip = self.peer.ip();
+        let throttle = &self.shared.throttle;
+        let registered = self
+            .shared
+            .accounts
+            .register(user, password, || throttle.allow_registration(ip));
+        let error = match registered {
             Ok(name) => {
                 log::info!("conn#{}: registered {name}", self.id);
                 return self.reply(format!("OK REGISTER {name}\n"));
@@ -305,6 +330,17 @@ impl Session {
                 ErrorCode::UserExists,
                 "that user name is taken; choose another",
             ),
+            Err(RegisterError::Throttled(wait)) => {
+                log::warn!("conn#{}: registration refused: too many from {ip}", self.id);
+                ProtocolError::new(
+                    command,
+                    ErrorCode::Throttled,
+                    format!(
+                        "too many registrations from your address; try again in {} s",
+                        wait.as_secs().max(1)
+                    ),
+                )
+            }
             Err(RegisterError::Storage(e)) => {
                 log::error!("conn#{}: registration not stored: {e}", self.id);
                 ProtocolError::new(
@@ -318,8 +354,26 @@ impl Session {
     }
 
     fn login(&mut self, user: &str, password: &str) -> Flow {
+        let ip = self.peer.ip();
+        // Unknown and malformed names are throttled like real ones: nothing is revealed.
+        let account = normalize_username(user).unwrap_or_else(|_| user.to_lowercase());
+        if let Err(throttled) = self.shared.throttle.check_login(&account, ip) {
+            log::warn!(
+                "conn#{}: login for {account:?} from {ip} refused: throttled",
+                self.id
+            );
+            return self.reply_error(&ProtocolError::new(
+                Command::Login,
+                ErrorCode::Throttled,
+                format!(
+                    "too many failed logins; try again in {} s",
+                    throttled.retry_after.as_secs().max(1)
+                ),
+            ));
+        }
         match self.shared.accounts.login(user, password) {
             Ok(name) => {
+                self.shared.throttle.login_succeeded(&name, ip);
                 let name: Arc<str> = Arc::from(name);
                 log::info!("conn#{}: logged in as {name}", self.id);
                 self.user = Some(name.clone());
@@ -334,7 +388,14 @@ impl Session {
                 Flow::Continue
             }
             Err(LoginError::Invalid) => {
-                log::info!("conn#{}: failed login for {:?}", self.id, user);
+                match self.shared.throttle.login_failed(&account, ip) {
+                    Some(wait) => log::warn!(
+                        "conn#{}: failed login for {account:?} from {ip}; further attempts wait {} s",
+                        self.id,
+                        wait.as_secs()
+                    ),
+                    None => log::info!("conn#{}: failed login for {account:?} from {ip}", self.id),
+                }
                 self.reply_error(&ProtocolError::new(
                     Command::Login,
                     ErrorCode::AuthFailed,

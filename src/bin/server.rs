@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use securechat::server::{self, Config, Limits, Server};
+use securechat::throttle::ThrottlePolicy;
 use securechat::{logging, tls};
 
 /// A TLS chat server with end-to-end encrypted private messages.
@@ -62,6 +63,16 @@ struct Args {
     /// bcrypt computations at once (default: the number of CPU cores).
     #[arg(long, default_value_t = Limits::default().bcrypt_concurrency)]
     bcrypt_concurrency: usize,
+    /// Frames per second one client may send on average (0 = no limit).
+    #[arg(long, default_value_t = Limits::default().message_rate)]
+    rate_limit: u32,
+    /// Frames one client may send at once above the average.
+    #[arg(long, default_value_t = Limits::default().message_burst)]
+    rate_burst: u32,
+    /// Registrations one address may make in a burst; one more per minute after that
+    /// (0 = no limit).
+    #[arg(long, default_value_t = ThrottlePolicy::default().registrations_burst)]
+    registrations_per_ip: u32,
 }
 
 fn main() -> ExitCode {
@@ -101,6 +112,12 @@ fn run(args: Args) -> securechat::Result<()> {
         max_connections_per_ip: args.max_connections_per_ip,
         outbound_queue_bytes: args.queue_bytes,
         bcrypt_concurrency: args.bcrypt_concurrency,
+        message_rate: args.rate_limit,
+        message_burst: args.rate_burst,
+        throttle: ThrottlePolicy {
+            registrations_burst: args.registrations_per_ip,
+            ..ThrottlePolicy::default()
+        },
     };
     match server::raise_open_file_limit() {
         Ok(n) if (n as usize) < limits.max_connections + 64 => log::warn!(

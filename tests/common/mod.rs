@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use securechat::client::link::{self, Link, LinkReader};
 use securechat::protocol::ServerLine;
 use securechat::server::{Config, Limits, Server};
+use securechat::throttle::ThrottlePolicy;
 use securechat::tls;
 
 /// A password that passes every rule.
@@ -31,11 +32,17 @@ pub struct TestServer {
     pub limits: Limits,
 }
 
-/// Limits for tests: the defaults with fast bcrypt permits and no per-address cap
-/// (every test client comes from 127.0.0.1).
+/// Limits for tests: the defaults without the per-address caps (every test client comes
+/// from 127.0.0.1) and without the frame rate limit (tests send bursts). Tests of those
+/// defences turn them back on.
 pub fn test_limits() -> Limits {
     Limits {
         max_connections_per_ip: 0,
+        message_rate: 0,
+        throttle: ThrottlePolicy {
+            registrations_burst: 0,
+            ..ThrottlePolicy::default()
+        },
         ..Limits::default()
     }
 }
