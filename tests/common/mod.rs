@@ -30,6 +30,8 @@ pub struct TestServer {
     pub ca: PathBuf,
     /// The limits it runs with (kept for restarts).
     pub limits: Limits,
+    /// The bcrypt cost it runs with (kept for restarts).
+    pub bcrypt_cost: u32,
 }
 
 /// Limits for tests: the defaults without the per-address caps (every test client comes
@@ -53,15 +55,28 @@ impl TestServer {
     }
 
     pub fn with_limits(limits: Limits) -> TestServer {
+        TestServer::with(limits, 4)
+    }
+
+    /// A server with these limits and bcrypt cost (tests use 4, the minimum, unless the
+    /// cost itself is what they measure).
+    pub fn with(limits: Limits, bcrypt_cost: u32) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = tls::ensure_dev_certificates(&dir.path().join("certs")).expect("dev certs");
-        let server = start_server(dir.path(), &certs, limits.clone(), "127.0.0.1:0");
+        let server = start_server(
+            dir.path(),
+            &certs,
+            limits.clone(),
+            bcrypt_cost,
+            "127.0.0.1:0",
+        );
         TestServer {
             addr: server.local_addr(),
             server: Some(server),
             ca: certs.ca,
             dir,
             limits,
+            bcrypt_cost,
         }
     }
 
@@ -75,6 +90,7 @@ impl TestServer {
             self.dir.path(),
             &certs,
             self.limits.clone(),
+            self.bcrypt_cost,
             &self.addr.to_string(),
         );
         self.addr = server.local_addr();
@@ -117,13 +133,19 @@ impl TestServer {
     }
 }
 
-fn start_server(dir: &Path, certs: &tls::DevCertificates, limits: Limits, listen: &str) -> Server {
+fn start_server(
+    dir: &Path,
+    certs: &tls::DevCertificates,
+    limits: Limits,
+    bcrypt_cost: u32,
+    listen: &str,
+) -> Server {
     let (chain, key) = tls::load_identity(&certs.cert, &certs.key).unwrap();
     Server::start(Config {
         listen: listen.parse().unwrap(),
         data_dir: dir.join("data"),
         tls: tls::server_config(chain, key).unwrap(),
-        bcrypt_cost: 4,
+        bcrypt_cost,
         limits,
     })
     .expect("server starts")
