@@ -58,6 +58,7 @@ impl Store {
                 data_dir.display()
             ))
         })?;
+        check_writable(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let store = Store {
             idle: Mutex::new(Vec::new()),
@@ -192,6 +193,23 @@ impl Store {
              move it away; it is never replaced automatically.",
             self.path.display()
         ))
+    }
+}
+
+/// Fails with a clear error if the server cannot create files in `dir`: SQLite itself
+/// would only say "unable to open database file".
+fn check_writable(dir: &Path) -> Result<()> {
+    let probe = dir.join(".securechat-write-test");
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(Error::Config(format!(
+            "data directory {} is not writable ({e}): the server must store accounts there; \
+             fix its permissions or choose another with --data-dir",
+            dir.display()
+        ))),
     }
 }
 

@@ -1,0 +1,304 @@
+//! Faults, with the real server binary: `kill -9` in the middle of a registration storm
+//! loses no acknowledged account and leaves a sound database; a corrupt database stops
+//! the server with a clear error and is left untouched; a full disk fails the request that
+//! needed it while logged-in users go on chatting; a read-only data directory is a clear
+//! error at start.
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{err_code, TestClient, PASSWORD};
+use securechat::client::link;
+use securechat::protocol::ServerLine;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_server");
+
+/// A free loopback port (bound, then released for the server to take).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The server binary's arguments for a test instance.
+fn server_args(port: u16, data: &Path, certs: &Path) -> Vec<String> {
+    [
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        &data.display().to_string(),
+        "--certs-dir",
+        &certs.display().to_string(),
+        "--bcrypt-cost",
+        "4",
+        "--max-connections-per-ip",
+        "0",
+        "--registrations-per-ip",
+        "0",
+        "--rate-limit",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A server process, killed (with its process group) when dropped.
+struct ServerProcess {
+    child: Child,
+    port: u16,
+    ca: PathBuf,
+}
+
+impl ServerProcess {
+    fn start(command: &mut Command, port: u16, ca: PathBuf) -> ServerProcess {
+        let child = command
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("server starts");
+        let deadline = Instant::now() + common::WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "server did not start listening");
+            thread::sleep(Duration::from_millis(50));
+        }
+        ServerProcess { child, port, ca }
+    }
+
+    fn spawn(data: &Path, certs: &Path) -> ServerProcess {
+        let port = free_port();
+        ServerProcess::start(
+            Command::new(SERVER).args(server_args(port, data, certs)),
+            port,
+            certs.join("ca.pem"),
+        )
+    }
+
+    fn connect(&self) -> TestClient {
+        let config = securechat::tls::client_config(Some(&self.ca)).unwrap();
+        let (link, reader, _) =
+            link::connect(&format!("localhost:{}", self.port), config).expect("connect");
+        TestClient { link, reader }
+    }
+
+    /// SIGKILL to the whole process group: no clean-up code runs.
+    fn kill9(&mut self) {
+        // SAFETY: kill(2) on our own child's process group.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+#[test]
+fn kill_9_during_a_registration_storm_loses_no_acknowledged_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, certs) = (dir.path().join("data"), dir.path().join("certs"));
+    let mut server = ServerProcess::spawn(&data, &certs);
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let config = securechat::tls::client_config(Some(&server.ca)).unwrap();
+    let address = format!("localhost:{}", server.port);
+    let workers: Vec<_> = (0..6)
+        .map(|w| {
+            let (acknowledged, config, address) =
+                (acknowledged.clone(), config.clone(), address.clone());
+            thread::spawn(move || {
+                let Ok((link, mut reader, _)) = link::connect(&address, config) else {
+                    return;
+                };
+                for i in 0.. {
+                    let user = format!("storm{w}_{i}");
+                    if link
+                        .send_line(&format!("REGISTER {user} {PASSWORD}"))
+                        .is_err()
+                    {
+                        return;
+                    }
+                    match reader.recv() {
+                        Ok(Some(ServerLine::Ok { .. })) => acknowledged.lock().unwrap().push(user),
+                        Ok(Some(other)) => panic!("unexpected {other:?}"),
+                        _ => return, // the server died mid-request: not acknowledged
+                    }
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(1500));
+    server.kill9();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() > 20, "the storm barely started");
+
+    // The database is sound and holds every acknowledged account.
+    let db = rusqlite::Connection::open(data.join("securechat.db")).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let mut stmt = db.prepare("SELECT username FROM accounts").unwrap();
+    let stored: std::collections::HashSet<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let missing: Vec<_> = acknowledged
+        .iter()
+        .filter(|u| !stored.contains(*u))
+        .collect();
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    drop(stmt);
+    drop(db);
+
+    // And a restarted server lets them in.
+    let server = ServerProcess::spawn(&data, &certs);
+    for user in [&acknowledged[0], &acknowledged[acknowledged.len() - 1]] {
+        server.connect().login_ok(user);
+    }
+}
+
+#[test]
+fn a_corrupt_database_stops_the_server_with_a_clear_error_and_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let db = data.join("securechat.db");
+    let garbage = b"definitely not sqlite".repeat(500);
+    std::fs::write(&db, &garbage).unwrap();
+    let output = Command::new(SERVER)
+        .args(server_args(free_port(), &data, &dir.path().join("certs")))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("never replaced"), "{stderr}");
+    assert!(stderr.contains("securechat.db"), "{stderr}");
+    assert_eq!(std::fs::read(&db).unwrap(), garbage);
+}
+
+/// Whether this machine lets us mount a small filesystem in a private namespace (root, or
+/// unprivileged user namespaces).
+fn can_mount_privately() -> bool {
+    Command::new("unshare")
+        .args(["-rm", "sh", "-c", "mount -t tmpfs -o size=64k none /mnt"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs the server with its data directory on a `size` tmpfs of its own.
+fn server_on_small_disk(dir: &Path, size: &str) -> ServerProcess {
+    let data = dir.join("data");
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&data).unwrap();
+    // The dev certificates are made outside, so they are not on the tiny disk.
+    securechat::tls::ensure_dev_certificates(&certs).unwrap();
+    let port = free_port();
+    let args = server_args(port, &data, &certs).join(" ");
+    let script = format!(
+        "mount -t tmpfs -o size={size} none {data} && exec {SERVER} {args}",
+        data = data.display(),
+    );
+    ServerProcess::start(
+        Command::new("unshare").args(["-rm", "sh", "-c", &script]),
+        port,
+        certs.join("ca.pem"),
+    )
+}
+
+#[test]
+fn a_full_disk_fails_the_registration_and_chat_goes_on() {
+    if !can_mount_privately() {
+        eprintln!("SKIPPED: cannot mount a private tmpfs here (needs root or user namespaces)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_on_small_disk(dir.path(), "200k");
+    let mut alice = server.connect();
+    alice.register_ok("alice");
+    alice.login_ok("alice");
+    let mut bob = server.connect();
+    bob.register_ok("bob");
+    bob.login_ok("bob");
+    let mut filler = server.connect();
+    let mut refused = None;
+    for i in 0..5000 {
+        match filler.request(&format!("REGISTER filler{i} {PASSWORD}")) {
+            ServerLine::Ok { .. } => {}
+            other => {
+                refused = Some(other);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the disk never filled up");
+    let (command, code, text) = err_code(&refused);
+    assert_eq!((command, code), ("REGISTER", "storage"));
+    assert!(text.contains("try again later"), "{text}");
+    // Logged-in users keep chatting; existing accounts can still log in.
+    alice.send("MSG bob the disk is full but we are fine");
+    assert_eq!(
+        bob.recv(),
+        ServerLine::From {
+            user: "alice".into(),
+            payload: "the disk is full but we are fine".into()
+        }
+    );
+    server.connect().login_ok("alice");
+}
+
+#[test]
+fn a_read_only_data_directory_is_a_clear_error_at_start() {
+    if !can_mount_privately() {
+        eprintln!("SKIPPED: cannot mount a private tmpfs here (needs root or user namespaces)");
+        return;
+    }
+    // A real database made by a real server, then served from a read-only filesystem.
+    // (A filesystem cannot be made read-only under a running server that has files open
+    // for writing - the kernel refuses with EBUSY - so the running case is the full-disk
+    // test above; this covers a data directory that is read-only when the server starts.)
+    let dir = tempfile::tempdir().unwrap();
+    let (prepared, certs) = (dir.path().join("prepared"), dir.path().join("certs"));
+    {
+        let server = ServerProcess::spawn(&prepared, &certs);
+        server.connect().register_ok("alice");
+    }
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let args = server_args(free_port(), &data, &certs).join(" ");
+    let script = format!(
+        "mount -t tmpfs none {data} && cp {prepared}/securechat.db {data}/ && \
+         mount -o remount,ro {data} && exec {SERVER} {args}",
+        data = data.display(),
+        prepared = prepared.display(),
+    );
+    let output = Command::new("unshare")
+        .args(["-rm", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "the server must not run without writable storage"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is not writable"), "{stderr}");
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+}
