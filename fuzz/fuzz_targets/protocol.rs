@@ -1,0 +1,36 @@
+//! Fuzz target: every decoder of untrusted input, fed the same arbitrary bytes — the
+//! frame splitter, client requests, server lines, end-to-end payloads, user names, identity
+//! keys and the client's typed commands. Any panic or hang is a bug.
+//!
+//! Run (from the repository root): `cargo install cargo-fuzz`, then
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run protocol -- -max_total_time=60`.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+use securechat::accounts::normalize_username;
+use securechat::client::commands;
+use securechat::e2e::{IdentityPublicKey, Payload};
+use securechat::frame::LineBuffer;
+use securechat::protocol::{Request, ServerLine};
+
+fuzz_target!(|data: &[u8]| {
+    let mut lines = LineBuffer::new(1024);
+    // Two halves, so partial lines across reads are exercised too.
+    let (first, second) = data.split_at(data.len() / 2);
+    for part in [first, second] {
+        lines.extend(part);
+        let _ = lines.drain_lines(|line| {
+            if let Ok(text) = line {
+                let _ = Request::parse(text);
+                let _ = ServerLine::parse(text);
+                let _ = Payload::parse(text);
+                let _ = commands::parse(text);
+                let _ = normalize_username(text);
+                let _ = IdentityPublicKey::from_base64(text);
+            }
+            true
+        });
+    }
+});

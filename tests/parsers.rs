@@ -1,0 +1,146 @@
+//! Property tests of every decoder that reads untrusted input: the frame splitter, both
+//! directions of the protocol, user names, passwords, identity keys, end-to-end payloads
+//! and the client's command line. On arbitrary input each must return (never panic, never
+//! loop), and what it accepts must be what it claims to accept.
+
+use proptest::prelude::*;
+
+use securechat::accounts::{normalize_username, password_problems};
+use securechat::client::commands;
+use securechat::e2e::{IdentityPublicKey, Payload};
+use securechat::frame::{decode_line, FrameError, LineBuffer};
+use securechat::protocol::{Request, ServerLine};
+
+/// Splits `bytes` into lines with a fresh buffer, feeding it in the given chunk sizes.
+fn split(bytes: &[u8], chunks: &[usize], max: usize) -> (Vec<Result<String, FrameError>>, bool) {
+    let mut buf = LineBuffer::new(max);
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    let mut sizes = chunks.iter().cycle();
+    let mut fatal = false;
+    while !rest.is_empty() && !fatal {
+        let n = (*sizes.next().unwrap_or(&1)).clamp(1, rest.len());
+        buf.extend(&rest[..n]);
+        rest = &rest[n..];
+        fatal = buf
+            .drain_lines(|line| {
+                out.push(line.map(str::to_owned));
+                true
+            })
+            .is_err();
+    }
+    (out, fatal)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_frame_splitter_never_panics_and_respects_the_limit(
+        bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+        chunks in proptest::collection::vec(1usize..300, 1..8),
+        max in 1usize..512,
+    ) {
+        let (lines, _) = split(&bytes, &chunks, max);
+        for line in lines.into_iter().flatten() {
+            prop_assert!(line.len() <= max);
+            prop_assert!(!line.contains('\n'));
+            prop_assert!(!line.chars().any(|c| c.is_control() && c != '\t'));
+        }
+    }
+
+    #[test]
+    fn how_bytes_arrive_does_not_change_the_frames(
+        bytes in proptest::collection::vec(
+            prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'a'), Just(0xffu8), any::<u8>()], 0..2048),
+        chunks in proptest::collection::vec(1usize..64, 1..8),
+    ) {
+        let whole = split(&bytes, &[usize::MAX], 256);
+        let pieces = split(&bytes, &chunks, 256);
+        prop_assert_eq!(whole, pieces);
+    }
+
+    #[test]
+    fn request_parsing_accepts_or_explains_and_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        if let Ok(line) = decode_line(&bytes) {
+            match Request::parse(line) {
+                Ok(request) => {
+                    // What was accepted prints back to a frame that parses to the same request.
+                    let printed = request.to_string();
+                    prop_assert_eq!(Request::parse(&printed), Ok(request));
+                }
+                Err(error) => prop_assert!(!error.message.is_empty()),
+            }
+        }
+    }
+
+    #[test]
+    fn request_parsing_of_plausible_frames(
+        verb in prop_oneof![Just("LOGIN"), Just("REGISTER"), Just("MSG"), Just("SAY"),
+                            Just("SETKEY"), Just("GETKEY"), Just("PING"), Just("list"), Just("quit")],
+        args in "[ -~]{0,80}",
+    ) {
+        let line = format!("{verb} {args}");
+        let _ = Request::parse(&line);
+        let _ = Request::parse(verb);
+    }
+
+    #[test]
+    fn server_lines_never_panic_the_client(line in "\\PC{0,200}") {
+        let _ = ServerLine::parse(&line);
+    }
+
+    #[test]
+    fn server_lines_of_every_verb(
+        verb in prop_oneof![Just("HELLO"), Just("OK"), Just("ERR"), Just("FROM"), Just("ROOM"),
+                            Just("OFFLINE"), Just("BYE"), Just("PONG")],
+        rest in "\\PC{0,120}",
+    ) {
+        let _ = ServerLine::parse(&format!("{verb} {rest}"));
+        let _ = ServerLine::parse(verb);
+    }
+
+    #[test]
+    fn user_names_are_accepted_only_in_canonical_form(name in "\\PC{0,64}") {
+        if let Ok(canonical) = normalize_username(&name) {
+            prop_assert!((3..=32).contains(&canonical.len()));
+            prop_assert!(canonical.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+            prop_assert_eq!(normalize_username(&canonical), Ok(canonical.clone()));
+        }
+    }
+
+    #[test]
+    fn password_rules_never_panic_and_reject_short_ones(user in "[a-z]{3,8}", password in "\\PC{0,100}") {
+        let problems = password_problems(&user, &password);
+        if password.chars().count() < 8 {
+            prop_assert!(problems.contains(&"at least 8 characters"));
+        }
+        if password.len() > 72 {
+            prop_assert!(problems.iter().any(|p| p.contains("72 bytes")));
+        }
+    }
+
+    #[test]
+    fn identity_keys_decode_only_32_byte_base64(text in "[A-Za-z0-9+/=]{0,64}|\\PC{0,64}") {
+        if let Ok(key) = IdentityPublicKey::from_base64(&text) {
+            prop_assert_eq!(key.to_base64(), text);
+        }
+    }
+
+    #[test]
+    fn end_to_end_payloads_never_panic(
+        tag in prop_oneof![Just("DH-INIT"), Just("DH-REPLY"), Just("DH-CONFIRM"), Just("E2E"), Just("X")],
+        rest in "[ -~]{0,600}",
+    ) {
+        if let Ok(payload) = Payload::parse(&format!("{tag} {rest}")) {
+            prop_assert_eq!(Payload::parse(&payload.to_string()), Ok(payload));
+        }
+    }
+
+    #[test]
+    fn typed_commands_never_panic(line in "\\PC{0,200}") {
+        if let Err(problem) = commands::parse(&line) {
+            prop_assert!(!problem.is_empty());
+        }
+    }
+}
