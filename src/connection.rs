@@ -17,8 +17,9 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::frame::LineBuffer;
@@ -26,8 +27,9 @@ use crate::frame::LineBuffer;
 /// What one read from the socket amounted to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadOutcome {
-    /// Bytes arrived (possibly no complete plaintext yet); keep reading.
-    Open,
+    /// This many bytes came from the socket (possibly no complete plaintext yet; 0 when
+    /// nothing was read); keep reading.
+    Open(usize),
     /// The peer closed the connection: a TLS `close_notify` or end of the TCP stream.
     Closed,
 }
@@ -105,7 +107,7 @@ impl TlsStream {
         Ok(if ended {
             ReadOutcome::Closed
         } else {
-            ReadOutcome::Open
+            ReadOutcome::Open(0)
         })
     }
 
@@ -115,11 +117,11 @@ impl TlsStream {
         let n = match (&self.socket).read(scratch) {
             Ok(0) => return Ok(ReadOutcome::Closed),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(ReadOutcome::Open),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(ReadOutcome::Open(0)),
             Err(e) => return Err(e.into()),
         };
         let mut received = &scratch[..n];
-        let mut outcome = ReadOutcome::Open;
+        let mut outcome = ReadOutcome::Open(n);
         let wants_write;
         {
             let mut tls = self.lock_tls();
@@ -145,6 +147,29 @@ impl TlsStream {
             self.flush()?;
         }
         Ok(outcome)
+    }
+
+    /// Waits until the socket has something to read (or was closed), for at most
+    /// `timeout`. Returns `false` on timeout. Lets a reader wait without holding a read
+    /// buffer.
+    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        let mut fd = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: poll reads and writes only the one pollfd passed to it.
+        let ready = unsafe { libc::poll(&mut fd, 1, millis) };
+        if ready < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(ready > 0)
     }
 
     /// Encrypts `plaintext` and writes it to the socket. `scratch` holds the TLS records

@@ -174,8 +174,9 @@ impl LineBuffer {
         }
         self.buf.drain(..n);
         self.scanned = self.scanned.saturating_sub(n);
-        if self.buf.is_empty() && self.buf.capacity() > 2 * READ_CHUNK {
-            // A burst is over: give the memory back so idle connections stay small.
+        if self.buf.is_empty() {
+            // Nothing pending: give the memory back, so that an idle connection (the
+            // common case, thousands at a time) holds no buffer at all.
             self.buf = Vec::new();
         }
     }

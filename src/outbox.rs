@@ -2,17 +2,18 @@
 //!
 //! IRC servers bound each client's "SendQ" in bytes, and so does securechat: a client that
 //! stops reading fills its queue and is disconnected, and nobody else waits for it. The
-//! queue is a crossbeam *unbounded* channel (a linked list of small blocks that exist only
-//! while messages are queued) plus a shared byte counter; `bounded(n)` would allocate its
-//! whole ring up front, costing every idle connection tens of kilobytes.
+//! queue is a `VecDeque` behind a mutex, with a byte count: it holds no memory while empty
+//! (an idle connection, the common case), grows only while frames wait, and the writer
+//! takes everything waiting in one lock to send it as one TLS write. (A crossbeam
+//! `bounded(n)` channel would allocate its whole ring up front, costing every idle
+//! connection tens of kilobytes.)
 //!
 //! Producers (the router, and the client's own reader before login) call [`Outbox::push`];
-//! the client's writer thread is the only consumer ([`OutboxReceiver`]).
+//! the client's writer thread is the only consumer ([`OutboxReceiver`]). The mutex is held
+//! only to move frames in or out, never across a socket call.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::connection::TlsStream;
 
@@ -41,15 +42,6 @@ impl From<String> for Line {
     }
 }
 
-/// What the writer thread is asked to do.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// Send this frame.
-    Line(Line),
-    /// Send what is queued before this, say goodbye (TLS `close_notify`) and close.
-    Close,
-}
-
 /// The queue was over its byte limit; the line was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull {
@@ -57,13 +49,31 @@ pub struct QueueFull {
     pub queued: usize,
 }
 
-/// The producing side of a client's queue. Cheap to clone.
-#[derive(Clone)]
-pub struct Outbox {
-    /// Where frames go.
-    tx: Sender<Outgoing>,
-    /// Bytes queued and not yet taken by the writer. Shared with the receiver.
-    queued: Arc<AtomicUsize>,
+/// The queue proper, behind the mutex.
+#[derive(Default)]
+struct Queue {
+    /// Frames waiting for the writer, oldest first.
+    lines: VecDeque<Line>,
+    /// Bytes in `lines`.
+    bytes: usize,
+    /// Set by `close`: the writer sends what is queued, then closes the connection.
+    closing: bool,
+    /// Live `Outbox` handles; when none is left the writer ends too.
+    producers: usize,
+    /// The writer is asleep waiting for frames (so a push must wake it).
+    writer_waiting: bool,
+    /// The writer has ended; pushes are dropped.
+    writer_gone: bool,
+}
+
+/// State shared by the producers and the writer.
+struct Shared {
+    /// The frames and flags.
+    queue: Mutex<Queue>,
+    /// Wakes the writer when frames arrive or the queue closes.
+    ready: Condvar,
+    /// Wakes a closing reader when the writer has ended.
+    writer_ended: Condvar,
     /// The byte bound: a push that would exceed it is refused.
     limit: usize,
     /// The connection, so that a client can be evicted even when its writer is blocked on
@@ -71,41 +81,63 @@ pub struct Outbox {
     stream: Arc<TlsStream>,
 }
 
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The producing side of a client's queue. Cheap to clone.
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
 /// The consuming side, owned by the writer thread.
 pub struct OutboxReceiver {
-    /// Where frames come from.
-    rx: Receiver<Outgoing>,
-    /// Shared with the producers; decremented as frames are taken.
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
 /// A queue for one client holding at most `limit` bytes.
 pub fn outbox(limit: usize, stream: Arc<TlsStream>) -> (Outbox, OutboxReceiver) {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let queued = Arc::new(AtomicUsize::new(0));
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue {
+            producers: 1,
+            ..Queue::default()
+        }),
+        ready: Condvar::new(),
+        writer_ended: Condvar::new(),
+        limit,
+        stream,
+    });
     (
         Outbox {
-            tx,
-            queued: queued.clone(),
-            limit,
-            stream,
+            shared: shared.clone(),
         },
-        OutboxReceiver { rx, queued },
+        OutboxReceiver { shared },
     )
 }
 
 impl Outbox {
-    /// Queues a frame unless the queue is over its byte limit. Never blocks.
+    /// Queues a frame unless the queue is over its byte limit. Never blocks on the
+    /// network (only, briefly, on the queue's own lock).
     pub fn push(&self, line: Line) -> Result<(), QueueFull> {
         let len = line.as_bytes().len();
-        let before = self.queued.fetch_add(len, Ordering::Relaxed);
-        if before + len > self.limit {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
-            return Err(QueueFull { queued: before });
+        let mut queue = self.shared.lock();
+        if queue.writer_gone {
+            // The connection is closing; nobody will send this.
+            return Ok(());
         }
-        if self.tx.send(Outgoing::Line(line)).is_err() {
-            // The writer has gone; the connection is closing anyway.
-            self.queued.fetch_sub(len, Ordering::Relaxed);
+        if queue.bytes + len > self.shared.limit {
+            return Err(QueueFull {
+                queued: queue.bytes,
+            });
+        }
+        queue.lines.push_back(line);
+        queue.bytes += len;
+        let wake = queue.writer_waiting;
+        drop(queue);
+        if wake {
+            self.shared.ready.notify_one();
         }
         Ok(())
     }
@@ -113,45 +145,82 @@ impl Outbox {
     /// Asks the writer to send what is queued and close the connection. The close request
     /// itself ignores the byte limit.
     pub fn close(&self) {
-        let _ = self.tx.send(Outgoing::Close);
+        self.shared.lock().closing = true;
+        self.shared.ready.notify_one();
     }
 
     /// Closes at once, dropping whatever is queued: the socket is shut down, which also
     /// unblocks a writer stuck on a peer that stopped reading. Never blocks.
     pub fn evict(&self) {
         self.close();
-        self.stream.shutdown_socket();
+        self.shared.stream.shutdown_socket();
+    }
+
+    /// Waits at most `timeout` for the writer thread to finish; `false` if it has not.
+    pub fn wait_writer_gone(&self, timeout: std::time::Duration) -> bool {
+        let queue = self.shared.lock();
+        let (queue, _) = self
+            .shared
+            .writer_ended
+            .wait_timeout_while(queue, timeout, |q| !q.writer_gone)
+            .unwrap_or_else(PoisonError::into_inner);
+        queue.writer_gone
     }
 
     /// Bytes currently queued.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.shared.lock().bytes
+    }
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Outbox {
+        self.shared.lock().producers += 1;
+        Outbox {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let mut queue = self.shared.lock();
+        queue.producers -= 1;
+        if queue.producers == 0 {
+            drop(queue);
+            self.shared.ready.notify_one();
+        }
     }
 }
 
 impl OutboxReceiver {
-    /// Waits for the next item; `None` when every producer is gone.
-    pub fn recv(&self) -> Option<Outgoing> {
-        let item = self.rx.recv().ok()?;
-        self.taken(&item);
-        Some(item)
-    }
-
-    /// The next item if one is waiting.
-    pub fn try_recv(&self) -> Option<Outgoing> {
-        match self.rx.try_recv() {
-            Ok(item) => {
-                self.taken(&item);
-                Some(item)
-            }
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+    /// Waits until frames are queued (or the queue is closing), then moves every queued
+    /// frame into `batch`, which must be empty. Returns `false` once there will be nothing
+    /// more after this batch: `close` was called, or every producer is gone.
+    pub fn take(&self, batch: &mut VecDeque<Line>) -> bool {
+        let mut queue = self.shared.lock();
+        while queue.lines.is_empty() && !queue.closing && queue.producers > 0 {
+            queue.writer_waiting = true;
+            queue = self
+                .shared
+                .ready
+                .wait(queue)
+                .unwrap_or_else(PoisonError::into_inner);
+            queue.writer_waiting = false;
         }
+        std::mem::swap(&mut queue.lines, batch);
+        queue.bytes = 0;
+        !queue.closing && queue.producers > 0
     }
+}
 
-    fn taken(&self, item: &Outgoing) {
-        if let Outgoing::Line(line) = item {
-            self.queued
-                .fetch_sub(line.as_bytes().len(), Ordering::Relaxed);
-        }
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        let mut queue = self.shared.lock();
+        queue.writer_gone = true;
+        queue.lines = VecDeque::new();
+        queue.bytes = 0;
+        drop(queue);
+        self.shared.writer_ended.notify_all();
     }
 }

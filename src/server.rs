@@ -151,7 +151,7 @@ impl Shared {
     }
 
     /// Releases what `admit` counted.
-    fn release(&self, ip: IpAddr) {
+    pub(crate) fn release(&self, ip: IpAddr) {
         let mut conns = self.lock_connections();
         conns.total -= 1;
         if let Some(n) = conns.per_ip.get_mut(&ip) {
@@ -388,17 +388,18 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             continue;
         }
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let conn_shared = shared.clone();
+        let slot = session::ConnectionSlot {
+            shared: shared.clone(),
+            id,
+            peer,
+        };
         let spawned = thread::Builder::new()
-            .name(format!("reader-{id}"))
-            .stack_size(session::READER_STACK_BYTES)
-            .spawn(move || {
-                session::serve(conn_shared.clone(), socket, peer, id);
-                conn_shared.release(peer.ip());
-            });
+            .name(format!("login-{id}"))
+            .stack_size(session::LOGIN_STACK_BYTES)
+            .spawn(move || session::serve(slot, socket));
         if let Err(e) = spawned {
+            // The closure, and with it the slot, was dropped: admission is released.
             log::error!("{peer}: cannot start a thread for the connection: {e}");
-            shared.release(peer.ip());
         }
     }
 }

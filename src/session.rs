@@ -10,21 +10,21 @@
 //! The sender of every routed frame is the session's authenticated user, written by this
 //! module into the `FROM`/`ROOM` line; nothing the client sends can change it.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use crossbeam_channel::RecvTimeoutError;
 
 use crate::accounts::{normalize_username, LoginError, RegisterError};
 use crate::connection::{ReadOutcome, TlsStream};
 use crate::error::{Error, Result};
 use crate::frame::{FrameError, LineBuffer};
-use crate::outbox::{outbox, Line, Outbox, OutboxReceiver, Outgoing};
+use crate::outbox::{outbox, Line, Outbox, OutboxReceiver};
 use crate::protocol::{hello_line, Command, ErrorCode, ProtocolError, Request};
 use crate::router::{ConnId, Event, Routed};
 use crate::server::Shared;
@@ -34,8 +34,12 @@ use crate::throttle::TokenBucket;
 /// stack stays resident for the connection's lifetime, so it is kept small.
 pub const WRITER_STACK_BYTES: usize = 64 * 1024;
 
-/// Stack for reader threads, which also run the TLS handshake and bcrypt.
-pub const READER_STACK_BYTES: usize = 256 * 1024;
+/// Stack for login threads, which run the TLS handshake and bcrypt.
+pub const LOGIN_STACK_BYTES: usize = 256 * 1024;
+
+/// Stack for the reader threads of logged-in clients. Their deepest path is an SQLite
+/// query (`GETKEY`/`SETKEY`); only the pages actually touched cost memory.
+pub const READER_STACK_BYTES: usize = 128 * 1024;
 
 /// Largest plaintext the writer packs into one TLS write. 16 KiB is one full TLS record.
 const WRITE_BATCH_BYTES: usize = 16 * 1024;
@@ -50,30 +54,95 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Length of an Ed25519 public key, the only identity key accepted by `SETKEY`.
 const IDENTITY_KEY_BYTES: usize = 32;
 
-/// Serves one accepted connection until it ends. Logs how it ended.
-///
-/// A panic here (a bug) ends this connection only: the session's `Drop` tells the router
-/// and closes the queue, so no thread, queue or online entry is left behind.
-pub(crate) fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, id: ConnId) {
-    let accepted = Instant::now();
-    let served = panic::catch_unwind(AssertUnwindSafe(|| {
-        serve_connection(&shared, socket, peer, id, accepted)
-    }));
-    match served {
-        Ok(Ok(reason)) => log::info!("conn#{id} {peer}: closed: {reason}"),
-        Ok(Err(e)) => log::info!("conn#{id} {peer}: closed: {e}"),
-        Err(_) => log::error!("conn#{id} {peer}: closed after an internal error (a bug)"),
-    }
-    shared.unregister(id);
+/// What a connection holds on to for its whole life, on whichever thread is serving it:
+/// its admission slot and its registration for shutdown. Dropping it releases both.
+pub(crate) struct ConnectionSlot {
+    /// Server-wide state.
+    pub shared: Arc<Shared>,
+    /// The connection's id.
+    pub id: ConnId,
+    /// The client's address, as counted by admission control.
+    pub peer: SocketAddr,
 }
 
-fn serve_connection(
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.shared.unregister(self.id);
+        self.shared.release(self.peer.ip());
+    }
+}
+
+/// Serves one accepted connection: the TLS handshake and everything up to login run on
+/// this thread (the *login thread*), which then hands the session to a fresh reader
+/// thread and exits.
+///
+/// Why two threads: the handshake (post-quantum key exchange) and bcrypt run deep in the
+/// stack and churn the allocator. On a thread that lives as long as the connection, those
+/// stack pages and the allocator's per-thread cache of freed blocks would stay resident
+/// for hours; a new thread starts with neither, which keeps an idle logged-in connection
+/// small. A connection that never logs in never gets a second thread.
+///
+/// A panic (a bug) ends this connection only: the session's `Drop` tells the router and
+/// closes the queue, and the slot's `Drop` releases admission, so nothing is left behind.
+pub(crate) fn serve(slot: ConnectionSlot, socket: TcpStream) {
+    let (id, peer) = (slot.id, slot.peer);
+    let opened = panic::catch_unwind(AssertUnwindSafe(|| {
+        open_connection(&slot.shared, socket, peer, id)
+    }));
+    let mut conn = match opened {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return log::info!("conn#{id} {peer}: closed: {e}"),
+        Err(_) => return log::error!("conn#{id} {peer}: closed after an internal error (a bug)"),
+    };
+    let login = panic::catch_unwind(AssertUnwindSafe(|| {
+        let buffered = conn.stream.take_buffered(&mut conn.lines);
+        conn.read_loop(buffered, true)
+    }));
+    match login {
+        Ok(Ended::Closed(reason, farewell)) => {
+            conn.close(farewell);
+            log::info!("conn#{id} {peer}: closed: {reason}");
+        }
+        Ok(Ended::LoggedIn) => {
+            let spawned = thread::Builder::new()
+                .name(format!("reader-{id}"))
+                .stack_size(READER_STACK_BYTES)
+                .spawn(move || chat(slot, conn));
+            if let Err(e) = spawned {
+                // The closure (and with it the session) was dropped: the router is told.
+                log::error!("conn#{id} {peer}: cannot start a reader thread: {e}");
+            }
+        }
+        Err(_) => log::error!("conn#{id} {peer}: closed after an internal error (a bug)"),
+    }
+}
+
+/// The rest of a logged-in connection, on its long-lived reader thread.
+fn chat(slot: ConnectionSlot, mut conn: Connection) {
+    release_inherited_stack();
+    let (id, peer) = (slot.id, slot.peer);
+    let served = panic::catch_unwind(AssertUnwindSafe(|| {
+        let ended = conn.read_loop(Ok(ReadOutcome::Open(0)), false);
+        let Ended::Closed(reason, farewell) = ended else {
+            unreachable!("read_loop(_, false) only ends with Closed")
+        };
+        conn.close(farewell);
+        reason
+    }));
+    match served {
+        Ok(reason) => log::info!("conn#{id} {peer}: closed: {reason}"),
+        Err(_) => log::error!("conn#{id} {peer}: closed after an internal error (a bug)"),
+    }
+}
+
+/// Runs the TLS handshake and starts the writer thread.
+fn open_connection(
     shared: &Arc<Shared>,
     socket: TcpStream,
     peer: SocketAddr,
     id: ConnId,
-    accepted: Instant,
-) -> Result<String> {
+) -> Result<Connection> {
+    let accepted = Instant::now();
     socket.set_nodelay(true)?;
     let limits = &shared.limits;
     let tls = rustls::ServerConnection::new(shared.tls.clone())?;
@@ -88,18 +157,16 @@ fn serve_connection(
     log::debug!("conn#{id} {peer}: TLS established ({})", stream.describe());
 
     let (outbox, receiver) = outbox(limits.outbound_queue_bytes, stream.clone());
-    let (writer_done, writer_finished) = crossbeam_channel::bounded::<()>(0);
     let writer_stream = stream.clone();
     let writer = thread::Builder::new()
         .name(format!("writer-{id}"))
         .stack_size(WRITER_STACK_BYTES)
         .spawn(move || {
-            let _done = writer_done;
+            release_inherited_stack();
             write_loop(&writer_stream, receiver);
         })?;
     shared.register(id, outbox.clone());
-
-    let mut session = Session {
+    let session = Session {
         id,
         peer,
         bucket: TokenBucket::new(limits.message_rate, limits.message_burst),
@@ -111,15 +178,100 @@ fn serve_connection(
         batch: Vec::new(),
         finished: false,
     };
-    let (reason, farewell) = session.run(&stream);
-    session.finish(farewell);
-
-    // Let the writer send what is queued; cut the socket if the peer is not taking it.
-    if let Err(RecvTimeoutError::Timeout) = writer_finished.recv_timeout(CLOSE_GRACE) {
-        stream.shutdown_socket();
+    if session.outbox.push(Line::from(hello_line())).is_err() {
+        return Err(Error::Protocol("could not queue the greeting".into()));
     }
-    let _ = writer.join();
-    Ok(reason)
+    session.set_tick(&stream)?;
+    Ok(Connection {
+        lines: LineBuffer::new(limits.max_frame),
+        session,
+        stream,
+        writer,
+    })
+}
+
+/// A connection past its handshake: the reader's state, and the writer thread.
+struct Connection {
+    /// Requests, login state, limits.
+    session: Session,
+    /// The TLS stream, shared with the writer.
+    stream: Arc<TlsStream>,
+    /// Bytes received and not yet handled (a partial frame may carry over the hand-off
+    /// from the login thread to the reader thread).
+    lines: LineBuffer,
+    /// The writer thread, joined when the connection closes.
+    writer: JoinHandle<()>,
+}
+
+/// Why a read loop returned.
+enum Ended {
+    /// The connection is over: the reason for the log, and the `BYE` text if any.
+    Closed(String, Option<String>),
+    /// The client logged in (only when the loop was asked to stop there).
+    LoggedIn,
+}
+
+impl Connection {
+    /// Handles what `first` brought, then reads and handles frames until the connection
+    /// should close — or, with `until_login`, until the client has logged in.
+    fn read_loop(&mut self, first: Result<ReadOutcome>, until_login: bool) -> Ended {
+        // The read buffer exists only while data is flowing: once a read leaves the socket
+        // empty it is dropped, and the next wait happens without one. Thousands of idle
+        // connections then hold no read buffer at all.
+        let mut scratch: Option<Vec<u8>> = None;
+        let mut outcome = first;
+        loop {
+            let closed = match outcome {
+                Ok(ReadOutcome::Open(_)) => false,
+                Ok(ReadOutcome::Closed) => true,
+                Err(Error::Io(e)) if is_timeout(&e) => false,
+                Err(e) => return Ended::Closed(e.to_string(), None),
+            };
+            // Frames that arrived together with the close are still carried out.
+            if let Flow::Stop(reason, bye) =
+                self.session.handle_lines(&mut self.lines, &self.stream)
+            {
+                return Ended::Closed(reason, bye);
+            }
+            if closed {
+                return Ended::Closed("client closed the connection".into(), None);
+            }
+            if let Flow::Stop(reason, bye) = self.session.check_deadlines() {
+                return Ended::Closed(reason, bye);
+            }
+            if until_login && self.session.user.is_some() {
+                return Ended::LoggedIn;
+            }
+            if scratch.is_none() {
+                match self.stream.wait_readable(self.session.tick()) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        outcome = Err(Error::Io(io::ErrorKind::TimedOut.into()));
+                        continue;
+                    }
+                    Err(e) => {
+                        outcome = Err(e.into());
+                        continue;
+                    }
+                }
+            }
+            let buffer = scratch.get_or_insert_with(|| vec![0u8; READ_SCRATCH_BYTES]);
+            outcome = self.stream.read_some(buffer, &mut self.lines);
+            if matches!(outcome, Ok(ReadOutcome::Open(n)) if n < buffer.len()) {
+                scratch = None;
+            }
+        }
+    }
+
+    /// Says goodbye, lets the writer send what is queued (cutting the socket if the peer
+    /// is not taking it), and waits for the writer thread.
+    fn close(mut self, farewell: Option<String>) {
+        self.session.finish(farewell);
+        if !self.session.outbox.wait_writer_gone(CLOSE_GRACE) {
+            self.stream.shutdown_socket();
+        }
+        let _ = self.writer.join();
+    }
 }
 
 /// The reader's view of one connection.
@@ -157,40 +309,6 @@ enum Flow {
 }
 
 impl Session {
-    /// Reads and handles frames until the connection should close. Returns the reason for
-    /// the log and the goodbye to send.
-    fn run(&mut self, stream: &TlsStream) -> (String, Option<String>) {
-        if self.outbox.push(Line::from(hello_line())).is_err() {
-            return ("could not queue the greeting".into(), None);
-        }
-        let limits = &self.shared.limits;
-        let mut lines = LineBuffer::new(limits.max_frame);
-        let mut scratch = vec![0u8; READ_SCRATCH_BYTES];
-        if let Err(e) = self.set_tick(stream) {
-            return (format!("socket error: {e}"), None);
-        }
-        let mut outcome = stream.take_buffered(&mut lines);
-        loop {
-            let closed = match outcome {
-                Ok(ReadOutcome::Open) => false,
-                Ok(ReadOutcome::Closed) => true,
-                Err(Error::Io(e)) if is_timeout(&e) => false,
-                Err(e) => return (e.to_string(), None),
-            };
-            // Frames that arrived together with the close are still carried out.
-            if let Flow::Stop(reason, bye) = self.handle_lines(&mut lines, stream) {
-                return (reason, bye);
-            }
-            if closed {
-                return ("client closed the connection".into(), None);
-            }
-            if let Flow::Stop(reason, bye) = self.check_deadlines() {
-                return (reason, bye);
-            }
-            outcome = stream.read_some(&mut scratch, &mut lines);
-        }
-    }
-
     /// Handles every complete line in `lines`, then hands the batch to the router.
     fn handle_lines(&mut self, lines: &mut LineBuffer, stream: &TlsStream) -> Flow {
         let mut flow = Flow::Continue;
@@ -251,17 +369,22 @@ impl Session {
         Flow::Continue
     }
 
-    /// Sets how often a blocked read wakes up to check the deadlines: a quarter of the
+    /// How often a waiting reader wakes up to check the deadlines: a quarter of the
     /// timeout that applies, so a deadline is noticed at most 25% late.
-    fn set_tick(&self, stream: &TlsStream) -> io::Result<()> {
+    fn tick(&self) -> Duration {
         let limits = &self.shared.limits;
         let timeout = if self.user.is_some() {
             limits.idle_timeout
         } else {
             limits.login_timeout
         };
-        let tick = (timeout / 4).max(Duration::from_millis(10));
-        stream.socket().set_read_timeout(Some(tick))
+        (timeout / 4).max(Duration::from_millis(10))
+    }
+
+    /// Bounds a blocking socket read by the tick too (reads normally start only once
+    /// `wait_readable` said there is data).
+    fn set_tick(&self, stream: &TlsStream) -> io::Result<()> {
+        stream.socket().set_read_timeout(Some(self.tick()))
     }
 
     fn handle_frame(&mut self, text: &str) -> Flow {
@@ -600,6 +723,50 @@ fn pong_line(token: &str) -> String {
     }
 }
 
+/// Returns to the OS whatever is resident in this thread's stack below the current frame.
+///
+/// Called first thing by the threads that live as long as a connection. glibc reuses the
+/// stacks of exited threads, and a reused stack arrives with the pages its last owner
+/// left resident (glibc keeps 16 KiB below the exit frame, on top of the frames
+/// themselves): a new reader would inherit a login thread's handshake pages, for hours.
+/// Releasing them makes every long-lived thread cost only what it touches itself.
+fn release_inherited_stack() {
+    /// Kept below the current frame: enough for the calls made here (only `madvise`'s
+    /// own frame is live while the range is released).
+    const MARGIN: usize = 4096;
+    const PAGE: usize = 4096;
+    // SAFETY: the attribute calls only fill in the locals passed to them. The range given
+    // to madvise lies inside this thread's own stack mapping and wholly below the current
+    // frame minus MARGIN. The stack grows down, so nothing live is stored there: no frame
+    // of ours, and the only callee running meanwhile (the madvise wrapper) sits within
+    // MARGIN. MADV_DONTNEED on private anonymous memory makes those pages read as zero
+    // when next touched, which is how fresh stack pages look.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return;
+        }
+        let mut low: *mut libc::c_void = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let got = libc::pthread_attr_getstack(&attr, &mut low, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        if got != 0 {
+            return;
+        }
+        let marker = 0u8;
+        let here = std::hint::black_box(std::ptr::addr_of!(marker)) as usize;
+        let (low, high) = (low as usize, low as usize + size);
+        if here <= low || here >= high {
+            return;
+        }
+        let start = (low + PAGE - 1) & !(PAGE - 1);
+        let end = here.saturating_sub(MARGIN) & !(PAGE - 1);
+        if end > start {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+}
+
 fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -607,43 +774,42 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-/// The writer thread: takes everything queued, encrypts it as one batch, writes it once.
-/// Ends on `Close`, when every producer is gone, or when the socket fails; then closes
-/// the connection, which also wakes the reader.
+/// The writer thread: takes everything queued, encrypts it in 16 KiB batches (one TLS
+/// record each), writes each batch once. Ends after `Close`, when every producer is gone,
+/// or when the socket fails; then closes the connection, which also wakes the reader.
 fn write_loop(stream: &TlsStream, queue: OutboxReceiver) {
+    let mut batch = VecDeque::new();
     let mut plain = Vec::new();
     let mut records = Vec::new();
-    while let Some(first) = queue.recv() {
-        let mut closing = false;
-        let mut next = Some(first);
-        while let Some(item) = next {
-            match item {
-                Outgoing::Line(line) => plain.extend_from_slice(line.as_bytes()),
-                Outgoing::Close => {
-                    closing = true;
-                    break;
-                }
+    loop {
+        let more = queue.take(&mut batch);
+        for line in batch.drain(..) {
+            plain.extend_from_slice(line.as_bytes());
+            if plain.len() >= WRITE_BATCH_BYTES && send(stream, &mut plain, &mut records).is_err() {
+                return stream.close();
             }
-            if plain.len() >= WRITE_BATCH_BYTES {
-                break;
-            }
-            next = queue.try_recv();
         }
-        if !plain.is_empty() {
-            if let Err(e) = stream.send(&plain, &mut records) {
-                log::debug!("writer: {e}");
-                break;
-            }
-            plain.clear();
+        if !plain.is_empty() && send(stream, &mut plain, &mut records).is_err() {
+            return stream.close();
         }
-        if closing {
-            break;
+        if !more {
+            return stream.close();
         }
-        if plain.capacity() > 2 * WRITE_BATCH_BYTES {
+        if batch.capacity() > 256 || plain.capacity() > 2 * WRITE_BATCH_BYTES {
             // A burst is over; idle connections should not keep burst-sized buffers.
+            batch = VecDeque::new();
             plain = Vec::new();
             records = Vec::new();
         }
     }
-    stream.close();
+}
+
+/// Sends `plain` as TLS and clears it.
+fn send(stream: &TlsStream, plain: &mut Vec<u8>, records: &mut Vec<u8>) -> Result<()> {
+    let sent = stream.send(plain, records);
+    if let Err(e) = &sent {
+        log::debug!("writer: {e}");
+    }
+    plain.clear();
+    sent
 }

@@ -182,7 +182,7 @@ impl LinkReader {
                 return Ok(None);
             }
             match self.stream.read_some(&mut self.scratch, &mut self.lines) {
-                Ok(ReadOutcome::Open) => {}
+                Ok(ReadOutcome::Open(_)) => {}
                 Ok(ReadOutcome::Closed) => self.closed = true,
                 Err(Error::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
                     self.closed = true
