@@ -104,9 +104,19 @@ impl<'a> Request<'a> {
                 Request::SetKey { key }
             }
             Command::GetKey => {
-                let (user, _) = split_word(rest);
+                let (user, extra) = split_word(rest);
                 if user.is_empty() {
                     return Err(missing("the user name"));
+                }
+                if !extra.is_empty() {
+                    return Err(ProtocolError::new(
+                        command,
+                        ErrorCode::BadFrame,
+                        format!(
+                            "usage: {}; unexpected text after the user name",
+                            command.usage()
+                        ),
+                    ));
                 }
                 Request::GetKey { user }
             }
@@ -139,7 +149,7 @@ impl fmt::Display for Request<'_> {
                 write!(f, "{verb} {user} {password}")
             }
             Request::Quit | Request::List => f.write_str(verb),
-            Request::Ping { token } if token.is_empty() => f.write_str(verb),
+            Request::Ping { token: "" } => f.write_str(verb),
             Request::Ping { token } => write!(f, "{verb} {token}"),
             Request::Say { text } => write!(f, "{verb} {text}"),
             Request::Msg { to, payload } => write!(f, "{verb} {to} {payload}"),
@@ -257,8 +267,6 @@ pub enum ErrorCode {
     RateLimited,
     /// Too many failed logins or registrations from this source; wait and retry.
     Throttled,
-    /// The server is at a limit (connections, storage); try again later.
-    Busy,
     /// A storage failure; the request was not carried out.
     Storage,
 }
@@ -283,7 +291,6 @@ impl ErrorCode {
             ErrorCode::SelfMessage => "self-message",
             ErrorCode::RateLimited => "rate-limited",
             ErrorCode::Throttled => "throttled",
-            ErrorCode::Busy => "busy",
             ErrorCode::Storage => "storage",
         }
     }
@@ -323,9 +330,9 @@ impl ProtocolError {
     pub fn to_line(&self) -> String {
         let mut line = String::with_capacity(16 + self.message.len());
         // Writing to a String cannot fail.
-        let _ = write!(
+        let _ = writeln!(
             line,
-            "ERR {} {} {}\n",
+            "ERR {} {} {}",
             self.command.map_or("-", Command::verb),
             self.code.as_str(),
             self.message

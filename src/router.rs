@@ -7,7 +7,7 @@
 //! on. Because every frame for a logged-in client goes through here, replies reach a
 //! client in the order it sent its requests.
 //!
-//! Presence (`ONLINE`/`OFFLINE`) is told to a user's *contacts* — the users it exchanged
+//! Presence (`OFFLINE`) is told to a user's *contacts* — the users it exchanged
 //! private messages with since logging in — rather than to everyone: broadcasting every
 //! login to every user costs O(n²) with 10,000 users online, and contacts are who needs to
 //! know (their end-to-end session with that user must be renewed).

@@ -31,8 +31,10 @@ use crate::throttle::{Throttle, ThrottlePolicy};
 /// machine and are what the protocol spec documents.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Largest frame a client may send, in bytes. 16 KiB holds a 4 KiB message even after
-    /// end-to-end encryption and base64 (about 1.4x), with room for key-exchange frames.
+    /// Largest frame a client may send, in bytes. 16 KiB holds the longest end-to-end
+    /// message (8 KiB of text, about 11 KiB once sealed and base64-encoded) with its `MSG`
+    /// header, and the key-exchange frames. Below about 11,000 bytes, long private
+    /// messages would be refused.
     pub max_frame: usize,
     /// Time allowed for the TLS handshake; a silent or trickling peer is cut off after it.
     pub handshake_timeout: Duration,

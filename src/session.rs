@@ -320,6 +320,8 @@ impl Session {
                     self.last_frame = Instant::now();
                     self.handle_frame(text)
                 }
+                // Unreadable lines cost a token too: garbage is no way around the limit.
+                Err(_) if !self.bucket.take() => self.rate_limited(None),
                 Err(e) => self.reply_error(&ProtocolError::unattributed(
                     ErrorCode::BadFrame,
                     format!("{e}; the line was ignored"),
@@ -388,21 +390,15 @@ impl Session {
     }
 
     fn handle_frame(&mut self, text: &str) -> Flow {
-        let request = match Request::parse(text) {
+        let parsed = Request::parse(text);
+        // Every frame but QUIT costs a token, malformed ones included.
+        if parsed != Ok(Request::Quit) && !self.bucket.take() {
+            return self.rate_limited(parsed.ok().map(|r| r.command()));
+        }
+        let request = match parsed {
             Ok(request) => request,
             Err(error) => return self.reply_error(&error),
         };
-        if request != Request::Quit && !self.bucket.take() {
-            let limits = &self.shared.limits;
-            return self.reply_error(&ProtocolError::new(
-                request.command(),
-                ErrorCode::RateLimited,
-                format!(
-                    "more than {} frames per second (bursts of {}); this one was dropped, slow down",
-                    limits.message_rate, limits.message_burst
-                ),
-            ));
-        }
         match (&self.user, request) {
             (_, Request::Quit) => Flow::Stop("client quit".into(), Some("goodbye".into())),
             (_, Request::Ping { token }) => self.reply(pong_line(token)),
@@ -608,7 +604,7 @@ impl Session {
             return self.reply_error(&ProtocolError::new(
                 command,
                 ErrorCode::NoSuchUser,
-                format!("{wanted} no such user"),
+                format!("{} no such user", crate::protocol::truncate(wanted, 32)),
             ));
         };
         match self.shared.accounts.store().identity_key(&wanted) {
@@ -632,6 +628,19 @@ impl Session {
                 ))
             }
         }
+    }
+
+    /// Refuses a frame over the client's rate limit.
+    fn rate_limited(&mut self, command: Option<Command>) -> Flow {
+        let limits = &self.shared.limits;
+        self.reply_error(&ProtocolError {
+            command,
+            code: ErrorCode::RateLimited,
+            message: format!(
+                "more than {} frames per second (bursts of {}); this one was dropped, slow down",
+                limits.message_rate, limits.message_burst
+            ),
+        })
     }
 
     fn reply_error(&mut self, error: &ProtocolError) -> Flow {

@@ -52,6 +52,12 @@ impl Default for ThrottlePolicy {
 /// attacker cycling through names cannot grow the maps without bound.
 const PRUNE_ABOVE: usize = 10_000;
 
+/// Accounts whose owners' addresses are remembered; beyond this the memory is reset.
+const MAX_TRUSTED_ACCOUNTS: usize = 100_000;
+
+/// Owner addresses remembered per account (home, work, phone...).
+const MAX_TRUSTED_ADDRESSES_PER_ACCOUNT: usize = 16;
+
 /// A login may not be attempted yet; retry after the given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Throttled {
@@ -156,11 +162,15 @@ impl Throttle {
         let mut state = self.lock();
         state.accounts.remove(account);
         state.addresses.remove(&address);
-        state
-            .trusted
-            .entry(account.to_owned())
-            .or_default()
-            .insert(address);
+        if state.trusted.len() >= MAX_TRUSTED_ACCOUNTS && !state.trusted.contains_key(account) {
+            // Bounded memory: forgetting owners' addresses only means their account's lock
+            // may apply to them too, for at most `max_delay`.
+            state.trusted.clear();
+        }
+        let owners = state.trusted.entry(account.to_owned()).or_default();
+        if owners.len() < MAX_TRUSTED_ADDRESSES_PER_ACCOUNT {
+            owners.insert(address);
+        }
     }
 
     /// Takes a registration token for `address`, or says how long until one is free.

@@ -206,6 +206,17 @@ fn a_frame_flood_is_rate_limited_per_client_and_others_are_unaffected() {
             token: "mine".into()
         }
     );
+    // Unreadable lines cost tokens too: garbage is no way around the limit.
+    for _ in 0..10 {
+        flooder.link.send_raw(b"\xff\xfe garbage\n").unwrap();
+    }
+    let garbage: Vec<ServerLine> = (0..10).map(|_| flooder.recv()).collect();
+    assert!(
+        garbage
+            .iter()
+            .all(|l| matches!(l, ServerLine::Err { code, .. } if code == "rate-limited")),
+        "{garbage:?}"
+    );
     // QUIT is never refused.
     flooder.send("QUIT");
     assert!(flooder.drain_until_closed().contains(&ServerLine::Bye {
@@ -295,7 +306,7 @@ fn a_half_open_tls_handshake_is_cut_off() {
 #[test]
 fn the_sender_is_always_the_session_user() {
     let server = TestServer::start();
-    let mut alice = server.login("alice");
+    let alice = server.login("alice");
     let mut bob = server.login("bob");
     // Attempts to claim another identity inside the frame are just payload text.
     alice.send("MSG bob FROM mallory forged");
@@ -366,7 +377,7 @@ fn a_user_cannot_end_or_read_another_session_without_the_password() {
         }
     );
     // mallory receives nothing meant for alice.
-    let mut bob = server.login("bob");
+    let bob = server.login("bob");
     bob.send("MSG alice private");
     alice.recv();
     mallory.assert_silent(Duration::from_millis(300));
@@ -392,45 +403,23 @@ fn the_client_refuses_an_unknown_ca() {
     );
 }
 
-#[test]
-fn the_client_refuses_a_wrong_host_name() {
-    let server = TestServer::start();
-    // The certificate is for localhost and 127.0.0.1, not 127.0.0.2 (which also reaches
-    // this machine's loopback).
-    let name = format!("127.0.0.2:{}", server.addr.port());
-    match link::connect(&name, server.client_config()) {
-        Ok(_) => panic!("a certificate for another name must be refused"),
-        Err(e) => {
-            let text = e.to_string();
-            // Either the name check fails, or nothing listens on 127.0.0.2 (the listener
-            // is bound to 127.0.0.1): both mean no session with the wrong name.
-            assert!(
-                text.contains("NotValidForName") || text.contains("cannot connect"),
-                "{text}"
-            );
-        }
-    }
-}
-
-#[test]
-fn the_client_refuses_an_expired_certificate() {
-    // A CA and a server certificate that expired yesterday, served by a real server.
-    let dir = tempfile::tempdir().unwrap();
+/// A real server whose certificate is made from `leaf` and signed by a fresh CA; returns
+/// the server and the CA file a client should trust.
+fn server_with_certificate(
+    dir: &std::path::Path,
+    leaf: rcgen::CertificateParams,
+) -> (securechat::server::Server, std::path::PathBuf) {
     let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     ca_params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, "expired test CA");
+        .push(rcgen::DnType::CommonName, "test CA");
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    let now = std::time::SystemTime::now();
-    leaf.not_before = (now - Duration::from_secs(10 * 86_400)).into();
-    leaf.not_after = (now - Duration::from_secs(86_400)).into();
     let issuer = rcgen::Issuer::new(ca_params, &ca_key);
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-    let ca_path = dir.path().join("ca.pem");
+    let ca_path = dir.join("ca.pem");
     std::fs::write(&ca_path, ca_cert.pem()).unwrap();
     let tls = securechat::tls::server_config(
         vec![leaf_cert.der().clone()],
@@ -439,14 +428,41 @@ fn the_client_refuses_an_expired_certificate() {
     .unwrap();
     let server = securechat::server::Server::start(securechat::server::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().join("data"),
+        data_dir: dir.join("data"),
         tls,
         bcrypt_cost: 4,
         limits: test_limits(),
     })
     .unwrap();
+    (server, ca_path)
+}
+
+#[test]
+fn the_client_refuses_a_wrong_host_name() {
+    // A valid certificate from a trusted CA, but for another name.
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["chat.example.org".to_owned()]).unwrap();
+    let (server, ca) = server_with_certificate(dir.path(), leaf);
     let addr = format!("localhost:{}", server.local_addr().port());
-    let err = link::connect(&addr, client_trusting(&ca_path))
+    let err = link::connect(&addr, client_trusting(&ca))
+        .err()
+        .expect("a certificate for another name must be refused")
+        .to_string();
+    assert!(err.contains("not valid for name"), "{err}");
+    server.shutdown();
+}
+
+#[test]
+fn the_client_refuses_an_expired_certificate() {
+    // A certificate that expired yesterday, from a trusted CA.
+    let dir = tempfile::tempdir().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let now = std::time::SystemTime::now();
+    leaf.not_before = (now - Duration::from_secs(10 * 86_400)).into();
+    leaf.not_after = (now - Duration::from_secs(86_400)).into();
+    let (server, ca) = server_with_certificate(dir.path(), leaf);
+    let addr = format!("localhost:{}", server.local_addr().port());
+    let err = link::connect(&addr, client_trusting(&ca))
         .err()
         .expect("an expired certificate must be refused")
         .to_string();

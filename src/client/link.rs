@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
@@ -30,6 +30,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Link {
     /// The TLS connection, shared with the reader.
     stream: Arc<TlsStream>,
+    /// When something was last sent, so a quiet client knows when to ping.
+    last_sent: Arc<Mutex<Instant>>,
 }
 
 /// The receiving half: buffers frames and hands them out one at a time.
@@ -114,7 +116,11 @@ pub fn connect(
         }
         None => return Err(Error::Protocol("server closed the connection".into())),
     }
-    Ok((Link { stream }, reader, info))
+    let link = Link {
+        stream,
+        last_sent: Arc::new(Mutex::new(Instant::now())),
+    };
+    Ok((link, reader, info))
 }
 
 /// Tries each address `server` resolves to, as `TcpStream::connect` does, but with a
@@ -154,7 +160,20 @@ impl Link {
     /// Sends bytes as they are, inside TLS.
     pub fn send_raw(&self, bytes: &[u8]) -> Result<()> {
         let mut records = Vec::new();
-        self.stream.send(bytes, &mut records)
+        self.stream.send(bytes, &mut records)?;
+        *self
+            .last_sent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        Ok(())
+    }
+
+    /// How long since anything was sent.
+    pub fn idle_for(&self) -> Duration {
+        self.last_sent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
     }
 
     /// Says goodbye at the TLS level and closes the socket.

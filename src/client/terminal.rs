@@ -11,7 +11,7 @@
 
 use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -28,7 +28,8 @@ use crate::error::{Error, Result};
 use crate::protocol::{Request, ServerLine};
 use crate::tls;
 
-/// How often an idle client pings; well under the server's default idle timeout (300 s).
+/// How long the client may go without sending before it pings; well under the server's
+/// default idle timeout (300 s).
 const KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// The development CA file looked for when `--ca` is not given (next to where the server
@@ -73,7 +74,7 @@ enum Event {
 /// Runs the client until the user leaves. Returns an error for failures the user must see
 /// (cannot connect, certificate refused, login refused in scripted mode).
 pub fn run(options: Options) -> Result<()> {
-    let terminal = TerminalState::save();
+    let terminal = *SAVED_TERMINAL.get_or_init(TerminalState::save);
     let chat_events: Arc<Mutex<Option<Sender<Event>>>> = Arc::new(Mutex::new(None));
     {
         let chat_events = chat_events.clone();
@@ -88,11 +89,7 @@ pub fn run(options: Options) -> Result<()> {
                 Some(sender) => {
                     let _ = sender.send(Event::Interrupted);
                 }
-                None => {
-                    terminal.restore();
-                    println!();
-                    std::process::exit(130);
-                }
+                None => leave_interrupted(&terminal),
             }
         });
         if let Err(e) = handler {
@@ -145,10 +142,14 @@ pub fn run(options: Options) -> Result<()> {
     spawn_reader(reader, tx.clone())?;
     spawn_input(tx)?;
     loop {
-        let event = match rx.recv_timeout(KEEPALIVE) {
+        // Ping when nothing was *sent* for a while: a user who only reads a busy room
+        // must not be cut off by the server's idle timeout.
+        let event = match rx.recv_timeout(KEEPALIVE.saturating_sub(link.idle_for())) {
             Ok(event) => event,
             Err(RecvTimeoutError::Timeout) => {
-                link.send(&Request::Ping { token: "" })?;
+                if link.idle_for() >= KEEPALIVE {
+                    link.send(&Request::Ping { token: "" })?;
+                }
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
@@ -256,7 +257,7 @@ fn menu(connection: &mut Connection, screen: &Screen) -> Result<Option<String>> 
                 let Some(user) = prompt_line("username: ")? else {
                     return Ok(None);
                 };
-                let password = rpassword::prompt_password("password: ")?;
+                let password = read_hidden("password: ")?;
                 match login(connection, user.trim(), &password, screen)? {
                     Some(user) => return Ok(Some(user)),
                     None => continue,
@@ -274,13 +275,13 @@ fn menu(connection: &mut Connection, screen: &Screen) -> Result<Option<String>> 
                         continue;
                     }
                 };
-                let password = rpassword::prompt_password("choose a password: ")?;
+                let password = read_hidden("choose a password: ")?;
                 let problems = password_problems(&canonical, &password);
                 if !problems.is_empty() {
                     screen.print(&format!("password needs: {}", problems.join("; ")));
                     continue;
                 }
-                let again = rpassword::prompt_password("repeat the password: ")?;
+                let again = read_hidden("repeat the password: ")?;
                 if again != password {
                     screen.print("the two passwords differ; nothing was registered");
                     continue;
@@ -340,7 +341,7 @@ fn scripted_login(
             .map(|line| line.trim_end_matches(['\r', '\n']).to_owned())
             .ok_or_else(|| Error::Config("no password on standard input".into()))?
     } else {
-        rpassword::prompt_password("password: ")?
+        read_hidden("password: ")?
     };
     if options.register {
         match connection.authenticate(
@@ -355,6 +356,29 @@ fn scripted_login(
         }
     }
     login(connection, user, &password, screen)?.ok_or_else(|| Error::Config("login refused".into()))
+}
+
+/// The terminal's settings when the client started.
+static SAVED_TERMINAL: OnceLock<TerminalState> = OnceLock::new();
+
+/// Restores the terminal and exits with the conventional status for an interrupt.
+fn leave_interrupted(terminal: &TerminalState) -> ! {
+    terminal.restore();
+    println!();
+    std::process::exit(130);
+}
+
+/// Reads a password without echoing it. Ctrl-C here leaves the program the same way as
+/// anywhere before login: terminal restored, exit status 130. (rpassword reads the key
+/// itself and reports it as an interrupted read.)
+fn read_hidden(prompt: &str) -> Result<String> {
+    match rpassword::prompt_password(prompt) {
+        Ok(password) => Ok(password),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+            leave_interrupted(SAVED_TERMINAL.get_or_init(TerminalState::save))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Prints `prompt` and reads one line from standard input; `None` at end of input.

@@ -29,8 +29,9 @@
 //!   reflected back as the other one — even when both ends hold the same identity key.
 //! - **Confirm.** Until Alice's signature arrives, Bob cannot tell her Init from a replay, so he
 //!   neither sends nor reads messages. The types enforce it: a [`Responder`] has no `seal` or
-//!   `open`; only [`Responder::confirm`] yields a [`Session`]. A message that arrives before the
-//!   Confirm should be held and opened after it. A failed check abandons the exchange (consuming
+//!   `open`; only [`Responder::confirm`] yields a [`Session`]. The server delivers one sender's
+//!   payloads in order, so an honest initiator's first message always arrives after its
+//!   Confirm; one that arrives earlier is refused (the client warns). A failed check abandons the exchange (consuming
 //!   the state), as TLS does; the server could stall an exchange anyway by dropping messages.
 
 use std::fmt;

@@ -30,7 +30,8 @@ use super::{
     SESSION_ID_LEN, SIGNATURE_LEN,
 };
 
-/// The longest payload accepted, in bytes: the limit the chat protocol puts on one line's payload.
+/// The longest payload accepted, in bytes: room for the longest message once sealed and
+/// base64-encoded, well inside the server's 16 KiB frame limit with the `MSG` header.
 /// Checked before any decoding, so hostile input costs at most this much work.
 pub const MAX_PAYLOAD_LEN: usize = 12 * 1024;
 
