@@ -9,11 +9,6 @@
 use std::fmt;
 use std::io::{self, Read};
 
-/// How many bytes a single read from a plaintext source may add to the buffer.
-/// Small enough that an idle connection's buffer stays tiny, large enough that a burst of
-/// short frames is taken in a few calls.
-const READ_CHUNK: usize = 4096;
-
 /// Why a line could not be turned into a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameError {
@@ -83,29 +78,15 @@ impl LineBuffer {
     /// Reads whatever `source` has ready (until it returns `WouldBlock` or end of stream)
     /// into the buffer. Returns the number of bytes added and whether the source ended.
     pub fn fill_from(&mut self, source: &mut impl Read) -> io::Result<(usize, bool)> {
-        let mut added = 0;
-        loop {
-            let start = self.buf.len();
-            self.buf.resize(start + READ_CHUNK, 0);
-            match source.read(&mut self.buf[start..]) {
-                Ok(0) => {
-                    self.buf.truncate(start);
-                    return Ok((added, true));
-                }
-                Ok(n) => {
-                    self.buf.truncate(start + n);
-                    added += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.buf.truncate(start);
-                    return Ok((added, false));
-                }
-                Err(e) => {
-                    self.buf.truncate(start);
-                    return Err(e);
-                }
-            }
-        }
+        let before = self.buf.len();
+        // `read_to_end` keeps what it read when it stops at `WouldBlock`, and does not
+        // zero the spare capacity on every call.
+        let ended = match source.read_to_end(&mut self.buf) {
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => return Err(e),
+        };
+        Ok((self.buf.len() - before, ended))
     }
 
     /// Calls `handle` with every complete line in the buffer, in order, then drops them.
@@ -174,9 +155,13 @@ impl LineBuffer {
         }
         self.buf.drain(..n);
         self.scanned = self.scanned.saturating_sub(n);
+    }
+
+    /// Gives the memory back if nothing is pending, so that an idle connection (the
+    /// common case, thousands at a time) holds no buffer. Call when the peer goes quiet,
+    /// not after every read: a busy connection reuses its buffer.
+    pub fn release_if_empty(&mut self) {
         if self.buf.is_empty() {
-            // Nothing pending: give the memory back, so that an idle connection (the
-            // common case, thousands at a time) holds no buffer at all.
             self.buf = Vec::new();
         }
     }
@@ -185,15 +170,29 @@ impl LineBuffer {
 /// Validates one line's bytes as a frame.
 pub fn decode_line(line: &[u8]) -> Result<&str, FrameError> {
     let text = std::str::from_utf8(line).map_err(|_| FrameError::InvalidUtf8)?;
-    if text.chars().any(|c| c.is_control() && c != '\t') {
+    if has_control_character(line) {
         return Err(FrameError::ControlCharacter);
     }
     Ok(text)
 }
 
+/// Whether valid UTF-8 `bytes` contain a control character other than tab: C0 (below
+/// 0x20), DEL (0x7F), or C1 (U+0080 to U+009F, encoded 0xC2 0x80..=0x9F) — exactly
+/// `char::is_control`, checked on bytes because it runs for every frame.
+fn has_control_character(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(i, &b)| {
+        (b < 0x20 && b != b'\t')
+            || b == 0x7F
+            || (b == 0xC2
+                && bytes
+                    .get(i + 1)
+                    .is_some_and(|next| (0x80..=0x9F).contains(next)))
+    })
+}
+
 /// Position of the first `\n` in `bytes`.
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
+    memchr::memchr(b'\n', bytes)
 }
 
 #[cfg(test)]
@@ -274,6 +273,19 @@ mod tests {
             ]
         );
         assert!(!FrameError::InvalidUtf8.is_fatal());
+    }
+
+    #[test]
+    fn the_byte_level_control_check_matches_char_is_control() {
+        for c in (0u32..0x3000).filter_map(char::from_u32) {
+            let mut buf = [0u8; 4];
+            let encoded = c.encode_utf8(&mut buf).as_bytes();
+            assert_eq!(
+                has_control_character(encoded),
+                c.is_control() && c != '\t',
+                "{c:?}"
+            );
+        }
     }
 
     #[test]

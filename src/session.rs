@@ -47,6 +47,9 @@ const WRITE_BATCH_BYTES: usize = 16 * 1024;
 /// Bytes taken from the socket per read.
 const READ_SCRATCH_BYTES: usize = 4096;
 
+/// How long a connection may be silent before its read buffers are given back.
+const BUFFER_RELEASE_AFTER: Duration = Duration::from_secs(1);
+
 /// How long a closing reader waits for its writer to send what is queued before cutting
 /// the socket (a peer that stopped reading would otherwise hold the writer forever).
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -176,6 +179,7 @@ fn open_connection(
         login_deadline: accepted + limits.login_timeout,
         last_frame: Instant::now(),
         batch: Vec::new(),
+        batch_hint: 0,
         finished: false,
     };
     if session.outbox.push(Line::from(hello_line())).is_err() {
@@ -215,16 +219,21 @@ impl Connection {
     /// Handles what `first` brought, then reads and handles frames until the connection
     /// should close — or, with `until_login`, until the client has logged in.
     fn read_loop(&mut self, first: Result<ReadOutcome>, until_login: bool) -> Ended {
-        // The read buffer exists only while data is flowing: once a read leaves the socket
-        // empty it is dropped, and the next wait happens without one. Thousands of idle
-        // connections then hold no read buffer at all.
+        // The read buffer exists only while data is flowing: after BUFFER_RELEASE_AFTER of
+        // silence it is dropped (with the line buffer's memory) and the next wait happens
+        // without one, so thousands of idle connections hold no read buffers. A busy
+        // connection keeps its buffers and pays no extra system call per read.
         let mut scratch: Option<Vec<u8>> = None;
         let mut outcome = first;
         loop {
             let closed = match outcome {
                 Ok(ReadOutcome::Open(_)) => false,
                 Ok(ReadOutcome::Closed) => true,
-                Err(Error::Io(e)) if is_timeout(&e) => false,
+                Err(Error::Io(e)) if is_timeout(&e) => {
+                    scratch = None;
+                    self.lines.release_if_empty();
+                    false
+                }
                 Err(e) => return Ended::Closed(e.to_string(), None),
             };
             // Frames that arrived together with the close are still carried out.
@@ -256,10 +265,8 @@ impl Connection {
                 }
             }
             let buffer = scratch.get_or_insert_with(|| vec![0u8; READ_SCRATCH_BYTES]);
+            // Blocks at most the socket's read timeout (see `set_tick`).
             outcome = self.stream.read_some(buffer, &mut self.lines);
-            if matches!(outcome, Ok(ReadOutcome::Open(n)) if n < buffer.len()) {
-                scratch = None;
-            }
         }
     }
 
@@ -297,6 +304,9 @@ struct Session {
     last_frame: Instant,
     /// Requests parsed from the current read, sent to the router in one event.
     batch: Vec<Routed>,
+    /// How many requests the last batch held: the next batch starts with that capacity
+    /// instead of growing one reallocation at a time.
+    batch_hint: usize,
     /// Set once `finish` ran, so `Drop` does not run it again.
     finished: bool,
 }
@@ -313,11 +323,12 @@ impl Session {
     fn handle_lines(&mut self, lines: &mut LineBuffer, stream: &TlsStream) -> Flow {
         let mut flow = Flow::Continue;
         let was_anonymous = self.user.is_none();
-        self.bucket.refill(Instant::now());
+        let now = Instant::now();
+        self.bucket.refill(now);
         let drained = lines.drain_lines(|line| {
             flow = match line {
                 Ok(text) => {
-                    self.last_frame = Instant::now();
+                    self.last_frame = now;
                     self.handle_frame(text)
                 }
                 // Unreadable lines cost a token too: garbage is no way around the limit.
@@ -383,10 +394,12 @@ impl Session {
         (timeout / 4).max(Duration::from_millis(10))
     }
 
-    /// Bounds a blocking socket read by the tick too (reads normally start only once
-    /// `wait_readable` said there is data).
+    /// Sets the socket's read timeout: how long a read with buffers in hand waits before
+    /// the buffers are given back (never longer than the tick, so deadlines are still
+    /// checked in time).
     fn set_tick(&self, stream: &TlsStream) -> io::Result<()> {
-        stream.socket().set_read_timeout(Some(self.tick()))
+        let timeout = self.tick().min(BUFFER_RELEASE_AFTER);
+        stream.socket().set_read_timeout(Some(timeout))
     }
 
     fn handle_frame(&mut self, text: &str) -> Flow {
@@ -534,10 +547,10 @@ impl Session {
 
     fn logged_in_request(&mut self, user: &Arc<str>, request: Request<'_>) -> Flow {
         match request {
-            Request::List => self.batch.push(Routed::List),
+            Request::List => self.route(Routed::List),
             Request::Say { text } => {
                 let line = format!("ROOM {user} {text}\n");
-                self.batch.push(Routed::Room {
+                self.route(Routed::Room {
                     line: Arc::from(line.into_bytes()),
                 });
             }
@@ -553,13 +566,14 @@ impl Session {
                         "you cannot send a private message to yourself",
                     ));
                 }
-                let mut line = Vec::with_capacity(6 + user.len() + payload.len());
+                let mut line =
+                    Vec::with_capacity("FROM ".len() + user.len() + 1 + payload.len() + 1);
                 line.extend_from_slice(b"FROM ");
                 line.extend_from_slice(user.as_bytes());
                 line.push(b' ');
                 line.extend_from_slice(payload.as_bytes());
                 line.push(b'\n');
-                self.batch.push(Routed::Direct {
+                self.route(Routed::Direct {
                     to: to.into_boxed_str(),
                     line,
                 });
@@ -650,7 +664,7 @@ impl Session {
     /// Sends a reply: directly before login, through the router after it (to keep order).
     fn reply(&mut self, line: String) -> Flow {
         if self.user.is_some() {
-            self.batch.push(Routed::Reply(Line::from(line)));
+            self.route(Routed::Reply(Line::from(line)));
             return Flow::Continue;
         }
         match self.outbox.push(Line::from(line)) {
@@ -665,6 +679,14 @@ impl Session {
         }
     }
 
+    /// Adds a request to the batch for the router.
+    fn route(&mut self, request: Routed) {
+        if self.batch.capacity() == 0 {
+            self.batch.reserve(self.batch_hint);
+        }
+        self.batch.push(request);
+    }
+
     /// Sends the requests parsed from one read to the router as one event.
     fn flush_batch(&mut self) {
         if self.batch.is_empty() {
@@ -672,6 +694,7 @@ impl Session {
         }
         if let Some(user) = &self.user {
             let requests = std::mem::take(&mut self.batch);
+            self.batch_hint = requests.len();
             let _ = self.shared.router.send(Event::Requests {
                 id: self.id,
                 user: user.clone(),
