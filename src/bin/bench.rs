@@ -1,0 +1,696 @@
+//! securechat's load generator and benchmark: real TLS clients that register, log in and
+//! exchange private messages, measured end to end.
+//!
+//! Usage: `cargo run --release --bin bench -- [PHASES] [OPTIONS]`
+//!
+//! Phases (several may be given; with none, `--flood` runs):
+//! * `--flood`: `--pairs N` senders each send `--messages M` private messages to their own
+//!   receiver as fast as they can (at most `--window` in flight per pair): delivered msgs/s,
+//!   loss and reordering (both must be 0), latency percentiles, server CPU per message.
+//! * `--rate R[,R...]`: the same pairs at a fixed R msgs/s per sender, for latency.
+//! * `--sweep P[,P...]`: a flood per number of pairs (about `--sweep-total` messages each).
+//! * `--idle N`: server memory per idle logged-in connection.
+//! * `--soak SECONDS`: `--clients` clients doing random actions; errors and lost private
+//!   messages must be 0, server RSS is sampled once a second.
+//! * `--figures`: a sweep, a rate series and an idle ramp, then `figures/*.svg`.
+//! * `--prepare-accounts N --tag T`: register the accounts `chatbench --tag T` logs in as.
+//!
+//! The server: by default every run gets a fresh server in a child process (this executable
+//! again, in its hidden `--serve-child` role, built from the same library code), on
+//! 127.0.0.1 with an empty database, **bcrypt cost 4** (production uses 12), room for 20,000
+//! connections, and the per-address connection and registration limits and the per-client
+//! frame rate limit off (all load comes from one address, and senders flood). Its CPU and memory are read from
+//! `/proc/<pid>`. `--server-bin target/release/server` runs the real server binary instead;
+//! `--server HOST:PORT --ca FILE [--server-pid PID]` targets a running server (CPU and
+//! memory need the pid; start it with `--max-connections-per-ip 0 --rate-limit 0
+//! --registrations-per-ip 0`).
+//!
+//! Same load, other servers: the peer lab's tokio generator `chatbench` (see
+//! `shared/peers/tools/chatbench/README.md`) drives securechat too. Start a server with
+//! `target/release/server --listen 127.0.0.1:7921 --data-dir D --certs-dir D/certs
+//! --bcrypt-cost 4 --max-connections-per-ip 0 --rate-limit 0 --registrations-per-ip 0`,
+//! register chatbench's user names with `bench --server localhost:7921 --ca D/certs/ca.pem
+//! --prepare-accounts 50 --tag cb`, then run `$PEERS/target/release/chatbench --port 7921
+//! --cafile D/certs/ca.pem --tag cb --pairs 50 --password 'Bench pass 1' --proto template
+//! --login 'LOGIN {user} {password}' --login-ok 'OK LOGIN' --login-fail ERR
+//! --send 'MSG {to} {body}' --recv 'FROM {from} {body}' --server-pid PID`, as
+//! `tools/peers/bench-peer.sh` does for the IRC servers (add `--rate 100` for its second run).
+//!
+//! Output: a table on stdout and a JSON file (`--json PATH`, default
+//! `bench-results/<mode>-<timestamp>.json`). Exits non-zero if any message was lost or
+//! reordered or any error occurred. Caveat: the generator and the server share the
+//! machine's cores; the table shows how much CPU each used.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::Parser;
+use securechat::{Error, Result};
+
+#[path = "bench/clients.rs"]
+mod clients;
+#[path = "bench/idle.rs"]
+mod idle;
+#[path = "bench/pairs.rs"]
+mod pairs;
+#[path = "bench/render.rs"]
+mod render;
+#[path = "bench/results.rs"]
+mod results;
+#[path = "bench/soak.rs"]
+mod soak;
+#[path = "bench/target.rs"]
+mod target;
+
+use clients::{open_many, Setup, PASSWORD};
+use pairs::PairsConfig;
+use results::{Machine, PairsResult, Report, ServerInfo};
+use soak::SoakConfig;
+use target::{External, Target, BENCH_BCRYPT_COST, BENCH_MAX_CONNECTIONS};
+
+/// Pairs counts of the `--figures` throughput sweep (unless `--sweep` is given).
+const FIGURE_SWEEP: &[usize] = &[1, 10, 50, 100, 500];
+
+/// Per-sender rates of the `--figures` latency series (unless `--rate` is given), msgs/s.
+const FIGURE_RATES: &[f64] = &[20.0, 100.0, 200.0, 400.0, 600.0, 800.0, 1200.0];
+
+/// Idle connections of the `--figures` memory ramp (unless `--idle` is given).
+const FIGURE_IDLE: usize = 2000;
+
+/// How long each `--figures` rate run lasts, seconds (messages = rate x this).
+const FIGURE_RATE_SECONDS: f64 = 8.0;
+
+/// Benchmark a securechat server with real TLS clients.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Flood: every sender sends as fast as it can (the default when no phase is given).
+    #[arg(long)]
+    flood: bool,
+    /// Fixed offered rates, msgs/s per sender, one run each (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    rate: Vec<f64>,
+    /// Pairs counts for a throughput sweep, one flood each (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    sweep: Vec<usize>,
+    /// Messages per sweep point in all (each sender sends this / pairs, at least 100).
+    #[arg(long, default_value_t = 500_000)]
+    sweep_total: u64,
+    /// Open this many idle logged-in connections and report server RSS per connection.
+    #[arg(long)]
+    idle: Option<usize>,
+    /// Keep the --idle connections open this many seconds after measuring (to inspect the
+    /// server meanwhile, e.g. /proc/PID/smaps).
+    #[arg(long, default_value_t = 0.0)]
+    idle_hold: f64,
+    /// Run the mixed-traffic soak for this many seconds.
+    #[arg(long)]
+    soak: Option<f64>,
+    /// Run a sweep, a rate series and an idle ramp, and draw figures/*.svg.
+    #[arg(long)]
+    figures: bool,
+    /// Register the user names chatbench uses (`s<tag>x<i>`, `r<tag>x<i>` for i < N) and exit.
+    #[arg(long, requires = "tag")]
+    prepare_accounts: Option<usize>,
+
+    /// Sender/receiver pairs for --flood and --rate.
+    #[arg(long, default_value_t = 50)]
+    pairs: usize,
+    /// Messages per sender for --flood and --rate.
+    #[arg(long, default_value_t = 2000)]
+    messages: u64,
+    /// Payload bytes per message (`<seq>:<send ns>:` padded with `x`).
+    #[arg(long, default_value_t = 50)]
+    size: usize,
+    /// Most messages a sender packs into one TLS write.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Most messages in flight per pair (0 = open loop). 1000 lines (~75 KiB) can never fill
+    /// the server's 256 KiB per-client queue, so a long flood measures sustained throughput
+    /// instead of the server evicting receivers that fall behind (its slow-consumer policy).
+    #[arg(long, default_value_t = 1000)]
+    window: u64,
+    /// Seconds a receiver waits for its next message before giving up.
+    #[arg(long, default_value_t = 10.0)]
+    stall: f64,
+    /// Soak clients (half stay connected, half reconnect now and then).
+    #[arg(long, default_value_t = 200)]
+    clients: usize,
+    /// Mean pause between a soak client's actions, milliseconds.
+    #[arg(long, default_value_t = 100.0)]
+    think_ms: f64,
+    /// Connections being opened (TLS handshake, register, login) at once.
+    #[arg(long, default_value_t = 20)]
+    connect_concurrency: usize,
+    /// Prefix for user names (a letter first; default: random for --server, `b` otherwise).
+    #[arg(long)]
+    tag: Option<String>,
+
+    /// Benchmark a running server at HOST:PORT instead of starting one.
+    #[arg(long, requires = "ca")]
+    server: Option<String>,
+    /// CA certificate of the --server (for a dev server: its certs/ca.pem).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Process id of the --server, to read its CPU time and memory.
+    #[arg(long, requires = "server")]
+    server_pid: Option<u32>,
+    /// Run this server binary (e.g. target/release/server) instead of this executable's
+    /// built-in server role.
+    #[arg(long, conflicts_with = "server")]
+    server_bin: Option<PathBuf>,
+
+    /// Where to write the JSON results (default: `bench-results/<mode>-<timestamp>.json`).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where --figures draws its SVG files.
+    #[arg(long, default_value = "figures")]
+    figures_dir: PathBuf,
+
+    /// Internal: run as the benchmark's server child with data in DIR.
+    #[arg(long, hide = true, exclusive = true)]
+    serve_child: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(dir) = &args.serve_child {
+        return match target::serve_child(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench server child: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("bench: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the phases asked for. Returns whether every check passed.
+fn run(args: Args) -> Result<bool> {
+    if let Err(e) = securechat::server::raise_open_file_limit() {
+        eprintln!("bench: cannot raise the open-file limit: {e}");
+    }
+    let mut bench = Bench::new(&args)?;
+    if let Some(n) = args.prepare_accounts {
+        return bench.prepare_accounts(n).map(|()| true);
+    }
+    let figures = args.figures;
+    let mut sweep = args.sweep.clone();
+    let mut rates = args.rate.clone();
+    let mut idle = args.idle;
+    if figures {
+        if sweep.is_empty() {
+            sweep = FIGURE_SWEEP.to_vec();
+        }
+        if rates.is_empty() {
+            rates = FIGURE_RATES.to_vec();
+        }
+        idle = idle.or(Some(FIGURE_IDLE));
+    }
+    let flood = args.flood
+        || (sweep.is_empty() && rates.is_empty() && idle.is_none() && args.soak.is_none());
+
+    let mut phases = Vec::new();
+    if figures {
+        phases.push("figures");
+    } else {
+        for (on, name) in [
+            (flood, "flood"),
+            (!rates.is_empty(), "rate"),
+            (!sweep.is_empty(), "sweep"),
+            (idle.is_some(), "idle"),
+            (args.soak.is_some(), "soak"),
+        ] {
+            if on {
+                phases.push(name);
+            }
+        }
+    }
+    bench.report.mode = phases.join("+");
+    println!("{}", bench.report.server.note);
+
+    if flood {
+        let cfg = bench.pairs_config("flood", args.pairs, args.messages, None);
+        let result = bench.pairs(&cfg)?;
+        bench.report.flood = Some(result);
+    }
+    for &rate in &rates {
+        let messages = if figures {
+            ((rate * FIGURE_RATE_SECONDS) as u64).max(100)
+        } else {
+            args.messages
+        };
+        let cfg = bench.pairs_config("rate", args.pairs, messages, Some(rate));
+        let result = bench.pairs(&cfg)?;
+        bench.report.rates.push(result);
+    }
+    for &pairs in &sweep {
+        let messages = (args.sweep_total / pairs.max(1) as u64).max(100);
+        let cfg = bench.pairs_config("sweep", pairs, messages, None);
+        let result = bench.pairs(&cfg)?;
+        bench.report.sweep.push(result);
+    }
+    if let Some(n) = idle {
+        let tag = bench.next_tag();
+        let concurrency = args.connect_concurrency;
+        let hold = Duration::from_secs_f64(args.idle_hold.max(0.0));
+        eprintln!("idle: opening {n} connections");
+        let result = bench.with_target(|t| idle::run(t, n, concurrency, &tag, hold))?;
+        bench.report.idle = Some(result);
+    }
+    if let Some(seconds) = args.soak {
+        let cfg = SoakConfig {
+            clients: args.clients,
+            duration: Duration::from_secs_f64(seconds.max(0.1)),
+            think: Duration::from_secs_f64(args.think_ms.max(0.1) / 1e3),
+            concurrency: args.connect_concurrency,
+            tag: bench.next_tag(),
+        };
+        eprintln!(
+            "soak: {} clients for {seconds} s (think {} ms)",
+            cfg.clients, args.think_ms
+        );
+        let result = bench.with_target(|t| soak::run(t, &cfg))?;
+        bench.report.soak = Some(result);
+    }
+
+    let report = &bench.report;
+    print_table(report);
+    let path = args.json.clone().unwrap_or_else(|| {
+        PathBuf::from("bench-results").join(format!(
+            "{}-{}.json",
+            report.mode,
+            file_stamp(&report.started)
+        ))
+    });
+    write_json(report, &path)?;
+    println!("\nresults: {}", path.display());
+    if figures {
+        for file in render::render_all(report, &args.figures_dir)? {
+            println!("figure: {}", file.display());
+        }
+    }
+    let failures = failures(report);
+    for f in &failures {
+        println!("FAILED: {f}");
+    }
+    Ok(failures.is_empty())
+}
+
+/// The run's state: options, the external server (if any), and the report so far.
+struct Bench<'a> {
+    /// Command-line options.
+    args: &'a Args,
+    /// The server for every run when `--server` is given; `None`: spawn one per run.
+    external: Option<Target>,
+    /// Prefix of user names; each run appends its number.
+    tag: String,
+    /// Runs so far (makes user names unique on a shared server).
+    runs: usize,
+    /// What has been measured.
+    report: Report,
+}
+
+impl<'a> Bench<'a> {
+    fn new(args: &'a Args) -> Result<Bench<'a>> {
+        let external = match &args.server {
+            Some(addr) => Some(Target::external(&External {
+                addr: addr.clone(),
+                ca: args.ca.clone().ok_or_else(|| {
+                    Error::Config("--server needs --ca FILE (the server's CA)".into())
+                })?,
+                pid: args.server_pid,
+            })?),
+            None => None,
+        };
+        let tag = match &args.tag {
+            Some(tag) => tag.to_lowercase(),
+            None if external.is_some() => random_tag(),
+            None => "b".into(),
+        };
+        if !tag.starts_with(|c: char| c.is_ascii_lowercase())
+            || !tag
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            || tag.len() > 12
+        {
+            return Err(Error::Config(format!(
+                "--tag {tag:?}: use up to 12 letters, digits or _, starting with a letter"
+            )));
+        }
+        let note = match (&args.server, &args.server_bin) {
+            (Some(addr), _) => format!(
+                "server: external {addr}{}; bcrypt cost as configured there",
+                match args.server_pid {
+                    Some(pid) => format!(" (pid {pid}: CPU and memory measured)"),
+                    None => " (no --server-pid: server CPU and memory not measured)".into(),
+                }
+            ),
+            (None, bin) => format!(
+                "server: a fresh child process per run ({}), 127.0.0.1, empty database, \
+                 bcrypt cost {BENCH_BCRYPT_COST} (benchmark setting; production default 12), \
+                 max {BENCH_MAX_CONNECTIONS} connections; off: per-IP connection cap, \
+                 per-IP registration limit, per-client frame rate limit; other limits default",
+                match bin {
+                    Some(bin) => format!("{} --bcrypt-cost {BENCH_BCRYPT_COST} ...", bin.display()),
+                    None => "this executable's built-in server role".into(),
+                }
+            ),
+        };
+        let started = securechat::logging::utc_timestamp(SystemTime::now());
+        let report = Report {
+            tool: "securechat-bench".into(),
+            schema: results::SCHEMA,
+            started,
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            server: ServerInfo {
+                kind: if external.is_some() {
+                    "external"
+                } else {
+                    "spawned"
+                }
+                .into(),
+                program: match (&args.server, &args.server_bin) {
+                    (Some(_), _) => None,
+                    (None, Some(bin)) => Some(bin.display().to_string()),
+                    (None, None) => Some("bench --serve-child".into()),
+                },
+                bcrypt_cost: external.is_none().then_some(BENCH_BCRYPT_COST),
+                note,
+            },
+            machine: machine(),
+            ..Report::default()
+        };
+        Ok(Bench {
+            args,
+            external,
+            tag,
+            runs: 0,
+            report,
+        })
+    }
+
+    /// A fresh user-name prefix for the next run.
+    fn next_tag(&mut self) -> String {
+        self.runs += 1;
+        format!("{}_{}", self.tag, self.runs)
+    }
+
+    fn pairs_config(
+        &mut self,
+        kind: &'static str,
+        pairs: usize,
+        messages: u64,
+        rate: Option<f64>,
+    ) -> PairsConfig {
+        PairsConfig {
+            kind,
+            pairs: pairs.max(1),
+            messages: messages.max(1),
+            size: self.args.size,
+            batch: self.args.batch.max(1),
+            rate,
+            window: (self.args.window > 0).then_some(self.args.window),
+            stall: Duration::from_secs_f64(self.args.stall.max(0.1)),
+            concurrency: self.args.connect_concurrency,
+            tag: self.next_tag(),
+        }
+    }
+
+    /// Runs `f` against the external server, or a fresh spawned one.
+    fn with_target<T>(&self, f: impl FnOnce(&Target) -> Result<T>) -> Result<T> {
+        if let Some(target) = &self.external {
+            return f(target);
+        }
+        let target = Target::spawn(self.args.server_bin.as_deref())?;
+        f(&target).map_err(|e| match target.log_tail() {
+            Some(tail) if !tail.is_empty() => {
+                Error::Protocol(format!("{e}\nlast lines of the server's log:\n{tail}"))
+            }
+            _ => e,
+        })
+    }
+
+    /// One pairs run, with a progress line on stderr.
+    fn pairs(&self, cfg: &PairsConfig) -> Result<PairsResult> {
+        eprintln!(
+            "{}: {} pairs x {} messages{}",
+            cfg.kind,
+            cfg.pairs,
+            cfg.messages,
+            cfg.rate
+                .map(|r| format!(" at {r} msgs/s per sender"))
+                .unwrap_or_default()
+        );
+        let result = self.with_target(|t| pairs::run(t, cfg))?;
+        eprintln!(
+            "  {:.0} msgs/s, lost {}, reordered {}, errors {}, p50 {:.3} ms, p99 {:.3} ms",
+            result.msgs_per_s,
+            result.lost,
+            result.reordered,
+            result.errors,
+            result.latency_ms.p50,
+            result.latency_ms.p99
+        );
+        Ok(result)
+    }
+
+    /// `--prepare-accounts N`: registers chatbench's user names on the --server.
+    fn prepare_accounts(&mut self, n: usize) -> Result<()> {
+        let target = self.external.as_ref().ok_or_else(|| {
+            Error::Config(
+                "--prepare-accounts needs --server HOST:PORT --ca FILE (a server that outlives \
+                 this command)"
+                    .into(),
+            )
+        })?;
+        let tag = &self.tag;
+        let names: Vec<String> = (0..n)
+            .flat_map(|i| [format!("s{tag}x{i}"), format!("r{tag}x{i}")])
+            .collect();
+        let opened = open_many(
+            target,
+            &names,
+            Setup::RegisterOnly,
+            self.args.connect_concurrency,
+        )?;
+        println!(
+            "registered {} accounts (s{tag}x0..s{tag}x{last}, r{tag}x0..r{tag}x{last}; existing ones kept) \
+             with password {PASSWORD:?}, in {:.1} s",
+            opened.conns.len(),
+            opened.seconds,
+            last = n.saturating_sub(1)
+        );
+        let (_, port) = target.addr.rsplit_once(':').unwrap_or(("", "PORT"));
+        println!(
+            "now run: $PEERS/target/release/chatbench --port {port} --cafile CA --tag {tag} \
+             --pairs {n} --password '{PASSWORD}' --proto template --login 'LOGIN {{user}} {{password}}' \
+             --login-ok 'OK LOGIN' --login-fail 'ERR' --send 'MSG {{to}} {{body}}' \
+             --recv 'FROM {{from}} {{body}}' [--server-pid PID]"
+        );
+        Ok(())
+    }
+}
+
+/// A random 4-letter tag, so runs against a shared server do not collide.
+fn random_tag() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..4)
+        .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+        .collect()
+}
+
+/// What the machine is.
+fn machine() -> Machine {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    Machine {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu,
+        kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
+        release_build: !cfg!(debug_assertions),
+    }
+}
+
+/// `2026-11-22T02:39:02.123Z` → `20261122T023902`.
+fn file_stamp(iso: &str) -> String {
+    iso.chars()
+        .take(19)
+        .filter(|c| c.is_ascii_digit() || *c == 'T')
+        .collect()
+}
+
+fn write_json(report: &Report, path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)
+            .map_err(|e| Error::Config(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let json = serde_json::to_string_pretty(report)
+        .map_err(|e| Error::Config(format!("cannot encode the results: {e}")))?;
+    fs::write(path, json + "\n")
+        .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Every pairs run in the report: the flood, the rate runs, the sweep.
+fn pairs_runs(report: &Report) -> impl Iterator<Item = &PairsResult> {
+    report
+        .flood
+        .iter()
+        .chain(&report.rates)
+        .chain(&report.sweep)
+}
+
+/// Every correctness check that failed, in words.
+fn failures(report: &Report) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in pairs_runs(report) {
+        if r.lost > 0 || r.reordered > 0 || r.errors > 0 {
+            out.push(format!(
+                "{} {} pairs: lost {}, reordered {}, errors {} {:?}",
+                r.kind, r.pairs, r.lost, r.reordered, r.errors, r.error_samples
+            ));
+        }
+    }
+    if let Some(s) = &report.soak {
+        if s.lost > 0 || s.reordered > 0 || s.errors > 0 {
+            out.push(format!(
+                "soak: lost {}, reordered {}, errors {} {:?}",
+                s.lost, s.reordered, s.errors, s.error_samples
+            ));
+        }
+    }
+    out
+}
+
+/// Formats an optional number, `-` when absent.
+fn opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.decimals$}"))
+}
+
+/// The human-readable summary.
+fn print_table(report: &Report) {
+    let runs: Vec<&PairsResult> = pairs_runs(report).collect();
+    if !runs.is_empty() {
+        println!(
+            "\n{:<6} {:>5} {:>8} {:>9} {:>10} {:>5} {:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>7} {:>8}",
+            "run", "pairs", "msgs/snd", "offered/s", "deliv/s", "lost", "reord", "err",
+            "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
+            "srv", "srv", "gen", "machine", "login"
+        );
+        println!(
+            "{:<6} {:>5} {:>8} {:>9} {:>10} {:>5} {:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>7} {:>8}",
+            "", "", "", "", "", "", "", "", "", "", "", "", "",
+            "cores", "us/msg", "cores", "cores", "p50 ms"
+        );
+        for r in &runs {
+            println!(
+                "{:<6} {:>5} {:>8} {:>9} {:>10.0} {:>5} {:>5} {:>4} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>6} {:>7} {:>6.2} {:>7} {:>8.2}",
+                r.kind,
+                r.pairs,
+                r.messages_per_sender,
+                opt(r.offered_msgs_per_s, 0),
+                r.msgs_per_s,
+                r.lost,
+                r.reordered,
+                r.errors,
+                r.latency_ms.p50,
+                r.latency_ms.p90,
+                r.latency_ms.p99,
+                r.latency_ms.p999,
+                r.latency_ms.max,
+                opt(r.cpu.server_cores, 2),
+                opt(r.cpu.server_us_per_msg, 1),
+                r.cpu.generator_cores,
+                opt(r.cpu.machine_busy_cores, 2),
+                r.setup.connect_login_ms.p50,
+            );
+        }
+        println!(
+            "(payload {} bytes, up to {} messages per TLS write, window {}; latency = send to \
+             receive, one clock; srv/gen cores = CPU seconds / measured window; login = connect \
+             + TLS + LOGIN)",
+            runs[0].payload_bytes,
+            runs[0].batch,
+            runs[0]
+                .window
+                .map_or_else(|| "none".into(), |w| w.to_string()),
+        );
+    }
+    if let Some(i) = &report.idle {
+        println!(
+            "\nidle: {} logged-in connections: server RSS {:.1} MiB -> {:.1} MiB: {:.1} KiB per \
+             connection ((after - before) / N), {:.1} KiB marginal (slope over {} samples)",
+            i.connections,
+            i.rss_before_kib as f64 / 1024.0,
+            i.rss_after_kib as f64 / 1024.0,
+            i.rss_per_conn_kib,
+            i.slope_kib_per_conn,
+            i.samples.len()
+        );
+        println!(
+            "      opening them ({} at a time) took {:.1} s; connect + login p50 {:.2} ms, p99 {:.2} ms; \
+             register p50 {:.2} ms, p99 {:.2} ms",
+            i.setup.concurrency,
+            i.setup.seconds,
+            i.setup.connect_login_ms.p50,
+            i.setup.connect_login_ms.p99,
+            i.setup.register_ms.p50,
+            i.setup.register_ms.p99
+        );
+    }
+    if let Some(s) = &report.soak {
+        let first = s.rss_samples.first().map_or(0, |r| r.rss_kib);
+        let max = s.rss_samples.iter().map(|r| r.rss_kib).max().unwrap_or(0);
+        let last = s.rss_samples.last().map_or(0, |r| r.rss_kib);
+        println!(
+            "\nsoak: {} clients ({} reconnecting) for {:.0} s, think {:.0} ms: {} private, {} room, \
+             {} list, {} ping, {} reconnects",
+            s.clients,
+            s.churning_clients,
+            s.seconds,
+            s.think_ms,
+            s.actions.private,
+            s.actions.room,
+            s.actions.list,
+            s.actions.ping,
+            s.actions.reconnect
+        );
+        println!(
+            "      private sent {} delivered {} lost {} reordered {}; room deliveries {}; errors {} {:?}",
+            s.private_sent,
+            s.private_delivered,
+            s.lost,
+            s.reordered,
+            s.room_delivered,
+            s.errors,
+            s.error_samples
+        );
+        println!(
+            "      server RSS first {:.1} MiB, max {:.1} MiB, last {:.1} MiB, growth after warm-up {} KiB; server {} cores",
+            first as f64 / 1024.0,
+            max as f64 / 1024.0,
+            last as f64 / 1024.0,
+            s.rss_growth_kib.map_or_else(|| "-".into(), |g| g.to_string()),
+            opt(s.server_cores, 2)
+        );
+    }
+}
