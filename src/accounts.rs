@@ -8,10 +8,9 @@
 //!   silently ignore the rest, so longer passwords are refused rather than truncated.
 //! * A login for an unknown user verifies against a dummy hash of the same cost, so the
 //!   answer takes as long as for a wrong password and says the same thing.
-//! * bcrypt runs behind a small pool of permits: a storm of logins queues instead of
-//!   starving every other thread of CPU.
-
-use std::sync::{Condvar, Mutex, PoisonError};
+//! * bcrypt runs on a few dedicated worker threads at low scheduling priority, first come
+//!   first served: a storm of logins queues for them instead of taking every core from
+//!   the people already chatting.
 
 use regex::Regex;
 use std::sync::LazyLock;
@@ -149,13 +148,14 @@ pub struct Accounts {
     /// A hash of a random password at `cost`, verified for unknown users so that a login
     /// attempt costs the same whether or not the account exists.
     dummy_hash: String,
-    /// Bounds concurrent bcrypt computations.
-    permits: Permits,
+    /// Where bcrypt runs: a bounded, low-priority pool.
+    hashers: HashPool,
 }
 
 impl Accounts {
     /// Wraps a store. `cost` is the bcrypt cost; `max_concurrent` bounds simultaneous
-    /// bcrypt computations (the number of CPU cores is a good value).
+    /// bcrypt computations (the number of CPU cores is a good value: the pool runs at low
+    /// priority, so chat traffic still gets the CPU it needs).
     pub fn new(store: Store, cost: u32, max_concurrent: usize) -> Result<Accounts> {
         let mut random = [0u8; 18];
         aws_lc_rs::rand::fill(&mut random[..])
@@ -166,7 +166,7 @@ impl Accounts {
             store,
             cost,
             dummy_hash,
-            permits: Permits::new(max_concurrent.max(1)),
+            hashers: HashPool::new(max_concurrent.max(1))?,
         })
     }
 
@@ -194,10 +194,12 @@ impl Accounts {
             return Err(RegisterError::Exists);
         }
         admit().map_err(|t| RegisterError::Throttled(t.retry_after))?;
-        let hash = {
-            let _permit = self.permits.acquire();
-            bcrypt::hash(password, self.cost).map_err(|e| RegisterError::Storage(e.to_string()))?
-        };
+        let (password, cost) = (password.to_owned(), self.cost);
+        let hash = self
+            .hashers
+            .run(move || bcrypt::hash(password, cost))
+            .and_then(|hashed| hashed.map_err(|e| e.to_string()))
+            .map_err(RegisterError::Storage)?;
         match self.store.create_account(&user, &hash) {
             Ok(Created::Yes) => Ok(user),
             Ok(Created::AlreadyExists) => Err(RegisterError::Exists),
@@ -215,14 +217,16 @@ impl Accounts {
                 .map_err(|e| LoginError::Storage(e.to_string()))?,
             None => None,
         };
-        let verified = {
-            let _permit = self.permits.acquire();
-            let hash = stored.as_deref().unwrap_or(&self.dummy_hash);
-            // bcrypt would ignore bytes past 72; such a password was never accepted at
-            // registration, so it cannot be right. Verify anyway to keep the cost equal.
-            let ok = bcrypt::verify(password, hash).unwrap_or(false);
-            ok && stored.is_some() && password.len() <= BCRYPT_MAX_PASSWORD_BYTES
-        };
+        let known = stored.is_some();
+        let hash = stored.unwrap_or_else(|| self.dummy_hash.clone());
+        let attempt = password.to_owned();
+        let matched = self
+            .hashers
+            .run(move || bcrypt::verify(attempt, &hash).unwrap_or(false))
+            .map_err(LoginError::Storage)?;
+        // bcrypt would ignore bytes past 72; such a password was never accepted at
+        // registration, so it cannot be right. It was verified anyway to keep the cost equal.
+        let verified = matched && known && password.len() <= BCRYPT_MAX_PASSWORD_BYTES;
         match (verified, user) {
             (true, Some(user)) => {
                 if let Err(e) = self.store.record_login(&user) {
@@ -235,52 +239,63 @@ impl Accounts {
     }
 }
 
-/// A counting semaphore: at most `n` holders at once, the rest wait in line.
-struct Permits {
-    /// Permits not currently held.
-    available: Mutex<usize>,
-    /// Wakes a waiter when a permit comes back.
-    returned: Condvar,
+/// A job for the hashing pool.
+type HashJob = Box<dyn FnOnce() + Send>;
+
+/// Worker threads that run bcrypt, first come first served, at low priority.
+///
+/// Bounding the workers bounds the CPU a storm of logins can take; a nice value of 10
+/// makes the scheduler prefer the chat threads over them whenever both want a core.
+struct HashPool {
+    /// Where jobs wait for a worker, in arrival order.
+    jobs: crossbeam_channel::Sender<HashJob>,
 }
 
-impl Permits {
-    fn new(n: usize) -> Permits {
-        Permits {
-            available: Mutex::new(n),
-            returned: Condvar::new(),
+/// Scheduling priority of bcrypt workers: `nice 10`, well below the chat threads.
+const HASH_WORKER_NICE: libc::c_int = 10;
+
+impl HashPool {
+    fn new(workers: usize) -> Result<HashPool> {
+        let (jobs, queue) = crossbeam_channel::unbounded::<HashJob>();
+        for i in 0..workers {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("bcrypt-{i}"))
+                .spawn(move || {
+                    lower_this_threads_priority();
+                    for job in queue {
+                        job();
+                    }
+                })?;
         }
+        Ok(HashPool { jobs })
     }
 
-    fn acquire(&self) -> PermitGuard<'_> {
-        let mut available = self
-            .available
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        while *available == 0 {
-            available = self
-                .returned
-                .wait(available)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        *available -= 1;
-        PermitGuard { permits: self }
+    /// Runs `work` on a worker and waits for its result.
+    fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let (reply, result) = crossbeam_channel::bounded(1);
+        self.jobs
+            .send(Box::new(move || {
+                let _ = reply.send(work());
+            }))
+            .map_err(|_| "the password workers have stopped".to_owned())?;
+        result
+            .recv()
+            .map_err(|_| "a password worker failed".to_owned())
     }
 }
 
-/// Returns its permit when dropped.
-struct PermitGuard<'a> {
-    permits: &'a Permits,
-}
-
-impl Drop for PermitGuard<'_> {
-    fn drop(&mut self) {
-        let mut available = self
-            .permits
-            .available
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *available += 1;
-        self.permits.returned.notify_one();
+/// Gives the calling thread (only) a lower scheduling priority. Best effort: failing to
+/// lower it leaves the default priority.
+fn lower_this_threads_priority() {
+    // SAFETY: gettid has no preconditions; on Linux, setpriority with PRIO_PROCESS and a
+    // thread id changes that one thread's nice value.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, HASH_WORKER_NICE);
     }
 }
 
@@ -391,25 +406,33 @@ mod tests {
     }
 
     #[test]
-    fn permits_bound_concurrency() {
-        let permits = std::sync::Arc::new(Permits::new(2));
-        let inside = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    fn the_pool_bounds_concurrency_and_runs_at_low_priority() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        use std::sync::Arc;
+        let pool = Arc::new(HashPool::new(2).unwrap());
+        let inside = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..8)
             .map(|_| {
-                let (permits, inside, peak) = (permits.clone(), inside.clone(), peak.clone());
+                let (pool, inside, peak) = (pool.clone(), inside.clone(), peak.clone());
                 std::thread::spawn(move || {
-                    let _p = permits.acquire();
-                    let now = inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                    peak.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                    inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    pool.run(move || {
+                        let now = inside.fetch_add(1, SeqCst) + 1;
+                        peak.fetch_max(now, SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        inside.fetch_sub(1, SeqCst);
+                        // SAFETY: getpriority reads the calling thread's nice value.
+                        unsafe {
+                            libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t)
+                        }
+                    })
+                    .unwrap()
                 })
             })
             .collect();
         for t in threads {
-            t.join().unwrap();
+            assert_eq!(t.join().unwrap(), HASH_WORKER_NICE);
         }
-        assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(peak.load(SeqCst), 2);
     }
 }

@@ -1,6 +1,6 @@
 //! The router: one thread that owns who is online and moves frames between them.
 //!
-//! Per-client reader threads send it [`Event`]s over one crossbeam channel; it answers by
+//! Per-client reader threads send it [`Event`]s through its [`Inbox`]; it answers by
 //! pushing frames into clients' [`Outbox`]es. It never touches a socket for reading or
 //! writing and never blocks on a client: a push into a full outbox evicts that client
 //! (its queue is over its byte bound because it stopped reading) and everyone else carries
@@ -16,7 +16,8 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use crossbeam_channel::Receiver;
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::outbox::{Line, Outbox};
 
@@ -110,6 +111,108 @@ pub enum Routed {
     Reply(Line),
 }
 
+/// The router's inbox: one queue for every connection's events, bounded in count.
+///
+/// When the router falls behind and the inbox is full, senders block: a reader then stops
+/// reading its socket, and TCP pushes back on the client instead of the server's memory
+/// growing. The router takes everything waiting in one lock per wake-up, so under load a
+/// hand-off costs a push, not a wake-up. (A crossbeam channel spins and yields while
+/// waiting, which cost more CPU than the routing itself at moderate rates.)
+pub struct Inbox {
+    /// The events and who is waiting.
+    state: Mutex<InboxState>,
+    /// Wakes the router when an event arrives.
+    not_empty: Condvar,
+    /// Wakes blocked senders when the router has taken events.
+    not_full: Condvar,
+    /// Events the inbox holds before senders block.
+    capacity: usize,
+}
+
+/// The inbox's state, behind its mutex.
+#[derive(Default)]
+struct InboxState {
+    /// Waiting events, oldest first.
+    events: VecDeque<Event>,
+    /// The router is asleep waiting for events.
+    router_waiting: bool,
+    /// Senders asleep waiting for room.
+    senders_waiting: usize,
+    /// The router has stopped; sends fail.
+    closed: bool,
+}
+
+/// The router has stopped (the server is shutting down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterGone;
+
+impl Inbox {
+    /// An inbox that holds `capacity` events before senders wait.
+    pub fn new(capacity: usize) -> Inbox {
+        Inbox {
+            state: Mutex::new(InboxState::default()),
+            not_empty: Condvar::new(),
+            not_full: Condvar::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Hands an event to the router, waiting while the inbox is full.
+    pub fn send(&self, event: Event) -> Result<(), RouterGone> {
+        let mut state = self.lock();
+        while state.events.len() >= self.capacity && !state.closed {
+            state.senders_waiting += 1;
+            state = self
+                .not_full
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            state.senders_waiting -= 1;
+        }
+        if state.closed {
+            return Err(RouterGone);
+        }
+        state.events.push_back(event);
+        let wake = state.router_waiting;
+        drop(state);
+        if wake {
+            self.not_empty.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Waits for events and moves all of them into `into` (which must be empty).
+    fn drain(&self, into: &mut VecDeque<Event>) {
+        let mut state = self.lock();
+        while state.events.is_empty() {
+            state.router_waiting = true;
+            state = self
+                .not_empty
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            state.router_waiting = false;
+        }
+        std::mem::swap(&mut state.events, into);
+        let wake = state.senders_waiting > 0;
+        drop(state);
+        if wake {
+            self.not_full.notify_all();
+        }
+    }
+
+    /// Marks the router stopped and releases every blocked sender.
+    fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.events.clear();
+        drop(state);
+        self.not_full.notify_all();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, InboxState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// A logged-in user as the router sees it.
 struct Online {
     /// The connection currently logged in as this user.
@@ -131,12 +234,16 @@ pub struct Router {
 }
 
 impl Router {
-    /// Runs until `Event::Shutdown` arrives or every sender is gone. (Connections are told
-    /// about a shutdown by the server, which reaches the ones not logged in too.)
-    pub fn run(mut self, events: Receiver<Event>) {
-        while let Ok(event) = events.recv() {
-            if !self.handle(event) {
-                break;
+    /// Runs until `Event::Shutdown` arrives. Takes every waiting event at each wake-up.
+    pub fn run(mut self, inbox: Arc<Inbox>) {
+        let mut events = VecDeque::new();
+        loop {
+            inbox.drain(&mut events);
+            while let Some(event) = events.pop_front() {
+                if !self.handle(event) {
+                    inbox.close();
+                    return;
+                }
             }
         }
     }

@@ -17,12 +17,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
-
 use crate::accounts::Accounts;
 use crate::error::{Error, Result};
 use crate::outbox::{Line, Outbox};
-use crate::router::{ConnId, Event, Router};
+use crate::router::{ConnId, Event, Inbox, Router};
 use crate::session;
 use crate::store::Store;
 use crate::throttle::{Throttle, ThrottlePolicy};
@@ -100,7 +98,7 @@ pub(crate) struct Shared {
     /// Registration and login.
     pub accounts: Accounts,
     /// The router's inbox.
-    pub router: Sender<Event>,
+    pub router: Arc<Inbox>,
     /// TLS configuration for new connections.
     pub tls: Arc<rustls::ServerConfig>,
     /// Failed-login and registration memory across connections.
@@ -239,15 +237,18 @@ impl Server {
             .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
         let local_addr = listener.local_addr()?;
 
-        let (router_tx, router_rx) = crossbeam_channel::bounded(ROUTER_INBOX);
-        let router = thread::Builder::new()
-            .name("router".into())
-            .spawn(move || Router::default().run(router_rx))?;
+        let inbox = Arc::new(Inbox::new(ROUTER_INBOX));
+        let router = {
+            let inbox = inbox.clone();
+            thread::Builder::new()
+                .name("router".into())
+                .spawn(move || Router::default().run(inbox))?
+        };
         let shared = Arc::new(Shared {
             throttle: Throttle::new(config.limits.throttle.clone()),
             limits: config.limits,
             accounts,
-            router: router_tx,
+            router: inbox,
             tls: config.tls,
             connections: Mutex::new(Connections::default()),
             connection_ended: Condvar::new(),
@@ -261,7 +262,14 @@ impl Server {
             let shared = shared.clone();
             thread::Builder::new()
                 .name("accept".into())
-                .spawn(move || accept_loop(listener, shared))?
+                .spawn(move || accept_loop(listener, shared))
+        };
+        let acceptor = match acceptor {
+            Ok(acceptor) => acceptor,
+            Err(e) => {
+                let _ = shared.router.send(Event::Shutdown);
+                return Err(e.into());
+            }
         };
         Ok(Server {
             local_addr,
