@@ -134,7 +134,9 @@ impl Outbox {
         }
         queue.lines.push_back(line);
         queue.bytes += len;
-        let wake = queue.writer_waiting;
+        // Whoever wakes the writer clears the flag, so the pushes that follow before the
+        // writer runs do not make one futex call each.
+        let wake = std::mem::take(&mut queue.writer_waiting);
         drop(queue);
         if wake {
             self.shared.ready.notify_one();
@@ -145,7 +147,10 @@ impl Outbox {
     /// Asks the writer to send what is queued and close the connection. The close request
     /// itself ignores the byte limit.
     pub fn close(&self) {
-        self.shared.lock().closing = true;
+        let mut queue = self.shared.lock();
+        queue.closing = true;
+        queue.writer_waiting = false;
+        drop(queue);
         self.shared.ready.notify_one();
     }
 
@@ -206,8 +211,8 @@ impl OutboxReceiver {
                 .ready
                 .wait(queue)
                 .unwrap_or_else(PoisonError::into_inner);
-            queue.writer_waiting = false;
         }
+        queue.writer_waiting = false;
         std::mem::swap(&mut queue.lines, batch);
         queue.bytes = 0;
         !queue.closing && queue.producers > 0

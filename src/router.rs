@@ -101,8 +101,8 @@ pub enum Event {
 
 /// A request the router carries out for a logged-in user.
 pub enum Routed {
-    /// Deliver `line` (a complete `FROM <sender> <payload>` frame) to `to`.
-    Direct { to: Box<str>, line: Vec<u8> },
+    /// Deliver a private frame to its recipient.
+    Direct(Direct),
     /// Deliver `line` (a complete `ROOM <sender> <text>` frame) to everyone else.
     Room { line: Arc<[u8]> },
     /// Reply with who is online.
@@ -172,7 +172,8 @@ impl Inbox {
             return Err(RouterGone);
         }
         state.events.push_back(event);
-        let wake = state.router_waiting;
+        // Cleared by whoever wakes the router, so later senders skip the futex call.
+        let wake = std::mem::take(&mut state.router_waiting);
         drop(state);
         if wake {
             self.not_empty.notify_one();
@@ -189,8 +190,8 @@ impl Inbox {
                 .not_empty
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
-            state.router_waiting = false;
         }
+        state.router_waiting = false;
         std::mem::swap(&mut state.events, into);
         let wake = state.senders_waiting > 0;
         drop(state);
@@ -210,6 +211,48 @@ impl Inbox {
 
     fn lock(&self) -> MutexGuard<'_, InboxState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// `ERR MSG offline`: the first word of the text is the user, as the spec promises.
+fn offline_reply(user: &str) -> Line {
+    Line::from(format!("ERR MSG offline {user} {user} is not online\n"))
+}
+
+/// A private frame on its way: the complete `FROM <sender> <payload>` line, with the
+/// recipient's name stored after it in the same buffer, so that routing a message costs
+/// one allocation.
+pub struct Direct {
+    /// The line (with its `\n`), then the recipient's canonical name.
+    bytes: Vec<u8>,
+    /// Where the line ends and the name begins.
+    line_len: usize,
+}
+
+impl Direct {
+    /// The frame `FROM <from> <payload>` for `to` (a canonical user name).
+    pub fn new(from: &str, to: &str, payload: &str) -> Direct {
+        let line_len = "FROM ".len() + from.len() + 1 + payload.len() + 1;
+        let mut bytes = Vec::with_capacity(line_len + to.len());
+        bytes.extend_from_slice(b"FROM ");
+        bytes.extend_from_slice(from.as_bytes());
+        bytes.push(b' ');
+        bytes.extend_from_slice(payload.as_bytes());
+        bytes.push(b'\n');
+        bytes.extend_from_slice(to.as_bytes());
+        Direct { bytes, line_len }
+    }
+
+    /// Who the frame is for.
+    pub fn recipient(&self) -> &str {
+        // Built from a `&str` in `new`, so this never fails.
+        std::str::from_utf8(&self.bytes[self.line_len..]).unwrap_or_default()
+    }
+
+    /// The frame to send (the name is cut off; the buffer is reused as it is).
+    pub fn into_line(mut self) -> Line {
+        self.bytes.truncate(self.line_len);
+        Line::Owned(self.bytes)
     }
 }
 
@@ -308,7 +351,7 @@ impl Router {
 
     fn request(&mut self, user: &Arc<str>, request: Routed) {
         match request {
-            Routed::Direct { to, line } => self.direct(user, &to, line),
+            Routed::Direct(frame) => self.direct(user, frame),
             Routed::Room { line } => {
                 let mut full = Vec::new();
                 for (name, client) in &self.online {
@@ -333,20 +376,17 @@ impl Router {
     }
 
     /// Delivers a private frame, or tells the sender the recipient is not online.
-    fn direct(&mut self, from: &Arc<str>, to: &str, line: Vec<u8>) {
-        let Some((to_name, recipient)) = self.online.get_key_value(to) else {
-            let reply = format!("ERR MSG offline {to} {to} is not online\n");
-            self.send(from, Line::from(reply));
-            return;
+    fn direct(&mut self, from: &Arc<str>, frame: Direct) {
+        let Some((name, recipient)) = self.online.get_key_value(frame.recipient()) else {
+            let reply = offline_reply(frame.recipient());
+            return self.send(from, reply);
         };
-        let to_name = to_name.clone();
-        if recipient.outbox.push(Line::Owned(line)).is_err() {
-            self.evict(&to_name);
-            let reply = format!("ERR MSG offline {to} {to} is not online\n");
-            self.send(from, Line::from(reply));
-            return;
+        let name = name.clone();
+        if recipient.outbox.push(frame.into_line()).is_err() {
+            self.evict(&name);
+            return self.send(from, offline_reply(&name));
         }
-        self.note_contact(from, &to_name);
+        self.note_contact(from, &name);
     }
 
     /// Records that `from` and `to` are in a conversation, so each hears when the other

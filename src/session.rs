@@ -10,6 +10,7 @@
 //! The sender of every routed frame is the session's authenticated user, written by this
 //! module into the `FROM`/`ROOM` line; nothing the client sends can change it.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
@@ -20,13 +21,13 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use crate::accounts::{normalize_username, LoginError, RegisterError};
+use crate::accounts::{is_canonical_username, normalize_username, LoginError, RegisterError};
 use crate::connection::{ReadOutcome, TlsStream};
 use crate::error::{Error, Result};
 use crate::frame::{FrameError, LineBuffer};
 use crate::outbox::{outbox, Line, Outbox, OutboxReceiver};
 use crate::protocol::{hello_line, Command, ErrorCode, ProtocolError, Request};
-use crate::router::{ConnId, Event, Routed};
+use crate::router::{ConnId, Direct, Event, Routed};
 use crate::server::Shared;
 use crate::throttle::TokenBucket;
 
@@ -566,17 +567,7 @@ impl Session {
                         "you cannot send a private message to yourself",
                     ));
                 }
-                let mut line =
-                    Vec::with_capacity("FROM ".len() + user.len() + 1 + payload.len() + 1);
-                line.extend_from_slice(b"FROM ");
-                line.extend_from_slice(user.as_bytes());
-                line.push(b' ');
-                line.extend_from_slice(payload.as_bytes());
-                line.push(b'\n');
-                self.route(Routed::Direct {
-                    to: to.into_boxed_str(),
-                    line,
-                });
+                self.route(Routed::Direct(Direct::new(user, &to, payload)));
             }
             Request::SetKey { key } => return self.set_key(user, key),
             Request::GetKey { user: wanted } => return self.get_key(wanted),
@@ -736,9 +727,13 @@ impl Drop for Session {
     }
 }
 
-/// Validates a `MSG` recipient and returns its canonical name.
-fn recipient(to: &str) -> std::result::Result<String, ProtocolError> {
-    normalize_username(to).map_err(|_| {
+/// Validates a `MSG` recipient and returns its canonical name (borrowed when the client
+/// already sent it in canonical form, as clients do).
+fn recipient(to: &str) -> std::result::Result<Cow<'_, str>, ProtocolError> {
+    if is_canonical_username(to) {
+        return Ok(Cow::Borrowed(to));
+    }
+    normalize_username(to).map(Cow::Owned).map_err(|_| {
         ProtocolError::new(
             Command::Msg,
             ErrorCode::NoSuchUser,
