@@ -43,6 +43,10 @@ struct Args {
     /// Diffie-Hellman group for exchanges this client starts: ffdhe3072 or ffdhe2048.
     #[arg(long, default_value = "ffdhe3072", value_parser = parse_group)]
     group: Group,
+    /// Seconds without sending anything after which the client pings the server (keep it
+    /// below the server's idle timeout).
+    #[arg(long, default_value_t = terminal::DEFAULT_KEEPALIVE.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    keepalive: u64,
 }
 
 fn parse_group(name: &str) -> Result<Group, String> {
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         register: args.register,
         explain: args.explain,
         group: args.group,
+        keepalive: std::time::Duration::from_secs(args.keepalive),
     };
     match terminal::run(options) {
         Ok(()) => ExitCode::SUCCESS,

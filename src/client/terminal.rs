@@ -28,9 +28,9 @@ use crate::error::{Error, Result};
 use crate::protocol::{Request, ServerLine};
 use crate::tls;
 
-/// How long the client may go without sending before it pings; well under the server's
-/// default idle timeout (300 s).
-const KEEPALIVE: Duration = Duration::from_secs(60);
+/// How long the client may go without sending before it pings, by default: well under
+/// the server's default idle timeout (300 s).
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// The development CA file looked for when `--ca` is not given (next to where the server
 /// keeps it when both run from the repository).
@@ -55,6 +55,8 @@ pub struct Options {
     pub explain: bool,
     /// The Diffie-Hellman group for exchanges this client starts.
     pub group: Group,
+    /// Ping after this long without sending anything (below the server's idle timeout).
+    pub keepalive: Duration,
 }
 
 /// Events for the chat loop.
@@ -144,10 +146,11 @@ pub fn run(options: Options) -> Result<()> {
     loop {
         // Ping when nothing was *sent* for a while: a user who only reads a busy room
         // must not be cut off by the server's idle timeout.
-        let event = match rx.recv_timeout(KEEPALIVE.saturating_sub(link.idle_for())) {
+        let keepalive = options.keepalive;
+        let event = match rx.recv_timeout(keepalive.saturating_sub(link.idle_for())) {
             Ok(event) => event,
             Err(RecvTimeoutError::Timeout) => {
-                if link.idle_for() >= KEEPALIVE {
+                if link.idle_for() >= keepalive {
                     link.send(&Request::Ping { token: "" })?;
                 }
                 continue;
