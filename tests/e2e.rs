@@ -15,10 +15,8 @@ mod common;
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -27,14 +25,12 @@ use num_bigint::BigUint;
 use regex::Regex;
 use rexpect::session::StreamSession;
 
-use common::{ok, TestClient, TestServer, PASSWORD, WAIT};
-use securechat::client::link;
+use common::{contains, files_under, ok, ServerProcess, TestClient, TestServer, PASSWORD, WAIT};
 use securechat::client::secure::{Action, Notice, Secure};
 use securechat::e2e::{
     safety_number, EphemeralSecret, Group, IdentityKey, IdentityPublicKey, Payload, PinStore,
 };
 use securechat::protocol::ServerLine;
-use securechat::tls;
 
 /// How long one poll of a connection waits before trying the other one.
 const POLL: Duration = Duration::from_millis(20);
@@ -239,116 +235,6 @@ fn is_e2e_message(payload: &str) -> bool {
 // The real binaries.
 // ----------------------------------------------------------------------------------------
 
-/// The `server` binary in its own process, logging at debug level into a file.
-struct ServerProcess {
-    /// The process; `None` once stopped.
-    child: Option<Child>,
-    /// Where it listens.
-    port: u16,
-    /// Holds its data directory, certificates and log.
-    dir: tempfile::TempDir,
-}
-
-impl ServerProcess {
-    fn start() -> ServerProcess {
-        let dir = tempfile::tempdir().expect("temp dir");
-        // The binary cannot report the port it was given, so pick a free one first.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let log = File::create(dir.path().join("server.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_server"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--certs-dir")
-            .arg(dir.path().join("certs"))
-            .args(["--bcrypt-cost", "4", "--max-connections-per-ip", "0"])
-            .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start the server binary");
-        let mut server = ServerProcess {
-            child: Some(child),
-            port,
-            dir,
-        };
-        let deadline = Instant::now() + WAIT;
-        while !server.log().contains("securechat listening on") {
-            let exited = server
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || Instant::now() > deadline {
-                panic!("the server did not start ({exited:?}):\n{}", server.log());
-            }
-            thread::sleep(POLL);
-        }
-        server
-    }
-
-    fn address(&self) -> String {
-        format!("localhost:{}", self.port)
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.path().join("certs").join(tls::DEV_CA_CERT)
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    fn connect(&self) -> TestClient {
-        let config = tls::client_config(Some(&self.ca())).expect("client config");
-        let (link, reader, _) = link::connect(&self.address(), config).expect("connect");
-        TestClient { link, reader }
-    }
-
-    /// Stops the server as an operator would (SIGTERM) and waits for it to exit.
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: kill only sends a signal to the process we started.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    assert!(status.success(), "server exit: {status}\n{}", self.log());
-                    return;
-                }
-                Ok(None) if Instant::now() < deadline => thread::sleep(POLL),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("the server did not stop on SIGTERM:\n{}", self.log());
-                }
-            }
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// The `client` binary in scripted mode (`--user NAME --password-stdin`), with its
 /// standard input and output on pipes.
 struct Scripted {
@@ -440,26 +326,6 @@ impl Drop for Scripted {
             let _ = self.child.wait();
         }
     }
-}
-
-/// Every regular file under `dir`, read as bytes.
-fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir(dir).expect("read dir").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(files_under(&path));
-        } else if let Ok(bytes) = fs::read(&path) {
-            found.push((path, bytes));
-        }
-    }
-    found
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle.as_bytes())
 }
 
 /// Whether `payload`, or any base64 token in it once decoded, contains `text`: catches a
@@ -704,13 +570,14 @@ fn the_server_never_sees_private_plaintext_in_transit_on_disk_or_in_its_logs() {
     const TO_BOB: &str = "the vault code is 7351-alpha";
     const TO_ALICE: &str = "understood, burning this note";
     const IN_THE_ROOM: &str = "good morning everyone";
-    let mut server = ServerProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::spawn(dir.path(), &[("RUST_LOG", "debug")]);
     let homes = tempfile::tempdir().unwrap();
 
     // bob runs on the library, so the test sees every payload exactly as the server
     // routed it; alice is the real client binary.
     let mut bob = Party::join(server.connect(), homes.path(), "bob", true);
-    let mut alice = Scripted::spawn(&server.address(), &server.ca(), homes.path(), "alice", true);
+    let mut alice = Scripted::spawn(&server.address(), &server.ca, homes.path(), "alice", true);
     alice.expect("logged in as alice.");
     alice.send_line("/list");
     alice.expect("* 2 online: alice, bob");
@@ -763,7 +630,7 @@ fn the_server_never_sees_private_plaintext_in_transit_on_disk_or_in_its_logs() {
 
     // At rest: the database and its write-ahead log (the accounts are there, so this is
     // the right place to look).
-    let stored = files_under(&server.data_dir());
+    let stored = files_under(&dir.path().join("data"));
     assert!(stored.iter().any(|(_, bytes)| contains(bytes, "alice")));
     for (path, bytes) in &stored {
         for secret in [TO_BOB, TO_ALICE, PASSWORD] {

@@ -6,112 +6,23 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{err_code, TestClient, PASSWORD};
+use common::{err_code, free_port, server_args, ServerProcess, PASSWORD};
 use securechat::client::link;
 use securechat::protocol::ServerLine;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
 
-/// A free loopback port (bound, then released for the server to take).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The server binary's arguments for a test instance.
-fn server_args(port: u16, data: &Path, certs: &Path) -> Vec<String> {
-    [
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--data-dir",
-        &data.display().to_string(),
-        "--certs-dir",
-        &certs.display().to_string(),
-        "--bcrypt-cost",
-        "4",
-        "--max-connections-per-ip",
-        "0",
-        "--registrations-per-ip",
-        "0",
-        "--rate-limit",
-        "0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// A server process, killed (with its process group) when dropped.
-struct ServerProcess {
-    child: Child,
-    port: u16,
-    ca: PathBuf,
-}
-
-impl ServerProcess {
-    fn start(command: &mut Command, port: u16, ca: PathBuf) -> ServerProcess {
-        let child = command
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("server starts");
-        let deadline = Instant::now() + common::WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "server did not start listening");
-            thread::sleep(Duration::from_millis(50));
-        }
-        ServerProcess { child, port, ca }
-    }
-
-    fn spawn(data: &Path, certs: &Path) -> ServerProcess {
-        let port = free_port();
-        ServerProcess::start(
-            Command::new(SERVER).args(server_args(port, data, certs)),
-            port,
-            certs.join("ca.pem"),
-        )
-    }
-
-    fn connect(&self) -> TestClient {
-        let config = securechat::tls::client_config(Some(&self.ca)).unwrap();
-        let (link, reader, _) =
-            link::connect(&format!("localhost:{}", self.port), config).expect("connect");
-        TestClient { link, reader }
-    }
-
-    /// SIGKILL to the whole process group: no clean-up code runs.
-    fn kill9(&mut self) {
-        // SAFETY: kill(2) on our own child's process group.
-        unsafe {
-            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 #[test]
 fn kill_9_during_a_registration_storm_loses_no_acknowledged_account() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, certs) = (dir.path().join("data"), dir.path().join("certs"));
-    let mut server = ServerProcess::spawn(&data, &certs);
+    let data = dir.path().join("data");
+    let mut server = ServerProcess::spawn(dir.path(), &[]);
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let config = securechat::tls::client_config(Some(&server.ca)).unwrap();
     let address = format!("localhost:{}", server.port);
@@ -169,7 +80,7 @@ fn kill_9_during_a_registration_storm_loses_no_acknowledged_account() {
     drop(db);
 
     // And a restarted server lets them in.
-    let server = ServerProcess::spawn(&data, &certs);
+    let server = ServerProcess::spawn(dir.path(), &[]);
     for user in [&acknowledged[0], &acknowledged[acknowledged.len() - 1]] {
         server.connect().login_ok(user);
     }
@@ -221,6 +132,7 @@ fn server_on_small_disk(dir: &Path, size: &str) -> ServerProcess {
         Command::new("unshare").args(["-rm", "sh", "-c", &script]),
         port,
         certs.join("ca.pem"),
+        dir,
     )
 }
 
@@ -276,12 +188,12 @@ fn a_read_only_data_directory_is_a_clear_error_at_start() {
     // for writing - the kernel refuses with EBUSY - so the running case is the full-disk
     // test above; this covers a data directory that is read-only when the server starts.)
     let dir = tempfile::tempdir().unwrap();
-    let (prepared, certs) = (dir.path().join("prepared"), dir.path().join("certs"));
+    let (prepared, certs) = (dir.path().join("data"), dir.path().join("certs"));
     {
-        let server = ServerProcess::spawn(&prepared, &certs);
+        let server = ServerProcess::spawn(dir.path(), &[]);
         server.connect().register_ok("alice");
     }
-    let data = dir.path().join("data");
+    let data = dir.path().join("readonly");
     std::fs::create_dir_all(&data).unwrap();
     let args = server_args(free_port(), &data, &certs).join(" ");
     let script = format!(

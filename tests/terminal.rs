@@ -20,7 +20,7 @@ use regex::Regex;
 use rexpect::process::WaitStatus;
 use rexpect::session::PtySession;
 
-use common::{TestServer, PASSWORD};
+use common::{contains, files_under, TestServer, PASSWORD};
 use securechat::client::paths;
 use securechat::e2e::{safety_number, IdentityKey};
 use securechat::protocol::ServerLine;
@@ -271,29 +271,6 @@ fn echo_is_on(session: &PtySession) -> bool {
         );
         termios.c_lflag & libc::ECHO != 0
     }
-}
-
-/// Every regular file under `dir`, read as bytes.
-fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(files_under(&path));
-        } else if let Ok(bytes) = fs::read(&path) {
-            found.push((path, bytes));
-        }
-    }
-    found
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle.as_bytes())
 }
 
 /// The user's key directory the client uses for `server`.

@@ -252,3 +252,191 @@ pub fn err_code(line: &ServerLine) -> (&str, &str, &str) {
         other => panic!("expected ERR, got {other:?}"),
     }
 }
+
+/// A free loopback port (bound, then released for a server process to take: the server
+/// binary cannot report a port the OS chose).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The server binary's arguments for a test instance on `port`: fast bcrypt, and none of
+/// the per-address or rate limits (all test clients come from 127.0.0.1, in bursts).
+pub fn server_args(port: u16, data: &Path, certs: &Path) -> Vec<String> {
+    [
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        &data.display().to_string(),
+        "--certs-dir",
+        &certs.display().to_string(),
+        "--bcrypt-cost",
+        "4",
+        "--max-connections-per-ip",
+        "0",
+        "--registrations-per-ip",
+        "0",
+        "--rate-limit",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The real server binary as a child process (in a process group of its own, so that a
+/// wrapper such as `unshare` goes down with it), its standard error kept in a log file.
+pub struct ServerProcess {
+    /// The process; `None` once stopped.
+    child: Option<std::process::Child>,
+    /// Where it listens.
+    pub port: u16,
+    /// The CA its clients trust.
+    pub ca: PathBuf,
+    /// Its standard error.
+    log: PathBuf,
+}
+
+impl ServerProcess {
+    /// The server binary with [`server_args`], its data and certificates under `dir`
+    /// (`dir/data`, `dir/certs`), `env` added to its environment.
+    pub fn spawn(dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
+        let port = free_port();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_server"));
+        command
+            .args(server_args(port, &dir.join("data"), &dir.join("certs")))
+            .envs(env.iter().copied());
+        ServerProcess::start(
+            &mut command,
+            port,
+            dir.join("certs").join(tls::DEV_CA_CERT),
+            dir,
+        )
+    }
+
+    /// Runs `command` (the server binary, or a wrapper that execs it) and waits until
+    /// something listens on `port`. The log goes to `log_dir/server.log`.
+    pub fn start(
+        command: &mut std::process::Command,
+        port: u16,
+        ca: PathBuf,
+        log_dir: &Path,
+    ) -> ServerProcess {
+        use std::os::unix::process::CommandExt;
+        let log = log_dir.join("server.log");
+        let child = command
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start the server");
+        let mut server = ServerProcess {
+            child: Some(child),
+            port,
+            ca,
+            log,
+        };
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = server
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                panic!("the server did not start ({exited:?}):\n{}", server.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// `host:port` for clients.
+    pub fn address(&self) -> String {
+        format!("localhost:{}", self.port)
+    }
+
+    /// What the server wrote to standard error so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A connected, anonymous client.
+    pub fn connect(&self) -> TestClient {
+        let config = tls::client_config(Some(&self.ca)).expect("client config");
+        let (link, reader, _) = link::connect(&self.address(), config).expect("connect");
+        TestClient { link, reader }
+    }
+
+    /// Stops the server as an operator would (SIGTERM) and checks that it exits cleanly.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill only sends a signal to the process we started.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    assert!(status.success(), "server exit: {status}\n{}", self.log());
+                    return;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("the server did not stop on SIGTERM:\n{}", self.log());
+                }
+            }
+        }
+    }
+
+    /// SIGKILL to the whole process group: no clean-up code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's process group.
+            unsafe {
+                libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Every regular file under `dir` (recursively), read as bytes: to check that a secret is
+/// nowhere on disk.
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_under(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            found.push((path, bytes));
+        }
+    }
+    found
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
