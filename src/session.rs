@@ -1,11 +1,12 @@
-//! One client connection on the server: its reader thread and its writer thread.
+//! One client connection on the server: its reading threads and its writer thread.
 //!
-//! The reader thread runs the TLS handshake, then reads frames and acts on them. Before
-//! login it answers by itself (register, log in, ping, quit) and refuses everything else;
-//! the connection receives no chat traffic and learns nothing about who is online. After
-//! login every request goes to the router, so replies and deliveries reach the client in
-//! one order. The writer thread is the only one that writes the socket: it drains the
-//! client's [`Outbox`] in batches and sends each batch as one TLS write.
+//! A *login thread* runs the TLS handshake and the anonymous phase: it answers by itself
+//! (register, log in, ping, quit) and refuses everything else, so the connection receives
+//! no chat traffic and learns nothing about who is online. Once the client has logged in,
+//! a fresh *reader thread* takes over (see [`serve`] for why) and sends every request to
+//! the router, so replies and deliveries reach the client in one order. The *writer
+//! thread* is the only one that writes the socket: it drains the client's [`Outbox`] and
+//! sends each batch as one TLS write.
 //!
 //! The sender of every routed frame is the session's authenticated user, written by this
 //! module into the `FROM`/`ROOM` line; nothing the client sends can change it.
@@ -35,7 +36,8 @@ use crate::throttle::TokenBucket;
 /// stack stays resident for the connection's lifetime, so it is kept small.
 pub const WRITER_STACK_BYTES: usize = 64 * 1024;
 
-/// Stack for login threads, which run the TLS handshake and bcrypt.
+/// Stack for login threads, which run the TLS handshake (with its post-quantum key
+/// exchange) and wait for bcrypt on the worker pool.
 pub const LOGIN_STACK_BYTES: usize = 256 * 1024;
 
 /// Stack for the reader threads of logged-in clients. Their deepest path is an SQLite
@@ -80,8 +82,8 @@ impl Drop for ConnectionSlot {
 /// this thread (the *login thread*), which then hands the session to a fresh reader
 /// thread and exits.
 ///
-/// Why two threads: the handshake (post-quantum key exchange) and bcrypt run deep in the
-/// stack and churn the allocator. On a thread that lives as long as the connection, those
+/// Why two threads: the handshake (post-quantum key exchange) runs deep in the stack and
+/// churns the allocator. On a thread that lives as long as the connection, those
 /// stack pages and the allocator's per-thread cache of freed blocks would stay resident
 /// for hours; a new thread starts with neither, which keeps an idle logged-in connection
 /// small. A connection that never logs in never gets a second thread.
