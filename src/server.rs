@@ -1,8 +1,8 @@
 //! The server: configuration and limits, the accept loop, connection admission, and an
 //! explicit shutdown.
 //!
-//! Threads: one accept loop, one router, and a reader plus a writer per connection (see
-//! [`crate::session`]). [`Server::start`] binds and returns at once, so tests run a real
+//! Threads: one accept loop, one router, a small bcrypt pool, and per connection a login
+//! thread (until login), then a reader, plus a writer throughout (see [`crate::session`]). [`Server::start`] binds and returns at once, so tests run a real
 //! server in-process on `127.0.0.1:0`; `src/bin/server.rs` is a thin wrapper around it.
 //!
 //! Shutdown: [`ShutdownHandle::trigger`] (from Ctrl-C/SIGTERM, or a test) stops the accept
