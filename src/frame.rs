@@ -180,6 +180,13 @@ pub fn decode_line(line: &[u8]) -> Result<&str, FrameError> {
 /// 0x20), DEL (0x7F), or C1 (U+0080 to U+009F, encoded 0xC2 0x80..=0x9F) — exactly
 /// `char::is_control`, checked on bytes because it runs for every frame.
 fn has_control_character(bytes: &[u8]) -> bool {
+    // The common case first, as a loop the compiler vectorises: printable ASCII and tabs.
+    if bytes
+        .iter()
+        .all(|&b| (0x20..0x7F).contains(&b) || b == b'\t')
+    {
+        return false;
+    }
     bytes.iter().enumerate().any(|(i, &b)| {
         (b < 0x20 && b != b'\t')
             || b == 0x7F

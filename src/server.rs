@@ -230,7 +230,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 impl Server {
     /// Opens the database, binds the listener and starts the accept loop and the router.
-    pub fn start(config: Config) -> Result<Server> {
+    pub fn start(mut config: Config) -> Result<Server> {
+        fit_to_kernel(&mut config.limits);
         let store = Store::open(&config.data_dir)?;
         let accounts = Accounts::new(store, config.bcrypt_cost, config.limits.bcrypt_concurrency)?;
         let listener = TcpListener::bind(config.listen)
@@ -414,6 +415,72 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// Memory mappings one connection costs: two threads, each with a stack and its guard
+/// page (glibc) and a signal stack and its guard page (Rust's standard library).
+const MAPPINGS_PER_CONNECTION: usize = 8;
+
+/// Mappings and thread ids left for everything else (libraries, allocator arenas, the
+/// pool threads, other processes' threads).
+const KERNEL_MARGIN: usize = 2048;
+
+/// Fits the limits to what this kernel allows, and sizes its futex hash for the thread
+/// count, before any thread is started.
+///
+/// Past `vm.max_map_count` a thread that was created can fail to map its signal stack,
+/// and the standard library then aborts the whole process; so the connection limit is
+/// lowered (with a warning that says how to raise the kernel's) and admission refuses
+/// newcomers cleanly instead. Linux 6.16 and later give each process a private futex hash
+/// of a few buckets; with thousands of sleeping threads every wake-up walks a long bucket
+/// (measured: 8,000 idle clients more than doubled the CPU per message), so it is enlarged.
+fn fit_to_kernel(limits: &mut Limits) {
+    let read =
+        |path: &str| -> Option<usize> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
+    let mappings_now = std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count());
+    let thread_ids = match (
+        read("/proc/sys/kernel/pid_max"),
+        read("/proc/sys/kernel/threads-max"),
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let ceiling = connection_ceiling(read("/proc/sys/vm/max_map_count"), mappings_now, thread_ids);
+    if let Some(ceiling) = ceiling.filter(|&c| c < limits.max_connections) {
+        log::warn!(
+            "serving at most {ceiling} connections, not {}: the kernel allows this process \
+             only so many threads and memory mappings (each connection needs 2 threads, \
+             {MAPPINGS_PER_CONNECTION} mappings). To serve more, raise them, for example \
+             `sysctl -w vm.max_map_count=262144`",
+            limits.max_connections
+        );
+        limits.max_connections = ceiling;
+    }
+    let slots = (2 * limits.max_connections)
+        .next_power_of_two()
+        .clamp(16, 65_536);
+    // PR_FUTEX_HASH (78), PR_FUTEX_HASH_SET_SLOTS (1): Linux 6.16 and later; older kernels
+    // answer EINVAL and keep their global hash, which does not have the problem.
+    // SAFETY: prctl with integer arguments only; it changes this process's futex table.
+    let resized = unsafe { libc::prctl(78, 1, slots as libc::c_ulong, 0, 0) } == 0;
+    if resized {
+        log::debug!("futex hash: {slots} slots");
+    }
+}
+
+/// How many connections the kernel's limits leave room for: `None` when unknown.
+fn connection_ceiling(
+    max_map_count: Option<usize>,
+    mappings_now: usize,
+    thread_ids: Option<usize>,
+) -> Option<usize> {
+    let by_mappings = max_map_count
+        .map(|max| max.saturating_sub(mappings_now + KERNEL_MARGIN) / MAPPINGS_PER_CONNECTION);
+    let by_threads = thread_ids.map(|ids| ids.saturating_sub(KERNEL_MARGIN) / 2);
+    match (by_mappings, by_threads) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Raises this process's soft open-file limit to its hard limit (each connection is a
 /// file descriptor). Returns the limit now in force.
 pub fn raise_open_file_limit() -> std::io::Result<u64> {
@@ -434,4 +501,40 @@ pub fn raise_open_file_limit() -> std::io::Result<u64> {
         }
     }
     Ok(limit.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_ceiling_follows_the_tighter_kernel_limit() {
+        // Linux defaults: 65,530 mappings, 32,768 thread ids.
+        assert_eq!(
+            connection_ceiling(Some(65_530), 400, Some(32_768)),
+            Some(7_885)
+        );
+        assert_eq!(
+            connection_ceiling(Some(1_000_000), 400, Some(32_768)),
+            Some(15_360)
+        );
+        assert_eq!(connection_ceiling(None, 400, None), None);
+        assert_eq!(connection_ceiling(Some(100), 400, None), Some(0));
+    }
+
+    #[test]
+    fn limits_are_lowered_to_what_the_kernel_allows_never_raised() {
+        let mut limits = Limits {
+            max_connections: usize::MAX / 16,
+            ..Limits::default()
+        };
+        fit_to_kernel(&mut limits);
+        assert!(limits.max_connections < usize::MAX / 16);
+        let mut small = Limits {
+            max_connections: 3,
+            ..Limits::default()
+        };
+        fit_to_kernel(&mut small);
+        assert_eq!(small.max_connections, 3);
+    }
 }
