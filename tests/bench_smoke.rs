@@ -125,3 +125,87 @@ fn figures_are_drawn_from_a_result_file() {
         assert!(svg.starts_with("<svg"), "{name} is an SVG");
     }
 }
+
+#[test]
+fn rates_run_with_and_without_idle_connections_held() {
+    let v = run_bench(&[
+        "--idle",
+        "6",
+        "--rate",
+        "100",
+        "--pairs",
+        "2",
+        "--messages",
+        "50",
+    ]);
+    assert_eq!(v["mode"], "rate+idle");
+    let rates = v["rates"].as_array().expect("rates");
+    assert_eq!(rates.len(), 1, "the run without idle connections");
+    let idle = &v["idle"];
+    let with = idle["with_traffic"].as_array().expect("with_traffic");
+    assert_eq!(with.len(), 1, "the run with idle connections held");
+    for run in [&rates[0], &with[0]] {
+        assert_eq!(num(run, "delivered"), 100.0, "{run}");
+        assert_eq!(num(run, "errors"), 0.0, "{}", run["error_samples"]);
+    }
+    assert_eq!(with[0]["kind"], "idle+rate");
+    assert!(
+        num(idle, "server_threads") >= 12.0,
+        "two threads per idle connection: {idle}"
+    );
+}
+
+#[test]
+fn storm_and_dh_report_their_numbers() {
+    let v = run_bench(&[
+        "--storm",
+        "3",
+        "--pairs",
+        "2",
+        "--storm-rate",
+        "50",
+        "--storm-quiet",
+        "1",
+        "--bcrypt-cost",
+        "4",
+        "--dh",
+        "--dh-runs",
+        "2",
+        "--openssl-seconds",
+        "0",
+    ]);
+    assert_eq!(v["mode"], "storm+dh");
+    let storm = &v["storm"];
+    assert_eq!(num(storm, "bcrypt_cost"), 4.0, "--bcrypt-cost wins over 12");
+    assert_eq!(
+        num(storm, "logged_in"),
+        3.0,
+        "{}",
+        storm["login_error_samples"]
+    );
+    assert_eq!(num(storm, "login_errors"), 0.0);
+    assert_eq!(num(storm, "run.lost"), 0.0);
+    assert_eq!(
+        num(storm, "run.errors"),
+        0.0,
+        "{}",
+        storm["run"]["error_samples"]
+    );
+    assert!(num(storm, "quiet.messages") > 0.0, "{storm}");
+    assert!(num(storm, "storm.to_s") > num(storm, "storm.from_s"));
+    assert!(num(storm, "login_ms.max") >= num(storm, "login_ms.p50"));
+    // At cost 4 the storm may be over before the next message is sent: then no ratio.
+    if num(storm, "storm.messages") > 0.0 {
+        assert!(num(storm, "p99_ratio") > 0.0, "{storm}");
+    } else {
+        assert!(storm["p99_ratio"].is_null(), "{storm}");
+    }
+
+    let groups = v["dh"]["groups"].as_array().expect("dh groups");
+    assert_eq!(groups.len(), 2, "ffdhe2048 and ffdhe3072");
+    for g in groups {
+        assert!(num(g, "agreements_per_s") > 0.0, "{g}");
+        assert!(num(g, "parts_ms.validate_ms") > 0.0, "{g}");
+        assert!(g["openssl"].is_null(), "--openssl-seconds 0 skips openssl");
+    }
+}

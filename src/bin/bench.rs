@@ -9,7 +9,22 @@
 //!   loss and reordering (both must be 0), latency percentiles, server CPU per message.
 //! * `--rate R[,R...]`: the same pairs at a fixed R msgs/s per sender, for latency.
 //! * `--sweep P[,P...]`: a flood per number of pairs (about `--sweep-total` messages each).
-//! * `--idle N`: server memory per idle logged-in connection.
+//! * `--idle N`: server memory per idle logged-in connection (and threads). The generator
+//!   holds idle connections without a thread each (no generator limit below the open-file
+//!   limit). The server runs two threads per connection, and each thread costs it four
+//!   memory mappings (stack, signal stack, a guard page each): with Linux's default
+//!   `vm.max_map_count` of 65,530 the server's threads fail, and it aborts, near 8,180
+//!   logged-in connections; the bench warns before trying. `--idle 10000` needs
+//!   `vm.max_map_count` ≥ about 82,000.
+//!   With `--rate R` too (and no `--figures`), the rate runs share the idle phase's server:
+//!   each runs once before the idle connections open and once more while all N are held,
+//!   so latency with and without 10,000 idle clients can be compared.
+//! * `--storm N`: `--pairs` pairs chat at `--storm-rate` msgs/s per sender; after a quiet
+//!   window, N clients log in at once. Latency p50/p99 quiet vs storm, their ratio, and
+//!   the storm's login times. Its server uses the production bcrypt cost (12) and bcrypt
+//!   pool; all accounts are registered before anything is measured (see `bench/storm.rs`).
+//! * `--dh`: the cost of one end-to-end key agreement per group, beside `openssl speed`
+//!   (no server; see `bench/dh.rs`).
 //! * `--soak SECONDS`: `--clients` clients doing random actions; errors and lost private
 //!   messages must be 0, server RSS is sampled once a second.
 //! * `--figures`: a sweep, a rate series and an idle ramp, then `figures/*.svg`.
@@ -17,10 +32,13 @@
 //!
 //! The server: by default every run gets a fresh server in a child process (this executable
 //! again, in its hidden `--serve-child` role, built from the same library code), on
-//! 127.0.0.1 with an empty database, **bcrypt cost 4** (production uses 12), room for 20,000
-//! connections, and the per-address connection and registration limits and the per-client
-//! frame rate limit off (all load comes from one address, and senders flood). Its CPU and memory are read from
-//! `/proc/<pid>`. `--server-bin target/release/server` runs the real server binary instead;
+//! 127.0.0.1 with an empty database, **bcrypt cost 4** (production uses 12; `--bcrypt-cost`
+//! changes it, and `--storm` uses 12 unless told otherwise), the production bcrypt pool
+//! (one worker per core), room for 20,000 connections, and the per-address connection and
+//! registration limits and the per-client frame rate limit off (all load comes from one
+//! address, and senders flood). Its CPU, memory and threads are read from `/proc/<pid>`.
+//! Both processes raise their open-file limit to the hard limit (`ulimit -Hn`).
+//! `--server-bin target/release/server` runs the real server binary instead;
 //! `--server HOST:PORT --ca FILE [--server-pid PID]` targets a running server (CPU and
 //! memory need the pid; start it with `--max-connections-per-ip 0 --rate-limit 0
 //! --registrations-per-ip 0`).
@@ -38,8 +56,9 @@
 //!
 //! Output: a table on stdout and a JSON file (`--json PATH`, default
 //! `bench-results/<mode>-<timestamp>.json`). Exits non-zero if any message was lost or
-//! reordered or any error occurred. Caveat: the generator and the server share the
-//! machine's cores; the table shows how much CPU each used.
+//! reordered or any error occurred (never because a number looks bad: benchmarks measure,
+//! they do not judge). Caveat: the generator and the server share the machine's cores;
+//! the table shows how much CPU each used.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -51,6 +70,8 @@ use securechat::{Error, Result};
 
 #[path = "bench/clients.rs"]
 mod clients;
+#[path = "bench/dh.rs"]
+mod dh;
 #[path = "bench/idle.rs"]
 mod idle;
 #[path = "bench/pairs.rs"]
@@ -61,6 +82,8 @@ mod render;
 mod results;
 #[path = "bench/soak.rs"]
 mod soak;
+#[path = "bench/storm.rs"]
+mod storm;
 #[path = "bench/target.rs"]
 mod target;
 
@@ -68,7 +91,11 @@ use clients::{open_many, Setup, PASSWORD};
 use pairs::PairsConfig;
 use results::{Machine, PairsResult, Report, ServerInfo};
 use soak::SoakConfig;
-use target::{External, Target, BENCH_BCRYPT_COST, BENCH_MAX_CONNECTIONS};
+use storm::StormConfig;
+use target::{
+    ChildSettings, External, Target, BENCH_BCRYPT_COST, BENCH_MAX_CONNECTIONS,
+    PRODUCTION_BCRYPT_COST,
+};
 
 /// Pairs counts of the `--figures` throughput sweep (unless `--sweep` is given).
 const FIGURE_SWEEP: &[usize] = &[1, 10, 50, 100, 500];
@@ -81,6 +108,14 @@ const FIGURE_IDLE: usize = 2000;
 
 /// How long each `--figures` rate run lasts, seconds (messages = rate x this).
 const FIGURE_RATE_SECONDS: f64 = 8.0;
+
+/// Open files beyond the connections themselves (the server's database, listening socket,
+/// log; the generator's pipes): headroom when checking `--idle N` against the fd limit.
+const FD_HEADROOM: u64 = 100;
+
+/// Longest a `--storm` run's pairs may send, seconds: caps their message count (they stop
+/// as soon as the storm has logged in).
+const STORM_MAX_SECONDS: f64 = 600.0;
 
 /// Benchmark a securechat server with real TLS clients.
 #[derive(Parser, Debug)]
@@ -108,6 +143,24 @@ struct Args {
     /// Run the mixed-traffic soak for this many seconds.
     #[arg(long)]
     soak: Option<f64>,
+    /// Login storm: this many clients log in at once while the pairs chat.
+    #[arg(long)]
+    storm: Option<usize>,
+    /// Per-sender rate of the chatting pairs during --storm, msgs/s.
+    #[arg(long, default_value_t = 100.0)]
+    storm_rate: f64,
+    /// Length of --storm's quiet window (before the storm), seconds.
+    #[arg(long, default_value_t = 10.0)]
+    storm_quiet: f64,
+    /// Time one end-to-end key agreement per DH group (and compare with openssl speed).
+    #[arg(long)]
+    dh: bool,
+    /// Agreements timed per group for --dh.
+    #[arg(long, default_value_t = 50)]
+    dh_runs: usize,
+    /// How long `openssl speed` measures each group for --dh, seconds (0: skip openssl).
+    #[arg(long, default_value_t = 3)]
+    openssl_seconds: u32,
     /// Run a sweep, a rate series and an idle ramp, and draw figures/*.svg.
     #[arg(long)]
     figures: bool,
@@ -161,6 +214,9 @@ struct Args {
     /// built-in server role.
     #[arg(long, conflicts_with = "server")]
     server_bin: Option<PathBuf>,
+    /// bcrypt cost of a spawned server (default: 4; 12, the production cost, for --storm).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(4..=31))]
+    bcrypt_cost: Option<u32>,
 
     /// Where to write the JSON results (default: `bench-results/<mode>-<timestamp>.json`).
     #[arg(long)]
@@ -169,15 +225,16 @@ struct Args {
     #[arg(long, default_value = "figures")]
     figures_dir: PathBuf,
 
-    /// Internal: run as the benchmark's server child with data in DIR.
-    #[arg(long, hide = true, exclusive = true)]
+    /// Internal: run as the benchmark's server child with data in DIR (with --bcrypt-cost).
+    #[arg(long, hide = true)]
     serve_child: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(dir) = &args.serve_child {
-        return match target::serve_child(dir) {
+        let cost = args.bcrypt_cost.unwrap_or(BENCH_BCRYPT_COST);
+        return match target::serve_child(dir, cost) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bench server child: {e}");
@@ -197,9 +254,13 @@ fn main() -> ExitCode {
 
 /// Runs the phases asked for. Returns whether every check passed.
 fn run(args: Args) -> Result<bool> {
-    if let Err(e) = securechat::server::raise_open_file_limit() {
-        eprintln!("bench: cannot raise the open-file limit: {e}");
-    }
+    let fd_limit = match securechat::server::raise_open_file_limit() {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            eprintln!("bench: cannot raise the open-file limit: {e}");
+            None
+        }
+    };
     let mut bench = Bench::new(&args)?;
     if let Some(n) = args.prepare_accounts {
         return bench.prepare_accounts(n).map(|()| true);
@@ -218,7 +279,27 @@ fn run(args: Args) -> Result<bool> {
         idle = idle.or(Some(FIGURE_IDLE));
     }
     let flood = args.flood
-        || (sweep.is_empty() && rates.is_empty() && idle.is_none() && args.soak.is_none());
+        || (sweep.is_empty()
+            && rates.is_empty()
+            && idle.is_none()
+            && args.soak.is_none()
+            && args.storm.is_none()
+            && !args.dh);
+    // `--idle N --rate R`: the rate runs happen in the idle phase, with and without the
+    // idle connections (with --figures they stay separate: the figure wants plain runs).
+    let rates_with_idle = idle.is_some() && !rates.is_empty() && !figures;
+    if let Some(warning) = idle.and_then(|n| target::kernel_limit_warning(n + 2 * args.pairs)) {
+        eprintln!("bench: warning: {warning}");
+    }
+    if let (Some(n), Some(limit)) = (idle, fd_limit) {
+        let needed = n as u64 + 2 * args.pairs as u64 + FD_HEADROOM;
+        if limit < needed {
+            return Err(Error::Config(format!(
+                "--idle {n} needs about {needed} open files but the limit is {limit}: raise \
+                 it (ulimit -n, or LimitNOFILE for a service) and run again"
+            )));
+        }
+    }
 
     let mut phases = Vec::new();
     if figures {
@@ -229,6 +310,8 @@ fn run(args: Args) -> Result<bool> {
             (!rates.is_empty(), "rate"),
             (!sweep.is_empty(), "sweep"),
             (idle.is_some(), "idle"),
+            (args.storm.is_some(), "storm"),
+            (args.dh, "dh"),
             (args.soak.is_some(), "soak"),
         ] {
             if on {
@@ -237,14 +320,16 @@ fn run(args: Args) -> Result<bool> {
         }
     }
     bench.report.mode = phases.join("+");
-    println!("{}", bench.report.server.note);
+    if phases != ["dh"] {
+        println!("{}", bench.report.server.note);
+    }
 
     if flood {
         let cfg = bench.pairs_config("flood", args.pairs, args.messages, None);
         let result = bench.pairs(&cfg)?;
         bench.report.flood = Some(result);
     }
-    for &rate in &rates {
+    for &rate in rates.iter().filter(|_| !rates_with_idle) {
         let messages = if figures {
             ((rate * FIGURE_RATE_SECONDS) as u64).max(100)
         } else {
@@ -264,9 +349,76 @@ fn run(args: Args) -> Result<bool> {
         let tag = bench.next_tag();
         let concurrency = args.connect_concurrency;
         let hold = Duration::from_secs_f64(args.idle_hold.max(0.0));
-        eprintln!("idle: opening {n} connections");
-        let result = bench.with_target(|t| idle::run(t, n, concurrency, &tag, hold))?;
-        bench.report.idle = Some(result);
+        if rates_with_idle {
+            let (without, with): (Vec<_>, Vec<_>) = rates
+                .iter()
+                .map(|&rate| {
+                    let without = bench.pairs_config("rate", args.pairs, args.messages, Some(rate));
+                    let with =
+                        bench.pairs_config("idle+rate", args.pairs, args.messages, Some(rate));
+                    (without, with)
+                })
+                .unzip();
+            let (baseline, result) = bench.with_target(|t| {
+                let baseline = without
+                    .iter()
+                    .map(|cfg| bench.pairs_on(t, cfg, "without idle connections"))
+                    .collect::<Result<Vec<_>>>()?;
+                eprintln!("idle: opening {n} connections");
+                let (mut result, held) = idle::open(t, n, concurrency, &tag)?;
+                for cfg in &with {
+                    let label = format!("with {} idle connections held", held.len());
+                    result.with_traffic.push(bench.pairs_on(t, cfg, &label)?);
+                }
+                result.server_threads = t.threads().or(result.server_threads);
+                if !hold.is_zero() {
+                    eprintln!("idle: holding {n} connections for {hold:?}");
+                    std::thread::sleep(hold);
+                }
+                held.close();
+                Ok((baseline, result))
+            })?;
+            bench.report.rates.extend(baseline);
+            bench.report.idle = Some(result);
+        } else {
+            eprintln!("idle: opening {n} connections");
+            let result = bench.with_target(|t| idle::run(t, n, concurrency, &tag, hold))?;
+            bench.report.idle = Some(result);
+        }
+    }
+    if let Some(clients) = args.storm {
+        let cost = args.bcrypt_cost.unwrap_or(PRODUCTION_BCRYPT_COST);
+        let rate = args.storm_rate.max(0.1);
+        let mut pairs = bench.pairs_config(
+            "storm",
+            args.pairs,
+            (rate * STORM_MAX_SECONDS) as u64,
+            Some(rate),
+        );
+        pairs.until_stopped = true;
+        // An external server's settings are its own: not known here.
+        let spawned = bench.external.is_none();
+        let cfg = StormConfig {
+            clients: clients.max(1),
+            pairs,
+            quiet: Duration::from_secs_f64(args.storm_quiet.max(1.0)),
+            bcrypt_cost: spawned.then_some(cost),
+            bcrypt_workers: spawned
+                .then(|| securechat::server::Limits::default().bcrypt_concurrency),
+        };
+        let result = bench.with_target_cost(cost, |t| storm::run(t, &cfg))?;
+        eprintln!(
+            "  quiet p99 {:.3} ms, storm p99 {:.3} ms (x{}), logins p50 {:.0} ms, max {:.0} ms",
+            result.quiet.latency_ms.p99,
+            result.storm.latency_ms.p99,
+            opt(result.p99_ratio, 2),
+            result.login_ms.p50,
+            result.login_ms.max
+        );
+        bench.report.storm = Some(result);
+    }
+    if args.dh {
+        bench.report.dh = Some(dh::run(args.dh_runs, args.openssl_seconds)?);
     }
     if let Some(seconds) = args.soak {
         let cfg = SoakConfig {
@@ -348,6 +500,7 @@ impl<'a> Bench<'a> {
                 "--tag {tag:?}: use up to 12 letters, digits or _, starting with a letter"
             )));
         }
+        let cost = args.bcrypt_cost.unwrap_or(BENCH_BCRYPT_COST);
         let note = match (&args.server, &args.server_bin) {
             (Some(addr), _) => format!(
                 "server: external {addr}{}; bcrypt cost as configured there",
@@ -358,12 +511,22 @@ impl<'a> Bench<'a> {
             ),
             (None, bin) => format!(
                 "server: a fresh child process per run ({}), 127.0.0.1, empty database, \
-                 bcrypt cost {BENCH_BCRYPT_COST} (benchmark setting; production default 12), \
+                 bcrypt cost {cost} ({}; production default {PRODUCTION_BCRYPT_COST}), \
                  max {BENCH_MAX_CONNECTIONS} connections; off: per-IP connection cap, \
-                 per-IP registration limit, per-client frame rate limit; other limits default",
+                 per-IP registration limit, per-client frame rate limit; other limits default{}",
                 match bin {
-                    Some(bin) => format!("{} --bcrypt-cost {BENCH_BCRYPT_COST} ...", bin.display()),
+                    Some(bin) => format!("{} --bcrypt-cost {cost} ...", bin.display()),
                     None => "this executable's built-in server role".into(),
+                },
+                if args.bcrypt_cost.is_some() {
+                    "--bcrypt-cost"
+                } else {
+                    "benchmark setting"
+                },
+                match (args.storm, args.bcrypt_cost) {
+                    (Some(_), None) =>
+                        format!("; --storm's server: bcrypt cost {PRODUCTION_BCRYPT_COST}"),
+                    _ => String::new(),
                 }
             ),
         };
@@ -385,7 +548,7 @@ impl<'a> Bench<'a> {
                     (None, Some(bin)) => Some(bin.display().to_string()),
                     (None, None) => Some("bench --serve-child".into()),
                 },
-                bcrypt_cost: external.is_none().then_some(BENCH_BCRYPT_COST),
+                bcrypt_cost: external.is_none().then_some(cost),
                 note,
             },
             machine: machine(),
@@ -424,15 +587,27 @@ impl<'a> Bench<'a> {
             stall: Duration::from_secs_f64(self.args.stall.max(0.1)),
             concurrency: self.args.connect_concurrency,
             tag: self.next_tag(),
+            until_stopped: false,
         }
+    }
+
+    /// The bcrypt cost of spawned servers, except `--storm`'s.
+    fn bcrypt_cost(&self) -> u32 {
+        self.args.bcrypt_cost.unwrap_or(BENCH_BCRYPT_COST)
     }
 
     /// Runs `f` against the external server, or a fresh spawned one.
     fn with_target<T>(&self, f: impl FnOnce(&Target) -> Result<T>) -> Result<T> {
+        self.with_target_cost(self.bcrypt_cost(), f)
+    }
+
+    /// [`Bench::with_target`] with a spawned server's bcrypt cost given.
+    fn with_target_cost<T>(&self, cost: u32, f: impl FnOnce(&Target) -> Result<T>) -> Result<T> {
         if let Some(target) = &self.external {
             return f(target);
         }
-        let target = Target::spawn(self.args.server_bin.as_deref())?;
+        let settings = ChildSettings { bcrypt_cost: cost };
+        let target = Target::spawn(self.args.server_bin.as_deref(), settings)?;
         f(&target).map_err(|e| match target.log_tail() {
             Some(tail) if !tail.is_empty() => {
                 Error::Protocol(format!("{e}\nlast lines of the server's log:\n{tail}"))
@@ -441,18 +616,24 @@ impl<'a> Bench<'a> {
         })
     }
 
-    /// One pairs run, with a progress line on stderr.
+    /// One pairs run on a fresh server, with a progress line on stderr.
     fn pairs(&self, cfg: &PairsConfig) -> Result<PairsResult> {
+        self.with_target(|t| self.pairs_on(t, cfg, ""))
+    }
+
+    /// One pairs run on `target`, with a progress line on stderr (`note` is added to it).
+    fn pairs_on(&self, target: &Target, cfg: &PairsConfig, note: &str) -> Result<PairsResult> {
         eprintln!(
-            "{}: {} pairs x {} messages{}",
+            "{}: {} pairs x {} messages{}{}{note}",
             cfg.kind,
             cfg.pairs,
             cfg.messages,
             cfg.rate
                 .map(|r| format!(" at {r} msgs/s per sender"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if note.is_empty() { "" } else { ", " }
         );
-        let result = self.with_target(|t| pairs::run(t, cfg))?;
+        let result = pairs::run(target, cfg)?;
         eprintln!(
             "  {:.0} msgs/s, lost {}, reordered {}, errors {}, p50 {:.3} ms, p99 {:.3} ms",
             result.msgs_per_s,
@@ -550,13 +731,16 @@ fn write_json(report: &Report, path: &Path) -> Result<()> {
         .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))
 }
 
-/// Every pairs run in the report: the flood, the rate runs, the sweep.
+/// Every pairs run in the report: the flood, the rate runs, the sweep, the rate runs with
+/// idle connections held, the storm's pairs.
 fn pairs_runs(report: &Report) -> impl Iterator<Item = &PairsResult> {
     report
         .flood
         .iter()
         .chain(&report.rates)
         .chain(&report.sweep)
+        .chain(report.idle.iter().flat_map(|i| &i.with_traffic))
+        .chain(report.storm.iter().map(|s| &s.run))
 }
 
 /// Every correctness check that failed, in words.
@@ -569,6 +753,12 @@ fn failures(report: &Report) -> Vec<String> {
                 r.kind, r.pairs, r.lost, r.reordered, r.errors, r.error_samples
             ));
         }
+    }
+    if let Some(s) = report.storm.as_ref().filter(|s| s.login_errors > 0) {
+        out.push(format!(
+            "storm: {} of {} clients failed to log in {:?}",
+            s.login_errors, s.clients, s.login_error_samples
+        ));
     }
     if let Some(s) = &report.soak {
         if s.lost > 0 || s.reordered > 0 || s.errors > 0 {
@@ -591,19 +781,19 @@ fn print_table(report: &Report) {
     let runs: Vec<&PairsResult> = pairs_runs(report).collect();
     if !runs.is_empty() {
         println!(
-            "\n{:<6} {:>5} {:>8} {:>9} {:>10} {:>5} {:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>7} {:>8}",
+            "\n{:<9} {:>5} {:>8} {:>9} {:>10} {:>5} {:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>7} {:>8}",
             "run", "pairs", "msgs/snd", "offered/s", "deliv/s", "lost", "reord", "err",
             "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
             "srv", "srv", "gen", "machine", "login"
         );
         println!(
-            "{:<6} {:>5} {:>8} {:>9} {:>10} {:>5} {:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>7} {:>8}",
+            "{:<9} {:>5} {:>8} {:>9} {:>10} {:>5} {:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>7} {:>8}",
             "", "", "", "", "", "", "", "", "", "", "", "", "",
             "cores", "us/msg", "cores", "cores", "p50 ms"
         );
         for r in &runs {
             println!(
-                "{:<6} {:>5} {:>8} {:>9} {:>10.0} {:>5} {:>5} {:>4} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>6} {:>7} {:>6.2} {:>7} {:>8.2}",
+                "{:<9} {:>5} {:>8} {:>9} {:>10.0} {:>5} {:>5} {:>4} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>6} {:>7} {:>6.2} {:>7} {:>8.2}",
                 r.kind,
                 r.pairs,
                 r.messages_per_sender,
@@ -648,14 +838,41 @@ fn print_table(report: &Report) {
         );
         println!(
             "      opening them ({} at a time) took {:.1} s; connect + login p50 {:.2} ms, p99 {:.2} ms; \
-             register p50 {:.2} ms, p99 {:.2} ms",
+             register p50 {:.2} ms, p99 {:.2} ms; server threads {}",
             i.setup.concurrency,
             i.setup.seconds,
             i.setup.connect_login_ms.p50,
             i.setup.connect_login_ms.p99,
             i.setup.register_ms.p50,
-            i.setup.register_ms.p99
+            i.setup.register_ms.p99,
+            i.server_threads
+                .map_or_else(|| "-".into(), |t| t.to_string())
         );
+        for with in &i.with_traffic {
+            let without = report
+                .rates
+                .iter()
+                .find(|r| r.rate_per_sender == with.rate_per_sender && r.pairs == with.pairs);
+            println!(
+                "      {} pairs at {} msgs/s: p50 {:.3} ms, p99 {:.3} ms with the {} idle connections \
+                 held (without: p50 {}, p99 {}); server RSS {}",
+                with.pairs,
+                opt(with.offered_msgs_per_s, 0),
+                with.latency_ms.p50,
+                with.latency_ms.p99,
+                i.connections,
+                opt(without.map(|r| r.latency_ms.p50), 3),
+                opt(without.map(|r| r.latency_ms.p99), 3),
+                with.server_rss_kib
+                    .map_or_else(|| "-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+            );
+        }
+    }
+    if let Some(s) = &report.storm {
+        print_storm(s);
+    }
+    if let Some(d) = &report.dh {
+        print_dh(d);
     }
     if let Some(s) = &report.soak {
         let first = s.rss_samples.first().map_or(0, |r| r.rss_kib);
@@ -692,5 +909,130 @@ fn print_table(report: &Report) {
             s.rss_growth_kib.map_or_else(|| "-".into(), |g| g.to_string()),
             opt(s.server_cores, 2)
         );
+    }
+}
+
+/// The `--storm` summary.
+fn print_storm(s: &results::StormResult) {
+    let known = |v: Option<u32>| v.map_or_else(|| "as configured".into(), |v| v.to_string());
+    println!(
+        "\nstorm: {} clients log in at once (bcrypt cost {}, bcrypt workers {}) while {} pairs \
+         send {:.0} msgs/s in all",
+        s.clients,
+        known(s.bcrypt_cost),
+        known(s.bcrypt_workers.map(|w| w as u32)),
+        s.pairs,
+        s.offered_msgs_per_s
+    );
+    println!(
+        "{:<7} {:>15} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>7}",
+        "window",
+        "seconds",
+        "messages",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "srv",
+        "machine",
+        "srv us"
+    );
+    for (name, w) in [("quiet", &s.quiet), ("storm", &s.storm)] {
+        println!(
+            "{:<7} {:>15} {:>9} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>6} {:>7} {:>7}",
+            name,
+            format!("{:.2}-{:.2}", w.from_s, w.to_s),
+            w.messages,
+            w.latency_ms.p50,
+            w.latency_ms.p90,
+            w.latency_ms.p99,
+            w.latency_ms.max,
+            opt(w.cpu.server_cores, 2),
+            opt(w.cpu.machine_busy_cores, 2),
+            opt(w.cpu.server_us_per_msg, 1),
+        );
+    }
+    println!(
+        "      p99 storm / quiet = {}, p50 storm / quiet = {}; logged in {}/{} (errors {}): \
+         connect + login from the common start p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms \
+         (connect + TLS alone p50 {:.0} ms, max {:.0} ms); registering them beforehand took {:.1} s",
+        opt(s.p99_ratio, 2),
+        opt(s.p50_ratio, 2),
+        s.logged_in,
+        s.clients,
+        s.login_errors,
+        s.login_ms.p50,
+        s.login_ms.p99,
+        s.login_ms.max,
+        s.connect_ms.p50,
+        s.connect_ms.max,
+        s.register_seconds
+    );
+    println!(
+        "      (srv/machine = cores busy; srv us = server CPU per pairs message, the logins' \
+         work included)"
+    );
+}
+
+/// The `--dh` summary.
+fn print_dh(d: &results::DhReport) {
+    println!(
+        "\ndh: one complete agreement (both sides: keygen, validation with subgroup check, \
+         shared secret, sign, verify, HKDF), {} runs per group, one thread",
+        d.runs
+    );
+    println!(
+        "{:<10} {:>5} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6} {:>10} {:>8} {:>8} {:>8}",
+        "group",
+        "x bits",
+        "p50 ms",
+        "p90 ms",
+        "agree/s",
+        "keygen",
+        "validate",
+        "secret",
+        "sign",
+        "verify",
+        "openssl/s",
+        "x/agree",
+        "x/modexp",
+        "x/same"
+    );
+    for g in &d.groups {
+        let o = g.openssl.as_ref();
+        println!(
+            "{:<10} {:>5} {:>8.2} {:>8.2} {:>9.1} {:>8.2} {:>8.2} {:>8.2} {:>6.3} {:>6.3} {:>10} {:>8} {:>8} {:>8}",
+            g.group,
+            g.exponent_bits,
+            g.agreement_ms.p50,
+            g.agreement_ms.p90,
+            g.agreements_per_s,
+            g.parts_ms.keygen_ms,
+            g.parts_ms.validate_ms,
+            g.parts_ms.shared_secret_ms,
+            g.parts_ms.sign_ms,
+            g.parts_ms.verify_ms,
+            opt(o.map(|o| o.op_per_s), 1),
+            opt(o.map(|o| o.ratio_per_agreement), 1),
+            opt(o.map(|o| o.ratio_per_modexp), 1),
+            opt(o.map(|o| o.ratio_same_operation), 1),
+        );
+    }
+    if let Some(o) = d.groups.iter().find_map(|g| g.openssl.as_ref()) {
+        println!(
+            "      (parts in ms, medians. openssl/s: `{}` op/s ({}); one OpenSSL op is ONE \
+             party's derive, Z = Y^x mod p with its ~225/275-bit exponent: no key generation, \
+             no subgroup check, no signatures. x/agree = openssl op/s / our agreements/s; \
+             x/modexp = the same per exponentiation (we do {} per agreement: per side g^x, Y^q \
+             (full size), Y^x); x/same = OpenSSL's derive vs our own Y^x step, the same \
+             operation)",
+            o.command
+                .replace("ffdh2048", "ffdhNNNN")
+                .replace("ffdh3072", "ffdhNNNN"),
+            o.version,
+            d.groups.first().map_or(0, |g| g.modexps_per_agreement)
+        );
+    } else {
+        println!("      (no openssl figure: openssl not installed, or --openssl-seconds 0)");
     }
 }

@@ -280,6 +280,15 @@ impl Conn {
         }
     }
 
+    /// Gives back the read and write buffers (64 KiB of them after the first read), for a
+    /// connection that is only held open: 10,000 idle connections would otherwise keep
+    /// 640 MiB of scratch space in the generator.
+    pub fn release_buffers(&mut self) {
+        self.scratch = Vec::new();
+        self.records = Vec::new();
+        self.lines.release_if_empty();
+    }
+
     /// Says goodbye at the TLS level and closes the socket.
     pub fn close(&self) {
         self.stream.close();

@@ -11,8 +11,14 @@
 //! came for `stall`), it stops. A sender ends with `PING` and waits for the `PONG`, which the
 //! server queues after any `ERR` it had for the sender's messages, so errors are never
 //! missed.
+//!
+//! [`run_during`] runs something else on the calling thread while the messages flow (the
+//! login storm, say) and returns every message's send time with its latency, so the caller
+//! can split the run into windows. With [`PairsConfig::until_stopped`], senders keep going
+//! (up to `messages`) until that something returns; each then tells its receiver how many
+//! it sent, and the receiver stops once it has them all.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -31,6 +37,13 @@ pub const ERROR_SAMPLES: usize = 5;
 
 /// How long a sender waits for the `PONG` that ends its run.
 const FINAL_PONG_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often a receiver of an until-stopped run wakes to see whether its sender is done.
+const DONE_POLL: Duration = Duration::from_millis(50);
+
+/// Most latency slots a receiver reserves up front (an until-stopped run's `messages` is
+/// only a cap).
+const RESERVE_LIMIT: u64 = 1 << 16;
 
 /// One pairs run.
 #[derive(Debug, Clone)]
@@ -55,6 +68,31 @@ pub struct PairsConfig {
     pub concurrency: usize,
     /// Prefix of this run's user names (unique per run on a shared server).
     pub tag: String,
+    /// Senders stop when [`run_during`]'s closure returns (`messages` is then a cap), not
+    /// after `messages`.
+    pub until_stopped: bool,
+}
+
+/// Every delivered message of a run: when it was sent and how long it took, both in
+/// nanoseconds on the run's clock (see [`run_during`]).
+#[derive(Debug, Default)]
+pub struct Timeline {
+    /// Send time of each message, ns since the run's base instant.
+    pub sent_ns: Vec<u64>,
+    /// Send-to-receive latency of the same message, ns.
+    pub latency_ns: Vec<u64>,
+}
+
+impl Timeline {
+    /// Latencies of the messages sent in `[from_ns, to_ns)`.
+    pub fn latencies_sent_between(&self, from_ns: u64, to_ns: u64) -> Vec<u64> {
+        self.sent_ns
+            .iter()
+            .zip(&self.latency_ns)
+            .filter(|(&sent, _)| sent >= from_ns && sent < to_ns)
+            .map(|(_, &latency)| latency)
+            .collect()
+    }
 }
 
 /// What a sender thread reports.
@@ -73,6 +111,8 @@ struct SenderResult {
 struct ReceiverResult {
     /// Latency of each delivered message, ns.
     latencies: Vec<u64>,
+    /// Send time of each delivered message (ns since the base), in step with `latencies`.
+    sent_at: Vec<u64>,
     /// Messages with an unexpected sequence number.
     reordered: u64,
     /// When the last message arrived (ns since the base).
@@ -83,14 +123,30 @@ struct ReceiverResult {
     error_count: u64,
 }
 
-/// Per-pair state the receiver updates for the sender's window.
+/// State one pair's sender and receiver share.
 struct PairState {
-    /// Messages the receiver has got so far.
+    /// Messages the receiver has got so far (for the sender's window).
     received: AtomicU64,
+    /// Messages the sender sent in all, valid once `sender_done` is set.
+    sent: AtomicU64,
+    /// The sender has stopped sending (an until-stopped run's receiver then knows its total).
+    sender_done: AtomicBool,
 }
 
 /// Runs one pairs benchmark against `target`.
 pub fn run(target: &Target, cfg: &PairsConfig) -> Result<PairsResult> {
+    run_during(target, cfg, |_| Ok(())).map(|(result, _, ())| result)
+}
+
+/// Runs one pairs benchmark and, on the calling thread once messages start flowing,
+/// `during(base)`, where `base` is the instant every timestamp of the run counts from.
+/// With `cfg.until_stopped` the senders stop when `during` returns. Returns the result,
+/// every message's timeline, and what `during` returned.
+pub fn run_during<T>(
+    target: &Target,
+    cfg: &PairsConfig,
+    during: impl FnOnce(Instant) -> Result<T>,
+) -> Result<(PairsResult, Timeline, T)> {
     let senders: Vec<String> = (0..cfg.pairs).map(|i| format!("{}s{i}", cfg.tag)).collect();
     let receivers: Vec<String> = (0..cfg.pairs).map(|i| format!("{}r{i}", cfg.tag)).collect();
     let names: Vec<String> = receivers.iter().chain(&senders).cloned().collect();
@@ -101,22 +157,26 @@ pub fn run(target: &Target, cfg: &PairsConfig) -> Result<PairsResult> {
     let receiver_conns = conns;
 
     let base = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
     let start = Arc::new(Barrier::new(2 * cfg.pairs + 1));
     let mut sender_handles = Vec::with_capacity(cfg.pairs);
     let mut receiver_handles = Vec::with_capacity(cfg.pairs);
     for (i, (sconn, rconn)) in sender_conns.into_iter().zip(receiver_conns).enumerate() {
         let state = Arc::new(PairState {
             received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            sender_done: AtomicBool::new(false),
         });
         let sender = {
-            let (cfg, state, start) = (cfg.clone(), state.clone(), start.clone());
+            let (cfg, state, start, stop) =
+                (cfg.clone(), state.clone(), start.clone(), stop.clone());
             let to = receivers[i].clone();
             thread::Builder::new()
                 .name(format!("bench-send-{i}"))
                 .stack_size(STACK_BYTES)
                 .spawn(move || {
                     start.wait();
-                    send_loop(sconn, &to, &cfg, &state, base)
+                    send_loop(sconn, &to, &cfg, &state, &stop, base)
                 })?
         };
         let sender_thread = sender.thread().clone();
@@ -137,6 +197,10 @@ pub fn run(target: &Target, cfg: &PairsConfig) -> Result<PairsResult> {
 
     let before = CpuSnapshot::take(target);
     start.wait();
+    let during = during(base);
+    // Senders of an until-stopped run stop now; the others stop by themselves (and the
+    // flag is harmless to them). On an error in `during`, every sender stops too.
+    stop.store(true, Ordering::Release);
     let senders: Vec<SenderResult> = sender_handles
         .into_iter()
         .map(|h| h.join().map_err(|_| panicked("sender")))
@@ -146,6 +210,7 @@ pub fn run(target: &Target, cfg: &PairsConfig) -> Result<PairsResult> {
         .map(|h| h.join().map_err(|_| panicked("receiver")))
         .collect::<Result<_>>()?;
     let after = CpuSnapshot::take(target);
+    let during = during?;
 
     let sent: u64 = senders.iter().map(|s| s.sent).sum();
     let delivered: u64 = receivers.iter().map(|r| r.latencies.len() as u64).sum();
@@ -167,11 +232,21 @@ pub fn run(target: &Target, cfg: &PairsConfig) -> Result<PairsResult> {
     let first_ns = senders.iter().map(|s| s.first_ns).min().unwrap_or(0);
     let last_ns = receivers.iter().map(|r| r.last_ns).max().unwrap_or(0);
     let duration_s = (last_ns.saturating_sub(first_ns) as f64 / 1e9).max(1e-9);
-    let mut latencies: Vec<u64> = receivers.into_iter().flat_map(|r| r.latencies).collect();
-    Ok(PairsResult {
+    let messages_per_sender = if cfg.until_stopped {
+        senders.iter().map(|s| s.sent).max().unwrap_or(0)
+    } else {
+        cfg.messages
+    };
+    let mut timeline = Timeline::default();
+    for r in receivers {
+        timeline.sent_ns.extend(r.sent_at);
+        timeline.latency_ns.extend(r.latencies);
+    }
+    let mut latencies = timeline.latency_ns.clone();
+    let result = PairsResult {
         kind: cfg.kind.into(),
         pairs: cfg.pairs,
-        messages_per_sender: cfg.messages,
+        messages_per_sender,
         payload_bytes: cfg.size,
         batch: cfg.batch,
         window: cfg.window,
@@ -189,7 +264,8 @@ pub fn run(target: &Target, cfg: &PairsConfig) -> Result<PairsResult> {
         setup,
         cpu: before.usage(&after, delivered),
         server_rss_kib: target.rss_kib(),
-    })
+    };
+    Ok((result, timeline, during))
 }
 
 fn panicked(what: &str) -> Error {
@@ -235,6 +311,7 @@ fn send_loop(
     to: &str,
     cfg: &PairsConfig,
     state: &PairState,
+    stop: &AtomicBool,
     base: Instant,
 ) -> SenderResult {
     let mut result = SenderResult {
@@ -247,7 +324,7 @@ fn send_loop(
     let mut buf = Vec::with_capacity(cfg.batch * (prefix.len() + cfg.size + 2));
     let started = Instant::now();
     let mut seq = 0;
-    while seq < cfg.messages {
+    while seq < cfg.messages && !(cfg.until_stopped && stop.load(Ordering::Acquire)) {
         let mut take = cfg.batch.max(1) as u64;
         if let Some(rate) = cfg.rate {
             // Messages due by now; sleep until the next one is due if none are.
@@ -285,6 +362,8 @@ fn send_loop(
         }
         result.sent = seq;
     }
+    state.sent.store(result.sent, Ordering::Release);
+    state.sender_done.store(true, Ordering::Release);
     // Everything the server has to say about our messages comes before this PONG.
     if let Err(e) = final_ping(&mut conn, &mut result) {
         note(
@@ -325,8 +404,10 @@ fn receive_loop(
     sender: &Thread,
     base: Instant,
 ) -> ReceiverResult {
+    let reserve = cfg.messages.min(RESERVE_LIMIT) as usize;
     let mut result = ReceiverResult {
-        latencies: Vec::with_capacity(cfg.messages as usize),
+        latencies: Vec::with_capacity(reserve),
+        sent_at: Vec::with_capacity(reserve),
         reordered: 0,
         last_ns: 0,
         errors: Vec::new(),
@@ -334,11 +415,25 @@ fn receive_loop(
     };
     let expected_prefix = format!("FROM {from} ");
     let mut next_seq = 0;
-    if let Err(e) = conn.set_read_timeout(Some(cfg.stall)) {
+    // An until-stopped receiver wakes now and then to see whether its sender is done.
+    let poll = if cfg.until_stopped {
+        cfg.stall.min(DONE_POLL)
+    } else {
+        cfg.stall
+    };
+    if let Err(e) = conn.set_read_timeout(Some(poll)) {
         note(&mut result.errors, &mut result.error_count, e.to_string());
         return result;
     }
-    while (result.latencies.len() as u64) < cfg.messages {
+    let mut last_progress = Instant::now();
+    loop {
+        let got = result.latencies.len() as u64;
+        let all_sent = cfg.until_stopped
+            && state.sender_done.load(Ordering::Acquire)
+            && got >= state.sent.load(Ordering::Acquire);
+        if got >= cfg.messages || all_sent {
+            break;
+        }
         let read = conn.read_lines(|line| {
             let now = now_ns(base);
             let parsed = line.strip_prefix(&expected_prefix).and_then(parse_payload);
@@ -349,6 +444,7 @@ fn receive_loop(
                     }
                     next_seq = seq + 1;
                     result.latencies.push(now.saturating_sub(sent_ns));
+                    result.sent_at.push(sent_ns);
                     result.last_ns = now;
                 }
                 // The sender may leave (after its final PONG) before we are done reading.
@@ -362,7 +458,13 @@ fn receive_loop(
         if cfg.window.is_some() {
             sender.unpark();
         }
+        if result.latencies.len() as u64 > got {
+            last_progress = Instant::now();
+        }
         if let Err(e) = read {
+            if matches!(e, ReadError::Timeout) && last_progress.elapsed() < cfg.stall {
+                continue;
+            }
             let got = result.latencies.len();
             let why = match e {
                 ReadError::Timeout => format!("nothing for {:?}", cfg.stall),
@@ -373,7 +475,11 @@ fn receive_loop(
                 &mut result.error_count,
                 format!(
                     "receiver of {from}: {why} after {got}/{} messages",
-                    cfg.messages
+                    if cfg.until_stopped {
+                        state.sent.load(Ordering::Acquire)
+                    } else {
+                        cfg.messages
+                    }
                 ),
             );
             break;

@@ -41,6 +41,12 @@ pub struct Report {
     /// `--soak`: random mixed traffic for a bounded time.
     #[serde(default)]
     pub soak: Option<SoakResult>,
+    /// `--storm`: chatting pairs' latency before and during a login storm.
+    #[serde(default)]
+    pub storm: Option<StormResult>,
+    /// `--dh`: the cost of one end-to-end key agreement, per group.
+    #[serde(default)]
+    pub dh: Option<DhReport>,
 }
 
 /// The server under load.
@@ -53,6 +59,7 @@ pub struct ServerInfo {
     /// or the `--server-bin` path. `None` for an external server.
     pub program: Option<String>,
     /// bcrypt cost of the accounts the runs created (`None`: not known, external server).
+    /// `--storm` runs its own server and records its cost in [`StormResult::bcrypt_cost`].
     pub bcrypt_cost: Option<u32>,
     /// Human-readable summary of the setting, printed at the top of the table too.
     pub note: String,
@@ -219,6 +226,142 @@ pub struct IdleResult {
     pub samples: Vec<RssSample>,
     /// Opening the connections.
     pub setup: SetupStats,
+    /// Server threads with all the connections open (`None`: not measured).
+    #[serde(default)]
+    pub server_threads: Option<u64>,
+    /// `--idle N --rate R`: the `--rate` runs again, on the same server, while the N idle
+    /// connections are held (the runs without them are in [`Report::rates`]). `kind` is
+    /// `idle+rate`.
+    #[serde(default)]
+    pub with_traffic: Vec<PairsResult>,
+}
+
+/// One window of a [`StormResult`]: the chatting pairs' messages *sent* in it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StormWindow {
+    /// Start, seconds since the pairs started sending.
+    pub from_s: f64,
+    /// End, seconds since the pairs started sending.
+    pub to_s: f64,
+    /// Messages sent in the window (all were delivered, or the run reports loss).
+    pub messages: u64,
+    /// Their send-to-receive latency.
+    pub latency_ms: Percentiles,
+    /// CPU used in the window (`server_us_per_msg` includes the logins' work).
+    pub cpu: CpuUse,
+}
+
+/// `--storm N`: the chatting pairs' latency in a quiet window and while N clients log in
+/// at once, on a server with the production bcrypt cost.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StormResult {
+    /// Clients that logged in at once (their accounts were registered beforehand).
+    pub clients: usize,
+    /// bcrypt cost of every account on this run's server (`None`: an external server,
+    /// whose setting the bench cannot see).
+    pub bcrypt_cost: Option<u32>,
+    /// bcrypt worker threads of the server (its production default: one per core; `None`:
+    /// an external server).
+    pub bcrypt_workers: Option<usize>,
+    /// Chatting sender/receiver pairs.
+    pub pairs: usize,
+    /// Each sender's rate, msgs/s.
+    pub rate_per_sender: f64,
+    /// All senders' rate, msgs/s.
+    pub offered_msgs_per_s: f64,
+    /// Registering the storm accounts beforehand took this long (set-up), seconds.
+    pub register_seconds: f64,
+    /// Before the storm.
+    pub quiet: StormWindow,
+    /// From the storm's start to its last login.
+    pub storm: StormWindow,
+    /// `storm.latency_ms.p99 / quiet.latency_ms.p99` (`None` if a window has no messages).
+    pub p99_ratio: Option<f64>,
+    /// The same for the medians.
+    pub p50_ratio: Option<f64>,
+    /// Storm clients that logged in.
+    pub logged_in: usize,
+    /// Per storm client, from the common start: connect + TLS + `HELLO` + `LOGIN` reply.
+    pub login_ms: Percentiles,
+    /// Per storm client, from the common start: connect + TLS + `HELLO` only.
+    pub connect_ms: Percentiles,
+    /// Storm clients that failed to log in. Must be 0.
+    pub login_errors: u64,
+    /// The first few of those failures, verbatim.
+    pub login_error_samples: Vec<String>,
+    /// The pairs' whole run (loss, reordering and errors are checked on it).
+    pub run: PairsResult,
+}
+
+/// `--dh`: end-to-end key agreement cost.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DhReport {
+    /// Timed agreements per group.
+    pub runs: usize,
+    /// One entry per group, smaller first.
+    pub groups: Vec<DhGroupResult>,
+}
+
+/// The cost of one key agreement in one group, and OpenSSL's figure beside it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DhGroupResult {
+    /// RFC 7919 name, e.g. `ffdhe3072`.
+    pub group: String,
+    /// Bits of our secret exponents.
+    pub exponent_bits: usize,
+    /// One complete agreement (`Initiator::start`, `Responder::accept`,
+    /// `Initiator::finish`, `Responder::confirm`): both sides' key generation, public-value
+    /// validation with the subgroup check, shared secret, signatures and verifications,
+    /// key derivation. Identity keys are made beforehand and not counted.
+    pub agreement_ms: Percentiles,
+    /// Mean time per agreement, milliseconds.
+    pub agreement_mean_ms: f64,
+    /// `1000 / agreement_mean_ms`: complete agreements per second on one core.
+    pub agreements_per_s: f64,
+    /// Modular exponentiations in one agreement: per side one short (key generation), one
+    /// full-size (subgroup check of the peer's value) and one short (shared secret).
+    pub modexps_per_agreement: u32,
+    /// Median of the parts, milliseconds.
+    pub parts_ms: DhParts,
+    /// `openssl speed` for the same group (`None` if openssl is missing or failed).
+    pub openssl: Option<OpensslDh>,
+}
+
+/// The parts of an agreement, timed alone (medians, milliseconds).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DhParts {
+    /// `EphemeralSecret::generate`: one short exponentiation `g^x` (plus randomness).
+    pub keygen_ms: f64,
+    /// `PublicValue::from_bytes`: range checks and one full-size exponentiation `Y^q`.
+    pub validate_ms: f64,
+    /// `EphemeralSecret::agree`: one short exponentiation `Y^x`.
+    pub shared_secret_ms: f64,
+    /// One Ed25519 signature on a transcript.
+    pub sign_ms: f64,
+    /// One Ed25519 verification.
+    pub verify_ms: f64,
+}
+
+/// `openssl speed -seconds S ffdhNNNN`, and how our numbers compare.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OpensslDh {
+    /// The command run.
+    pub command: String,
+    /// OpenSSL's version line.
+    pub version: String,
+    /// Its `op/s` column: one `op` is one party's derive (`EVP_PKEY_derive`: `Z = Y^x mod p`
+    /// with OpenSSL's short exponent, and a check that Z is not 1 or p-1; no key generation,
+    /// no subgroup check, no signatures).
+    pub op_per_s: f64,
+    /// `op_per_s / agreements_per_s`: how many OpenSSL derives fit in one of our agreements.
+    pub ratio_per_agreement: f64,
+    /// `op_per_s / (agreements_per_s * modexps_per_agreement)`: the same per exponentiation
+    /// (counts our full-size exponentiation as one, so it flatters OpenSSL less than the
+    /// line above but still compares unlike work).
+    pub ratio_per_modexp: f64,
+    /// `op_per_s * shared_secret_ms / 1000`: OpenSSL's derive against our own shared-secret
+    /// step, the same operation (ours with a slightly longer exponent): the fairest ratio.
+    pub ratio_same_operation: f64,
 }
 
 /// One RSS reading during a soak.

@@ -22,10 +22,15 @@ use securechat::server::{self, Config, Limits, Server};
 use securechat::throttle::ThrottlePolicy;
 use securechat::{tls, Error, Result};
 
-/// bcrypt cost of the accounts a spawned server creates. The minimum bcrypt allows:
-/// benchmarks measure messaging, and cost 12 (the production default, about 0.25 s per
-/// login) would make opening thousands of connections take minutes. Printed with results.
+/// bcrypt cost of the accounts a spawned server creates, unless `--bcrypt-cost` says
+/// otherwise. The minimum bcrypt allows: benchmarks measure messaging, and cost 12 (the
+/// production default, about 0.25 s per login) would make opening thousands of connections
+/// take minutes. Printed with results.
 pub const BENCH_BCRYPT_COST: u32 = 4;
+
+/// The production bcrypt cost (the server binary's default): `--storm` measures logins at
+/// the cost real users pay, unless `--bcrypt-cost` is given.
+pub const PRODUCTION_BCRYPT_COST: u32 = 12;
 
 /// Connections a spawned server admits (the per-address cap is off: every benchmark
 /// client comes from 127.0.0.1).
@@ -47,6 +52,17 @@ pub fn bench_limits() -> Limits {
         ..Limits::default()
     }
 }
+
+/// Memory mappings (VMAs) one logged-in connection costs the server: two threads, each
+/// with a glibc stack plus its guard page and a Rust signal stack plus its guard page.
+/// Measured: 4.0 mappings per thread in `/proc/<pid>/maps` with 4,000 threads.
+pub const SERVER_MAPS_PER_CONNECTION: u64 = 8;
+
+/// Threads one logged-in connection costs the server (a reader and a writer).
+pub const SERVER_THREADS_PER_CONNECTION: u64 = 2;
+
+/// How long [`Target::log_tail`] waits before reading the log of a failing server.
+const LOG_SETTLE: Duration = Duration::from_secs(1);
 
 /// How long a spawned server gets to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,10 +108,18 @@ struct Spawned {
     dir: PathBuf,
 }
 
+/// What may differ between spawned servers (everything else is [`bench_limits`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ChildSettings {
+    /// bcrypt cost of new accounts ([`BENCH_BCRYPT_COST`] unless a phase needs another).
+    pub bcrypt_cost: u32,
+}
+
 impl Target {
     /// A fresh server in a child process with an empty data directory. `server_bin` picks
     /// the real server binary; `None` runs this executable's `--serve-child` role.
-    pub fn spawn(server_bin: Option<&Path>) -> Result<Target> {
+    pub fn spawn(server_bin: Option<&Path>, settings: ChildSettings) -> Result<Target> {
+        let cost = settings.bcrypt_cost.to_string();
         let dir = scratch_dir()?;
         let log = fs::File::create(dir.join("server.log"))?;
         let (mut command, port) = match server_bin {
@@ -104,6 +128,7 @@ impl Target {
                 command
                     .arg("--serve-child")
                     .arg(&dir)
+                    .args(["--bcrypt-cost", &cost])
                     .stdout(Stdio::piped());
                 (command, None)
             }
@@ -116,7 +141,7 @@ impl Target {
                     .arg(dir.join("data"))
                     .arg("--certs-dir")
                     .arg(dir.join("certs"))
-                    .args(["--bcrypt-cost", &BENCH_BCRYPT_COST.to_string()])
+                    .args(["--bcrypt-cost", &cost])
                     .args(["--max-connections-per-ip", "0"])
                     .args(["--max-connections", &BENCH_MAX_CONNECTIONS.to_string()])
                     .args(["--rate-limit", "0", "--registrations-per-ip", "0"])
@@ -188,12 +213,26 @@ impl Target {
         self.pid.and_then(|pid| process_rss_kib(pid).ok())
     }
 
-    /// The tail of a spawned server's log, to explain a failure.
+    /// Server threads right now (`None` when not measured).
+    pub fn threads(&self) -> Option<u64> {
+        self.pid
+            .and_then(|pid| process_status_field(pid, "Threads:").ok())
+    }
+
+    /// The tail of a spawned server's log, to explain a failure: its last warnings and
+    /// errors (a crash leaves hundreds of routine "closed" lines after the cause), and
+    /// whether the process is gone.
     pub fn log_tail(&self) -> Option<String> {
         let spawned = self.child.as_ref()?;
+        // A server that is failing may still be writing why (or dying): give it a moment.
+        thread::sleep(LOG_SETTLE);
         let text = fs::read_to_string(spawned.dir.join("server.log")).ok()?;
-        let lines: Vec<&str> = text.lines().collect();
-        Some(lines[lines.len().saturating_sub(15)..].join("\n"))
+        let lines: Vec<&str> = text.lines().filter(|l| !l.contains(" INFO ")).collect();
+        let mut tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        if !self.pid.is_some_and(process_running) {
+            tail.push_str("\n(the server process has exited)");
+        }
+        Some(tail)
     }
 }
 
@@ -273,6 +312,47 @@ impl Spawned {
     }
 }
 
+/// Whether a process exists and is not a zombie.
+fn process_running(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// A warning if a server on this machine cannot hold `connections` logged-in connections
+/// because of the kernel's limits on memory mappings or processes (both count threads).
+/// Past them, thread creation fails and the server may abort.
+pub fn kernel_limit_warning(connections: usize) -> Option<String> {
+    let read = |path: &str| -> Option<u64> { fs::read_to_string(path).ok()?.trim().parse().ok() };
+    let connections = connections as u64;
+    let mut out = Vec::new();
+    if let Some(maps) = read("/proc/sys/vm/max_map_count") {
+        let needed = connections * SERVER_MAPS_PER_CONNECTION;
+        if needed + 1000 > maps {
+            out.push(format!(
+                "vm.max_map_count is {maps}, and each logged-in connection costs the server \
+                 {SERVER_MAPS_PER_CONNECTION} memory mappings ({needed} for {connections}): \
+                 expect thread creation to fail, and the server to abort, near {} connections \
+                 (sysctl vm.max_map_count={} would make room)",
+                maps / SERVER_MAPS_PER_CONNECTION,
+                (needed + 1000).next_power_of_two()
+            ));
+        }
+    }
+    if let Some(pids) = read("/proc/sys/kernel/pid_max") {
+        let needed = connections * SERVER_THREADS_PER_CONNECTION;
+        if needed + 1000 > pids {
+            out.push(format!(
+                "kernel.pid_max is {pids} and the server needs {needed} threads for \
+                 {connections} connections"
+            ));
+        }
+    }
+    (!out.is_empty()).then(|| out.join("; "))
+}
+
 /// A new empty directory under the system temp dir.
 fn scratch_dir() -> Result<PathBuf> {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -295,9 +375,10 @@ fn free_port() -> Result<u16> {
 }
 
 /// The `--serve-child DIR` role: a server on `127.0.0.1:0` with the benchmark limits,
-/// data and certificates in `DIR`. Prints `LISTENING <addr>` on stdout once bound and
-/// shuts down cleanly when stdin closes (the parent finished, or died).
-pub fn serve_child(dir: &Path) -> Result<()> {
+/// bcrypt cost `bcrypt_cost`, data and certificates in `DIR`. Prints `LISTENING <addr>` on
+/// stdout once bound and shuts down cleanly when stdin closes (the parent finished, or
+/// died).
+pub fn serve_child(dir: &Path, bcrypt_cost: u32) -> Result<()> {
     securechat::logging::init();
     let certs = tls::ensure_dev_certificates(&dir.join("certs"))?;
     let (chain, key) = tls::load_identity(&certs.cert, &certs.key)?;
@@ -308,7 +389,7 @@ pub fn serve_child(dir: &Path) -> Result<()> {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         data_dir: dir.join("data"),
         tls: tls::server_config(chain, key)?,
-        bcrypt_cost: BENCH_BCRYPT_COST,
+        bcrypt_cost,
         limits: bench_limits(),
     })?;
     println!("LISTENING {}", server.local_addr());
@@ -365,12 +446,17 @@ fn proc_stat_cpu_seconds(pid: u32) -> Result<f64> {
 
 /// Resident memory of a process in KiB, from `VmRSS` in `/proc/<pid>/status`.
 pub fn process_rss_kib(pid: u32) -> Result<u64> {
+    process_status_field(pid, "VmRSS:")
+}
+
+/// The first number after `field` (e.g. `VmRSS:`, `Threads:`) in `/proc/<pid>/status`.
+fn process_status_field(pid: u32, field: &str) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| Error::Protocol(format!("no VmRSS in /proc/{pid}/status")))
+        .ok_or_else(|| Error::Protocol(format!("no {field} in /proc/{pid}/status")))
 }
 
 /// Whole-machine CPU time from `/proc/stat`: (total, idle) in seconds.
