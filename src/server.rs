@@ -433,18 +433,7 @@ const KERNEL_MARGIN: usize = 2048;
 /// of a few buckets; with thousands of sleeping threads every wake-up walks a long bucket
 /// (measured: 8,000 idle clients more than doubled the CPU per message), so it is enlarged.
 fn fit_to_kernel(limits: &mut Limits) {
-    let read =
-        |path: &str| -> Option<usize> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
-    let mappings_now = std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count());
-    let thread_ids = match (
-        read("/proc/sys/kernel/pid_max"),
-        read("/proc/sys/kernel/threads-max"),
-    ) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let ceiling = connection_ceiling(read("/proc/sys/vm/max_map_count"), mappings_now, thread_ids);
-    if let Some(ceiling) = ceiling.filter(|&c| c < limits.max_connections) {
+    if let Some(ceiling) = kernel_connection_ceiling().filter(|&c| c < limits.max_connections) {
         log::warn!(
             "serving at most {ceiling} connections, not {}: the kernel allows this process \
              only so many threads and memory mappings (each connection needs 2 threads, \
@@ -464,6 +453,23 @@ fn fit_to_kernel(limits: &mut Limits) {
     if resized {
         log::debug!("futex hash: {slots} slots");
     }
+}
+
+/// How many connections this kernel lets a server process hold (`vm.max_map_count`,
+/// `kernel.pid_max`, `kernel.threads-max`, less what the calling process already maps):
+/// `None` when they cannot be read. A server lowers its `max_connections` to this at start.
+pub fn kernel_connection_ceiling() -> Option<usize> {
+    let read =
+        |path: &str| -> Option<usize> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
+    let mappings_now = std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count());
+    let thread_ids = match (
+        read("/proc/sys/kernel/pid_max"),
+        read("/proc/sys/kernel/threads-max"),
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    connection_ceiling(read("/proc/sys/vm/max_map_count"), mappings_now, thread_ids)
 }
 
 /// How many connections the kernel's limits leave room for: `None` when unknown.

@@ -93,6 +93,19 @@ pub struct Percentiles {
     pub max: f64,
 }
 
+impl Report {
+    /// Every pairs run in the report: the flood, the rate runs, the sweep, the rate runs with
+    /// idle connections held, the storm's pairs.
+    pub fn pairs_runs(&self) -> impl Iterator<Item = &PairsResult> {
+        self.flood
+            .iter()
+            .chain(&self.rates)
+            .chain(&self.sweep)
+            .chain(self.idle.iter().flat_map(|i| &i.with_traffic))
+            .chain(self.storm.iter().map(|s| &s.run))
+    }
+}
+
 impl Percentiles {
     /// Percentiles of `values` (nanoseconds, sorted in place) in milliseconds; zeros if empty.
     pub fn of_nanos(values: &mut [u64]) -> Percentiles {

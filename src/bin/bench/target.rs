@@ -53,14 +53,6 @@ pub fn bench_limits() -> Limits {
     }
 }
 
-/// Memory mappings (VMAs) one logged-in connection costs the server: two threads, each
-/// with a glibc stack plus its guard page and a Rust signal stack plus its guard page.
-/// Measured: 4.0 mappings per thread in `/proc/<pid>/maps` with 4,000 threads.
-pub const SERVER_MAPS_PER_CONNECTION: u64 = 8;
-
-/// Threads one logged-in connection costs the server (a reader and a writer).
-pub const SERVER_THREADS_PER_CONNECTION: u64 = 2;
-
 /// How long [`Target::log_tail`] waits before reading the log of a failing server.
 const LOG_SETTLE: Duration = Duration::from_secs(1);
 
@@ -321,36 +313,19 @@ fn process_running(pid: u32) -> bool {
     })
 }
 
-/// A warning if a server on this machine cannot hold `connections` logged-in connections
-/// because of the kernel's limits on memory mappings or processes (both count threads).
-/// Past them, thread creation fails and the server may abort.
+/// A warning if a server on this machine cannot hold `connections` logged-in connections:
+/// the kernel's thread and memory-mapping limits cap what a server admits (see
+/// `securechat::server::kernel_connection_ceiling`), and it refuses connections beyond.
 pub fn kernel_limit_warning(connections: usize) -> Option<String> {
-    let read = |path: &str| -> Option<u64> { fs::read_to_string(path).ok()?.trim().parse().ok() };
-    let connections = connections as u64;
-    let mut out = Vec::new();
-    if let Some(maps) = read("/proc/sys/vm/max_map_count") {
-        let needed = connections * SERVER_MAPS_PER_CONNECTION;
-        if needed + 1000 > maps {
-            out.push(format!(
-                "vm.max_map_count is {maps}, and each logged-in connection costs the server \
-                 {SERVER_MAPS_PER_CONNECTION} memory mappings ({needed} for {connections}): \
-                 expect thread creation to fail, and the server to abort, near {} connections \
-                 (sysctl vm.max_map_count={} would make room)",
-                maps / SERVER_MAPS_PER_CONNECTION,
-                (needed + 1000).next_power_of_two()
-            ));
-        }
-    }
-    if let Some(pids) = read("/proc/sys/kernel/pid_max") {
-        let needed = connections * SERVER_THREADS_PER_CONNECTION;
-        if needed + 1000 > pids {
-            out.push(format!(
-                "kernel.pid_max is {pids} and the server needs {needed} threads for \
-                 {connections} connections"
-            ));
-        }
-    }
-    (!out.is_empty()).then(|| out.join("; "))
+    let ceiling = securechat::server::kernel_connection_ceiling()?;
+    (ceiling < connections).then(|| {
+        format!(
+            "this kernel lets a server hold about {ceiling} connections, fewer than the \
+             {connections} this run needs: the server will refuse the rest (each connection \
+             costs it 2 threads and 8 memory mappings; `sysctl -w vm.max_map_count=262144` \
+             makes room)"
+        )
+    })
 }
 
 /// A new empty directory under the system temp dir.
