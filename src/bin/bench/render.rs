@@ -27,6 +27,59 @@ fn drawing_error(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Config(format!("cannot draw {}: {e}", path.display()))
 }
 
+/// A chart with two `f64` axes (linear or logarithmic) on an SVG file.
+type Chart<'a, 'b, X, Y> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, Y>>;
+
+/// Draws `points` as a line in `colour`, named `label` in the legend; with `dots`, a dot on
+/// each point as well.
+fn labelled_line<X, Y>(
+    chart: &mut Chart<'_, '_, X, Y>,
+    points: &[(f64, f64)],
+    colour: RGBColor,
+    label: &str,
+    dots: bool,
+    path: &Path,
+) -> Result<()>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    let err = |e| drawing_error(path, e);
+    chart
+        .draw_series(LineSeries::new(points.to_vec(), colour.stroke_width(2)))
+        .map_err(err)?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+    if dots {
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Draws the legend at `position` and writes the file.
+fn finish<'b, X, Y>(
+    mut chart: Chart<'b, 'b, X, Y>,
+    root: &DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    position: SeriesLabelPosition,
+    path: &Path,
+) -> Result<()>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    let err = |e| drawing_error(path, e);
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}
+
 /// Draws every figure `report` has data for into `dir`; returns the files written.
 pub fn render_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)
@@ -86,11 +139,14 @@ pub fn throughput(sweep: &[PairsResult], subtitle: &str, path: &Path) -> Result<
         .draw()
         .map_err(err)?;
     let colour = COLOURS[0];
-    chart
-        .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
-        .map_err(err)?
-        .label("msgs/s (all pairs flooding)")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+    labelled_line(
+        &mut chart,
+        &points,
+        colour,
+        "msgs/s (all pairs flooding)",
+        false,
+        path,
+    )?;
     chart
         .draw_series(points.iter().map(|&(x, y)| {
             EmptyElement::at((x, y))
@@ -98,15 +154,7 @@ pub fn throughput(sweep: &[PairsResult], subtitle: &str, path: &Path) -> Result<
                 + Text::new(format!("{y:.0}"), (6, -16), ("sans-serif", 12))
         }))
         .map_err(err)?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(())
+    finish(chart, &root, SeriesLabelPosition::LowerRight, path)
 }
 
 /// Reads one number out of a run.
@@ -160,28 +208,9 @@ pub fn latency(rates: &[PairsResult], subtitle: &str, path: &Path) -> Result<()>
             .iter()
             .map(|r| (offered(r), value(r).max(y_min)))
             .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
-            .map_err(err)?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
-        chart
-            .draw_series(
-                points
-                    .into_iter()
-                    .map(|p| Circle::new(p, 3, colour.filled())),
-            )
-            .map_err(err)?;
+        labelled_line(&mut chart, &points, colour, name, true, path)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(())
+    finish(chart, &root, SeriesLabelPosition::UpperLeft, path)
 }
 
 /// `memory.svg`: server RSS against idle logged-in connections.
@@ -214,29 +243,10 @@ pub fn memory(idle: &IdleResult, subtitle: &str, path: &Path) -> Result<()> {
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(err)?;
-    let colour = COLOURS[0];
-    chart
-        .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
-        .map_err(err)?
-        .label(format!(
-            "RSS: {:.1} KiB per connection (slope), {:.1} KiB ((after - before) / N)",
-            idle.slope_kib_per_conn, idle.rss_per_conn_kib
-        ))
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
-    chart
-        .draw_series(
-            points
-                .into_iter()
-                .map(|p| Circle::new(p, 3, colour.filled())),
-        )
-        .map_err(err)?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(())
+    let label = format!(
+        "RSS: {:.1} KiB per connection (slope), {:.1} KiB ((after - before) / N)",
+        idle.slope_kib_per_conn, idle.rss_per_conn_kib
+    );
+    labelled_line(&mut chart, &points, COLOURS[0], &label, true, path)?;
+    finish(chart, &root, SeriesLabelPosition::UpperLeft, path)
 }
