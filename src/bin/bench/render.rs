@@ -27,6 +27,31 @@ fn drawing_error(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Config(format!("cannot draw {}: {e}", path.display()))
 }
 
+/// A blank figure at `path`, the size of every figure.
+fn canvas(path: &Path) -> Result<DrawingArea<SVGBackend<'_>, plotters::coord::Shift>> {
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| drawing_error(path, e))?;
+    Ok(root)
+}
+
+/// A chart builder on `root` with every figure's layout and `title` (plus the subtitle).
+fn layout<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    subtitle: &str,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(
+            format!("securechat {title} — {subtitle}"),
+            ("sans-serif", 16),
+        )
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(80);
+    builder
+}
+
 /// A chart with two `f64` axes (linear or logarithmic) on an SVG file.
 type Chart<'a, 'b, X, Y> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, Y>>;
 
@@ -116,16 +141,8 @@ pub fn throughput(sweep: &[PairsResult], subtitle: &str, path: &Path) -> Result<
         .collect();
     let x_max = points.iter().map(|p| p.0).fold(1.0, f64::max) * 2.0;
     let y_max = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.2;
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("securechat flood throughput vs pairs — {subtitle}"),
-            ("sans-serif", 16),
-        )
-        .margin(20)
-        .x_label_area_size(45)
-        .y_label_area_size(80)
+    let root = canvas(path)?;
+    let mut chart = layout(&root, "flood throughput vs pairs", subtitle)
         .build_cartesian_2d((0.8f64..x_max).log_scale(), 0f64..y_max)
         .map_err(err)?;
     chart
@@ -182,18 +199,14 @@ pub fn latency(rates: &[PairsResult], subtitle: &str, path: &Path) -> Result<()>
         (0.01, 1.0)
     };
     let pairs = rates.first().map_or(0, |r| r.pairs);
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("securechat latency vs offered load ({pairs} pairs) — {subtitle}"),
-            ("sans-serif", 16),
-        )
-        .margin(20)
-        .x_label_area_size(45)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0f64..x_max, (y_min..y_max).log_scale())
-        .map_err(err)?;
+    let root = canvas(path)?;
+    let mut chart = layout(
+        &root,
+        &format!("latency vs offered load ({pairs} pairs)"),
+        subtitle,
+    )
+    .build_cartesian_2d(0f64..x_max, (y_min..y_max).log_scale())
+    .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("offered private messages / s (all senders)")
@@ -223,16 +236,8 @@ pub fn memory(idle: &IdleResult, subtitle: &str, path: &Path) -> Result<()> {
         .collect();
     let x_max = points.iter().map(|p| p.0).fold(1.0, f64::max) * 1.05;
     let y_max = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.15;
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("securechat server memory vs idle connections — {subtitle}"),
-            ("sans-serif", 16),
-        )
-        .margin(20)
-        .x_label_area_size(45)
-        .y_label_area_size(80)
+    let root = canvas(path)?;
+    let mut chart = layout(&root, "server memory vs idle connections", subtitle)
         .build_cartesian_2d(0f64..x_max, 0f64..y_max)
         .map_err(err)?;
     chart
