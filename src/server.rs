@@ -528,19 +528,37 @@ mod tests {
         assert_eq!(connection_ceiling(Some(100), 400, None), Some(0));
     }
 
+    /// One test for everything `fit_to_kernel` does: the futex hash is per process, so
+    /// two tests sizing it at once would race.
     #[test]
-    fn limits_are_lowered_to_what_the_kernel_allows_never_raised() {
+    fn limits_are_lowered_to_what_the_kernel_allows_never_raised_and_the_futex_hash_fits() {
+        // PR_FUTEX_HASH (78), PR_FUTEX_HASH_GET_SLOTS (2): this process's futex hash slots,
+        // or an error before Linux 6.16 (no private hash to size).
+        // SAFETY: prctl with integer arguments only; it reads a number.
+        let slots = || unsafe { libc::prctl(78, 2, 0, 0, 0) };
+        let sized = slots() >= 0;
+
         let mut limits = Limits {
             max_connections: usize::MAX / 16,
             ..Limits::default()
         };
         fit_to_kernel(&mut limits);
         assert!(limits.max_connections < usize::MAX / 16);
+        if sized {
+            let wanted = (2 * limits.max_connections).next_power_of_two().min(65_536);
+            assert_eq!(slots() as usize, wanted);
+        }
+
         let mut small = Limits {
-            max_connections: 3,
+            max_connections: 3_000,
             ..Limits::default()
         };
         fit_to_kernel(&mut small);
-        assert_eq!(small.max_connections, 3);
+        assert_eq!(small.max_connections, 3_000);
+        if sized {
+            assert_eq!(slots(), 8_192, "the power of two above 2 x 3,000 threads");
+        } else {
+            eprintln!("this kernel has no private futex hash (before Linux 6.16)");
+        }
     }
 }
