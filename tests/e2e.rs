@@ -26,9 +26,10 @@ use regex::Regex;
 use rexpect::session::StreamSession;
 
 use common::{contains, files_under, ok, ServerProcess, TestClient, TestServer, PASSWORD, WAIT};
-use securechat::client::secure::{Action, Notice, Secure};
+use securechat::client::secure::{Action, Notice, Secure, EXCHANGE_TIMEOUT};
 use securechat::e2e::{
-    safety_number, EphemeralSecret, Group, IdentityKey, IdentityPublicKey, Payload, PinStore,
+    safety_number, EphemeralSecret, Group, IdentityKey, IdentityPublicKey, Payload, PinStatus,
+    PinStore,
 };
 use securechat::protocol::ServerLine;
 
@@ -465,6 +466,39 @@ impl Relay {
     fn type_text(&mut self, who: &str, to: &str, text: &str) {
         let actions = self.endpoint(who).secure.send_text(to, text);
         self.act(who, actions);
+    }
+
+    /// `who` typed a command: `command` calls the matching `Secure` method.
+    fn command(&mut self, who: &str, command: impl FnOnce(&mut Secure) -> Vec<Action>) {
+        let actions = command(&mut self.endpoint(who).secure);
+        self.act(who, actions);
+    }
+
+    /// From now on the key directory hands out `key` as `user`'s.
+    fn serve_key(&mut self, user: &str, key: IdentityPublicKey) {
+        for (name, served) in &mut self.keys {
+            if name == user {
+                *served = key;
+            }
+        }
+    }
+
+    /// Where `who` keeps its pinned keys.
+    fn pin_file(&self, who: &str) -> PathBuf {
+        self._dir.path().join(format!("{who}.pins"))
+    }
+
+    /// `who`'s pinned keys, as saved on disk.
+    fn saved_pins(&self, who: &str) -> PinStore {
+        PinStore::open(&self.pin_file(who)).expect("saved pins")
+    }
+
+    /// Makes every later save of `who`'s pin file fail: a directory sits where the
+    /// temporary file must go (this works even for root, unlike file permissions).
+    fn break_pin_saving(&self, who: &str) {
+        let mut temporary = self.pin_file(who).into_os_string();
+        temporary.push(".tmp");
+        fs::create_dir(temporary).expect("block the temporary file");
     }
 
     /// `who` typed a message in an established session: returns its payload, held back.
@@ -1039,4 +1073,316 @@ fn payloads_that_are_not_end_to_end_are_dropped_with_a_warning_never_shown() {
     let transcript = alice.quit();
     assert!(!transcript.contains(CLEAR), "{transcript}");
     assert!(!transcript.contains("bob -> you"), "{transcript}");
+}
+
+#[test]
+fn a_false_first_contact_key_is_not_verified_when_the_real_one_is_served_for_comparison() {
+    // The attack: the server gives alice mallory's key as bob's at first contact (she pins
+    // it), then hands out bob's real key when she asks for the safety number, so that the
+    // numbers read aloud match; `/verify` would then bless the false key.
+    let server = TestServer::start();
+    let homes = tempfile::tempdir().unwrap();
+    let mut alice = Party::join(server.connect(), homes.path(), "alice", true);
+    let mut bob = Party::join(server.connect(), homes.path(), "bob", true);
+    let bob_real_key = bob.secure.identity_public();
+    let mallory = IdentityKey::generate().unwrap().public_key();
+
+    substitute_identity_key(&server, "bob", &mallory);
+    alice.type_text("bob", "first words");
+    run_until(&mut alice, &mut bob, "the first exchange", |a, _| {
+        a.warned("signature check failed")
+    });
+    let pins_file = homes.path().join("alice").join("known_keys");
+    let pins = PinStore::open(&pins_file).expect("alice's pins");
+    assert_eq!(
+        pins.check("bob", &mallory),
+        PinStatus::Matches { verified: false }
+    );
+
+    substitute_identity_key(&server, "bob", &bob_real_key);
+    let actions = alice.secure.fingerprint(Some("bob"));
+    alice.apply(actions);
+    let actions = bob.secure.fingerprint(Some("alice"));
+    bob.apply(actions);
+    run_until(&mut alice, &mut bob, "both safety numbers", |a, b| {
+        shown_safety_number(a, "bob").is_some() && shown_safety_number(b, "alice").is_some()
+    });
+    let alice_key = alice.secure.identity_public();
+    let real = safety_number("alice", &alice_key, "bob", &bob_real_key);
+    assert_eq!(shown_safety_number(&bob, "alice").unwrap(), real);
+    // alice is shown the number of the key she pinned, which does not match bob's...
+    assert_eq!(
+        shown_safety_number(&alice, "bob").unwrap(),
+        safety_number("alice", &alice_key, "bob", &mallory),
+        "{alice}"
+    );
+    // ...and the server's different key is the loud key-change warning, not a side note.
+    assert!(alice.warned("IDENTITY KEY HAS CHANGED"), "{alice}");
+
+    let actions = alice.secure.verify("bob");
+    alice.apply(actions);
+    assert!(alice.warned("bob: not verified"), "{alice}");
+    assert!(!alice.informed("marked as verified"), "{alice}");
+    let pins = PinStore::open(&pins_file).expect("alice's pins");
+    assert_eq!(
+        pins.check("bob", &mallory),
+        PinStatus::Matches { verified: false },
+        "the false key must not end up verified"
+    );
+    alice.type_text("bob", "are you there?");
+    assert!(alice.warned("message held"), "{alice}");
+    assert!(
+        !alice.sent.iter().any(|(_, p)| is_e2e_message(p)),
+        "{alice}"
+    );
+
+    // The way out: alice accepts the key the server now gives (bob's real one), the
+    // held message goes to bob, and the numbers, compared again, now verify that key.
+    let actions = alice.secure.accept("bob");
+    alice.apply(actions);
+    run_until(&mut alice, &mut bob, "the held message", |_, b| {
+        b.received() == ["are you there?"]
+    });
+    alice.notices.clear();
+    let actions = alice.secure.fingerprint(Some("bob"));
+    alice.apply(actions);
+    alice.poll_until("the new number", |a| {
+        shown_safety_number(a, "bob").is_some()
+    });
+    assert_eq!(shown_safety_number(&alice, "bob").unwrap(), real);
+    let actions = alice.secure.verify("bob");
+    alice.apply(actions);
+    let pins = PinStore::open(&pins_file).expect("alice's pins");
+    assert_eq!(
+        pins.check("bob", &bob_real_key),
+        PinStatus::Matches { verified: true }
+    );
+}
+
+#[test]
+fn verify_marks_only_the_pinned_key_whose_safety_number_was_shown() {
+    let mut relay = Relay::new();
+    let bob_key = relay.bob.secure.identity_public();
+    relay.command("alice", |s| s.verify("bob"));
+    assert!(
+        relay
+            .alice
+            .warnings()
+            .iter()
+            .any(|w| w.contains("no key is pinned for bob")),
+        "{:?}",
+        relay.alice.notices
+    );
+
+    // Pinned by a conversation, but no safety number shown yet: nothing to confirm.
+    relay.type_text("alice", "bob", "hello");
+    relay.run(honest);
+    relay.command("alice", |s| s.verify("bob"));
+    assert!(
+        relay
+            .alice
+            .warnings()
+            .iter()
+            .any(|w| w.contains("not verified") && w.contains("/fingerprint bob")),
+        "{:?}",
+        relay.alice.notices
+    );
+    assert_eq!(
+        relay.saved_pins("alice").check("bob", &bob_key),
+        PinStatus::Matches { verified: false }
+    );
+
+    relay.command("alice", |s| s.fingerprint(Some("bob")));
+    relay.command("alice", |s| s.verify("bob"));
+    assert_eq!(
+        relay.saved_pins("alice").check("bob", &bob_key),
+        PinStatus::Matches { verified: true }
+    );
+}
+
+#[test]
+fn a_number_shown_before_first_contact_does_not_verify_another_key_pinned_later() {
+    // The server shows alice bob's real key when she asks for the number before they ever
+    // talked, then gives her mallory's at first contact.
+    let mut relay = Relay::new();
+    relay.command("alice", |s| s.fingerprint(Some("bob")));
+    let mallory = IdentityKey::generate().unwrap().public_key();
+    relay.serve_key("bob", mallory);
+    relay.type_text("alice", "bob", "hello");
+    relay.run(honest);
+    relay.command("alice", |s| s.verify("bob"));
+    assert!(
+        relay
+            .alice
+            .warnings()
+            .iter()
+            .any(|w| w.contains("not verified")),
+        "{:?}",
+        relay.alice.notices
+    );
+    assert_eq!(
+        relay.saved_pins("alice").check("bob", &mallory),
+        PinStatus::Matches { verified: false }
+    );
+}
+
+#[test]
+fn a_replayed_key_exchange_does_not_break_an_established_session() {
+    let mut relay = Relay::new();
+    relay.type_text("alice", "bob", "hello");
+    relay.run(honest);
+    let old_init = relay
+        .alice
+        .sent
+        .iter()
+        .find(|payload| payload.starts_with("DH-INIT "))
+        .cloned()
+        .expect("alice's DH-INIT");
+
+    // The server replays alice's old DH-INIT: bob answers it, alice ignores the answer.
+    relay.deliver("alice", "bob", &old_init);
+    relay.run(honest);
+    assert!(
+        relay
+            .alice
+            .warnings()
+            .iter()
+            .any(|w| w.contains("unexpected key-exchange reply")),
+        "{:?}",
+        relay.alice.notices
+    );
+
+    relay.type_text("bob", "alice", "still there?");
+    relay.type_text("alice", "bob", "yes");
+    relay.run(honest);
+    assert_eq!(relay.alice.received(), ["still there?"]);
+    assert_eq!(relay.bob.received(), ["hello", "yes"]);
+    assert!(relay.alice.secure.is_established("bob") && relay.bob.secure.is_established("alice"));
+}
+
+#[test]
+fn a_fresh_exchange_keeps_messages_flowing_both_ways_until_it_completes() {
+    let mut relay = Relay::new();
+    relay.type_text("alice", "bob", "hello");
+    relay.run(honest);
+    let session_of = |payload: &str| payload.split(' ').nth(1).unwrap_or_default().to_owned();
+    let first_session = session_of(relay.alice.sent.last().expect("hello"));
+
+    // alice starts a new exchange; both type while it is under way, and bob's message
+    // crosses alice's switch to the new keys.
+    relay.command("alice", |s| s.explain("bob"));
+    relay.type_text("alice", "bob", "during");
+    relay.step(); // bob receives the DH-INIT and answers.
+    relay.type_text("bob", "alice", "crossing");
+    relay.run(honest);
+    relay.type_text("alice", "bob", "after");
+    relay.type_text("bob", "alice", "after too");
+    relay.run(honest);
+
+    assert_eq!(relay.bob.received(), ["hello", "during", "after"]);
+    assert_eq!(relay.alice.received(), ["crossing", "after too"]);
+    assert!(
+        relay.alice.warnings().is_empty(),
+        "{:?}",
+        relay.alice.notices
+    );
+    assert!(relay.bob.warnings().is_empty(), "{:?}", relay.bob.notices);
+    let last_session = session_of(relay.alice.sent.last().expect("after"));
+    assert_ne!(first_session, last_session, "no new session was made");
+}
+
+#[test]
+fn a_pin_that_cannot_be_saved_stops_the_exchange() {
+    // First contact.
+    let mut relay = Relay::new();
+    relay.break_pin_saving("alice");
+    relay.type_text("alice", "bob", "hello");
+    relay.run(honest);
+    assert!(relay.alice.sent.is_empty(), "{:?}", relay.alice.sent);
+    assert!(
+        relay
+            .alice
+            .warnings()
+            .iter()
+            .any(|w| w.contains("could not save")
+                && w.contains("1 waiting message(s) were NOT sent")),
+        "{:?}",
+        relay.alice.notices
+    );
+
+    // An accepted key change.
+    let mut relay = Relay::new();
+    relay.type_text("alice", "bob", "hello");
+    relay.run(honest);
+    let bob_key = relay.bob.secure.identity_public();
+    relay.serve_key("bob", IdentityKey::generate().unwrap().public_key());
+    relay.command("alice", |s| s.fingerprint(Some("bob")));
+    relay.type_text("alice", "bob", "held");
+    relay.break_pin_saving("alice");
+    let sent_before = relay.alice.sent.len();
+    relay.command("alice", |s| s.accept("bob"));
+    relay.run(honest);
+    assert_eq!(
+        relay.alice.sent.len(),
+        sent_before,
+        "{:?}",
+        relay.alice.sent
+    );
+    assert!(
+        relay
+            .alice
+            .warnings()
+            .iter()
+            .any(|w| w.contains("could not save")
+                && w.contains("1 waiting message(s) were NOT sent")),
+        "{:?}",
+        relay.alice.notices
+    );
+    assert_eq!(relay.bob.received(), ["hello"]);
+    assert_eq!(
+        relay.saved_pins("alice").check("bob", &bob_key),
+        PinStatus::Matches { verified: false }
+    );
+}
+
+#[test]
+fn a_stalled_key_exchange_times_out_and_a_fresh_one_can_start() {
+    let mut relay = Relay::new();
+    relay.type_text("alice", "bob", "from alice");
+    // The server swallows bob's answer: alice waits for it, bob for her confirmation.
+    relay.run(|packet| (!packet.payload.starts_with("DH-REPLY ")).then(|| packet.payload.clone()));
+    relay.type_text("bob", "alice", "from bob");
+    relay.command("alice", |s| s.explain("bob"));
+    assert!(
+        relay
+            .alice
+            .notices
+            .iter()
+            .any(|n| matches!(n, Notice::Info(t) if t.contains("already under way"))),
+        "{:?}",
+        relay.alice.notices
+    );
+
+    // The clock is passed in: no need to wait for the timeout.
+    let later = Instant::now() + EXCHANGE_TIMEOUT + Duration::from_secs(1);
+    for who in ["alice", "bob"] {
+        relay.command(who, |s| s.expire_stalled(later));
+        let warnings = relay.endpoint(who).warnings();
+        assert!(
+            warnings.iter().any(|w| w.contains("no answer within")
+                && w.contains("1 waiting message(s) were NOT sent")),
+            "{who}: {warnings:?}"
+        );
+    }
+    assert!(relay.alice.secure.next_deadline().is_none());
+    assert!(relay.bob.secure.next_deadline().is_none());
+
+    // Nothing is stuck: `/dh` starts a fresh exchange, and messages flow.
+    relay.command("alice", |s| s.explain("bob"));
+    relay.run(honest);
+    relay.type_text("alice", "bob", "again");
+    relay.type_text("bob", "alice", "me too");
+    relay.run(honest);
+    assert_eq!(relay.bob.received(), ["again"]);
+    assert_eq!(relay.alice.received(), ["me too"]);
 }

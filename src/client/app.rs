@@ -2,6 +2,8 @@
 //! sends into lines on the screen, with the end-to-end layer in between for private
 //! messages. Single-threaded: the terminal code feeds it events one at a time.
 
+use std::time::Instant;
+
 use crate::client::commands::{self, Input, HELP};
 use crate::client::link::Link;
 use crate::client::screen::{sanitize, Screen};
@@ -122,6 +124,18 @@ impl Chat {
     fn private(&mut self, to: &str, text: &str) -> Result<()> {
         let actions = self.secure.send_text(to, text);
         self.apply(actions)
+    }
+
+    /// Abandons key exchanges that waited too long for an answer, telling the user which
+    /// messages were not sent.
+    pub fn expire_stalled(&mut self) -> Result<()> {
+        let actions = self.secure.expire_stalled(Instant::now());
+        self.apply(actions)
+    }
+
+    /// When [`Chat::expire_stalled`] next has something to do, if ever.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.secure.next_deadline()
     }
 
     /// Handles one frame from the server.

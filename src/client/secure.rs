@@ -4,27 +4,45 @@
 //!
 //! It does no I/O. Each call returns [`Action`]s for the caller to carry out: payloads to
 //! route to a peer (`MSG`), identity keys to fetch (`GETKEY`), and lines to show. That keeps
-//! the whole protocol testable without a network, and the terminal code thin.
+//! the whole protocol testable without a network, and the terminal code thin. Time enters
+//! only through [`Secure::expire_stalled`], which the caller gives the current instant.
 //!
 //! Rules it keeps:
 //! * A message is sent only under an established session with a key the user trusts
 //!   (first use, verified, or explicitly accepted after a change); until then it waits in a
 //!   small queue, and is sent once the exchange completes.
-//! * Each new exchange fetches the peer's identity key from the server again and checks it
-//!   against the pin, so a changed key is noticed at once and holds messages until
-//!   `/accept`.
+//! * Each new exchange, and each `/fingerprint USER`, fetches the peer's identity key from
+//!   the server again and checks it against the pin. A key that differs from the pin always
+//!   takes the loud path: a warning, the session closed, messages held until `/accept`.
+//! * The safety number shown is that of the *pinned* key (the server's key only while none
+//!   is pinned), and `/verify USER` marks exactly the key whose number was shown. It is
+//!   refused when nothing is pinned, while the server offers a different key, and when the
+//!   number shown was not the pinned key's.
+//! * A key that cannot be saved as a pin stops the exchange: nothing is sent under it.
+//! * An established session stays in use until a new exchange with the peer is confirmed,
+//!   so a replayed or forged `DH-INIT` cannot take it away.
+//! * An exchange step that gets no answer within [`EXCHANGE_TIMEOUT`] is abandoned: the
+//!   user is told which messages were not sent, and a later `/msg` or `/dh` starts afresh.
 //! * Anything that fails a check is shown as a warning and never as message text.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use crate::e2e::{
-    safety_number, E2eError, Group, IdentityKey, IdentityPublicKey, Init, Initiator, Payload,
-    PinStatus, PinStore, Responder, Session,
+    safety_number, E2eError, EncryptedMessage, Group, IdentityKey, IdentityPublicKey, Init,
+    Initiator, Payload, PinStatus, PinStore, Responder, Session,
 };
 
 /// Messages that may wait for one peer's exchange to finish. Enough for someone typing
 /// quickly; a peer that never answers cannot make the queue grow without bound.
 pub const MAX_QUEUED_PER_PEER: usize = 100;
+
+/// How long one step of an exchange (the server's `GETKEY` answer, the peer's `DH-REPLY`
+/// or `DH-CONFIRM`) may take before the exchange is abandoned. Each step is one trip
+/// through the server between two online clients, well under a second when all is well;
+/// 30 s allows for a slow link, yet tells the user about messages that were not sent
+/// while they are still at the keyboard, rather than leaving them queued forever.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Something the caller must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,49 +70,101 @@ pub enum Notice {
     Explain { peer: String, line: String },
 }
 
-/// Where the conversation with one peer stands.
-enum State {
-    /// No exchange in progress and no session.
+/// The key exchange under way with one peer, if any.
+enum Exchange {
+    /// No exchange in progress (a session may still be in use).
     Idle,
     /// Waiting for the peer's identity key from the server; `init` is their DH-INIT when
     /// we are answering one, `None` when we will start the exchange.
     FetchingKey { init: Option<Init> },
     /// The server gave a key that differs from the pin: nothing happens until `/accept`.
     KeyChanged {
+        /// The key the server offers now.
         key: IdentityPublicKey,
+        /// The peer's DH-INIT, to answer once the key is accepted.
         init: Option<Init>,
     },
     /// We sent DH-INIT and wait for DH-REPLY.
     Initiating {
+        /// Our half of the exchange.
         initiator: Initiator,
+        /// The pinned key the reply's signature must verify with.
         peer_key: IdentityPublicKey,
     },
     /// We sent DH-REPLY and wait for DH-CONFIRM.
-    Responding { responder: Responder },
-    /// Keys agreed both ways.
-    Established { session: Session },
+    Responding {
+        /// Our half of the exchange; it yields a session only once DH-CONFIRM proves the
+        /// DH-INIT came from the peer and is not a replay.
+        responder: Responder,
+    },
+}
+
+impl Exchange {
+    /// Whether this step waits for an answer, and so can time out. A changed key waits
+    /// for the user instead, however long they take.
+    fn awaits_answer(&self) -> bool {
+        matches!(
+            self,
+            Exchange::FetchingKey { .. }
+                | Exchange::Initiating { .. }
+                | Exchange::Responding { .. }
+        )
+    }
 }
 
 /// One peer's state.
 struct Peer {
-    /// The exchange or session.
-    state: State,
-    /// Messages typed before the session was ready, oldest first.
+    /// The session messages are sealed and opened under. It stays while a new exchange
+    /// runs and is replaced only when that exchange is confirmed. Invariant: `None` while
+    /// the exchange is `KeyChanged`, so nothing is sent while a changed key is undecided.
+    session: Option<Session>,
+    /// The session the current one replaced, kept only when we started the new exchange:
+    /// the peer may still seal under the old keys until our DH-CONFIRM reaches them.
+    /// Opens messages only; dropped at the peer's first message under the new session
+    /// (the server keeps each sender's order, so no older one can follow).
+    previous_session: Option<Session>,
+    /// The exchange under way.
+    exchange: Exchange,
+    /// When the exchange entered its current step, for [`EXCHANGE_TIMEOUT`].
+    step_started: Instant,
+    /// Messages typed while no session was ready, oldest first.
     queued: VecDeque<String>,
     /// Show this peer's exchanges step by step (`/dh`).
     explain: bool,
-    /// Show the safety number once the key arrives (`/fingerprint USER` before we had it).
+    /// Show the safety number once the key arrives (`/fingerprint USER`).
     show_fingerprint: bool,
+    /// The key whose safety number was last shown: `/verify` marks this key and no other,
+    /// and only while it is the pinned one.
+    number_shown_for: Option<IdentityPublicKey>,
 }
 
 impl Peer {
     fn new() -> Peer {
         Peer {
-            state: State::Idle,
+            session: None,
+            previous_session: None,
+            exchange: Exchange::Idle,
+            step_started: Instant::now(),
             queued: VecDeque::new(),
             explain: false,
             show_fingerprint: false,
+            number_shown_for: None,
         }
+    }
+
+    /// Moves the exchange to its next step and starts that step's clock.
+    fn begin(&mut self, exchange: Exchange) {
+        self.exchange = exchange;
+        self.step_started = Instant::now();
+    }
+
+    /// Abandons the exchange (not the session); returns how many queued messages were
+    /// dropped.
+    fn abandon_exchange(&mut self) -> usize {
+        self.exchange = Exchange::Idle;
+        let dropped = self.queued.len();
+        self.queued.clear();
+        dropped
     }
 }
 
@@ -139,10 +209,7 @@ impl Secure {
 
     /// Whether a session with `peer` is established.
     pub fn is_established(&self, peer: &str) -> bool {
-        matches!(
-            self.peers.get(peer).map(|p| &p.state),
-            Some(State::Established { .. })
-        )
+        self.peers.get(peer).is_some_and(|p| p.session.is_some())
     }
 
     /// The user typed a private message for `to`.
@@ -151,7 +218,7 @@ impl Secure {
             return vec![warn("you cannot send a private message to yourself")];
         }
         let peer = self.peer(to);
-        if let State::Established { session } = &mut peer.state {
+        if let Some(session) = &mut peer.session {
             let mut actions = Vec::new();
             seal(session, to, text, &mut actions);
             return actions;
@@ -163,15 +230,15 @@ impl Secure {
         }
         peer.queued.push_back(text.to_owned());
         let mut actions = Vec::new();
-        match &peer.state {
-            State::Idle => {
-                peer.state = State::FetchingKey { init: None };
+        match &peer.exchange {
+            Exchange::Idle => {
+                peer.begin(Exchange::FetchingKey { init: None });
                 actions.push(info(&format!(
                     "{to}: setting up end-to-end encryption; your message is sent once it is ready"
                 )));
                 actions.push(Action::FetchKey(to.to_owned()));
             }
-            State::KeyChanged { .. } => actions.push(warn(&format!(
+            Exchange::KeyChanged { .. } => actions.push(warn(&format!(
                 "{to}: message held: {to}'s identity key changed. Check it with /fingerprint {to}, then /accept {to}"
             ))),
             _ => {}
@@ -179,70 +246,83 @@ impl Secure {
         actions
     }
 
-    /// `/dh USER`: explain this peer's exchanges and run a fresh one now.
+    /// `/dh USER`: explain this peer's exchanges and run a fresh one now. A session we
+    /// already have stays in use until the fresh one is confirmed.
     pub fn explain(&mut self, user: &str) -> Vec<Action> {
         if user == self.me {
             return vec![warn("a key exchange needs another user")];
         }
         let peer = self.peer(user);
         peer.explain = true;
-        if matches!(peer.state, State::Idle | State::Established { .. }) {
-            peer.state = State::FetchingKey { init: None };
-            return vec![
-                info(&format!(
-                    "{user}: starting a fresh Diffie-Hellman exchange, step by step"
-                )),
-                Action::FetchKey(user.to_owned()),
-            ];
+        match peer.exchange {
+            Exchange::Idle => {
+                peer.begin(Exchange::FetchingKey { init: None });
+                vec![
+                    info(&format!(
+                        "{user}: starting a fresh Diffie-Hellman exchange, step by step"
+                    )),
+                    Action::FetchKey(user.to_owned()),
+                ]
+            }
+            Exchange::KeyChanged { .. } => vec![warn(&format!(
+                "{user}'s identity key changed: /fingerprint {user}, then /accept {user} before a new exchange"
+            ))],
+            _ => vec![info(&format!(
+                "{user}: an exchange is already under way; its next steps will be explained"
+            ))],
         }
-        vec![info(&format!(
-            "{user}: an exchange is already under way; its next steps will be explained"
-        ))]
     }
 
     /// The server answered `GETKEY user` with `key` (base64).
     pub fn key_arrived(&mut self, user: &str, key: &str) -> Vec<Action> {
+        let peer = self.peer(user);
+        let for_fingerprint = std::mem::take(&mut peer.show_fingerprint);
+        let for_exchange = matches!(peer.exchange, Exchange::FetchingKey { .. });
+        if !for_fingerprint && !for_exchange {
+            return Vec::new(); // nobody asked (a late or repeated answer)
+        }
         let key = match IdentityPublicKey::from_base64(key) {
             Ok(key) => key,
             Err(e) => {
-                self.reset(user);
-                return vec![warn(&format!(
-                    "{user}: the server sent an unusable key: {e}"
+                let dropped = if for_exchange {
+                    peer.abandon_exchange()
+                } else {
+                    0
+                };
+                return vec![warn(&not_sent(
+                    format!("{user}: the server sent an unusable key: {e}"),
+                    dropped,
                 ))];
             }
         };
         let mut actions = Vec::new();
-        if self.peer(user).show_fingerprint {
-            self.peer(user).show_fingerprint = false;
-            actions.push(self.safety_notice(user, &key));
+        let status = self.pins.check(user, &key);
+        if let PinStatus::Changed { old } = status {
+            actions.push(self.key_changed(user, old, key));
         }
-        let init = match &mut self.peer(user).state {
-            State::FetchingKey { init } => init.take(),
-            _ => return actions, // only a fingerprint request
+        if for_fingerprint {
+            actions.extend(self.safety_notice(user, &key));
+        }
+        let init = match &mut self.peer(user).exchange {
+            Exchange::FetchingKey { init } => init.take(),
+            _ => return actions, // only a fingerprint request, or a changed key
         };
-        match self.pins.check(user, &key) {
-            PinStatus::FirstUse => {
-                if let Err(e) = self.pins.pin(user, &key) {
-                    actions.push(warn(&format!("{user}: could not save the pinned key: {e}")));
-                }
-                actions.push(info(&format!(
-                    "{user}: first contact; their key {} is now pinned. Compare safety numbers \
-                     (/fingerprint {user}) in person, then /verify {user}",
-                    key.fingerprint()
+        if status == PinStatus::FirstUse {
+            if let Err(e) = self.pins.pin(user, &key) {
+                let dropped = self.peer(user).abandon_exchange();
+                actions.push(warn(&not_sent(
+                    format!(
+                        "{user}: could not save their key as pinned, so no key exchange was made: {e}"
+                    ),
+                    dropped,
                 )));
-            }
-            PinStatus::Matches { .. } => {}
-            PinStatus::Changed { old } => {
-                actions.push(warn(&format!(
-                    "{user}'s IDENTITY KEY HAS CHANGED (was {}, now {}). This happens when {user} \
-                     uses a new device, or when someone is intercepting. Messages to {user} are \
-                     held. Compare safety numbers with /fingerprint {user} and only then /accept {user}",
-                    old.fingerprint(),
-                    key.fingerprint()
-                )));
-                self.peer(user).state = State::KeyChanged { key, init };
                 return actions;
             }
+            actions.push(info(&format!(
+                "{user}: first contact; their key {} is now pinned. Compare safety numbers \
+                 (/fingerprint {user}) in person, then /verify {user}",
+                key.fingerprint()
+            )));
         }
         actions.extend(self.proceed(user, key, init));
         actions
@@ -251,12 +331,16 @@ impl Secure {
     /// The server could not give `user`'s key (no such user, or none published).
     pub fn key_unavailable(&mut self, user: &str, reason: &str) -> Vec<Action> {
         let peer = self.peer(user);
-        let wanted = peer.show_fingerprint || matches!(peer.state, State::FetchingKey { .. });
-        peer.show_fingerprint = false;
-        if !wanted {
+        let for_fingerprint = std::mem::take(&mut peer.show_fingerprint);
+        let for_exchange = matches!(peer.exchange, Exchange::FetchingKey { .. });
+        if !for_fingerprint && !for_exchange {
             return Vec::new();
         }
-        let dropped = self.reset(user);
+        let dropped = if for_exchange {
+            peer.abandon_exchange()
+        } else {
+            0
+        };
         vec![warn(&format!(
             "{user}: no identity key available ({reason}); {dropped} message(s) not sent"
         ))]
@@ -277,13 +361,16 @@ impl Secure {
             Payload::Init(init) => self.init_arrived(from, init),
             Payload::Reply(reply) => {
                 let peer = self.peer(from);
-                let (initiator, peer_key) = match std::mem::replace(&mut peer.state, State::Idle) {
-                    State::Initiating {
+                let (initiator, peer_key) = match std::mem::replace(
+                    &mut peer.exchange,
+                    Exchange::Idle,
+                ) {
+                    Exchange::Initiating {
                         initiator,
                         peer_key,
                     } if initiator.session_id() == reply.session_id => (initiator, peer_key),
                     other => {
-                        peer.state = other;
+                        peer.exchange = other;
                         return vec![warn(&format!(
                                 "{from}: unexpected key-exchange reply (no exchange of ours is waiting for it); ignored"
                             ))];
@@ -303,14 +390,14 @@ impl Secure {
             }
             Payload::Confirm(confirm) => {
                 let peer = self.peer(from);
-                let responder = match std::mem::replace(&mut peer.state, State::Idle) {
-                    State::Responding { responder }
+                let responder = match std::mem::replace(&mut peer.exchange, Exchange::Idle) {
+                    Exchange::Responding { responder }
                         if responder.session_id() == confirm.session_id =>
                     {
                         responder
                     }
                     other => {
-                        peer.state = other;
+                        peer.exchange = other;
                         return vec![warn(&format!(
                             "{from}: unexpected key-exchange confirmation; ignored"
                         ))];
@@ -321,46 +408,21 @@ impl Secure {
                     Err(e) => self.failed(from, &e),
                 }
             }
-            Payload::Message(message) => {
-                let peer = self.peer(from);
-                let State::Established { session } = &mut peer.state else {
-                    return vec![warn(&format!(
-                        "{from} sent an encrypted message outside any session we share (their \
-                         client may have restarted); it cannot be read. It will work again \
-                         after the next key exchange"
-                    ))];
-                };
-                if session.session_id() != message.session_id {
-                    return vec![warn(&format!("{from}: {}", E2eError::UnknownSession))];
-                }
-                match session.open(&message) {
-                    Ok(opened) => {
-                        let mut actions = Vec::new();
-                        if opened.missing > 0 {
-                            actions.push(warn(&format!(
-                                "{from}: {} message(s) missing before this one (dropped in transit)",
-                                opened.missing
-                            )));
-                        }
-                        actions.push(Action::Show(Notice::Received {
-                            from: from.to_owned(),
-                            text: opened.text,
-                        }));
-                        actions
-                    }
-                    Err(e) => vec![warn(&format!("{from}: {e}"))],
-                }
-            }
+            Payload::Message(message) => self.message_arrived(from, &message),
         }
     }
 
     /// The server says `user` is not online (`ERR MSG offline`) or left (`OFFLINE`).
     pub fn peer_gone(&mut self, user: &str) -> Vec<Action> {
-        let had_state = self
-            .peers
-            .get(user)
-            .is_some_and(|p| !matches!(p.state, State::Idle) || !p.queued.is_empty());
-        let dropped = self.reset(user);
+        let Some(peer) = self.peers.get_mut(user) else {
+            return Vec::new();
+        };
+        let had_state = peer.session.is_some()
+            || !matches!(peer.exchange, Exchange::Idle)
+            || !peer.queued.is_empty();
+        peer.session = None;
+        peer.previous_session = None;
+        let dropped = peer.abandon_exchange();
         if !had_state {
             return Vec::new();
         }
@@ -374,41 +436,65 @@ impl Secure {
     /// `/accept USER`: trust the new key after a key-change warning.
     pub fn accept(&mut self, user: &str) -> Vec<Action> {
         let peer = self.peer(user);
-        let (key, init) = match std::mem::replace(&mut peer.state, State::Idle) {
-            State::KeyChanged { key, init } => (key, init),
+        let (key, init) = match std::mem::replace(&mut peer.exchange, Exchange::Idle) {
+            Exchange::KeyChanged { key, init } => (key, init),
             other => {
-                peer.state = other;
+                peer.exchange = other;
                 return vec![info(&format!(
                     "{user}: no changed key is waiting for /accept"
                 ))];
             }
         };
-        let mut actions = Vec::new();
-        match self.pins.accept_new_key(user, &key) {
-            Ok(()) => actions.push(info(&format!(
-                "{user}: new key {} accepted (unverified until you /verify {user})",
-                key.fingerprint()
-            ))),
-            Err(e) => actions.push(warn(&format!("{user}: could not save the new key: {e}"))),
+        if let Err(e) = self.pins.accept_new_key(user, &key) {
+            let dropped = self.peer(user).abandon_exchange();
+            return vec![warn(&not_sent(
+                format!(
+                    "{user}: could not save the new key, so it was not accepted and no key exchange was made: {e}"
+                ),
+                dropped,
+            ))];
         }
+        let mut actions = vec![info(&format!(
+            "{user}: new key {} accepted (unverified until you compare safety numbers with \
+             /fingerprint {user} and /verify {user})",
+            key.fingerprint()
+        ))];
         actions.extend(self.proceed(user, key, init));
         actions
     }
 
-    /// `/verify USER`: the users compared safety numbers and they matched.
+    /// `/verify USER`: the users compared the safety number last shown and it matched.
     pub fn verify(&mut self, user: &str) -> Vec<Action> {
-        match self.pins.mark_verified(user) {
+        let Some(pinned) = self.pins.pinned_key(user) else {
+            return vec![warn(&format!(
+                "{user}: no key is pinned for {user}, so there is nothing to verify. Talk to \
+                 them first, then compare safety numbers with /fingerprint {user}"
+            ))];
+        };
+        let peer = self.peer(user);
+        if matches!(peer.exchange, Exchange::KeyChanged { .. }) {
+            return vec![warn(&format!(
+                "{user}: not verified: the server offers a key different from the pinned one. \
+                 Compare safety numbers with /fingerprint {user}, and decide with /accept {user} first"
+            ))];
+        }
+        if peer.number_shown_for != Some(pinned) {
+            return vec![warn(&format!(
+                "{user}: not verified: the safety number of {user}'s pinned key has not been \
+                 shown yet. Show it with /fingerprint {user}, compare it with them, then /verify {user}"
+            ))];
+        }
+        match self.pins.mark_verified(user, &pinned) {
             Ok(()) => vec![info(&format!(
-                "{user}: key marked as verified; you will be warned if it ever changes"
+                "{user}: key marked as verified ({}); you will be warned if it ever changes",
+                pinned.fingerprint()
             ))],
-            Err(e) => vec![warn(&format!(
-                "{user}: {e} (talk to them or use /fingerprint {user} first)"
-            ))],
+            Err(e) => vec![warn(&format!("{user}: not verified: {e}"))],
         }
     }
 
     /// `/fingerprint`: ours; `/fingerprint USER`: the safety number with USER (the key is
-    /// fetched first).
+    /// fetched first, so that a key the server changed is noticed).
     pub fn fingerprint(&mut self, user: Option<&str>) -> Vec<Action> {
         match user {
             None => vec![info(&format!(
@@ -423,42 +509,126 @@ impl Secure {
         }
     }
 
-    fn safety_notice(&self, user: &str, key: &IdentityPublicKey) -> Action {
-        let status = match self.pins.check(user, key) {
-            PinStatus::FirstUse => "not pinned yet".to_owned(),
-            PinStatus::Matches { verified: true } => "pinned, verified".to_owned(),
-            PinStatus::Matches { verified: false } => {
-                format!("pinned, NOT verified: compare, then /verify {user}")
+    /// Abandons every exchange whose current step has waited [`EXCHANGE_TIMEOUT`] or more
+    /// at `now`, telling the user which messages were not sent. Sessions stay as they are.
+    pub fn expire_stalled(&mut self, now: Instant) -> Vec<Action> {
+        let mut stalled: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, peer)| {
+                peer.exchange.awaits_answer()
+                    && now.saturating_duration_since(peer.step_started) >= EXCHANGE_TIMEOUT
+            })
+            .map(|(user, _)| user.clone())
+            .collect();
+        stalled.sort();
+        let mut actions = Vec::new();
+        for user in stalled {
+            let peer = self.peer(&user);
+            let dropped = peer.abandon_exchange();
+            let mut text = format!(
+                "{user}: the key exchange got no answer within {} s and was abandoned",
+                EXCHANGE_TIMEOUT.as_secs()
+            );
+            if peer.session.is_some() {
+                text.push_str("; the session you already had stays in use");
+            } else {
+                text.push_str(&format!(". /msg {user} or /dh {user} starts a new one"));
             }
-            PinStatus::Changed { .. } => "DIFFERENT from the pinned key".to_owned(),
+            actions.push(warn(&not_sent(text, dropped)));
+        }
+        actions
+    }
+
+    /// When the next exchange step times out, if any is waiting for an answer.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.peers
+            .values()
+            .filter(|peer| peer.exchange.awaits_answer())
+            .map(|peer| peer.step_started + EXCHANGE_TIMEOUT)
+            .min()
+    }
+
+    /// The safety number with `user` for their pinned key, or for `offered` (the key the
+    /// server just gave) while none is pinned; plus, while a changed key waits for
+    /// `/accept`, what the number would be with that key.
+    fn safety_notice(&mut self, user: &str, offered: &IdentityPublicKey) -> Vec<Action> {
+        let mine = self.identity.public_key();
+        let (key, status) = match self.pins.pinned_key(user) {
+            Some(pinned) => {
+                let status =
+                    if self.pins.check(user, &pinned) == (PinStatus::Matches { verified: true }) {
+                        "pinned, verified".to_owned()
+                    } else {
+                        format!("pinned, NOT verified: compare, then /verify {user}")
+                    };
+                (pinned, status)
+            }
+            None => (*offered, "not pinned yet".to_owned()),
         };
-        let number = safety_number(&self.me, &self.identity.public_key(), user, key);
-        info(&format!(
+        let number = safety_number(&self.me, &mine, user, &key);
+        let mut actions = vec![info(&format!(
             "safety number with {user}: {number}\n  {user}'s key {} ({status}). Read the number \
              to each other in person or on a call: if it matches, nobody is in the middle",
+            key.fingerprint()
+        ))];
+        let peer = self.peer(user);
+        peer.number_shown_for = Some(key);
+        if let Exchange::KeyChanged { key: new_key, .. } = &peer.exchange {
+            let new_key = *new_key;
+            actions.push(warn(&format!(
+                "{user}: the server now offers a key DIFFERENT from the pinned key: {}. The \
+                 number above is the pinned key's. With the new key it would be {}: only if \
+                 that is the number {user} reads to you, /accept {user}",
+                new_key.fingerprint(),
+                safety_number(&self.me, &mine, user, &new_key)
+            )));
+        }
+        actions
+    }
+
+    /// The server gave `key` for `user`, who has `old` pinned: close the session, hold
+    /// messages, keep any DH-INIT of theirs for `/accept`, and warn.
+    fn key_changed(
+        &mut self,
+        user: &str,
+        old: IdentityPublicKey,
+        key: IdentityPublicKey,
+    ) -> Action {
+        let peer = self.peer(user);
+        let init = match std::mem::replace(&mut peer.exchange, Exchange::Idle) {
+            Exchange::FetchingKey { init } | Exchange::KeyChanged { init, .. } => init,
+            _ => None, // an exchange in progress with the old key is abandoned
+        };
+        peer.session = None;
+        peer.previous_session = None;
+        peer.exchange = Exchange::KeyChanged { key, init };
+        warn(&format!(
+            "{user}'s IDENTITY KEY HAS CHANGED (was {}, now {}). This happens when {user} \
+             uses a new device, or when someone is intercepting. Messages to {user} are \
+             held. Compare safety numbers with /fingerprint {user} and only then /accept {user}",
+            old.fingerprint(),
             key.fingerprint()
         ))
     }
 
-    /// Someone opened an exchange with us.
+    /// Someone opened an exchange with us. Nothing is authenticated yet (a DH-INIT carries
+    /// no signature), so a session we have stays until the new exchange is confirmed.
     fn init_arrived(&mut self, from: &str, init: Init) -> Vec<Action> {
         let me_first = self.me.as_str() < from;
         let peer = self.peer(from);
-        if matches!(peer.state, State::Initiating { .. }) && me_first {
+        if matches!(peer.exchange, Exchange::Initiating { .. }) && me_first {
             // Both sides started at once: the smaller name's exchange wins. Ours does; the
             // peer abandons theirs when our DH-INIT reaches it.
             return Vec::new();
         }
-        if let State::KeyChanged { key, .. } = std::mem::replace(&mut peer.state, State::Idle) {
-            peer.state = State::KeyChanged {
-                key,
-                init: Some(init),
-            };
+        if let Exchange::KeyChanged { init: held, .. } = &mut peer.exchange {
+            *held = Some(init);
             return vec![warn(&format!(
                 "{from} wants to talk, but their key changed: /fingerprint {from}, then /accept {from}"
             ))];
         }
-        peer.state = State::FetchingKey { init: Some(init) };
+        peer.begin(Exchange::FetchingKey { init: Some(init) });
         vec![Action::FetchKey(from.to_owned())]
     }
 
@@ -480,7 +650,7 @@ impl Secure {
                         to: user.to_owned(),
                         payload: Payload::Reply(reply).to_string(),
                     });
-                    self.peer(user).state = State::Responding { responder };
+                    self.peer(user).begin(Exchange::Responding { responder });
                 }
                 Err(e) => return self.failed(user, &e),
             },
@@ -493,10 +663,10 @@ impl Secure {
                         to: user.to_owned(),
                         payload: Payload::Init(init).to_string(),
                     });
-                    self.peer(user).state = State::Initiating {
+                    self.peer(user).begin(Exchange::Initiating {
                         initiator,
                         peer_key: key,
-                    };
+                    });
                 }
                 Err(e) => return self.failed(user, &e),
             },
@@ -504,7 +674,8 @@ impl Secure {
         actions
     }
 
-    /// The exchange with `user` completed: announce it and send what was waiting.
+    /// The exchange with `user` completed: announce it, switch to the new session and send
+    /// what was waiting.
     fn established(&mut self, user: &str, session: Session) -> Vec<Action> {
         let explain = self.explain_all || self.peer(user).explain;
         let mut actions = Vec::new();
@@ -522,10 +693,15 @@ impl Secure {
                 .as_deref()
                 .unwrap_or("?")
         )));
+        // Only the initiator can still receive messages under the old keys: the responder
+        // switches on our DH-CONFIRM, which reaches it after everything we sealed before.
+        let keep_previous = session.is_initiator();
         let peer = self.peer(user);
-        peer.state = State::Established { session };
+        peer.exchange = Exchange::Idle;
+        let replaced = peer.session.replace(session);
+        peer.previous_session = replaced.filter(|_| keep_previous);
         let queued: Vec<String> = peer.queued.drain(..).collect();
-        if let State::Established { session } = &mut peer.state {
+        if let Some(session) = &mut peer.session {
             for text in queued {
                 seal(session, user, &text, &mut actions);
             }
@@ -533,33 +709,77 @@ impl Secure {
         actions
     }
 
-    /// An exchange failed a check: warn, forget it, keep nothing that depended on it.
-    fn failed(&mut self, user: &str, error: &E2eError) -> Vec<Action> {
-        let dropped = self.reset(user);
-        let mut text = format!("{user}: {error}");
-        if dropped > 0 {
-            text.push_str(&format!("; {dropped} waiting message(s) were NOT sent"));
+    /// An encrypted message from `from`: opened under the session it names, if we hold it.
+    fn message_arrived(&mut self, from: &str, message: &EncryptedMessage) -> Vec<Action> {
+        let peer = self.peer(from);
+        let under_current = peer
+            .session
+            .as_ref()
+            .is_some_and(|s| s.session_id() == message.session_id);
+        let session = if under_current {
+            peer.session.as_mut()
+        } else {
+            peer.previous_session
+                .as_mut()
+                .filter(|s| s.session_id() == message.session_id)
+        };
+        let Some(session) = session else {
+            return vec![warn(&if peer.session.is_some() {
+                format!("{from}: {}", E2eError::UnknownSession)
+            } else {
+                format!(
+                    "{from} sent an encrypted message outside any session we share (their \
+                     client may have restarted); it cannot be read. It will work again \
+                     after the next key exchange"
+                )
+            })];
+        };
+        match session.open(message) {
+            Ok(opened) => {
+                if under_current {
+                    peer.previous_session = None; // the peer has moved to the new keys
+                }
+                let mut actions = Vec::new();
+                if opened.missing > 0 {
+                    actions.push(warn(&format!(
+                        "{from}: {} message(s) missing before this one (dropped in transit)",
+                        opened.missing
+                    )));
+                }
+                actions.push(Action::Show(Notice::Received {
+                    from: from.to_owned(),
+                    text: opened.text,
+                }));
+                actions
+            }
+            Err(e) => vec![warn(&format!("{from}: {e}"))],
         }
-        vec![warn(&text)]
     }
 
-    /// Forgets the exchange or session with `user`; returns how many queued messages were
-    /// dropped.
-    fn reset(&mut self, user: &str) -> usize {
-        match self.peers.get_mut(user) {
-            Some(peer) => {
-                peer.state = State::Idle;
-                let dropped = peer.queued.len();
-                peer.queued.clear();
-                dropped
-            }
-            None => 0,
+    /// An exchange failed a check: warn, abandon it and the messages waiting for it. A
+    /// session we already had stays: it was authenticated, and the failed exchange may be
+    /// an attacker's.
+    fn failed(&mut self, user: &str, error: &E2eError) -> Vec<Action> {
+        let peer = self.peer(user);
+        let dropped = peer.abandon_exchange();
+        let mut text = format!("{user}: {error}");
+        if peer.session.is_some() {
+            text.push_str("; the session you already had stays in use");
         }
+        vec![warn(&not_sent(text, dropped))]
     }
 
     fn peer(&mut self, user: &str) -> &mut Peer {
         self.peers.entry(user.to_owned()).or_insert_with(Peer::new)
     }
+}
+
+/// `text`, followed by how many waiting messages were dropped, if any.
+fn not_sent(mut text: String, dropped: usize) -> String {
+    if dropped > 0 {
+        text.push_str(&format!("; {dropped} waiting message(s) were NOT sent"));
+    }
+    text
 }
 
 /// Seals `text` for `to`: the send and its echo, or a warning.

@@ -4,7 +4,8 @@
 //! Threads after login: the main thread runs the [`Chat`]; a reader thread turns frames
 //! from the server into events; an input thread turns typed lines into events. Both feed
 //! one channel, so the chat state has a single owner. While idle the main thread sends
-//! `PING` so the server's idle timeout never closes a session that is merely quiet.
+//! `PING` so the server's idle timeout never closes a session that is merely quiet, and it
+//! wakes when a key exchange has waited too long, to tell the user.
 //!
 //! For scripts and tests, `--user NAME --password-stdin [--register]` logs in without the
 //! menu, reading the password from the first line of standard input.
@@ -13,7 +14,7 @@ use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
@@ -144,10 +145,18 @@ pub fn run(options: Options) -> Result<()> {
     spawn_reader(reader, tx.clone())?;
     spawn_input(tx)?;
     loop {
+        // Checked on every turn, not only when the channel is quiet: in a busy room it
+        // never is.
+        chat.expire_stalled()?;
         // Ping when nothing was *sent* for a while: a user who only reads a busy room
-        // must not be cut off by the server's idle timeout.
+        // must not be cut off by the server's idle timeout. Wake earlier if a key
+        // exchange would time out first.
         let keepalive = options.keepalive;
-        let event = match rx.recv_timeout(keepalive.saturating_sub(link.idle_for())) {
+        let until_ping = keepalive.saturating_sub(link.idle_for());
+        let wait = chat.next_deadline().map_or(until_ping, |deadline| {
+            until_ping.min(deadline.saturating_duration_since(Instant::now()))
+        });
+        let event = match rx.recv_timeout(wait) {
             Ok(event) => event,
             Err(RecvTimeoutError::Timeout) => {
                 if link.idle_for() >= keepalive {

@@ -11,8 +11,10 @@
 //!
 //! `verified` means the user compared the safety number with that contact; `unverified` means the
 //! key was only taken on first use. The file is replaced atomically with mode 0600 on every
-//! change. A file that does not parse is reported with its line number and never overwritten:
-//! silently starting over would forget every pin, which is exactly what an attacker would want.
+//! change, and a file that other users could read or change is refused when it is opened: anyone
+//! who can edit it can pin their own key for a contact. A file that does not parse is reported
+//! with its line number and never overwritten: silently starting over would forget every pin,
+//! which is exactly what an attacker would want.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -20,7 +22,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{E2eError, IdentityPublicKey};
-use crate::files::write_atomically;
+use crate::files::{check_private, write_atomically};
 
 /// Written at the top of the file for anyone who opens it.
 const FILE_HEADER: &str = "# securechat pinned identity keys (trust on first use)\n\
@@ -67,8 +69,14 @@ pub struct PinStore {
 
 impl PinStore {
     /// Opens the pin file at `path`. A missing file is an empty store (the file is written on the
-    /// first pin); a file that does not parse is an error and is left untouched.
+    /// first pin); a file that group or other users can access, or that does not parse, is an
+    /// error and is left untouched.
     pub fn open(path: &Path) -> Result<PinStore, E2eError> {
+        match check_private(path) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(E2eError::TrustStore(error.to_string())),
+            Ok(()) => {}
+        }
         let pins = match fs::read_to_string(path) {
             Ok(text) => parse_pins(&text).map_err(|(line, problem)| {
                 E2eError::TrustStore(format!(
@@ -103,6 +111,11 @@ impl PinStore {
         }
     }
 
+    /// The key pinned for `user`, if any.
+    pub fn pinned_key(&self, user: &str) -> Option<IdentityPublicKey> {
+        self.pins.get(user).map(|pin| pin.key)
+    }
+
     /// Pins `key` for a contact seen for the first time (unverified). Pinning the same key again
     /// does nothing; a different key is refused — use [`PinStore::accept_new_key`] for that.
     pub fn pin(&mut self, user: &str, key: &IdentityPublicKey) -> Result<(), E2eError> {
@@ -116,14 +129,19 @@ impl PinStore {
         }
     }
 
-    /// Records that the user compared safety numbers with `user` for the pinned key.
-    pub fn mark_verified(&mut self, user: &str) -> Result<(), E2eError> {
-        let key = self
-            .pins
-            .get(user)
-            .map(|pin| pin.key)
-            .ok_or_else(|| E2eError::TrustStore(format!("no key is pinned for {user}")))?;
-        self.store(user, key, true)
+    /// Records that the user compared the safety number of `key` with `user`. Refused unless `key`
+    /// is the one pinned for `user`: the number compared must be the pinned key's, or the mark
+    /// would vouch for a key nobody checked.
+    pub fn mark_verified(&mut self, user: &str, key: &IdentityPublicKey) -> Result<(), E2eError> {
+        match self.check(user, key) {
+            PinStatus::Matches { .. } => self.store(user, *key, true),
+            PinStatus::FirstUse => {
+                Err(E2eError::TrustStore(format!("no key is pinned for {user}")))
+            }
+            PinStatus::Changed { .. } => Err(E2eError::TrustStore(format!(
+                "the key pinned for {user} is not the one whose safety number was compared"
+            ))),
+        }
     }
 
     /// Replaces `user`'s pinned key after a change the user accepted; the new key is unverified.
@@ -220,6 +238,12 @@ mod tests {
         IdentityKey::generate().expect("key").public_key()
     }
 
+    /// Writes a pin file by hand, with the mode the store itself would give it.
+    fn write_owner_only(path: &Path, text: &str) {
+        fs::write(path, text).expect("write");
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+
     #[test]
     fn first_use_then_match_then_change() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -252,7 +276,7 @@ mod tests {
             let mut store = PinStore::open(&path).expect("open");
             store.pin("bob", &bob).expect("pin");
             store.pin("carol", &carol).expect("pin");
-            store.mark_verified("bob").expect("verify");
+            store.mark_verified("bob", &bob).expect("verify");
         }
         let mode = fs::metadata(&path).expect("metadata").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -274,7 +298,7 @@ mod tests {
         let (old, new) = (new_key(), new_key());
         let mut store = PinStore::open(&path).expect("open");
         store.pin("bob", &old).expect("pin");
-        store.mark_verified("bob").expect("verify");
+        store.mark_verified("bob", &old).expect("verify");
         store.accept_new_key("bob", &new).expect("accept");
         let reopened = PinStore::open(&path).expect("reopen");
         assert_eq!(
@@ -285,13 +309,26 @@ mod tests {
     }
 
     #[test]
-    fn verifying_an_unknown_contact_or_a_bad_name_is_an_error() {
+    fn verifying_an_unknown_contact_another_key_or_a_bad_name_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut store = PinStore::open(&dir.path().join("pins")).expect("open");
         assert!(matches!(
-            store.mark_verified("nobody"),
+            store.mark_verified("nobody", &new_key()),
             Err(E2eError::TrustStore(_))
         ));
+        assert!(!dir.path().join("pins").exists());
+        let (bob, other) = (new_key(), new_key());
+        store.pin("bob", &bob).expect("pin");
+        assert!(matches!(
+            store.mark_verified("bob", &other),
+            Err(E2eError::TrustStore(_))
+        ));
+        assert_eq!(
+            store.check("bob", &bob),
+            PinStatus::Matches { verified: false }
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = PinStore::open(&dir.path().join("pins")).expect("open");
         for name in ["", "two words", "#comment", "new\nline"] {
             assert!(store.pin(name, &new_key()).is_err(), "{name:?}");
         }
@@ -310,7 +347,7 @@ mod tests {
             format!("bob {key} verified\nbob {key} unverified\n"),
         ];
         for text in &corrupt {
-            fs::write(&path, text).expect("write");
+            write_owner_only(&path, text);
             let error = PinStore::open(&path).expect_err("corrupt file refused");
             assert!(matches!(&error, E2eError::TrustStore(message) if message.contains("line")));
             assert_eq!(&fs::read_to_string(&path).expect("read"), text);
@@ -324,15 +361,33 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("pins");
         let bob = new_key();
-        fs::write(
+        write_owner_only(
             &path,
-            format!("# mine\n\nbob {} unverified\n", bob.to_base64()),
-        )
-        .expect("write");
+            &format!("# mine\n\nbob {} unverified\n", bob.to_base64()),
+        );
         let store = PinStore::open(&path).expect("open");
         assert_eq!(
             store.check("bob", &bob),
             PinStatus::Matches { verified: false }
         );
+    }
+
+    #[test]
+    fn a_pin_file_others_can_access_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pins");
+        let text = format!("bob {} verified\n", new_key().to_base64());
+        fs::write(&path, &text).expect("write");
+        for mode in [0o666, 0o620, 0o604] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+            let error = PinStore::open(&path).expect_err("must refuse");
+            assert!(
+                matches!(&error, E2eError::TrustStore(message) if message.contains("chmod 600")),
+                "mode {mode:o}: {error}"
+            );
+            assert_eq!(fs::read_to_string(&path).expect("read"), text);
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        PinStore::open(&path).expect("an owner-only file opens");
     }
 }
