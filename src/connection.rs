@@ -11,14 +11,17 @@
 //!
 //! Invariant: **the TLS lock is never held across a socket call.** Socket writes are
 //! serialised by a second lock, `write_lock`, taken before the TLS lock, so records leave
-//! in the order rustls produced them even when the reader has to send something (an alert,
-//! a key update) while the writer is busy.
+//! in the order rustls produced them. Invariant: **the reader never waits for
+//! `write_lock`.** When it has something to send (an alert, a key update) while a writer
+//! holds the lock — possibly blocked on a peer that does not read — the records stay in
+//! rustls and leave with the writer's next batch, and the reader goes on reading and
+//! keeping its deadlines.
 //! Both the server and the client use this type.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -130,7 +133,7 @@ impl TlsStream {
                 if let Err(e) = tls.process_new_packets() {
                     drop(tls);
                     // Send rustls's alert so the peer learns why; the error is what matters.
-                    let _ = self.flush();
+                    let _ = self.flush_unless_writing();
                     return Err(e.into());
                 }
                 // Drain after every `process_new_packets` so plaintext never piles up
@@ -144,7 +147,7 @@ impl TlsStream {
             wants_write = tls.wants_write();
         }
         if wants_write {
-            self.flush()?;
+            self.flush_unless_writing()?;
         }
         Ok(outcome)
     }
@@ -184,9 +187,16 @@ impl TlsStream {
         self.write_socket(scratch)
     }
 
-    /// Writes out whatever TLS data rustls has queued (alerts, key updates).
-    pub fn flush(&self) -> Result<()> {
-        let _writing = self.lock_write();
+    /// Writes out whatever TLS data rustls has queued (alerts, key updates), unless a
+    /// writer holds the socket: then it stays queued in rustls and leaves with that
+    /// writer's next batch. This is how the reader writes, so it never waits behind a
+    /// writer blocked on a peer that does not read.
+    fn flush_unless_writing(&self) -> Result<()> {
+        let _writing = match self.write_lock.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return Ok(()),
+        };
         let mut records = Vec::new();
         drain_tls(&mut self.lock_tls(), &mut records)?;
         self.write_socket(&mut records)

@@ -41,6 +41,9 @@ pub struct Limits {
     /// A logged-in client that sends no complete frame for this long is disconnected.
     /// Clients send `PING` to stay connected while their user is idle.
     pub idle_timeout: Duration,
+    /// A client whose socket accepts no data for this long (it stopped reading, or its
+    /// host vanished) is disconnected, even when its queue never fills (0 = never).
+    pub send_timeout: Duration,
     /// Connections served at once; more are refused at accept.
     pub max_connections: usize,
     /// Connections from one IP address at once (0 = no limit).
@@ -48,7 +51,7 @@ pub struct Limits {
     /// Bytes that may wait in one client's outbound queue. A client that stops reading
     /// reaches it and is disconnected. 256 KiB is several seconds of a busy chat.
     pub outbound_queue_bytes: usize,
-    /// bcrypt computations at once (logins and registrations queue for a permit).
+    /// bcrypt computations at once (logins and registrations queue for a worker).
     pub bcrypt_concurrency: usize,
     /// Frames per second one client may send on average (0 = no limit). Frames over the
     /// limit are refused with `rate-limited`. 20/s is far above human typing.
@@ -66,6 +69,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             login_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(300),
+            send_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_connections_per_ip: 64,
             outbound_queue_bytes: 256 * 1024,

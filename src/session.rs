@@ -44,7 +44,8 @@ pub const LOGIN_STACK_BYTES: usize = 256 * 1024;
 /// query (`GETKEY`/`SETKEY`); only the pages actually touched cost memory.
 pub const READER_STACK_BYTES: usize = 128 * 1024;
 
-/// Largest plaintext the writer packs into one TLS write. 16 KiB is one full TLS record.
+/// Plaintext at which the writer stops packing and writes: a batch is at least this (or
+/// everything queued) and at most this plus one frame. 16 KiB is one full TLS record.
 const WRITE_BATCH_BYTES: usize = 16 * 1024;
 
 /// Bytes taken from the socket per read.
@@ -161,6 +162,9 @@ fn open_connection(
         )?,
     );
     log::debug!("conn#{id} {peer}: TLS established ({})", stream.describe());
+    // Bounds every socket write: the writer's, and the reader's rare alert or key update.
+    let send_timeout = Some(limits.send_timeout).filter(|t| !t.is_zero());
+    stream.socket().set_write_timeout(send_timeout)?;
 
     let (outbox, receiver) = outbox(limits.outbound_queue_bytes, stream.clone());
     let writer_stream = stream.clone();
@@ -169,7 +173,17 @@ fn open_connection(
         .stack_size(WRITER_STACK_BYTES)
         .spawn(move || {
             release_inherited_stack();
-            write_loop(&writer_stream, receiver);
+            if let Err(e) = write_loop(&writer_stream, receiver) {
+                let why = match e {
+                    Error::Io(e) if is_timeout(&e) => {
+                        "the client accepted no data for the send timeout (it stopped reading)"
+                            .to_owned()
+                    }
+                    other => other.to_string(),
+                };
+                log::info!("conn#{id} {peer}: cannot send: {why}; disconnecting");
+                writer_stream.shutdown_socket();
+            }
         })?;
     shared.register(id, outbox.clone());
     let session = Session {
@@ -803,10 +817,12 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-/// The writer thread: takes everything queued, encrypts it in 16 KiB batches (one TLS
-/// record each), writes each batch once. Ends after `Close`, when every producer is gone,
-/// or when the socket fails; then closes the connection, which also wakes the reader.
-fn write_loop(stream: &TlsStream, queue: OutboxReceiver) {
+/// The writer thread: takes everything queued, encrypts it in batches of about 16 KiB,
+/// writes each batch once. After [`Outbox::close`], or when every producer is gone, it
+/// closes the connection with a TLS goodbye, which also wakes the reader. When the socket
+/// fails (or accepts nothing for the send timeout) it returns the error, and the caller
+/// shuts the socket down without a goodbye: nobody would read it.
+fn write_loop(stream: &TlsStream, queue: OutboxReceiver) -> Result<()> {
     let mut batch = VecDeque::new();
     let mut plain = Vec::new();
     let mut records = Vec::new();
@@ -814,15 +830,16 @@ fn write_loop(stream: &TlsStream, queue: OutboxReceiver) {
         let more = queue.take(&mut batch);
         for line in batch.drain(..) {
             plain.extend_from_slice(line.as_bytes());
-            if plain.len() >= WRITE_BATCH_BYTES && send(stream, &mut plain, &mut records).is_err() {
-                return stream.close();
+            if plain.len() >= WRITE_BATCH_BYTES {
+                send(stream, &mut plain, &mut records)?;
             }
         }
-        if !plain.is_empty() && send(stream, &mut plain, &mut records).is_err() {
-            return stream.close();
+        if !plain.is_empty() {
+            send(stream, &mut plain, &mut records)?;
         }
         if !more {
-            return stream.close();
+            stream.close();
+            return Ok(());
         }
         if batch.capacity() > 256 || plain.capacity() > 2 * WRITE_BATCH_BYTES {
             // A burst is over; idle connections should not keep burst-sized buffers.
@@ -836,9 +853,6 @@ fn write_loop(stream: &TlsStream, queue: OutboxReceiver) {
 /// Sends `plain` as TLS and clears it.
 fn send(stream: &TlsStream, plain: &mut Vec<u8>, records: &mut Vec<u8>) -> Result<()> {
     let sent = stream.send(plain, records);
-    if let Err(e) = &sent {
-        log::debug!("writer: {e}");
-    }
     plain.clear();
     sent
 }

@@ -51,6 +51,10 @@ struct Args {
     /// Seconds a logged-in client may stay silent (clients ping to stay connected).
     #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs())]
     idle_timeout: u64,
+    /// Seconds a client's socket may accept no data before it is disconnected as not
+    /// reading (0 = never).
+    #[arg(long, default_value_t = Limits::default().send_timeout.as_secs())]
+    send_timeout: u64,
     /// Connections served at once.
     #[arg(long, default_value_t = Limits::default().max_connections)]
     max_connections: usize,
@@ -108,6 +112,7 @@ fn run(args: Args) -> securechat::Result<()> {
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         login_timeout: Duration::from_secs(args.login_timeout),
         idle_timeout: Duration::from_secs(args.idle_timeout),
+        send_timeout: Duration::from_secs(args.send_timeout),
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
         outbound_queue_bytes: args.queue_bytes,
