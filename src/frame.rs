@@ -133,6 +133,11 @@ impl LineBuffer {
             start = next;
         }
         self.consume(start);
+        if !stopped {
+            // What is left is an unfinished line: no newline in it, so the next call
+            // searches only the bytes that arrive after it.
+            self.scanned = self.buf.len();
+        }
         if !stopped && self.buf.len() > self.max_frame + 1 {
             // No newline within the limit: the frame can only be too long.
             self.poisoned = true;
@@ -205,6 +210,25 @@ fn memchr_newline(bytes: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unfinished_line_is_searched_for_a_newline_only_once() {
+        let mut buffer = LineBuffer::new(1024);
+        let mut lines = Vec::new();
+        for chunk in [&b"hel"[..], b"lo", b" there\nnext"] {
+            buffer.extend(chunk);
+            buffer
+                .drain_lines(|line| {
+                    lines.push(line.map(str::to_owned));
+                    true
+                })
+                .unwrap();
+            // Everything left is an unfinished line, already searched.
+            assert_eq!(buffer.scanned, buffer.buf.len());
+        }
+        assert_eq!(lines, [Ok("hello there".to_owned())]);
+        assert_eq!(buffer.buf, b"next");
+    }
 
     fn lines(buf: &mut LineBuffer) -> Result<Vec<Result<String, FrameError>>, FrameError> {
         let mut out = Vec::new();

@@ -2,12 +2,14 @@
 //! explicit shutdown.
 //!
 //! Threads: one accept loop, one router, a small bcrypt pool, and per connection a login
-//! thread (until login), then a reader, plus a writer throughout (see [`crate::session`]). [`Server::start`] binds and returns at once, so tests run a real
-//! server in-process on `127.0.0.1:0`; `src/bin/server.rs` is a thin wrapper around it.
+//! thread (until login), then a reader, plus a writer throughout (see [`crate::session`]).
+//! [`Server::start`] binds and returns at once, so tests run a real server in-process on
+//! `127.0.0.1:0`; `src/bin/server.rs` is a thin wrapper around it.
 //!
 //! Shutdown: [`ShutdownHandle::trigger`] (from Ctrl-C/SIGTERM, or a test) stops the accept
-//! loop, tells every connection `BYE server shutting down`, waits for their threads, stops
-//! the router and closes the database.
+//! loop, tells every connection `BYE server shutting down`, waits up to 10 s for their
+//! threads, cuts off those still open (a client that does not read keeps its writer
+//! blocked), stops the router and closes the database.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -133,6 +135,25 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Waits until every connection has ended, for at most `limit`; returns the
+    /// connections (locked) as they are then.
+    fn wait_for_connections(&self, limit: Duration) -> MutexGuard<'_, Connections> {
+        let deadline = Instant::now() + limit;
+        let mut conns = self.lock_connections();
+        while conns.total > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            conns = self
+                .connection_ended
+                .wait_timeout(conns, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        conns
+    }
+
     /// Admits a connection from `ip`, or says which limit refuses it.
     fn admit(&self, ip: IpAddr) -> std::result::Result<(), String> {
         let mut conns = self.lock_connections();
@@ -229,8 +250,11 @@ impl ShutdownHandle {
     }
 }
 
-/// How long shutdown waits for connections to say goodbye before giving up on them.
+/// How long shutdown waits for connections to say goodbye before cutting them off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for connections it cut off to end.
+const CUT_OFF_GRACE: Duration = Duration::from_secs(2);
 
 impl Server {
     /// Opens the database, binds the listener and starts the accept loop and the router.
@@ -324,23 +348,24 @@ impl Server {
                 say_shutdown(outbox);
             }
         }
-        let deadline = Instant::now() + SHUTDOWN_GRACE;
-        let mut conns = shared.lock_connections();
-        while conns.total > 0 && Instant::now() < deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            conns = shared
-                .connection_ended
-                .wait_timeout(conns, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        let conns = shared.wait_for_connections(SHUTDOWN_GRACE);
         if conns.total > 0 {
+            // Clients that do not read keep their writers blocked: cut them off.
             log::warn!(
-                "shutdown: {} connections did not close in time",
+                "shutdown: {} connections did not close in time; cutting them off",
                 conns.total
             );
+            for outbox in conns.outboxes.values() {
+                outbox.evict();
+            }
+            drop(conns);
+            let conns = shared.wait_for_connections(CUT_OFF_GRACE);
+            if conns.total > 0 {
+                log::warn!("shutdown: {} connections still open", conns.total);
+            }
+        } else {
+            drop(conns);
         }
-        drop(conns);
         let _ = shared.router.send(Event::Shutdown);
         if let Some(router) = self.router.take() {
             let _ = router.join();

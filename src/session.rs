@@ -58,6 +58,9 @@ const BUFFER_RELEASE_AFTER: Duration = Duration::from_secs(1);
 /// the socket (a peer that stopped reading would otherwise hold the writer forever).
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// The login throttle's record for every malformed user name (it cannot be a user name).
+const MALFORMED_NAME: &str = "(malformed name)";
+
 /// Length of an Ed25519 public key, the only identity key accepted by `SETKEY`.
 const IDENTITY_KEY_BYTES: usize = 32;
 
@@ -504,8 +507,10 @@ impl Session {
 
     fn login(&mut self, user: &str, password: &str) -> Flow {
         let ip = self.peer.ip();
-        // Unknown and malformed names are throttled like real ones: nothing is revealed.
-        let account = normalize_username(user).unwrap_or_else(|_| user.to_lowercase());
+        // Unknown names are throttled like real ones: nothing is revealed. Malformed names
+        // (which no account can have) share one record, so they cannot fill the throttle's
+        // memory with frame-sized keys.
+        let account = normalize_username(user).unwrap_or_else(|_| MALFORMED_NAME.to_owned());
         if let Err(throttled) = self.shared.throttle.check_login(&account, ip) {
             log::warn!(
                 "conn#{}: login for {account:?} from {ip} refused: throttled",

@@ -156,12 +156,13 @@ impl Throttle {
         account_wait.max(address_wait)
     }
 
-    /// Records a successful login: the account's and the address's failures are forgiven,
-    /// and the address becomes trusted for this account.
+    /// Records a successful login: the account's failures are forgiven, and the address
+    /// becomes trusted for this account. The address's failures are not forgiven (they
+    /// expire on their own): otherwise an attacker with one account of their own could log
+    /// in to it between guesses at other accounts and never reach the address's limit.
     pub fn login_succeeded(&self, account: &str, address: IpAddr) {
         let mut state = self.lock();
         state.accounts.remove(account);
-        state.addresses.remove(&address);
         if state.trusted.len() >= MAX_TRUSTED_ACCOUNTS && !state.trusted.contains_key(account) {
             // Bounded memory: forgetting owners' addresses only means their account's lock
             // may apply to them too, for at most `max_delay`.
@@ -347,13 +348,26 @@ mod tests {
     }
 
     #[test]
-    fn success_forgives_failures() {
+    fn success_forgives_the_accounts_failures() {
         let t = Throttle::new(policy());
         for _ in 0..5 {
             t.login_failed("alice", OWNER);
         }
         t.login_succeeded("alice", OWNER);
         assert!(t.check_login("alice", ATTACKER).is_ok());
+    }
+
+    #[test]
+    fn logging_in_to_an_own_account_does_not_reset_the_addresss_failures() {
+        let t = Throttle::new(ThrottlePolicy {
+            address_free_failures: 4,
+            ..policy()
+        });
+        for i in 0..5 {
+            t.login_failed(&format!("victim{i}"), ATTACKER);
+            t.login_succeeded("mallory", ATTACKER);
+        }
+        assert!(t.check_login("victim9", ATTACKER).is_err());
     }
 
     #[test]

@@ -9,7 +9,10 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{err_code, ok, test_limits, TestServer, WAIT};
+use common::{
+    connect_and_stop_reading, err_code, fill_the_servers_send_path, ok, test_limits, TestServer,
+    WAIT,
+};
 use securechat::protocol::ServerLine;
 use securechat::server::Limits;
 
@@ -314,50 +317,6 @@ fn checksum_body(sender: usize, seq: usize) -> String {
         })
         .collect::<Vec<_>>()
         .join("x")
-}
-
-/// A raw TLS connection to `server` (handshake done) whose socket the test writes to
-/// directly, and which never reads: the server's replies pile up in the kernel until its
-/// writer thread blocks on a full socket.
-fn connect_and_stop_reading(
-    server: &TestServer,
-) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(server.client_config(), name).unwrap();
-    let tcp = TcpStream::connect(server.addr).unwrap();
-    tcp.set_write_timeout(Some(WAIT)).unwrap();
-    // A small fixed receive buffer: Linux would otherwise grow it to tens of MB, and the
-    // server's writer would block only much later.
-    let size: libc::c_int = 64 * 1024;
-    // SAFETY: setsockopt reads `size` (an int, as SO_RCVBUF expects) for the call only.
-    let set = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&tcp),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            std::ptr::addr_of!(size).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(set, 0, "setsockopt(SO_RCVBUF)");
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    tls.conn.complete_io(&mut tls.sock).unwrap();
-    tls
-}
-
-/// Sends `PING`s with 16 KB tokens until the server's writer must be blocked: 16 MB of
-/// replies, four times what the server's socket buffer (at most 4 MB) and this side's 64 KiB
-/// hold, while this side reads nothing; then gives the server time to get there. The
-/// outbound queue limit must be large enough that the server keeps queueing.
-fn fill_the_servers_send_path(tls: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>) {
-    let ping = format!("PING {}\n", "x".repeat(16_000));
-    for _ in 0..1_000 {
-        if tls.write_all(ping.as_bytes()).is_err() {
-            break;
-        }
-    }
-    let _ = tls.flush();
-    thread::sleep(Duration::from_secs(2));
 }
 
 /// Waits until `server` (limited to one connection) admits a new client again.

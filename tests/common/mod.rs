@@ -2,6 +2,8 @@
 //! development CA, and clients built on the library's own connection code.
 #![allow(dead_code)] // each test binary uses a different subset
 
+use std::io::Write;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -439,4 +441,49 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
         .any(|window| window == needle.as_bytes())
+}
+
+/// A client-side TLS stream over a socket the test can also write to directly.
+pub type RawTls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A raw TLS connection to `server` (handshake done) whose socket the test writes to
+/// directly, and which never reads: the server's replies pile up in the kernel until its
+/// writer thread blocks on a full socket.
+pub fn connect_and_stop_reading(server: &TestServer) -> RawTls {
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(server.client_config(), name).unwrap();
+    let tcp = TcpStream::connect(server.addr).unwrap();
+    tcp.set_write_timeout(Some(WAIT)).unwrap();
+    // A small fixed receive buffer: Linux would otherwise grow it to tens of MB, and the
+    // server's writer would block only much later.
+    let size: libc::c_int = 64 * 1024;
+    // SAFETY: setsockopt reads `size` (an int, as SO_RCVBUF expects) for the call only.
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&tcp),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::addr_of!(size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "setsockopt(SO_RCVBUF)");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.conn.complete_io(&mut tls.sock).unwrap();
+    tls
+}
+
+/// Sends `PING`s with 16 KB tokens until the server's writer must be blocked: 16 MB of
+/// replies, four times what the server's socket buffer (at most 4 MB) and this side's 64 KiB
+/// hold, while this side reads nothing; then gives the server time to get there. The
+/// outbound queue limit must be large enough that the server keeps queueing.
+pub fn fill_the_servers_send_path(tls: &mut RawTls) {
+    let ping = format!("PING {}\n", "x".repeat(16_000));
+    for _ in 0..1_000 {
+        if tls.write_all(ping.as_bytes()).is_err() {
+            break;
+        }
+    }
+    let _ = tls.flush();
+    std::thread::sleep(Duration::from_secs(2));
 }
