@@ -12,14 +12,12 @@
 //! login to every user costs O(n²) with 10,000 users online, and contacts are who needs to
 //! know (their end-to-end session with that user must be renewed).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
-
-use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::outbox::{Line, Outbox};
+use crate::protocol::{Command, ErrorCode, ProtocolError};
 
 /// Identifies one connection for the lifetime of the server.
 pub type ConnId = u64;
@@ -95,7 +93,7 @@ pub enum Event {
         outbox: Outbox,
         farewell: Option<Line>,
     },
-    /// The server is stopping: say goodbye to everyone and exit.
+    /// The server is stopping: exit (the server has already said goodbye to everyone).
     Shutdown,
 }
 
@@ -216,7 +214,21 @@ impl Inbox {
 
 /// `ERR MSG offline`: the first word of the text is the user, as the spec promises.
 fn offline_reply(user: &str) -> Line {
-    Line::from(format!("ERR MSG offline {user} {user} is not online\n"))
+    let error = ProtocolError::new(
+        Command::Msg,
+        ErrorCode::Offline,
+        format!("{user} {user} is not online"),
+    );
+    Line::from(error.to_line())
+}
+
+/// Disconnects `client`, whose queue is full (it stopped reading), with a log line.
+fn cut_off(user: &str, client: &Online) {
+    log::warn!(
+        "{user}: disconnected, outbound queue full ({} bytes queued): the client stopped reading",
+        client.outbox.queued()
+    );
+    client.outbox.evict();
 }
 
 /// A private frame on its way: the complete `FROM <sender> <payload>` line, with the
@@ -323,15 +335,13 @@ impl Router {
     }
 
     fn logged_in(&mut self, id: ConnId, user: Arc<str>, outbox: Outbox) {
-        if self.online.contains_key(&user) {
-            // Take-over: the old session is told why, then closed after the message.
-            if let Some(old) = self.remove(&user) {
-                log::info!("{user}: logged in again from another connection; closing the old one");
-                let _ = old.outbox.push(Line::from(
-                    "BYE replaced: you logged in from another connection\n".to_owned(),
-                ));
-                old.outbox.close();
-            }
+        // Take-over: the old session is told why, then closed after the message.
+        if let Some(old) = self.remove(&user) {
+            log::info!("{user}: logged in again from another connection; closing the old one");
+            let _ = old.outbox.push(Line::from(
+                "BYE replaced: you logged in from another connection\n".to_owned(),
+            ));
+            old.outbox.close();
         }
         let ok = Line::from(format!("OK LOGIN {user}\n"));
         if outbox.push(ok).is_err() {
@@ -410,7 +420,7 @@ impl Router {
     fn send(&mut self, user: &Arc<str>, line: Line) {
         if let Some(client) = self.online.get(user) {
             if client.outbox.push(line).is_err() {
-                self.evict(&user.clone());
+                self.evict(user);
             }
         }
     }
@@ -418,19 +428,29 @@ impl Router {
     /// Disconnects a client whose queue is full: it stopped reading.
     fn evict(&mut self, user: &Arc<str>) {
         if let Some(client) = self.remove(user) {
-            log::warn!(
-                "{user}: disconnected, outbound queue full ({} bytes queued): the client stopped reading",
-                client.outbox.queued()
-            );
-            client.outbox.evict();
+            cut_off(user, &client);
         }
     }
 
-    /// Takes `user` off the online map and tells its contacts.
+    /// Takes `user` off the online map and tells its contacts. Contacts whose queues are
+    /// full are evicted in turn, from a work list rather than by recursion, so a chain of
+    /// them cannot run the router's stack out.
     fn remove(&mut self, user: &Arc<str>) -> Option<Online> {
+        let mut full = Vec::new();
+        let client = self.take_offline(user, &mut full)?;
+        while let Some(name) = full.pop() {
+            if let Some(evicted) = self.take_offline(&name, &mut full) {
+                cut_off(&name, &evicted);
+            }
+        }
+        Some(client)
+    }
+
+    /// Takes `user` off the online map and sends `OFFLINE` to its contacts; adds those
+    /// whose queues are full to `full`.
+    fn take_offline(&mut self, user: &Arc<str>, full: &mut Vec<Arc<str>>) -> Option<Online> {
         let client = self.online.remove(user)?;
         let notice: Arc<[u8]> = Arc::from(format!("OFFLINE {user}\n").into_bytes());
-        let mut full = Vec::new();
         for contact in &client.contacts {
             if let Some(other) = self.online.get_mut(contact) {
                 other.contacts.remove(user);
@@ -441,9 +461,6 @@ impl Router {
                     full.push(contact.clone());
                 }
             }
-        }
-        for name in full {
-            self.evict(&name);
         }
         Some(client)
     }
