@@ -30,9 +30,8 @@ use crate::frame::LineBuffer;
 /// What one read from the socket amounted to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadOutcome {
-    /// This many bytes came from the socket (possibly no complete plaintext yet; 0 when
-    /// nothing was read); keep reading.
-    Open(usize),
+    /// The connection is still open (there may be no complete plaintext yet); keep reading.
+    Open,
     /// The peer closed the connection: a TLS `close_notify` or end of the TCP stream.
     Closed,
 }
@@ -106,11 +105,11 @@ impl TlsStream {
     /// last handshake message.
     pub fn take_buffered(&self, lines: &mut LineBuffer) -> Result<ReadOutcome> {
         let mut tls = self.lock_tls();
-        let (_, ended) = lines.fill_from(&mut tls.reader())?;
+        let ended = lines.fill_from(&mut tls.reader())?;
         Ok(if ended {
             ReadOutcome::Closed
         } else {
-            ReadOutcome::Open(0)
+            ReadOutcome::Open
         })
     }
 
@@ -120,11 +119,11 @@ impl TlsStream {
         let n = match (&self.socket).read(scratch) {
             Ok(0) => return Ok(ReadOutcome::Closed),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(ReadOutcome::Open(0)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(ReadOutcome::Open),
             Err(e) => return Err(e.into()),
         };
         let mut received = &scratch[..n];
-        let mut outcome = ReadOutcome::Open(n);
+        let mut outcome = ReadOutcome::Open;
         let wants_write;
         {
             let mut tls = self.lock_tls();
@@ -138,7 +137,7 @@ impl TlsStream {
                 }
                 // Drain after every `process_new_packets` so plaintext never piles up
                 // inside rustls (its buffer is bounded and would refuse more records).
-                let (_, ended) = lines.fill_from(&mut tls.reader())?;
+                let ended = lines.fill_from(&mut tls.reader())?;
                 if ended {
                     outcome = ReadOutcome::Closed;
                     break;

@@ -8,9 +8,12 @@
 //! `bounded(n)` channel would allocate its whole ring up front, costing every idle
 //! connection tens of kilobytes.)
 //!
-//! Producers (the router, and the client's own reader before login) call [`Outbox::push`];
-//! the client's writer thread is the only consumer ([`OutboxReceiver`]). The mutex is held
-//! only to move frames in or out, never across a socket call.
+//! Producers (the router; the client's own reader before login and when it ends; the
+//! server's shutdown) call [`Outbox::push`]; the client's writer thread is the only consumer
+//! ([`OutboxReceiver`]). The mutex is held only to move frames in or out, never across a
+//! socket call. The byte bound counts what waits in the queue, not the batch the writer
+//! has taken and is sending, so a client can have up to about twice the limit in flight
+//! on the server: a bound still, and what keeps the writer's lock hold short.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};

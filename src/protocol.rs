@@ -222,14 +222,6 @@ impl Command {
             .into_iter()
             .find(|c| c.verb().eq_ignore_ascii_case(verb))
     }
-
-    /// Whether the command may be used before logging in.
-    pub fn allowed_before_login(self) -> bool {
-        matches!(
-            self,
-            Command::Register | Command::Login | Command::Quit | Command::Ping
-        )
-    }
 }
 
 /// Machine-readable error codes, the second word of an `ERR` line.

@@ -261,6 +261,10 @@ impl Server {
     pub fn start(mut config: Config) -> Result<Server> {
         fit_to_kernel(&mut config.limits);
         let store = Store::open(&config.data_dir)?;
+        match store.account_count() {
+            Ok(n) => log::info!("database: {n} accounts"),
+            Err(e) => log::warn!("database: cannot count the accounts: {e}"),
+        }
         let accounts = Accounts::new(store, config.bcrypt_cost, config.limits.bcrypt_concurrency)?;
         let listener = TcpListener::bind(config.listen)
             .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;

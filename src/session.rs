@@ -132,7 +132,7 @@ fn chat(slot: ConnectionSlot, mut conn: Connection) {
     release_inherited_stack();
     let (id, peer) = (slot.id, slot.peer);
     let served = panic::catch_unwind(AssertUnwindSafe(|| {
-        let ended = conn.read_loop(Ok(ReadOutcome::Open(0)), false);
+        let ended = conn.read_loop(Ok(ReadOutcome::Open), false);
         let Ended::Closed(reason, farewell) = ended else {
             unreachable!("read_loop(_, false) only ends with Closed")
         };
@@ -247,7 +247,7 @@ impl Connection {
         let mut outcome = first;
         loop {
             let closed = match outcome {
-                Ok(ReadOutcome::Open(_)) => false,
+                Ok(ReadOutcome::Open) => false,
                 Ok(ReadOutcome::Closed) => true,
                 Err(Error::Io(e)) if is_timeout(&e) => {
                     scratch = None;

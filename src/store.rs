@@ -7,8 +7,7 @@
 //! replaced.
 //!
 //! Connections are pooled: SQLite connections are not `Sync`, and the threads that need one
-//! (a client's reader while it registers or logs in) are many and short-lived. The pool
-//! keeps a few open connections and opens more on demand.
+//! (bcrypt workers and client readers) are many. The pool keeps a few open connections and opens more on demand.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -24,8 +23,8 @@ pub const DB_FILE: &str = "securechat.db";
 /// Schema version stored in `PRAGMA user_version`; bump with a migration step.
 const SCHEMA_VERSION: i64 = 1;
 
-/// Idle connections kept for reuse. Account operations are bounded by the bcrypt permits,
-/// so a handful covers the concurrency that actually occurs.
+/// Idle connections kept for reuse. Most account operations run on the bounded bcrypt
+/// pool, so a handful covers the concurrency that actually occurs.
 const MAX_IDLE_CONNECTIONS: usize = 8;
 
 /// How long a writer waits for another writer's lock before failing the request.
@@ -78,11 +77,6 @@ impl Store {
         migrate(&conn).map_err(|e| store.unusable(e))?;
         store.put_back(conn);
         Ok(store)
-    }
-
-    /// Path of the database file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Stores a new account. The commit is durable when this returns `Ok(Created::Yes)`.

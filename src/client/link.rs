@@ -201,7 +201,7 @@ impl LinkReader {
                 return Ok(None);
             }
             match self.stream.read_some(&mut self.scratch, &mut self.lines) {
-                Ok(ReadOutcome::Open(_)) => {}
+                Ok(ReadOutcome::Open) => {}
                 Ok(ReadOutcome::Closed) => self.closed = true,
                 Err(Error::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
                     self.closed = true

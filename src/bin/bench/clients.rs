@@ -181,7 +181,7 @@ impl Conn {
                 self.scratch = vec![0; READ_BYTES];
             }
             match self.stream.read_some(&mut self.scratch, &mut self.lines) {
-                Ok(ReadOutcome::Open(_)) => {}
+                Ok(ReadOutcome::Open) => {}
                 Ok(ReadOutcome::Closed) => self.closed = true,
                 Err(Error::Io(e))
                     if matches!(
@@ -235,7 +235,7 @@ impl Conn {
             let read = self.stream.read_some(&mut self.scratch, &mut self.lines);
             self.set_read_timeout(None)?;
             match read {
-                Ok(ReadOutcome::Open(_)) => {}
+                Ok(ReadOutcome::Open) => {}
                 Ok(ReadOutcome::Closed) => self.closed = true,
                 Err(Error::Io(e))
                     if matches!(
