@@ -275,7 +275,7 @@ fn drain_tls(tls: &mut rustls::Connection, out: &mut Vec<u8>) -> Result<()> {
 fn set_timeouts(socket: &TcpStream, deadline: Instant) -> Result<()> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        return Err(Error::Protocol("timed out during the TLS handshake".into()));
+        return Err(handshake_timed_out());
     }
     socket.set_read_timeout(Some(left))?;
     socket.set_write_timeout(Some(left))?;
@@ -285,9 +285,11 @@ fn set_timeouts(socket: &TcpStream, deadline: Instant) -> Result<()> {
 /// Turns a socket timeout into a readable error.
 fn timeout_as_error(e: io::Error) -> Error {
     match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            Error::Protocol("timed out during the TLS handshake".into())
-        }
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => handshake_timed_out(),
         _ => Error::Io(e),
     }
+}
+
+fn handshake_timed_out() -> Error {
+    Error::Protocol("timed out during the TLS handshake".into())
 }

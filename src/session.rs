@@ -627,11 +627,7 @@ impl Session {
     fn get_key(&mut self, wanted: &str) -> Flow {
         let command = Command::GetKey;
         let Ok(wanted) = normalize_username(wanted) else {
-            return self.reply_error(&ProtocolError::new(
-                command,
-                ErrorCode::NoSuchUser,
-                format!("{} no such user", crate::protocol::truncate(wanted, 32)),
-            ));
+            return self.reply_error(&no_such_user(command, wanted));
         };
         match self.shared.accounts.store().identity_key(&wanted) {
             Ok(Some(Some(key))) => self.reply(format!("OK GETKEY {wanted} {key}\n")),
@@ -640,11 +636,7 @@ impl Session {
                 ErrorCode::NoKey,
                 format!("{wanted} has not published an identity key yet"),
             )),
-            Ok(None) => self.reply_error(&ProtocolError::new(
-                command,
-                ErrorCode::NoSuchUser,
-                format!("{wanted} no such user"),
-            )),
+            Ok(None) => self.reply_error(&no_such_user(command, &wanted)),
             Err(e) => {
                 log::error!("conn#{}: key lookup failed: {e}", self.id);
                 self.reply_error(&ProtocolError::new(
@@ -754,13 +746,19 @@ fn recipient(to: &str) -> std::result::Result<Cow<'_, str>, ProtocolError> {
     if is_canonical_username(to) {
         return Ok(Cow::Borrowed(to));
     }
-    normalize_username(to).map(Cow::Owned).map_err(|_| {
-        ProtocolError::new(
-            Command::Msg,
-            ErrorCode::NoSuchUser,
-            format!("{} no such user", crate::protocol::truncate(to, 32)),
-        )
-    })
+    normalize_username(to)
+        .map(Cow::Owned)
+        .map_err(|_| no_such_user(Command::Msg, to))
+}
+
+/// `ERR <command> no-such-user <name> no such user`; a name that breaks the rules is cut to
+/// 32 bytes (the longest valid name), so the reply stays short.
+fn no_such_user(command: Command, name: &str) -> ProtocolError {
+    ProtocolError::new(
+        command,
+        ErrorCode::NoSuchUser,
+        format!("{} no such user", crate::protocol::truncate(name, 32)),
+    )
 }
 
 fn pong_line(token: &str) -> String {

@@ -59,8 +59,9 @@ pub(super) struct Sealer {
     sender: String,
     /// The peer's username, bound into the AAD.
     recipient: String,
-    /// The counter for the next message. Invariant: only increases, starts at 1, and never
-    /// reaches `u64::MAX` (sealing refuses first), so each nonce is used once.
+    /// The counter for the next message. Invariant: only increases, starts at 1, and
+    /// `u64::MAX` is never used as a counter (sealing refuses the message that would get
+    /// it), so each nonce is used once.
     next_counter: u64,
 }
 
