@@ -25,10 +25,7 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    DirBuilder::new()
-        .recursive(true)
-        .mode(PRIVATE_DIR_MODE)
-        .create(dir)?;
+    create_private_dir(dir)?;
     let temporary = temporary_path(path)?;
     // A leftover from a crash may have any mode; remove it so that `create_new` sets ours.
     match fs::remove_file(&temporary) {
