@@ -511,23 +511,28 @@ impl Session {
         // (which no account can have) share one record, so they cannot fill the throttle's
         // memory with frame-sized keys.
         let account = normalize_username(user).unwrap_or_else(|_| MALFORMED_NAME.to_owned());
-        if let Err(throttled) = self.shared.throttle.check_login(&account, ip) {
-            log::warn!(
-                "conn#{}: login for {account:?} from {ip} refused: throttled",
-                self.id
-            );
-            return self.reply_error(&ProtocolError::new(
-                Command::Login,
-                ErrorCode::Throttled,
-                format!(
-                    "too many failed logins; try again in {} s",
-                    throttled.retry_after.as_secs().max(1)
-                ),
-            ));
-        }
-        match self.shared.accounts.login(user, password) {
+        // A handle of its own, so the attempt's borrow does not hold `self`.
+        let shared = self.shared.clone();
+        let attempt = match shared.throttle.check_login(&account, ip) {
+            Ok(attempt) => attempt,
+            Err(throttled) => {
+                log::warn!(
+                    "conn#{}: login for {account:?} from {ip} refused: throttled",
+                    self.id
+                );
+                return self.reply_error(&ProtocolError::new(
+                    Command::Login,
+                    ErrorCode::Throttled,
+                    format!(
+                        "too many failed logins; try again in {} s",
+                        throttled.retry_after.as_secs().max(1)
+                    ),
+                ));
+            }
+        };
+        match shared.accounts.login(user, password) {
             Ok(name) => {
-                self.shared.throttle.login_succeeded(&name, ip);
+                attempt.succeeded(&name);
                 let name: Arc<str> = Arc::from(name);
                 log::info!("conn#{}: logged in as {name}", self.id);
                 self.user = Some(name.clone());
@@ -542,7 +547,7 @@ impl Session {
                 Flow::Continue
             }
             Err(LoginError::Invalid) => {
-                match self.shared.throttle.login_failed(&account, ip) {
+                match attempt.failed() {
                     Some(wait) => log::warn!(
                         "conn#{}: failed login for {account:?} from {ip}; further attempts wait {} s",
                         self.id,

@@ -3,7 +3,12 @@
 //!
 //! Failed logins: the first few failures are free; after that each failure doubles a
 //! waiting time during which further attempts are refused *without running bcrypt*, up to
-//! a cap. An account's lock never applies to an address that has logged in to that
+//! a cap. Attempts still being checked count too ([`LoginAttempt`]): no more may run at
+//! once than the failures still free, and once those are used up only one at a time, so
+//! logins fired in parallel cannot all pass the check before the first failure is counted.
+//! (An address with no failures yet is not limited, as many people may log in at once
+//! from one address; the first wave of parallel failures from it is bounded by the
+//! per-address connection cap.) An account's lock never applies to an address that has logged in to that
 //! account successfully before (it is the owner's), so an attacker elsewhere cannot lock
 //! the owner out; and every lock ends after at most the cap. Records fade once the waiting
 //! time and a quiet period have passed. Unknown and existing accounts are treated alike,
@@ -12,7 +17,9 @@
 //! Registrations: a token bucket per address. Frames: a token bucket per connection
 //! ([`TokenBucket`]).
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -58,6 +65,10 @@ const MAX_TRUSTED_ACCOUNTS: usize = 100_000;
 /// Owner addresses remembered per account (home, work, phone...).
 const MAX_TRUSTED_ADDRESSES_PER_ACCOUNT: usize = 16;
 
+/// What a client is told to wait while an attempt for the same account or address is
+/// being checked and could be the one that starts a waiting time.
+const ATTEMPT_IN_PROGRESS_WAIT: Duration = Duration::from_secs(1);
+
 /// A login may not be attempted yet; retry after the given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Throttled {
@@ -87,6 +98,67 @@ struct State {
     trusted: HashMap<String, HashSet<IpAddr>>,
     /// Registration tokens per address and when they were last topped up.
     registrations: HashMap<IpAddr, (f64, Instant)>,
+    /// Logins being checked (bcrypt running or queued) per account; no zero entries.
+    checking_accounts: HashMap<String, u32>,
+    /// Logins being checked per address; no zero entries.
+    checking_addresses: HashMap<IpAddr, u32>,
+}
+
+/// A login that passed [`Throttle::check_login`] and is being checked. Report its outcome
+/// with [`LoginAttempt::failed`] or [`LoginAttempt::succeeded`]; dropped without either
+/// (the connection ended, storage failed), it just stops counting as in progress.
+#[must_use = "report the outcome, or the failure goes uncounted"]
+pub struct LoginAttempt<'a> {
+    /// Where the attempt is counted.
+    throttle: &'a Throttle,
+    /// The canonical account name tried (known or not).
+    account: String,
+    /// Where the attempt came from.
+    address: IpAddr,
+}
+
+impl std::fmt::Debug for LoginAttempt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginAttempt")
+            .field("account", &self.account)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoginAttempt<'_> {
+    /// The password was wrong (or the account unknown). Returns the waiting time this
+    /// started, if any (for the log).
+    pub fn failed(self) -> Option<Duration> {
+        self.throttle.login_failed(&self.account, self.address)
+    }
+
+    /// The login succeeded as `account` (canonical).
+    pub fn succeeded(self, account: &str) {
+        self.throttle.login_succeeded(account, self.address);
+    }
+}
+
+impl Drop for LoginAttempt<'_> {
+    fn drop(&mut self) {
+        let mut state = self.throttle.lock();
+        release(&mut state.checking_accounts, &self.account);
+        release(&mut state.checking_addresses, &self.address);
+    }
+}
+
+/// Takes one attempt off a count of attempts in progress, removing it at zero.
+fn release<K, Q>(counts: &mut HashMap<K, u32>, key: &Q)
+where
+    K: Borrow<Q> + Hash + Eq,
+    Q: Hash + Eq + ?Sized,
+{
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 /// Shared throttle state for the whole server.
@@ -105,32 +177,55 @@ impl Throttle {
         }
     }
 
-    /// Whether a login for `account` from `address` may be attempted now.
-    pub fn check_login(&self, account: &str, address: IpAddr) -> Result<(), Throttled> {
+    /// Whether a login for `account` from `address` may be attempted now; if so, it counts
+    /// as in progress until the returned attempt reports its outcome or is dropped.
+    pub fn check_login(
+        &self,
+        account: &str,
+        address: IpAddr,
+    ) -> Result<LoginAttempt<'_>, Throttled> {
         let now = Instant::now();
-        let state = self.lock();
-        let mut wait = Duration::ZERO;
-        if let Some(f) = state.addresses.get(&address) {
-            wait = wait.max(f.blocked_until.saturating_duration_since(now));
-        }
+        let policy = &self.policy;
+        let mut state = self.lock();
+        let checking_here = state.checking_addresses.get(&address).copied().unwrap_or(0);
+        let mut wait = waiting_time(
+            state.addresses.get(&address),
+            checking_here,
+            policy.address_free_failures,
+            true,
+            now,
+        );
         let owner = state
             .trusted
             .get(account)
             .is_some_and(|ips| ips.contains(&address));
         if !owner {
-            if let Some(f) = state.accounts.get(account) {
-                wait = wait.max(f.blocked_until.saturating_duration_since(now));
-            }
+            let checking_account = state.checking_accounts.get(account).copied().unwrap_or(0);
+            wait = wait.max(waiting_time(
+                state.accounts.get(account),
+                checking_account,
+                policy.account_free_failures,
+                false,
+                now,
+            ));
         }
-        if wait.is_zero() {
-            Ok(())
-        } else {
-            Err(Throttled { retry_after: wait })
+        if !wait.is_zero() {
+            return Err(Throttled { retry_after: wait });
         }
+        *state
+            .checking_accounts
+            .entry(account.to_owned())
+            .or_default() += 1;
+        *state.checking_addresses.entry(address).or_default() += 1;
+        Ok(LoginAttempt {
+            throttle: self,
+            account: account.to_owned(),
+            address,
+        })
     }
 
     /// Records a failed login. Returns the waiting time it started, if any (for the log).
-    pub fn login_failed(&self, account: &str, address: IpAddr) -> Option<Duration> {
+    fn login_failed(&self, account: &str, address: IpAddr) -> Option<Duration> {
         let now = Instant::now();
         let policy = &self.policy;
         let mut state = self.lock();
@@ -160,7 +255,7 @@ impl Throttle {
     /// becomes trusted for this account. The address's failures are not forgiven (they
     /// expire on their own): otherwise an attacker with one account of their own could log
     /// in to it between guesses at other accounts and never reach the address's limit.
-    pub fn login_succeeded(&self, account: &str, address: IpAddr) {
+    fn login_succeeded(&self, account: &str, address: IpAddr) {
         let mut state = self.lock();
         state.accounts.remove(account);
         if state.trusted.len() >= MAX_TRUSTED_ACCOUNTS && !state.trusted.contains_key(account) {
@@ -251,6 +346,33 @@ impl TokenBucket {
         } else {
             false
         }
+    }
+}
+
+/// How long before one more login may start for a record with `checking` attempts in
+/// progress: the record's waiting time, or, when the attempts in progress could use up the
+/// free failures, until one of them is decided (a moment). With `clean_is_free`, a record
+/// without failures is not limited at all (many people log in at once from one address).
+fn waiting_time(
+    failures: Option<&Failures>,
+    checking: u32,
+    free: u32,
+    clean_is_free: bool,
+    now: Instant,
+) -> Duration {
+    let (count, blocked) = match failures.filter(|f| f.expires > now) {
+        Some(f) => (f.count, f.blocked_until.saturating_duration_since(now)),
+        None => (0, Duration::ZERO),
+    };
+    if !blocked.is_zero() {
+        blocked
+    } else if checking > 0
+        && count.saturating_add(checking) >= free
+        && !(clean_is_free && count == 0)
+    {
+        ATTEMPT_IN_PROGRESS_WAIT
+    } else {
+        Duration::ZERO
     }
 }
 
@@ -345,6 +467,63 @@ mod tests {
         }
         assert!(t.check_login("someone_new", ATTACKER).is_err());
         assert!(t.check_login("someone_new", OWNER).is_ok());
+    }
+
+    #[test]
+    fn logins_fired_at_once_cannot_outrun_the_count_of_failures() {
+        // 3 failures free per account: 3 attempts may be checked at once, not a 4th.
+        let t = Throttle::new(policy());
+        t.login_succeeded("alice", OWNER);
+        let running: Vec<_> = (0..3)
+            .map(|_| t.check_login("alice", ATTACKER).expect("free"))
+            .collect();
+        let refused = t.check_login("alice", ATTACKER).unwrap_err();
+        assert_eq!(refused.retry_after, ATTEMPT_IN_PROGRESS_WAIT);
+        for attempt in running {
+            assert_eq!(attempt.failed(), None);
+        }
+        // The free failures are used up: one attempt at a time, and its failure counts
+        // before the next may start.
+        let last = t.check_login("alice", ATTACKER).expect("one at a time");
+        assert!(t.check_login("alice", ATTACKER).is_err());
+        assert_eq!(last.failed(), Some(Duration::from_secs(10)));
+        assert!(t.check_login("alice", ATTACKER).unwrap_err().retry_after > Duration::from_secs(5));
+        // The owner's address is not held up by the attacker's attempts on the account.
+        assert!(t.check_login("alice", OWNER).is_ok());
+    }
+
+    #[test]
+    fn an_address_without_failures_may_log_in_many_at_once_then_one_at_a_time() {
+        let t = Throttle::new(ThrottlePolicy {
+            address_free_failures: 4,
+            ..policy()
+        });
+        let clean: Vec<_> = (0..10)
+            .map(|i| {
+                t.check_login(&format!("user{i}"), ATTACKER)
+                    .expect("clean address")
+            })
+            .collect();
+        drop(clean);
+        assert_eq!(t.check_login("user0", ATTACKER).unwrap().failed(), None);
+        // One failure on record: 3 more are free, so 3 may run at once.
+        let running: Vec<_> = (1..4)
+            .map(|i| t.check_login(&format!("user{i}"), ATTACKER).expect("free"))
+            .collect();
+        assert!(t.check_login("user9", ATTACKER).is_err());
+        drop(running);
+    }
+
+    #[test]
+    fn an_attempt_dropped_without_an_outcome_stops_counting() {
+        let t = Throttle::new(policy());
+        let attempts: Vec<_> = (0..3)
+            .map(|_| t.check_login("alice", ATTACKER).unwrap())
+            .collect();
+        assert!(t.check_login("alice", ATTACKER).is_err());
+        drop(attempts);
+        assert!(t.check_login("alice", ATTACKER).is_ok());
+        assert!(t.lock().checking_accounts.is_empty() && t.lock().checking_addresses.is_empty());
     }
 
     #[test]

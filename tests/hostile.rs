@@ -127,6 +127,43 @@ fn repeated_failed_logins_are_throttled_then_allowed_again() {
 }
 
 #[test]
+fn logins_fired_in_parallel_cannot_outrun_the_throttle() {
+    // bcrypt at cost 10 (tens of ms) so that all the attempts below are in flight at once.
+    let server = TestServer::with(
+        throttling(ThrottlePolicy {
+            account_free_failures: 3,
+            first_delay: Duration::from_secs(30),
+            ..ThrottlePolicy::default()
+        }),
+        10,
+    );
+    let mut setup = server.connect();
+    setup.register_ok("victim");
+    for _ in 0..3 {
+        assert_eq!(
+            err_code(&setup.request("LOGIN victim Wrong pass 1")).1,
+            "auth-failed"
+        );
+    }
+    // The free failures are used up. Ten guesses sent at once: one may be checked, the
+    // others must be refused without bcrypt, not all checked before any failure counts.
+    let mut guessers: Vec<_> = (0..10).map(|_| server.connect()).collect();
+    for guesser in &guessers {
+        guesser.send("LOGIN victim Wrong pass 1");
+    }
+    let codes: Vec<String> = guessers
+        .iter_mut()
+        .map(|g| err_code(&g.recv()).1.to_owned())
+        .collect();
+    let checked = codes.iter().filter(|c| *c == "auth-failed").count();
+    assert_eq!(checked, 1, "{codes:?}");
+    assert!(
+        codes.iter().all(|c| c == "auth-failed" || c == "throttled"),
+        "{codes:?}"
+    );
+}
+
+#[test]
 fn throttling_is_the_same_for_unknown_accounts() {
     let server = TestServer::with_limits(throttling(ThrottlePolicy {
         account_free_failures: 2,
