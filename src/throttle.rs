@@ -8,9 +8,11 @@
 //! logins fired in parallel cannot all pass the check before the first failure is counted.
 //! (An address with no failures yet is not limited, as many people may log in at once
 //! from one address; the first wave of parallel failures from it is bounded by the
-//! per-address connection cap.) An account's lock never applies to an address that has logged in to that
-//! account successfully before (it is the owner's), so an attacker elsewhere cannot lock
-//! the owner out; and every lock ends after at most the cap. Records fade once the waiting
+//! per-address connection cap.)
+//!
+//! An account's lock never applies to an address that has logged in to that account
+//! successfully before (it is the owner's), so an attacker elsewhere cannot lock the owner
+//! out; and every lock ends after at most the cap. Records fade once the waiting
 //! time and a quiet period have passed. Unknown and existing accounts are treated alike,
 //! so throttling reveals nothing about which names exist.
 //!
