@@ -177,14 +177,14 @@ fn open_connection(
         .spawn(move || {
             release_inherited_stack();
             if let Err(e) = write_loop(&writer_stream, receiver) {
-                let why = match e {
-                    Error::Io(e) if is_timeout(&e) => {
-                        "the client accepted no data for the send timeout (it stopped reading)"
-                            .to_owned()
-                    }
-                    other => other.to_string(),
-                };
-                log::info!("conn#{id} {peer}: cannot send: {why}; disconnecting");
+                match e {
+                    Error::Io(e) if is_timeout(&e) => log::info!(
+                        "conn#{id} {peer}: disconnecting: the client accepted no data for the \
+                         send timeout (it stopped reading)"
+                    ),
+                    // Usually the client is simply gone; its reader logs why.
+                    other => log::debug!("conn#{id} {peer}: cannot send: {other}"),
+                }
                 writer_stream.shutdown_socket();
             }
         })?;
