@@ -218,8 +218,11 @@ fn a_frame_flood_is_rate_limited_per_client_and_others_are_unaffected() {
         message_burst: 5,
         ..test_limits()
     });
+    let opened = Instant::now();
     let mut flooder = server.login("flooder");
     let mut bob = server.login("bob");
+    // Tokens the flooder may have earned since its bucket was filled (1 a second).
+    let earned = || opened.elapsed().as_secs() as usize + 1;
     for i in 0..30 {
         flooder.send(&format!("PING {i}"));
     }
@@ -232,9 +235,9 @@ fn a_frame_flood_is_rate_limited_per_client_and_others_are_unaffected() {
         .iter()
         .filter(|l| matches!(l, ServerLine::Err { code, .. } if code == "rate-limited"))
         .count();
-    // The burst of 5 less the two frames that registered and logged in (plus at most a
-    // token earned meanwhile), then refusals.
-    assert!((3..=4).contains(&pongs), "{pongs} pongs");
+    // The burst of 5 less the two frames that registered and logged in (plus the tokens
+    // earned meanwhile: one, unless the machine stalled), then refusals.
+    assert!((3..=3 + earned()).contains(&pongs), "{pongs} pongs");
     assert_eq!(pongs + limited, 30);
     // bob has his own bucket.
     assert_eq!(
@@ -248,12 +251,17 @@ fn a_frame_flood_is_rate_limited_per_client_and_others_are_unaffected() {
         flooder.link.send_raw(b"\xff\xfe garbage\n").unwrap();
     }
     let garbage: Vec<ServerLine> = (0..10).map(|_| flooder.recv()).collect();
+    let codes: Vec<&str> = garbage.iter().map(|l| err_code(l).1).collect();
+    let limited = codes.iter().filter(|c| **c == "rate-limited").count();
+    // Each line was refused for the rate, or (with a token earned meanwhile) answered
+    // as the bad frame it is; never more of the latter than tokens could have been earned.
     assert!(
-        garbage
+        codes
             .iter()
-            .all(|l| matches!(l, ServerLine::Err { code, .. } if code == "rate-limited")),
+            .all(|c| *c == "rate-limited" || *c == "bad-frame"),
         "{garbage:?}"
     );
+    assert!(limited + earned() >= 10, "{garbage:?}");
     // QUIT is never refused.
     flooder.send("QUIT");
     assert!(flooder.drain_until_closed().contains(&ServerLine::Bye {
@@ -334,10 +342,13 @@ fn a_half_open_tls_handshake_is_cut_off() {
     socket.write_all(&[22, 3, 1, 2, 0]).unwrap();
     socket.set_read_timeout(Some(common::WAIT)).unwrap();
     let mut buf = [0u8; 64];
-    let started = Instant::now();
-    let n = socket.read(&mut buf).unwrap_or(0);
-    assert!(n == 0 || buf[0] == 21, "expected a close or an alert");
-    assert!(started.elapsed() < common::WAIT);
+    match socket.read(&mut buf) {
+        Ok(0) => {}
+        Ok(_) => assert_eq!(buf[0], 21, "expected a close or a TLS alert"),
+        // A reset is a close too; a timeout means the server never cut it off.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the half-open handshake was not cut off: {e}"),
+    }
 }
 
 #[test]
