@@ -9,12 +9,14 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{TestServer, PASSWORD};
 use securechat::client::link;
+use securechat::protocol::ServerLine;
 
 /// Threads of this process, and its open sockets. (The account database's pooled
 /// connections also hold descriptors; the pool is bounded and is checked separately.)
@@ -68,11 +70,15 @@ fn a_thousand_abrupt_clients_leave_no_thread_or_descriptor_behind() {
     thread::spawn(move || while peer.reader.recv().is_ok() {});
     thread::sleep(Duration::from_millis(200));
     let before = threads_and_sockets();
+    // Clients that got as far as a logged-in session before vanishing mid-key-exchange
+    // and mid-message: the stages must really be reached, not skipped on an error.
+    let reached = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
 
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
             let server = server.clone();
             let config = config.clone();
+            let reached = reached.clone();
             thread::spawn(move || {
                 for i in (w..CLIENTS).step_by(WORKERS) {
                     let user = format!("ghost{}", i % ACCOUNTS);
@@ -98,7 +104,13 @@ fn a_thousand_abrupt_clients_leave_no_thread_or_descriptor_behind() {
                                 continue;
                             };
                             let _ = link.send_line(&format!("LOGIN {user} {PASSWORD}"));
-                            let _ = reader.recv_timeout(common::WAIT);
+                            if let Ok(Some(ServerLine::Ok { command, .. })) =
+                                reader.recv_timeout(common::WAIT)
+                            {
+                                if command == "LOGIN" {
+                                    reached[stage - 4].fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
                             let half = if stage == 4 {
                                 "MSG peer DH-INIT AAAAAAAAAAAAAAAAAAAAAA== ffdhe3072 AAEC"
                             } else {
@@ -114,6 +126,11 @@ fn a_thousand_abrupt_clients_leave_no_thread_or_descriptor_behind() {
     for w in workers {
         w.join().unwrap();
     }
+    let reached: Vec<usize> = reached.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+    assert!(
+        reached.iter().all(|&n| n > 0),
+        "logged-in clients that vanished mid-key-exchange and mid-message: {reached:?}"
+    );
 
     // Every connection winds down on its own (handshake timeouts included); wait for it.
     let deadline = Instant::now() + Duration::from_secs(60);
