@@ -80,9 +80,16 @@ proptest! {
                             Just("SETKEY"), Just("GETKEY"), Just("PING"), Just("list"), Just("quit")],
         args in "[ -~]{0,80}",
     ) {
-        let line = format!("{verb} {args}");
-        let _ = Request::parse(&line);
-        let _ = Request::parse(verb);
+        for line in [format!("{verb} {args}"), verb.to_owned()] {
+            match Request::parse(&line) {
+                Ok(request) => {
+                    // What was accepted prints back to a frame that parses to the same request.
+                    let printed = request.to_string();
+                    prop_assert_eq!(Request::parse(&printed), Ok(request));
+                }
+                Err(error) => prop_assert!(!error.message.is_empty(), "{:?}", line),
+            }
+        }
     }
 
     #[test]
@@ -96,16 +103,40 @@ proptest! {
                             Just("OFFLINE"), Just("BYE"), Just("PONG")],
         rest in "\\PC{0,120}",
     ) {
-        let _ = ServerLine::parse(&format!("{verb} {rest}"));
-        let _ = ServerLine::parse(verb);
+        for line in [format!("{verb} {rest}"), verb.to_owned()] {
+            // Whatever parses is the frame its verb names, never another.
+            if let Ok(parsed) = ServerLine::parse(&line) {
+                let named = matches!(
+                    (verb, &parsed),
+                    ("HELLO", ServerLine::Hello { .. })
+                        | ("OK", ServerLine::Ok { .. })
+                        | ("ERR", ServerLine::Err { .. })
+                        | ("FROM", ServerLine::From { .. })
+                        | ("ROOM", ServerLine::Room { .. })
+                        | ("OFFLINE", ServerLine::Offline { .. })
+                        | ("BYE", ServerLine::Bye { .. })
+                        | ("PONG", ServerLine::Pong { .. })
+                );
+                prop_assert!(named, "{:?} parsed as {:?}", line, parsed);
+            }
+        }
     }
 
     #[test]
-    fn user_names_are_accepted_only_in_canonical_form(name in "\\PC{0,64}") {
-        if let Ok(canonical) = normalize_username(&name) {
-            prop_assert!((3..=32).contains(&canonical.len()));
-            prop_assert!(canonical.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
-            prop_assert_eq!(normalize_username(&canonical), Ok(canonical.clone()));
+    fn user_names_are_accepted_only_in_canonical_form(
+        name in "[A-Za-z][A-Za-z0-9_]{0,35}|[a-z0-9_]{0,40}|\\PC{0,64}",
+    ) {
+        // The rule, written out independently of the code under test.
+        let follows_the_rule = (3..=32).contains(&name.len())
+            && name.as_bytes()[0].is_ascii_alphabetic()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        match normalize_username(&name) {
+            Ok(canonical) => {
+                prop_assert!(follows_the_rule, "{:?} accepted", name);
+                prop_assert_eq!(&canonical, &name.to_ascii_lowercase());
+                prop_assert_eq!(normalize_username(&canonical), Ok(canonical.clone()));
+            }
+            Err(_) => prop_assert!(!follows_the_rule, "{:?} refused", name),
         }
     }
 
@@ -121,7 +152,21 @@ proptest! {
     }
 
     #[test]
-    fn identity_keys_decode_only_32_byte_base64(text in "[A-Za-z0-9+/=]{0,64}|\\PC{0,64}") {
+    fn identity_keys_decode_only_32_byte_base64(
+        bytes in proptest::collection::vec(any::<u8>(), 0..64),
+        text in "[A-Za-z0-9+/=]{0,64}|\\PC{0,64}",
+    ) {
+        use base64::Engine as _;
+        // Well-formed base64 of any length: accepted exactly when it holds 32 bytes.
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        match IdentityPublicKey::from_base64(&encoded) {
+            Ok(key) => {
+                prop_assert_eq!(bytes.len(), 32);
+                prop_assert_eq!(key.to_base64(), encoded);
+            }
+            Err(_) => prop_assert_ne!(bytes.len(), 32),
+        }
+        // Anything else: what is accepted is canonical.
         if let Ok(key) = IdentityPublicKey::from_base64(&text) {
             prop_assert_eq!(key.to_base64(), text);
         }
