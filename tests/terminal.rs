@@ -20,7 +20,7 @@ use regex::Regex;
 use rexpect::process::WaitStatus;
 use rexpect::session::PtySession;
 
-use common::{contains, files_under, TestServer, PASSWORD};
+use common::{contains, files_under, ServerProcess, TestServer, PASSWORD};
 use securechat::client::paths;
 use securechat::e2e::{safety_number, IdentityKey};
 use securechat::protocol::ServerLine;
@@ -68,15 +68,20 @@ impl Terminal {
     }
 
     fn spawn_script(name: &str, server: &TestServer, home: &Path, script: &str) -> Terminal {
+        Terminal::spawn_at(name, &server.address(), &server.ca, home, script)
+    }
+
+    /// The client against the server at `address` that `ca` vouches for.
+    fn spawn_at(name: &str, address: &str, ca: &Path, home: &Path, script: &str) -> Terminal {
         let mut command = Command::new("sh");
         command
             .arg("-c")
             .arg(script)
             .arg(env!("CARGO_BIN_EXE_client"))
             .arg("--server")
-            .arg(server.address())
+            .arg(address)
             .arg("--ca")
-            .arg(&server.ca)
+            .arg(ca)
             .arg("--home")
             .arg(home);
         let session = rexpect::session::spawn_command(command, Some(TIMEOUT.as_millis() as u64))
@@ -566,10 +571,20 @@ fn a_changed_identity_key_holds_messages_until_accepted() {
 
 #[test]
 fn ctrl_c_in_the_chat_logs_out_cleanly() {
-    let server = TestServer::start();
+    // The real server binary, so that its log shows how the session ended.
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(dir.path(), &[]);
     let home = tempfile::tempdir().unwrap();
-    let mut watcher = server.login("watcher");
-    let mut client = Terminal::spawn("alice", &server, home.path());
+    let mut watcher = server.connect();
+    watcher.register_ok("watcher");
+    watcher.login_ok("watcher");
+    let mut client = Terminal::spawn_at(
+        "alice",
+        &server.address(),
+        &server.ca,
+        home.path(),
+        RUN_WITH_ECHO,
+    );
     client.menu_login("alice", PASSWORD, true);
     assert_eq!(client.online(), ["alice", "watcher"]);
 
@@ -577,20 +592,23 @@ fn ctrl_c_in_the_chat_logs_out_cleanly() {
     client.expect("* bye");
     assert_eq!(client.wait_exit(), 0);
 
-    // The server saw a goodbye, not a lost connection: alice is gone from the list.
+    // The server saw a goodbye (QUIT), not a lost connection, and alice is gone.
     let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match watcher.request("LIST") {
-            ServerLine::Ok { command, detail } if command == "LIST" => {
-                if detail == "1 watcher" {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "alice still listed: {detail}");
-            }
-            other => panic!("unexpected reply to LIST: {other:?}"),
-        }
+    while !server.log().contains("closed: client quit") {
+        assert!(
+            Instant::now() < deadline,
+            "no QUIT in the server's log:\n{}",
+            server.log()
+        );
         thread::sleep(POLL);
     }
+    assert_eq!(
+        watcher.request("LIST"),
+        ServerLine::Ok {
+            command: "LIST".into(),
+            detail: "1 watcher".into()
+        }
+    );
 }
 
 /// Starts the client under [`RUN_THEN_REPORT`] and logs in up to the hidden password
