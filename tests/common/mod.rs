@@ -220,6 +220,25 @@ impl TestClient {
         }
     }
 
+    /// Sends `bytes` every 100 ms, never a complete line, until the server ends the
+    /// connection; returns the frames received before that. Fails the test if the
+    /// connection is still open after `limit`: the trickle kept it alive.
+    pub fn trickle_until_cut(&mut self, bytes: &[u8], limit: Duration) -> Vec<ServerLine> {
+        let deadline = Instant::now() + limit;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if self.link.send_raw(bytes).is_err() {
+                return seen;
+            }
+            match self.reader.recv_timeout(Duration::from_millis(100)) {
+                Ok(Some(line)) => seen.push(line),
+                Ok(None) => {}
+                Err(_) => return seen,
+            }
+        }
+        panic!("the connection stayed open through {limit:?} of trickling; saw {seen:?}");
+    }
+
     /// Waits until the server closes the connection; returns the frames before that.
     pub fn drain_until_closed(&mut self) -> Vec<ServerLine> {
         let deadline = Instant::now() + WAIT;
