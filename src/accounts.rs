@@ -418,6 +418,10 @@ mod tests {
         let pool = Arc::new(HashPool::new(2).unwrap());
         let inside = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
+        // Until two jobs have overlapped, each waits (up to 10 s) for a second one, so the
+        // two workers are certainly busy at once however the scheduler treats
+        // idle-priority threads on a loaded machine; a third at once would show in the peak.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let (pool, inside, peak) = (pool.clone(), inside.clone(), peak.clone());
@@ -425,7 +429,10 @@ mod tests {
                     pool.run(move || {
                         let now = inside.fetch_add(1, SeqCst) + 1;
                         peak.fetch_max(now, SeqCst);
-                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        while peak.load(SeqCst) < 2 && std::time::Instant::now() < deadline {
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(5));
                         inside.fetch_sub(1, SeqCst);
                         // SAFETY: sched_getscheduler(0) reads the calling thread's policy.
                         unsafe { libc::sched_getscheduler(0) }
