@@ -177,25 +177,35 @@ impl Conn {
             if self.closed {
                 return Err(ReadError::Closed);
             }
-            if self.scratch.is_empty() {
-                self.scratch = vec![0; READ_BYTES];
+            self.read_more()?;
+        }
+    }
+
+    /// One socket read into the line buffer. `Timeout` when the socket's read timeout
+    /// passed with nothing; an end of stream or a reset marks the connection closed.
+    fn read_more(&mut self) -> std::result::Result<(), ReadError> {
+        if self.scratch.is_empty() {
+            self.scratch = vec![0; READ_BYTES];
+        }
+        match self.stream.read_some(&mut self.scratch, &mut self.lines) {
+            Ok(ReadOutcome::Open) => Ok(()),
+            Ok(ReadOutcome::Closed) => {
+                self.closed = true;
+                Ok(())
             }
-            match self.stream.read_some(&mut self.scratch, &mut self.lines) {
-                Ok(ReadOutcome::Open) => {}
-                Ok(ReadOutcome::Closed) => self.closed = true,
-                Err(Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(ReadError::Timeout)
-                }
-                Err(Error::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
-                    self.closed = true
-                }
-                Err(e) => return Err(ReadError::Failed(e)),
+            Err(Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(ReadError::Timeout)
             }
+            Err(Error::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+                self.closed = true;
+                Ok(())
+            }
+            Err(e) => Err(ReadError::Failed(e)),
         }
     }
 
@@ -229,20 +239,11 @@ impl Conn {
                 return Err(Error::Protocol("the server closed the connection".into()));
             }
             self.set_read_timeout(Some(left))?;
-            if self.scratch.is_empty() {
-                self.scratch = vec![0; READ_BYTES];
-            }
-            let read = self.stream.read_some(&mut self.scratch, &mut self.lines);
+            let read = self.read_more();
             self.set_read_timeout(None)?;
             match read {
-                Ok(ReadOutcome::Open) => {}
-                Ok(ReadOutcome::Closed) => self.closed = true,
-                Err(Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => return Err(e),
+                Ok(()) | Err(ReadError::Timeout | ReadError::Closed) => {}
+                Err(ReadError::Failed(e)) => return Err(e),
             }
         }
     }
