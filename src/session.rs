@@ -507,10 +507,7 @@ impl Session {
 
     fn login(&mut self, user: &str, password: &str) -> Flow {
         let ip = self.peer.ip();
-        // Unknown names are throttled like real ones: nothing is revealed. Malformed names
-        // (which no account can have) share one record, so they cannot fill the throttle's
-        // memory with frame-sized keys.
-        let account = normalize_username(user).unwrap_or_else(|_| MALFORMED_NAME.to_owned());
+        let account = throttle_key(user);
         // A handle of its own, so the attempt's borrow does not hold `self`.
         let shared = self.shared.clone();
         let attempt = match shared.throttle.check_login(&account, ip) {
@@ -756,6 +753,13 @@ fn recipient(to: &str) -> std::result::Result<Cow<'_, str>, ProtocolError> {
         .map_err(|_| no_such_user(Command::Msg, to))
 }
 
+/// The login throttle's record for `user`. Unknown names are throttled like real ones:
+/// nothing is revealed. Malformed names (which no account can have) share one record, so
+/// they cannot fill the throttle's memory with frame-sized keys.
+fn throttle_key(user: &str) -> String {
+    normalize_username(user).unwrap_or_else(|_| MALFORMED_NAME.to_owned())
+}
+
 /// `ERR <command> no-such-user <name> no such user`; a name that breaks the rules is cut to
 /// 32 bytes (the longest valid name), so the reply stays short.
 fn no_such_user(command: Command, name: &str) -> ProtocolError {
@@ -863,4 +867,20 @@ fn send(stream: &TlsStream, plain: &mut Vec<u8>, records: &mut Vec<u8>) -> Resul
     let sent = stream.send(plain, records);
     plain.clear();
     sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_names_share_one_throttle_record_and_others_are_canonical() {
+        let long = "x".repeat(10_000);
+        assert_eq!(throttle_key(&long), MALFORMED_NAME);
+        assert_eq!(throttle_key("no spaces allowed"), MALFORMED_NAME);
+        assert_eq!(throttle_key("Alice"), "alice");
+        assert_eq!(throttle_key("nobody_here"), "nobody_here");
+        // The shared record cannot be anyone's account.
+        assert!(normalize_username(MALFORMED_NAME).is_err());
+    }
 }
