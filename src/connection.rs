@@ -10,12 +10,17 @@
 //!   buffer), releases it, and only then writes the socket.
 //!
 //! Invariant: **the TLS lock is never held across a socket call.** Socket writes are
-//! serialised by a second lock, `write_lock`, taken before the TLS lock, so records leave
+//! serialised by a second lock, `unsent`, taken before the TLS lock, so records leave
 //! in the order rustls produced them. Invariant: **the reader never waits for
-//! `write_lock`.** When it has something to send (an alert, a key update) while a writer
+//! `unsent`.** When it has something to send (an alert, a key update) while a writer
 //! holds the lock — possibly blocked on a peer that does not read — the records stay in
 //! rustls and leave with the writer's next batch, and the reader goes on reading and
 //! keeping its deadlines.
+//!
+//! The server's router may also write, without ever waiting: [`TlsStream::try_claim`]
+//! takes the socket only if nobody holds it, and [`WriteClaim::write_now`] sends with a
+//! non-blocking `send`. Records that do not fit in the socket stay in `unsent`, and the
+//! next blocking write (the writer's) sends them first.
 //! Both the server and the client use this type.
 
 use std::io::{self, Read, Write};
@@ -40,11 +45,33 @@ pub enum ReadOutcome {
 pub struct TlsStream {
     /// The rustls state machine. Never held across a socket call.
     tls: Mutex<rustls::Connection>,
-    /// The socket. Reads take no lock; writes happen only under `write_lock`.
+    /// The socket. Reads take no lock; writes happen only under `unsent`.
     socket: TcpStream,
-    /// Serialises socket writes so TLS records are sent in the order they were produced.
-    /// Lock order: `write_lock` before `tls`.
-    write_lock: Mutex<()>,
+    /// TLS records taken out of rustls that a non-blocking write could not finish: they
+    /// leave before anything else. Empty (and unallocated) almost always. Its lock
+    /// serialises socket writes so records are sent in the order they were produced.
+    /// Lock order: `unsent` before `tls`.
+    unsent: Mutex<Vec<u8>>,
+}
+
+/// The right to write a [`TlsStream`]'s socket, taken without waiting by
+/// [`TlsStream::try_claim`]. Whoever writes after it (the writer) waits until it is used.
+pub struct WriteClaim<'a> {
+    /// The stream to write.
+    stream: &'a TlsStream,
+    /// Held until the write is done; records the write leaves behind stay in it.
+    unsent: MutexGuard<'a, Vec<u8>>,
+}
+
+/// What [`WriteClaim::write_now`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteNow {
+    /// Everything is on the socket.
+    Sent,
+    /// The frame is encrypted, but the socket did not take all of it (it is full, or
+    /// failed): the rest waits in the stream for the next blocking write, which also
+    /// meets any error.
+    LeftUnsent,
 }
 
 impl TlsStream {
@@ -91,7 +118,7 @@ impl TlsStream {
         Ok(TlsStream {
             tls: Mutex::new(conn),
             socket,
-            write_lock: Mutex::new(()),
+            unsent: Mutex::new(Vec::new()),
         })
     }
 
@@ -176,8 +203,10 @@ impl TlsStream {
 
     /// Encrypts `plaintext` and writes it to the socket. `scratch` holds the TLS records
     /// between the two steps; pass the same buffer each time to reuse its allocation.
+    /// Records an earlier non-blocking write left behind go first.
     pub fn send(&self, plaintext: &[u8], scratch: &mut Vec<u8>) -> Result<()> {
-        let _writing = self.lock_write();
+        let mut unsent = self.lock_unsent();
+        write_unsent(&self.socket, &mut unsent)?;
         {
             let mut tls = self.lock_tls();
             tls.writer().write_all(plaintext)?;
@@ -191,30 +220,61 @@ impl TlsStream {
     /// writer's next batch. This is how the reader writes, so it never waits behind a
     /// writer blocked on a peer that does not read.
     fn flush_unless_writing(&self) -> Result<()> {
-        let _writing = match self.write_lock.try_lock() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return Ok(()),
+        let Some(mut unsent) = self.try_lock_unsent() else {
+            return Ok(());
         };
-        let mut records = Vec::new();
-        drain_tls(&mut self.lock_tls(), &mut records)?;
-        self.write_socket(&mut records)
+        drain_tls(&mut self.lock_tls(), &mut unsent)?;
+        write_unsent(&self.socket, &mut unsent)
+    }
+
+    /// Takes the right to write the socket if nobody holds it and no records wait from an
+    /// earlier non-blocking write (those are the writer's to send, in order). Never waits.
+    pub fn try_claim(&self) -> Option<WriteClaim<'_>> {
+        let unsent = self.try_lock_unsent()?;
+        unsent.is_empty().then_some(WriteClaim {
+            stream: self,
+            unsent,
+        })
+    }
+
+    /// Sends `bytes` without blocking; returns how many the socket took (0 when full).
+    fn send_without_blocking(&self, bytes: &[u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: send reads `bytes.len()` bytes from `bytes`, a live slice, and the
+            // fd is this stream's open socket.
+            let sent = unsafe {
+                libc::send(
+                    self.socket.as_raw_fd(),
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if let Ok(sent) = usize::try_from(sent) {
+                return Ok(sent);
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(0),
+                _ => return Err(e),
+            }
+        }
     }
 
     /// Sends a TLS `close_notify` (best effort) and shuts the socket down both ways, which
     /// also wakes a thread blocked reading it.
     pub fn close(&self) {
         {
-            let _writing = self.lock_write();
-            let mut records = Vec::new();
+            let mut unsent = self.lock_unsent();
             let drained = {
                 let mut tls = self.lock_tls();
                 tls.send_close_notify();
-                drain_tls(&mut tls, &mut records)
+                drain_tls(&mut tls, &mut unsent)
             };
             if drained.is_ok() {
                 // Best effort: the peer may already be gone.
-                let _ = self.write_socket(&mut records);
+                let _ = write_unsent(&self.socket, &mut unsent);
             }
         }
         self.shutdown_socket();
@@ -256,11 +316,47 @@ impl TlsStream {
         self.tls.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn lock_write(&self) -> MutexGuard<'_, ()> {
-        self.write_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn lock_unsent(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.unsent.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn try_lock_unsent(&self) -> Option<MutexGuard<'_, Vec<u8>>> {
+        match self.unsent.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+}
+
+impl WriteClaim<'_> {
+    /// Encrypts `plaintext` and sends it without blocking. What the socket does not take
+    /// waits in the stream (see [`WriteNow::LeftUnsent`]); the caller must then make sure
+    /// a blocking write follows.
+    pub fn write_now(mut self, plaintext: &[u8]) -> Result<WriteNow> {
+        {
+            let mut tls = self.stream.lock_tls();
+            tls.writer().write_all(plaintext)?;
+            drain_tls(&mut tls, &mut self.unsent)?;
+        }
+        let sent = self.stream.send_without_blocking(&self.unsent).unwrap_or(0);
+        if sent == self.unsent.len() {
+            // Freed, not kept: idle connections hold no buffer.
+            *self.unsent = Vec::new();
+            return Ok(WriteNow::Sent);
+        }
+        self.unsent.drain(..sent);
+        Ok(WriteNow::LeftUnsent)
+    }
+}
+
+/// Writes (blocking) and frees records left by an earlier non-blocking write.
+fn write_unsent(mut socket: &TcpStream, unsent: &mut Vec<u8>) -> Result<()> {
+    if !unsent.is_empty() {
+        socket.write_all(unsent)?;
+        *unsent = Vec::new();
+    }
+    Ok(())
 }
 
 /// Moves every queued TLS record from rustls into `out`.

@@ -840,13 +840,16 @@ fn write_loop(stream: &TlsStream, queue: OutboxReceiver) -> Result<()> {
     let mut records = Vec::new();
     loop {
         let more = queue.take(&mut batch);
+        // Woken with nothing queued: records of the router's non-blocking write wait in
+        // the stream (or the queue is closing), and `send` writes them first.
+        let flush_only = batch.is_empty();
         for line in batch.drain(..) {
             plain.extend_from_slice(line.as_bytes());
             if plain.len() >= WRITE_BATCH_BYTES {
                 send(stream, &mut plain, &mut records)?;
             }
         }
-        if !plain.is_empty() {
+        if !plain.is_empty() || flush_only {
             send(stream, &mut plain, &mut records)?;
         }
         if !more {
@@ -882,5 +885,117 @@ mod tests {
         assert_eq!(throttle_key("nobody_here"), "nobody_here");
         // The shared record cannot be anyone's account.
         assert!(normalize_username(MALFORMED_NAME).is_err());
+    }
+
+    /// Shrinks a socket's kernel buffer so that a peer that does not read fills it soon.
+    fn small_buffer(socket: &TcpStream, option: libc::c_int) {
+        let size: libc::c_int = 16 * 1024;
+        // SAFETY: setsockopt reads `size`, an int as the option expects, for the call only.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(socket),
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0);
+    }
+
+    /// A real TLS connection over loopback with small socket buffers: the server's end
+    /// and the client's.
+    fn tls_pair() -> (TlsStream, TlsStream) {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = crate::tls::ensure_dev_certificates(dir.path()).unwrap();
+        let (chain, key) = crate::tls::load_identity(&dev.cert, &dev.key).unwrap();
+        let server_config = crate::tls::server_config(chain, key).unwrap();
+        let client_config = crate::tls::client_config(Some(&dev.ca)).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client_socket = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        small_buffer(&client_socket, libc::SO_RCVBUF);
+        let (server_socket, _) = listener.accept().unwrap();
+        small_buffer(&server_socket, libc::SO_SNDBUF);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = thread::spawn(move || {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let conn = rustls::ClientConnection::new(client_config, name).unwrap();
+            TlsStream::handshake(conn, client_socket, deadline).unwrap()
+        });
+        let conn = rustls::ServerConnection::new(server_config).unwrap();
+        let server = TlsStream::handshake(conn, server_socket, deadline).unwrap();
+        (server, client.join().unwrap())
+    }
+
+    #[test]
+    fn frames_written_at_once_and_queued_arrive_in_order_when_the_socket_fills() {
+        use crate::outbox::Delivery;
+        let (server, client) = tls_pair();
+        let server = Arc::new(server);
+        let (producer, receiver) = outbox(64 * 1024 * 1024, server.clone());
+        let writer = {
+            let server = server.clone();
+            thread::spawn(move || write_loop(&server, receiver))
+        };
+        let mut sent = Vec::new();
+        let mut push = |seen: &mut Vec<Delivery>| {
+            let line = format!("FROM alice {:05} {}\n", sent.len(), "x".repeat(1_000));
+            sent.push(line.clone());
+            seen.push(producer.push_or_write(Line::from(line)).unwrap());
+        };
+        // While the client does not read, frames are written at once until the socket
+        // fills mid-frame; `then_queue` frames follow while the writer sends the rest.
+        let mut fill = |then_queue: usize| {
+            let mut seen = Vec::new();
+            while !seen.contains(&Delivery::WrittenInPart) {
+                assert!(seen.len() < 5_000, "the socket never filled: {seen:?}");
+                // Let the writer go back to sleep, so the next frame may be written at once.
+                thread::sleep(Duration::from_millis(2));
+                push(&mut seen);
+            }
+            for _ in 0..then_queue {
+                push(&mut seen);
+            }
+            seen
+        };
+        let mut lines = LineBuffer::new(64 * 1024);
+        let mut scratch = vec![0u8; 64 * 1024];
+        let mut received = Vec::new();
+        client
+            .socket()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut read_until = |count: usize, received: &mut Vec<String>| {
+            while received.len() < count {
+                // A timeout here means a frame was left half-sent.
+                let outcome = client
+                    .read_some(&mut scratch, &mut lines)
+                    .expect("frames stopped arriving: one was left half-sent");
+                lines
+                    .drain_lines(|line| {
+                        received.push(format!("{}\n", line.unwrap()));
+                        true
+                    })
+                    .unwrap();
+                assert_eq!(outcome, ReadOutcome::Open);
+            }
+        };
+
+        // Nothing follows the partly written frame: the writer alone must finish it.
+        let seen = fill(0);
+        assert!(seen.contains(&Delivery::Written), "{seen:?}");
+        let count = seen.len();
+        read_until(count, &mut received);
+
+        // Frames queued behind a partly written one leave after it.
+        let seen = fill(20);
+        let (direct, queued) = seen.split_at(seen.len() - 20);
+        assert_eq!(direct.last(), Some(&Delivery::WrittenInPart), "{seen:?}");
+        assert!(queued.iter().all(|d| *d == Delivery::Queued), "{seen:?}");
+        read_until(count + seen.len(), &mut received);
+
+        assert!(received == sent, "frames lost, repeated or out of order");
+        drop(producer);
+        writer.join().unwrap().unwrap();
     }
 }
