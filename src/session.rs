@@ -5,8 +5,9 @@
 //! no chat traffic and learns nothing about who is online. Once the client has logged in,
 //! a fresh *reader thread* takes over (see [`serve`] for why) and sends every request to
 //! the router, so replies and deliveries reach the client in one order. The *writer
-//! thread* is the only one that writes the socket: it drains the client's [`Outbox`] and
-//! sends each batch as one TLS write.
+//! thread* writes the socket: it drains the client's [`Outbox`] and sends each batch as
+//! one TLS write. (While it sleeps with nothing queued, the router may write a single frame
+//! itself without blocking, and the reader the odd TLS alert; see [`crate::connection`].)
 //!
 //! The sender of every routed frame is the session's authenticated user, written by this
 //! module into the `FROM`/`ROOM` line; nothing the client sends can change it.
