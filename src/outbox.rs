@@ -11,15 +11,15 @@
 //! Producers (the router; the client's own reader before login and when it ends; the
 //! server's shutdown) call [`Outbox::push`]; the client's writer thread is the only consumer
 //! ([`OutboxReceiver`]). The mutex is held only to move frames in or out, never across a
-//! socket call.
+//! socket call. The byte bound counts what waits in the queue, not the batch the writer
+//! has taken and is sending, so a client can have up to about twice the limit in flight
+//! on the server: a bound still, and what keeps the writer's lock hold short.
 //!
 //! [`Outbox::push_or_write`] is the router's short cut when it is lightly loaded: if the
 //! writer is asleep with nothing queued, the router claims the socket (never waiting) and
 //! writes the frame itself without blocking, so the frame crosses one thread hand-off
 //! fewer. Order holds because the claim is taken while the queue is locked and empty: a
-//! frame queued after it is written by the writer, which must wait for the claim. The byte bound counts what waits in the queue, not the batch the writer
-//! has taken and is sending, so a client can have up to about twice the limit in flight
-//! on the server: a bound still, and what keeps the writer's lock hold short.
+//! frame queued after it is written by the writer, which must wait for the claim.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -150,7 +150,7 @@ impl Outbox {
     /// Writes the frame to the socket at once if the writer is idle and nobody holds the
     /// socket, with a non-blocking write; otherwise queues it like [`Outbox::push`]. Never
     /// blocks on the network. Costs the caller the encryption and one `send` call, so it
-    /// suits a caller with time to spare (the router when few events wait).
+    /// suits a caller with time to spare (the router when few requests wait).
     pub fn push_or_write(&self, line: Line) -> Result<Delivery, QueueFull> {
         let queue = self.shared.lock();
         let idle = queue.writer_waiting && queue.lines.is_empty() && !queue.closing;
@@ -177,6 +177,7 @@ impl Outbox {
         }
     }
 
+    /// [`Outbox::push`] with the queue already locked.
     fn push_locked(&self, mut queue: MutexGuard<'_, Queue>, line: Line) -> Result<(), QueueFull> {
         let len = line.as_bytes().len();
         if queue.writer_gone {
@@ -257,8 +258,8 @@ impl Drop for Outbox {
 impl OutboxReceiver {
     /// Waits until frames are queued (or records left by `push_or_write` wait in the
     /// stream, or the queue is closing), then moves every queued frame into `batch`, which
-    /// must be empty: an empty batch still calls for a write. Returns `false` once there will be nothing
-    /// more after this batch: `close` was called, or every producer is gone.
+    /// must be empty: an empty batch still calls for a write. Returns `false` once there
+    /// will be nothing more after this batch: `close` was called, or every producer is gone.
     pub fn take(&self, batch: &mut VecDeque<Line>) -> bool {
         let mut queue = self.shared.lock();
         while queue.lines.is_empty()

@@ -7,12 +7,13 @@
 //! a logged-in client goes through here, replies reach a client in the order it sent its
 //! requests.
 //!
-//! When few requests wait (at most [`WRITE_NOW_MAX_REQUESTS`] in a wake-up), the router writes
-//! a private frame or a reply to an idle client's socket itself, with a non-blocking write
-//! ([`Outbox::push_or_write`]), instead of waking that client's writer: one thread hand-off
-//! fewer per message. Measured at 5,000 msgs/s: a third less server CPU per message and a
-//! lower p99 (`report/performance.md` §4.1). Under load it only queues, so writers batch and
-//! encrypt in parallel, and room messages (many recipients) are always queued.
+//! When few requests wait (at most [`WRITE_NOW_MAX_REQUESTS`] in a wake-up), the router
+//! writes a private frame or a reply to an idle client's socket itself, with a
+//! non-blocking write ([`Outbox::push_or_write`]), instead of waking that client's writer:
+//! one thread hand-off fewer per message. Measured at 5,000 msgs/s: about a sixth less
+//! server CPU per message and a lower p99 (`report/performance.md` §4.1). Under load it
+//! only queues, so writers batch and encrypt in parallel; room messages (many recipients)
+//! are always queued.
 //!
 //! Presence (`OFFLINE`) is told to a user's *contacts* — the users it exchanged
 //! private messages with since logging in — rather than to everyone: broadcasting every
@@ -308,7 +309,7 @@ struct Online {
 pub struct Router {
     /// Everyone logged in, by canonical user name.
     online: HashMap<Arc<str>, Online, FastHash>,
-    /// Set per wake-up: few events waited, so single-recipient frames are written to idle
+    /// Set per wake-up: few requests waited, so single-recipient frames are written to idle
     /// sockets at once rather than handed to their writers.
     write_now: bool,
 }
