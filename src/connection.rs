@@ -237,8 +237,9 @@ impl TlsStream {
         })
     }
 
-    /// Sends `bytes` without blocking; returns how many the socket took (0 when full).
-    fn send_without_blocking(&self, bytes: &[u8]) -> io::Result<usize> {
+    /// Sends `bytes` without blocking; returns how many the socket took: 0 when it is full
+    /// or failed (the blocking write that must follow meets the error and reports it).
+    fn send_without_blocking(&self, bytes: &[u8]) -> usize {
         loop {
             // SAFETY: send reads `bytes.len()` bytes from `bytes`, a live slice, and the
             // fd is this stream's open socket.
@@ -251,13 +252,10 @@ impl TlsStream {
                 )
             };
             if let Ok(sent) = usize::try_from(sent) {
-                return Ok(sent);
+                return sent;
             }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => return Ok(0),
-                _ => return Err(e),
+            if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                return 0;
             }
         }
     }
@@ -339,7 +337,7 @@ impl WriteClaim<'_> {
             tls.writer().write_all(plaintext)?;
             drain_tls(&mut tls, &mut self.unsent)?;
         }
-        let sent = self.stream.send_without_blocking(&self.unsent).unwrap_or(0);
+        let sent = self.stream.send_without_blocking(&self.unsent);
         if sent == self.unsent.len() {
             // Freed, not kept: idle connections hold no buffer.
             *self.unsent = Vec::new();

@@ -968,7 +968,6 @@ mod tests {
             .unwrap();
         let mut read_until = |count: usize, received: &mut Vec<String>| {
             while received.len() < count {
-                // A timeout here means a frame was left half-sent.
                 let outcome = client
                     .read_some(&mut scratch, &mut lines)
                     .expect("frames stopped arriving: one was left half-sent");
