@@ -228,6 +228,37 @@ fn substitute_identity_key(server: &TestServer, user: &str, key: &IdentityPublic
     assert_eq!(changed, 1, "no account {user}");
 }
 
+/// alice and bob online, the server handing out a fresh key (mallory's) as bob's, and
+/// alice's first message to bob sent: she takes and pins the false key, and the exchange
+/// fails on bob's real signature. Returns both parties, bob's real key and mallory's.
+fn first_contact_with_a_substituted_key(
+    server: &TestServer,
+    homes: &Path,
+) -> (Party, Party, IdentityPublicKey, IdentityPublicKey) {
+    let mut alice = Party::join(server.connect(), homes, "alice", true);
+    let mut bob = Party::join(server.connect(), homes, "bob", true);
+    let bob_real_key = bob.secure.identity_public();
+    let mallory = IdentityKey::generate().unwrap().public_key();
+    substitute_identity_key(server, "bob", &mallory);
+    alice.type_text("bob", "first words");
+    run_until(&mut alice, &mut bob, "the signature failure", |a, _| {
+        a.warned("signature check failed")
+    });
+    (alice, bob, bob_real_key, mallory)
+}
+
+/// alice and bob each ask for their safety number with the other; returns when both
+/// screens show one.
+fn show_both_safety_numbers(alice: &mut Party, bob: &mut Party) {
+    let actions = alice.secure.fingerprint(Some("bob"));
+    alice.apply(actions);
+    let actions = bob.secure.fingerprint(Some("alice"));
+    bob.apply(actions);
+    run_until(alice, bob, "both safety numbers", |a, b| {
+        shown_safety_number(a, "bob").is_some() && shown_safety_number(b, "alice").is_some()
+    });
+}
+
 fn is_e2e_message(payload: &str) -> bool {
     payload.starts_with("E2E ")
 }
@@ -738,18 +769,10 @@ fn a_substituted_key_for_a_pinned_contact_is_refused_and_nothing_is_sent() {
 fn a_key_substituted_before_first_contact_fails_the_signature_and_the_safety_number() {
     let server = TestServer::start();
     let homes = tempfile::tempdir().unwrap();
-    let mut alice = Party::join(server.connect(), homes.path(), "alice", true);
-    let mut bob = Party::join(server.connect(), homes.path(), "bob", true);
-    let bob_real_key = bob.secure.identity_public();
-    let mallory = IdentityKey::generate().unwrap().public_key();
-    substitute_identity_key(&server, "bob", &mallory);
-
     // alice has never talked to bob: she takes (and pins) the key she is given. bob's
     // reply is signed with his real key, which does not match it.
-    alice.type_text("bob", "first words");
-    run_until(&mut alice, &mut bob, "the signature failure", |a, _| {
-        a.warned("signature check failed")
-    });
+    let (mut alice, mut bob, bob_real_key, _) =
+        first_contact_with_a_substituted_key(&server, homes.path());
     assert!(
         alice.warned("1 waiting message(s) were NOT sent"),
         "{alice}"
@@ -767,13 +790,7 @@ fn a_key_substituted_before_first_contact_fails_the_signature_and_the_safety_num
 
     // Comparing safety numbers exposes the substitution: the two screens differ, and
     // bob's is the number of the real keys.
-    let actions = alice.secure.fingerprint(Some("bob"));
-    alice.apply(actions);
-    let actions = bob.secure.fingerprint(Some("alice"));
-    bob.apply(actions);
-    run_until(&mut alice, &mut bob, "both safety numbers", |a, b| {
-        shown_safety_number(a, "bob").is_some() && shown_safety_number(b, "alice").is_some()
-    });
+    show_both_safety_numbers(&mut alice, &mut bob);
     let at_alice = shown_safety_number(&alice, "bob").unwrap();
     let at_bob = shown_safety_number(&bob, "alice").unwrap();
     assert_ne!(at_alice, at_bob, "the substitution would go unnoticed");
@@ -1082,16 +1099,8 @@ fn a_false_first_contact_key_is_not_verified_when_the_real_one_is_served_for_com
     // numbers read aloud match; `/verify` would then bless the false key.
     let server = TestServer::start();
     let homes = tempfile::tempdir().unwrap();
-    let mut alice = Party::join(server.connect(), homes.path(), "alice", true);
-    let mut bob = Party::join(server.connect(), homes.path(), "bob", true);
-    let bob_real_key = bob.secure.identity_public();
-    let mallory = IdentityKey::generate().unwrap().public_key();
-
-    substitute_identity_key(&server, "bob", &mallory);
-    alice.type_text("bob", "first words");
-    run_until(&mut alice, &mut bob, "the first exchange", |a, _| {
-        a.warned("signature check failed")
-    });
+    let (mut alice, mut bob, bob_real_key, mallory) =
+        first_contact_with_a_substituted_key(&server, homes.path());
     let pins_file = homes.path().join("alice").join("known_keys");
     let pins = PinStore::open(&pins_file).expect("alice's pins");
     assert_eq!(
@@ -1100,13 +1109,7 @@ fn a_false_first_contact_key_is_not_verified_when_the_real_one_is_served_for_com
     );
 
     substitute_identity_key(&server, "bob", &bob_real_key);
-    let actions = alice.secure.fingerprint(Some("bob"));
-    alice.apply(actions);
-    let actions = bob.secure.fingerprint(Some("alice"));
-    bob.apply(actions);
-    run_until(&mut alice, &mut bob, "both safety numbers", |a, b| {
-        shown_safety_number(a, "bob").is_some() && shown_safety_number(b, "alice").is_some()
-    });
+    show_both_safety_numbers(&mut alice, &mut bob);
     let alice_key = alice.secure.identity_public();
     let real = safety_number("alice", &alice_key, "bob", &bob_real_key);
     assert_eq!(shown_safety_number(&bob, "alice").unwrap(), real);
