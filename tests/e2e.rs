@@ -166,9 +166,7 @@ impl Party {
     }
 
     fn warned(&self, about: &str) -> bool {
-        self.notices
-            .iter()
-            .any(|notice| matches!(notice, Notice::Warning(text) if text.contains(about)))
+        warns(&self.notices, &[about])
     }
 
     fn informed(&self, about: &str) -> bool {
@@ -257,6 +255,13 @@ fn show_both_safety_numbers(alice: &mut Party, bob: &mut Party) {
     run_until(alice, bob, "both safety numbers", |a, b| {
         shown_safety_number(a, "bob").is_some() && shown_safety_number(b, "alice").is_some()
     });
+}
+
+/// Whether one of `notices` is a warning that contains every one of `parts`.
+fn warns(notices: &[Notice], parts: &[&str]) -> bool {
+    notices.iter().any(|notice| {
+        matches!(notice, Notice::Warning(text) if parts.iter().all(|part| text.contains(part)))
+    })
 }
 
 fn is_e2e_message(payload: &str) -> bool {
@@ -414,6 +419,11 @@ impl Endpoint {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Whether one warning contains every one of `parts`.
+    fn warned(&self, parts: &[&str]) -> bool {
+        warns(&self.notices, parts)
     }
 
     fn sent_e2e_message(&self) -> bool {
@@ -871,11 +881,13 @@ fn a_man_in_the_middle_on_the_diffie_hellman_values_is_detected() {
         let mut relay = Relay::new();
         relay.type_text("alice", "bob", "attack at dawn");
         relay.run(attack);
-        let warnings = relay.alice.warnings();
         assert!(
-            warnings.iter().any(|w| w.contains("signature check failed")
-                && w.contains("1 waiting message(s) were NOT sent")),
-            "{name}: alice was not warned: {warnings:?}"
+            relay.alice.warned(&[
+                "signature check failed",
+                "1 waiting message(s) were NOT sent"
+            ]),
+            "{name}: alice was not warned: {:?}",
+            relay.alice.warnings()
         );
         assert_no_conversation(&relay);
     }
@@ -900,11 +912,13 @@ fn an_altered_confirmation_keeps_the_responder_from_reading_or_sending() {
             packet.payload.clone()
         })
     });
-    let warnings = relay.bob.warnings();
     assert!(
-        warnings.iter().any(|w| w.contains("signature check failed")
-            && w.contains("1 waiting message(s) were NOT sent")),
-        "{warnings:?}"
+        relay.bob.warned(&[
+            "signature check failed",
+            "1 waiting message(s) were NOT sent"
+        ]),
+        "{:?}",
+        relay.bob.warnings()
     );
     assert!(!relay.bob.sent_e2e_message(), "{:?}", relay.bob.sent);
     assert!(relay.bob.received().is_empty(), "{:?}", relay.bob.notices);
@@ -912,8 +926,9 @@ fn an_altered_confirmation_keeps_the_responder_from_reading_or_sending() {
     // alice could not know: her message went out, and bob refused it unread.
     assert!(relay.alice.sent_e2e_message());
     assert!(
-        warnings.iter().any(|w| w.contains("outside any session")),
-        "{warnings:?}"
+        relay.bob.warned(&["outside any session"]),
+        "{:?}",
+        relay.bob.warnings()
     );
 }
 
@@ -952,12 +967,10 @@ fn invalid_diffie_hellman_values_are_refused_before_any_answer() {
                 }
             }))
         });
-        let warnings = relay.bob.warnings();
         assert!(
-            warnings
-                .iter()
-                .any(|w| w.contains("rejected the key exchange")),
-            "Y_i = {name}: bob was not warned: {warnings:?}"
+            relay.bob.warned(&["rejected the key exchange"]),
+            "Y_i = {name}: bob was not warned: {:?}",
+            relay.bob.warnings()
         );
         assert!(
             relay.bob.sent.is_empty(),
@@ -1168,11 +1181,7 @@ fn verify_marks_only_the_pinned_key_whose_safety_number_was_shown() {
     let bob_key = relay.bob.secure.identity_public();
     relay.command("alice", |s| s.verify("bob"));
     assert!(
-        relay
-            .alice
-            .warnings()
-            .iter()
-            .any(|w| w.contains("no key is pinned for bob")),
+        relay.alice.warned(&["no key is pinned for bob"]),
         "{:?}",
         relay.alice.notices
     );
@@ -1182,11 +1191,7 @@ fn verify_marks_only_the_pinned_key_whose_safety_number_was_shown() {
     relay.run(honest);
     relay.command("alice", |s| s.verify("bob"));
     assert!(
-        relay
-            .alice
-            .warnings()
-            .iter()
-            .any(|w| w.contains("not verified") && w.contains("/fingerprint bob")),
+        relay.alice.warned(&["not verified", "/fingerprint bob"]),
         "{:?}",
         relay.alice.notices
     );
@@ -1215,11 +1220,7 @@ fn a_number_shown_before_first_contact_does_not_verify_another_key_pinned_later(
     relay.run(honest);
     relay.command("alice", |s| s.verify("bob"));
     assert!(
-        relay
-            .alice
-            .warnings()
-            .iter()
-            .any(|w| w.contains("not verified")),
+        relay.alice.warned(&["not verified"]),
         "{:?}",
         relay.alice.notices
     );
@@ -1246,11 +1247,7 @@ fn a_replayed_key_exchange_does_not_break_an_established_session() {
     relay.deliver("alice", "bob", &old_init);
     relay.run(honest);
     assert!(
-        relay
-            .alice
-            .warnings()
-            .iter()
-            .any(|w| w.contains("unexpected key-exchange reply")),
+        relay.alice.warned(&["unexpected key-exchange reply"]),
         "{:?}",
         relay.alice.notices
     );
@@ -1305,10 +1302,7 @@ fn a_pin_that_cannot_be_saved_stops_the_exchange() {
     assert!(
         relay
             .alice
-            .warnings()
-            .iter()
-            .any(|w| w.contains("could not save")
-                && w.contains("1 waiting message(s) were NOT sent")),
+            .warned(&["could not save", "1 waiting message(s) were NOT sent"]),
         "{:?}",
         relay.alice.notices
     );
@@ -1334,10 +1328,7 @@ fn a_pin_that_cannot_be_saved_stops_the_exchange() {
     assert!(
         relay
             .alice
-            .warnings()
-            .iter()
-            .any(|w| w.contains("could not save")
-                && w.contains("1 waiting message(s) were NOT sent")),
+            .warned(&["could not save", "1 waiting message(s) were NOT sent"]),
         "{:?}",
         relay.alice.notices
     );
@@ -1370,11 +1361,11 @@ fn a_stalled_key_exchange_times_out_and_a_fresh_one_can_start() {
     let later = Instant::now() + EXCHANGE_TIMEOUT + Duration::from_secs(1);
     for who in ["alice", "bob"] {
         relay.command(who, |s| s.expire_stalled(later));
-        let warnings = relay.endpoint(who).warnings();
+        let endpoint = relay.endpoint(who);
         assert!(
-            warnings.iter().any(|w| w.contains("no answer within")
-                && w.contains("1 waiting message(s) were NOT sent")),
-            "{who}: {warnings:?}"
+            endpoint.warned(&["no answer within", "1 waiting message(s) were NOT sent"]),
+            "{who}: {:?}",
+            endpoint.warnings()
         );
     }
     assert!(relay.alice.secure.next_deadline().is_none());
