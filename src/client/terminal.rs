@@ -124,8 +124,7 @@ pub fn run(options: Options) -> Result<()> {
         &options.server,
         &user,
     );
-    let (identity, created) = IdentityKey::load_or_create(&dir.join(paths::IDENTITY_FILE))
-        .map_err(|e| Error::Config(e.to_string()))?;
+    let (identity, created) = IdentityKey::load_or_create(&dir.join(paths::IDENTITY_FILE))?;
     if created {
         screen.event(&format!(
             "* created your identity key in {} (fingerprint {})",
@@ -133,8 +132,7 @@ pub fn run(options: Options) -> Result<()> {
             identity.public_key().fingerprint()
         ));
     }
-    let pins =
-        PinStore::open(&dir.join(paths::PINS_FILE)).map_err(|e| Error::Config(e.to_string()))?;
+    let pins = PinStore::open(&dir.join(paths::PINS_FILE))?;
     let secure = Secure::new(&user, identity, pins, options.group, options.explain);
     let Connection { link, reader, .. } = connection;
     let mut chat = Chat::new(&user, link.clone(), screen.clone(), secure);
