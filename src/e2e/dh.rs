@@ -45,7 +45,32 @@ impl EphemeralSecret {
         if let Some(top_byte) = exponent.first_mut() {
             *top_byte |= 0x80;
         }
-        let secret = EphemeralSecret { group, exponent };
+        let pair = EphemeralSecret::from_fixed_exponent(group, &exponent);
+        wipe(&mut exponent);
+        pair
+    }
+
+    /// The secret with the given exponent and its public value: for golden test vectors only,
+    /// where `x` must be fixed (a fixed exponent is not ephemeral). The exponent must have the
+    /// form [`EphemeralSecret::generate`] gives it: exactly `group.exponent_bits()` bits with the
+    /// top bit set.
+    #[doc(hidden)]
+    pub fn from_fixed_exponent(
+        group: Group,
+        exponent: &[u8],
+    ) -> Result<(EphemeralSecret, PublicValue), E2eError> {
+        let top_bit_set = exponent.first().is_some_and(|top| top & 0x80 != 0);
+        if exponent.len() * 8 != group.exponent_bits() || !top_bit_set {
+            return Err(E2eError::Malformed(format!(
+                "a secret exponent for {} is {} bits with the top bit set",
+                group.name(),
+                group.exponent_bits()
+            )));
+        }
+        let secret = EphemeralSecret {
+            group,
+            exponent: exponent.to_vec(),
+        };
         let value = BigUint::from(GENERATOR).modpow(&secret.exponent_number(), group.prime());
         Ok((secret, PublicValue { group, value }))
     }

@@ -1,5 +1,7 @@
 //! The authenticated key exchange — signed ephemeral Diffie–Hellman in three messages — and the
-//! [`Session`] it produces. Read this file top to bottom to follow one exchange.
+//! [`Session`] it produces. Read this file top to bottom to follow one exchange: each step below
+//! is one arrow of the diagram, and ends by handing its public facts to `explain.rs`, which
+//! tells the story for `/dh`.
 //!
 //! ```text
 //! Alice (initiator)                                        Bob (responder)
@@ -37,12 +39,11 @@
 use std::fmt;
 
 use super::aead::{Opener, Sealer};
-use super::kdf::{
-    derive_session_keys, SessionKeys, INITIATOR_TO_RESPONDER_LABEL, RESPONDER_TO_INITIATOR_LABEL,
-};
+use super::explain::{Explanation, Step};
+use super::kdf::{derive_session_keys, SessionKeys};
 use super::{
     put_field, E2eError, EncryptedMessage, EphemeralSecret, Group, IdentityKey, IdentityPublicKey,
-    Opened, PublicValue, SessionId, GENERATOR, SIGNATURE_LEN,
+    Opened, PublicValue, SessionId, SIGNATURE_LEN,
 };
 
 /// Starts every transcript: names the protocol and its version, so our signatures can never be
@@ -107,31 +108,30 @@ impl Initiator {
     /// Step 1 (Alice): pick `x`, compute `Y_i`, and build the DH-INIT to send to `peer`.
     pub fn start(me: &str, peer: &str, group: Group) -> Result<(Initiator, Init), E2eError> {
         let session_id = SessionId::random()?;
-        let (secret, y_i) = EphemeralSecret::generate(group)?;
+        let exponent = EphemeralSecret::generate(group)?;
+        Ok(Initiator::start_fixed(me, peer, session_id, exponent))
+    }
+
+    /// [`Initiator::start`] with a given session id and exponent: for golden test vectors
+    /// only, where the "random" inputs must be fixed. Never use it for a real exchange.
+    #[doc(hidden)]
+    pub fn start_fixed(
+        me: &str,
+        peer: &str,
+        session_id: SessionId,
+        (secret, y_i): (EphemeralSecret, PublicValue),
+    ) -> (Initiator, Init) {
         let init = Init {
             session_id,
-            group,
+            group: y_i.group(),
             y_i: y_i.to_bytes(),
         };
-        let mut explanation = Explanation::new(group, &y_i);
-        explanation.record(vec![
-            format!(
-                "Group {}: RFC 7919 safe prime p of {} bits, generator g = {GENERATOR}, \
-                 about {}-bit security.",
-                group.name(),
-                group.byte_len() * 8,
-                group.security_bits()
-            ),
-            format!(
-                "Picked a random secret exponent x ({} bits); it never leaves this program.",
-                group.exponent_bits()
-            ),
-            format!(
-                "Computed my public value Y_i = g^x mod p = {}.",
-                y_i.summary()
-            ),
-            format!("Sending DH-INIT to {peer} (session {session_id})."),
-        ]);
+        let mut explanation = Explanation::new(&y_i);
+        explanation.record(Step::Started {
+            peer,
+            session_id,
+            y_i: &y_i,
+        });
         let initiator = Initiator {
             me: me.to_owned(),
             peer: peer.to_owned(),
@@ -140,7 +140,7 @@ impl Initiator {
             y_i,
             explanation,
         };
-        Ok((initiator, init))
+        (initiator, init)
     }
 
     /// Step 3 (Alice): check Bob's DH-REPLY against his pinned identity key, derive the keys, and
@@ -173,32 +173,12 @@ impl Initiator {
         let keys = derive_session_keys(&shared, &transcript.with_role(KEY_SCHEDULE_ROLE))?;
         let signature = my_identity.sign(&transcript.with_role(INITIATOR_ROLE))?;
 
-        let checked = format!(
-            "{peer}'s signature on the responder transcript, with their identity key {}",
-            peer_identity.fingerprint()
-        );
-        explanation.peer_public_value = Some(y_r.summary());
-        explanation.signatures_checked.push(checked.clone());
-        explanation.note_keys(&keys);
-        explanation.record(vec![
-            format!("Received DH-REPLY: Y_r = {}.", y_r.summary()),
-            format!("Verified {checked}: Y_r really comes from {peer}."),
-            "Checked 1 < Y_r < p-1 and Y_r^q mod p = 1 (Y_r is in the prime-order subgroup)."
-                .to_owned(),
-            format!(
-                "Computed the shared secret Z = Y_r^x mod p — the same number {peer} computed, \
-                 though it never crossed the network. Then wiped x."
-            ),
-            format!(
-                "Derived two message keys with HKDF-SHA256 ({INITIATOR_TO_RESPONDER_LABEL}; \
-                 {RESPONDER_TO_INITIATOR_LABEL}). Secret fingerprint: {} — compare it with {peer}.",
-                keys.secret_fingerprint
-            ),
-            format!(
-                "Signed the initiator transcript; sending DH-CONFIRM. Messages to {peer} are now \
-                 end-to-end encrypted."
-            ),
-        ]);
+        explanation.record(Step::Finished {
+            peer: &peer,
+            y_r: &y_r,
+            peer_key: *peer_identity,
+            secret_fingerprint: &keys.secret_fingerprint,
+        });
         let session = Session::new(true, &me, &peer, session_id, keys, explanation);
         Ok((
             session,
@@ -249,9 +229,23 @@ impl Responder {
         my_identity: &IdentityKey,
         peer_identity: &IdentityPublicKey,
     ) -> Result<(Responder, Reply), E2eError> {
+        let exponent = EphemeralSecret::generate(init.group)?;
+        Responder::accept_fixed(me, peer, init, my_identity, peer_identity, exponent)
+    }
+
+    /// [`Responder::accept`] with a given exponent: for golden test vectors only. Never use it
+    /// for a real exchange.
+    #[doc(hidden)]
+    pub fn accept_fixed(
+        me: &str,
+        peer: &str,
+        init: &Init,
+        my_identity: &IdentityKey,
+        peer_identity: &IdentityPublicKey,
+        (secret, y_r): (EphemeralSecret, PublicValue),
+    ) -> Result<(Responder, Reply), E2eError> {
         let group = init.group;
         let y_i = PublicValue::from_bytes(group, &init.y_i)?;
-        let (secret, y_r) = EphemeralSecret::generate(group)?;
         let shared = secret.agree(&y_i)?;
         drop(secret); // y is wiped: from now on nobody can recompute Z (forward secrecy).
         let y_r_bytes = y_r.to_bytes();
@@ -259,38 +253,15 @@ impl Responder {
         let signature = my_identity.sign(&transcript.with_role(RESPONDER_ROLE))?;
         let keys = derive_session_keys(&shared, &transcript.with_role(KEY_SCHEDULE_ROLE))?;
 
-        let mut explanation = Explanation::new(group, &y_r);
-        explanation.peer_public_value = Some(y_i.summary());
-        explanation.note_keys(&keys);
-        explanation.record(vec![
-            format!(
-                "Received DH-INIT from {peer}: group {}, Y_i = {}.",
-                group.name(),
-                y_i.summary()
-            ),
-            "Checked 1 < Y_i < p-1 and Y_i^q mod p = 1 (Y_i is in the prime-order subgroup)."
-                .to_owned(),
-            format!(
-                "Picked a random secret exponent y ({} bits) and computed Y_r = g^y mod p = {}.",
-                group.exponent_bits(),
-                y_r.summary()
-            ),
-            "Computed the shared secret Z = Y_i^y mod p, then wiped y.".to_owned(),
-            format!(
-                "Derived two message keys with HKDF-SHA256. Secret fingerprint: {}.",
-                keys.secret_fingerprint
-            ),
-            format!(
-                "Signed the responder transcript (group, both names, session, Y_i, Y_r) with my \
-                 identity key {}; sending DH-REPLY.",
-                my_identity.public_key().fingerprint()
-            ),
-            format!(
-                "Waiting for {peer}'s DH-CONFIRM, signed by {}, before sending or reading \
-                 messages.",
-                peer_identity.fingerprint()
-            ),
-        ]);
+        let mut explanation = Explanation::new(&y_r);
+        explanation.record(Step::Answered {
+            peer,
+            y_i: &y_i,
+            y_r: &y_r,
+            secret_fingerprint: &keys.secret_fingerprint,
+            my_key: my_identity.public_key(),
+            peer_key: *peer_identity,
+        });
         let responder = Responder {
             peer: peer.to_owned(),
             me: me.to_owned(),
@@ -323,17 +294,10 @@ impl Responder {
             return Err(E2eError::UnknownSession);
         }
         peer_identity.verify(&transcript.with_role(INITIATOR_ROLE), &confirm.signature)?;
-        let checked = format!(
-            "{peer}'s signature on the initiator transcript, with their identity key {}",
-            peer_identity.fingerprint()
-        );
-        explanation.signatures_checked.push(checked.clone());
-        explanation.record(vec![
-            format!(
-                "Verified {checked}: {peer} saw the same Y_i and Y_r, so nobody sat in between."
-            ),
-            format!("Messages with {peer} are now end-to-end encrypted."),
-        ]);
+        explanation.record(Step::Confirmed {
+            peer: &peer,
+            peer_key: peer_identity,
+        });
         Ok(Session::new(
             false,
             &me,
@@ -491,80 +455,6 @@ impl fmt::Debug for Session {
             .field("next_send_counter", &self.sealer.next_counter())
             .field("last_received_counter", &self.opener.last_counter())
             .finish()
-    }
-}
-
-/// The classroom view of an exchange: what was sent, what was checked, what was derived. Holds
-/// only public facts: abbreviated public values, fingerprints and labels — never an exponent,
-/// the shared secret or a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Explanation {
-    /// The group's RFC 7919 name.
-    pub group: &'static str,
-    /// My public value, abbreviated ([`PublicValue::summary`]).
-    pub my_public_value: String,
-    /// The peer's public value, abbreviated; `None` until it has arrived.
-    pub peer_public_value: Option<String>,
-    /// Each signature check that passed: whose signature, on what, with which key fingerprint.
-    pub signatures_checked: Vec<String>,
-    /// The secret fingerprint both users can compare; `None` until the keys exist.
-    pub secret_fingerprint: Option<String>,
-    /// HKDF labels of the derived keys (labels only).
-    pub derived_keys: Vec<&'static str>,
-    /// The exchange told step by step: one entry per step, a few lines each, oldest first.
-    pub steps: Vec<Vec<String>>,
-}
-
-impl Explanation {
-    fn new(group: Group, my_public_value: &PublicValue) -> Explanation {
-        Explanation {
-            group: group.name(),
-            my_public_value: my_public_value.summary(),
-            peer_public_value: None,
-            signatures_checked: Vec::new(),
-            secret_fingerprint: None,
-            derived_keys: Vec::new(),
-            steps: Vec::new(),
-        }
-    }
-
-    /// The lines of the most recent step: print them as the exchange happens.
-    pub fn latest_step(&self) -> &[String] {
-        self.steps.last().map_or(&[], Vec::as_slice)
-    }
-
-    fn record(&mut self, lines: Vec<String>) {
-        self.steps.push(lines);
-    }
-
-    fn note_keys(&mut self, keys: &SessionKeys) {
-        self.secret_fingerprint = Some(keys.secret_fingerprint.clone());
-        self.derived_keys = vec![INITIATOR_TO_RESPONDER_LABEL, RESPONDER_TO_INITIATOR_LABEL];
-    }
-}
-
-/// The summary for `/dh`, one fact per line.
-impl fmt::Display for Explanation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let not_yet = "(not yet)";
-        writeln!(f, "Group:              {} (RFC 7919)", self.group)?;
-        writeln!(f, "My public value:    {}", self.my_public_value)?;
-        let peer_value = self.peer_public_value.as_deref().unwrap_or(not_yet);
-        writeln!(f, "Peer public value:  {peer_value}")?;
-        if self.signatures_checked.is_empty() {
-            writeln!(f, "Signatures checked: {not_yet}")?;
-        }
-        for checked in &self.signatures_checked {
-            writeln!(f, "Signature checked:  {checked}")?;
-        }
-        let fingerprint = self.secret_fingerprint.as_deref().unwrap_or(not_yet);
-        writeln!(f, "Secret fingerprint: {fingerprint}")?;
-        let keys = if self.derived_keys.is_empty() {
-            not_yet.to_owned()
-        } else {
-            self.derived_keys.join("; ")
-        };
-        write!(f, "Derived keys:       {keys}")
     }
 }
 

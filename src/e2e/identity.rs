@@ -61,6 +61,15 @@ impl IdentityKey {
         IdentityKey::from_key_pair(key_pair)
     }
 
+    /// The identity key whose Ed25519 private seed (RFC 8032 §5.1.5) is `seed`: for golden test
+    /// vectors only, where keys must be fixed. Real keys come from [`IdentityKey::generate`].
+    #[doc(hidden)]
+    pub fn from_fixed_seed(seed: &[u8; 32]) -> Result<IdentityKey, E2eError> {
+        let key_pair = Ed25519KeyPair::from_seed_unchecked(seed)
+            .map_err(|_| E2eError::Crypto("could not build an Ed25519 key from a seed"))?;
+        IdentityKey::from_key_pair(key_pair)
+    }
+
     /// Loads the identity key stored at `path`, or creates and stores a new one if there is no
     /// file. Returns the key and whether it was just created (so the UI can say so).
     ///

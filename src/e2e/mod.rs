@@ -30,6 +30,7 @@
 //! | `kdf.rs` | HKDF: shared secret + transcript → two message keys and a secret fingerprint |
 //! | `aead.rs` | sealing/opening messages: counters, nonces, addressing, replay checks |
 //! | `handshake.rs` | the three-message exchange and the [`Session`] it produces |
+//! | `explain.rs` | the classroom narration of an exchange (`/dh`), from each step's public facts |
 //! | `wire.rs` | the one-line text encoding of the four payloads |
 //! | `trust.rs` | the pinned-keys file (trust on first use) |
 //!
@@ -61,6 +62,7 @@
 
 mod aead;
 mod dh;
+mod explain;
 mod group;
 mod handshake;
 mod identity;
@@ -75,8 +77,9 @@ use base64::Engine as _;
 
 pub use aead::{EncryptedMessage, Opened, MAX_PLAINTEXT_LEN};
 pub use dh::{EphemeralSecret, PublicValue, SharedSecret};
+pub use explain::Explanation;
 pub use group::{Group, GENERATOR};
-pub use handshake::{Confirm, Explanation, Init, Initiator, Reply, Responder, Session};
+pub use handshake::{Confirm, Init, Initiator, Reply, Responder, Session};
 pub use identity::{safety_number, IdentityKey, IdentityPublicKey, SIGNATURE_LEN};
 pub use trust::{PinStatus, PinStore};
 pub use wire::{Payload, MAX_PAYLOAD_LEN};
