@@ -328,10 +328,17 @@ mod tests {
 
     #[test]
     fn the_policy_prefers_hybrid_post_quantum_key_exchange() {
+        // Every group, in order: the hybrid first, then the classical fallbacks.
         let provider = crypto_provider();
+        let names: Vec<_> = provider.kx_groups.iter().map(|g| g.name()).collect();
         assert_eq!(
-            provider.kx_groups[0].name(),
-            rustls::NamedGroup::X25519MLKEM768
+            names,
+            [
+                rustls::NamedGroup::X25519MLKEM768,
+                rustls::NamedGroup::X25519,
+                rustls::NamedGroup::secp256r1,
+                rustls::NamedGroup::secp384r1,
+            ]
         );
     }
 }

@@ -286,6 +286,50 @@ mod tests {
     }
 
     #[test]
+    fn every_group_is_pinned_in_order_with_all_its_parameters() {
+        // name, bits, RFC 7919 strength, exponent bits, SHA-256 of p as RFC 7919 prints it.
+        let pinned = [
+            (
+                "ffdhe2048",
+                2048,
+                103,
+                256,
+                "9cd3b7f336872f46c09428d1bbc19877a4d440512cda8d1c1cf0cd6e33698966",
+            ),
+            (
+                "ffdhe3072",
+                3072,
+                125,
+                320,
+                "0eaf67db3a839156d5013494a5318a772b5697d270d721f37f092efc69ea5a17",
+            ),
+        ];
+        assert_eq!(Group::ALL.len(), pinned.len());
+        let one = BigUint::from(1u32);
+        for (group, (name, bits, strength, exponent_bits, p_sha256)) in
+            Group::ALL.into_iter().zip(pinned)
+        {
+            assert_eq!(group.name(), name);
+            assert_eq!(group.byte_len() * 8, bits, "{name}");
+            assert_eq!(group.prime().bits(), bits as u64, "{name}");
+            assert_eq!(group.security_bits(), strength, "{name}");
+            assert_eq!(group.exponent_bits(), exponent_bits, "{name}");
+            let digest =
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &group.prime().to_bytes_be());
+            let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(hex, p_sha256, "{name}");
+            // The order: q = (p - 1) / 2, and g = 2 has order exactly q (q is prime, g^q = 1,
+            // g != 1), so every honest public value lies in the subgroup of order q.
+            let (p, q) = (group.prime(), group.subgroup_order());
+            assert_eq!(&(q * 2u32 + 1u32), p, "{name}");
+            let g = BigUint::from(GENERATOR);
+            assert_eq!(GENERATOR, 2);
+            assert_eq!(g.modpow(q, p), one, "{name}");
+            assert_ne!(g, one);
+        }
+    }
+
+    #[test]
     fn names_round_trip_and_unknown_names_are_refused() {
         for group in Group::ALL {
             assert_eq!(Group::from_name(group.name()), Some(group));

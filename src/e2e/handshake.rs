@@ -533,6 +533,43 @@ mod tests {
     }
 
     #[test]
+    fn a_reflected_message_is_refused_by_the_direction_keys_even_when_the_addresses_match() {
+        // One user on two devices: sender and recipient are both "alice", so the AAD reads the
+        // same in both directions and cannot tell them apart. What refuses a message handed
+        // back to its sender is that each direction has its own key.
+        let me = User::new("alice");
+        let (mut first_device, mut second_device) = exchange(&me, &me, Group::Ffdhe2048);
+        let message = first_device.seal("to my other device").expect("seal");
+        assert_eq!(first_device.open(&message), Err(E2eError::Tampered));
+        let answer = second_device.seal("and back").expect("seal");
+        assert_eq!(second_device.open(&answer), Err(E2eError::Tampered));
+        // Sent the right way, both open.
+        talk(&mut first_device, &mut second_device, "hello");
+        assert_eq!(
+            first_device.open(&answer).map(|opened| opened.text),
+            Ok("and back".to_owned())
+        );
+    }
+
+    #[test]
+    fn the_two_directions_never_share_a_keystream() {
+        // Both directions number their messages from 1, so both first messages use the same
+        // nonce. ChaCha20 encrypts by XOR with a keystream that depends on the key and the nonce
+        // only (not the AAD): under one shared key, the same text would give the same bytes, and
+        // any two texts would leak their XOR. Separate direction keys rule that out.
+        let (alice, bob) = (User::new("alice"), User::new("bob"));
+        let (mut at_alice, mut at_bob) = exchange(&alice, &bob, Group::Ffdhe2048);
+        let text = "the same words, both ways";
+        let (from_alice, from_bob) = (
+            at_alice.seal(text).expect("seal"),
+            at_bob.seal(text).expect("seal"),
+        );
+        assert_eq!((from_alice.counter, from_bob.counter), (1, 1));
+        let body = |message: &EncryptedMessage| message.ciphertext[..text.len()].to_vec();
+        assert_ne!(body(&from_alice), body(&from_bob));
+    }
+
+    #[test]
     fn reply_signed_by_another_key_is_rejected() {
         let (alice, bob, mallory) = (User::new("alice"), User::new("bob"), User::new("mallory"));
         let (initiator, init) = Initiator::start("alice", "bob", Group::Ffdhe2048).expect("start");
