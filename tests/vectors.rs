@@ -1,0 +1,292 @@
+//! Golden test vectors for the end-to-end layer (`tests/vectors/*.txt`, printed in
+//! `report/protocol.md` §11.11).
+//!
+//! The vector files were computed by `tests/vectors/generate.py` from the protocol document
+//! alone, with Python's own Ed25519, ChaCha20-Poly1305 and big integers, so they are an
+//! independent reference. Each test checks two things against a file:
+//! - **the library**, run with the file's fixed inputs, produces the exact bytes on the wire
+//!   (payloads, signatures, fingerprints, safety number) and opens the sealed messages;
+//! - **the spec**, recomputed here step by step with aws-lc and num-bigint (transcripts, HKDF,
+//!   nonce, AAD, sealing), gives the file's intermediate values, which the library keeps
+//!   inside aws-lc and never shows.
+//!
+//! An outside implementer can run the same checks against their code, offline.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use aws_lc_rs::digest::{digest, SHA256};
+use aws_lc_rs::hmac;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use num_bigint::BigUint;
+use securechat::e2e::{
+    safety_number, EphemeralSecret, Group, IdentityKey, Initiator, Payload, Responder, Session,
+    SessionId,
+};
+
+/// One vector file: `name = value` lines; `#` comments and blank lines are skipped.
+struct Vectors {
+    /// Which file, for failure messages.
+    file: String,
+    /// Every value by name.
+    values: HashMap<String, String>,
+}
+
+impl Vectors {
+    fn load(name: &str) -> Vectors {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/vectors")
+            .join(name);
+        let text = fs::read_to_string(&path).expect("vector file");
+        let values = text
+            .lines()
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(|line| {
+                let (key, value) = line.split_once(" = ").expect("name = value");
+                (key.to_owned(), value.to_owned())
+            })
+            .collect();
+        Vectors {
+            file: name.to_owned(),
+            values,
+        }
+    }
+
+    fn text(&self, name: &str) -> &str {
+        self.values
+            .get(name)
+            .unwrap_or_else(|| panic!("{} has no {name}", self.file))
+    }
+
+    fn bytes(&self, name: &str) -> Vec<u8> {
+        let hex = self.text(name);
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    fn array<const N: usize>(&self, name: &str) -> [u8; N] {
+        self.bytes(name).try_into().expect("length")
+    }
+}
+
+/// `F(x)` of protocol.md §11.1: an 8-byte big-endian length, then `x`.
+fn field(x: &[u8]) -> Vec<u8> {
+    [&(x.len() as u64).to_be_bytes()[..], x].concat()
+}
+
+fn fields(parts: &[&[u8]]) -> Vec<u8> {
+    parts.iter().flat_map(|part| field(part)).collect()
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
+        .as_ref()
+        .to_vec()
+}
+
+/// HKDF-Expand (RFC 5869) for outputs of at most one SHA-256 block.
+fn hkdf_expand(prk: &[u8], info: &str, len: usize) -> Vec<u8> {
+    assert!(len <= 32);
+    hmac_sha256(prk, &[info.as_bytes(), &[1]].concat())[..len].to_vec()
+}
+
+fn chacha_seal(key: &[u8], nonce: &[u8], aad: &[u8], text: &[u8]) -> Vec<u8> {
+    let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).expect("key"));
+    let nonce = Nonce::try_assume_unique_for_key(nonce).expect("nonce");
+    let mut data = text.to_vec();
+    key.seal_in_place_append_tag(nonce, Aad::from(aad), &mut data)
+        .expect("seal");
+    data
+}
+
+#[test]
+fn identity_keys_fingerprints_and_the_safety_number_match_the_vectors() {
+    let v = Vectors::load("handshake.txt");
+    let alice = IdentityKey::from_fixed_seed(&v.array("alice_seed")).expect("alice");
+    let bob = IdentityKey::from_fixed_seed(&v.array("bob_seed")).expect("bob");
+    assert_eq!(
+        alice.public_key().as_bytes()[..],
+        v.bytes("alice_public_key")
+    );
+    assert_eq!(bob.public_key().as_bytes()[..], v.bytes("bob_public_key"));
+    assert_eq!(
+        alice.public_key().fingerprint(),
+        v.text("alice_fingerprint")
+    );
+    assert_eq!(bob.public_key().fingerprint(), v.text("bob_fingerprint"));
+    let number = safety_number("alice", &alice.public_key(), "bob", &bob.public_key());
+    assert_eq!(number, v.text("safety_number"));
+}
+
+#[test]
+fn the_spec_recomputed_gives_the_vectors_transcripts_and_key_schedule() {
+    let v = Vectors::load("handshake.txt");
+    let group = Group::from_name(v.text("group")).expect("group");
+    let p = group.prime();
+    let number = |name: &str| BigUint::from_bytes_be(&v.bytes(name));
+    let padded = |n: BigUint| {
+        let digits = n.to_bytes_be();
+        [vec![0; group.byte_len() - digits.len()], digits].concat()
+    };
+    let two = BigUint::from(2u32);
+    assert_eq!(padded(two.modpow(&number("x"), p)), v.bytes("y_i"));
+    assert_eq!(padded(two.modpow(&number("y"), p)), v.bytes("y_r"));
+    assert_eq!(padded(number("y_i").modpow(&number("y"), p)), v.bytes("z"));
+    assert_eq!(padded(number("y_r").modpow(&number("x"), p)), v.bytes("z"));
+
+    let transcript = |role: &[u8]| {
+        fields(&[
+            b"securechat/dh/v1",
+            role,
+            v.text("group").as_bytes(),
+            v.text("initiator").as_bytes(),
+            v.text("responder").as_bytes(),
+            &v.bytes("session_id"),
+            &v.bytes("y_i"),
+            &v.bytes("y_r"),
+        ])
+    };
+    assert_eq!(transcript(b"responder"), v.bytes("transcript_responder"));
+    assert_eq!(transcript(b"initiator"), v.bytes("transcript_initiator"));
+    assert_eq!(
+        transcript(b"key-schedule"),
+        v.bytes("transcript_key_schedule")
+    );
+    // The signatures in the file are over exactly these transcripts.
+    let alice = IdentityKey::from_fixed_seed(&v.array("alice_seed")).expect("alice");
+    let bob = IdentityKey::from_fixed_seed(&v.array("bob_seed")).expect("bob");
+    let signed_by_bob = bob.public_key().verify(
+        &v.bytes("transcript_responder"),
+        &v.bytes("signature_responder"),
+    );
+    assert_eq!(signed_by_bob, Ok(()));
+    let signed_by_alice = alice.public_key().verify(
+        &v.bytes("transcript_initiator"),
+        &v.bytes("signature_initiator"),
+    );
+    assert_eq!(signed_by_alice, Ok(()));
+
+    let salt = digest(&SHA256, &v.bytes("transcript_key_schedule"));
+    assert_eq!(salt.as_ref(), v.bytes("salt"));
+    let prk = hmac_sha256(salt.as_ref(), &v.bytes("z"));
+    assert_eq!(prk, v.bytes("prk"));
+    let keys = [
+        (
+            "securechat/v1 key initiator->responder",
+            "key_initiator_to_responder",
+        ),
+        (
+            "securechat/v1 key responder->initiator",
+            "key_responder_to_initiator",
+        ),
+    ];
+    for (label, name) in keys {
+        assert_eq!(hkdf_expand(&prk, label, 32), v.bytes(name), "{name}");
+    }
+    let sfp = hkdf_expand(&prk, "securechat/v1 secret fingerprint", 8);
+    assert_eq!(sfp, v.bytes("secret_fingerprint"));
+}
+
+#[test]
+fn the_spec_recomputed_gives_the_vectors_nonce_aad_and_sealed_messages() {
+    let v = Vectors::load("handshake.txt");
+    let directions = [
+        (
+            "initiator_to_responder",
+            "alice",
+            "bob",
+            "key_initiator_to_responder",
+        ),
+        (
+            "responder_to_initiator",
+            "bob",
+            "alice",
+            "key_responder_to_initiator",
+        ),
+    ];
+    for (direction, sender, recipient, key) in directions {
+        let name = |suffix: &str| format!("{direction}_{suffix}");
+        let counter: u64 = v.text(&name("counter")).parse().expect("counter");
+        let nonce = [&[0u8; 4][..], &counter.to_be_bytes()].concat();
+        assert_eq!(nonce, v.bytes(&name("nonce")));
+        let aad = fields(&[
+            b"securechat/msg/v1",
+            &v.bytes("session_id"),
+            sender.as_bytes(),
+            recipient.as_bytes(),
+            &counter.to_be_bytes(),
+        ]);
+        assert_eq!(aad, v.bytes(&name("aad")));
+        let sealed = chacha_seal(
+            &v.bytes(key),
+            &nonce,
+            &aad,
+            v.text(&name("text")).as_bytes(),
+        );
+        assert_eq!(sealed, v.bytes(&name("ciphertext")), "{direction}");
+        let payload = format!(
+            "E2E {} {counter} {}",
+            BASE64.encode(v.bytes("session_id")),
+            BASE64.encode(&sealed)
+        );
+        assert_eq!(payload, v.text(&name("payload")));
+    }
+}
+
+#[test]
+fn the_library_with_the_vectors_inputs_sends_exactly_the_vectors_payloads() {
+    let v = Vectors::load("handshake.txt");
+    let group = Group::from_name(v.text("group")).expect("group");
+    let alice = IdentityKey::from_fixed_seed(&v.array("alice_seed")).expect("alice");
+    let bob = IdentityKey::from_fixed_seed(&v.array("bob_seed")).expect("bob");
+    let session_id = SessionId(v.array("session_id"));
+    let x = EphemeralSecret::from_fixed_exponent(group, &v.bytes("x")).expect("x");
+    let y = EphemeralSecret::from_fixed_exponent(group, &v.bytes("y")).expect("y");
+
+    let (initiator, init) = Initiator::start_fixed("alice", "bob", session_id, x);
+    assert_eq!(
+        Payload::Init(init.clone()).to_string(),
+        v.text("payload_init")
+    );
+    let (responder, reply) =
+        Responder::accept_fixed("bob", "alice", &init, &bob, &alice.public_key(), y)
+            .expect("accept");
+    assert_eq!(
+        Payload::Reply(reply.clone()).to_string(),
+        v.text("payload_reply")
+    );
+    let (mut at_alice, confirm) = initiator
+        .finish(&reply, &alice, &bob.public_key())
+        .expect("finish");
+    assert_eq!(
+        Payload::Confirm(confirm.clone()).to_string(),
+        v.text("payload_confirm")
+    );
+    let mut at_bob = responder.confirm(&confirm).expect("confirm");
+    for session in [&at_alice, &at_bob] {
+        let shown = session.explanation().secret_fingerprint.as_deref();
+        assert_eq!(shown, Some(v.text("secret_fingerprint_shown")));
+    }
+
+    // One message each way: sealed to the exact payload, and opened by the other side.
+    check_message(&v, "initiator_to_responder", &mut at_alice, &mut at_bob);
+    check_message(&v, "responder_to_initiator", &mut at_bob, &mut at_alice);
+}
+
+/// `from` seals the vector's text to exactly the vector's payload, and `to` opens that payload.
+fn check_message(v: &Vectors, direction: &str, from: &mut Session, to: &mut Session) {
+    let text = v.text(&format!("{direction}_text"));
+    let sealed = from.seal(text).expect("seal");
+    let expected = v.text(&format!("{direction}_payload"));
+    assert_eq!(Payload::Message(sealed).to_string(), expected);
+    let Ok(Payload::Message(received)) = Payload::parse(expected) else {
+        panic!("the vector payload does not parse: {expected}");
+    };
+    let opened = to.open(&received).map(|opened| opened.text);
+    assert_eq!(opened.as_deref(), Ok(text), "{direction}");
+}
