@@ -245,8 +245,8 @@ fn the_library_with_the_vectors_inputs_sends_exactly_the_vectors_payloads() {
     let alice = IdentityKey::from_fixed_seed(&v.array("alice_seed")).expect("alice");
     let bob = IdentityKey::from_fixed_seed(&v.array("bob_seed")).expect("bob");
     let session_id = SessionId(v.array("session_id"));
-    let x = EphemeralSecret::from_fixed_exponent(group, &v.bytes("x")).expect("x");
-    let y = EphemeralSecret::from_fixed_exponent(group, &v.bytes("y")).expect("y");
+    let x = EphemeralSecret::from_exponent(group, &v.bytes("x")).expect("x");
+    let y = EphemeralSecret::from_exponent(group, &v.bytes("y")).expect("y");
 
     let (initiator, init) = Initiator::start_fixed("alice", "bob", session_id, x);
     assert_eq!(

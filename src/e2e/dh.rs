@@ -45,17 +45,17 @@ impl EphemeralSecret {
         if let Some(top_byte) = exponent.first_mut() {
             *top_byte |= 0x80;
         }
-        let pair = EphemeralSecret::from_fixed_exponent(group, &exponent);
+        let pair = EphemeralSecret::from_exponent(group, &exponent);
         wipe(&mut exponent);
         pair
     }
 
-    /// The secret with the given exponent and its public value: for golden test vectors only,
-    /// where `x` must be fixed (a fixed exponent is not ephemeral). The exponent must have the
-    /// form [`EphemeralSecret::generate`] gives it: exactly `group.exponent_bits()` bits with the
-    /// top bit set.
+    /// The secret with the given exponent and its public value: restores a saved key (ratchet
+    /// state, prekeys), and fixes `x` for golden test vectors. Never use it to make a fresh key:
+    /// that is [`EphemeralSecret::generate`]. The exponent must have the form `generate` gives
+    /// it: exactly `group.exponent_bits()` bits with the top bit set.
     #[doc(hidden)]
-    pub fn from_fixed_exponent(
+    pub fn from_exponent(
         group: Group,
         exponent: &[u8],
     ) -> Result<(EphemeralSecret, PublicValue), E2eError> {
@@ -88,6 +88,16 @@ impl EphemeralSecret {
             return Err(E2eError::InvalidPublicValue(DEGENERATE_SECRET));
         }
         Ok(SharedSecret::from_number(&z, self.group.byte_len()))
+    }
+
+    /// The exponent's bytes, to save a long-lived key (the ratchet state, prekeys). Secret.
+    pub(super) fn exponent_bytes(&self) -> &[u8] {
+        &self.exponent
+    }
+
+    /// The group this secret belongs to.
+    pub(super) fn group(&self) -> Group {
+        self.group
     }
 
     fn exponent_number(&self) -> BigUint {
@@ -139,14 +149,17 @@ impl PublicValue {
     /// is only ever used in the group its signer chose, and with a safe prime there is no small
     /// subgroup to trap the secret in. The subgroup check then decides on the number alone.
     ///
-    /// *Cost of the subgroup check.* It is one full-size exponentiation (`q` has 2047 or 3071
-    /// bits) per exchange. Measured on the 2-core course machine with `num-bigint` at opt-level 3:
-    /// about 7 ms for ffdhe2048 and 21 ms for ffdhe3072, against about 2 ms for one short-exponent
-    /// exponentiation. Once per conversation that is negligible next to a person typing, so we
-    /// keep it: it rejects every value an honest peer could not have sent, as NIST SP 800-56A's
-    /// full public-key validation asks. (Without it, the worst a value outside the subgroup, of
-    /// order `2q`, could reveal is the parity of an exponent that is used once.) Unoptimised
-    /// `num-bigint` is 10-20 times slower: builds should keep its opt-level override.
+    /// *How the subgroup check is done.* `p = 2q + 1` is a safe prime, so the multiplicative
+    /// group mod p has exactly two subgroups besides `{1}` and `{1, p-1}`: the squares (the
+    /// quadratic residues), of order q, and the whole group. Euler's criterion says
+    /// `Y^q = Y^((p-1)/2) = (Y/p) mod p`, the Legendre symbol: so "`Y^q mod p = 1`" and "`Y` is a
+    /// quadratic residue" are the same test. We compute the symbol with the Jacobi-symbol
+    /// algorithm ([`jacobi`]: quadratic reciprocity, gcd-like steps) instead of a full-size
+    /// exponentiation (`q` has 2047 or 3071 bits); the tests check the two agree on random and
+    /// hostile values. It runs on every value received — once per exchange, and once per ratchet
+    /// step — and rejects every value an honest peer could not have sent, as NIST SP 800-56A's
+    /// full public-key validation asks. Cost, measured on the 2-core course machine: see
+    /// `report/performance.md`.
     pub fn from_bytes(group: Group, bytes: &[u8]) -> Result<PublicValue, E2eError> {
         if bytes.len() != group.byte_len() {
             return Err(E2eError::InvalidPublicValue(WRONG_LENGTH));
@@ -163,7 +176,7 @@ impl PublicValue {
         if value == p - &one {
             return Err(E2eError::InvalidPublicValue(MINUS_ONE));
         }
-        if value.modpow(group.subgroup_order(), p) != one {
+        if jacobi(&value, p) != 1 {
             return Err(E2eError::InvalidPublicValue(OUTSIDE_SUBGROUP));
         }
         Ok(PublicValue { group, value })
@@ -236,6 +249,39 @@ fn left_pad(digits: &[u8], len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len.saturating_sub(digits.len())];
     out.extend_from_slice(digits);
     out
+}
+
+/// The Jacobi symbol `(a/n)` for an odd `n > 0`: 1, -1, or 0 when `a` and `n` share a factor.
+/// For a prime `n` it is the Legendre symbol: 1 exactly when `a` is a non-zero square mod `n`.
+///
+/// The binary algorithm (Cohen, *A Course in Computational Algebraic Number Theory*, 1.4.10):
+/// take out factors of 2 with `(2/n) = -1` iff `n = 3, 5 (mod 8)`, then swap `a` and `n` by
+/// quadratic reciprocity (`(a/n) = -(n/a)` iff both are `3 mod 4`) and reduce. Like Euclid's
+/// algorithm, it takes O(bits) cheap steps, against O(bits) full-size multiplications for
+/// `a^((n-1)/2) mod n`. Not constant-time (neither is the rest of `num-bigint`); it only ever
+/// sees public values.
+fn jacobi(a: &BigUint, n: &BigUint) -> i8 {
+    let low_bits = |x: &BigUint| x.iter_u64_digits().next().unwrap_or(0);
+    let mut a = a % n;
+    let mut n = n.clone();
+    let mut symbol = 1i8;
+    while a.bits() > 0 {
+        let twos = a.trailing_zeros().unwrap_or(0);
+        a >>= twos;
+        if twos % 2 == 1 && matches!(low_bits(&n) % 8, 3 | 5) {
+            symbol = -symbol;
+        }
+        std::mem::swap(&mut a, &mut n);
+        if low_bits(&a) % 4 == 3 && low_bits(&n) % 4 == 3 {
+            symbol = -symbol;
+        }
+        a %= &n;
+    }
+    if n == BigUint::from(1u32) {
+        symbol
+    } else {
+        0
+    }
 }
 
 /// Overwrites secret bytes with zeros; `black_box` keeps the compiler from dropping the writes
@@ -383,6 +429,71 @@ mod tests {
             assert!(!shown.to_lowercase().contains(&exponent_hex[..16]));
             assert!(!shown.to_lowercase().contains(&secret_hex[..16]));
         }
+    }
+
+    /// The full check the Jacobi symbol replaces: `Y^q mod p == 1`.
+    fn in_subgroup_by_exponentiation(group: Group, y: &BigUint) -> bool {
+        y.modpow(group.subgroup_order(), group.prime()) == BigUint::from(1u32)
+    }
+
+    /// A number below `p` from the system's random generator.
+    fn random_below_p(group: Group) -> BigUint {
+        let mut bytes = vec![0u8; group.byte_len()];
+        fill_random(&mut bytes).expect("rng");
+        BigUint::from_bytes_be(&bytes) % group.prime()
+    }
+
+    #[test]
+    fn the_jacobi_symbol_agrees_with_the_full_subgroup_check_on_random_values() {
+        for group in Group::ALL {
+            let p = group.prime();
+            let mut seen = [0usize; 2];
+            for _ in 0..16 {
+                let y = random_below_p(group);
+                let by_jacobi = jacobi(&y, p) == 1;
+                assert_eq!(by_jacobi, in_subgroup_by_exponentiation(group, &y));
+                seen[usize::from(by_jacobi)] += 1;
+                // An honest value g^x is always in; its negative -g^x never is (p = 7 mod 8,
+                // so -1 is a non-residue).
+                let (_, honest) = EphemeralSecret::generate(group).expect("generate");
+                assert_eq!(jacobi(&honest.value, p), 1);
+                assert_eq!(jacobi(&(p - &honest.value), p), -1);
+            }
+            // Both answers came up: the comparison was not one-sided.
+            assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
+        }
+    }
+
+    #[test]
+    fn the_jacobi_symbol_is_right_on_edge_and_hostile_values() {
+        for group in Group::ALL {
+            let p = group.prime();
+            let number = |n: u32| BigUint::from(n);
+            // 0 and p share a factor with p; 1 is a square; p - 1 = -1 is not (p = 3 mod 4).
+            assert_eq!(jacobi(&number(0), p), 0);
+            assert_eq!(jacobi(p, p), 0);
+            assert_eq!(jacobi(&number(1), p), 1);
+            assert_eq!(jacobi(&(p - 1u32), p), -1);
+            // Values above p are reduced first: p + 1 is like 1, 2p + 2 like 2.
+            assert_eq!(jacobi(&(p + 1u32), p), 1);
+            assert_eq!(jacobi(&(p * 2u32 + 2u32), p), jacobi(&number(2), p));
+            // g = 2 is a residue (p = 7 mod 8) and so are its powers; a generator of the whole
+            // group is not. 2 * (-1) = p - 2 generates the full group for these primes.
+            assert_eq!(jacobi(&number(2), p), 1);
+            assert_eq!(jacobi(&(p - 2u32), p), -1);
+            assert!(!in_subgroup_by_exponentiation(group, &(p - 2u32)));
+            // Every small value agrees with the full check.
+            for n in 2..40u32 {
+                let expected = in_subgroup_by_exponentiation(group, &number(n));
+                assert_eq!(jacobi(&number(n), p) == 1, expected, "{n}");
+            }
+        }
+        // Against a textbook table: (a/15) for a = 1..=14 (a composite modulus).
+        let fifteen = BigUint::from(15u32);
+        let table: Vec<i8> = (1..15u32)
+            .map(|a| jacobi(&BigUint::from(a), &fifteen))
+            .collect();
+        assert_eq!(table, [1, 1, 0, 1, 0, 0, -1, 1, 0, 0, -1, 0, -1, -1]);
     }
 
     #[test]

@@ -314,9 +314,9 @@ mod tests {
             // A real exchange, with exponents this test knows.
             let (x, y) = (random_exponent(group), random_exponent(group));
             let session_id = SessionId::random().expect("rng");
-            let x_pair = EphemeralSecret::from_fixed_exponent(group, &x).expect("x");
+            let x_pair = EphemeralSecret::from_exponent(group, &x).expect("x");
             let (initiator, init) = Initiator::start_fixed("alice", "bob", session_id, x_pair);
-            let y_pair = EphemeralSecret::from_fixed_exponent(group, &y).expect("y");
+            let y_pair = EphemeralSecret::from_exponent(group, &y).expect("y");
             let (responder, reply) =
                 Responder::accept_fixed("bob", "alice", &init, &bob, &alice.public_key(), y_pair)
                     .expect("accept");
