@@ -95,11 +95,6 @@ impl EphemeralSecret {
         &self.exponent
     }
 
-    /// The group this secret belongs to.
-    pub(super) fn group(&self) -> Group {
-        self.group
-    }
-
     fn exponent_number(&self) -> BigUint {
         BigUint::from_bytes_be(&self.exponent)
     }
@@ -286,7 +281,7 @@ fn jacobi(a: &BigUint, n: &BigUint) -> i8 {
 
 /// Overwrites secret bytes with zeros; `black_box` keeps the compiler from dropping the writes
 /// as useless just before the memory is freed (best effort: Rust gives no hard guarantee).
-fn wipe(bytes: &mut [u8]) {
+pub(super) fn wipe(bytes: &mut [u8]) {
     bytes.fill(0);
     black_box(bytes);
 }

@@ -14,11 +14,17 @@
 //! key, so the two counters can never produce the same (key, nonce) pair, and the fingerprint
 //! reveals nothing about the keys. Key bytes stay inside aws-lc: they never appear as a Rust
 //! value we could print.
+//!
+//! The prekey agreement and the Double Ratchet (`prekeys.rs`, `ratchet.rs`) must save their
+//! chain keys, so they keep them as [`SecretKey`] bytes (wiped on drop, never printed) and use
+//! the two byte-level helpers at the end of this file: [`hkdf`] and [`hmac_sha256`].
 
 use aws_lc_rs::aead::{LessSafeKey, UnboundKey, CHACHA20_POLY1305};
 use aws_lc_rs::digest::{digest, SHA256};
 use aws_lc_rs::hkdf::{KeyType, Prk, Salt, HKDF_SHA256};
+use aws_lc_rs::hmac;
 
+use super::dh::wipe;
 use super::{hex_groups, E2eError, SharedSecret};
 
 /// HKDF label of the key that protects messages from the initiator to the responder.
@@ -82,6 +88,47 @@ impl KeyType for OutputLen {
     fn len(&self) -> usize {
         self.0
     }
+}
+
+/// Bytes in a [`SecretKey`]: a SHA-256 output, and a ChaCha20-Poly1305 key.
+pub(super) const SECRET_KEY_LEN: usize = 32;
+
+/// 32 secret bytes: a root key, chain key or message key. Wiped when dropped; `Debug` shows no
+/// bytes. Invariant: only the KDF helpers below and a saved state ever produce one.
+#[derive(PartialEq, Eq)]
+pub(super) struct SecretKey(
+    /// The key bytes.
+    pub(super) [u8; SECRET_KEY_LEN],
+);
+
+impl Drop for SecretKey {
+    fn drop(&mut self) {
+        wipe(&mut self.0);
+    }
+}
+
+/// Says what it is, never the value.
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(<32 secret bytes>)")
+    }
+}
+
+/// HKDF-SHA256 (RFC 5869): extract with `salt` from `input`, expand under `info` to fill `out`.
+pub(super) fn hkdf(salt: &[u8], input: &[u8], info: &[u8], out: &mut [u8]) -> Result<(), E2eError> {
+    Salt::new(HKDF_SHA256, salt)
+        .extract(input)
+        .expand(&[info], OutputLen(out.len()))
+        .and_then(|okm| okm.fill(out))
+        .map_err(|_| E2eError::Crypto("HKDF could not derive a key"))
+}
+
+/// HMAC-SHA256 of `data` under `key`: one step of a symmetric-key ratchet chain.
+pub(super) fn hmac_sha256(key: &SecretKey, data: &[u8]) -> SecretKey {
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &key.0), data);
+    let mut out = [0u8; SECRET_KEY_LEN];
+    out.copy_from_slice(tag.as_ref());
+    SecretKey(out)
 }
 
 #[cfg(test)]

@@ -33,6 +33,8 @@
 //! | `explain.rs` | the classroom narration of an exchange (`/dh`), from each step's public facts |
 //! | `wire.rs` | the one-line text encoding of the four payloads |
 //! | `trust.rs` | the pinned-keys file (trust on first use) |
+//! | `prekeys.rs` | X3DH-style prekeys: a conversation started while the peer is offline |
+//! | `ratchet.rs` | the Double Ratchet: a key per message, a DH step per change of speaker |
 //!
 //! # Why these choices
 //! - **Signed DH rather than triple-DH (X3DH).** X3DH exists so a conversation can start while the
@@ -67,6 +69,8 @@ mod group;
 mod handshake;
 mod identity;
 mod kdf;
+mod prekeys;
+mod ratchet;
 mod trust;
 mod wire;
 
@@ -81,6 +85,11 @@ pub use explain::Explanation;
 pub use group::{Group, GENERATOR};
 pub use handshake::{Confirm, Init, Initiator, Reply, Responder, Session};
 pub use identity::{safety_number, IdentityKey, IdentityPublicKey, SIGNATURE_LEN};
+pub use prekeys::{
+    initiate, initiate_using, respond, respond_using, IdentityDhKey, OneTimePrekey, Party,
+    PrekeyBundle, PrekeyMessage, SignedPrekey,
+};
+pub use ratchet::{KeySource, Ratchet, RatchetHeader, RatchetMessage, MAX_SKIP, MAX_SKIPPED_KEYS};
 pub use trust::{PinStatus, PinStore};
 pub use wire::{Payload, MAX_PAYLOAD_LEN};
 
@@ -108,6 +117,24 @@ pub enum E2eError {
     Tampered,
     /// The sending counter is used up; a new exchange is needed before sending more.
     CounterExhausted,
+    /// A ratchet message whose number says that too many messages before it were lost: keeping
+    /// a key for each would let a sender fill our memory.
+    TooManySkipped {
+        /// How many message keys it would take to reach it.
+        skipped: u64,
+        /// The most one chain may skip ([`MAX_SKIP`]).
+        max: u32,
+    },
+    /// A ratchet message whose key was already used: a replay, or an old message whose kept key
+    /// was evicted.
+    AlreadyReceived {
+        /// The message's number in its chain.
+        counter: u32,
+    },
+    /// A first message names a prekey we no longer hold (already used, or rotated away).
+    UnknownPrekey,
+    /// Saved session state that cannot be used: another version, cut short, or inconsistent.
+    State(String),
     /// A message too long to fit in one payload.
     TooLong {
         /// The length the user tried to send, in bytes.
@@ -160,6 +187,21 @@ impl fmt::Display for E2eError {
                 f,
                 "this session cannot send more messages; restart the key exchange"
             ),
+            E2eError::TooManySkipped { skipped, max } => write!(
+                f,
+                "a message arrived after {skipped} missing ones, more than the {max} kept \
+                 track of; dropped (if it was genuine, start a new session)"
+            ),
+            E2eError::AlreadyReceived { counter } => write!(
+                f,
+                "message #{counter} was already received (replayed in transit), dropped"
+            ),
+            E2eError::UnknownPrekey => write!(
+                f,
+                "the first message uses a prekey this client no longer holds (used or \
+                 expired); the sender's client must start a new session"
+            ),
+            E2eError::State(detail) => write!(f, "saved session state: {detail}"),
             E2eError::TooLong { len, max } => write!(
                 f,
                 "message is {len} bytes but one encrypted message holds at most {max}; split it"
@@ -206,6 +248,71 @@ impl fmt::Display for SessionId {
 fn put_field(out: &mut Vec<u8>, field: &[u8]) {
     out.extend_from_slice(&(field.len() as u64).to_be_bytes());
     out.extend_from_slice(field);
+}
+
+/// Reads back what [`put_field`] wrote, one field at a time, for saved states and binary wire
+/// formats. Every length is checked against what is left, so hostile input cannot make it read
+/// past the end or allocate.
+struct Fields<'a> {
+    /// What is left to read.
+    rest: &'a [u8],
+    /// Builds the error for input that does not parse (`Malformed` on the wire, `State` on disk).
+    error: fn(String) -> E2eError,
+    /// What is being read, for the error text.
+    what: &'static str,
+}
+
+impl<'a> Fields<'a> {
+    fn new(bytes: &'a [u8], what: &'static str, error: fn(String) -> E2eError) -> Fields<'a> {
+        Fields {
+            rest: bytes,
+            error,
+            what,
+        }
+    }
+
+    /// An error naming what was being read and what is wrong.
+    fn fail(&self, detail: &str) -> E2eError {
+        (self.error)(format!("{}: {detail}", self.what))
+    }
+
+    /// The next field's bytes.
+    fn next(&mut self) -> Result<&'a [u8], E2eError> {
+        let (length, rest) = self
+            .rest
+            .split_at_checked(8)
+            .ok_or_else(|| self.fail("cut short"))?;
+        let mut length_bytes = [0u8; 8];
+        length_bytes.copy_from_slice(length);
+        let field = usize::try_from(u64::from_be_bytes(length_bytes))
+            .ok()
+            .and_then(|length| rest.split_at_checked(length));
+        let (field, rest) = field.ok_or_else(|| self.fail("cut short"))?;
+        self.rest = rest;
+        Ok(field)
+    }
+
+    /// The next field, which must be exactly `N` bytes.
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], E2eError> {
+        let field = self.next()?;
+        field
+            .try_into()
+            .map_err(|_| self.fail(&format!("a {N}-byte field is {} bytes", field.len())))
+    }
+
+    /// The next field as a 4-byte big-endian number.
+    fn number(&mut self) -> Result<u32, E2eError> {
+        self.array::<4>().map(u32::from_be_bytes)
+    }
+
+    /// Checks that nothing follows the last field.
+    fn finish(self) -> Result<(), E2eError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(self.fail("unexpected bytes after the last field"))
+        }
+    }
 }
 
 /// Fills `buf` from the operating system's CSPRNG, through aws-lc.

@@ -1,0 +1,657 @@
+//! Starting a conversation with someone who is offline: X3DH-style prekeys in the RFC 7919
+//! groups (Signal's X3DH specification, revision 1, 2016, with finite-field Diffie–Hellman).
+//!
+//! # The choice: a long-term DH identity key signed by the Ed25519 identity key
+//! X3DH needs long-term keys that can do Diffie–Hellman, and ours are Ed25519 signing keys.
+//! Signal converts one into the other (XEdDSA); in a finite-field group there is no such
+//! conversion, so each user has a second long-term key, an **identity DH key** `IK` in the group,
+//! and publishes it with a signature by the Ed25519 identity key that peers already pin. With it
+//! the textbook four Diffie–Hellman values apply unchanged:
+//!
+//! ```text
+//! DH1 = DH(IK_A, SPK_B)   DH2 = DH(EK_A, IK_B)   DH3 = DH(EK_A, SPK_B)   DH4 = DH(EK_A, OPK_B)
+//! SK  = HKDF-SHA256(salt = 32 zero bytes, input = DH1 ‖ DH2 ‖ DH3 [‖ DH4],
+//!                   info = "securechat/x3dh/v1 " ‖ group name, 32 bytes)
+//! AD  = F("securechat/x3dh/ad/v1") ‖ F(A) ‖ F(Ed25519_A) ‖ F(IK_A) ‖ F(B) ‖ F(Ed25519_B) ‖ F(IK_B)
+//! ```
+//!
+//! (each `DHi` is the group's byte length, big-endian). DH1 and DH2 authenticate the two users
+//! (only the holders of `IK_A` and `IK_B` can compute them), DH3 and DH4 give forward secrecy;
+//! `OPK` (a one-time prekey, handed out once by the server) protects the very first messages
+//! against a later theft of `SPK`. Without one, the agreement is made with DH1–DH3 only.
+//!
+//! **What this keeps: deniability.** The only signatures are on long-term public values (`IK`,
+//! and the signed prekey `SPK`), never on anything about a conversation. Everything a
+//! transcript contains, either party could have computed alone, so a transcript proves nothing
+//! to a third party about who took part. The alternative — the initiator signing its ephemeral
+//! key and the transcript — is simpler (no second long-term key) but leaves a signature that
+//! proves Alice started a conversation with Bob.
+//!
+//! **What it costs.** A second long-term secret to keep safe (as long-lived as the Ed25519 key),
+//! one more public value and signature in every bundle and every first message (384 + 64 bytes
+//! in ffdhe3072), and four exponentiations per agreement instead of one. Like X3DH it gives no
+//! protection against key-compromise impersonation: whoever steals `IK_B` can pretend to others
+//! to be talking to Bob.
+//!
+//! # What the server holds and hands out
+//! A [`PrekeyBundle`]: `IK_B` with its signature, the signed prekey `SPK_B` with its id and
+//! signature, and, while any are left, one one-time prekey `OPK_B` with its id. The initiator
+//! checks both signatures against Bob's *pinned* Ed25519 key (trust on first use, key-change
+//! warnings: unchanged) and every public value (range and subgroup), then sends a
+//! [`PrekeyMessage`]: `IK_A` with its signature, `EK_A`, which prekeys it used, and the first
+//! ratchet message, whose AAD carries `AD`. The responder checks `IK_A`'s signature against
+//! Alice's pinned key, recomputes `SK`, and only keeps the session if that first message opens.
+
+use std::fmt;
+
+use super::kdf::{hkdf, SecretKey, SECRET_KEY_LEN};
+use super::ratchet::{KeySource, Ratchet, RatchetHeader, RatchetMessage};
+use super::{
+    put_field, E2eError, EphemeralSecret, Fields, Group, IdentityKey, IdentityPublicKey,
+    PublicValue, SIGNATURE_LEN,
+};
+
+/// Label of the signature that binds an identity DH key to an Ed25519 identity key.
+const IDENTITY_DH_LABEL: &[u8] = b"securechat/x3dh/identity-dh/v1";
+/// Label of the signature on a signed prekey.
+const SIGNED_PREKEY_LABEL: &[u8] = b"securechat/x3dh/signed-prekey/v1";
+/// Start of the `info` of the HKDF that makes `SK`; the group name follows.
+const AGREEMENT_INFO: &str = "securechat/x3dh/v1 ";
+/// First field of `AD`.
+const ASSOCIATED_DATA_LABEL: &[u8] = b"securechat/x3dh/ad/v1";
+/// First field of an encoded [`PrekeyBundle`].
+const BUNDLE_LABEL: &[u8] = b"securechat/prekey-bundle/v1";
+/// First field of an encoded [`PrekeyMessage`].
+const MESSAGE_LABEL: &[u8] = b"securechat/prekey-message/v1";
+
+/// A Diffie–Hellman key pair that outlives one exchange (identity DH key, signed prekey,
+/// one-time prekey). The exponent type is the ephemeral one's; what differs is how long the
+/// owner keeps it.
+struct KeyPair {
+    /// The secret exponent.
+    secret: EphemeralSecret,
+    /// Its public value.
+    public: PublicValue,
+}
+
+impl KeyPair {
+    fn new((secret, public): (EphemeralSecret, PublicValue)) -> KeyPair {
+        KeyPair { secret, public }
+    }
+
+    /// A copy of the secret for a ratchet that starts from it (the responder's first ratchet
+    /// key is its signed prekey).
+    fn duplicate(&self) -> Result<(EphemeralSecret, PublicValue), E2eError> {
+        EphemeralSecret::from_exponent(self.public.group(), self.secret.exponent_bytes())
+    }
+}
+
+/// My long-term identity DH key `IK`, with the Ed25519 signature that binds it to me.
+pub struct IdentityDhKey {
+    /// The key pair.
+    pair: KeyPair,
+    /// Ed25519 signature on `F(label) ‖ F(user) ‖ F(group) ‖ F(IK)`.
+    signature: [u8; SIGNATURE_LEN],
+}
+
+impl IdentityDhKey {
+    /// A new identity DH key for `user` in `group`, signed with `identity`.
+    pub fn generate(
+        identity: &IdentityKey,
+        user: &str,
+        group: Group,
+    ) -> Result<IdentityDhKey, E2eError> {
+        IdentityDhKey::from_pair(identity, user, EphemeralSecret::generate(group)?)
+    }
+
+    /// An identity DH key from a saved or fixed exponent (see [`EphemeralSecret::from_exponent`]).
+    #[doc(hidden)]
+    pub fn from_pair(
+        identity: &IdentityKey,
+        user: &str,
+        pair: (EphemeralSecret, PublicValue),
+    ) -> Result<IdentityDhKey, E2eError> {
+        let pair = KeyPair::new(pair);
+        let signature = identity.sign(&identity_dh_statement(
+            user,
+            &pair.public.to_bytes(),
+            pair.public.group(),
+        ))?;
+        Ok(IdentityDhKey { pair, signature })
+    }
+}
+
+/// A signed prekey `SPK`: rotated by its owner (say weekly), signed with the Ed25519 key.
+pub struct SignedPrekey {
+    /// Names it in bundles and first messages.
+    id: u32,
+    /// The key pair.
+    pair: KeyPair,
+    /// Ed25519 signature on `F(label) ‖ F(user) ‖ F(group) ‖ F(u32be(id)) ‖ F(SPK)`.
+    signature: [u8; SIGNATURE_LEN],
+}
+
+impl SignedPrekey {
+    /// A new signed prekey for `user` in `group`, signed with `identity`.
+    pub fn generate(
+        identity: &IdentityKey,
+        user: &str,
+        id: u32,
+        group: Group,
+    ) -> Result<SignedPrekey, E2eError> {
+        SignedPrekey::from_pair(identity, user, id, EphemeralSecret::generate(group)?)
+    }
+
+    /// A signed prekey from a saved or fixed exponent.
+    #[doc(hidden)]
+    pub fn from_pair(
+        identity: &IdentityKey,
+        user: &str,
+        id: u32,
+        pair: (EphemeralSecret, PublicValue),
+    ) -> Result<SignedPrekey, E2eError> {
+        let pair = KeyPair::new(pair);
+        let statement =
+            signed_prekey_statement(user, id, &pair.public.to_bytes(), pair.public.group());
+        let signature = identity.sign(&statement)?;
+        Ok(SignedPrekey {
+            id,
+            pair,
+            signature,
+        })
+    }
+
+    /// Its id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+/// A one-time prekey `OPK`: the server hands each out at most once; its owner deletes the
+/// secret once a first message has used it.
+pub struct OneTimePrekey {
+    /// Names it in bundles and first messages.
+    id: u32,
+    /// The key pair.
+    pair: KeyPair,
+}
+
+impl OneTimePrekey {
+    /// A new one-time prekey in `group`.
+    pub fn generate(id: u32, group: Group) -> Result<OneTimePrekey, E2eError> {
+        Ok(OneTimePrekey::from_pair(
+            id,
+            EphemeralSecret::generate(group)?,
+        ))
+    }
+
+    /// A one-time prekey from a saved or fixed exponent.
+    #[doc(hidden)]
+    pub fn from_pair(id: u32, pair: (EphemeralSecret, PublicValue)) -> OneTimePrekey {
+        OneTimePrekey {
+            id,
+            pair: KeyPair::new(pair),
+        }
+    }
+
+    /// Its id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+/// What the server hands to someone who wants to start a conversation with `owner`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrekeyBundle {
+    /// The group of every value in the bundle and in the conversation.
+    pub group: Group,
+    /// `IK_B`, the owner's identity DH key.
+    pub identity_dh: Vec<u8>,
+    /// The owner's Ed25519 signature binding `IK_B` to them.
+    pub identity_dh_signature: [u8; SIGNATURE_LEN],
+    /// Which signed prekey this is.
+    pub signed_prekey_id: u32,
+    /// `SPK_B`.
+    pub signed_prekey: Vec<u8>,
+    /// The owner's Ed25519 signature on `SPK_B`.
+    pub signed_prekey_signature: [u8; SIGNATURE_LEN],
+    /// `(id, OPK_B)`, or `None` when the server has none left.
+    pub one_time_prekey: Option<(u32, Vec<u8>)>,
+}
+
+impl PrekeyBundle {
+    /// The bundle `owner` publishes for `signed_prekey` and, optionally, one one-time prekey.
+    pub fn new(
+        identity_dh: &IdentityDhKey,
+        signed_prekey: &SignedPrekey,
+        one_time_prekey: Option<&OneTimePrekey>,
+    ) -> PrekeyBundle {
+        PrekeyBundle {
+            group: identity_dh.pair.public.group(),
+            identity_dh: identity_dh.pair.public.to_bytes(),
+            identity_dh_signature: identity_dh.signature,
+            signed_prekey_id: signed_prekey.id,
+            signed_prekey: signed_prekey.pair.public.to_bytes(),
+            signed_prekey_signature: signed_prekey.signature,
+            one_time_prekey: one_time_prekey.map(|key| (key.id, key.pair.public.to_bytes())),
+        }
+    }
+
+    /// `F(label) ‖ F(group) ‖ F(IK) ‖ F(sig) ‖ F(u32be(spk id)) ‖ F(SPK) ‖ F(sig) ‖
+    /// F(u32be(opk id) or empty) ‖ F(OPK or empty)`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let (opk_id, opk) = match &self.one_time_prekey {
+            Some((id, key)) => (id.to_be_bytes().to_vec(), key.clone()),
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut out = Vec::new();
+        for field in [
+            BUNDLE_LABEL,
+            self.group.name().as_bytes(),
+            &self.identity_dh,
+            &self.identity_dh_signature,
+            &self.signed_prekey_id.to_be_bytes(),
+            &self.signed_prekey,
+            &self.signed_prekey_signature,
+            &opk_id,
+            &opk,
+        ] {
+            put_field(&mut out, field);
+        }
+        out
+    }
+
+    /// Parses [`PrekeyBundle::to_bytes`]; values are checked when the bundle is used.
+    pub fn from_bytes(bytes: &[u8]) -> Result<PrekeyBundle, E2eError> {
+        let mut fields = Fields::new(bytes, "prekey bundle", E2eError::Malformed);
+        if fields.next()? != BUNDLE_LABEL {
+            return Err(fields.fail("not a prekey bundle of this version"));
+        }
+        let group = group_field(&mut fields)?;
+        let identity_dh = public_field(&mut fields, group)?;
+        let identity_dh_signature = fields.array()?;
+        let signed_prekey_id = fields.number()?;
+        let signed_prekey = public_field(&mut fields, group)?;
+        let signed_prekey_signature = fields.array()?;
+        let opk_id = fields.next()?;
+        let opk = fields.next()?;
+        let one_time_prekey = match (opk_id, opk) {
+            ([], []) => None,
+            (id, key) => {
+                let id: [u8; 4] = id
+                    .try_into()
+                    .map_err(|_| fields.fail("a one-time prekey id is 4 bytes"))?;
+                if key.len() != group.byte_len() {
+                    return Err(fields.fail("a one-time prekey has the wrong length"));
+                }
+                Some((u32::from_be_bytes(id), key.to_vec()))
+            }
+        };
+        fields.finish()?;
+        Ok(PrekeyBundle {
+            group,
+            identity_dh,
+            identity_dh_signature,
+            signed_prekey_id,
+            signed_prekey,
+            signed_prekey_signature,
+            one_time_prekey,
+        })
+    }
+}
+
+/// The first message of a conversation, from the initiator: what the responder needs to compute
+/// `SK`, then the first ratchet message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrekeyMessage {
+    /// The group of the bundle used.
+    pub group: Group,
+    /// `IK_A`, the initiator's identity DH key.
+    pub identity_dh: Vec<u8>,
+    /// The initiator's Ed25519 signature binding `IK_A` to them.
+    pub identity_dh_signature: [u8; SIGNATURE_LEN],
+    /// `EK_A`, the initiator's ephemeral value.
+    pub ephemeral: Vec<u8>,
+    /// Which signed prekey of the responder was used.
+    pub signed_prekey_id: u32,
+    /// Which one-time prekey was used, if any.
+    pub one_time_prekey_id: Option<u32>,
+    /// The first ratchet message.
+    pub message: RatchetMessage,
+}
+
+impl PrekeyMessage {
+    /// `F(label) ‖ F(group) ‖ F(IK_A) ‖ F(sig) ‖ F(EK_A) ‖ F(u32be(spk id)) ‖
+    /// F(u32be(opk id) or empty) ‖ F(ratchet header) ‖ F(ciphertext)`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let opk_id = self
+            .one_time_prekey_id
+            .map(|id| id.to_be_bytes().to_vec())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for field in [
+            MESSAGE_LABEL,
+            self.group.name().as_bytes(),
+            &self.identity_dh,
+            &self.identity_dh_signature,
+            &self.ephemeral,
+            &self.signed_prekey_id.to_be_bytes(),
+            &opk_id,
+            &self.message.header.to_bytes(),
+            &self.message.ciphertext,
+        ] {
+            put_field(&mut out, field);
+        }
+        out
+    }
+
+    /// Parses [`PrekeyMessage::to_bytes`]; values are checked when the message is used.
+    pub fn from_bytes(bytes: &[u8]) -> Result<PrekeyMessage, E2eError> {
+        let mut fields = Fields::new(bytes, "first message", E2eError::Malformed);
+        if fields.next()? != MESSAGE_LABEL {
+            return Err(fields.fail("not a first message of this version"));
+        }
+        let group = group_field(&mut fields)?;
+        let identity_dh = public_field(&mut fields, group)?;
+        let identity_dh_signature = fields.array()?;
+        let ephemeral = public_field(&mut fields, group)?;
+        let signed_prekey_id = fields.number()?;
+        let one_time_prekey_id = match fields.next()? {
+            [] => None,
+            id => {
+                Some(u32::from_be_bytes(id.try_into().map_err(|_| {
+                    fields.fail("a one-time prekey id is 4 bytes")
+                })?))
+            }
+        };
+        let header = RatchetHeader::from_bytes(group, fields.next()?)?;
+        let ciphertext = fields.next()?.to_vec();
+        fields.finish()?;
+        Ok(PrekeyMessage {
+            group,
+            identity_dh,
+            identity_dh_signature,
+            ephemeral,
+            signed_prekey_id,
+            one_time_prekey_id,
+            message: RatchetMessage { header, ciphertext },
+        })
+    }
+}
+
+/// One side of a conversation as the agreement sees it: a name and both identity keys.
+pub struct Party<'a> {
+    /// The canonical user name.
+    pub name: &'a str,
+    /// The Ed25519 identity key (for the peer: the *pinned* one).
+    pub identity: IdentityPublicKey,
+}
+
+/// The initiator's side: checks `bundle` (signed by `peer.identity`, the pinned key), agrees on
+/// `SK`, and seals `first_text` as the first message. Returns the session and the message.
+pub fn initiate(
+    me: &Party<'_>,
+    my_identity_dh: &IdentityDhKey,
+    peer: &Party<'_>,
+    bundle: &PrekeyBundle,
+    first_text: &str,
+) -> Result<(Ratchet, PrekeyMessage), E2eError> {
+    initiate_using(
+        me,
+        my_identity_dh,
+        peer,
+        bundle,
+        first_text,
+        &mut EphemeralSecret::generate,
+    )
+}
+
+/// [`initiate`] with `EK_A` and the first ratchet key from `fresh`: for golden vectors only.
+#[doc(hidden)]
+pub fn initiate_using(
+    me: &Party<'_>,
+    my_identity_dh: &IdentityDhKey,
+    peer: &Party<'_>,
+    bundle: &PrekeyBundle,
+    first_text: &str,
+    fresh: KeySource<'_>,
+) -> Result<(Ratchet, PrekeyMessage), E2eError> {
+    let group = bundle.group;
+    if my_identity_dh.pair.public.group() != group {
+        return Err(E2eError::Malformed(format!(
+            "the bundle uses {}, but my identity DH key is in {}",
+            group.name(),
+            my_identity_dh.pair.public.group().name()
+        )));
+    }
+    // Signatures first, against the pinned key: they say these values really are the peer's.
+    let identity_statement = identity_dh_statement(peer.name, &bundle.identity_dh, group);
+    peer.identity
+        .verify(&identity_statement, &bundle.identity_dh_signature)?;
+    let prekey_statement = signed_prekey_statement(
+        peer.name,
+        bundle.signed_prekey_id,
+        &bundle.signed_prekey,
+        group,
+    );
+    peer.identity
+        .verify(&prekey_statement, &bundle.signed_prekey_signature)?;
+    let peer_identity_dh = PublicValue::from_bytes(group, &bundle.identity_dh)?;
+    let signed_prekey = PublicValue::from_bytes(group, &bundle.signed_prekey)?;
+    let one_time_prekey = bundle
+        .one_time_prekey
+        .as_ref()
+        .map(|(id, key)| PublicValue::from_bytes(group, key).map(|key| (*id, key)))
+        .transpose()?;
+
+    let ephemeral = KeyPair::new(fresh(group)?);
+    let mut dh_outputs = vec![
+        my_identity_dh.pair.secret.agree(&signed_prekey)?,
+        ephemeral.secret.agree(&peer_identity_dh)?,
+        ephemeral.secret.agree(&signed_prekey)?,
+    ];
+    if let Some((_, key)) = &one_time_prekey {
+        dh_outputs.push(ephemeral.secret.agree(key)?);
+    }
+    let shared = agreement_key(group, &dh_outputs)?;
+    let associated_data = associated_data(
+        me,
+        &my_identity_dh.pair.public.to_bytes(),
+        peer,
+        &bundle.identity_dh,
+    );
+    let mut ratchet = Ratchet::initiator(shared, associated_data, signed_prekey, fresh(group)?)?;
+    let message = ratchet.encrypt(first_text)?;
+    let first = PrekeyMessage {
+        group,
+        identity_dh: my_identity_dh.pair.public.to_bytes(),
+        identity_dh_signature: my_identity_dh.signature,
+        ephemeral: ephemeral.public.to_bytes(),
+        signed_prekey_id: bundle.signed_prekey_id,
+        one_time_prekey_id: one_time_prekey.map(|(id, _)| id),
+        message,
+    };
+    Ok((ratchet, first))
+}
+
+/// The responder's side: checks `message` (its `IK_A` signed by `peer.identity`, the pinned
+/// key), recomputes `SK` from my prekeys, and opens the first message. `one_time_prekey` is the
+/// one the message names (the caller looks it up by id, and deletes it once this succeeds).
+pub fn respond(
+    me: &Party<'_>,
+    my_identity_dh: &IdentityDhKey,
+    signed_prekey: &SignedPrekey,
+    one_time_prekey: Option<&OneTimePrekey>,
+    peer: &Party<'_>,
+    message: &PrekeyMessage,
+) -> Result<(Ratchet, String), E2eError> {
+    respond_using(
+        me,
+        my_identity_dh,
+        signed_prekey,
+        one_time_prekey,
+        peer,
+        message,
+        &mut EphemeralSecret::generate,
+    )
+}
+
+/// [`respond`] with the next ratchet key from `fresh`: for golden vectors only.
+#[doc(hidden)]
+pub fn respond_using(
+    me: &Party<'_>,
+    my_identity_dh: &IdentityDhKey,
+    signed_prekey: &SignedPrekey,
+    one_time_prekey: Option<&OneTimePrekey>,
+    peer: &Party<'_>,
+    message: &PrekeyMessage,
+    fresh: KeySource<'_>,
+) -> Result<(Ratchet, String), E2eError> {
+    let group = message.group;
+    let prekeys_match = signed_prekey.id == message.signed_prekey_id
+        && one_time_prekey.map(|key| key.id) == message.one_time_prekey_id;
+    if !prekeys_match {
+        return Err(E2eError::UnknownPrekey);
+    }
+    if my_identity_dh.pair.public.group() != group || signed_prekey.pair.public.group() != group {
+        return Err(E2eError::Malformed(format!(
+            "the first message uses {}, which my prekeys are not in",
+            group.name()
+        )));
+    }
+    let identity_statement = identity_dh_statement(peer.name, &message.identity_dh, group);
+    peer.identity
+        .verify(&identity_statement, &message.identity_dh_signature)?;
+    let peer_identity_dh = PublicValue::from_bytes(group, &message.identity_dh)?;
+    let ephemeral = PublicValue::from_bytes(group, &message.ephemeral)?;
+
+    let mut dh_outputs = vec![
+        signed_prekey.pair.secret.agree(&peer_identity_dh)?,
+        my_identity_dh.pair.secret.agree(&ephemeral)?,
+        signed_prekey.pair.secret.agree(&ephemeral)?,
+    ];
+    if let Some(key) = one_time_prekey {
+        dh_outputs.push(key.pair.secret.agree(&ephemeral)?);
+    }
+    let shared = agreement_key(group, &dh_outputs)?;
+    let associated_data = associated_data(
+        peer,
+        &message.identity_dh,
+        me,
+        &my_identity_dh.pair.public.to_bytes(),
+    );
+    let mut ratchet = Ratchet::responder(shared, associated_data, signed_prekey.pair.duplicate()?);
+    let text = ratchet.decrypt_using(&message.message, fresh)?;
+    Ok((ratchet, text))
+}
+
+/// What the Ed25519 key signs to vouch for an identity DH key.
+fn identity_dh_statement(user: &str, identity_dh: &[u8], group: Group) -> Vec<u8> {
+    let mut out = Vec::new();
+    for field in [
+        IDENTITY_DH_LABEL,
+        user.as_bytes(),
+        group.name().as_bytes(),
+        identity_dh,
+    ] {
+        put_field(&mut out, field);
+    }
+    out
+}
+
+/// What the Ed25519 key signs to vouch for a signed prekey.
+fn signed_prekey_statement(user: &str, id: u32, prekey: &[u8], group: Group) -> Vec<u8> {
+    let mut out = Vec::new();
+    for field in [
+        SIGNED_PREKEY_LABEL,
+        user.as_bytes(),
+        group.name().as_bytes(),
+        &id.to_be_bytes(),
+        prekey,
+    ] {
+        put_field(&mut out, field);
+    }
+    out
+}
+
+/// `SK` from the Diffie–Hellman outputs, in order (see the module docs).
+fn agreement_key(group: Group, dh_outputs: &[super::SharedSecret]) -> Result<SecretKey, E2eError> {
+    let mut input: Vec<u8> = dh_outputs
+        .iter()
+        .flat_map(|output| output.as_bytes().iter().copied())
+        .collect();
+    let info = format!("{AGREEMENT_INFO}{}", group.name());
+    let mut key = [0u8; SECRET_KEY_LEN];
+    let derived = hkdf(&[0u8; SECRET_KEY_LEN], &input, info.as_bytes(), &mut key);
+    super::dh::wipe(&mut input);
+    derived.map(|()| SecretKey(key))
+}
+
+/// `AD`, initiator first.
+fn associated_data(
+    initiator: &Party<'_>,
+    initiator_dh: &[u8],
+    responder: &Party<'_>,
+    responder_dh: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    for field in [
+        ASSOCIATED_DATA_LABEL,
+        initiator.name.as_bytes(),
+        initiator.identity.as_bytes(),
+        initiator_dh,
+        responder.name.as_bytes(),
+        responder.identity.as_bytes(),
+        responder_dh,
+    ] {
+        put_field(&mut out, field);
+    }
+    out
+}
+
+/// A group name field.
+fn group_field(fields: &mut Fields<'_>) -> Result<Group, E2eError> {
+    let name = fields.next()?;
+    std::str::from_utf8(name)
+        .ok()
+        .and_then(Group::from_name)
+        .ok_or_else(|| fields.fail("unknown group"))
+}
+
+/// A public value field of exactly the group's length.
+fn public_field(fields: &mut Fields<'_>, group: Group) -> Result<Vec<u8>, E2eError> {
+    let value = fields.next()?;
+    if value.len() != group.byte_len() {
+        return Err(fields.fail("a public value has the wrong length for its group"));
+    }
+    Ok(value.to_vec())
+}
+
+/// Shows ids and groups, never exponents.
+impl fmt::Debug for SignedPrekey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SignedPrekey {{ id: {}, {:?} }}",
+            self.id, self.pair.public
+        )
+    }
+}
+
+/// Shows ids and groups, never exponents.
+impl fmt::Debug for OneTimePrekey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "OneTimePrekey {{ id: {}, {:?} }}",
+            self.id, self.pair.public
+        )
+    }
+}
+
+/// Shows the public value, never the exponent.
+impl fmt::Debug for IdentityDhKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdentityDhKey({:?})", self.pair.public)
+    }
+}
