@@ -621,3 +621,323 @@ fn optional_key(fields: &mut Fields<'_>) -> Result<Option<SecretKey>, E2eError> 
             .map_err(|_| state_error("a chain key is not 32 bytes")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{
+        initiate, respond, IdentityDhKey, IdentityKey, OneTimePrekey, Party, PrekeyBundle,
+        SignedPrekey,
+    };
+    use super::*;
+
+    const GROUP: Group = Group::Ffdhe2048;
+
+    /// Alice's and Bob's sessions after Alice's first message ("hello") reached Bob.
+    fn conversation() -> (Ratchet, Ratchet) {
+        let alice = IdentityKey::generate().expect("identity");
+        let bob = IdentityKey::generate().expect("identity");
+        let alice_dh = IdentityDhKey::generate(&alice, "alice", GROUP).expect("ik");
+        let bob_dh = IdentityDhKey::generate(&bob, "bob", GROUP).expect("ik");
+        let spk = SignedPrekey::generate(&bob, "bob", 1, GROUP).expect("spk");
+        let opk = OneTimePrekey::generate(7, GROUP).expect("opk");
+        let bundle = PrekeyBundle::new(&bob_dh, &spk, Some(&opk));
+        let at_alice = Party {
+            name: "alice",
+            identity: alice.public_key(),
+        };
+        let at_bob = Party {
+            name: "bob",
+            identity: bob.public_key(),
+        };
+        let (alice_session, first) =
+            initiate(&at_alice, &alice_dh, &at_bob, &bundle, "hello").expect("initiate");
+        let (bob_session, text) =
+            respond(&at_bob, &bob_dh, &spk, Some(&opk), &at_alice, &first).expect("respond");
+        assert_eq!(text, "hello");
+        (alice_session, bob_session)
+    }
+
+    fn send(from: &mut Ratchet, text: &str) -> RatchetMessage {
+        from.encrypt(text).expect("encrypt")
+    }
+
+    fn opens(to: &mut Ratchet, message: &RatchetMessage, text: &str) {
+        assert_eq!(to.decrypt(message).as_deref(), Ok(text));
+    }
+
+    fn copy(state: &Ratchet) -> Ratchet {
+        Ratchet::from_bytes(&state.to_bytes()).expect("restore")
+    }
+
+    /// What a thief holding `state` can do with its symmetric keys, ignoring every rule the
+    /// library keeps: use each key (root, both chains, every kept key) as a message key, and as
+    /// a chain key run forward up to 50 steps. Whether any of them opens `message`.
+    fn thief_opens(state: &Ratchet, message: &RatchetMessage) -> bool {
+        let keys = [&state.sending_chain, &state.receiving_chain]
+            .into_iter()
+            .flatten()
+            .chain([&state.root_key])
+            .chain(state.skipped.iter().map(|kept| &kept.key));
+        keys.into_iter().any(|key| {
+            let mut chain = SecretKey(key.0);
+            let direct = open(key, &state.associated_data, message).is_ok();
+            direct
+                || (0..50).any(|_| {
+                    let (next, message_key) = kdf_ck(&chain);
+                    chain = next;
+                    open(&message_key, &state.associated_data, message).is_ok()
+                })
+        })
+    }
+
+    #[test]
+    fn turns_in_both_directions_open_and_each_turn_changes_the_ratchet_value() {
+        let (mut alice, mut bob) = conversation();
+        let mut values = Vec::new();
+        for turn in 0..4 {
+            let from_bob = send(&mut bob, &format!("bob {turn}"));
+            opens(&mut alice, &from_bob, &format!("bob {turn}"));
+            let from_alice = send(&mut alice, &format!("alice {turn}"));
+            let again = send(&mut alice, "and more");
+            opens(&mut bob, &from_alice, &format!("alice {turn}"));
+            opens(&mut bob, &again, "and more");
+            assert_eq!(from_alice.header.ratchet_key, again.header.ratchet_key);
+            assert_eq!((from_alice.header.counter, again.header.counter), (0, 1));
+            values.push(from_bob.header.ratchet_key);
+            values.push(from_alice.header.ratchet_key);
+        }
+        let distinct: std::collections::HashSet<_> = values.iter().collect();
+        assert_eq!(distinct.len(), values.len(), "a new value at every turn");
+    }
+
+    #[test]
+    fn a_state_copied_at_message_n_opens_no_message_before_n() {
+        let (mut alice, mut bob) = conversation();
+        let mut earlier = Vec::new();
+        for n in 0..3 {
+            let reply = send(&mut bob, &format!("reply {n}"));
+            opens(&mut alice, &reply, &format!("reply {n}"));
+            for k in 0..3 {
+                let message = send(&mut alice, &format!("turn {n} message {k}"));
+                opens(&mut bob, &message, &format!("turn {n} message {k}"));
+                earlier.push(message);
+            }
+        }
+        // The thief copies Bob's state now, after message n.
+        let mut stolen = copy(&bob);
+        let kept_back = send(&mut alice, "the thief's own check");
+        assert!(thief_opens(&stolen, &kept_back), "the thief's method works");
+        for message in &earlier {
+            assert!(!thief_opens(&stolen, message), "{:?}", message.header);
+            assert!(stolen.decrypt(message).is_err(), "{:?}", message.header);
+        }
+        opens(&mut stolen, &kept_back, "the thief's own check");
+    }
+
+    #[test]
+    fn a_copied_state_opens_nothing_once_both_sides_have_stepped_again() {
+        let (mut alice, mut bob) = conversation();
+        let stolen = copy(&bob);
+        // Bob answers; Alice steps (new value) and writes back. That message is still under
+        // Bob's ratchet value from before the copy, so the copy can read it: the bound of
+        // healing is one round trip after the theft.
+        let reply = send(&mut bob, "reply");
+        opens(&mut alice, &reply, "reply");
+        let still_exposed = send(&mut alice, "still exposed");
+        opens(&mut copy(&stolen), &still_exposed, "still exposed");
+        opens(&mut bob, &still_exposed, "still exposed");
+        // Bob steps with a fresh value the thief never saw; from Alice's next answer on, the
+        // copy — kept as it was, or moved along with everything it could read — opens nothing.
+        let second_reply = send(&mut bob, "second reply");
+        opens(&mut alice, &second_reply, "second reply");
+        let healed = send(&mut alice, "healed");
+        let mut followed = copy(&stolen);
+        opens(&mut followed, &still_exposed, "still exposed");
+        assert!(copy(&stolen).decrypt(&healed).is_err());
+        assert!(followed.decrypt(&healed).is_err());
+        assert!(!thief_opens(&stolen, &healed) && !thief_opens(&followed, &healed));
+        opens(&mut bob, &healed, "healed");
+    }
+
+    #[test]
+    fn messages_out_of_order_within_the_bound_open_once_each() {
+        let (mut alice, mut bob) = conversation();
+        let first_turn: Vec<_> = (0..4).map(|n| send(&mut alice, &format!("a{n}"))).collect();
+        // Bob reads only the last of them, answers, and Alice starts a new chain.
+        opens(&mut bob, &first_turn[3], "a3");
+        let reply = send(&mut bob, "reply");
+        opens(&mut alice, &reply, "reply");
+        let second_turn: Vec<_> = (0..3).map(|n| send(&mut alice, &format!("b{n}"))).collect();
+        // The new chain's last message arrives first: Bob keeps the keys of the two missing
+        // from the old chain (PN) and of the two before it in the new one.
+        opens(&mut bob, &second_turn[2], "b2");
+        assert_eq!(bob.skipped_keys(), 3 + 2);
+        for (message, text) in [
+            (&first_turn[1], "a1"),
+            (&second_turn[0], "b0"),
+            (&first_turn[0], "a0"),
+            (&first_turn[2], "a2"),
+            (&second_turn[1], "b1"),
+        ] {
+            opens(&mut bob, message, text);
+        }
+        assert_eq!(bob.skipped_keys(), 0);
+        for message in first_turn.iter().chain(&second_turn) {
+            assert!(bob.decrypt(message).is_err(), "opened twice");
+        }
+    }
+
+    #[test]
+    fn a_skipped_key_flood_beyond_the_bound_is_refused_without_storing_anything() {
+        let (mut alice, mut bob) = conversation();
+        // Exactly MAX_SKIP missing messages are fine...
+        let mut sent: Vec<_> = (0..=MAX_SKIP).map(|n| send(&mut alice, &n.to_string())).collect();
+        opens(&mut bob, &sent[MAX_SKIP as usize], &MAX_SKIP.to_string());
+        assert_eq!(bob.skipped_keys(), MAX_SKIP as usize);
+        // ... one more is not, and is refused before any key is derived or kept.
+        sent.extend((0..=MAX_SKIP + 1).map(|n| send(&mut alice, &n.to_string())));
+        let too_far = sent.last().expect("sent");
+        assert_eq!(
+            bob.decrypt(too_far),
+            Err(E2eError::TooManySkipped {
+                skipped: u64::from(MAX_SKIP) + 1,
+                max: MAX_SKIP
+            })
+        );
+        assert_eq!(bob.skipped_keys(), MAX_SKIP as usize);
+        // A forged header claiming a huge counter is refused the same way.
+        let mut forged = sent[0].clone();
+        forged.header.counter = u32::MAX - 1;
+        assert!(matches!(
+            bob.decrypt(&forged),
+            Err(E2eError::TooManySkipped { .. })
+        ));
+    }
+
+    #[test]
+    fn the_total_of_kept_keys_is_capped_and_the_oldest_go_first() {
+        let (mut alice, mut bob) = conversation();
+        // Three chains, each delivering only its last message after skipping 900.
+        let mut oldest_skipped = None;
+        let mut newest_skipped = None;
+        for turn in 0..3 {
+            let messages: Vec<_> = (0..901).map(|n| send(&mut alice, &n.to_string())).collect();
+            opens(&mut bob, &messages[900], "900");
+            assert!(bob.skipped_keys() <= MAX_SKIPPED_KEYS);
+            if turn == 0 {
+                oldest_skipped = Some(messages[0].clone());
+            }
+            newest_skipped = Some(messages[899].clone());
+            let reply = send(&mut bob, "reply");
+            opens(&mut alice, &reply, "reply");
+        }
+        assert_eq!(bob.skipped_keys(), MAX_SKIPPED_KEYS);
+        let (oldest, newest) = (oldest_skipped.expect("set"), newest_skipped.expect("set"));
+        assert!(bob.decrypt(&oldest).is_err(), "evicted");
+        opens(&mut bob, &newest, "899");
+    }
+
+    #[test]
+    fn replayed_messages_are_refused() {
+        let (mut alice, mut bob) = conversation();
+        let reply = send(&mut bob, "reply");
+        opens(&mut alice, &reply, "reply");
+        let stepped = send(&mut alice, "opens a chain");
+        let skipped = send(&mut alice, "skipped at first");
+        let in_order = send(&mut alice, "in order");
+        opens(&mut bob, &stepped, "opens a chain");
+        opens(&mut bob, &in_order, "in order");
+        opens(&mut bob, &skipped, "skipped at first");
+        for (message, counter) in [(&stepped, 0), (&skipped, 1), (&in_order, 2)] {
+            assert_eq!(
+                bob.decrypt(message),
+                Err(E2eError::AlreadyReceived { counter })
+            );
+        }
+        // And a message of a chain that has ended (Bob has moved on) finds no key either.
+        let answer = send(&mut bob, "answer");
+        opens(&mut alice, &answer, "answer");
+        opens(&mut bob, &send(&mut alice, "new chain"), "new chain");
+        assert!(bob.decrypt(&stepped).is_err());
+    }
+
+    #[test]
+    fn a_tampered_header_or_body_is_refused_and_changes_nothing() {
+        let (mut alice, mut bob) = conversation();
+        let reply = send(&mut bob, "reply");
+        opens(&mut alice, &reply, "reply");
+        let genuine = send(&mut alice, "genuine");
+        let before = bob.to_bytes();
+        // PN is not used to derive this message's key: only the AAD notices it changed.
+        let mut other_pn = genuine.clone();
+        other_pn.header.previous_chain_len += 1;
+        // A valid ratchet value of someone else's: a ratchet step that cannot authenticate.
+        let mut other_value = genuine.clone();
+        let (_, stranger) = EphemeralSecret::generate(GROUP).expect("generate");
+        other_value.header.ratchet_key = stranger.to_bytes();
+        let mut other_body = genuine.clone();
+        other_body.ciphertext[0] ^= 1;
+        for forged in [&other_pn, &other_value, &other_body] {
+            assert_eq!(bob.decrypt(forged), Err(E2eError::Tampered));
+            assert_eq!(bob.to_bytes(), before, "state changed by a forgery");
+        }
+        // A value outside the subgroup is refused before any arithmetic with it.
+        let mut hostile = genuine.clone();
+        let p_minus_2 = GROUP.prime() - 2u32;
+        hostile.header.ratchet_key = {
+            let digits = p_minus_2.to_bytes_be();
+            [vec![0; GROUP.byte_len() - digits.len()], digits].concat()
+        };
+        assert!(matches!(
+            bob.decrypt(&hostile),
+            Err(E2eError::InvalidPublicValue(_))
+        ));
+        opens(&mut bob, &genuine, "genuine");
+    }
+
+    #[test]
+    fn a_saved_state_restores_to_the_same_conversation() {
+        let (mut alice, mut bob) = conversation();
+        let early = send(&mut alice, "early");
+        let late = send(&mut alice, "late");
+        opens(&mut bob, &late, "late");
+        // Bob's client restarts: it has one skipped key and both chains.
+        let saved = bob.to_bytes();
+        let mut restored = Ratchet::from_bytes(&saved).expect("restore");
+        assert_eq!(restored.to_bytes(), saved);
+        assert_eq!(restored.skipped_keys(), 1);
+        opens(&mut restored, &early, "early");
+        let reply = send(&mut restored, "after restart");
+        opens(&mut alice, &reply, "after restart");
+        let answer = send(&mut alice, "answer");
+        opens(&mut restored, &answer, "answer");
+        assert!(format!("{restored:?}").contains("skipped_keys: 0"));
+    }
+
+    #[test]
+    fn a_corrupt_or_foreign_saved_state_is_refused_in_words() {
+        let (_, bob) = conversation();
+        let saved = bob.to_bytes();
+        let is_state_error = |bytes: &[u8]| matches!(Ratchet::from_bytes(bytes), Err(E2eError::State(_)));
+        assert!(is_state_error(&[]));
+        assert!(is_state_error(&saved[..saved.len() - 1]));
+        assert!(is_state_error(&[&saved[..], &[0]].concat()));
+        let mut other_version = saved.clone();
+        let label_end = 8 + STATE_LABEL.len();
+        other_version[label_end - 1] = b'2';
+        assert!(is_state_error(&other_version));
+        let mut huge_length = saved.clone();
+        huge_length[..8].copy_from_slice(&u64::MAX.to_be_bytes());
+        assert!(is_state_error(&huge_length));
+        assert!(Ratchet::from_bytes(&saved).is_ok());
+    }
+
+    #[test]
+    fn debug_output_shows_counters_and_no_keys() {
+        let (alice, _) = conversation();
+        let shown = format!("{alice:?}");
+        assert!(shown.contains("sent: 1") && shown.contains("ffdhe2048"), "{shown}");
+        let root_hex: String = alice.root_key.0.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!shown.contains(&root_hex[..16]) && !shown.contains('['));
+    }
+}
