@@ -655,3 +655,277 @@ impl fmt::Debug for IdentityDhKey {
         write!(f, "IdentityDhKey({:?})", self.pair.public)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GROUP: Group = Group::Ffdhe2048;
+
+    /// A user with everything they publish.
+    struct User {
+        /// Their name.
+        name: &'static str,
+        /// Their Ed25519 identity key.
+        identity: IdentityKey,
+        /// Their identity DH key.
+        identity_dh: IdentityDhKey,
+        /// Their current signed prekey (id 1).
+        signed_prekey: SignedPrekey,
+        /// One one-time prekey (id 7).
+        one_time: OneTimePrekey,
+    }
+
+    impl User {
+        fn new(name: &'static str) -> User {
+            let identity = IdentityKey::generate().expect("identity");
+            User {
+                name,
+                identity_dh: IdentityDhKey::generate(&identity, name, GROUP).expect("ik"),
+                signed_prekey: SignedPrekey::generate(&identity, name, 1, GROUP).expect("spk"),
+                one_time: OneTimePrekey::generate(7, GROUP).expect("opk"),
+                identity,
+            }
+        }
+
+        /// As a peer sees them: their name and their pinned key.
+        fn party(&self) -> Party<'static> {
+            Party {
+                name: self.name,
+                identity: self.identity.public_key(),
+            }
+        }
+
+        fn bundle(&self, with_one_time: bool) -> PrekeyBundle {
+            let one_time = with_one_time.then_some(&self.one_time);
+            PrekeyBundle::new(&self.identity_dh, &self.signed_prekey, one_time)
+        }
+
+        /// Starts a conversation with `peer` from `bundle`.
+        fn start(&self, peer: &User, bundle: &PrekeyBundle) -> Result<PrekeyMessage, E2eError> {
+            initiate(
+                &self.party(),
+                &self.identity_dh,
+                &peer.party(),
+                bundle,
+                "hi",
+            )
+            .map(|(_, first)| first)
+        }
+
+        /// Answers a first message from `peer`, with the one-time prekey if it names one.
+        fn answer(&self, peer: &User, first: &PrekeyMessage) -> Result<String, E2eError> {
+            let one_time = first.one_time_prekey_id.map(|_| &self.one_time);
+            respond(
+                &self.party(),
+                &self.identity_dh,
+                &self.signed_prekey,
+                one_time,
+                &peer.party(),
+                first,
+            )
+            .map(|(_, text)| text)
+        }
+    }
+
+    #[test]
+    fn agreement_works_with_and_without_a_one_time_prekey() {
+        let (alice, bob) = (User::new("alice"), User::new("bob"));
+        for with_one_time in [true, false] {
+            let (mut at_alice, first) = initiate(
+                &alice.party(),
+                &alice.identity_dh,
+                &bob.party(),
+                &bob.bundle(with_one_time),
+                "hello from the past",
+            )
+            .expect("initiate");
+            assert_eq!(first.one_time_prekey_id.is_some(), with_one_time);
+            let one_time = with_one_time.then_some(&bob.one_time);
+            let (mut at_bob, text) = respond(
+                &bob.party(),
+                &bob.identity_dh,
+                &bob.signed_prekey,
+                one_time,
+                &alice.party(),
+                &first,
+            )
+            .expect("respond");
+            assert_eq!(text, "hello from the past");
+            let reply = at_bob.encrypt("got it").expect("encrypt");
+            assert_eq!(at_alice.decrypt(&reply).as_deref(), Ok("got it"));
+        }
+    }
+
+    #[test]
+    fn a_bundle_that_the_pinned_key_did_not_sign_is_refused() {
+        let (alice, bob, mallory) = (User::new("alice"), User::new("bob"), User::new("mallory"));
+        let genuine = bob.bundle(true);
+        // The server swaps in its own signed prekey, its own identity DH key, or a whole
+        // bundle signed by another key.
+        let swapped_prekey = PrekeyBundle {
+            signed_prekey: mallory.bundle(true).signed_prekey,
+            ..genuine.clone()
+        };
+        let swapped_identity = PrekeyBundle {
+            identity_dh: mallory.bundle(true).identity_dh,
+            ..genuine.clone()
+        };
+        let renumbered = PrekeyBundle {
+            signed_prekey_id: 2,
+            ..genuine.clone()
+        };
+        let mut flipped = genuine.clone();
+        flipped.signed_prekey_signature[0] ^= 1;
+        for bundle in [
+            &swapped_prekey,
+            &swapped_identity,
+            &renumbered,
+            &flipped,
+            &mallory.bundle(true),
+        ] {
+            assert_eq!(
+                alice.start(&bob, bundle).err(),
+                Some(E2eError::BadSignature)
+            );
+        }
+        // A signature made for another user does not carry over either.
+        let carol_named = Party {
+            name: "carol",
+            identity: bob.identity.public_key(),
+        };
+        let result = initiate(
+            &alice.party(),
+            &alice.identity_dh,
+            &carol_named,
+            &genuine,
+            "hi",
+        );
+        assert_eq!(result.err(), Some(E2eError::BadSignature));
+        assert!(alice.start(&bob, &genuine).is_ok());
+    }
+
+    #[test]
+    fn a_substituted_one_time_prekey_yields_no_session() {
+        // One-time prekeys are not signed (as in X3DH): a server that swaps one in gets
+        // nothing — it cannot compute DH1..DH3 — and Bob refuses the first message.
+        let (alice, bob, mallory) = (User::new("alice"), User::new("bob"), User::new("mallory"));
+        let mut bundle = bob.bundle(true);
+        bundle.one_time_prekey = mallory.bundle(true).one_time_prekey;
+        let first = alice.start(&bob, &bundle).expect("alice cannot tell");
+        assert_eq!(bob.answer(&alice, &first), Err(E2eError::Tampered));
+    }
+
+    #[test]
+    fn a_first_message_whose_identity_dh_key_the_pinned_key_did_not_sign_is_refused() {
+        let (alice, bob, mallory) = (User::new("alice"), User::new("bob"), User::new("mallory"));
+        // Mallory starts a conversation in Alice's name, with her own identity DH key.
+        let (_, forged) = initiate(
+            &alice.party(),
+            &mallory.identity_dh,
+            &bob.party(),
+            &bob.bundle(true),
+            "it's alice, honest",
+        )
+        .expect("mallory initiates");
+        assert_eq!(bob.answer(&alice, &forged), Err(E2eError::BadSignature));
+        // Or re-uses Alice's signed key without knowing its secret: the keys then differ.
+        let genuine = alice.start(&bob, &bob.bundle(true)).expect("start");
+        let borrowed = PrekeyMessage {
+            identity_dh: genuine.identity_dh.clone(),
+            identity_dh_signature: genuine.identity_dh_signature,
+            ..forged
+        };
+        assert_eq!(bob.answer(&alice, &borrowed), Err(E2eError::Tampered));
+        assert_eq!(bob.answer(&alice, &genuine).as_deref(), Ok("hi"));
+    }
+
+    #[test]
+    fn a_first_message_naming_prekeys_we_do_not_hold_is_refused() {
+        let (alice, bob) = (User::new("alice"), User::new("bob"));
+        let first = alice.start(&bob, &bob.bundle(true)).expect("start");
+        // The one-time prekey was already used (its secret deleted): nothing to answer with.
+        let answered = respond(
+            &bob.party(),
+            &bob.identity_dh,
+            &bob.signed_prekey,
+            None,
+            &alice.party(),
+            &first,
+        );
+        assert_eq!(answered.err(), Some(E2eError::UnknownPrekey));
+        let rotated = PrekeyMessage {
+            signed_prekey_id: 2,
+            ..first
+        };
+        assert_eq!(bob.answer(&alice, &rotated), Err(E2eError::UnknownPrekey));
+    }
+
+    #[test]
+    fn a_signed_but_invalid_prekey_value_is_refused() {
+        // Bob's own client signed a value outside the subgroup (a bug, or a hostile client):
+        // the signature checks, the value does not.
+        let (alice, bob) = (User::new("alice"), User::new("bob"));
+        let p_minus_2 = GROUP.prime() - 2u32;
+        let digits = p_minus_2.to_bytes_be();
+        let bad = [vec![0; GROUP.byte_len() - digits.len()], digits].concat();
+        let mut bundle = bob.bundle(false);
+        bundle.signed_prekey = bad.clone();
+        bundle.signed_prekey_signature = bob
+            .identity
+            .sign(&signed_prekey_statement("bob", 1, &bad, GROUP))
+            .expect("sign");
+        assert!(matches!(
+            alice.start(&bob, &bundle),
+            Err(E2eError::InvalidPublicValue(_))
+        ));
+    }
+
+    #[test]
+    fn bundles_and_first_messages_round_trip_and_broken_bytes_are_malformed() {
+        let (alice, bob) = (User::new("alice"), User::new("bob"));
+        for with_one_time in [true, false] {
+            let bundle = bob.bundle(with_one_time);
+            let bytes = bundle.to_bytes();
+            assert_eq!(PrekeyBundle::from_bytes(&bytes), Ok(bundle.clone()));
+            let first = alice.start(&bob, &bundle).expect("start");
+            let message_bytes = first.to_bytes();
+            assert_eq!(PrekeyMessage::from_bytes(&message_bytes), Ok(first));
+            for cut in [0, 1, 8, 40, bytes.len() / 2, bytes.len() - 1] {
+                assert!(matches!(
+                    PrekeyBundle::from_bytes(&bytes[..cut]),
+                    Err(E2eError::Malformed(_))
+                ));
+                assert!(matches!(
+                    PrekeyMessage::from_bytes(&message_bytes[..cut.min(message_bytes.len() - 1)]),
+                    Err(E2eError::Malformed(_))
+                ));
+            }
+            assert!(PrekeyBundle::from_bytes(&[&bytes[..], b"x"].concat()).is_err());
+            assert!(PrekeyBundle::from_bytes(&message_bytes).is_err());
+            assert!(PrekeyMessage::from_bytes(&bytes).is_err());
+        }
+    }
+
+    #[test]
+    fn debug_output_shows_no_exponent() {
+        let bob = User::new("bob");
+        let exponent: String = bob
+            .signed_prekey
+            .pair
+            .secret
+            .exponent_bytes()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect();
+        let shown = format!(
+            "{:?}{:?}{:?}",
+            bob.signed_prekey, bob.one_time, bob.identity_dh
+        );
+        assert!(
+            shown.contains("id: 1") && shown.contains("id: 7"),
+            "{shown}"
+        );
+        assert!(!shown.contains(&exponent[..16]));
+    }
+}

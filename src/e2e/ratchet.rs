@@ -791,7 +791,9 @@ mod tests {
     fn a_skipped_key_flood_beyond_the_bound_is_refused_without_storing_anything() {
         let (mut alice, mut bob) = conversation();
         // Exactly MAX_SKIP missing messages are fine...
-        let mut sent: Vec<_> = (0..=MAX_SKIP).map(|n| send(&mut alice, &n.to_string())).collect();
+        let mut sent: Vec<_> = (0..=MAX_SKIP)
+            .map(|n| send(&mut alice, &n.to_string()))
+            .collect();
         opens(&mut bob, &sent[MAX_SKIP as usize], &MAX_SKIP.to_string());
         assert_eq!(bob.skipped_keys(), MAX_SKIP as usize);
         // ... one more is not, and is refused before any key is derived or kept.
@@ -918,7 +920,8 @@ mod tests {
     fn a_corrupt_or_foreign_saved_state_is_refused_in_words() {
         let (_, bob) = conversation();
         let saved = bob.to_bytes();
-        let is_state_error = |bytes: &[u8]| matches!(Ratchet::from_bytes(bytes), Err(E2eError::State(_)));
+        let is_state_error =
+            |bytes: &[u8]| matches!(Ratchet::from_bytes(bytes), Err(E2eError::State(_)));
         assert!(is_state_error(&[]));
         assert!(is_state_error(&saved[..saved.len() - 1]));
         assert!(is_state_error(&[&saved[..], &[0]].concat()));
@@ -936,8 +939,16 @@ mod tests {
     fn debug_output_shows_counters_and_no_keys() {
         let (alice, _) = conversation();
         let shown = format!("{alice:?}");
-        assert!(shown.contains("sent: 1") && shown.contains("ffdhe2048"), "{shown}");
-        let root_hex: String = alice.root_key.0.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            shown.contains("sent: 1") && shown.contains("ffdhe2048"),
+            "{shown}"
+        );
+        let root_hex: String = alice
+            .root_key
+            .0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert!(!shown.contains(&root_hex[..16]) && !shown.contains('['));
     }
 }
