@@ -23,8 +23,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use num_bigint::BigUint;
 use securechat::e2e::{
-    safety_number, EphemeralSecret, Group, IdentityKey, Initiator, Payload, Responder, Session,
-    SessionId,
+    initiate_using, respond_using, safety_number, EphemeralSecret, Group, IdentityDhKey,
+    IdentityKey, Initiator, OneTimePrekey, Party, Payload, PrekeyBundle, PrekeyMessage, Responder,
+    Session, SessionId, SignedPrekey,
 };
 
 /// One vector file: `name = value` lines; `#` comments and blank lines are skipped.
@@ -89,10 +90,24 @@ fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-/// HKDF-Expand (RFC 5869) for outputs of at most one SHA-256 block.
+/// HKDF-Expand (RFC 5869): T(1) ‖ T(2) ‖ … cut to `len` bytes.
 fn hkdf_expand(prk: &[u8], info: &str, len: usize) -> Vec<u8> {
-    assert!(len <= 32);
-    hmac_sha256(prk, &[info.as_bytes(), &[1]].concat())[..len].to_vec()
+    let mut out = Vec::new();
+    let mut block = Vec::new();
+    for counter in 1u8.. {
+        if out.len() >= len {
+            break;
+        }
+        block = hmac_sha256(prk, &[&block[..], info.as_bytes(), &[counter]].concat());
+        out.extend_from_slice(&block);
+    }
+    out.truncate(len);
+    out
+}
+
+/// HKDF (RFC 5869): extract, then expand.
+fn hkdf(salt: &[u8], input: &[u8], info: &str, len: usize) -> Vec<u8> {
+    hkdf_expand(&hmac_sha256(salt, input), info, len)
 }
 
 fn chacha_seal(key: &[u8], nonce: &[u8], aad: &[u8], text: &[u8]) -> Vec<u8> {
@@ -289,4 +304,215 @@ fn check_message(v: &Vectors, direction: &str, from: &mut Session, to: &mut Sess
     };
     let opened = to.open(&received).map(|opened| opened.text);
     assert_eq!(opened.as_deref(), Ok(text), "{direction}");
+}
+
+/// Fresh keys for the library, taken in order from the vector file's exponents.
+fn fixed_keys<'a>(
+    v: &'a Vectors,
+    names: &'a [&'a str],
+) -> impl FnMut(
+    Group,
+) -> Result<(EphemeralSecret, securechat::e2e::PublicValue), securechat::e2e::E2eError>
+       + 'a {
+    let mut names = names.iter();
+    move |group| {
+        let name = names
+            .next()
+            .expect("the library asked for more keys than the vector has");
+        EphemeralSecret::from_exponent(group, &v.bytes(&format!("{name}_exponent")))
+    }
+}
+
+#[test]
+fn the_library_agrees_on_the_prekey_vectors_and_the_first_two_ratchet_messages() {
+    let v = Vectors::load("ratchet.txt");
+    let group = Group::from_name(v.text("group")).expect("group");
+    let pair = |name: &str| {
+        EphemeralSecret::from_exponent(group, &v.bytes(&format!("{name}_exponent"))).expect(name)
+    };
+    let alice = IdentityKey::from_fixed_seed(&v.array("alice_seed")).expect("alice");
+    let bob = IdentityKey::from_fixed_seed(&v.array("bob_seed")).expect("bob");
+    let number = |name: &str| v.text(name).parse::<u32>().expect("id");
+    let alice_dh =
+        IdentityDhKey::from_pair(&alice, "alice", pair("alice_identity_dh")).expect("ik");
+    let bob_dh = IdentityDhKey::from_pair(&bob, "bob", pair("bob_identity_dh")).expect("ik");
+    let spk = SignedPrekey::from_pair(
+        &bob,
+        "bob",
+        number("signed_prekey_id"),
+        pair("bob_signed_prekey"),
+    )
+    .expect("spk");
+    let opk = OneTimePrekey::from_pair(number("one_time_prekey_id"), pair("bob_one_time_prekey"));
+
+    // Bob's bundle, byte for byte (Ed25519 signatures are deterministic).
+    let bundle = PrekeyBundle::new(&bob_dh, &spk, Some(&opk));
+    assert_eq!(bundle.to_bytes(), v.bytes("bundle"));
+    let bundle = PrekeyBundle::from_bytes(&v.bytes("bundle")).expect("parse");
+
+    let at_alice = Party {
+        name: "alice",
+        identity: alice.public_key(),
+    };
+    let at_bob = Party {
+        name: "bob",
+        identity: bob.public_key(),
+    };
+    let (mut alice_session, first) = initiate_using(
+        &at_alice,
+        &alice_dh,
+        &at_bob,
+        &bundle,
+        v.text("first_text"),
+        &mut fixed_keys(&v, &["alice_ephemeral", "alice_ratchet"]),
+    )
+    .expect("initiate");
+    assert_eq!(first.to_bytes(), v.bytes("prekey_message"));
+
+    let received = PrekeyMessage::from_bytes(&v.bytes("prekey_message")).expect("parse");
+    let (mut bob_session, text) = respond_using(
+        &at_bob,
+        &bob_dh,
+        &spk,
+        Some(&opk),
+        &at_alice,
+        &received,
+        &mut fixed_keys(&v, &["bob_ratchet"]),
+    )
+    .expect("respond");
+    assert_eq!(text, v.text("first_text"));
+
+    let second = bob_session.encrypt(v.text("second_text")).expect("encrypt");
+    assert_eq!(second.header.to_bytes(), v.bytes("second_header"));
+    assert_eq!(second.ciphertext, v.bytes("second_ciphertext"));
+    let opened = alice_session.decrypt_using(&second, &mut fixed_keys(&v, &["alice_next_ratchet"]));
+    assert_eq!(opened.as_deref(), Ok(v.text("second_text")));
+}
+
+#[test]
+fn the_spec_recomputed_gives_the_prekey_and_ratchet_vectors() {
+    let v = Vectors::load("ratchet.txt");
+    let group = Group::from_name(v.text("group")).expect("group");
+    let p = group.prime();
+    let padded = |n: BigUint| {
+        let digits = n.to_bytes_be();
+        [vec![0; group.byte_len() - digits.len()], digits].concat()
+    };
+    let exponent = |name: &str| BigUint::from_bytes_be(&v.bytes(&format!("{name}_exponent")));
+    let public = |name: &str| v.bytes(&format!("{name}_public"));
+    let dh = |secret: &str, peer: &str| {
+        padded(BigUint::from_bytes_be(&public(peer)).modpow(&exponent(secret), p))
+    };
+    for name in [
+        "alice_identity_dh",
+        "bob_identity_dh",
+        "bob_signed_prekey",
+        "bob_one_time_prekey",
+        "alice_ephemeral",
+        "alice_ratchet",
+        "bob_ratchet",
+    ] {
+        let computed = padded(BigUint::from(2u32).modpow(&exponent(name), p));
+        assert_eq!(computed, public(name), "{name}");
+    }
+
+    // The agreement, from both ends.
+    let dh_values = [
+        dh("alice_identity_dh", "bob_signed_prekey"),
+        dh("alice_ephemeral", "bob_identity_dh"),
+        dh("alice_ephemeral", "bob_signed_prekey"),
+        dh("alice_ephemeral", "bob_one_time_prekey"),
+    ];
+    assert_eq!(dh_values[0], dh("bob_signed_prekey", "alice_identity_dh"));
+    assert_eq!(dh_values[1], dh("bob_identity_dh", "alice_ephemeral"));
+    assert_eq!(dh_values[3], dh("bob_one_time_prekey", "alice_ephemeral"));
+    for (index, value) in dh_values.iter().enumerate() {
+        assert_eq!(value, &v.bytes(&format!("dh{}", index + 1)));
+    }
+    let info = format!("securechat/x3dh/v1 {}", v.text("group"));
+    let shared = hkdf(&[0; 32], &dh_values.concat(), &info, 32);
+    assert_eq!(shared, v.bytes("shared_key"));
+    let alice = IdentityKey::from_fixed_seed(&v.array("alice_seed")).expect("alice");
+    let bob = IdentityKey::from_fixed_seed(&v.array("bob_seed")).expect("bob");
+    let ad = fields(&[
+        b"securechat/x3dh/ad/v1",
+        b"alice",
+        alice.public_key().as_bytes(),
+        &public("alice_identity_dh"),
+        b"bob",
+        bob.public_key().as_bytes(),
+        &public("bob_identity_dh"),
+    ]);
+    assert_eq!(ad, v.bytes("associated_data"));
+    // The signatures are over the statements of protocol.md §11.11.
+    let statement = |label: &[u8], user: &[u8], extra: &[&[u8]]| {
+        let mut parts: Vec<&[u8]> = vec![label, user, v.text("group").as_bytes()];
+        parts.extend_from_slice(extra);
+        fields(&parts)
+    };
+    let ik_label = b"securechat/x3dh/identity-dh/v1";
+    let checks = [
+        (
+            &alice,
+            statement(ik_label, b"alice", &[&public("alice_identity_dh")]),
+            "alice_identity_dh_signature",
+        ),
+        (
+            &bob,
+            statement(ik_label, b"bob", &[&public("bob_identity_dh")]),
+            "bob_identity_dh_signature",
+        ),
+        (
+            &bob,
+            statement(
+                b"securechat/x3dh/signed-prekey/v1",
+                b"bob",
+                &[&1u32.to_be_bytes(), &public("bob_signed_prekey")],
+            ),
+            "bob_signed_prekey_signature",
+        ),
+    ];
+    for (signer, message, name) in checks {
+        let verified = signer.public_key().verify(&message, &v.bytes(name));
+        assert_eq!(verified, Ok(()), "{name}");
+    }
+
+    // KDF_RK, KDF_CK and the per-message cipher key, for both messages.
+    let kdf_rk = |root: &[u8], dh_out: &[u8]| {
+        let out = hkdf(root, dh_out, "securechat/ratchet/v1 root", 64);
+        (out[..32].to_vec(), out[32..].to_vec())
+    };
+    let (root1, chain1) = kdf_rk(&shared, &dh("alice_ratchet", "bob_signed_prekey"));
+    assert_eq!(
+        (root1.clone(), chain1.clone()),
+        (v.bytes("first_root_key"), v.bytes("first_chain_key"))
+    );
+    let (root2, chain2) = kdf_rk(&root1, &dh("bob_ratchet", "alice_ratchet"));
+    assert_eq!(
+        (root2, chain2.clone()),
+        (v.bytes("second_root_key"), v.bytes("second_chain_key"))
+    );
+    let messages = [
+        ("first", chain1, "alice_ratchet", "first_text"),
+        ("second", chain2, "bob_ratchet", "second_text"),
+    ];
+    for (prefix, chain, ratchet, text) in messages {
+        let name = |suffix: &str| format!("{prefix}_{suffix}");
+        let message_key = hmac_sha256(&chain, &[1]);
+        assert_eq!(message_key, v.bytes(&name("message_key")));
+        let header = [
+            &public(ratchet)[..],
+            &0u32.to_be_bytes(),
+            &0u32.to_be_bytes(),
+        ]
+        .concat();
+        assert_eq!(header, v.bytes(&name("header")));
+        let okm = hkdf(&[0; 32], &message_key, "securechat/ratchet/v1 message", 44);
+        assert_eq!(okm[..32], v.bytes(&name("cipher_key")));
+        assert_eq!(okm[32..], v.bytes(&name("nonce")));
+        let aad = [field(&ad), field(&header)].concat();
+        assert_eq!(aad, v.bytes(&name("aad")));
+        let sealed = chacha_seal(&okm[..32], &okm[32..], &aad, v.text(text).as_bytes());
+        assert_eq!(sealed, v.bytes(&name("ciphertext")), "{prefix}");
+    }
 }

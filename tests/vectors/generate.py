@@ -229,5 +229,122 @@ def handshake():
     w.save("handshake.txt")
 
 
+def u32be(n: int) -> bytes:
+    return struct.pack(">I", n)
+
+
+def prekeys_and_ratchet():
+    w = Writer("X3DH-style prekey agreement (option a) and the first two Double Ratchet messages.")
+    group = "ffdhe2048"
+    p, length, exponent_bits = GROUPS[group]
+    alice, bob = "alice", "bob"
+    alice_seed, bob_seed = fixed("alice identity seed", 32), fixed("bob identity seed", 32)
+    alice_key, alice_pk = ed25519(alice_seed)
+    bob_key, bob_pk = ed25519(bob_seed)
+    names = ["alice_identity_dh", "bob_identity_dh", "bob_signed_prekey", "bob_one_time_prekey",
+             "alice_ephemeral", "alice_ratchet", "bob_ratchet", "alice_next_ratchet"]
+    exps = {name: exponent(name, exponent_bits) for name in names}
+    pub = {name: pow(2, int.from_bytes(e, "big"), p).to_bytes(length, "big") for name, e in exps.items()}
+    spk_id, opk_id = 1, 7
+
+    def dh(secret_name, public: bytes) -> bytes:
+        return pow(int.from_bytes(public, "big"), int.from_bytes(exps[secret_name], "big"), p).to_bytes(length, "big")
+
+    w.comment("Inputs: Ed25519 seeds, then every secret exponent (top bit set, as generated).")
+    w.put("group", group)
+    w.put("alice_seed", alice_seed)
+    w.put("bob_seed", bob_seed)
+    w.put("signed_prekey_id", str(spk_id))
+    w.put("one_time_prekey_id", str(opk_id))
+    for name in names:
+        w.put(f"{name}_exponent", exps[name])
+    w.put("first_text", "hello bob, you were offline")
+    w.put("second_text", "back now")
+    w.blank()
+
+    w.comment("Public values g^x mod p.")
+    for name in names[:-1]:
+        w.put(f"{name}_public", pub[name])
+    w.blank()
+
+    sig_ik_a = alice_key.sign(F(b"securechat/x3dh/identity-dh/v1") + F(alice.encode()) + F(group.encode()) + F(pub["alice_identity_dh"]))
+    sig_ik_b = bob_key.sign(F(b"securechat/x3dh/identity-dh/v1") + F(bob.encode()) + F(group.encode()) + F(pub["bob_identity_dh"]))
+    sig_spk = bob_key.sign(F(b"securechat/x3dh/signed-prekey/v1") + F(bob.encode()) + F(group.encode()) + F(u32be(spk_id)) + F(pub["bob_signed_prekey"]))
+    bundle = b"".join(F(x) for x in [b"securechat/prekey-bundle/v1", group.encode(), pub["bob_identity_dh"], sig_ik_b,
+                                      u32be(spk_id), pub["bob_signed_prekey"], sig_spk, u32be(opk_id), pub["bob_one_time_prekey"]])
+    w.comment("Signatures by the Ed25519 identity keys, and Bob's bundle as the server hands it out.")
+    w.put("alice_identity_dh_signature", sig_ik_a)
+    w.put("bob_identity_dh_signature", sig_ik_b)
+    w.put("bob_signed_prekey_signature", sig_spk)
+    w.put("bundle", bundle)
+    w.blank()
+
+    dh1 = dh("alice_identity_dh", pub["bob_signed_prekey"])
+    dh2 = dh("alice_ephemeral", pub["bob_identity_dh"])
+    dh3 = dh("alice_ephemeral", pub["bob_signed_prekey"])
+    dh4 = dh("alice_ephemeral", pub["bob_one_time_prekey"])
+    assert dh1 == dh("bob_signed_prekey", pub["alice_identity_dh"])
+    assert dh2 == dh("bob_identity_dh", pub["alice_ephemeral"])
+    assert dh4 == dh("bob_one_time_prekey", pub["alice_ephemeral"])
+    sk = hkdf_expand(hkdf_extract(bytes(32), dh1 + dh2 + dh3 + dh4), f"securechat/x3dh/v1 {group}".encode(), 32)
+    ad = b"".join(F(x) for x in [b"securechat/x3dh/ad/v1", alice.encode(), alice_pk, pub["alice_identity_dh"],
+                                  bob.encode(), bob_pk, pub["bob_identity_dh"]])
+    w.comment("The agreement: DH1..DH4, SK and AD.")
+    w.put("dh1", dh1)
+    w.put("dh2", dh2)
+    w.put("dh3", dh3)
+    w.put("dh4", dh4)
+    w.put("shared_key", sk)
+    w.put("associated_data", ad)
+    w.blank()
+
+    def kdf_rk(rk, dh_out):
+        out = hkdf_expand(hkdf_extract(rk, dh_out), b"securechat/ratchet/v1 root", 64)
+        return out[:32], out[32:]
+
+    def kdf_ck(ck):
+        return hmac.new(ck, b"\x02", hashlib.sha256).digest(), hmac.new(ck, b"\x01", hashlib.sha256).digest()
+
+    def seal(prefix, mk, header, text):
+        okm = hkdf_expand(hkdf_extract(bytes(32), mk), b"securechat/ratchet/v1 message", 44)
+        key, nonce = okm[:32], okm[32:]
+        aad = F(ad) + F(header)
+        sealed = ChaCha20Poly1305(key).encrypt(nonce, text.encode(), aad)
+        w.put(f"{prefix}_message_key", mk)
+        w.put(f"{prefix}_header", header)
+        w.put(f"{prefix}_cipher_key", key)
+        w.put(f"{prefix}_nonce", nonce)
+        w.put(f"{prefix}_aad", aad)
+        w.put(f"{prefix}_ciphertext", sealed)
+        return sealed
+
+    # Alice: RatchetInitAlice with Bob's signed prekey, then her first message.
+    rk1, cks_a = kdf_rk(sk, dh("alice_ratchet", pub["bob_signed_prekey"]))
+    _, mk1 = kdf_ck(cks_a)
+    w.comment("Message 1, alice -> bob: root and sending chain from KDF_RK(SK, DH(alice_ratchet, SPK)).")
+    w.put("first_root_key", rk1)
+    w.put("first_chain_key", cks_a)
+    header1 = pub["alice_ratchet"] + u32be(0) + u32be(0)
+    ct1 = seal("first", mk1, header1, "hello bob, you were offline")
+    first_message = b"".join(F(x) for x in [b"securechat/prekey-message/v1", group.encode(), pub["alice_identity_dh"], sig_ik_a,
+                                             pub["alice_ephemeral"], u32be(spk_id), u32be(opk_id), header1, ct1])
+    w.put("prekey_message", first_message)
+    w.blank()
+
+    # Bob: RatchetInitBob (RK = SK, DHs = SPK), receives (DH step), answers.
+    rk1_b, ckr_b = kdf_rk(sk, dh("bob_signed_prekey", pub["alice_ratchet"]))
+    assert (rk1_b, ckr_b) == (rk1, cks_a)
+    rk2, cks_b = kdf_rk(rk1, dh("bob_ratchet", pub["alice_ratchet"]))
+    _, mk2 = kdf_ck(cks_b)
+    w.comment("Message 2, bob -> alice, after Bob's DH step: KDF_RK(first_root_key, DH(bob_ratchet, alice_ratchet)).")
+    w.put("second_root_key", rk2)
+    w.put("second_chain_key", cks_b)
+    header2 = pub["bob_ratchet"] + u32be(0) + u32be(0)
+    seal("second", mk2, header2, "back now")
+    w.blank()
+    w.save("ratchet.txt")
+
+
 if __name__ == "__main__":
     handshake()
+    prekeys_and_ratchet()
