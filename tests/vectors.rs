@@ -516,3 +516,60 @@ fn the_spec_recomputed_gives_the_prekey_and_ratchet_vectors() {
         assert_eq!(sealed, v.bytes(&name("ciphertext")), "{prefix}");
     }
 }
+
+/// The `name = value` lines of the code blocks in `report/protocol.md` §11.11.1 and §11.11.2,
+/// continuation lines joined to their value, one map per subsection.
+fn printed_vectors() -> Vec<HashMap<String, String>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("report/protocol.md");
+    let text = fs::read_to_string(path).expect("protocol.md");
+    let section = text
+        .split("\n### 11.11 ")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## 12.").next())
+        .expect("protocol.md has §11.11");
+    section
+        .split("\n#### ")
+        .skip(1)
+        .map(|subsection| {
+            let mut values = HashMap::new();
+            let mut last: Option<String> = None;
+            // Vector blocks open with a `#` comment; other blocks (formulas) are skipped.
+            let blocks = subsection
+                .split("```")
+                .skip(1)
+                .step_by(2)
+                .filter(|block| block.trim_start().starts_with('#'));
+            for line in blocks.flat_map(str::lines) {
+                if let Some((name, value)) = line.split_once(" = ") {
+                    if !name.contains(' ') {
+                        values.insert(name.to_owned(), value.to_owned());
+                        last = Some(name.to_owned());
+                        continue;
+                    }
+                }
+                match (&last, line.starts_with(' ')) {
+                    (Some(name), true) => {
+                        if let Some(value) = values.get_mut(name) {
+                            value.push_str(line.trim_start());
+                        }
+                    }
+                    _ => last = None,
+                }
+            }
+            values
+        })
+        .collect()
+}
+
+#[test]
+fn protocol_md_prints_exactly_the_vector_files() {
+    let printed = printed_vectors();
+    assert_eq!(printed.len(), 2, "§11.11.1 and §11.11.2");
+    for (file, shown) in ["handshake.txt", "ratchet.txt"].into_iter().zip(&printed) {
+        let v = Vectors::load(file);
+        assert_eq!(shown.len(), v.values.len(), "{file}: number of values");
+        for (name, value) in &v.values {
+            assert_eq!(shown.get(name), Some(value), "{file}: {name}");
+        }
+    }
+}

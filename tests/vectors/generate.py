@@ -2,9 +2,10 @@
 """Golden test vectors for securechat's end-to-end layer, computed from report/protocol.md §11
 alone (no securechat code), so they check the Rust implementation independently.
 
-Usage: python3 tests/vectors/generate.py   (needs the `cryptography` package for Ed25519 and
+Usage: python3 tests/vectors/generate.py [--markdown]   (needs the `cryptography` package for Ed25519 and
 ChaCha20-Poly1305; HKDF and the group arithmetic are written out below from RFC 5869 / §11).
-Writes tests/vectors/handshake.txt; `cargo test --test vectors` checks the library against it.
+Writes tests/vectors/handshake.txt and ratchet.txt; `cargo test --test vectors` checks the
+library against them. With --markdown, prints them as report/protocol.md §11.11 shows them.
 """
 
 import base64
@@ -345,6 +346,31 @@ def prekeys_and_ratchet():
     w.save("ratchet.txt")
 
 
+def markdown(filename):
+    """The vector file as printed in report/protocol.md §11.11: values longer than 72 characters
+    wrapped at 64, continuation lines indented under the value (join them with nothing between)."""
+    out = []
+    with open(os.path.join(HERE, filename)) as vectors:
+        for line in vectors.read().splitlines()[2:]:
+            if " = " not in line:
+                out.append(line)
+                continue
+            name, value = line.split(" = ", 1)
+            prefix = f"{name} = "
+            width = 64 if len(value) > 72 else max(len(value), 1)
+            chunks = [value[i : i + width] for i in range(0, len(value), width)] or [""]
+            out.append(prefix + chunks[0])
+            out.extend(" " * len(prefix) + chunk for chunk in chunks[1:])
+    return "\n".join(out).strip("\n")
+
+
 if __name__ == "__main__":
-    handshake()
-    prekeys_and_ratchet()
+    import sys
+
+    if sys.argv[1:] == ["--markdown"]:
+        for filename in ["handshake.txt", "ratchet.txt"]:
+            print(f"=== {filename}")
+            print(markdown(filename))
+    else:
+        handshake()
+        prekeys_and_ratchet()
