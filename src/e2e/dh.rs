@@ -90,6 +90,16 @@ impl EphemeralSecret {
         Ok(SharedSecret::from_number(&z, self.group.byte_len()))
     }
 
+    /// A second copy of this secret, for a key that starts a ratchet (the responder's signed
+    /// prekey becomes its first ratchet key) while the original stays with its owner. Both
+    /// copies are wiped when dropped.
+    pub(super) fn duplicate(&self) -> EphemeralSecret {
+        EphemeralSecret {
+            group: self.group,
+            exponent: self.exponent.clone(),
+        }
+    }
+
     /// The exponent's bytes, to save a long-lived key (the ratchet state, prekeys). Secret.
     pub(super) fn exponent_bytes(&self) -> &[u8] {
         &self.exponent
@@ -149,7 +159,7 @@ impl PublicValue {
     /// quadratic residues), of order q, and the whole group. Euler's criterion says
     /// `Y^q = Y^((p-1)/2) = (Y/p) mod p`, the Legendre symbol: so "`Y^q mod p = 1`" and "`Y` is a
     /// quadratic residue" are the same test. We compute the symbol with the Jacobi-symbol
-    /// algorithm ([`jacobi`]: quadratic reciprocity, gcd-like steps) instead of a full-size
+    /// algorithm (`jacobi` below: quadratic reciprocity, gcd-like steps) instead of a full-size
     /// exponentiation (`q` has 2047 or 3071 bits); the tests check the two agree on random and
     /// hostile values. It runs on every value received — once per exchange, and once per ratchet
     /// step — and rejects every value an honest peer could not have sent, as NIST SP 800-56A's

@@ -37,11 +37,17 @@
 //! | `ratchet.rs` | the Double Ratchet: a key per message, a DH step per change of speaker |
 //!
 //! # Why these choices
-//! - **Signed DH rather than triple-DH (X3DH).** X3DH exists so a conversation can start while the
-//!   peer is offline, from prekeys stored on a server, and so transcripts are deniable. Our chats
-//!   start between two online users and the server stores no prekeys, so an interactive exchange
-//!   is possible, and signing the transcript (the SIGMA / TLS 1.3 pattern) is the construction a
-//!   student can check line by line. The price is that signatures are not deniable.
+//! - **Signed DH for the interactive exchange.** When both users are online, the exchange is
+//!   ISO/IEC 9798-3-style signed Diffie–Hellman: each side signs the whole transcript, which a
+//!   student can check line by line. It is not SIGMA or TLS 1.3: there is no MAC ("Finished")
+//!   under the new keys, so key confirmation comes from the first message that authenticates,
+//!   and from the secret fingerprint users can compare. The price is that signatures are not
+//!   deniable.
+//! - **X3DH-style prekeys and the Double Ratchet for the rest** (`prekeys.rs`, `ratchet.rs`,
+//!   library only so far): a conversation can start while the peer is offline, every message
+//!   has its own key, each change of speaker heals the session, and nothing about a
+//!   conversation is signed (deniable). `prekeys.rs` explains why the identity needs a second,
+//!   Diffie–Hellman key in the group.
 //! - **Finite-field DH with short exponents.** The course shows DH as `g^x mod p`. RFC 7919's
 //!   safe primes (`p = 2q + 1`, `q` prime) have no subgroups besides `{1}`, `{1, p-1}`, the one of
 //!   order `q` and the whole group, so no small-subgroup trick helps to find a short exponent: the

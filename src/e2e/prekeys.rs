@@ -79,10 +79,10 @@ impl KeyPair {
         KeyPair { secret, public }
     }
 
-    /// A copy of the secret for a ratchet that starts from it (the responder's first ratchet
+    /// A copy of the pair for a ratchet that starts from it (the responder's first ratchet
     /// key is its signed prekey).
-    fn duplicate(&self) -> Result<(EphemeralSecret, PublicValue), E2eError> {
-        EphemeralSecret::from_exponent(self.public.group(), self.secret.exponent_bytes())
+    fn duplicate(&self) -> (EphemeralSecret, PublicValue) {
+        (self.secret.duplicate(), self.public.clone())
     }
 }
 
@@ -540,7 +540,7 @@ pub fn respond_using(
         me,
         &my_identity_dh.pair.public.to_bytes(),
     );
-    let mut ratchet = Ratchet::responder(shared, associated_data, signed_prekey.pair.duplicate()?);
+    let mut ratchet = Ratchet::responder(shared, associated_data, signed_prekey.pair.duplicate());
     let text = ratchet.decrypt_using(&message.message, fresh)?;
     Ok((ratchet, text))
 }
