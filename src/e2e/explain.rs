@@ -262,7 +262,7 @@ mod tests {
     use num_bigint::BigUint;
 
     use super::super::{
-        fill_random, hex_groups, put_field, EphemeralSecret, IdentityKey, Initiator, Responder,
+        encode_fields, fill_random, hex_groups, EphemeralSecret, IdentityKey, Initiator, Responder,
     };
     use super::*;
 
@@ -330,9 +330,8 @@ mod tests {
             let y_i = BigUint::from_bytes_be(&init.y_i);
             let z = y_i.modpow(&BigUint::from_bytes_be(&y), p).to_bytes_be();
             let z = [vec![0; group.byte_len() - z.len()], z].concat();
-            let mut transcript = Vec::new();
-            for field in [
-                &b"securechat/dh/v1"[..],
+            let transcript = encode_fields(&[
+                b"securechat/dh/v1",
                 b"key-schedule",
                 group.name().as_bytes(),
                 b"alice",
@@ -340,9 +339,7 @@ mod tests {
                 &session_id.0,
                 &init.y_i,
                 &reply.y_r,
-            ] {
-                put_field(&mut transcript, field);
-            }
+            ]);
             let prk = hmac_sha256(digest(&SHA256, &transcript).as_ref(), &z);
             let expand = |label: &str| hmac_sha256(&prk, &[label.as_bytes(), &[1]].concat());
             // The recomputation is right: it gives the fingerprint both screens show.

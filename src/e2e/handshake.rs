@@ -42,8 +42,8 @@ use super::aead::{Opener, Sealer};
 use super::explain::{Explanation, Step};
 use super::kdf::{derive_session_keys, SessionKeys};
 use super::{
-    put_field, E2eError, EncryptedMessage, EphemeralSecret, Group, IdentityKey, IdentityPublicKey,
-    Opened, PublicValue, SessionId, SIGNATURE_LEN,
+    encode_fields, put_field, E2eError, EncryptedMessage, EphemeralSecret, Group, IdentityKey,
+    IdentityPublicKey, Opened, PublicValue, SessionId, SIGNATURE_LEN,
 };
 
 /// Starts every transcript: names the protocol and its version, so our signatures can never be
@@ -345,17 +345,14 @@ impl Transcript {
         y_i: &[u8],
         y_r: &[u8],
     ) -> Transcript {
-        let mut fields = Vec::new();
-        for field in [
+        let fields = encode_fields(&[
             group.name().as_bytes(),
             initiator.as_bytes(),
             responder.as_bytes(),
-            &session_id.0[..],
+            &session_id.0,
             y_i,
             y_r,
-        ] {
-            put_field(&mut fields, field);
-        }
+        ]);
         Transcript { fields }
     }
 

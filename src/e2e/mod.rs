@@ -256,6 +256,15 @@ fn put_field(out: &mut Vec<u8>, field: &[u8]) {
     out.extend_from_slice(field);
 }
 
+/// The fields, each length-prefixed by [`put_field`], one after the other.
+fn encode_fields(fields: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for field in fields {
+        put_field(&mut out, field);
+    }
+    out
+}
+
 /// Reads back what [`put_field`] wrote, one field at a time, for saved states and binary wire
 /// formats. Every length is checked against what is left, so hostile input cannot make it read
 /// past the end or allocate.

@@ -47,7 +47,7 @@ use std::fmt;
 use super::kdf::{hkdf, SecretKey, SECRET_KEY_LEN};
 use super::ratchet::{KeySource, Ratchet, RatchetHeader, RatchetMessage};
 use super::{
-    put_field, E2eError, EphemeralSecret, Fields, Group, IdentityKey, IdentityPublicKey,
+    encode_fields, E2eError, EphemeralSecret, Fields, Group, IdentityKey, IdentityPublicKey,
     PublicValue, SIGNATURE_LEN,
 };
 
@@ -244,8 +244,7 @@ impl PrekeyBundle {
             Some((id, key)) => (id.to_be_bytes().to_vec(), key.clone()),
             None => (Vec::new(), Vec::new()),
         };
-        let mut out = Vec::new();
-        for field in [
+        encode_fields(&[
             BUNDLE_LABEL,
             self.group.name().as_bytes(),
             &self.identity_dh,
@@ -255,21 +254,14 @@ impl PrekeyBundle {
             &self.signed_prekey_signature,
             &opk_id,
             &opk,
-        ] {
-            put_field(&mut out, field);
-        }
-        out
+        ])
     }
 
     /// Parses [`PrekeyBundle::to_bytes`]; values are checked when the bundle is used.
     pub fn from_bytes(bytes: &[u8]) -> Result<PrekeyBundle, E2eError> {
         let mut fields = Fields::new(bytes, "prekey bundle", E2eError::Malformed);
-        if fields.next()? != BUNDLE_LABEL {
-            return Err(fields.fail("not a prekey bundle of this version"));
-        }
-        let group = group_field(&mut fields)?;
-        let identity_dh = public_field(&mut fields, group)?;
-        let identity_dh_signature = fields.array()?;
+        let (group, identity_dh, identity_dh_signature) =
+            signed_identity_field(&mut fields, BUNDLE_LABEL)?;
         let signed_prekey_id = fields.number()?;
         let signed_prekey = public_field(&mut fields, group)?;
         let signed_prekey_signature = fields.array()?;
@@ -328,8 +320,7 @@ impl PrekeyMessage {
             .one_time_prekey_id
             .map(|id| id.to_be_bytes().to_vec())
             .unwrap_or_default();
-        let mut out = Vec::new();
-        for field in [
+        encode_fields(&[
             MESSAGE_LABEL,
             self.group.name().as_bytes(),
             &self.identity_dh,
@@ -339,21 +330,14 @@ impl PrekeyMessage {
             &opk_id,
             &self.message.header.to_bytes(),
             &self.message.ciphertext,
-        ] {
-            put_field(&mut out, field);
-        }
-        out
+        ])
     }
 
     /// Parses [`PrekeyMessage::to_bytes`]; values are checked when the message is used.
     pub fn from_bytes(bytes: &[u8]) -> Result<PrekeyMessage, E2eError> {
         let mut fields = Fields::new(bytes, "first message", E2eError::Malformed);
-        if fields.next()? != MESSAGE_LABEL {
-            return Err(fields.fail("not a first message of this version"));
-        }
-        let group = group_field(&mut fields)?;
-        let identity_dh = public_field(&mut fields, group)?;
-        let identity_dh_signature = fields.array()?;
+        let (group, identity_dh, identity_dh_signature) =
+            signed_identity_field(&mut fields, MESSAGE_LABEL)?;
         let ephemeral = public_field(&mut fields, group)?;
         let signed_prekey_id = fields.number()?;
         let one_time_prekey_id = match fields.next()? {
@@ -547,31 +531,23 @@ pub fn respond_using(
 
 /// What the Ed25519 key signs to vouch for an identity DH key.
 fn identity_dh_statement(user: &str, identity_dh: &[u8], group: Group) -> Vec<u8> {
-    let mut out = Vec::new();
-    for field in [
+    encode_fields(&[
         IDENTITY_DH_LABEL,
         user.as_bytes(),
         group.name().as_bytes(),
         identity_dh,
-    ] {
-        put_field(&mut out, field);
-    }
-    out
+    ])
 }
 
 /// What the Ed25519 key signs to vouch for a signed prekey.
 fn signed_prekey_statement(user: &str, id: u32, prekey: &[u8], group: Group) -> Vec<u8> {
-    let mut out = Vec::new();
-    for field in [
+    encode_fields(&[
         SIGNED_PREKEY_LABEL,
         user.as_bytes(),
         group.name().as_bytes(),
         &id.to_be_bytes(),
         prekey,
-    ] {
-        put_field(&mut out, field);
-    }
-    out
+    ])
 }
 
 /// `SK` from the Diffie–Hellman outputs, in order (see the module docs).
@@ -594,8 +570,7 @@ fn associated_data(
     responder: &Party<'_>,
     responder_dh: &[u8],
 ) -> Vec<u8> {
-    let mut out = Vec::new();
-    for field in [
+    encode_fields(&[
         ASSOCIATED_DATA_LABEL,
         initiator.name.as_bytes(),
         initiator.identity.as_bytes(),
@@ -603,19 +578,24 @@ fn associated_data(
         responder.name.as_bytes(),
         responder.identity.as_bytes(),
         responder_dh,
-    ] {
-        put_field(&mut out, field);
-    }
-    out
+    ])
 }
 
-/// A group name field.
-fn group_field(fields: &mut Fields<'_>) -> Result<Group, E2eError> {
-    let name = fields.next()?;
-    std::str::from_utf8(name)
+/// The opening shared by bundles and first messages: the format's label, the group, and an
+/// identity DH key with its signature.
+fn signed_identity_field(
+    fields: &mut Fields<'_>,
+    label: &[u8],
+) -> Result<(Group, Vec<u8>, [u8; SIGNATURE_LEN]), E2eError> {
+    if fields.next()? != label {
+        return Err(fields.fail("another format, or another version of it"));
+    }
+    let group = std::str::from_utf8(fields.next()?)
         .ok()
         .and_then(Group::from_name)
-        .ok_or_else(|| fields.fail("unknown group"))
+        .ok_or_else(|| fields.fail("unknown group"))?;
+    let identity_dh = public_field(fields, group)?;
+    Ok((group, identity_dh, fields.array()?))
 }
 
 /// A public value field of exactly the group's length.

@@ -38,7 +38,7 @@ use aws_lc_rs::digest::{digest, SHA256};
 
 use super::aead::{MAX_PLAINTEXT_LEN, TAG_LEN};
 use super::kdf::{hkdf, hmac_sha256, SecretKey, SECRET_KEY_LEN};
-use super::{put_field, E2eError, EphemeralSecret, Fields, Group, PublicValue};
+use super::{encode_fields, put_field, E2eError, EphemeralSecret, Fields, Group, PublicValue};
 
 /// The most message keys one message may make us skip in one chain. Signal's reference
 /// implementation allows 2,000 and libsignal 25,000; a person typing does not lose a thousand
@@ -366,13 +366,12 @@ impl Ratchet {
     /// `report/protocol.md` §11.1), starting with a version label. Holds secrets: store it like
     /// a private key.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
         let receiving_key = self
             .receiving_key
             .as_ref()
             .map(PublicValue::to_bytes)
             .unwrap_or_default();
-        for field in [
+        let mut out = encode_fields(&[
             STATE_LABEL,
             self.group.name().as_bytes(),
             &self.associated_data,
@@ -385,9 +384,7 @@ impl Ratchet {
             &self.received.to_be_bytes(),
             &self.previous_sent.to_be_bytes(),
             &(self.skipped.len() as u32).to_be_bytes(),
-        ] {
-            put_field(&mut out, field);
-        }
+        ]);
         for kept in &self.skipped {
             put_field(&mut out, &kept.chain);
             put_field(&mut out, &kept.counter.to_be_bytes());
@@ -544,10 +541,7 @@ fn cipher(message_key: &SecretKey) -> Result<(LessSafeKey, Nonce), E2eError> {
 
 /// `F(AD) ‖ F(header)`: the authenticated context of one message.
 fn message_aad(associated_data: &[u8], header: &RatchetHeader) -> Vec<u8> {
-    let mut aad = Vec::new();
-    put_field(&mut aad, associated_data);
-    put_field(&mut aad, &header.to_bytes());
-    aad
+    encode_fields(&[associated_data, &header.to_bytes()])
 }
 
 fn seal(
