@@ -887,6 +887,67 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Hostile bytes (random, or a valid encoding with one byte changed or cut short) never
+        /// panic any parser of this layer's binary formats: each answers with a value or an
+        /// error saying the input is malformed, and a valid encoding parses.
+        #[test]
+        fn hostile_bytes_never_panic_a_parser(
+            random in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1200),
+            position in proptest::prelude::any::<proptest::sample::Index>(),
+            flip in 1u8..,
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let parsers = |bytes: &[u8]| -> [Result<(), E2eError>; 4] {
+                [
+                    PrekeyBundle::from_bytes(bytes).map(drop),
+                    PrekeyMessage::from_bytes(bytes).map(drop),
+                    RatchetHeader::from_bytes(GROUP, bytes).map(drop),
+                    Ratchet::from_bytes(bytes).map(drop),
+                ]
+            };
+            let understood = |result: &Result<(), E2eError>| matches!(
+                result,
+                Ok(()) | Err(E2eError::Malformed(_) | E2eError::State(_) | E2eError::InvalidPublicValue(_))
+            );
+            for (format, encoding) in valid_encodings().iter().enumerate() {
+                proptest::prop_assert!(parsers(encoding)[format].is_ok());
+                let mut changed = encoding.clone();
+                let at = position.index(changed.len());
+                changed[at] ^= flip;
+                let short = &encoding[..cut.index(encoding.len())];
+                for bytes in [&changed[..], short, &random] {
+                    proptest::prop_assert!(parsers(bytes).iter().all(understood));
+                }
+            }
+        }
+    }
+
+    /// One valid encoding of each format, made once.
+    fn valid_encodings() -> &'static [Vec<u8>] {
+        static ENCODINGS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+        ENCODINGS.get_or_init(|| {
+            let (alice, bob) = (User::new("alice"), User::new("bob"));
+            let bundle = bob.bundle(true);
+            let (session, first) = initiate(
+                &alice.party(),
+                &alice.identity_dh,
+                &bob.party(),
+                &bundle,
+                "hi",
+            )
+            .expect("initiate");
+            vec![
+                bundle.to_bytes(),
+                first.to_bytes(),
+                first.message.header.to_bytes(),
+                session.to_bytes(),
+            ]
+        })
+    }
+
     #[test]
     fn debug_output_shows_no_exponent() {
         let bob = User::new("bob");
