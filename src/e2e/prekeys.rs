@@ -41,6 +41,12 @@
 //! [`PrekeyMessage`]: `IK_A` with its signature, `EK_A`, which prekeys it used, and the first
 //! ratchet message, whose AAD carries `AD`. The responder checks `IK_A`'s signature against
 //! Alice's pinned key, recomputes `SK`, and only keeps the session if that first message opens.
+//!
+//! # What the owner keeps
+//! The secrets of `IK`, of each signed prekey still in its grace period and of each one-time
+//! prekey not yet used; each saves to bytes (`to_bytes`, versioned, exponent and id only: the
+//! signatures are made again on loading, and Ed25519 gives the same bytes). The caller stores
+//! them 0600, written atomically, and deletes a one-time prekey once [`respond`] succeeded.
 
 use std::fmt;
 
@@ -63,6 +69,14 @@ const ASSOCIATED_DATA_LABEL: &[u8] = b"securechat/x3dh/ad/v1";
 const BUNDLE_LABEL: &[u8] = b"securechat/prekey-bundle/v1";
 /// First field of an encoded [`PrekeyMessage`].
 const MESSAGE_LABEL: &[u8] = b"securechat/prekey-message/v1";
+/// First field of a saved prekey secret; which kind of key follows.
+const SAVED_KEY_LABEL: &[u8] = b"securechat/saved-prekey/v1";
+/// Kind of a saved [`IdentityDhKey`].
+const IDENTITY_DH_KIND: &[u8] = b"identity-dh";
+/// Kind of a saved [`SignedPrekey`].
+const SIGNED_PREKEY_KIND: &[u8] = b"signed-prekey";
+/// Kind of a saved [`OneTimePrekey`].
+const ONE_TIME_PREKEY_KIND: &[u8] = b"one-time-prekey";
 
 /// A Diffie–Hellman key pair that outlives one exchange (identity DH key, signed prekey,
 /// one-time prekey). The exponent type is the ephemeral one's; what differs is how long the
@@ -77,6 +91,36 @@ struct KeyPair {
 impl KeyPair {
     fn new((secret, public): (EphemeralSecret, PublicValue)) -> KeyPair {
         KeyPair { secret, public }
+    }
+
+    /// The saved form: `F(label) ‖ F(kind) ‖ F(group) ‖ F(u32be(id)) ‖ F(exponent)`. Secret.
+    /// Signatures are not saved: Ed25519 is deterministic, so loading signs again and gets
+    /// the same bytes.
+    fn save(&self, kind: &[u8], id: u32) -> Vec<u8> {
+        encode_fields(&[
+            SAVED_KEY_LABEL,
+            kind,
+            self.public.group().name().as_bytes(),
+            &id.to_be_bytes(),
+            self.secret.exponent_bytes(),
+        ])
+    }
+
+    /// Reads [`KeyPair::save`]'s form for a key of `kind`: the id and the pair.
+    fn load(bytes: &[u8], kind: &[u8]) -> Result<(u32, KeyPair), E2eError> {
+        let mut fields = Fields::new(bytes, "saved prekey", E2eError::State);
+        if fields.next()? != SAVED_KEY_LABEL || fields.next()? != kind {
+            return Err(fields.fail("another kind of key, or another version"));
+        }
+        let group = std::str::from_utf8(fields.next()?)
+            .ok()
+            .and_then(Group::from_name)
+            .ok_or_else(|| fields.fail("unknown group"))?;
+        let id = fields.number()?;
+        let pair = EphemeralSecret::from_exponent(group, fields.next()?)
+            .map_err(|_| fields.fail("not a valid exponent"))?;
+        fields.finish()?;
+        Ok((id, KeyPair::new(pair)))
     }
 
     /// A copy of the pair for a ratchet that starts from it (the responder's first ratchet
@@ -111,7 +155,29 @@ impl IdentityDhKey {
         user: &str,
         pair: (EphemeralSecret, PublicValue),
     ) -> Result<IdentityDhKey, E2eError> {
-        let pair = KeyPair::new(pair);
+        IdentityDhKey::signed(identity, user, KeyPair::new(pair))
+    }
+
+    /// The saved form (secret: store it like the identity key).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.pair.save(IDENTITY_DH_KIND, 0)
+    }
+
+    /// Loads [`IdentityDhKey::to_bytes`]'s form, signing it again for `user` with `identity`.
+    pub fn from_bytes(
+        bytes: &[u8],
+        identity: &IdentityKey,
+        user: &str,
+    ) -> Result<IdentityDhKey, E2eError> {
+        let (_, pair) = KeyPair::load(bytes, IDENTITY_DH_KIND)?;
+        IdentityDhKey::signed(identity, user, pair)
+    }
+
+    fn signed(
+        identity: &IdentityKey,
+        user: &str,
+        pair: KeyPair,
+    ) -> Result<IdentityDhKey, E2eError> {
         let signature = identity.sign(&identity_dh_statement(
             user,
             &pair.public.to_bytes(),
@@ -150,7 +216,30 @@ impl SignedPrekey {
         id: u32,
         pair: (EphemeralSecret, PublicValue),
     ) -> Result<SignedPrekey, E2eError> {
-        let pair = KeyPair::new(pair);
+        SignedPrekey::signed(identity, user, id, KeyPair::new(pair))
+    }
+
+    /// The saved form (secret).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.pair.save(SIGNED_PREKEY_KIND, self.id)
+    }
+
+    /// Loads [`SignedPrekey::to_bytes`]'s form, signing it again for `user` with `identity`.
+    pub fn from_bytes(
+        bytes: &[u8],
+        identity: &IdentityKey,
+        user: &str,
+    ) -> Result<SignedPrekey, E2eError> {
+        let (id, pair) = KeyPair::load(bytes, SIGNED_PREKEY_KIND)?;
+        SignedPrekey::signed(identity, user, id, pair)
+    }
+
+    fn signed(
+        identity: &IdentityKey,
+        user: &str,
+        id: u32,
+        pair: KeyPair,
+    ) -> Result<SignedPrekey, E2eError> {
         let statement =
             signed_prekey_statement(user, id, &pair.public.to_bytes(), pair.public.group());
         let signature = identity.sign(&statement)?;
@@ -192,6 +281,17 @@ impl OneTimePrekey {
             id,
             pair: KeyPair::new(pair),
         }
+    }
+
+    /// The saved form (secret).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.pair.save(ONE_TIME_PREKEY_KIND, self.id)
+    }
+
+    /// Loads [`OneTimePrekey::to_bytes`]'s form.
+    pub fn from_bytes(bytes: &[u8]) -> Result<OneTimePrekey, E2eError> {
+        let (id, pair) = KeyPair::load(bytes, ONE_TIME_PREKEY_KIND)?;
+        Ok(OneTimePrekey { id, pair })
     }
 
     /// Its id.
@@ -946,6 +1046,43 @@ mod tests {
                 session.to_bytes(),
             ]
         })
+    }
+
+    #[test]
+    fn saved_prekey_secrets_load_to_the_same_bundle_and_still_answer() {
+        let (alice, bob) = (User::new("alice"), User::new("bob"));
+        let saved = (
+            bob.identity_dh.to_bytes(),
+            bob.signed_prekey.to_bytes(),
+            bob.one_time.to_bytes(),
+        );
+        let identity_dh =
+            IdentityDhKey::from_bytes(&saved.0, &bob.identity, "bob").expect("identity dh");
+        let signed_prekey =
+            SignedPrekey::from_bytes(&saved.1, &bob.identity, "bob").expect("signed prekey");
+        let one_time = OneTimePrekey::from_bytes(&saved.2).expect("one-time prekey");
+        let reloaded = PrekeyBundle::new(&identity_dh, &signed_prekey, Some(&one_time));
+        assert_eq!(reloaded, bob.bundle(true));
+        let first = alice.start(&bob, &bob.bundle(true)).expect("start");
+        let answered = respond(
+            &bob.party(),
+            &identity_dh,
+            &signed_prekey,
+            Some(&one_time),
+            &alice.party(),
+            &first,
+        );
+        assert_eq!(answered.map(|(_, text)| text).as_deref(), Ok("hi"));
+        // A key of another kind, a cut-short file or a changed label is refused in words.
+        let refused = |result: Result<OneTimePrekey, E2eError>| matches!(result, Err(E2eError::State(text)) if text.starts_with("saved prekey"));
+        assert!(refused(OneTimePrekey::from_bytes(&saved.1)));
+        assert!(refused(OneTimePrekey::from_bytes(
+            &saved.2[..saved.2.len() - 1]
+        )));
+        let mut other_version = saved.2.clone();
+        other_version[8 + SAVED_KEY_LABEL.len() - 1] ^= 1;
+        assert!(refused(OneTimePrekey::from_bytes(&other_version)));
+        assert!(SignedPrekey::from_bytes(&saved.0, &bob.identity, "bob").is_err());
     }
 
     #[test]
