@@ -10,6 +10,8 @@
 //!   nonce, AAD, sealing), gives the file's intermediate values, which the library keeps
 //!   inside aws-lc and never shows.
 //!
+//! Values named `fail_*` must be refused, and are (without changing any state).
+//!
 //! An outside implementer can run the same checks against their code, offline.
 
 use std::collections::HashMap;
@@ -23,9 +25,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use num_bigint::BigUint;
 use securechat::e2e::{
-    initiate_using, respond_using, safety_number, EphemeralSecret, Group, IdentityDhKey,
-    IdentityKey, Initiator, OneTimePrekey, Party, Payload, PrekeyBundle, PrekeyMessage, Responder,
-    Session, SessionId, SignedPrekey,
+    initiate_using, respond_using, safety_number, E2eError, EphemeralSecret, Group, IdentityDhKey,
+    IdentityKey, Initiator, OneTimePrekey, Party, Payload, PrekeyBundle, PrekeyMessage,
+    PublicValue, Responder, Session, SessionId, SignedPrekey,
 };
 
 /// One vector file: `name = value` lines; `#` comments and blank lines are skipped.
@@ -288,6 +290,26 @@ fn the_library_with_the_vectors_inputs_sends_exactly_the_vectors_payloads() {
         assert_eq!(shown, Some(v.text("secret_fingerprint_shown")));
     }
 
+    // What must be refused, refused without changing anything: the genuine messages still
+    // open afterwards.
+    let refusals = [
+        ("fail_altered_payload", false, E2eError::Tampered),
+        ("fail_renumbered_payload", false, E2eError::Tampered),
+        (
+            "fail_other_session_payload",
+            false,
+            E2eError::UnknownSession,
+        ),
+        ("fail_reflected_payload", true, E2eError::Tampered),
+    ];
+    for (name, to_alice, expected) in refusals {
+        let Ok(Payload::Message(message)) = Payload::parse(v.text(name)) else {
+            panic!("{name} does not parse");
+        };
+        let receiver = if to_alice { &mut at_alice } else { &mut at_bob };
+        assert_eq!(receiver.open(&message), Err(expected), "{name}");
+    }
+
     // One message each way: sealed to the exact payload, and opened by the other side.
     check_message(&v, "initiator_to_responder", &mut at_alice, &mut at_bob);
     check_message(&v, "responder_to_initiator", &mut at_bob, &mut at_alice);
@@ -310,10 +332,7 @@ fn check_message(v: &Vectors, direction: &str, from: &mut Session, to: &mut Sess
 fn fixed_keys<'a>(
     v: &'a Vectors,
     names: &'a [&'a str],
-) -> impl FnMut(
-    Group,
-) -> Result<(EphemeralSecret, securechat::e2e::PublicValue), securechat::e2e::E2eError>
-       + 'a {
+) -> impl FnMut(Group) -> Result<(EphemeralSecret, PublicValue), E2eError> + 'a {
     let mut names = names.iter();
     move |group| {
         let name = names
@@ -368,6 +387,32 @@ fn the_library_agrees_on_the_prekey_vectors_and_the_first_two_ratchet_messages()
     )
     .expect("initiate");
     assert_eq!(first.to_bytes(), v.bytes("prekey_message"));
+
+    // The refusal vectors: a bundle whose signed prekey was swapped, a first message whose
+    // header was changed.
+    let swapped =
+        PrekeyBundle::from_bytes(&v.bytes("fail_substituted_signed_prekey_bundle")).expect("parse");
+    let refused = initiate_using(
+        &at_alice,
+        &alice_dh,
+        &at_bob,
+        &swapped,
+        v.text("first_text"),
+        &mut fixed_keys(&v, &["alice_ephemeral", "alice_ratchet"]),
+    );
+    assert_eq!(refused.err(), Some(E2eError::BadSignature));
+    let altered =
+        PrekeyMessage::from_bytes(&v.bytes("fail_altered_header_prekey_message")).expect("parse");
+    let refused = respond_using(
+        &at_bob,
+        &bob_dh,
+        &spk,
+        Some(&opk),
+        &at_alice,
+        &altered,
+        &mut fixed_keys(&v, &["bob_ratchet"]),
+    );
+    assert_eq!(refused.err(), Some(E2eError::Tampered));
 
     let received = PrekeyMessage::from_bytes(&v.bytes("prekey_message")).expect("parse");
     let (mut bob_session, text) = respond_using(

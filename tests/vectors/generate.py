@@ -227,6 +227,17 @@ def handshake():
         w.put(f"{direction}_ciphertext", sealed)
         w.put(f"{direction}_payload", f"E2E {b64(sid)} {counter} {b64(sealed)}")
         w.blank()
+    # What a receiver must refuse (age's fail_* vectors): alice's first message, changed in transit.
+    first = [l for l in w.lines if l.startswith("initiator_to_responder_ciphertext = ")][0].split(" = ")[1]
+    first = bytes.fromhex(first)
+    altered = bytes([first[0] ^ 0x01]) + first[1:]
+    w.comment("Must be refused by bob: alice's first message altered (one bit), renumbered (counter 2),")
+    w.comment("moved to another session id, and handed back to alice as if bob had sent it.")
+    w.put("fail_altered_payload", f"E2E {b64(sid)} 1 {b64(altered)}")
+    w.put("fail_renumbered_payload", f"E2E {b64(sid)} 2 {b64(first)}")
+    w.put("fail_other_session_payload", f"E2E {b64(bytes(16))} 1 {b64(first)}")
+    w.put("fail_reflected_payload", f"E2E {b64(sid)} 1 {b64(first)}")
+    w.blank()
     w.save("handshake.txt")
 
 
@@ -342,6 +353,20 @@ def prekeys_and_ratchet():
     w.put("second_chain_key", cks_b)
     header2 = pub["bob_ratchet"] + u32be(0) + u32be(0)
     seal("second", mk2, header2, "back now")
+    w.blank()
+
+    # What must be refused: the bundle with the signed prekey swapped for another value (old
+    # signature kept), and alice's first message with PN changed in its header.
+    other_spk = pow(2, int.from_bytes(exponent("substituted signed prekey", exponent_bits), "big"), p).to_bytes(length, "big")
+    bad_bundle = b"".join(F(x) for x in [b"securechat/prekey-bundle/v1", group.encode(), pub["bob_identity_dh"], sig_ik_b,
+                                          u32be(spk_id), other_spk, sig_spk, u32be(opk_id), pub["bob_one_time_prekey"]])
+    bad_header = pub["alice_ratchet"] + u32be(1) + u32be(0)
+    bad_first = b"".join(F(x) for x in [b"securechat/prekey-message/v1", group.encode(), pub["alice_identity_dh"], sig_ik_a,
+                                         pub["alice_ephemeral"], u32be(spk_id), u32be(opk_id), bad_header, ct1])
+    w.comment("Must be refused: the bundle with another signed prekey under the old signature (alice),")
+    w.comment("and the first message with PN = 1 in its header, which the AAD covers (bob).")
+    w.put("fail_substituted_signed_prekey_bundle", bad_bundle)
+    w.put("fail_altered_header_prekey_message", bad_first)
     w.blank()
     w.save("ratchet.txt")
 
