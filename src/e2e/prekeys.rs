@@ -921,6 +921,29 @@ mod tests {
     }
 
     #[test]
+    fn a_message_under_the_signed_prekey_itself_is_refused() {
+        // The initiator's ratchet starts with the signed prekey as the peer's value, but no
+        // chain for it: an honest responder never sends under it.
+        let (alice, bob) = (User::new("alice"), User::new("bob"));
+        let (mut at_alice, first) = initiate(
+            &alice.party(),
+            &alice.identity_dh,
+            &bob.party(),
+            &bob.bundle(false),
+            "hi",
+        )
+        .expect("initiate");
+        let forged = RatchetMessage {
+            header: RatchetHeader {
+                ratchet_key: bob.signed_prekey.pair.public.to_bytes(),
+                ..first.message.header
+            },
+            ciphertext: first.message.ciphertext,
+        };
+        assert_eq!(at_alice.decrypt(&forged), Err(E2eError::Tampered));
+    }
+
+    #[test]
     fn a_first_message_naming_prekeys_we_do_not_hold_is_refused() {
         let (alice, bob) = (User::new("alice"), User::new("bob"));
         let first = alice.start(&bob, &bob.bundle(true)).expect("start");

@@ -284,10 +284,9 @@ impl Ratchet {
         if counter < self.received {
             return Err(E2eError::AlreadyReceived { counter });
         }
-        let receiving = self
-            .receiving_chain
-            .as_ref()
-            .ok_or_else(|| E2eError::State("no receiving chain for this value".to_owned()))?;
+        // No chain yet for the current value: only the initiator's view of the responder's
+        // signed prekey, under which an honest responder never sends. A forgery.
+        let receiving = self.receiving_chain.as_ref().ok_or(E2eError::Tampered)?;
         let next_received = counter.checked_add(1).ok_or(E2eError::CounterExhausted)?;
         let (at_counter, kept) = skip(receiving, self.received, counter, chain)?;
         let (next_chain, message_key) = kdf_ck(&at_counter);
