@@ -23,21 +23,13 @@
 //!
 //! The binaries in `src/bin/` only parse arguments and call into these modules.
 
-pub mod accounts;
 pub mod client;
-pub mod connection;
 pub mod e2e;
 pub mod error;
 pub mod files;
-pub mod frame;
 pub mod logging;
-pub mod outbox;
 pub mod protocol;
-pub mod router;
 pub mod server;
-pub mod session;
-pub mod store;
-pub mod throttle;
 pub mod tls;
 
 pub use error::{Error, Result};

@@ -213,7 +213,7 @@ fn shown_safety_number(party: &Party, user: &str) -> Option<String> {
 
 /// Plays a server that hands out `key` as `user`'s identity key: rewrites its database.
 fn substitute_identity_key(server: &TestServer, user: &str, key: &IdentityPublicKey) {
-    let db = rusqlite::Connection::open(server.data_dir().join(securechat::store::DB_FILE))
+    let db = rusqlite::Connection::open(server.data_dir().join(securechat::server::DB_FILE))
         .expect("open the server's database");
     db.busy_timeout(Duration::from_secs(5))
         .expect("busy timeout");

@@ -13,7 +13,7 @@ use common::{err_code, ok, test_limits, TestServer, PASSWORD};
 use securechat::client::link;
 use securechat::protocol::ServerLine;
 use securechat::server::Limits;
-use securechat::throttle::ThrottlePolicy;
+use securechat::server::ThrottlePolicy;
 
 #[test]
 fn odd_passwords_never_log_in() {

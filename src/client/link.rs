@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 
-use crate::connection::{ReadOutcome, TlsStream};
 use crate::error::{Error, Result};
-use crate::frame::LineBuffer;
+use crate::protocol::frame::LineBuffer;
 use crate::protocol::{Request, ServerLine, PROTOCOL_VERSION};
+use crate::tls::stream::{ReadOutcome, TlsStream};
 
 /// Largest line the client accepts from a server. Larger than the server's client limit:
 /// a routed frame adds a header to what a client sent, and `OK LIST` can be long.

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
-use crate::accounts::{normalize_username, password_problems};
 use crate::client::app::{Chat, Flow};
 use crate::client::link::{self, Link, LinkReader};
 use crate::client::paths;
@@ -27,6 +26,7 @@ use crate::client::secure::Secure;
 use crate::e2e::{Group, IdentityKey, PinStore};
 use crate::error::{Error, Result};
 use crate::protocol::{Request, ServerLine};
+use crate::server::accounts::{normalize_username, password_problems};
 use crate::tls;
 
 /// How long the client may go without sending before it pings, by default: well under

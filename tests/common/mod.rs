@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use securechat::client::link::{self, Link, LinkReader};
 use securechat::protocol::ServerLine;
+use securechat::server::ThrottlePolicy;
 use securechat::server::{Config, Limits, Server};
-use securechat::throttle::ThrottlePolicy;
 use securechat::tls;
 
 /// A password that passes every rule.

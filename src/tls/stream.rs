@@ -30,7 +30,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::frame::LineBuffer;
+use crate::protocol::frame::LineBuffer;
 
 /// What one read from the socket amounted to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,8 +16,8 @@ use regex::Regex;
 use std::sync::LazyLock;
 
 use crate::error::Result;
-use crate::store::{Created, Store};
-use crate::throttle::Throttled;
+use crate::server::store::{Created, Store};
+use crate::server::throttle::Throttled;
 
 /// bcrypt's input limit in bytes; anything after it would be ignored.
 pub const BCRYPT_MAX_PASSWORD_BYTES: usize = 72;

@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-use crate::connection::{TlsStream, WriteNow};
+use crate::tls::stream::{TlsStream, WriteNow};
 
 /// Bytes of one outgoing frame (a complete line, with its `\n`).
 #[derive(Debug, Clone)]

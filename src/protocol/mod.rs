@@ -1,10 +1,12 @@
 //! The commands of the wire protocol, in both directions, shared by server and client.
 //!
-//! A frame is one line (see [`crate::frame`]); this module gives each line a meaning.
+//! A frame is one line (see [`crate::protocol::frame`]); this module gives each line a meaning.
 //! Client requests are [`Request`]s; everything the server sends is a [`ServerLine`].
 //! Parsing borrows from the line and never allocates, so the server's hot path (a `MSG`)
 //! costs one scan of the line. `report/protocol.md` is the normative description; the two
 //! must change together.
+
+pub mod frame;
 
 use std::fmt::{self, Write as _};
 

@@ -7,7 +7,7 @@
 //! the router, so replies and deliveries reach the client in one order. The *writer
 //! thread* writes the socket: it drains the client's [`Outbox`] and sends each batch as
 //! one TLS write. (While it sleeps with nothing queued, the router may write a single frame
-//! itself without blocking, and the reader the odd TLS alert; see [`crate::connection`].)
+//! itself without blocking, and the reader the odd TLS alert; see [`crate::tls::stream`].)
 //!
 //! The sender of every routed frame is the session's authenticated user, written by this
 //! module into the `FROM`/`ROOM` line; nothing the client sends can change it.
@@ -23,15 +23,17 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use crate::accounts::{is_canonical_username, normalize_username, LoginError, RegisterError};
-use crate::connection::{ReadOutcome, TlsStream};
 use crate::error::{Error, Result};
-use crate::frame::{FrameError, LineBuffer};
-use crate::outbox::{outbox, Line, Outbox, OutboxReceiver};
+use crate::protocol::frame::{FrameError, LineBuffer};
 use crate::protocol::{hello_line, AnnouncedLimits, Command, ErrorCode, ProtocolError, Request};
-use crate::router::{ConnId, Direct, Event, Routed};
+use crate::server::accounts::{
+    is_canonical_username, normalize_username, LoginError, RegisterError,
+};
+use crate::server::outbox::{outbox, Line, Outbox, OutboxReceiver};
+use crate::server::router::{ConnId, Direct, Event, Routed};
+use crate::server::throttle::TokenBucket;
 use crate::server::Shared;
-use crate::throttle::TokenBucket;
+use crate::tls::stream::{ReadOutcome, TlsStream};
 
 /// Stack for writer threads. A writer only encrypts and writes; what it touches of its
 /// stack stays resident for the connection's lifetime, so it is kept small.
@@ -939,7 +941,7 @@ mod tests {
 
     #[test]
     fn frames_written_at_once_and_queued_arrive_in_order_when_the_socket_fills() {
-        use crate::outbox::Delivery;
+        use crate::server::outbox::Delivery;
         let (server, client) = tls_pair();
         let server = Arc::new(server);
         let (producer, receiver) = outbox(64 * 1024 * 1024, server.clone());

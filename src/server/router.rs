@@ -24,8 +24,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-use crate::outbox::{Line, Outbox, QueueFull};
 use crate::protocol::{Command, ErrorCode, ProtocolError};
+use crate::server::outbox::{Line, Outbox, QueueFull};
 
 /// Identifies one connection for the lifetime of the server.
 pub type ConnId = u64;

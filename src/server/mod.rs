@@ -2,7 +2,7 @@
 //! explicit shutdown.
 //!
 //! Threads: one accept loop, one router, a small bcrypt pool, and per connection a login
-//! thread (until login), then a reader, plus a writer throughout (see [`crate::session`]).
+//! thread (until login), then a reader, plus a writer throughout (see [`crate::server::connection`]).
 //! [`Server::start`] binds and returns at once, so tests run a real server in-process on
 //! `127.0.0.1:0`; `src/bin/server.rs` is a thin wrapper around it.
 //!
@@ -10,6 +10,16 @@
 //! loop, tells every connection `BYE server shutting down`, waits up to 10 s for their
 //! threads, cuts off those still open (a client that does not read keeps its writer
 //! blocked), stops the router and closes the database.
+
+pub mod accounts;
+mod connection;
+mod outbox;
+mod router;
+mod store;
+mod throttle;
+
+pub use store::DB_FILE;
+pub use throttle::ThrottlePolicy;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -19,13 +29,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::accounts::Accounts;
+use self::accounts::Accounts;
+use self::outbox::{Line, Outbox};
+use self::router::{ConnId, Event, Inbox, Router};
+use self::store::Store;
+use self::throttle::Throttle;
 use crate::error::{Error, Result};
-use crate::outbox::{Line, Outbox};
-use crate::router::{ConnId, Event, Inbox, Router};
-use crate::session;
-use crate::store::Store;
-use crate::throttle::{Throttle, ThrottlePolicy};
 
 /// The server's limits. Every one is configurable; the defaults suit a small team on one
 /// machine and are what the protocol spec documents.
@@ -432,15 +441,15 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             continue;
         }
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let slot = session::ConnectionSlot {
+        let slot = connection::ConnectionSlot {
             shared: shared.clone(),
             id,
             peer,
         };
         let spawned = thread::Builder::new()
             .name(format!("login-{id}"))
-            .stack_size(session::LOGIN_STACK_BYTES)
-            .spawn(move || session::serve(slot, socket));
+            .stack_size(connection::LOGIN_STACK_BYTES)
+            .spawn(move || connection::serve(slot, socket));
         if let Err(e) = spawned {
             // The closure, and with it the slot, was dropped: admission is released.
             log::error!("{peer}: cannot start a thread for the connection: {e}");
