@@ -30,6 +30,7 @@ pub mod files;
 pub mod logging;
 pub mod protocol;
 pub mod server;
+mod sync;
 pub mod tls;
 
 pub use error::{Error, Result};

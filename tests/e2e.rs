@@ -125,11 +125,15 @@ impl Party {
                 self.delivered.push((user.clone(), payload.clone()));
                 self.secure.payload_arrived(&user, &payload)
             }
-            ServerLine::Ok { command, detail } if command == "GETKEY" => {
+            ServerLine::Ok { command, detail }
+                if command == securechat::protocol::Command::GetKey =>
+            {
                 let (user, key) = detail.split_once(' ').unwrap_or((&detail, ""));
                 self.secure.key_arrived(user, key)
             }
-            ServerLine::Err { command, text, .. } if command == "GETKEY" => {
+            ServerLine::Err { command, text, .. }
+                if command == Some(securechat::protocol::Command::GetKey) =>
+            {
                 let user = text.split(' ').next().unwrap_or("");
                 self.secure.key_unavailable(user, &text)
             }

@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-use securechat::server::accounts::normalize_username;
+use securechat::protocol::name::normalize_username;
 use securechat::client::commands;
 use securechat::e2e::{IdentityPublicKey, Payload};
 use securechat::protocol::frame::LineBuffer;

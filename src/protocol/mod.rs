@@ -7,8 +7,10 @@
 //! must change together.
 
 pub mod frame;
+pub mod name;
 
-use std::fmt::{self, Write as _};
+use std::fmt;
+use std::io::Write as _;
 
 /// Protocol version announced in the greeting. A client refuses a server with another one.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -266,6 +268,32 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for look-ups.
+    const ALL: [ErrorCode; 17] = [
+        ErrorCode::BadFrame,
+        ErrorCode::TooLong,
+        ErrorCode::UnknownCommand,
+        ErrorCode::NotLoggedIn,
+        ErrorCode::AlreadyLoggedIn,
+        ErrorCode::AuthFailed,
+        ErrorCode::BadUsername,
+        ErrorCode::WeakPassword,
+        ErrorCode::UserExists,
+        ErrorCode::Offline,
+        ErrorCode::NoSuchUser,
+        ErrorCode::NoKey,
+        ErrorCode::BadKey,
+        ErrorCode::SelfMessage,
+        ErrorCode::RateLimited,
+        ErrorCode::Throttled,
+        ErrorCode::Storage,
+    ];
+
+    /// The code named `word` on the wire, if it is one.
+    pub fn from_wire(word: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == word)
+    }
+
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -319,19 +347,15 @@ impl ProtocolError {
             message: message.into(),
         }
     }
+}
 
-    /// The `ERR` frame, with its line ending.
-    pub fn to_line(&self) -> String {
-        let mut line = String::with_capacity(16 + self.message.len());
-        // Writing to a String cannot fail.
-        let _ = writeln!(
-            line,
-            "ERR {} {} {}",
-            self.command.map_or("-", Command::verb),
-            self.code.as_str(),
-            self.message
-        );
-        line
+impl From<ProtocolError> for ServerLine {
+    fn from(error: ProtocolError) -> ServerLine {
+        ServerLine::Err {
+            command: error.command,
+            code: error.code,
+            text: error.message,
+        }
     }
 }
 
@@ -353,11 +377,11 @@ pub enum ServerLine {
         limits: Option<AnnouncedLimits>,
     },
     /// `OK <command> [detail]`: a request succeeded.
-    Ok { command: String, detail: String },
-    /// `ERR <command> <code> <text>`: a request failed.
+    Ok { command: Command, detail: String },
+    /// `ERR <command|-> <code> <text>`: a request failed (`command` is `None` for `-`).
     Err {
-        command: String,
-        code: String,
+        command: Option<Command>,
+        code: ErrorCode,
         text: String,
     },
     /// `PONG [token]`: answer to `PING`.
@@ -395,17 +419,28 @@ impl ServerLine {
             }
             "OK" => {
                 let (command, detail) = split_word(rest);
+                let command = Command::from_verb(command).ok_or_else(|| {
+                    format!("OK for an unknown command: {:?}", truncate(line, 80))
+                })?;
                 ServerLine::Ok {
-                    command: owned(command),
+                    command,
                     detail: owned(detail),
                 }
             }
             "ERR" => {
                 let (command, rest) = split_word(rest);
                 let (code, text) = split_word(rest);
+                let command = match command {
+                    "-" => None,
+                    verb => Some(Command::from_verb(verb).ok_or_else(|| {
+                        format!("ERR for an unknown command: {:?}", truncate(line, 80))
+                    })?),
+                };
+                let code = ErrorCode::from_wire(code)
+                    .ok_or_else(|| format!("ERR with an unknown code: {:?}", truncate(line, 80)))?;
                 ServerLine::Err {
-                    command: owned(command),
-                    code: owned(code),
+                    command,
+                    code,
                     text: owned(text),
                 }
             }
@@ -440,6 +475,73 @@ impl ServerLine {
         };
         Ok(parsed)
     }
+}
+
+impl ServerLine {
+    /// The frame for this line, with its line ending: the only place server frames are
+    /// written (the router's hot paths use [`write_from`] and [`write_room`], which this
+    /// calls too).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            ServerLine::Hello { version, limits } => {
+                let _ = write!(out, "HELLO securechat {version}");
+                if let Some(l) = limits {
+                    let _ = write!(
+                        out,
+                        " max-frame={} rate={} burst={}",
+                        l.max_frame, l.rate, l.burst
+                    );
+                }
+                out.push(b'\n');
+            }
+            ServerLine::Ok { command, detail } => {
+                write_words(&mut out, &["OK", command.verb(), detail]);
+            }
+            ServerLine::Err {
+                command,
+                code,
+                text,
+            } => {
+                let command = command.map_or("-", Command::verb);
+                write_words(&mut out, &["ERR", command, code.as_str(), text]);
+            }
+            ServerLine::Pong { token } => write_words(&mut out, &["PONG", token]),
+            ServerLine::From { user, payload } => write_from(&mut out, user, payload),
+            ServerLine::Room { user, text } => write_room(&mut out, user, text),
+            ServerLine::Offline { user } => write_words(&mut out, &["OFFLINE", user]),
+            ServerLine::Bye { reason } => write_words(&mut out, &["BYE", reason]),
+        }
+        out
+    }
+}
+
+/// Appends `words` separated by single spaces, leaving out empty trailing ones (`PONG`,
+/// `OK SETKEY`), then the line ending.
+fn write_words(out: &mut Vec<u8>, words: &[&str]) {
+    let used = words
+        .iter()
+        .rposition(|w| !w.is_empty())
+        .map_or(0, |i| i + 1);
+    for (i, word) in words[..used].iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend_from_slice(word.as_bytes());
+    }
+    out.push(b'\n');
+}
+
+/// Appends `FROM <user> <payload>\n`: a private payload from `user`.
+pub fn write_from(out: &mut Vec<u8>, user: &str, payload: &str) {
+    out.reserve("FROM ".len() + user.len() + payload.len() + 2);
+    write_words(out, &["FROM", user, payload]);
+}
+
+/// Appends `ROOM <user> <text>\n`: a room line from `user`.
+pub fn write_room(out: &mut Vec<u8>, user: &str, text: &str) {
+    out.reserve("ROOM ".len() + user.len() + text.len() + 2);
+    write_words(out, &["ROOM", user, text]);
 }
 
 /// The limits a server announces in its greeting, so that a client can stay inside them
@@ -480,14 +582,6 @@ impl AnnouncedLimits {
             _ => None,
         })
     }
-}
-
-/// The greeting line the server sends first, announcing its limits.
-pub fn hello_line(limits: &AnnouncedLimits) -> String {
-    format!(
-        "HELLO securechat {PROTOCOL_VERSION} max-frame={} rate={} burst={}\n",
-        limits.max_frame, limits.rate, limits.burst
-    )
 }
 
 /// Splits off the first space-separated word. The rest starts after exactly one space, so
@@ -601,7 +695,11 @@ mod tests {
         assert_eq!(err.command, None);
         assert_eq!(err.code, ErrorCode::UnknownCommand);
         assert_eq!(
-            err.to_line().split(' ').take(3).collect::<Vec<_>>(),
+            String::from_utf8(ServerLine::from(err).encode())
+                .unwrap()
+                .split(' ')
+                .take(3)
+                .collect::<Vec<_>>(),
             ["ERR", "-", "unknown-command"]
         );
     }
@@ -613,22 +711,23 @@ mod tests {
             rate: 20,
             burst: 100,
         };
+        let hello = ServerLine::Hello {
+            version: PROTOCOL_VERSION,
+            limits: Some(limits),
+        };
         assert_eq!(
-            hello_line(&limits),
-            "HELLO securechat 1 max-frame=16384 rate=20 burst=100\n"
+            hello.encode(),
+            b"HELLO securechat 1 max-frame=16384 rate=20 burst=100\n"
         );
         assert_eq!(
-            ServerLine::parse(hello_line(&limits).trim_end()),
-            Ok(ServerLine::Hello {
-                version: PROTOCOL_VERSION,
-                limits: Some(limits)
-            })
+            ServerLine::parse(std::str::from_utf8(&hello.encode()).unwrap().trim_end()),
+            Ok(hello)
         );
         assert_eq!(
             ServerLine::parse("ERR MSG offline bob bob is not online"),
             Ok(ServerLine::Err {
-                command: "MSG".into(),
-                code: "offline".into(),
+                command: Some(Command::Msg),
+                code: ErrorCode::Offline,
                 text: "bob bob is not online".into()
             })
         );

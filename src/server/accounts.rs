@@ -1,7 +1,6 @@
 //! Accounts: who may register, how passwords are checked, and what a login costs.
 //!
-//! * User names follow one regex and are compared without case (they are lower-cased
-//!   before anything else, so `Alice` and `alice` are the same account).
+//! * User names follow one rule (`crate::protocol::name`) and are compared without case.
 //! * Password rules are a table of simple regexes (the `regex` crate has no look-ahead),
 //!   and a rejection lists every rule that failed.
 //! * Passwords are stored only as bcrypt hashes. bcrypt reads at most 72 bytes and would
@@ -16,15 +15,12 @@ use regex::Regex;
 use std::sync::LazyLock;
 
 use crate::error::Result;
+use crate::protocol::name::{normalize_username, BadUserName};
 use crate::server::store::{Created, Store};
 use crate::server::throttle::Throttled;
 
 /// bcrypt's input limit in bytes; anything after it would be ignored.
 pub const BCRYPT_MAX_PASSWORD_BYTES: usize = 72;
-
-/// Human description of the user-name rule, shown on rejection.
-pub const USERNAME_RULE: &str =
-    "3-32 characters: a letter first, then letters, digits or underscores";
 
 /// A password rule: a pattern that must (or must not) match, and what it means.
 struct PasswordRule {
@@ -67,33 +63,6 @@ const COMMON_PASSWORDS: &[&str] = &[
     "securechat1",
 ];
 
-/// Lower-cases and checks a user name against the rule `^[a-z][a-z0-9_]{2,31}$` (after
-/// lower-casing): short enough to show in a chat line, ASCII so that look-alike names
-/// cannot be registered. Returns the canonical name, or the rule it broke.
-///
-/// Written out rather than as a regex because it runs for every routed message.
-pub fn normalize_username(user: &str) -> Result<String, String> {
-    if is_canonical_username(user) {
-        return Ok(user.to_owned());
-    }
-    let lower = user.to_ascii_lowercase();
-    if is_canonical_username(&lower) {
-        Ok(lower)
-    } else {
-        Err(format!("user name must be {USERNAME_RULE}"))
-    }
-}
-
-/// Whether `name` already is a canonical user name (lower case, and follows the rule).
-pub fn is_canonical_username(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    (3..=32).contains(&bytes.len())
-        && bytes[0].is_ascii_lowercase()
-        && bytes[1..]
-            .iter()
-            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
 /// Every password rule that `password` breaks for the (canonical) user name `user`; empty
 /// when the password is acceptable.
 pub fn password_problems(user: &str, password: &str) -> Vec<&'static str> {
@@ -119,7 +88,7 @@ pub fn password_problems(user: &str, password: &str) -> Vec<&'static str> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegisterError {
     /// The name breaks the naming rule.
-    BadUsername(String),
+    BadUsername(BadUserName),
     /// The password breaks these rules.
     WeakPassword(Vec<&'static str>),
     /// The name is taken.

@@ -22,9 +22,16 @@
 //! frame queued after it is written by the writer, which must wait for the claim.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use crate::error::Result;
+use crate::protocol::ServerLine;
+use crate::sync;
 use crate::tls::stream::{TlsStream, WriteNow};
+
+/// Plaintext at which the writer stops packing and writes: a batch is at least this (or
+/// everything queued) and at most this plus one frame. 16 KiB is one full TLS record.
+const WRITE_BATCH_BYTES: usize = 16 * 1024;
 
 /// Bytes of one outgoing frame (a complete line, with its `\n`).
 #[derive(Debug, Clone)]
@@ -45,9 +52,9 @@ impl Line {
     }
 }
 
-impl From<String> for Line {
-    fn from(s: String) -> Line {
-        Line::Owned(s.into_bytes())
+impl From<&ServerLine> for Line {
+    fn from(line: &ServerLine) -> Line {
+        Line::Owned(line.encode())
     }
 }
 
@@ -79,7 +86,7 @@ struct Queue {
 }
 
 /// State shared by the producers and the writer.
-struct Shared {
+struct QueueState {
     /// The frames and flags.
     queue: Mutex<Queue>,
     /// Wakes the writer when frames arrive or the queue closes.
@@ -93,9 +100,9 @@ struct Shared {
     stream: Arc<TlsStream>,
 }
 
-impl Shared {
+impl QueueState {
     fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+        sync::lock(&self.queue)
     }
 }
 
@@ -112,17 +119,17 @@ pub enum Delivery {
 
 /// The producing side of a client's queue. Cheap to clone.
 pub struct Outbox {
-    shared: Arc<Shared>,
+    state: Arc<QueueState>,
 }
 
 /// The consuming side, owned by the writer thread.
 pub struct OutboxReceiver {
-    shared: Arc<Shared>,
+    state: Arc<QueueState>,
 }
 
 /// A queue for one client holding at most `limit` bytes.
 pub fn outbox(limit: usize, stream: Arc<TlsStream>) -> (Outbox, OutboxReceiver) {
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(QueueState {
         queue: Mutex::new(Queue {
             producers: 1,
             ..Queue::default()
@@ -134,9 +141,9 @@ pub fn outbox(limit: usize, stream: Arc<TlsStream>) -> (Outbox, OutboxReceiver) 
     });
     (
         Outbox {
-            shared: shared.clone(),
+            state: shared.clone(),
         },
-        OutboxReceiver { shared },
+        OutboxReceiver { state: shared },
     )
 }
 
@@ -144,7 +151,7 @@ impl Outbox {
     /// Queues a frame unless the queue is over its byte limit. Never blocks on the
     /// network (only, briefly, on the queue's own lock).
     pub fn push(&self, line: Line) -> Result<(), QueueFull> {
-        self.push_locked(self.shared.lock(), line)
+        self.push_locked(self.state.lock(), line)
     }
 
     /// Writes the frame to the socket at once if the writer is idle and nobody holds the
@@ -152,9 +159,9 @@ impl Outbox {
     /// blocks on the network. Costs the caller the encryption and one `send` call, so it
     /// suits a caller with time to spare (the router when few requests wait).
     pub fn push_or_write(&self, line: Line) -> Result<Delivery, QueueFull> {
-        let queue = self.shared.lock();
+        let queue = self.state.lock();
         let idle = queue.writer_waiting && queue.lines.is_empty() && !queue.closing;
-        let Some(claim) = idle.then(|| self.shared.stream.try_claim()).flatten() else {
+        let Some(claim) = idle.then(|| self.state.stream.try_claim()).flatten() else {
             return self.push_locked(queue, line).map(|()| Delivery::Queued);
         };
         // The claim is held: a frame pushed from here on is written after this one.
@@ -162,12 +169,12 @@ impl Outbox {
         match claim.write_now(line.as_bytes()) {
             Ok(WriteNow::Sent) => Ok(Delivery::Written),
             Ok(WriteNow::LeftUnsent) => {
-                let mut queue = self.shared.lock();
+                let mut queue = self.state.lock();
                 queue.unsent_records = true;
                 let wake = std::mem::take(&mut queue.writer_waiting);
                 drop(queue);
                 if wake {
-                    self.shared.ready.notify_one();
+                    self.state.ready.notify_one();
                 }
                 Ok(Delivery::WrittenInPart)
             }
@@ -184,7 +191,7 @@ impl Outbox {
             // The connection is closing; nobody will send this.
             return Ok(());
         }
-        if queue.bytes + len > self.shared.limit {
+        if queue.bytes + len > self.state.limit {
             return Err(QueueFull {
                 queued: queue.bytes,
             });
@@ -196,7 +203,7 @@ impl Outbox {
         let wake = std::mem::take(&mut queue.writer_waiting);
         drop(queue);
         if wake {
-            self.shared.ready.notify_one();
+            self.state.ready.notify_one();
         }
         Ok(())
     }
@@ -204,53 +211,49 @@ impl Outbox {
     /// Asks the writer to send what is queued and close the connection. The close request
     /// itself ignores the byte limit.
     pub fn close(&self) {
-        let mut queue = self.shared.lock();
+        let mut queue = self.state.lock();
         queue.closing = true;
         queue.writer_waiting = false;
         drop(queue);
-        self.shared.ready.notify_one();
+        self.state.ready.notify_one();
     }
 
     /// Closes at once, dropping whatever is queued: the socket is shut down, which also
     /// unblocks a writer stuck on a peer that stopped reading. Never blocks.
     pub fn evict(&self) {
         self.close();
-        self.shared.stream.shutdown_socket();
+        self.state.stream.shutdown_socket();
     }
 
     /// Waits at most `timeout` for the writer thread to finish; `false` if it has not.
     pub fn wait_writer_gone(&self, timeout: std::time::Duration) -> bool {
-        let queue = self.shared.lock();
-        let (queue, _) = self
-            .shared
-            .writer_ended
-            .wait_timeout_while(queue, timeout, |q| !q.writer_gone)
-            .unwrap_or_else(PoisonError::into_inner);
-        queue.writer_gone
+        let queue = self.state.lock();
+        sync::wait_timeout_while(&self.state.writer_ended, queue, timeout, |q| !q.writer_gone)
+            .writer_gone
     }
 
     /// Bytes currently queued.
     pub fn queued(&self) -> usize {
-        self.shared.lock().bytes
+        self.state.lock().bytes
     }
 }
 
 impl Clone for Outbox {
     fn clone(&self) -> Outbox {
-        self.shared.lock().producers += 1;
+        self.state.lock().producers += 1;
         Outbox {
-            shared: self.shared.clone(),
+            state: self.state.clone(),
         }
     }
 }
 
 impl Drop for Outbox {
     fn drop(&mut self) {
-        let mut queue = self.shared.lock();
+        let mut queue = self.state.lock();
         queue.producers -= 1;
         if queue.producers == 0 {
             drop(queue);
-            self.shared.ready.notify_one();
+            self.state.ready.notify_one();
         }
     }
 }
@@ -261,18 +264,14 @@ impl OutboxReceiver {
     /// must be empty: an empty batch still calls for a write. Returns `false` once there
     /// will be nothing more after this batch: `close` was called, or every producer is gone.
     pub fn take(&self, batch: &mut VecDeque<Line>) -> bool {
-        let mut queue = self.shared.lock();
+        let mut queue = self.state.lock();
         while queue.lines.is_empty()
             && !queue.unsent_records
             && !queue.closing
             && queue.producers > 0
         {
             queue.writer_waiting = true;
-            queue = self
-                .shared
-                .ready
-                .wait(queue)
-                .unwrap_or_else(PoisonError::into_inner);
+            queue = sync::wait(&self.state.ready, queue);
         }
         queue.writer_waiting = false;
         queue.unsent_records = false;
@@ -284,11 +283,179 @@ impl OutboxReceiver {
 
 impl Drop for OutboxReceiver {
     fn drop(&mut self) {
-        let mut queue = self.shared.lock();
+        let mut queue = self.state.lock();
         queue.writer_gone = true;
         queue.lines = VecDeque::new();
         queue.bytes = 0;
         drop(queue);
-        self.shared.writer_ended.notify_all();
+        self.state.writer_ended.notify_all();
+    }
+}
+
+/// The writer thread: takes everything queued, encrypts it in batches of about 16 KiB,
+/// writes each batch once. After [`Outbox::close`], or when every producer is gone, it
+/// closes the connection with a TLS goodbye, which also wakes the reader. When the socket
+/// fails (or accepts nothing for the send timeout) it returns the error, and the caller
+/// shuts the socket down without a goodbye: nobody would read it.
+pub(super) fn write_loop(stream: &TlsStream, queue: OutboxReceiver) -> Result<()> {
+    let mut batch = VecDeque::new();
+    let mut plain = Vec::new();
+    let mut records = Vec::new();
+    loop {
+        let more = queue.take(&mut batch);
+        // Woken with nothing queued: records of the router's non-blocking write wait in
+        // the stream (or the queue is closing), and `send` writes them first.
+        let flush_only = batch.is_empty();
+        for line in batch.drain(..) {
+            plain.extend_from_slice(line.as_bytes());
+            if plain.len() >= WRITE_BATCH_BYTES {
+                send(stream, &mut plain, &mut records)?;
+            }
+        }
+        if !plain.is_empty() || flush_only {
+            send(stream, &mut plain, &mut records)?;
+        }
+        if !more {
+            stream.close();
+            return Ok(());
+        }
+        if batch.capacity() > 256 || plain.capacity() > 2 * WRITE_BATCH_BYTES {
+            // A burst is over; idle connections should not keep burst-sized buffers.
+            batch = VecDeque::new();
+            plain = Vec::new();
+            records = Vec::new();
+        }
+    }
+}
+
+/// Sends `plain` as TLS and clears it.
+fn send(stream: &TlsStream, plain: &mut Vec<u8>, records: &mut Vec<u8>) -> Result<()> {
+    let sent = stream.send(plain, records);
+    plain.clear();
+    sent
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::protocol::frame::LineBuffer;
+    use crate::tls::stream::ReadOutcome;
+
+    /// Shrinks a socket's kernel buffer so that a peer that does not read fills it soon.
+    fn small_buffer(socket: &TcpStream, option: libc::c_int) {
+        let size: libc::c_int = 16 * 1024;
+        // SAFETY: setsockopt reads `size`, an int as the option expects, for the call only.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(socket),
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0);
+    }
+
+    /// A real TLS connection over loopback with small socket buffers: the server's end
+    /// and the client's.
+    fn tls_pair() -> (TlsStream, TlsStream) {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = crate::tls::ensure_dev_certificates(dir.path()).unwrap();
+        let (chain, key) = crate::tls::load_identity(&dev.cert, &dev.key).unwrap();
+        let server_config = crate::tls::server_config(chain, key).unwrap();
+        let client_config = crate::tls::client_config(Some(&dev.ca)).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client_socket = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        small_buffer(&client_socket, libc::SO_RCVBUF);
+        let (server_socket, _) = listener.accept().unwrap();
+        small_buffer(&server_socket, libc::SO_SNDBUF);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = thread::spawn(move || {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let conn = rustls::ClientConnection::new(client_config, name).unwrap();
+            TlsStream::handshake(conn, client_socket, deadline).unwrap()
+        });
+        let conn = rustls::ServerConnection::new(server_config).unwrap();
+        let server = TlsStream::handshake(conn, server_socket, deadline).unwrap();
+        (server, client.join().unwrap())
+    }
+
+    #[test]
+    fn frames_written_at_once_and_queued_arrive_in_order_when_the_socket_fills() {
+        let (server, client) = tls_pair();
+        let server = Arc::new(server);
+        let (producer, receiver) = outbox(64 * 1024 * 1024, server.clone());
+        let writer = {
+            let server = server.clone();
+            thread::spawn(move || write_loop(&server, receiver))
+        };
+        let mut sent = Vec::new();
+        let mut push = |seen: &mut Vec<Delivery>| {
+            let line = format!("FROM alice {:05} {}\n", sent.len(), "x".repeat(1_000));
+            sent.push(line.clone());
+            seen.push(
+                producer
+                    .push_or_write(Line::Owned(line.into_bytes()))
+                    .unwrap(),
+            );
+        };
+        // While the client does not read, frames are written at once until the socket
+        // fills mid-frame; `then_queue` frames follow while the writer sends the rest.
+        let mut fill = |then_queue: usize| {
+            let mut seen = Vec::new();
+            while !seen.contains(&Delivery::WrittenInPart) {
+                assert!(seen.len() < 5_000, "the socket never filled: {seen:?}");
+                // Let the writer go back to sleep, so the next frame may be written at once.
+                thread::sleep(Duration::from_millis(2));
+                push(&mut seen);
+            }
+            for _ in 0..then_queue {
+                push(&mut seen);
+            }
+            seen
+        };
+        let mut lines = LineBuffer::new(64 * 1024);
+        let mut scratch = vec![0u8; 64 * 1024];
+        let mut received = Vec::new();
+        client
+            .socket()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut read_until = |count: usize, received: &mut Vec<String>| {
+            while received.len() < count {
+                let outcome = client
+                    .read_some(&mut scratch, &mut lines)
+                    .expect("frames stopped arriving: one was left half-sent");
+                lines
+                    .drain_lines(|line| {
+                        received.push(format!("{}\n", line.unwrap()));
+                        true
+                    })
+                    .unwrap();
+                assert_eq!(outcome, ReadOutcome::Open);
+            }
+        };
+
+        // Nothing follows the partly written frame: the writer alone must finish it.
+        let seen = fill(0);
+        assert!(seen.contains(&Delivery::Written), "{seen:?}");
+        let count = seen.len();
+        read_until(count, &mut received);
+
+        // Frames queued behind a partly written one leave after it.
+        let seen = fill(20);
+        let (direct, queued) = seen.split_at(seen.len() - 20);
+        assert_eq!(direct.last(), Some(&Delivery::WrittenInPart), "{seen:?}");
+        assert!(queued.iter().all(|d| *d == Delivery::Queued), "{seen:?}");
+        read_until(count + seen.len(), &mut received);
+
+        assert!(received == sent, "frames lost, repeated or out of order");
+        drop(producer);
+        writer.join().unwrap().unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! The router: one thread that owns who is online and moves frames between them.
 //!
-//! Per-client reader threads send it [`Event`]s through its [`Inbox`]; it answers by
+//! Per-client reader threads send it [`Event`]s through a bounded crossbeam channel
+//! ([`RouterHandle`]); it answers by
 //! pushing frames into clients' [`Outbox`]es. It never reads a socket and never blocks on
 //! a client: a push into a full outbox evicts that client (its queue is over its byte
 //! bound because it stopped reading) and everyone else carries on. Because every frame for
@@ -20,66 +21,30 @@
 //! login to every user costs O(n²) with 10,000 users online, and contacts are who needs to
 //! know (their end-to-end session with that user must be renewed).
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use crate::protocol::{Command, ErrorCode, ProtocolError};
-use crate::server::outbox::{Line, Outbox, QueueFull};
+use crossbeam_channel::{Receiver, Sender};
+
+use super::outbox::{Line, Outbox, QueueFull};
+use crate::protocol::{self, Command, ErrorCode, ProtocolError, ServerLine};
 
 /// Identifies one connection for the lifetime of the server.
-pub type ConnId = u64;
+pub(super) type ConnId = u64;
 
 /// At most this many names in one `OK LIST` reply, so the reply stays a reasonable frame
 /// with thousands online; the reply also carries the total.
-pub const LIST_MAX_NAMES: usize = 500;
+pub(super) const LIST_MAX_NAMES: usize = 500;
 
-/// The router's hash: FxHash (rustc's), a multiply-rotate per word, several times faster
-/// than the default SipHash on short names, and the router hashes one to three names per
-/// routed message. SipHash's protection against chosen collisions is not needed here:
-/// keys are registered user names (registration is rate-limited and names are short), and
-/// lookups with arbitrary strings never insert.
-type FastHash = BuildHasherDefault<FxHasher>;
-
-/// See [`FastHash`].
-#[derive(Default)]
-struct FxHasher {
-    /// The running hash.
-    hash: u64,
-}
-
-impl FxHasher {
-    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-    fn add(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
-    }
-}
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        for &b in chunks.remainder() {
-            self.add(u64::from(b));
-        }
-    }
-
-    fn write_u8(&mut self, b: u8) {
-        self.add(u64::from(b));
-    }
-
-    fn finish(&self) -> u64 {
-        self.hash
-    }
-}
+/// The router's hash: FxHash (rustc's), several times faster than the default SipHash on
+/// short names, and the router hashes one to three names per routed message. SipHash's
+/// protection against chosen collisions is not needed here: keys are registered user names
+/// (registration is rate-limited and names are short), and lookups with arbitrary strings
+/// never insert.
+type FastHash = rustc_hash::FxBuildHasher;
 
 /// What a client thread tells the router.
-pub enum Event {
+pub(super) enum Event {
     /// A connection authenticated as `user`. If `user` was already online, that older
     /// session is told and closed: the newest login wins.
     LoggedIn {
@@ -116,7 +81,7 @@ impl Event {
 }
 
 /// A request the router carries out for a logged-in user.
-pub enum Routed {
+pub(super) enum Routed {
     /// Deliver a private frame to its recipient.
     Direct(Direct),
     /// Deliver `line` (a complete `ROOM <sender> <text>` frame) to everyone else.
@@ -127,107 +92,19 @@ pub enum Routed {
     Reply(Line),
 }
 
-/// The router's inbox: one queue for every connection's events, bounded in count.
-///
-/// When the router falls behind and the inbox is full, senders block: a reader then stops
-/// reading its socket, and TCP pushes back on the client instead of the server's memory
-/// growing. The router takes everything waiting in one lock per wake-up, so under load a
-/// hand-off costs a push, not a wake-up. (A crossbeam channel spins and yields while
-/// waiting, which cost more CPU than the routing itself at moderate rates.)
-pub struct Inbox {
-    /// The events and who is waiting.
-    state: Mutex<InboxState>,
-    /// Wakes the router when an event arrives.
-    not_empty: Condvar,
-    /// Wakes blocked senders when the router has taken events.
-    not_full: Condvar,
-    /// Events the inbox holds before senders block.
-    capacity: usize,
-}
+/// Capacity of the router's inbox, in events. When the router falls behind, readers block
+/// on it, which stops them reading their sockets: TCP pushes back on the senders instead of
+/// the server's memory growing. (One channel for the whole server, so its ring, allocated
+/// up front, costs once: about 4096 x 64 bytes.)
+const INBOX_EVENTS: usize = 4096;
 
-/// The inbox's state, behind its mutex.
-#[derive(Default)]
-struct InboxState {
-    /// Waiting events, oldest first.
-    events: VecDeque<Event>,
-    /// The router is asleep waiting for events.
-    router_waiting: bool,
-    /// Senders asleep waiting for room.
-    senders_waiting: usize,
-    /// The router has stopped; sends fail.
-    closed: bool,
-}
+/// Where connection threads send the router their events. Cheap to clone.
+pub(super) type RouterHandle = Sender<Event>;
 
-/// The router has stopped (the server is shutting down).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RouterGone;
-
-impl Inbox {
-    /// An inbox that holds `capacity` events before senders wait.
-    pub fn new(capacity: usize) -> Inbox {
-        Inbox {
-            state: Mutex::new(InboxState::default()),
-            not_empty: Condvar::new(),
-            not_full: Condvar::new(),
-            capacity: capacity.max(1),
-        }
-    }
-
-    /// Hands an event to the router, waiting while the inbox is full.
-    pub fn send(&self, event: Event) -> Result<(), RouterGone> {
-        let mut state = self.lock();
-        while state.events.len() >= self.capacity && !state.closed {
-            state.senders_waiting += 1;
-            state = self
-                .not_full
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-            state.senders_waiting -= 1;
-        }
-        if state.closed {
-            return Err(RouterGone);
-        }
-        state.events.push_back(event);
-        // Cleared by whoever wakes the router, so later senders skip the futex call.
-        let wake = std::mem::take(&mut state.router_waiting);
-        drop(state);
-        if wake {
-            self.not_empty.notify_one();
-        }
-        Ok(())
-    }
-
-    /// Waits for events and moves all of them into `into` (which must be empty).
-    fn drain(&self, into: &mut VecDeque<Event>) {
-        let mut state = self.lock();
-        while state.events.is_empty() {
-            state.router_waiting = true;
-            state = self
-                .not_empty
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        state.router_waiting = false;
-        std::mem::swap(&mut state.events, into);
-        let wake = state.senders_waiting > 0;
-        drop(state);
-        if wake {
-            self.not_full.notify_all();
-        }
-    }
-
-    /// Marks the router stopped and releases every blocked sender.
-    fn close(&self) {
-        let mut state = self.lock();
-        state.closed = true;
-        state.events.clear();
-        drop(state);
-        self.not_full.notify_all();
-    }
-
-    fn lock(&self) -> MutexGuard<'_, InboxState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+/// A router's inbox: the handle connection threads send on, and the receiving end
+/// [`Router::run`] drains.
+pub(super) fn inbox() -> (RouterHandle, Receiver<Event>) {
+    crossbeam_channel::bounded(INBOX_EVENTS)
 }
 
 /// `ERR MSG offline`: the first word of the text is the user, as the spec promises.
@@ -237,7 +114,7 @@ fn offline_reply(user: &str) -> Line {
         ErrorCode::Offline,
         format!("{user} {user} is not online"),
     );
-    Line::from(error.to_line())
+    Line::from(&ServerLine::from(error))
 }
 
 /// Disconnects `client`, whose queue is full (it stopped reading), with a log line.
@@ -252,7 +129,7 @@ fn cut_off(user: &str, client: &Online) {
 /// A private frame on its way: the complete `FROM <sender> <payload>` line, with the
 /// recipient's name stored after it in the same buffer, so that routing a message costs
 /// one allocation.
-pub struct Direct {
+pub(super) struct Direct {
     /// The line (with its `\n`), then the recipient's canonical name.
     bytes: Vec<u8>,
     /// Where the line ends and the name begins.
@@ -261,26 +138,23 @@ pub struct Direct {
 
 impl Direct {
     /// The frame `FROM <from> <payload>` for `to` (a canonical user name).
-    pub fn new(from: &str, to: &str, payload: &str) -> Direct {
-        let line_len = "FROM ".len() + from.len() + 1 + payload.len() + 1;
-        let mut bytes = Vec::with_capacity(line_len + to.len());
-        bytes.extend_from_slice(b"FROM ");
-        bytes.extend_from_slice(from.as_bytes());
-        bytes.push(b' ');
-        bytes.extend_from_slice(payload.as_bytes());
-        bytes.push(b'\n');
+    pub(super) fn new(from: &str, to: &str, payload: &str) -> Direct {
+        let mut bytes =
+            Vec::with_capacity("FROM ".len() + from.len() + payload.len() + 2 + to.len());
+        protocol::write_from(&mut bytes, from, payload);
+        let line_len = bytes.len();
         bytes.extend_from_slice(to.as_bytes());
         Direct { bytes, line_len }
     }
 
     /// Who the frame is for.
-    pub fn recipient(&self) -> &str {
+    pub(super) fn recipient(&self) -> &str {
         // Built from a `&str` in `new`, so this never fails.
         std::str::from_utf8(&self.bytes[self.line_len..]).unwrap_or_default()
     }
 
     /// The frame to send (the name is cut off; the buffer is reused as it is).
-    pub fn into_line(mut self) -> Line {
+    pub(super) fn into_line(mut self) -> Line {
         self.bytes.truncate(self.line_len);
         Line::Owned(self.bytes)
     }
@@ -289,7 +163,7 @@ impl Direct {
 /// The most requests one wake-up may bring for the router to still write frames itself
 /// (see the module comment): a handful means it is keeping up with time to spare. (Not
 /// events: under a flood one event carries every line of a socket read, dozens of them.)
-pub const WRITE_NOW_MAX_REQUESTS: usize = 4;
+pub(super) const WRITE_NOW_MAX_REQUESTS: usize = 4;
 
 /// A logged-in user as the router sees it.
 struct Online {
@@ -306,7 +180,7 @@ struct Online {
 
 /// The router's state. Owned by the router thread alone.
 #[derive(Default)]
-pub struct Router {
+pub(super) struct Router {
     /// Everyone logged in, by canonical user name.
     online: HashMap<Arc<str>, Online, FastHash>,
     /// Set per wake-up: few requests waited, so single-recipient frames are written to idle
@@ -315,16 +189,18 @@ pub struct Router {
 }
 
 impl Router {
-    /// Runs until `Event::Shutdown` arrives. Takes every waiting event at each wake-up.
-    pub fn run(mut self, inbox: Arc<Inbox>) {
-        let mut events = VecDeque::new();
-        loop {
-            inbox.drain(&mut events);
+    /// Runs until `Event::Shutdown` arrives (or every sender is gone). Takes every
+    /// waiting event at each wake-up: `recv` blocks for the first, `try_iter` takes the
+    /// rest without waiting, so under load a hand-off costs a push, not a wake-up.
+    pub(super) fn run(mut self, inbox: Receiver<Event>) {
+        let mut events = Vec::new();
+        while let Ok(first) = inbox.recv() {
+            events.push(first);
+            events.extend(inbox.try_iter());
             let requests: usize = events.iter().map(Event::requests).sum();
             self.write_now = requests <= WRITE_NOW_MAX_REQUESTS;
-            while let Some(event) = events.pop_front() {
+            for event in events.drain(..) {
                 if !self.handle(event) {
-                    inbox.close();
                     return;
                 }
             }
@@ -366,12 +242,15 @@ impl Router {
         // Take-over: the old session is told why, then closed after the message.
         if let Some(old) = self.remove(&user) {
             log::info!("{user}: logged in again from another connection; closing the old one");
-            let _ = old.outbox.push(Line::from(
-                "BYE replaced: you logged in from another connection\n".to_owned(),
-            ));
+            let _ = old.outbox.push(Line::from(&ServerLine::Bye {
+                reason: "replaced: you logged in from another connection".into(),
+            }));
             old.outbox.close();
         }
-        let ok = Line::from(format!("OK LOGIN {user}\n"));
+        let ok = Line::from(&ServerLine::Ok {
+            command: Command::Login,
+            detail: user.to_string(),
+        });
         if outbox.push(ok).is_err() {
             outbox.evict();
             return;
@@ -406,8 +285,11 @@ impl Router {
                 names.sort_unstable();
                 let total = names.len();
                 names.truncate(LIST_MAX_NAMES);
-                let reply = format!("OK LIST {total} {}\n", names.join(" "));
-                self.send(user, Line::from(reply));
+                let reply = ServerLine::Ok {
+                    command: Command::List,
+                    detail: format!("{total} {}", names.join(" ")),
+                };
+                self.send(user, Line::from(&reply));
             }
             Routed::Reply(line) => self.send(user, line),
         }
@@ -488,7 +370,10 @@ impl Router {
     /// whose queues are full to `full`.
     fn take_offline(&mut self, user: &Arc<str>, full: &mut Vec<Arc<str>>) -> Option<Online> {
         let client = self.online.remove(user)?;
-        let notice: Arc<[u8]> = Arc::from(format!("OFFLINE {user}\n").into_bytes());
+        let notice = ServerLine::Offline {
+            user: user.to_string(),
+        };
+        let notice: Arc<[u8]> = Arc::from(notice.encode());
         for contact in &client.contacts {
             if let Some(other) = self.online.get_mut(contact) {
                 other.contacts.remove(user);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use securechat::client::link::{self, Link, LinkReader};
-use securechat::protocol::ServerLine;
+use securechat::protocol::{Command, ServerLine};
 use securechat::server::ThrottlePolicy;
 use securechat::server::{Config, Limits, Server};
 use securechat::tls;
@@ -257,7 +257,7 @@ impl TestClient {
 /// `OK <command> <detail>`.
 pub fn ok(command: &str, detail: &str) -> ServerLine {
     ServerLine::Ok {
-        command: command.into(),
+        command: Command::from_verb(command).expect("a command's verb"),
         detail: detail.into(),
     }
 }
@@ -269,7 +269,7 @@ pub fn err_code(line: &ServerLine) -> (&str, &str, &str) {
             command,
             code,
             text,
-        } => (command, code, text),
+        } => (command.map_or("-", Command::verb), code.as_str(), text),
         other => panic!("expected ERR, got {other:?}"),
     }
 }
