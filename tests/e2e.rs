@@ -125,15 +125,18 @@ impl Party {
                 self.delivered.push((user.clone(), payload.clone()));
                 self.secure.payload_arrived(&user, &payload)
             }
-            ServerLine::Ok { command, detail }
-                if command == securechat::protocol::Command::GetKey =>
-            {
+            ServerLine::Ok {
+                command: securechat::protocol::Command::GetKey,
+                detail,
+            } => {
                 let (user, key) = detail.split_once(' ').unwrap_or((&detail, ""));
                 self.secure.key_arrived(user, key)
             }
-            ServerLine::Err { command, text, .. }
-                if command == Some(securechat::protocol::Command::GetKey) =>
-            {
+            ServerLine::Err {
+                command: Some(securechat::protocol::Command::GetKey),
+                text,
+                ..
+            } => {
                 let user = text.split(' ').next().unwrap_or("");
                 self.secure.key_unavailable(user, &text)
             }

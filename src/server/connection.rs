@@ -140,7 +140,7 @@ fn open_connection(
         .stack_size(WRITER_STACK_BYTES)
         .spawn(move || {
             release_inherited_stack();
-            if let Err(e) = write_loop(&writer_stream, receiver) {
+            if let Err(e) = write_loop(&*writer_stream, receiver) {
                 match e {
                     Error::Io(e) if is_timeout(&e) => log::info!(
                         "conn#{id} {peer}: disconnecting: the client accepted no data for the \

@@ -60,6 +60,8 @@ mod accounts;
 mod admission;
 mod connection;
 mod limits;
+#[cfg(test)]
+mod memory_socket;
 mod outbox;
 mod requests;
 mod router;

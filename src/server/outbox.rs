@@ -27,7 +27,63 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use crate::error::Result;
 use crate::protocol::ServerLine;
 use crate::sync;
-use crate::tls::stream::{TlsStream, WriteNow};
+use crate::tls::stream::{TlsStream, WriteClaim, WriteNow};
+
+/// What an outbox and its writer need of the client's socket. [`TlsStream`] is the real
+/// one; the router's and the outbox's unit tests use an in-memory socket, so the
+/// concurrency core is tested without TLS.
+pub(super) trait ClientSocket: Send + Sync + 'static {
+    /// The right to write now, held by [`ClientSocket::try_claim`]'s caller; whoever writes
+    /// after it waits until it is used.
+    type Claim<'a>: SocketClaim
+    where
+        Self: 'a;
+
+    /// Takes the socket if nobody holds it and no bytes of an earlier write wait; never
+    /// waits.
+    fn try_claim(&self) -> Option<Self::Claim<'_>>;
+
+    /// Sends `plaintext` (the writer's blocking write), bytes left by a claim first.
+    fn send(&self, plaintext: &[u8], scratch: &mut Vec<u8>) -> Result<()>;
+
+    /// Ends the connection politely (a TLS goodbye) after what was sent.
+    fn close(&self);
+
+    /// Shuts the socket down at once, waking a writer blocked on it.
+    fn shutdown_socket(&self);
+}
+
+/// A claimed socket: one non-blocking write.
+pub(super) trait SocketClaim {
+    /// Writes without blocking; what the socket does not take waits for the next `send`.
+    fn write_now(self, plaintext: &[u8]) -> Result<WriteNow>;
+}
+
+impl ClientSocket for TlsStream {
+    type Claim<'a> = WriteClaim<'a>;
+
+    fn try_claim(&self) -> Option<WriteClaim<'_>> {
+        TlsStream::try_claim(self)
+    }
+
+    fn send(&self, plaintext: &[u8], scratch: &mut Vec<u8>) -> Result<()> {
+        TlsStream::send(self, plaintext, scratch)
+    }
+
+    fn close(&self) {
+        TlsStream::close(self);
+    }
+
+    fn shutdown_socket(&self) {
+        TlsStream::shutdown_socket(self);
+    }
+}
+
+impl SocketClaim for WriteClaim<'_> {
+    fn write_now(self, plaintext: &[u8]) -> Result<WriteNow> {
+        WriteClaim::write_now(self, plaintext)
+    }
+}
 
 /// Plaintext at which the writer stops packing and writes: a batch is at least this (or
 /// everything queued) and at most this plus one frame. 16 KiB is one full TLS record.
@@ -86,7 +142,7 @@ struct Queue {
 }
 
 /// State shared by the producers and the writer.
-struct QueueState {
+struct QueueState<S> {
     /// The frames and flags.
     queue: Mutex<Queue>,
     /// Wakes the writer when frames arrive or the queue closes.
@@ -97,10 +153,10 @@ struct QueueState {
     limit: usize,
     /// The connection, so that a client can be evicted even when its writer is blocked on
     /// a socket that is not being read.
-    stream: Arc<TlsStream>,
+    stream: Arc<S>,
 }
 
-impl QueueState {
+impl<S> QueueState<S> {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         sync::lock(&self.queue)
     }
@@ -118,17 +174,22 @@ pub enum Delivery {
 }
 
 /// The producing side of a client's queue. Cheap to clone.
-pub struct Outbox {
-    state: Arc<QueueState>,
+pub(super) struct Outbox<S = TlsStream> {
+    /// The queue, shared with the writer.
+    state: Arc<QueueState<S>>,
 }
 
 /// The consuming side, owned by the writer thread.
-pub struct OutboxReceiver {
-    state: Arc<QueueState>,
+pub(super) struct OutboxReceiver<S = TlsStream> {
+    /// The queue, shared with the producers.
+    state: Arc<QueueState<S>>,
 }
 
 /// A queue for one client holding at most `limit` bytes.
-pub fn outbox(limit: usize, stream: Arc<TlsStream>) -> (Outbox, OutboxReceiver) {
+pub(super) fn outbox<S: ClientSocket>(
+    limit: usize,
+    stream: Arc<S>,
+) -> (Outbox<S>, OutboxReceiver<S>) {
     let shared = Arc::new(QueueState {
         queue: Mutex::new(Queue {
             producers: 1,
@@ -147,7 +208,7 @@ pub fn outbox(limit: usize, stream: Arc<TlsStream>) -> (Outbox, OutboxReceiver) 
     )
 }
 
-impl Outbox {
+impl<S: ClientSocket> Outbox<S> {
     /// Queues a frame unless the queue is over its byte limit. Never blocks on the
     /// network (only, briefly, on the queue's own lock).
     pub fn push(&self, line: Line) -> Result<(), QueueFull> {
@@ -238,8 +299,8 @@ impl Outbox {
     }
 }
 
-impl Clone for Outbox {
-    fn clone(&self) -> Outbox {
+impl<S> Clone for Outbox<S> {
+    fn clone(&self) -> Outbox<S> {
         self.state.lock().producers += 1;
         Outbox {
             state: self.state.clone(),
@@ -247,7 +308,7 @@ impl Clone for Outbox {
     }
 }
 
-impl Drop for Outbox {
+impl<S> Drop for Outbox<S> {
     fn drop(&mut self) {
         let mut queue = self.state.lock();
         queue.producers -= 1;
@@ -258,7 +319,7 @@ impl Drop for Outbox {
     }
 }
 
-impl OutboxReceiver {
+impl<S> OutboxReceiver<S> {
     /// Waits until frames are queued (or records left by `push_or_write` wait in the
     /// stream, or the queue is closing), then moves every queued frame into `batch`, which
     /// must be empty: an empty batch still calls for a write. Returns `false` once there
@@ -281,7 +342,23 @@ impl OutboxReceiver {
     }
 }
 
-impl Drop for OutboxReceiver {
+#[cfg(test)]
+impl<S> OutboxReceiver<S> {
+    /// For tests: the frames queued now, as text, without waiting, and whether the queue
+    /// is still open (not closed, producers left).
+    pub(super) fn take_now(&self) -> (Vec<String>, bool) {
+        let mut queue = self.state.lock();
+        let lines = std::mem::take(&mut queue.lines);
+        queue.bytes = 0;
+        let frames = lines
+            .iter()
+            .map(|l| String::from_utf8_lossy(l.as_bytes()).trim_end().to_owned())
+            .collect();
+        (frames, !queue.closing && queue.producers > 0)
+    }
+}
+
+impl<S> Drop for OutboxReceiver<S> {
     fn drop(&mut self) {
         let mut queue = self.state.lock();
         queue.writer_gone = true;
@@ -297,7 +374,7 @@ impl Drop for OutboxReceiver {
 /// closes the connection with a TLS goodbye, which also wakes the reader. When the socket
 /// fails (or accepts nothing for the send timeout) it returns the error, and the caller
 /// shuts the socket down without a goodbye: nobody would read it.
-pub(super) fn write_loop(stream: &TlsStream, queue: OutboxReceiver) -> Result<()> {
+pub(super) fn write_loop<S: ClientSocket>(stream: &S, queue: OutboxReceiver<S>) -> Result<()> {
     let mut batch = VecDeque::new();
     let mut plain = Vec::new();
     let mut records = Vec::new();
@@ -329,7 +406,7 @@ pub(super) fn write_loop(stream: &TlsStream, queue: OutboxReceiver) -> Result<()
 }
 
 /// Sends `plain` as TLS and clears it.
-fn send(stream: &TlsStream, plain: &mut Vec<u8>, records: &mut Vec<u8>) -> Result<()> {
+fn send<S: ClientSocket>(stream: &S, plain: &mut Vec<u8>, records: &mut Vec<u8>) -> Result<()> {
     let sent = stream.send(plain, records);
     plain.clear();
     sent
@@ -392,7 +469,7 @@ mod tests {
         let (producer, receiver) = outbox(64 * 1024 * 1024, server.clone());
         let writer = {
             let server = server.clone();
-            thread::spawn(move || write_loop(&server, receiver))
+            thread::spawn(move || write_loop(&*server, receiver))
         };
         let mut sent = Vec::new();
         let mut push = |seen: &mut Vec<Delivery>| {

@@ -26,8 +26,9 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::outbox::{Line, Outbox, QueueFull};
+use super::outbox::{ClientSocket, Line, Outbox, QueueFull};
 use crate::protocol::{self, Command, ErrorCode, ProtocolError, ServerLine};
+use crate::tls::stream::TlsStream;
 
 /// Identifies one connection for the lifetime of the server.
 pub(super) type ConnId = u64;
@@ -44,13 +45,13 @@ pub(super) const LIST_MAX_NAMES: usize = 500;
 type FastHash = rustc_hash::FxBuildHasher;
 
 /// What a client thread tells the router.
-pub(super) enum Event {
+pub(super) enum Event<S = TlsStream> {
     /// A connection authenticated as `user`. If `user` was already online, that older
     /// session is told and closed: the newest login wins.
     LoggedIn {
         id: ConnId,
         user: Arc<str>,
-        outbox: Outbox,
+        outbox: Outbox<S>,
     },
     /// Requests from one read of a logged-in connection, in order.
     Requests {
@@ -63,14 +64,14 @@ pub(super) enum Event {
     LoggedOut {
         id: ConnId,
         user: Arc<str>,
-        outbox: Outbox,
+        outbox: Outbox<S>,
         farewell: Option<Line>,
     },
     /// The server is stopping: exit (the server has already said goodbye to everyone).
     Shutdown,
 }
 
-impl Event {
+impl<S> Event<S> {
     /// How many requests the event carries (connection changes count as one).
     fn requests(&self) -> usize {
         match self {
@@ -103,7 +104,7 @@ pub(super) type RouterHandle = Sender<Event>;
 
 /// A router's inbox: the handle connection threads send on, and the receiving end
 /// [`Router::run`] drains.
-pub(super) fn inbox() -> (RouterHandle, Receiver<Event>) {
+pub(super) fn inbox<S>() -> (Sender<Event<S>>, Receiver<Event<S>>) {
     crossbeam_channel::bounded(INBOX_EVENTS)
 }
 
@@ -118,7 +119,7 @@ fn offline_reply(user: &str) -> Line {
 }
 
 /// Disconnects `client`, whose queue is full (it stopped reading), with a log line.
-fn cut_off(user: &str, client: &Online) {
+fn cut_off<S: ClientSocket>(user: &str, client: &Online<S>) {
     log::warn!(
         "{user}: disconnected, outbound queue full ({} bytes queued): the client stopped reading",
         client.outbox.queued()
@@ -166,11 +167,11 @@ impl Direct {
 pub(super) const WRITE_NOW_MAX_REQUESTS: usize = 4;
 
 /// A logged-in user as the router sees it.
-struct Online {
+struct Online<S> {
     /// The connection currently logged in as this user.
     id: ConnId,
     /// Where its frames go.
-    outbox: Outbox,
+    outbox: Outbox<S>,
     /// Users it exchanged private messages with; told when it leaves.
     contacts: HashSet<Arc<str>, FastHash>,
     /// The last user it sent a private message to, to skip the contact-set update on the
@@ -179,20 +180,28 @@ struct Online {
 }
 
 /// The router's state. Owned by the router thread alone.
-#[derive(Default)]
-pub(super) struct Router {
+pub(super) struct Router<S = TlsStream> {
     /// Everyone logged in, by canonical user name.
-    online: HashMap<Arc<str>, Online, FastHash>,
+    online: HashMap<Arc<str>, Online<S>, FastHash>,
     /// Set per wake-up: few requests waited, so single-recipient frames are written to idle
     /// sockets at once rather than handed to their writers.
     write_now: bool,
 }
 
-impl Router {
+impl<S> Default for Router<S> {
+    fn default() -> Router<S> {
+        Router {
+            online: HashMap::default(),
+            write_now: false,
+        }
+    }
+}
+
+impl<S: ClientSocket> Router<S> {
     /// Runs until `Event::Shutdown` arrives (or every sender is gone). Takes every
     /// waiting event at each wake-up: `recv` blocks for the first, `try_iter` takes the
     /// rest without waiting, so under load a hand-off costs a push, not a wake-up.
-    pub(super) fn run(mut self, inbox: Receiver<Event>) {
+    pub(super) fn run(mut self, inbox: Receiver<Event<S>>) {
         let mut events = Vec::new();
         while let Ok(first) = inbox.recv() {
             events.push(first);
@@ -208,7 +217,7 @@ impl Router {
     }
 
     /// Applies one event. Returns `false` when the router should stop.
-    fn handle(&mut self, event: Event) -> bool {
+    fn handle(&mut self, event: Event<S>) -> bool {
         match event {
             Event::LoggedIn { id, user, outbox } => self.logged_in(id, user, outbox),
             Event::Requests { id, user, requests } => {
@@ -238,7 +247,7 @@ impl Router {
         true
     }
 
-    fn logged_in(&mut self, id: ConnId, user: Arc<str>, outbox: Outbox) {
+    fn logged_in(&mut self, id: ConnId, user: Arc<str>, outbox: Outbox<S>) {
         // Take-over: the old session is told why, then closed after the message.
         if let Some(old) = self.remove(&user) {
             log::info!("{user}: logged in again from another connection; closing the old one");
@@ -337,7 +346,7 @@ impl Router {
 
     /// Hands a single-recipient frame to `outbox`: written at once when the router has
     /// time to spare, queued otherwise.
-    fn deliver(&self, outbox: &Outbox, line: Line) -> Result<(), QueueFull> {
+    fn deliver(&self, outbox: &Outbox<S>, line: Line) -> Result<(), QueueFull> {
         if self.write_now {
             outbox.push_or_write(line).map(|_| ())
         } else {
@@ -355,7 +364,7 @@ impl Router {
     /// Takes `user` off the online map and tells its contacts. Contacts whose queues are
     /// full are evicted in turn, from a work list rather than by recursion, so a chain of
     /// them cannot run the router's stack out.
-    fn remove(&mut self, user: &Arc<str>) -> Option<Online> {
+    fn remove(&mut self, user: &Arc<str>) -> Option<Online<S>> {
         let mut full = Vec::new();
         let client = self.take_offline(user, &mut full)?;
         while let Some(name) = full.pop() {
@@ -368,7 +377,7 @@ impl Router {
 
     /// Takes `user` off the online map and sends `OFFLINE` to its contacts; adds those
     /// whose queues are full to `full`.
-    fn take_offline(&mut self, user: &Arc<str>, full: &mut Vec<Arc<str>>) -> Option<Online> {
+    fn take_offline(&mut self, user: &Arc<str>, full: &mut Vec<Arc<str>>) -> Option<Online<S>> {
         let client = self.online.remove(user)?;
         let notice = ServerLine::Offline {
             user: user.to_string(),
@@ -386,5 +395,228 @@ impl Router {
             }
         }
         Some(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::thread;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::server::memory_socket::MemorySocket;
+    use crate::server::outbox::{outbox, write_loop, OutboxReceiver};
+
+    /// One logged-in client as the router sees it, with the far end of its queue.
+    struct Client {
+        id: ConnId,
+        user: Arc<str>,
+        outbox: Outbox<MemorySocket>,
+        receiver: OutboxReceiver<MemorySocket>,
+        socket: Arc<MemorySocket>,
+    }
+
+    impl Client {
+        fn new(id: ConnId, user: &str, queue_bytes: usize) -> Client {
+            let socket = Arc::new(MemorySocket::default());
+            let (outbox, receiver) = outbox(queue_bytes, socket.clone());
+            Client {
+                id,
+                user: Arc::from(user),
+                outbox,
+                receiver,
+                socket,
+            }
+        }
+
+        fn log_in(&self, router: &mut Router<MemorySocket>) {
+            router.handle(Event::LoggedIn {
+                id: self.id,
+                user: self.user.clone(),
+                outbox: self.outbox.clone(),
+            });
+        }
+
+        fn log_out(&self, router: &mut Router<MemorySocket>) {
+            router.handle(Event::LoggedOut {
+                id: self.id,
+                user: self.user.clone(),
+                outbox: self.outbox.clone(),
+                farewell: None,
+            });
+        }
+
+        fn request(&self, router: &mut Router<MemorySocket>, request: Routed) {
+            router.handle(Event::Requests {
+                id: self.id,
+                user: self.user.clone(),
+                requests: vec![request],
+            });
+        }
+
+        fn send(&self, router: &mut Router<MemorySocket>, to: &str, payload: &str) {
+            self.request(router, Routed::Direct(Direct::new(&self.user, to, payload)));
+        }
+
+        /// Frames queued for this client since the last call.
+        fn frames(&self) -> Vec<String> {
+            self.receiver.take_now().0
+        }
+
+        /// Whether its queue is still open.
+        fn open(&self) -> bool {
+            self.receiver.take_now().1
+        }
+    }
+
+    const ROOMY: usize = 1 << 20;
+
+    #[test]
+    fn a_second_login_replaces_the_first_which_is_told_and_closed() {
+        let mut router = Router::default();
+        let first = Client::new(1, "alice", ROOMY);
+        first.log_in(&mut router);
+        assert_eq!(first.frames(), ["OK LOGIN alice"]);
+        let second = Client::new(2, "alice", ROOMY);
+        second.log_in(&mut router);
+        assert_eq!(
+            first.frames(),
+            ["BYE replaced: you logged in from another connection"]
+        );
+        assert!(!first.open(), "the replaced connection's queue is closed");
+        assert_eq!(second.frames(), ["OK LOGIN alice"]);
+        // Requests still on their way from the replaced connection are dropped.
+        first.request(&mut router, Routed::List);
+        assert!(second.frames().is_empty() && first.frames().is_empty());
+        second.request(&mut router, Routed::List);
+        assert_eq!(second.frames(), ["OK LIST 1 alice"]);
+        // The old connection's logout does not log the new one out.
+        first.log_out(&mut router);
+        second.request(&mut router, Routed::List);
+        assert_eq!(second.frames(), ["OK LIST 1 alice"]);
+    }
+
+    #[test]
+    fn offline_goes_to_contacts_only_and_messages_to_absent_users_are_refused() {
+        let mut router = Router::default();
+        let [alice, bob, carol] =
+            [(1, "alice"), (2, "bob"), (3, "carol")].map(|(id, n)| Client::new(id, n, ROOMY));
+        for c in [&alice, &bob, &carol] {
+            c.log_in(&mut router);
+            c.frames();
+        }
+        alice.send(&mut router, "bob", "E2E hello");
+        assert_eq!(bob.frames(), ["FROM alice E2E hello"]);
+        alice.send(&mut router, "dave", "E2E hello");
+        assert_eq!(alice.frames(), ["ERR MSG offline dave dave is not online"]);
+        alice.log_out(&mut router);
+        assert!(!alice.open());
+        assert_eq!(bob.frames(), ["OFFLINE alice"]);
+        assert!(carol.frames().is_empty(), "carol never talked to alice");
+        // Contacts are forgotten with the session: alice back, then gone again, tells no one.
+        let alice = Client::new(4, "alice", ROOMY);
+        alice.log_in(&mut router);
+        alice.log_out(&mut router);
+        assert!(bob.frames().is_empty());
+    }
+
+    #[test]
+    fn a_chain_of_full_queues_is_evicted_one_after_another() {
+        // 40 bytes: room for the login reply and one message, not for a notice as well.
+        let mut router = Router::default();
+        let [alice, bob, carol] =
+            [(1, "alice"), (2, "bob"), (3, "carol")].map(|(id, n)| Client::new(id, n, 40));
+        for c in [&alice, &bob, &carol] {
+            c.log_in(&mut router);
+        }
+        bob.send(&mut router, "carol", "hello"); // carol: 15 + 15 bytes queued
+        alice.send(&mut router, "bob", "hi"); // bob: 13 + 14 bytes queued
+                                              // alice leaves: `OFFLINE alice` does not fit in bob's queue, so bob is cut off;
+                                              // then `OFFLINE bob` does not fit in carol's, so carol is cut off too.
+        alice.log_out(&mut router);
+        assert!(bob.socket.shut_down() && carol.socket.shut_down());
+        assert!(!alice.socket.shut_down(), "alice left cleanly");
+        let dave = Client::new(4, "dave", ROOMY);
+        dave.log_in(&mut router);
+        dave.request(&mut router, Routed::List);
+        assert_eq!(dave.frames(), ["OK LOGIN dave", "OK LIST 1 dave"]);
+    }
+
+    #[test]
+    fn list_names_at_most_500_users_in_order_with_the_total() {
+        let mut router = Router::default();
+        let clients: Vec<Client> = (0..LIST_MAX_NAMES + 100)
+            .rev()
+            .map(|i| Client::new(i as ConnId, &format!("user{i:04}"), ROOMY))
+            .collect();
+        for c in &clients {
+            c.log_in(&mut router);
+        }
+        let asker = &clients[0];
+        asker.frames();
+        asker.request(&mut router, Routed::List);
+        let reply = asker.frames().remove(0);
+        let mut words = reply.split(' ');
+        assert_eq!(words.next(), Some("OK"));
+        assert_eq!(words.next(), Some("LIST"));
+        assert_eq!(words.next(), Some("600"));
+        let names: Vec<String> = words.map(str::to_owned).collect();
+        let expected: Vec<String> = (0..LIST_MAX_NAMES).map(|i| format!("user{i:04}")).collect();
+        assert_eq!(names, expected);
+    }
+
+    #[test]
+    fn frames_keep_their_order_whether_the_router_writes_them_or_queues_them() {
+        let mut router = Router::default();
+        let alice = Client::new(1, "alice", ROOMY);
+        let Client {
+            id,
+            user,
+            outbox,
+            receiver,
+            socket,
+        } = Client::new(2, "bob", ROOMY);
+        let writer = {
+            let socket = socket.clone();
+            thread::spawn(move || write_loop(&*socket, receiver))
+        };
+        alice.log_in(&mut router);
+        router.handle(Event::LoggedIn {
+            id,
+            user: user.clone(),
+            outbox: outbox.clone(),
+        });
+        // As when the router is lightly loaded: it writes to an idle socket itself.
+        router.write_now = true;
+        let mut expected = vec!["OK LOGIN bob".to_owned()];
+        for i in 0..300 {
+            if i % 3 == 0 {
+                // Let the writer go idle, so that the next frame takes the short cut.
+                thread::sleep(Duration::from_millis(1));
+            }
+            let payload = format!("E2E {i}");
+            alice.send(&mut router, "bob", &payload);
+            expected.push(format!("FROM alice {payload}"));
+        }
+        router.handle(Event::LoggedOut {
+            id,
+            user,
+            outbox: outbox.clone(),
+            farewell: Some(Line::from(&ServerLine::Bye {
+                reason: "goodbye".into(),
+            })),
+        });
+        drop(outbox);
+        writer.join().unwrap().unwrap();
+        expected.push("BYE goodbye".into());
+        let frames = socket.frames();
+        let first_difference = frames.iter().zip(&expected).position(|(a, b)| a != b);
+        assert_eq!(first_difference, None, "frames out of order: {frames:?}");
+        assert_eq!(frames.len(), expected.len(), "frames lost or repeated");
+        assert!(socket.closed());
+        assert!(
+            socket.claimed_writes() > 0,
+            "the short cut was never taken; the test proves nothing"
+        );
     }
 }
