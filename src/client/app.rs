@@ -20,7 +20,9 @@ const E2E_LABEL: &str = "[private, end-to-end encrypted]";
 /// Whether the session goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
+    /// Keep reading.
     Continue,
+    /// The session is over.
     Quit,
 }
 
@@ -39,6 +41,7 @@ pub struct Chat {
 }
 
 impl Chat {
+    /// A chat session for `me` over `link`.
     pub fn new(me: &str, link: Link, screen: Screen, secure: Secure) -> Chat {
         Chat {
             me: me.to_owned(),

@@ -19,23 +19,50 @@ pub const PROTOCOL_VERSION: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request<'a> {
     /// `REGISTER <user> <password>`: create an account. Allowed before login only.
-    Register { user: &'a str, password: &'a str },
+    Register {
+        /// The name wanted, as typed.
+        user: &'a str,
+        /// The password, to the end of the line.
+        password: &'a str,
+    },
     /// `LOGIN <user> <password>`: authenticate. Allowed before login only.
-    Login { user: &'a str, password: &'a str },
+    Login {
+        /// The account's name, as typed.
+        user: &'a str,
+        /// The password, to the end of the line.
+        password: &'a str,
+    },
     /// `QUIT`: leave. Allowed in every state.
     Quit,
     /// `PING [token]`: liveness check, answered with `PONG [token]`. Allowed in every state.
-    Ping { token: &'a str },
+    Ping {
+        /// Echoed in the `PONG` (may be empty).
+        token: &'a str,
+    },
     /// `LIST`: who is online.
     List,
     /// `SAY <text>`: a message to the public room (protected by TLS only).
-    Say { text: &'a str },
+    Say {
+        /// The message, to the end of the line.
+        text: &'a str,
+    },
     /// `MSG <user> <payload>`: route an opaque payload to one user.
-    Msg { to: &'a str, payload: &'a str },
+    Msg {
+        /// The recipient's name.
+        to: &'a str,
+        /// Opaque to the server (an end-to-end frame), to the end of the line.
+        payload: &'a str,
+    },
     /// `SETKEY <key>`: publish the caller's identity public key (base64).
-    SetKey { key: &'a str },
+    SetKey {
+        /// The base64 Ed25519 public key.
+        key: &'a str,
+    },
     /// `GETKEY <user>`: fetch a user's identity public key.
-    GetKey { user: &'a str },
+    GetKey {
+        /// Whose key.
+        user: &'a str,
+    },
 }
 
 impl<'a> Request<'a> {
@@ -166,14 +193,23 @@ impl fmt::Display for Request<'_> {
 /// The request kinds, named as on the wire. Replies name the command they answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Command {
+    /// `REGISTER`
     Register,
+    /// `LOGIN`
     Login,
+    /// `QUIT`
     Quit,
+    /// `PING`
     Ping,
+    /// `LIST`
     List,
+    /// `SAY`
     Say,
+    /// `MSG`
     Msg,
+    /// `SETKEY`
     SetKey,
+    /// `GETKEY`
     GetKey,
 }
 
@@ -331,6 +367,7 @@ pub struct ProtocolError {
 }
 
 impl ProtocolError {
+    /// An error answering `command`.
     pub fn new(command: Command, code: ErrorCode, message: impl Into<String>) -> ProtocolError {
         ProtocolError {
             command: Some(command),
@@ -373,28 +410,57 @@ pub enum ServerLine {
     /// `HELLO securechat <version> [key=value…]`: the greeting, first line after the TLS
     /// handshake. `limits` is `None` when the server announced none (an older server).
     Hello {
+        /// The protocol version the server speaks.
         version: u32,
+        /// Its limits, if it announced them.
         limits: Option<AnnouncedLimits>,
     },
     /// `OK <command> [detail]`: a request succeeded.
-    Ok { command: Command, detail: String },
+    Ok {
+        /// The command answered.
+        command: Command,
+        /// The rest of the line (section 7.2 of the spec), possibly empty.
+        detail: String,
+    },
     /// `ERR <command|-> <code> <text>`: a request failed (`command` is `None` for `-`).
     Err {
+        /// The command answered; `None` for a line that was no command.
         command: Option<Command>,
+        /// What went wrong, for programs.
         code: ErrorCode,
+        /// What went wrong, for people.
         text: String,
     },
     /// `PONG [token]`: answer to `PING`.
-    Pong { token: String },
+    Pong {
+        /// The `PING`'s token.
+        token: String,
+    },
     /// `FROM <user> <payload>`: a private payload routed from `user`.
-    From { user: String, payload: String },
+    From {
+        /// The sender: the authenticated user of the sending connection.
+        user: String,
+        /// The payload, as the sender wrote it.
+        payload: String,
+    },
     /// `ROOM <user> <text>`: a public room message from `user`.
-    Room { user: String, text: String },
+    Room {
+        /// The sender: the authenticated user of the sending connection.
+        user: String,
+        /// The message.
+        text: String,
+    },
     /// `OFFLINE <user>`: a user you exchanged private messages with left (or logged in
     /// again elsewhere): any end-to-end session with them is over.
-    Offline { user: String },
+    Offline {
+        /// Who left.
+        user: String,
+    },
     /// `BYE <reason>`: the server is closing this connection.
-    Bye { reason: String },
+    Bye {
+        /// Why, for people.
+        reason: String,
+    },
 }
 
 impl ServerLine {

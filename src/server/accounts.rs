@@ -20,7 +20,7 @@ use crate::server::store::{Created, Store};
 use crate::server::throttle::Throttled;
 
 /// bcrypt's input limit in bytes; anything after it would be ignored.
-pub const BCRYPT_MAX_PASSWORD_BYTES: usize = 72;
+pub(super) const BCRYPT_MAX_PASSWORD_BYTES: usize = 72;
 
 /// A password rule: a pattern that must (or must not) match, and what it means.
 struct PasswordRule {
@@ -86,7 +86,7 @@ pub fn password_problems(user: &str, password: &str) -> Vec<&'static str> {
 
 /// Why a registration was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RegisterError {
+pub(super) enum RegisterError {
     /// The name breaks the naming rule.
     BadUsername(BadUserName),
     /// The password breaks these rules.
@@ -101,7 +101,7 @@ pub enum RegisterError {
 
 /// Why a login was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LoginError {
+pub(super) enum LoginError {
     /// Unknown user or wrong password: deliberately indistinguishable.
     Invalid,
     /// The database could not be read.
@@ -109,7 +109,7 @@ pub enum LoginError {
 }
 
 /// Registration and login, with bounded bcrypt concurrency.
-pub struct Accounts {
+pub(super) struct Accounts {
     /// Where accounts live.
     store: Store,
     /// bcrypt work factor for new hashes (each step doubles the cost).
@@ -125,7 +125,7 @@ impl Accounts {
     /// Wraps a store. `cost` is the bcrypt cost; `max_concurrent` bounds simultaneous
     /// bcrypt computations (the number of CPU cores is a good value: the pool runs at low
     /// priority, so chat traffic still gets the CPU it needs).
-    pub fn new(store: Store, cost: u32, max_concurrent: usize) -> Result<Accounts> {
+    pub(super) fn new(store: Store, cost: u32, max_concurrent: usize) -> Result<Accounts> {
         let mut random = [0u8; 18];
         aws_lc_rs::rand::fill(&mut random[..])
             .map_err(|_| crate::Error::Config("the system random generator failed".into()))?;
@@ -140,14 +140,14 @@ impl Accounts {
     }
 
     /// The underlying store (identity keys, counters).
-    pub fn store(&self) -> &Store {
+    pub(super) fn store(&self) -> &Store {
         &self.store
     }
 
     /// Creates an account after checking the rules. Returns the canonical user name.
     /// `admit` is asked once the request is valid and before any bcrypt work, so that a
     /// rate limit counts real registrations and not typing mistakes.
-    pub fn register(
+    pub(super) fn register(
         &self,
         user: &str,
         password: &str,
@@ -177,7 +177,7 @@ impl Accounts {
     }
 
     /// Checks a user name and password. Returns the canonical user name.
-    pub fn login(&self, user: &str, password: &str) -> Result<String, LoginError> {
+    pub(super) fn login(&self, user: &str, password: &str) -> Result<String, LoginError> {
         let user = normalize_username(user).ok();
         let stored = match &user {
             Some(name) => self

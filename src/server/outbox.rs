@@ -91,7 +91,7 @@ const WRITE_BATCH_BYTES: usize = 16 * 1024;
 
 /// Bytes of one outgoing frame (a complete line, with its `\n`).
 #[derive(Debug, Clone)]
-pub enum Line {
+pub(super) enum Line {
     /// A frame for one recipient.
     Owned(Vec<u8>),
     /// A frame sent to many recipients (a room message), built once.
@@ -100,7 +100,7 @@ pub enum Line {
 
 impl Line {
     /// The frame's bytes.
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(super) fn as_bytes(&self) -> &[u8] {
         match self {
             Line::Owned(bytes) => bytes,
             Line::Shared(bytes) => bytes,
@@ -116,7 +116,7 @@ impl From<&ServerLine> for Line {
 
 /// The queue was over its byte limit; the line was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueFull {
+pub(super) struct QueueFull {
     /// Bytes waiting in the queue when the push was refused.
     pub queued: usize,
 }
@@ -164,7 +164,7 @@ impl<S> QueueState<S> {
 
 /// What [`Outbox::push_or_write`] did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
+pub(super) enum Delivery {
     /// Written to the socket at once.
     Written,
     /// Written in part (the socket filled); the writer sends the rest.
@@ -211,7 +211,7 @@ pub(super) fn outbox<S: ClientSocket>(
 impl<S: ClientSocket> Outbox<S> {
     /// Queues a frame unless the queue is over its byte limit. Never blocks on the
     /// network (only, briefly, on the queue's own lock).
-    pub fn push(&self, line: Line) -> Result<(), QueueFull> {
+    pub(super) fn push(&self, line: Line) -> Result<(), QueueFull> {
         self.push_locked(self.state.lock(), line)
     }
 
@@ -219,7 +219,7 @@ impl<S: ClientSocket> Outbox<S> {
     /// socket, with a non-blocking write; otherwise queues it like [`Outbox::push`]. Never
     /// blocks on the network. Costs the caller the encryption and one `send` call, so it
     /// suits a caller with time to spare (the router when few requests wait).
-    pub fn push_or_write(&self, line: Line) -> Result<Delivery, QueueFull> {
+    pub(super) fn push_or_write(&self, line: Line) -> Result<Delivery, QueueFull> {
         let queue = self.state.lock();
         let idle = queue.writer_waiting && queue.lines.is_empty() && !queue.closing;
         let Some(claim) = idle.then(|| self.state.stream.try_claim()).flatten() else {
@@ -271,7 +271,7 @@ impl<S: ClientSocket> Outbox<S> {
 
     /// Asks the writer to send what is queued and close the connection. The close request
     /// itself ignores the byte limit.
-    pub fn close(&self) {
+    pub(super) fn close(&self) {
         let mut queue = self.state.lock();
         queue.closing = true;
         queue.writer_waiting = false;
@@ -281,20 +281,20 @@ impl<S: ClientSocket> Outbox<S> {
 
     /// Closes at once, dropping whatever is queued: the socket is shut down, which also
     /// unblocks a writer stuck on a peer that stopped reading. Never blocks.
-    pub fn evict(&self) {
+    pub(super) fn evict(&self) {
         self.close();
         self.state.stream.shutdown_socket();
     }
 
     /// Waits at most `timeout` for the writer thread to finish; `false` if it has not.
-    pub fn wait_writer_gone(&self, timeout: std::time::Duration) -> bool {
+    pub(super) fn wait_writer_gone(&self, timeout: std::time::Duration) -> bool {
         let queue = self.state.lock();
         sync::wait_timeout_while(&self.state.writer_ended, queue, timeout, |q| !q.writer_gone)
             .writer_gone
     }
 
     /// Bytes currently queued.
-    pub fn queued(&self) -> usize {
+    pub(super) fn queued(&self) -> usize {
         self.state.lock().bytes
     }
 }
@@ -324,7 +324,7 @@ impl<S> OutboxReceiver<S> {
     /// stream, or the queue is closing), then moves every queued frame into `batch`, which
     /// must be empty: an empty batch still calls for a write. Returns `false` once there
     /// will be nothing more after this batch: `close` was called, or every producer is gone.
-    pub fn take(&self, batch: &mut VecDeque<Line>) -> bool {
+    pub(super) fn take(&self, batch: &mut VecDeque<Line>) -> bool {
         let mut queue = self.state.lock();
         while queue.lines.is_empty()
             && !queue.unsent_records

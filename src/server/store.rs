@@ -31,7 +31,7 @@ const MAX_IDLE_CONNECTIONS: usize = 8;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The account database.
-pub struct Store {
+pub(super) struct Store {
     /// Path of the database file, for opening pooled connections.
     path: PathBuf,
     /// Idle connections ready for reuse.
@@ -40,7 +40,7 @@ pub struct Store {
 
 /// What `create_account` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Created {
+pub(super) enum Created {
     /// The account is stored.
     Yes,
     /// An account with that name (ignoring case) already exists; nothing changed.
@@ -50,7 +50,7 @@ pub enum Created {
 impl Store {
     /// Opens (creating if needed) the database in `data_dir`, checks its integrity and
     /// brings the schema up to date. A corrupt or foreign file is an error, never replaced.
-    pub fn open(data_dir: &Path) -> Result<Store> {
+    pub(super) fn open(data_dir: &Path) -> Result<Store> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             Error::Config(format!(
                 "cannot create data directory {}: {e}",
@@ -80,7 +80,7 @@ impl Store {
     }
 
     /// Stores a new account. The commit is durable when this returns `Ok(Created::Yes)`.
-    pub fn create_account(&self, user: &str, password_hash: &str) -> Result<Created> {
+    pub(super) fn create_account(&self, user: &str, password_hash: &str) -> Result<Created> {
         self.with_connection(|conn| {
             let inserted = conn.execute(
                 "INSERT INTO accounts (username, password_hash, created_at) VALUES (?1, ?2, ?3)
@@ -96,7 +96,7 @@ impl Store {
     }
 
     /// The bcrypt hash of `user`'s password, or `None` if there is no such account.
-    pub fn password_hash(&self, user: &str) -> Result<Option<String>> {
+    pub(super) fn password_hash(&self, user: &str) -> Result<Option<String>> {
         self.with_connection(|conn| {
             conn.query_row(
                 "SELECT password_hash FROM accounts WHERE username = ?1",
@@ -108,7 +108,7 @@ impl Store {
     }
 
     /// Notes a successful login (for the operator; nothing depends on it).
-    pub fn record_login(&self, user: &str) -> Result<()> {
+    pub(super) fn record_login(&self, user: &str) -> Result<()> {
         self.with_connection(|conn| {
             conn.execute(
                 "UPDATE accounts SET last_login_at = ?2 WHERE username = ?1",
@@ -119,7 +119,7 @@ impl Store {
     }
 
     /// Replaces `user`'s identity public key (base64). Returns `false` if no such account.
-    pub fn set_identity_key(&self, user: &str, key: &str) -> Result<bool> {
+    pub(super) fn set_identity_key(&self, user: &str, key: &str) -> Result<bool> {
         self.with_connection(|conn| {
             let changed = conn.execute(
                 "UPDATE accounts SET identity_key = ?2, key_updated_at = ?3 WHERE username = ?1",
@@ -130,7 +130,7 @@ impl Store {
     }
 
     /// `None` if there is no such account, `Some(None)` if it has published no key yet.
-    pub fn identity_key(&self, user: &str) -> Result<Option<Option<String>>> {
+    pub(super) fn identity_key(&self, user: &str) -> Result<Option<Option<String>>> {
         self.with_connection(|conn| {
             conn.query_row(
                 "SELECT identity_key FROM accounts WHERE username = ?1",
@@ -142,7 +142,7 @@ impl Store {
     }
 
     /// Number of accounts (for the start-up log line).
-    pub fn account_count(&self) -> Result<i64> {
+    pub(super) fn account_count(&self) -> Result<i64> {
         self.with_connection(|conn| {
             conn.query_row("SELECT COUNT(*) FROM accounts", [], |row| row.get(0))
         })

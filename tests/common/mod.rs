@@ -1,6 +1,7 @@
 //! Shared test fixtures: a real server on `127.0.0.1:0` with its own data directory and
 //! development CA, and clients built on the library's own connection code.
 #![allow(dead_code)] // each test binary uses a different subset
+#![allow(unreachable_pub)] // `pub` here is for the test binaries that include this module
 
 use std::io::Write;
 use std::net::TcpStream;
