@@ -102,7 +102,7 @@ fn run(args: Args) -> Result<()> {
             "latency.svg: needs --rate with 2+ rates",
         ),
         (
-            report.idle.as_ref().map_or(true, |i| i.samples.len() < 2),
+            report.idle.as_ref().is_none_or(|i| i.samples.len() < 2),
             "memory.svg: needs an --idle run",
         ),
     ] {

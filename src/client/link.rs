@@ -186,7 +186,9 @@ impl LinkReader {
     /// The next frame from the server, or `None` once it closed the connection.
     pub fn recv(&mut self) -> Result<Option<ServerLine>> {
         match self.recv_line()? {
-            Some(line) => ServerLine::parse(&line).map(Some).map_err(Error::Protocol),
+            Some(line) => ServerLine::parse(&line)
+                .map(Some)
+                .map_err(|e| Error::Protocol(e.to_string())),
             None => Ok(None),
         }
     }

@@ -465,29 +465,28 @@ pub enum ServerLine {
 
 impl ServerLine {
     /// Parses one frame from the server. Unknown verbs are an error the client reports.
-    pub fn parse(line: &str) -> Result<ServerLine, String> {
+    pub fn parse(line: &str) -> Result<ServerLine, BadServerLine> {
         let (verb, rest) = split_word(line);
         let owned = |s: &str| s.to_owned();
         let parsed = match verb {
             "HELLO" => {
                 let (name, rest) = split_word(rest);
                 if name != "securechat" {
-                    return Err(format!("not a securechat server: {line:?}"));
+                    return Err(BadServerLine::new(line, "not a securechat server"));
                 }
                 let mut words = rest.split_whitespace();
-                let version = words
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| format!("bad protocol version in greeting {line:?}"))?;
-                let limits = AnnouncedLimits::parse(words)
-                    .map_err(|word| format!("bad limit {word:?} in greeting {line:?}"))?;
+                let version = words.next().and_then(|v| v.parse().ok()).ok_or_else(|| {
+                    BadServerLine::new(line, "bad protocol version in the greeting")
+                })?;
+                let limits = AnnouncedLimits::parse(words).map_err(|_| {
+                    BadServerLine::new(line, "a limit in the greeting is not a number")
+                })?;
                 ServerLine::Hello { version, limits }
             }
             "OK" => {
                 let (command, detail) = split_word(rest);
-                let command = Command::from_verb(command).ok_or_else(|| {
-                    format!("OK for an unknown command: {:?}", truncate(line, 80))
-                })?;
+                let command = Command::from_verb(command)
+                    .ok_or_else(|| BadServerLine::new(line, "OK for an unknown command"))?;
                 ServerLine::Ok {
                     command,
                     detail: owned(detail),
@@ -496,14 +495,15 @@ impl ServerLine {
             "ERR" => {
                 let (command, rest) = split_word(rest);
                 let (code, text) = split_word(rest);
-                let command = match command {
-                    "-" => None,
-                    verb => Some(Command::from_verb(verb).ok_or_else(|| {
-                        format!("ERR for an unknown command: {:?}", truncate(line, 80))
-                    })?),
-                };
+                let command =
+                    match command {
+                        "-" => None,
+                        verb => Some(Command::from_verb(verb).ok_or_else(|| {
+                            BadServerLine::new(line, "ERR for an unknown command")
+                        })?),
+                    };
                 let code = ErrorCode::from_wire(code)
-                    .ok_or_else(|| format!("ERR with an unknown code: {:?}", truncate(line, 80)))?;
+                    .ok_or_else(|| BadServerLine::new(line, "ERR with an unknown code"))?;
                 ServerLine::Err {
                     command,
                     code,
@@ -514,7 +514,7 @@ impl ServerLine {
             "FROM" | "ROOM" => {
                 let (user, body) = split_word(rest);
                 if user.is_empty() {
-                    return Err(format!("{verb} without a sender: {line:?}"));
+                    return Err(BadServerLine::new(line, "a message without a sender"));
                 }
                 if verb == "FROM" {
                     ServerLine::From {
@@ -532,12 +532,7 @@ impl ServerLine {
             "BYE" => ServerLine::Bye {
                 reason: owned(rest),
             },
-            _ => {
-                return Err(format!(
-                    "unexpected line from server: {:?}",
-                    truncate(line, 80)
-                ))
-            }
+            _ => return Err(BadServerLine::new(line, "not a server frame")),
         };
         Ok(parsed)
     }
@@ -609,6 +604,33 @@ pub fn write_room(out: &mut Vec<u8>, user: &str, text: &str) {
     out.reserve("ROOM ".len() + user.len() + text.len() + 2);
     write_words(out, &["ROOM", user, text]);
 }
+
+/// A line from the server that this client cannot read: what is wrong, and the start of
+/// the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadServerLine {
+    /// What is wrong with it.
+    pub problem: &'static str,
+    /// Its first 80 bytes, for the report.
+    pub line: String,
+}
+
+impl BadServerLine {
+    fn new(line: &str, problem: &'static str) -> BadServerLine {
+        BadServerLine {
+            problem,
+            line: truncate(line, 80).to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for BadServerLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {:?}", self.problem, self.line)
+    }
+}
+
+impl std::error::Error for BadServerLine {}
 
 /// The limits a server announces in its greeting, so that a client can stay inside them
 /// instead of learning them from `too-long` and `rate-limited` errors.

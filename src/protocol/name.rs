@@ -1,7 +1,41 @@
 //! User names: the one rule every user name follows, checked in one place for the server
-//! and the client alike.
+//! and the client alike, and [`UserName`], a name that has passed it.
 
+use std::borrow::Borrow;
 use std::fmt;
+use std::sync::Arc;
+
+/// A canonical user name: lower case and following the rule. The only way to make one is
+/// [`UserName::parse`], so a function that takes a `UserName` needs no check of its own;
+/// the server's router and store take them, and the sender of every routed frame is the
+/// `UserName` its connection logged in as. Cheap to clone (shared, not copied).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserName(Arc<str>);
+
+impl UserName {
+    /// Lower-cases `user` and checks it against the rule.
+    pub fn parse(user: &str) -> Result<UserName, BadUserName> {
+        normalize_username(user).map(|name| UserName(Arc::from(name)))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Look-ups by `&str` in maps keyed by `UserName` (hashing and equality are the text's).
+impl Borrow<str> for UserName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
 
 /// Human description of the user-name rule, shown on rejection.
 pub const USERNAME_RULE: &str =
@@ -44,4 +78,26 @@ pub fn is_canonical_username(name: &str) -> bool {
         && bytes[1..]
             .iter()
             .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names_are_lower_cased_and_checked() {
+        assert_eq!(normalize_username("Alice_1").unwrap(), "alice_1");
+        assert_eq!(UserName::parse("Alice_1").unwrap().as_str(), "alice_1");
+        for bad in [
+            "al",
+            "1alice",
+            "alice!",
+            "",
+            "a".repeat(33).as_str(),
+            "élise",
+        ] {
+            assert!(normalize_username(bad).is_err(), "{bad:?} accepted");
+            assert_eq!(UserName::parse(bad), Err(BadUserName), "{bad:?} accepted");
+        }
+    }
 }

@@ -17,9 +17,10 @@ use super::accounts::{LoginError, RegisterError};
 use super::admission::Context;
 use super::outbox::{Line, Outbox};
 use super::router::{ConnId, Direct, Event, Routed};
+use super::store::KeyLookup;
 use super::throttle::TokenBucket;
 use crate::protocol::frame::{FrameError, LineBuffer};
-use crate::protocol::name::{is_canonical_username, normalize_username};
+use crate::protocol::name::{is_canonical_username, normalize_username, UserName};
 use crate::protocol::{self, Command, ErrorCode, ProtocolError, Request, ServerLine};
 use crate::tls::stream::TlsStream;
 
@@ -46,7 +47,7 @@ pub(super) struct RequestHandler {
     /// after login replies go through the router so they stay in order with deliveries.
     pub(super) outbox: Outbox,
     /// The authenticated user, once logged in.
-    pub(super) user: Option<Arc<str>>,
+    pub(super) user: Option<UserName>,
     /// When an anonymous connection is dropped for not logging in.
     pub(super) login_deadline: Instant,
     /// When the last complete frame arrived; a logged-in client silent for longer than
@@ -203,7 +204,7 @@ impl RequestHandler {
                 log::info!("conn#{}: registered {name}", self.id);
                 return self.reply(ServerLine::Ok {
                     command,
-                    detail: name,
+                    detail: name.to_string(),
                 });
             }
             Err(RegisterError::BadUsername(rule)) => {
@@ -266,8 +267,7 @@ impl RequestHandler {
         };
         match context.accounts.login(user, password) {
             Ok(name) => {
-                attempt.succeeded(&name);
-                let name: Arc<str> = Arc::from(name);
+                attempt.succeeded(name.as_str());
                 log::info!("conn#{}: logged in as {name}", self.id);
                 self.user = Some(name.clone());
                 let event = Event::LoggedIn {
@@ -306,12 +306,12 @@ impl RequestHandler {
         }
     }
 
-    fn logged_in_request(&mut self, user: &Arc<str>, request: Request<'_>) -> Step {
+    fn logged_in_request(&mut self, user: &UserName, request: Request<'_>) -> Step {
         match request {
             Request::List => self.route(Routed::List),
             Request::Say { text } => {
                 let mut line = Vec::new();
-                protocol::write_room(&mut line, user, text);
+                protocol::write_room(&mut line, user.as_str(), text);
                 self.route(Routed::Room {
                     line: Arc::from(line),
                 });
@@ -321,7 +321,7 @@ impl RequestHandler {
                     Ok(to) => to,
                     Err(error) => return self.reply_error(&error),
                 };
-                if *to == **user {
+                if *to == *user.as_str() {
                     return self.reply_error(&ProtocolError::new(
                         Command::Msg,
                         ErrorCode::SelfMessage,
@@ -342,7 +342,7 @@ impl RequestHandler {
         Step::Continue
     }
 
-    fn set_key(&mut self, user: &str, key: &str) -> Step {
+    fn set_key(&mut self, user: &UserName, key: &str) -> Step {
         let decoded = base64::engine::general_purpose::STANDARD.decode(key);
         if !matches!(&decoded, Ok(bytes) if bytes.len() == IDENTITY_KEY_BYTES) {
             return self.reply_error(&ProtocolError::new(
@@ -369,20 +369,20 @@ impl RequestHandler {
 
     fn get_key(&mut self, wanted: &str) -> Step {
         let command = Command::GetKey;
-        let Ok(wanted) = normalize_username(wanted) else {
+        let Ok(wanted) = UserName::parse(wanted) else {
             return self.reply_error(&no_such_user(command, wanted));
         };
         match self.context.accounts.store().identity_key(&wanted) {
-            Ok(Some(Some(key))) => self.reply(ServerLine::Ok {
+            Ok(KeyLookup::Key(key)) => self.reply(ServerLine::Ok {
                 command,
                 detail: format!("{wanted} {key}"),
             }),
-            Ok(Some(None)) => self.reply_error(&ProtocolError::new(
+            Ok(KeyLookup::NoKey) => self.reply_error(&ProtocolError::new(
                 command,
                 ErrorCode::NoKey,
                 format!("{wanted} has not published an identity key yet"),
             )),
-            Ok(None) => self.reply_error(&no_such_user(command, &wanted)),
+            Ok(KeyLookup::NoSuchUser) => self.reply_error(&no_such_user(command, wanted.as_str())),
             Err(e) => {
                 log::error!("conn#{}: key lookup failed: {e}", self.id);
                 self.reply_error(&ProtocolError::new(

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::outbox::{ClientSocket, Line, Outbox, QueueFull};
+use crate::protocol::name::UserName;
 use crate::protocol::{self, Command, ErrorCode, ProtocolError, ServerLine};
 use crate::tls::stream::TlsStream;
 
@@ -50,20 +51,20 @@ pub(super) enum Event<S = TlsStream> {
     /// session is told and closed: the newest login wins.
     LoggedIn {
         id: ConnId,
-        user: Arc<str>,
+        user: UserName,
         outbox: Outbox<S>,
     },
     /// Requests from one read of a logged-in connection, in order.
     Requests {
         id: ConnId,
-        user: Arc<str>,
+        user: UserName,
         requests: Vec<Routed>,
     },
     /// A logged-in connection ended. The router sends `farewell` (if any) after whatever
     /// it still had for the client, then closes the outbox, so nothing queued is lost.
     LoggedOut {
         id: ConnId,
-        user: Arc<str>,
+        user: UserName,
         outbox: Outbox<S>,
         farewell: Option<Line>,
     },
@@ -139,7 +140,10 @@ pub(super) struct Direct {
 
 impl Direct {
     /// The frame `FROM <from> <payload>` for `to` (a canonical user name).
-    pub(super) fn new(from: &str, to: &str, payload: &str) -> Direct {
+    /// `from` is typed: the sender is the user its connection logged in as, never a name
+    /// taken from the frame. `to` is a canonical name checked by the caller.
+    pub(super) fn new(from: &UserName, to: &str, payload: &str) -> Direct {
+        let from = from.as_str();
         let mut bytes =
             Vec::with_capacity("FROM ".len() + from.len() + payload.len() + 2 + to.len());
         protocol::write_from(&mut bytes, from, payload);
@@ -173,16 +177,16 @@ struct Online<S> {
     /// Where its frames go.
     outbox: Outbox<S>,
     /// Users it exchanged private messages with; told when it leaves.
-    contacts: HashSet<Arc<str>, FastHash>,
+    contacts: HashSet<UserName, FastHash>,
     /// The last user it sent a private message to, to skip the contact-set update on the
     /// hot path of a conversation.
-    last_to: Option<Arc<str>>,
+    last_to: Option<UserName>,
 }
 
 /// The router's state. Owned by the router thread alone.
 pub(super) struct Router<S = TlsStream> {
     /// Everyone logged in, by canonical user name.
-    online: HashMap<Arc<str>, Online<S>, FastHash>,
+    online: HashMap<UserName, Online<S>, FastHash>,
     /// Set per wake-up: few requests waited, so single-recipient frames are written to idle
     /// sockets at once rather than handed to their writers.
     write_now: bool,
@@ -247,7 +251,7 @@ impl<S: ClientSocket> Router<S> {
         true
     }
 
-    fn logged_in(&mut self, id: ConnId, user: Arc<str>, outbox: Outbox<S>) {
+    fn logged_in(&mut self, id: ConnId, user: UserName, outbox: Outbox<S>) {
         // Take-over: the old session is told why, then closed after the message.
         if let Some(old) = self.remove(&user) {
             log::info!("{user}: logged in again from another connection; closing the old one");
@@ -275,7 +279,7 @@ impl<S: ClientSocket> Router<S> {
         );
     }
 
-    fn request(&mut self, user: &Arc<str>, request: Routed) {
+    fn request(&mut self, user: &UserName, request: Routed) {
         match request {
             Routed::Direct(frame) => self.direct(user, frame),
             Routed::Room { line } => {
@@ -290,7 +294,7 @@ impl<S: ClientSocket> Router<S> {
                 }
             }
             Routed::List => {
-                let mut names: Vec<&str> = self.online.keys().map(|k| &**k).collect();
+                let mut names: Vec<&str> = self.online.keys().map(UserName::as_str).collect();
                 names.sort_unstable();
                 let total = names.len();
                 names.truncate(LIST_MAX_NAMES);
@@ -305,7 +309,7 @@ impl<S: ClientSocket> Router<S> {
     }
 
     /// Delivers a private frame, or tells the sender the recipient is not online.
-    fn direct(&mut self, from: &Arc<str>, frame: Direct) {
+    fn direct(&mut self, from: &UserName, frame: Direct) {
         let Some((name, recipient)) = self.online.get_key_value(frame.recipient()) else {
             let reply = offline_reply(frame.recipient());
             return self.send(from, reply);
@@ -313,14 +317,14 @@ impl<S: ClientSocket> Router<S> {
         let name = name.clone();
         if self.deliver(&recipient.outbox, frame.into_line()).is_err() {
             self.evict(&name);
-            return self.send(from, offline_reply(&name));
+            return self.send(from, offline_reply(name.as_str()));
         }
         self.note_contact(from, &name);
     }
 
     /// Records that `from` and `to` are in a conversation, so each hears when the other
     /// leaves.
-    fn note_contact(&mut self, from: &Arc<str>, to: &Arc<str>) {
+    fn note_contact(&mut self, from: &UserName, to: &UserName) {
         let Some(sender) = self.online.get_mut(from) else {
             return;
         };
@@ -336,7 +340,7 @@ impl<S: ClientSocket> Router<S> {
     }
 
     /// Sends a reply to `user`, evicting it if its queue is full.
-    fn send(&mut self, user: &Arc<str>, line: Line) {
+    fn send(&mut self, user: &UserName, line: Line) {
         if let Some(client) = self.online.get(user) {
             if self.deliver(&client.outbox, line).is_err() {
                 self.evict(user);
@@ -355,21 +359,21 @@ impl<S: ClientSocket> Router<S> {
     }
 
     /// Disconnects a client whose queue is full: it stopped reading.
-    fn evict(&mut self, user: &Arc<str>) {
+    fn evict(&mut self, user: &UserName) {
         if let Some(client) = self.remove(user) {
-            cut_off(user, &client);
+            cut_off(user.as_str(), &client);
         }
     }
 
     /// Takes `user` off the online map and tells its contacts. Contacts whose queues are
     /// full are evicted in turn, from a work list rather than by recursion, so a chain of
     /// them cannot run the router's stack out.
-    fn remove(&mut self, user: &Arc<str>) -> Option<Online<S>> {
+    fn remove(&mut self, user: &UserName) -> Option<Online<S>> {
         let mut full = Vec::new();
         let client = self.take_offline(user, &mut full)?;
         while let Some(name) = full.pop() {
             if let Some(evicted) = self.take_offline(&name, &mut full) {
-                cut_off(&name, &evicted);
+                cut_off(name.as_str(), &evicted);
             }
         }
         Some(client)
@@ -377,7 +381,7 @@ impl<S: ClientSocket> Router<S> {
 
     /// Takes `user` off the online map and sends `OFFLINE` to its contacts; adds those
     /// whose queues are full to `full`.
-    fn take_offline(&mut self, user: &Arc<str>, full: &mut Vec<Arc<str>>) -> Option<Online<S>> {
+    fn take_offline(&mut self, user: &UserName, full: &mut Vec<UserName>) -> Option<Online<S>> {
         let client = self.online.remove(user)?;
         let notice = ServerLine::Offline {
             user: user.to_string(),
@@ -410,7 +414,7 @@ mod tests {
     /// One logged-in client as the router sees it, with the far end of its queue.
     struct Client {
         id: ConnId,
-        user: Arc<str>,
+        user: UserName,
         outbox: Outbox<MemorySocket>,
         receiver: OutboxReceiver<MemorySocket>,
         socket: Arc<MemorySocket>,
@@ -422,7 +426,7 @@ mod tests {
             let (outbox, receiver) = outbox(queue_bytes, socket.clone());
             Client {
                 id,
-                user: Arc::from(user),
+                user: UserName::parse(user).unwrap(),
                 outbox,
                 receiver,
                 socket,
