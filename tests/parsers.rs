@@ -203,39 +203,11 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn command() -> impl Strategy<Value = Command> {
-    prop::sample::select(vec![
-        Command::Register,
-        Command::Login,
-        Command::Quit,
-        Command::Ping,
-        Command::List,
-        Command::Say,
-        Command::Msg,
-        Command::SetKey,
-        Command::GetKey,
-    ])
+    prop::sample::select(Command::ALL.to_vec())
 }
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {
-    prop::sample::select(vec![
-        ErrorCode::BadFrame,
-        ErrorCode::TooLong,
-        ErrorCode::UnknownCommand,
-        ErrorCode::NotLoggedIn,
-        ErrorCode::AlreadyLoggedIn,
-        ErrorCode::AuthFailed,
-        ErrorCode::BadUsername,
-        ErrorCode::WeakPassword,
-        ErrorCode::UserExists,
-        ErrorCode::Offline,
-        ErrorCode::NoSuchUser,
-        ErrorCode::NoKey,
-        ErrorCode::BadKey,
-        ErrorCode::SelfMessage,
-        ErrorCode::RateLimited,
-        ErrorCode::Throttled,
-        ErrorCode::Storage,
-    ])
+    prop::sample::select(ErrorCode::ALL.to_vec())
 }
 
 fn server_line() -> impl Strategy<Value = ServerLine> {

@@ -86,6 +86,21 @@ impl<'a> Request<'a> {
                 format!("usage: {}; {what} is missing", command.usage()),
             )
         };
+        // The whole rest of the line as one word, for commands that take exactly one.
+        let one_word = |rest: &'a str, what: &str| {
+            let (word, extra) = split_word(rest);
+            if word.is_empty() {
+                return Err(missing(what));
+            }
+            if !extra.is_empty() {
+                return Err(ProtocolError::new(
+                    command,
+                    ErrorCode::BadFrame,
+                    format!("usage: {}; unexpected text after {what}", command.usage()),
+                ));
+            }
+            Ok(word)
+        };
         let request = match command {
             Command::Register | Command::Login => {
                 let (user, password) = split_word(rest);
@@ -120,37 +135,12 @@ impl<'a> Request<'a> {
                 }
                 Request::Msg { to, payload }
             }
-            Command::SetKey => {
-                let (key, extra) = split_word(rest);
-                if key.is_empty() {
-                    return Err(missing("the key"));
-                }
-                if !extra.is_empty() {
-                    return Err(ProtocolError::new(
-                        command,
-                        ErrorCode::BadFrame,
-                        format!("usage: {}; unexpected text after the key", command.usage()),
-                    ));
-                }
-                Request::SetKey { key }
-            }
-            Command::GetKey => {
-                let (user, extra) = split_word(rest);
-                if user.is_empty() {
-                    return Err(missing("the user name"));
-                }
-                if !extra.is_empty() {
-                    return Err(ProtocolError::new(
-                        command,
-                        ErrorCode::BadFrame,
-                        format!(
-                            "usage: {}; unexpected text after the user name",
-                            command.usage()
-                        ),
-                    ));
-                }
-                Request::GetKey { user }
-            }
+            Command::SetKey => Request::SetKey {
+                key: one_word(rest, "the key")?,
+            },
+            Command::GetKey => Request::GetKey {
+                user: one_word(rest, "the user name")?,
+            },
         };
         Ok(request)
     }
@@ -214,7 +204,8 @@ pub enum Command {
 }
 
 impl Command {
-    const ALL: [Command; 9] = [
+    /// Every command.
+    pub const ALL: [Command; 9] = [
         Command::Register,
         Command::Login,
         Command::Quit,
@@ -304,8 +295,8 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// Every code, for look-ups.
-    const ALL: [ErrorCode; 17] = [
+    /// Every code.
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BadFrame,
         ErrorCode::TooLong,
         ErrorCode::UnknownCommand,
