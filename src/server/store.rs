@@ -10,13 +10,14 @@
 //! (bcrypt workers and client readers) are many. The pool keeps a few open connections and opens more on demand.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
 use crate::protocol::name::UserName;
+use crate::sync;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "securechat.db";
@@ -167,11 +168,7 @@ impl Store {
 
     /// Runs `f` on a pooled connection.
     fn with_connection<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
-        let pooled = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let pooled = sync::lock(&self.idle).pop();
         let conn = match pooled {
             Some(conn) => conn,
             None => self.connect()?,
@@ -182,7 +179,7 @@ impl Store {
     }
 
     fn put_back(&self, conn: Connection) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = sync::lock(&self.idle);
         if idle.len() < MAX_IDLE_CONNECTIONS {
             idle.push(conn);
         }
