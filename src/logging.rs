@@ -1,52 +1,28 @@
-//! A small stderr logger for the `log` facade: one line per record, UTC timestamp, level,
-//! message. The level comes from `RUST_LOG` (`error`, `warn`, `info`, `debug`, `trace`),
-//! as with env_logger; the default is `info`. Written by hand because that is all it does.
+//! Logging for the binaries: env_logger on stderr, one line per record with a UTC
+//! timestamp, the level and the message. `RUST_LOG` chooses what is shown, with
+//! env_logger's syntax (`debug`, or per module: `info,securechat::server=debug`); the
+//! default is `info`.
 
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use log::{Level, LevelFilter, Log, Metadata, Record};
-
-struct StderrLogger {
-    /// Records above this level are dropped.
-    max: LevelFilter,
-}
-
-impl Log for StderrLogger {
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= self.max
-    }
-
-    fn log(&self, record: &Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        let line = format!(
-            "{} {:<5} {}\n",
-            utc_timestamp(SystemTime::now()),
-            record.level(),
-            record.args()
-        );
-        // One write per record so lines from different threads do not interleave.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
-    }
-
-    fn flush(&self) {}
-}
-
-/// Installs the logger with the level from `RUST_LOG` (default `info`). Calling it twice
+/// Installs the logger with the filter from `RUST_LOG` (default `info`). Calling it twice
 /// is harmless.
 pub fn init() {
-    let max = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.trim().parse::<Level>().ok())
-        .map_or(LevelFilter::Info, |l| l.to_level_filter());
-    if log::set_boxed_logger(Box::new(StderrLogger { max })).is_ok() {
-        log::set_max_level(max);
-    }
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(|out, record| {
+            writeln!(
+                out,
+                "{} {:<5} {}",
+                out.timestamp_millis(),
+                record.level(),
+                record.args()
+            )
+        })
+        .try_init();
 }
 
-/// `2026-11-22T02:39:02.123Z` for a point in time.
+/// `2026-11-22T02:39:02.123Z` for a point in time (the bench names its result files with it).
 pub fn utc_timestamp(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();

@@ -125,11 +125,18 @@ impl Party {
                 self.delivered.push((user.clone(), payload.clone()));
                 self.secure.payload_arrived(&user, &payload)
             }
-            ServerLine::Ok { command, detail } if command == "GETKEY" => {
+            ServerLine::Ok {
+                command: securechat::protocol::Command::GetKey,
+                detail,
+            } => {
                 let (user, key) = detail.split_once(' ').unwrap_or((&detail, ""));
                 self.secure.key_arrived(user, key)
             }
-            ServerLine::Err { command, text, .. } if command == "GETKEY" => {
+            ServerLine::Err {
+                command: Some(securechat::protocol::Command::GetKey),
+                text,
+                ..
+            } => {
                 let user = text.split(' ').next().unwrap_or("");
                 self.secure.key_unavailable(user, &text)
             }
@@ -213,7 +220,7 @@ fn shown_safety_number(party: &Party, user: &str) -> Option<String> {
 
 /// Plays a server that hands out `key` as `user`'s identity key: rewrites its database.
 fn substitute_identity_key(server: &TestServer, user: &str, key: &IdentityPublicKey) {
-    let db = rusqlite::Connection::open(server.data_dir().join(securechat::store::DB_FILE))
+    let db = rusqlite::Connection::open(server.data_dir().join(securechat::server::DB_FILE))
         .expect("open the server's database");
     db.busy_timeout(Duration::from_secs(5))
         .expect("busy timeout");

@@ -214,3 +214,33 @@ fn a_read_only_data_directory_is_a_clear_error_at_start() {
     assert!(stderr.contains("is not writable"), "{stderr}");
     assert!(stderr.contains("Read-only file system"), "{stderr}");
 }
+
+#[test]
+fn the_server_log_has_utc_timestamps_and_rust_log_filters_by_module() {
+    let dir = tempfile::tempdir().unwrap();
+    // Debug for the server's modules only: the connection's TLS details show, and
+    // nothing from other modules is raised above info.
+    let mut server =
+        ServerProcess::spawn(dir.path(), &[("RUST_LOG", "warn,securechat::server=debug")]);
+    let mut client = server.connect();
+    client.register_ok("alice");
+    server.stop();
+    let log = server.log();
+    let debug = log
+        .lines()
+        .find(|l| l.contains("TLS established"))
+        .unwrap_or_else(|| panic!("no debug line from securechat::server:\n{log}"));
+    // `2026-12-03T13:57:44.826Z DEBUG conn#1 …`
+    let (stamp, rest) = debug.split_once(' ').unwrap();
+    assert_eq!(stamp.len(), "2026-12-03T13:57:44.826Z".len(), "{debug}");
+    assert!(
+        stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+        "{debug}"
+    );
+    assert!(rest.starts_with("DEBUG "), "{debug}");
+    // Other modules stay at warn: the binary's info line about its certificate is not shown.
+    assert!(
+        !log.contains("development certificate"),
+        "an info line outside securechat::server:\n{log}"
+    );
+}

@@ -13,7 +13,7 @@ use common::{err_code, ok, test_limits, TestServer, PASSWORD};
 use securechat::client::link;
 use securechat::protocol::ServerLine;
 use securechat::server::Limits;
-use securechat::throttle::ThrottlePolicy;
+use securechat::server::ThrottlePolicy;
 
 #[test]
 fn odd_passwords_never_log_in() {
@@ -233,7 +233,7 @@ fn a_frame_flood_is_rate_limited_per_client_and_others_are_unaffected() {
         .count();
     let limited = replies
         .iter()
-        .filter(|l| matches!(l, ServerLine::Err { code, .. } if code == "rate-limited"))
+        .filter(|l| matches!(l, ServerLine::Err { code, .. } if *code == securechat::protocol::ErrorCode::RateLimited))
         .count();
     // The burst of 5 less the two frames that registered and logged in (plus the tokens
     // earned meanwhile: one, unless the machine stalled), then refusals.

@@ -107,7 +107,7 @@ fn a_thousand_abrupt_clients_leave_no_thread_or_descriptor_behind() {
                             if let Ok(Some(ServerLine::Ok { command, .. })) =
                                 reader.recv_timeout(common::WAIT)
                             {
-                                if command == "LOGIN" {
+                                if command == securechat::protocol::Command::Login {
                                     reached[stage - 4].fetch_add(1, Ordering::Relaxed);
                                 }
                             }

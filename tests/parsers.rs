@@ -1,15 +1,17 @@
 //! Property tests of every decoder that reads untrusted input: the frame splitter, both
 //! directions of the protocol, user names, passwords, identity keys, end-to-end payloads
 //! and the client's command line. On arbitrary input each must return (never panic, never
-//! loop), and what it accepts must be what it claims to accept.
+//! loop), and what it accepts must be what it claims to accept. Every frame, both
+//! directions, survives encoding and parsing unchanged.
 
 use proptest::prelude::*;
 
-use securechat::accounts::{normalize_username, password_problems};
 use securechat::client::commands;
 use securechat::e2e::{IdentityPublicKey, Payload};
-use securechat::frame::{decode_line, FrameError, LineBuffer};
-use securechat::protocol::{Request, ServerLine};
+use securechat::protocol::frame::{decode_line, FrameError, LineBuffer};
+use securechat::protocol::name::normalize_username;
+use securechat::protocol::{AnnouncedLimits, Command, ErrorCode, Request, ServerLine};
+use securechat::server::password_problems;
 
 /// Splits `bytes` into lines with a fresh buffer, feeding it in the given chunk sizes.
 fn split(bytes: &[u8], chunks: &[usize], max: usize) -> (Vec<Result<String, FrameError>>, bool) {
@@ -187,5 +189,88 @@ proptest! {
         if let Err(problem) = commands::parse(&line) {
             prop_assert!(!problem.is_empty());
         }
+    }
+}
+
+/// One word of a frame: no spaces, no control characters, not empty.
+fn word() -> impl Strategy<Value = String> {
+    "[^\\s\\p{C}]{1,20}"
+}
+
+/// The rest of a line: anything printable, spaces included, possibly empty.
+fn text() -> impl Strategy<Value = String> {
+    "[^\\p{C}]{0,40}"
+}
+
+fn command() -> impl Strategy<Value = Command> {
+    prop::sample::select(Command::ALL.to_vec())
+}
+
+fn error_code() -> impl Strategy<Value = ErrorCode> {
+    prop::sample::select(ErrorCode::ALL.to_vec())
+}
+
+fn server_line() -> impl Strategy<Value = ServerLine> {
+    let limits =
+        (any::<usize>(), any::<u32>(), any::<u32>()).prop_map(|(max_frame, rate, burst)| {
+            AnnouncedLimits {
+                max_frame,
+                rate,
+                burst,
+            }
+        });
+    prop_oneof![
+        (any::<u32>(), prop::option::of(limits))
+            .prop_map(|(version, limits)| ServerLine::Hello { version, limits }),
+        (command(), text()).prop_map(|(command, detail)| ServerLine::Ok { command, detail }),
+        (prop::option::of(command()), error_code(), text()).prop_map(|(command, code, text)| {
+            ServerLine::Err {
+                command,
+                code,
+                text,
+            }
+        }),
+        text().prop_map(|token| ServerLine::Pong { token }),
+        (word(), text()).prop_map(|(user, payload)| ServerLine::From { user, payload }),
+        (word(), text()).prop_map(|(user, text)| ServerLine::Room { user, text }),
+        word().prop_map(|user| ServerLine::Offline { user }),
+        text().prop_map(|reason| ServerLine::Bye { reason }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_server_line_survives_encoding_and_parsing(line in server_line()) {
+        let encoded = line.encode();
+        prop_assert_eq!(encoded.last(), Some(&b'\n'), "one frame, one line ending");
+        prop_assert_eq!(encoded.iter().filter(|&&b| b == b'\n').count(), 1);
+        let text = std::str::from_utf8(&encoded[..encoded.len() - 1]).unwrap();
+        prop_assert_eq!(ServerLine::parse(text), Ok(line));
+    }
+
+    #[test]
+    fn every_request_survives_encoding_and_parsing(
+        kind in 0..9u8,
+        a in word(),
+        b in word(),
+        rest in text(),
+    ) {
+        // The last field runs to the end of the line; it may hold spaces.
+        let tail = format!("{b}{rest}");
+        let request = match kind {
+            0 => Request::Register { user: &a, password: &tail },
+            1 => Request::Login { user: &a, password: &tail },
+            2 => Request::Quit,
+            3 => Request::Ping { token: &rest },
+            4 => Request::List,
+            5 => Request::Say { text: &tail },
+            6 => Request::Msg { to: &a, payload: &tail },
+            7 => Request::SetKey { key: &a },
+            _ => Request::GetKey { user: &a },
+        };
+        let encoded = request.to_string();
+        prop_assert_eq!(Request::parse(&encoded), Ok(request));
     }
 }

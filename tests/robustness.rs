@@ -240,7 +240,8 @@ fn a_client_that_stops_reading_is_disconnected_and_delays_no_one() {
             }
         );
         while let Ok(Some(line)) = flooder.reader.recv_timeout(Duration::from_millis(1)) {
-            if matches!(&line, ServerLine::Err { code, .. } if code == "offline") {
+            if matches!(&line, ServerLine::Err { code, .. } if *code == securechat::protocol::ErrorCode::Offline)
+            {
                 evicted = true;
             }
         }

@@ -605,7 +605,7 @@ fn ctrl_c_in_the_chat_logs_out_cleanly() {
     assert_eq!(
         watcher.request("LIST"),
         ServerLine::Ok {
-            command: "LIST".into(),
+            command: securechat::protocol::Command::List,
             detail: "1 watcher".into()
         }
     );

@@ -9,10 +9,10 @@
 
 use libfuzzer_sys::fuzz_target;
 
-use securechat::accounts::normalize_username;
+use securechat::protocol::name::normalize_username;
 use securechat::client::commands;
 use securechat::e2e::{IdentityPublicKey, Payload};
-use securechat::frame::LineBuffer;
+use securechat::protocol::frame::LineBuffer;
 use securechat::protocol::{Request, ServerLine};
 
 fuzz_target!(|data: &[u8]| {

@@ -59,6 +59,8 @@
 //! reordered or any error occurred (never because a number looks bad: benchmarks measure,
 //! they do not judge). Caveat: the generator and the server share the machine's cores;
 //! the table shows how much CPU each used.
+// The bench's modules are private to this binary; `pub` in them marks what the others use.
+#![allow(unreachable_pub)]
 
 use std::fs;
 use std::path::{Path, PathBuf};

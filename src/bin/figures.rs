@@ -8,6 +8,8 @@
 //! that has it, so separate runs can be combined. A figure whose data is missing is
 //! skipped with a note. `cargo run --release --bin bench -- --figures` measures everything
 //! and draws the same figures in one go.
+// Its modules are private to this binary; `pub` in them marks what the others use.
+#![allow(unreachable_pub)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,7 +102,7 @@ fn run(args: Args) -> Result<()> {
             "latency.svg: needs --rate with 2+ rates",
         ),
         (
-            report.idle.as_ref().map_or(true, |i| i.samples.len() < 2),
+            report.idle.as_ref().is_none_or(|i| i.samples.len() < 2),
             "memory.svg: needs an --idle run",
         ),
     ] {

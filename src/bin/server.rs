@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use securechat::server::ThrottlePolicy;
 use securechat::server::{self, Config, Limits, Server};
-use securechat::throttle::ThrottlePolicy;
 use securechat::{logging, tls};
 
 /// A TLS chat server with end-to-end encrypted private messages.

@@ -9,7 +9,7 @@ use crate::client::link::Link;
 use crate::client::screen::{sanitize, Screen};
 use crate::client::secure::{Action, Notice, Secure};
 use crate::error::Result;
-use crate::protocol::{Request, ServerLine};
+use crate::protocol::{Command, ErrorCode, Request, ServerLine};
 
 /// Label for the public room, shown on every room line.
 const ROOM_LABEL: &str = "[room, TLS only - the server can read this]";
@@ -20,7 +20,9 @@ const E2E_LABEL: &str = "[private, end-to-end encrypted]";
 /// Whether the session goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
+    /// Keep reading.
     Continue,
+    /// The session is over.
     Quit,
 }
 
@@ -39,6 +41,7 @@ pub struct Chat {
 }
 
 impl Chat {
+    /// A chat session for `me` over `link`.
     pub fn new(me: &str, link: Link, screen: Screen, secure: Secure) -> Chat {
         Chat {
             me: me.to_owned(),
@@ -154,12 +157,12 @@ impl Chat {
                 let actions = self.secure.peer_gone(&user);
                 self.apply(actions)?;
             }
-            ServerLine::Ok { command, detail } => self.ok(&command, &detail)?,
+            ServerLine::Ok { command, detail } => self.ok(command, &detail)?,
             ServerLine::Err {
                 command,
                 code,
                 text,
-            } => self.error(&command, &code, &text)?,
+            } => self.error(command, code, &text)?,
             ServerLine::Bye { reason } => {
                 self.screen.warn(&format!(
                     "the server closed the connection: {}",
@@ -172,9 +175,9 @@ impl Chat {
         Ok(Flow::Continue)
     }
 
-    fn ok(&mut self, command: &str, detail: &str) -> Result<()> {
+    fn ok(&mut self, command: Command, detail: &str) -> Result<()> {
         match command {
-            "LIST" => {
+            Command::List => {
                 let mut words = detail.split(' ');
                 let total = words.next().unwrap_or("0");
                 let names: Vec<String> = words.map(sanitize).collect();
@@ -186,7 +189,7 @@ impl Chat {
                 }
                 self.screen.event(&text);
             }
-            "GETKEY" => {
+            Command::GetKey => {
                 let (user, key) = detail.split_once(' ').unwrap_or((detail, ""));
                 let actions = self.secure.key_arrived(user, key);
                 self.apply(actions)?;
@@ -196,17 +199,21 @@ impl Chat {
         Ok(())
     }
 
-    fn error(&mut self, command: &str, code: &str, text: &str) -> Result<()> {
+    fn error(&mut self, command: Option<Command>, code: ErrorCode, text: &str) -> Result<()> {
         // For these codes the first word of the text is the user concerned.
         let user = text.split(' ').next().unwrap_or("");
         let actions = match (command, code) {
-            ("MSG", "offline" | "no-such-user") => self.secure.peer_gone(user),
-            ("GETKEY", "no-key" | "no-such-user") => self.secure.key_unavailable(user, text),
+            (Some(Command::Msg), ErrorCode::Offline | ErrorCode::NoSuchUser) => {
+                self.secure.peer_gone(user)
+            }
+            (Some(Command::GetKey), ErrorCode::NoKey | ErrorCode::NoSuchUser) => {
+                self.secure.key_unavailable(user, text)
+            }
             _ => Vec::new(),
         };
         if actions.is_empty() {
             self.screen
-                .warn(&format!("server: {} ({code})", sanitize(text)));
+                .warn(&format!("server: {} ({})", sanitize(text), code.as_str()));
         }
         self.apply(actions)
     }

@@ -6,7 +6,12 @@ pub enum Input {
     /// Text for the current conversation: the public room, or the `/chat` partner.
     Text(String),
     /// `/msg USER TEXT`: one private message.
-    Msg { to: String, text: String },
+    Msg {
+        /// The recipient.
+        to: String,
+        /// The message.
+        text: String,
+    },
     /// `/chat USER`: plain lines go to USER; `/chat` alone: back to the room.
     Chat(Option<String>),
     /// `/list`: who is online.

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 
-use crate::connection::{ReadOutcome, TlsStream};
 use crate::error::{Error, Result};
-use crate::frame::LineBuffer;
+use crate::protocol::frame::LineBuffer;
 use crate::protocol::{Request, ServerLine, PROTOCOL_VERSION};
+use crate::tls::stream::{ReadOutcome, TlsStream};
 
 /// Largest line the client accepts from a server. Larger than the server's client limit:
 /// a routed frame adds a header to what a client sent, and `OK LIST` can be long.
@@ -103,8 +103,8 @@ pub fn connect(
     let greeting = reader.recv()?;
     stream.socket().set_read_timeout(None)?;
     match greeting {
-        Some(ServerLine::Hello { version }) if version == PROTOCOL_VERSION => {}
-        Some(ServerLine::Hello { version }) => {
+        Some(ServerLine::Hello { version, .. }) if version == PROTOCOL_VERSION => {}
+        Some(ServerLine::Hello { version, .. }) => {
             return Err(Error::Protocol(format!(
                 "server speaks protocol version {version}; this client speaks {PROTOCOL_VERSION}"
             )))
@@ -186,7 +186,9 @@ impl LinkReader {
     /// The next frame from the server, or `None` once it closed the connection.
     pub fn recv(&mut self) -> Result<Option<ServerLine>> {
         match self.recv_line()? {
-            Some(line) => ServerLine::parse(&line).map(Some).map_err(Error::Protocol),
+            Some(line) => ServerLine::parse(&line)
+                .map(Some)
+                .map_err(|e| Error::Protocol(e.to_string())),
             None => Ok(None),
         }
     }

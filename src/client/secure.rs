@@ -48,7 +48,12 @@ pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Route `payload` to `to`: `MSG <to> <payload>`.
-    Send { to: String, payload: String },
+    Send {
+        /// The recipient.
+        to: String,
+        /// The end-to-end frame.
+        payload: String,
+    },
     /// Fetch `user`'s identity key: `GETKEY <user>`.
     FetchKey(String),
     /// Show a line to the user.
@@ -59,15 +64,30 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
     /// A private message that passed every check.
-    Received { from: String, text: String },
+    Received {
+        /// The sender.
+        from: String,
+        /// The decrypted text.
+        text: String,
+    },
     /// A private message of ours, now encrypted and on its way.
-    Sent { to: String, text: String },
+    Sent {
+        /// The recipient.
+        to: String,
+        /// The text sent.
+        text: String,
+    },
     /// Something worth knowing.
     Info(String),
     /// Something the user must not miss: a failed check, a changed key.
     Warning(String),
     /// One line of a `/dh` step-by-step explanation.
-    Explain { peer: String, line: String },
+    Explain {
+        /// The peer of the exchange explained.
+        peer: String,
+        /// The line.
+        line: String,
+    },
 }
 
 /// The key exchange under way with one peer, if any.
@@ -185,6 +205,7 @@ pub struct Secure {
 }
 
 impl Secure {
+    /// The end-to-end layer for `me`.
     pub fn new(
         me: &str,
         identity: IdentityKey,

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
-use crate::accounts::{normalize_username, password_problems};
 use crate::client::app::{Chat, Flow};
 use crate::client::link::{self, Link, LinkReader};
 use crate::client::paths;
@@ -26,7 +25,9 @@ use crate::client::screen::{sanitize, Screen};
 use crate::client::secure::Secure;
 use crate::e2e::{Group, IdentityKey, PinStore};
 use crate::error::{Error, Result};
+use crate::protocol::name::normalize_username;
 use crate::protocol::{Request, ServerLine};
+use crate::server::password_problems;
 use crate::tls;
 
 /// How long the client may go without sending before it pings, by default: well under
@@ -234,13 +235,13 @@ impl Connection {
             if self.link.send(request).is_err() {
                 continue;
             }
-            let verb = request.command().verb();
+            let verb = request.command();
             loop {
                 match self.reader.recv()? {
                     Some(ServerLine::Ok { command, detail }) if command == verb => {
                         return Ok(Ok(detail))
                     }
-                    Some(ServerLine::Err { command, text, .. }) if command == verb => {
+                    Some(ServerLine::Err { command, text, .. }) if command == Some(verb) => {
                         return Ok(Err(text))
                     }
                     Some(ServerLine::Bye { .. }) | None => break,
@@ -281,7 +282,7 @@ fn menu(connection: &mut Connection, screen: &Screen) -> Result<Option<String>> 
                 let canonical = match normalize_username(user) {
                     Ok(name) => name,
                     Err(rule) => {
-                        screen.print(&rule);
+                        screen.print(&rule.to_string());
                         continue;
                     }
                 };

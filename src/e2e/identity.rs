@@ -29,7 +29,7 @@ use super::{hex_groups, put_field, E2eError};
 use crate::files::{is_owner_only, write_atomically};
 
 /// Bytes in an Ed25519 public key.
-pub const PUBLIC_KEY_LEN: usize = 32;
+pub(super) const PUBLIC_KEY_LEN: usize = 32;
 /// Bytes in an Ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
 

@@ -1,6 +1,7 @@
 //! Shared test fixtures: a real server on `127.0.0.1:0` with its own data directory and
 //! development CA, and clients built on the library's own connection code.
 #![allow(dead_code)] // each test binary uses a different subset
+#![allow(unreachable_pub)] // `pub` here is for the test binaries that include this module
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -9,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use securechat::client::link::{self, Link, LinkReader};
-use securechat::protocol::ServerLine;
+use securechat::protocol::{Command, ServerLine};
+use securechat::server::ThrottlePolicy;
 use securechat::server::{Config, Limits, Server};
-use securechat::throttle::ThrottlePolicy;
 use securechat::tls;
 
 /// A password that passes every rule.
@@ -257,7 +258,7 @@ impl TestClient {
 /// `OK <command> <detail>`.
 pub fn ok(command: &str, detail: &str) -> ServerLine {
     ServerLine::Ok {
-        command: command.into(),
+        command: Command::from_verb(command).expect("a command's verb"),
         detail: detail.into(),
     }
 }
@@ -269,7 +270,7 @@ pub fn err_code(line: &ServerLine) -> (&str, &str, &str) {
             command,
             code,
             text,
-        } => (command, code, text),
+        } => (command.map_or("-", Command::verb), code.as_str(), text),
         other => panic!("expected ERR, got {other:?}"),
     }
 }

@@ -17,8 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
-use securechat::connection::{ReadOutcome, TlsStream};
-use securechat::frame::LineBuffer;
+use securechat::protocol::frame::LineBuffer;
+use securechat::tls::stream::{ReadOutcome, TlsStream};
 use securechat::{Error, Result};
 
 use super::results::{Percentiles, SetupStats};

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use securechat::server::ThrottlePolicy;
 use securechat::server::{self, Config, Limits, Server};
-use securechat::throttle::ThrottlePolicy;
 use securechat::{tls, Error, Result};
 
 /// bcrypt cost of the accounts a spawned server creates, unless `--bcrypt-cost` says

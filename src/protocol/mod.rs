@@ -1,12 +1,16 @@
 //! The commands of the wire protocol, in both directions, shared by server and client.
 //!
-//! A frame is one line (see [`crate::frame`]); this module gives each line a meaning.
+//! A frame is one line (see [`crate::protocol::frame`]); this module gives each line a meaning.
 //! Client requests are [`Request`]s; everything the server sends is a [`ServerLine`].
 //! Parsing borrows from the line and never allocates, so the server's hot path (a `MSG`)
 //! costs one scan of the line. `report/protocol.md` is the normative description; the two
 //! must change together.
 
-use std::fmt::{self, Write as _};
+pub mod frame;
+pub mod name;
+
+use std::fmt;
+use std::io::Write as _;
 
 /// Protocol version announced in the greeting. A client refuses a server with another one.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -15,23 +19,50 @@ pub const PROTOCOL_VERSION: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request<'a> {
     /// `REGISTER <user> <password>`: create an account. Allowed before login only.
-    Register { user: &'a str, password: &'a str },
+    Register {
+        /// The name wanted, as typed.
+        user: &'a str,
+        /// The password, to the end of the line.
+        password: &'a str,
+    },
     /// `LOGIN <user> <password>`: authenticate. Allowed before login only.
-    Login { user: &'a str, password: &'a str },
+    Login {
+        /// The account's name, as typed.
+        user: &'a str,
+        /// The password, to the end of the line.
+        password: &'a str,
+    },
     /// `QUIT`: leave. Allowed in every state.
     Quit,
     /// `PING [token]`: liveness check, answered with `PONG [token]`. Allowed in every state.
-    Ping { token: &'a str },
+    Ping {
+        /// Echoed in the `PONG` (may be empty).
+        token: &'a str,
+    },
     /// `LIST`: who is online.
     List,
     /// `SAY <text>`: a message to the public room (protected by TLS only).
-    Say { text: &'a str },
+    Say {
+        /// The message, to the end of the line.
+        text: &'a str,
+    },
     /// `MSG <user> <payload>`: route an opaque payload to one user.
-    Msg { to: &'a str, payload: &'a str },
+    Msg {
+        /// The recipient's name.
+        to: &'a str,
+        /// Opaque to the server (an end-to-end frame), to the end of the line.
+        payload: &'a str,
+    },
     /// `SETKEY <key>`: publish the caller's identity public key (base64).
-    SetKey { key: &'a str },
+    SetKey {
+        /// The base64 Ed25519 public key.
+        key: &'a str,
+    },
     /// `GETKEY <user>`: fetch a user's identity public key.
-    GetKey { user: &'a str },
+    GetKey {
+        /// Whose key.
+        user: &'a str,
+    },
 }
 
 impl<'a> Request<'a> {
@@ -54,6 +85,21 @@ impl<'a> Request<'a> {
                 ErrorCode::BadFrame,
                 format!("usage: {}; {what} is missing", command.usage()),
             )
+        };
+        // The whole rest of the line as one word, for commands that take exactly one.
+        let one_word = |rest: &'a str, what: &str| {
+            let (word, extra) = split_word(rest);
+            if word.is_empty() {
+                return Err(missing(what));
+            }
+            if !extra.is_empty() {
+                return Err(ProtocolError::new(
+                    command,
+                    ErrorCode::BadFrame,
+                    format!("usage: {}; unexpected text after {what}", command.usage()),
+                ));
+            }
+            Ok(word)
         };
         let request = match command {
             Command::Register | Command::Login => {
@@ -89,37 +135,12 @@ impl<'a> Request<'a> {
                 }
                 Request::Msg { to, payload }
             }
-            Command::SetKey => {
-                let (key, extra) = split_word(rest);
-                if key.is_empty() {
-                    return Err(missing("the key"));
-                }
-                if !extra.is_empty() {
-                    return Err(ProtocolError::new(
-                        command,
-                        ErrorCode::BadFrame,
-                        format!("usage: {}; unexpected text after the key", command.usage()),
-                    ));
-                }
-                Request::SetKey { key }
-            }
-            Command::GetKey => {
-                let (user, extra) = split_word(rest);
-                if user.is_empty() {
-                    return Err(missing("the user name"));
-                }
-                if !extra.is_empty() {
-                    return Err(ProtocolError::new(
-                        command,
-                        ErrorCode::BadFrame,
-                        format!(
-                            "usage: {}; unexpected text after the user name",
-                            command.usage()
-                        ),
-                    ));
-                }
-                Request::GetKey { user }
-            }
+            Command::SetKey => Request::SetKey {
+                key: one_word(rest, "the key")?,
+            },
+            Command::GetKey => Request::GetKey {
+                user: one_word(rest, "the user name")?,
+            },
         };
         Ok(request)
     }
@@ -162,19 +183,29 @@ impl fmt::Display for Request<'_> {
 /// The request kinds, named as on the wire. Replies name the command they answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Command {
+    /// `REGISTER`
     Register,
+    /// `LOGIN`
     Login,
+    /// `QUIT`
     Quit,
+    /// `PING`
     Ping,
+    /// `LIST`
     List,
+    /// `SAY`
     Say,
+    /// `MSG`
     Msg,
+    /// `SETKEY`
     SetKey,
+    /// `GETKEY`
     GetKey,
 }
 
 impl Command {
-    const ALL: [Command; 9] = [
+    /// Every command.
+    pub const ALL: [Command; 9] = [
         Command::Register,
         Command::Login,
         Command::Quit,
@@ -264,6 +295,32 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 17] = [
+        ErrorCode::BadFrame,
+        ErrorCode::TooLong,
+        ErrorCode::UnknownCommand,
+        ErrorCode::NotLoggedIn,
+        ErrorCode::AlreadyLoggedIn,
+        ErrorCode::AuthFailed,
+        ErrorCode::BadUsername,
+        ErrorCode::WeakPassword,
+        ErrorCode::UserExists,
+        ErrorCode::Offline,
+        ErrorCode::NoSuchUser,
+        ErrorCode::NoKey,
+        ErrorCode::BadKey,
+        ErrorCode::SelfMessage,
+        ErrorCode::RateLimited,
+        ErrorCode::Throttled,
+        ErrorCode::Storage,
+    ];
+
+    /// The code named `word` on the wire, if it is one.
+    pub fn from_wire(word: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == word)
+    }
+
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -301,6 +358,7 @@ pub struct ProtocolError {
 }
 
 impl ProtocolError {
+    /// An error answering `command`.
     pub fn new(command: Command, code: ErrorCode, message: impl Into<String>) -> ProtocolError {
         ProtocolError {
             command: Some(command),
@@ -317,19 +375,15 @@ impl ProtocolError {
             message: message.into(),
         }
     }
+}
 
-    /// The `ERR` frame, with its line ending.
-    pub fn to_line(&self) -> String {
-        let mut line = String::with_capacity(16 + self.message.len());
-        // Writing to a String cannot fail.
-        let _ = writeln!(
-            line,
-            "ERR {} {} {}",
-            self.command.map_or("-", Command::verb),
-            self.code.as_str(),
-            self.message
-        );
-        line
+impl From<ProtocolError> for ServerLine {
+    fn from(error: ProtocolError) -> ServerLine {
+        ServerLine::Err {
+            command: error.command,
+            code: error.code,
+            text: error.message,
+        }
     }
 }
 
@@ -344,59 +398,106 @@ impl std::error::Error for ProtocolError {}
 /// A line from the server, as a client sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerLine {
-    /// `HELLO securechat <version>`: the greeting, first line after the TLS handshake.
-    Hello { version: u32 },
+    /// `HELLO securechat <version> [key=value…]`: the greeting, first line after the TLS
+    /// handshake. `limits` is `None` when the server announced none (an older server).
+    Hello {
+        /// The protocol version the server speaks.
+        version: u32,
+        /// Its limits, if it announced them.
+        limits: Option<AnnouncedLimits>,
+    },
     /// `OK <command> [detail]`: a request succeeded.
-    Ok { command: String, detail: String },
-    /// `ERR <command> <code> <text>`: a request failed.
+    Ok {
+        /// The command answered.
+        command: Command,
+        /// The rest of the line (section 7.2 of the spec), possibly empty.
+        detail: String,
+    },
+    /// `ERR <command|-> <code> <text>`: a request failed (`command` is `None` for `-`).
     Err {
-        command: String,
-        code: String,
+        /// The command answered; `None` for a line that was no command.
+        command: Option<Command>,
+        /// What went wrong, for programs.
+        code: ErrorCode,
+        /// What went wrong, for people.
         text: String,
     },
     /// `PONG [token]`: answer to `PING`.
-    Pong { token: String },
+    Pong {
+        /// The `PING`'s token.
+        token: String,
+    },
     /// `FROM <user> <payload>`: a private payload routed from `user`.
-    From { user: String, payload: String },
+    From {
+        /// The sender: the authenticated user of the sending connection.
+        user: String,
+        /// The payload, as the sender wrote it.
+        payload: String,
+    },
     /// `ROOM <user> <text>`: a public room message from `user`.
-    Room { user: String, text: String },
+    Room {
+        /// The sender: the authenticated user of the sending connection.
+        user: String,
+        /// The message.
+        text: String,
+    },
     /// `OFFLINE <user>`: a user you exchanged private messages with left (or logged in
     /// again elsewhere): any end-to-end session with them is over.
-    Offline { user: String },
+    Offline {
+        /// Who left.
+        user: String,
+    },
     /// `BYE <reason>`: the server is closing this connection.
-    Bye { reason: String },
+    Bye {
+        /// Why, for people.
+        reason: String,
+    },
 }
 
 impl ServerLine {
     /// Parses one frame from the server. Unknown verbs are an error the client reports.
-    pub fn parse(line: &str) -> Result<ServerLine, String> {
+    pub fn parse(line: &str) -> Result<ServerLine, BadServerLine> {
         let (verb, rest) = split_word(line);
         let owned = |s: &str| s.to_owned();
         let parsed = match verb {
             "HELLO" => {
-                let (name, version) = split_word(rest);
+                let (name, rest) = split_word(rest);
                 if name != "securechat" {
-                    return Err(format!("not a securechat server: {line:?}"));
+                    return Err(BadServerLine::new(line, "not a securechat server"));
                 }
-                let version = version
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("bad protocol version in greeting {line:?}"))?;
-                ServerLine::Hello { version }
+                let mut words = rest.split_whitespace();
+                let version = words.next().and_then(|v| v.parse().ok()).ok_or_else(|| {
+                    BadServerLine::new(line, "bad protocol version in the greeting")
+                })?;
+                let limits = AnnouncedLimits::parse(words).map_err(|_| {
+                    BadServerLine::new(line, "a limit in the greeting is not a number")
+                })?;
+                ServerLine::Hello { version, limits }
             }
             "OK" => {
                 let (command, detail) = split_word(rest);
+                let command = Command::from_verb(command)
+                    .ok_or_else(|| BadServerLine::new(line, "OK for an unknown command"))?;
                 ServerLine::Ok {
-                    command: owned(command),
+                    command,
                     detail: owned(detail),
                 }
             }
             "ERR" => {
                 let (command, rest) = split_word(rest);
                 let (code, text) = split_word(rest);
+                let command =
+                    match command {
+                        "-" => None,
+                        verb => Some(Command::from_verb(verb).ok_or_else(|| {
+                            BadServerLine::new(line, "ERR for an unknown command")
+                        })?),
+                    };
+                let code = ErrorCode::from_wire(code)
+                    .ok_or_else(|| BadServerLine::new(line, "ERR with an unknown code"))?;
                 ServerLine::Err {
-                    command: owned(command),
-                    code: owned(code),
+                    command,
+                    code,
                     text: owned(text),
                 }
             }
@@ -404,7 +505,7 @@ impl ServerLine {
             "FROM" | "ROOM" => {
                 let (user, body) = split_word(rest);
                 if user.is_empty() {
-                    return Err(format!("{verb} without a sender: {line:?}"));
+                    return Err(BadServerLine::new(line, "a message without a sender"));
                 }
                 if verb == "FROM" {
                     ServerLine::From {
@@ -422,20 +523,144 @@ impl ServerLine {
             "BYE" => ServerLine::Bye {
                 reason: owned(rest),
             },
-            _ => {
-                return Err(format!(
-                    "unexpected line from server: {:?}",
-                    truncate(line, 80)
-                ))
-            }
+            _ => return Err(BadServerLine::new(line, "not a server frame")),
         };
         Ok(parsed)
     }
 }
 
-/// The greeting line the server sends first.
-pub fn hello_line() -> String {
-    format!("HELLO securechat {PROTOCOL_VERSION}\n")
+impl ServerLine {
+    /// The frame for this line, with its line ending: the only place server frames are
+    /// written (the router's hot paths use [`write_from`] and [`write_room`], which this
+    /// calls too).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            ServerLine::Hello { version, limits } => {
+                let _ = write!(out, "HELLO securechat {version}");
+                if let Some(l) = limits {
+                    let _ = write!(
+                        out,
+                        " max-frame={} rate={} burst={}",
+                        l.max_frame, l.rate, l.burst
+                    );
+                }
+                out.push(b'\n');
+            }
+            ServerLine::Ok { command, detail } => {
+                write_words(&mut out, &["OK", command.verb(), detail]);
+            }
+            ServerLine::Err {
+                command,
+                code,
+                text,
+            } => {
+                let command = command.map_or("-", Command::verb);
+                write_words(&mut out, &["ERR", command, code.as_str(), text]);
+            }
+            ServerLine::Pong { token } => write_words(&mut out, &["PONG", token]),
+            ServerLine::From { user, payload } => write_from(&mut out, user, payload),
+            ServerLine::Room { user, text } => write_room(&mut out, user, text),
+            ServerLine::Offline { user } => write_words(&mut out, &["OFFLINE", user]),
+            ServerLine::Bye { reason } => write_words(&mut out, &["BYE", reason]),
+        }
+        out
+    }
+}
+
+/// Appends `words` separated by single spaces, leaving out empty trailing ones (`PONG`,
+/// `OK SETKEY`), then the line ending.
+fn write_words(out: &mut Vec<u8>, words: &[&str]) {
+    let used = words
+        .iter()
+        .rposition(|w| !w.is_empty())
+        .map_or(0, |i| i + 1);
+    for (i, word) in words[..used].iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend_from_slice(word.as_bytes());
+    }
+    out.push(b'\n');
+}
+
+/// Appends `FROM <user> <payload>\n`: a private payload from `user`.
+pub fn write_from(out: &mut Vec<u8>, user: &str, payload: &str) {
+    out.reserve("FROM ".len() + user.len() + payload.len() + 2);
+    write_words(out, &["FROM", user, payload]);
+}
+
+/// Appends `ROOM <user> <text>\n`: a room line from `user`.
+pub fn write_room(out: &mut Vec<u8>, user: &str, text: &str) {
+    out.reserve("ROOM ".len() + user.len() + text.len() + 2);
+    write_words(out, &["ROOM", user, text]);
+}
+
+/// A line from the server that this client cannot read: what is wrong, and the start of
+/// the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadServerLine {
+    /// What is wrong with it.
+    pub problem: &'static str,
+    /// Its first 80 bytes, for the report.
+    pub line: String,
+}
+
+impl BadServerLine {
+    fn new(line: &str, problem: &'static str) -> BadServerLine {
+        BadServerLine {
+            problem,
+            line: truncate(line, 80).to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for BadServerLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {:?}", self.problem, self.line)
+    }
+}
+
+impl std::error::Error for BadServerLine {}
+
+/// The limits a server announces in its greeting, so that a client can stay inside them
+/// instead of learning them from `too-long` and `rate-limited` errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnouncedLimits {
+    /// Largest frame the server accepts, in bytes (`max-frame=`).
+    pub max_frame: usize,
+    /// Frames per second a client may send on average, 0 for no limit (`rate=`).
+    pub rate: u32,
+    /// Frames a client may send at once above the average (`burst=`).
+    pub burst: u32,
+}
+
+impl AnnouncedLimits {
+    /// Reads the `key=value` words after the version. Words it does not know are ignored
+    /// (a newer server may announce more); a known key with a value that is not a number
+    /// is an error, returned as the offending word. `None` unless all three are present.
+    fn parse<'a>(words: impl Iterator<Item = &'a str>) -> Result<Option<AnnouncedLimits>, &'a str> {
+        let (mut max_frame, mut rate, mut burst) = (None, None, None);
+        for word in words {
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
+            match key {
+                "max-frame" => max_frame = Some(value.parse().map_err(|_| word)?),
+                "rate" => rate = Some(value.parse().map_err(|_| word)?),
+                "burst" => burst = Some(value.parse().map_err(|_| word)?),
+                _ => {}
+            }
+        }
+        Ok(match (max_frame, rate, burst) {
+            (Some(max_frame), Some(rate), Some(burst)) => Some(AnnouncedLimits {
+                max_frame,
+                rate,
+                burst,
+            }),
+            _ => None,
+        })
+    }
 }
 
 /// Splits off the first space-separated word. The rest starts after exactly one space, so
@@ -549,24 +774,39 @@ mod tests {
         assert_eq!(err.command, None);
         assert_eq!(err.code, ErrorCode::UnknownCommand);
         assert_eq!(
-            err.to_line().split(' ').take(3).collect::<Vec<_>>(),
+            String::from_utf8(ServerLine::from(err).encode())
+                .unwrap()
+                .split(' ')
+                .take(3)
+                .collect::<Vec<_>>(),
             ["ERR", "-", "unknown-command"]
         );
     }
 
     #[test]
     fn parses_server_lines() {
+        let limits = AnnouncedLimits {
+            max_frame: 16384,
+            rate: 20,
+            burst: 100,
+        };
+        let hello = ServerLine::Hello {
+            version: PROTOCOL_VERSION,
+            limits: Some(limits),
+        };
         assert_eq!(
-            ServerLine::parse(hello_line().trim_end()),
-            Ok(ServerLine::Hello {
-                version: PROTOCOL_VERSION
-            })
+            hello.encode(),
+            b"HELLO securechat 1 max-frame=16384 rate=20 burst=100\n"
+        );
+        assert_eq!(
+            ServerLine::parse(std::str::from_utf8(&hello.encode()).unwrap().trim_end()),
+            Ok(hello)
         );
         assert_eq!(
             ServerLine::parse("ERR MSG offline bob bob is not online"),
             Ok(ServerLine::Err {
-                command: "MSG".into(),
-                code: "offline".into(),
+                command: Some(Command::Msg),
+                code: ErrorCode::Offline,
                 text: "bob bob is not online".into()
             })
         );
@@ -580,6 +820,40 @@ mod tests {
         assert!(ServerLine::parse("HELLO ircd 1").is_err());
         assert!(ServerLine::parse("WHAT").is_err());
         assert!(ServerLine::parse("FROM").is_err());
+    }
+
+    #[test]
+    fn greetings_without_limits_or_with_unknown_words_still_parse() {
+        // An older server announces nothing.
+        assert_eq!(
+            ServerLine::parse("HELLO securechat 1"),
+            Ok(ServerLine::Hello {
+                version: 1,
+                limits: None
+            })
+        );
+        // Words a client does not know are ignored, wherever they stand.
+        assert_eq!(
+            ServerLine::parse("HELLO securechat 1 colour=blue max-frame=100 rate=0 burst=5 x"),
+            Ok(ServerLine::Hello {
+                version: 1,
+                limits: Some(AnnouncedLimits {
+                    max_frame: 100,
+                    rate: 0,
+                    burst: 5
+                })
+            })
+        );
+        // A partial announcement is no announcement.
+        assert_eq!(
+            ServerLine::parse("HELLO securechat 1 max-frame=100"),
+            Ok(ServerLine::Hello {
+                version: 1,
+                limits: None
+            })
+        );
+        // A known key with a value that is not a number is refused, not guessed at.
+        assert!(ServerLine::parse("HELLO securechat 1 max-frame=big rate=1 burst=1").is_err());
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! Accounts: who may register, how passwords are checked, and what a login costs.
 //!
-//! * User names follow one regex and are compared without case (they are lower-cased
-//!   before anything else, so `Alice` and `alice` are the same account).
+//! * User names follow one rule (`crate::protocol::name`) and are compared without case.
 //! * Password rules are a table of simple regexes (the `regex` crate has no look-ahead),
 //!   and a rejection lists every rule that failed.
 //! * Passwords are stored only as bcrypt hashes. bcrypt reads at most 72 bytes and would
@@ -16,15 +15,12 @@ use regex::Regex;
 use std::sync::LazyLock;
 
 use crate::error::Result;
-use crate::store::{Created, Store};
-use crate::throttle::Throttled;
+use crate::protocol::name::{BadUserName, UserName};
+use crate::server::store::{Created, Store};
+use crate::server::throttle::Throttled;
 
 /// bcrypt's input limit in bytes; anything after it would be ignored.
-pub const BCRYPT_MAX_PASSWORD_BYTES: usize = 72;
-
-/// Human description of the user-name rule, shown on rejection.
-pub const USERNAME_RULE: &str =
-    "3-32 characters: a letter first, then letters, digits or underscores";
+pub(super) const BCRYPT_MAX_PASSWORD_BYTES: usize = 72;
 
 /// A password rule: a pattern that must (or must not) match, and what it means.
 struct PasswordRule {
@@ -67,33 +63,6 @@ const COMMON_PASSWORDS: &[&str] = &[
     "securechat1",
 ];
 
-/// Lower-cases and checks a user name against the rule `^[a-z][a-z0-9_]{2,31}$` (after
-/// lower-casing): short enough to show in a chat line, ASCII so that look-alike names
-/// cannot be registered. Returns the canonical name, or the rule it broke.
-///
-/// Written out rather than as a regex because it runs for every routed message.
-pub fn normalize_username(user: &str) -> Result<String, String> {
-    if is_canonical_username(user) {
-        return Ok(user.to_owned());
-    }
-    let lower = user.to_ascii_lowercase();
-    if is_canonical_username(&lower) {
-        Ok(lower)
-    } else {
-        Err(format!("user name must be {USERNAME_RULE}"))
-    }
-}
-
-/// Whether `name` already is a canonical user name (lower case, and follows the rule).
-pub fn is_canonical_username(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    (3..=32).contains(&bytes.len())
-        && bytes[0].is_ascii_lowercase()
-        && bytes[1..]
-            .iter()
-            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
 /// Every password rule that `password` breaks for the (canonical) user name `user`; empty
 /// when the password is acceptable.
 pub fn password_problems(user: &str, password: &str) -> Vec<&'static str> {
@@ -117,9 +86,9 @@ pub fn password_problems(user: &str, password: &str) -> Vec<&'static str> {
 
 /// Why a registration was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RegisterError {
+pub(super) enum RegisterError {
     /// The name breaks the naming rule.
-    BadUsername(String),
+    BadUsername(BadUserName),
     /// The password breaks these rules.
     WeakPassword(Vec<&'static str>),
     /// The name is taken.
@@ -132,7 +101,7 @@ pub enum RegisterError {
 
 /// Why a login was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LoginError {
+pub(super) enum LoginError {
     /// Unknown user or wrong password: deliberately indistinguishable.
     Invalid,
     /// The database could not be read.
@@ -140,7 +109,7 @@ pub enum LoginError {
 }
 
 /// Registration and login, with bounded bcrypt concurrency.
-pub struct Accounts {
+pub(super) struct Accounts {
     /// Where accounts live.
     store: Store,
     /// bcrypt work factor for new hashes (each step doubles the cost).
@@ -156,7 +125,7 @@ impl Accounts {
     /// Wraps a store. `cost` is the bcrypt cost; `max_concurrent` bounds simultaneous
     /// bcrypt computations (the number of CPU cores is a good value: the pool runs at low
     /// priority, so chat traffic still gets the CPU it needs).
-    pub fn new(store: Store, cost: u32, max_concurrent: usize) -> Result<Accounts> {
+    pub(super) fn new(store: Store, cost: u32, max_concurrent: usize) -> Result<Accounts> {
         let mut random = [0u8; 18];
         aws_lc_rs::rand::fill(&mut random[..])
             .map_err(|_| crate::Error::Config("the system random generator failed".into()))?;
@@ -171,21 +140,21 @@ impl Accounts {
     }
 
     /// The underlying store (identity keys, counters).
-    pub fn store(&self) -> &Store {
+    pub(super) fn store(&self) -> &Store {
         &self.store
     }
 
     /// Creates an account after checking the rules. Returns the canonical user name.
     /// `admit` is asked once the request is valid and before any bcrypt work, so that a
     /// rate limit counts real registrations and not typing mistakes.
-    pub fn register(
+    pub(super) fn register(
         &self,
         user: &str,
         password: &str,
         admit: impl FnOnce() -> Result<(), Throttled>,
-    ) -> Result<String, RegisterError> {
-        let user = normalize_username(user).map_err(RegisterError::BadUsername)?;
-        let problems = password_problems(&user, password);
+    ) -> Result<UserName, RegisterError> {
+        let user = UserName::parse(user).map_err(RegisterError::BadUsername)?;
+        let problems = password_problems(user.as_str(), password);
         if !problems.is_empty() {
             return Err(RegisterError::WeakPassword(problems));
         }
@@ -208,8 +177,8 @@ impl Accounts {
     }
 
     /// Checks a user name and password. Returns the canonical user name.
-    pub fn login(&self, user: &str, password: &str) -> Result<String, LoginError> {
-        let user = normalize_username(user).ok();
+    pub(super) fn login(&self, user: &str, password: &str) -> Result<UserName, LoginError> {
+        let user = UserName::parse(user).ok();
         let stored = match &user {
             Some(name) => self
                 .store
@@ -310,21 +279,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn user_names_are_lower_cased_and_checked() {
-        assert_eq!(normalize_username("Alice_1").unwrap(), "alice_1");
-        for bad in [
-            "al",
-            "1alice",
-            "alice!",
-            "",
-            "a".repeat(33).as_str(),
-            "élise",
-        ] {
-            assert!(normalize_username(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
     fn a_good_password_passes() {
         assert!(password_problems("alice", "Correct horse 9").is_empty());
     }
@@ -377,10 +331,14 @@ mod tests {
         assert_eq!(
             accounts
                 .register("Alice", "Sturdy pass 1", || Ok(()))
-                .unwrap(),
+                .unwrap()
+                .as_str(),
             "alice"
         );
-        assert_eq!(accounts.login("ALICE", "Sturdy pass 1").unwrap(), "alice");
+        assert_eq!(
+            accounts.login("ALICE", "Sturdy pass 1").unwrap().as_str(),
+            "alice"
+        );
         assert_eq!(
             accounts.login("alice", "Sturdy pass 2"),
             Err(LoginError::Invalid)
@@ -406,7 +364,11 @@ mod tests {
         accounts
             .register("carol", "Sturdy pass 1", || Ok(()))
             .unwrap();
-        let hash = accounts.store().password_hash("carol").unwrap().unwrap();
+        let hash = accounts
+            .store()
+            .password_hash(&UserName::parse("carol").unwrap())
+            .unwrap()
+            .unwrap();
         assert!(hash.starts_with("$2b$04$"), "{hash}");
         assert!(!hash.contains("Sturdy"));
     }

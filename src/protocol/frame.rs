@@ -14,7 +14,10 @@ use std::io::{self, Read};
 pub enum FrameError {
     /// A line (or an unfinished line) is longer than the limit. Fatal: the rest of the
     /// stream can no longer be split reliably, so the connection is closed after an error.
-    TooLong { limit: usize },
+    TooLong {
+        /// The limit, in bytes.
+        limit: usize,
+    },
     /// The line is not UTF-8. The line is skipped; the connection survives.
     InvalidUtf8,
     /// The line contains a control character (other than tab), which could rewrite a

@@ -10,12 +10,14 @@
 //! (bcrypt workers and client readers) are many. The pool keeps a few open connections and opens more on demand.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
+use crate::protocol::name::UserName;
+use crate::sync;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "securechat.db";
@@ -31,16 +33,27 @@ const MAX_IDLE_CONNECTIONS: usize = 8;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The account database.
-pub struct Store {
+pub(super) struct Store {
     /// Path of the database file, for opening pooled connections.
     path: PathBuf,
     /// Idle connections ready for reuse.
     idle: Mutex<Vec<Connection>>,
 }
 
+/// What a key look-up found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum KeyLookup {
+    /// No account has that name.
+    NoSuchUser,
+    /// The account exists and has published no identity key yet.
+    NoKey,
+    /// The account's identity public key, base64.
+    Key(String),
+}
+
 /// What `create_account` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Created {
+pub(super) enum Created {
     /// The account is stored.
     Yes,
     /// An account with that name (ignoring case) already exists; nothing changed.
@@ -50,7 +63,7 @@ pub enum Created {
 impl Store {
     /// Opens (creating if needed) the database in `data_dir`, checks its integrity and
     /// brings the schema up to date. A corrupt or foreign file is an error, never replaced.
-    pub fn open(data_dir: &Path) -> Result<Store> {
+    pub(super) fn open(data_dir: &Path) -> Result<Store> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             Error::Config(format!(
                 "cannot create data directory {}: {e}",
@@ -80,12 +93,12 @@ impl Store {
     }
 
     /// Stores a new account. The commit is durable when this returns `Ok(Created::Yes)`.
-    pub fn create_account(&self, user: &str, password_hash: &str) -> Result<Created> {
+    pub(super) fn create_account(&self, user: &UserName, password_hash: &str) -> Result<Created> {
         self.with_connection(|conn| {
             let inserted = conn.execute(
                 "INSERT INTO accounts (username, password_hash, created_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (username) DO NOTHING",
-                params![user, password_hash, unix_now()],
+                params![user.as_str(), password_hash, unix_now()],
             )?;
             Ok(if inserted == 1 {
                 Created::Yes
@@ -96,11 +109,11 @@ impl Store {
     }
 
     /// The bcrypt hash of `user`'s password, or `None` if there is no such account.
-    pub fn password_hash(&self, user: &str) -> Result<Option<String>> {
+    pub(super) fn password_hash(&self, user: &UserName) -> Result<Option<String>> {
         self.with_connection(|conn| {
             conn.query_row(
                 "SELECT password_hash FROM accounts WHERE username = ?1",
-                [user],
+                [user.as_str()],
                 |row| row.get(0),
             )
             .optional()
@@ -108,41 +121,46 @@ impl Store {
     }
 
     /// Notes a successful login (for the operator; nothing depends on it).
-    pub fn record_login(&self, user: &str) -> Result<()> {
+    pub(super) fn record_login(&self, user: &UserName) -> Result<()> {
         self.with_connection(|conn| {
             conn.execute(
                 "UPDATE accounts SET last_login_at = ?2 WHERE username = ?1",
-                params![user, unix_now()],
+                params![user.as_str(), unix_now()],
             )
             .map(drop)
         })
     }
 
     /// Replaces `user`'s identity public key (base64). Returns `false` if no such account.
-    pub fn set_identity_key(&self, user: &str, key: &str) -> Result<bool> {
+    pub(super) fn set_identity_key(&self, user: &UserName, key: &str) -> Result<bool> {
         self.with_connection(|conn| {
             let changed = conn.execute(
                 "UPDATE accounts SET identity_key = ?2, key_updated_at = ?3 WHERE username = ?1",
-                params![user, key, unix_now()],
+                params![user.as_str(), key, unix_now()],
             )?;
             Ok(changed == 1)
         })
     }
 
-    /// `None` if there is no such account, `Some(None)` if it has published no key yet.
-    pub fn identity_key(&self, user: &str) -> Result<Option<Option<String>>> {
-        self.with_connection(|conn| {
+    /// `user`'s identity public key (base64), if the account exists and has published one.
+    pub(super) fn identity_key(&self, user: &UserName) -> Result<KeyLookup> {
+        let found: Option<Option<String>> = self.with_connection(|conn| {
             conn.query_row(
                 "SELECT identity_key FROM accounts WHERE username = ?1",
-                [user],
+                [user.as_str()],
                 |row| row.get(0),
             )
             .optional()
+        })?;
+        Ok(match found {
+            None => KeyLookup::NoSuchUser,
+            Some(None) => KeyLookup::NoKey,
+            Some(Some(key)) => KeyLookup::Key(key),
         })
     }
 
     /// Number of accounts (for the start-up log line).
-    pub fn account_count(&self) -> Result<i64> {
+    pub(super) fn account_count(&self) -> Result<i64> {
         self.with_connection(|conn| {
             conn.query_row("SELECT COUNT(*) FROM accounts", [], |row| row.get(0))
         })
@@ -150,11 +168,7 @@ impl Store {
 
     /// Runs `f` on a pooled connection.
     fn with_connection<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
-        let pooled = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let pooled = sync::lock(&self.idle).pop();
         let conn = match pooled {
             Some(conn) => conn,
             None => self.connect()?,
@@ -165,7 +179,7 @@ impl Store {
     }
 
     fn put_back(&self, conn: Connection) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = sync::lock(&self.idle);
         if idle.len() < MAX_IDLE_CONNECTIONS {
             idle.push(conn);
         }
@@ -244,27 +258,40 @@ fn unix_now() -> i64 {
 mod tests {
     use super::*;
 
+    fn name(user: &str) -> UserName {
+        UserName::parse(user).unwrap()
+    }
+
     #[test]
     fn accounts_persist_across_reopen_and_names_ignore_case() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            assert_eq!(store.create_account("alice", "h1").unwrap(), Created::Yes);
             assert_eq!(
-                store.create_account("ALICE", "h2").unwrap(),
+                store.create_account(&name("alice"), "h1").unwrap(),
+                Created::Yes
+            );
+            assert_eq!(
+                store.create_account(&name("ALICE"), "h2").unwrap(),
                 Created::AlreadyExists
             );
-            assert!(store.set_identity_key("alice", "k").unwrap());
-            assert!(!store.set_identity_key("nobody", "k").unwrap());
+            assert!(store.set_identity_key(&name("alice"), "k").unwrap());
+            assert!(!store.set_identity_key(&name("nobody"), "k").unwrap());
         }
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.password_hash("alice").unwrap().as_deref(), Some("h1"));
-        assert_eq!(store.password_hash("bob").unwrap(), None);
         assert_eq!(
-            store.identity_key("alice").unwrap(),
-            Some(Some("k".to_owned()))
+            store.password_hash(&name("alice")).unwrap().as_deref(),
+            Some("h1")
         );
-        assert_eq!(store.identity_key("bob").unwrap(), None);
+        assert_eq!(store.password_hash(&name("bob")).unwrap(), None);
+        assert_eq!(
+            store.identity_key(&name("alice")).unwrap(),
+            KeyLookup::Key("k".to_owned())
+        );
+        assert_eq!(
+            store.identity_key(&name("bob")).unwrap(),
+            KeyLookup::NoSuchUser
+        );
         assert_eq!(store.account_count().unwrap(), 1);
     }
 

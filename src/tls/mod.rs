@@ -10,6 +10,8 @@
 //! clone and the client, started from the same directory, trusts it. Real deployments pass
 //! `--cert`/`--key` instead and clients use the public web PKI.
 
+pub mod stream;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

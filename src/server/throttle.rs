@@ -23,7 +23,7 @@ use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The throttling policy. Part of the server's limits.
@@ -73,7 +73,7 @@ const ATTEMPT_IN_PROGRESS_WAIT: Duration = Duration::from_secs(1);
 
 /// A login may not be attempted yet; retry after the given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Throttled {
+pub(super) struct Throttled {
     /// How long until the next attempt is allowed.
     pub retry_after: Duration,
 }
@@ -110,7 +110,7 @@ struct State {
 /// with [`LoginAttempt::failed`] or [`LoginAttempt::succeeded`]; dropped without either
 /// (the connection ended, storage failed), it just stops counting as in progress.
 #[must_use = "report the outcome, or the failure goes uncounted"]
-pub struct LoginAttempt<'a> {
+pub(super) struct LoginAttempt<'a> {
     /// Where the attempt is counted.
     throttle: &'a Throttle,
     /// The canonical account name tried (known or not).
@@ -131,12 +131,12 @@ impl std::fmt::Debug for LoginAttempt<'_> {
 impl LoginAttempt<'_> {
     /// The password was wrong (or the account unknown). Returns the waiting time this
     /// started, if any (for the log).
-    pub fn failed(self) -> Option<Duration> {
+    pub(super) fn failed(self) -> Option<Duration> {
         self.throttle.login_failed(&self.account, self.address)
     }
 
     /// The login succeeded as `account` (canonical).
-    pub fn succeeded(self, account: &str) {
+    pub(super) fn succeeded(self, account: &str) {
         self.throttle.login_succeeded(account, self.address);
     }
 }
@@ -164,7 +164,7 @@ where
 }
 
 /// Shared throttle state for the whole server.
-pub struct Throttle {
+pub(super) struct Throttle {
     /// The rules.
     policy: ThrottlePolicy,
     /// The records; held only for map operations, never across I/O or bcrypt.
@@ -172,7 +172,7 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    pub fn new(policy: ThrottlePolicy) -> Throttle {
+    pub(super) fn new(policy: ThrottlePolicy) -> Throttle {
         Throttle {
             policy,
             state: Mutex::new(State::default()),
@@ -181,7 +181,7 @@ impl Throttle {
 
     /// Whether a login for `account` from `address` may be attempted now; if so, it counts
     /// as in progress until the returned attempt reports its outcome or is dropped.
-    pub fn check_login(
+    pub(super) fn check_login(
         &self,
         account: &str,
         address: IpAddr,
@@ -272,7 +272,7 @@ impl Throttle {
     }
 
     /// Takes a registration token for `address`, or says how long until one is free.
-    pub fn allow_registration(&self, address: IpAddr) -> Result<(), Throttled> {
+    pub(super) fn allow_registration(&self, address: IpAddr) -> Result<(), Throttled> {
         let policy = &self.policy;
         if policy.registrations_burst == 0 {
             return Ok(());
@@ -300,7 +300,7 @@ impl Throttle {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 }
 
@@ -308,7 +308,7 @@ impl Throttle {
 /// Keeps one client from monopolising the router; refills lazily, so it costs nothing
 /// while the client is quiet.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(super) struct TokenBucket {
     /// Tokens available now (fractional while refilling).
     tokens: f64,
     /// The most tokens the bucket holds.
@@ -321,7 +321,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket. `rate == 0` means unlimited.
-    pub fn new(rate: u32, burst: u32) -> TokenBucket {
+    pub(super) fn new(rate: u32, burst: u32) -> TokenBucket {
         TokenBucket {
             tokens: f64::from(burst.max(1)),
             burst: f64::from(burst.max(1)),
@@ -331,14 +331,14 @@ impl TokenBucket {
     }
 
     /// Adds the tokens earned since the last refill. Call once per batch of frames.
-    pub fn refill(&mut self, now: Instant) {
+    pub(super) fn refill(&mut self, now: Instant) {
         let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
         self.tokens = (self.tokens + earned).min(self.burst);
         self.refilled = now;
     }
 
     /// Takes one token; `false` if the bucket is empty (the frame is over the limit).
-    pub fn take(&mut self) -> bool {
+    pub(super) fn take(&mut self) -> bool {
         if self.rate == 0.0 {
             return true;
         }

@@ -26,11 +26,11 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::frame::LineBuffer;
+use crate::protocol::frame::LineBuffer;
 
 /// What one read from the socket amounted to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,11 +311,11 @@ impl TlsStream {
     fn lock_tls(&self) -> MutexGuard<'_, rustls::Connection> {
         // A panic elsewhere cannot leave rustls half-updated in a way that matters here:
         // the next TLS call reports any inconsistency as an error.
-        self.tls.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.tls)
     }
 
     fn lock_unsent(&self) -> MutexGuard<'_, Vec<u8>> {
-        self.unsent.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.unsent)
     }
 
     fn try_lock_unsent(&self) -> Option<MutexGuard<'_, Vec<u8>>> {
@@ -378,12 +378,22 @@ fn set_timeouts(socket: &TcpStream, deadline: Instant) -> Result<()> {
 
 /// Turns a socket timeout into a readable error.
 fn timeout_as_error(e: io::Error) -> Error {
-    match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => handshake_timed_out(),
-        _ => Error::Io(e),
+    if is_timeout(&e) {
+        handshake_timed_out()
+    } else {
+        Error::Io(e)
     }
 }
 
 fn handshake_timed_out() -> Error {
     Error::Protocol("timed out during the TLS handshake".into())
+}
+
+/// Whether a socket error means only that a timeout ran out (`WouldBlock` on Linux
+/// for a read timeout, `TimedOut` elsewhere), not that the connection failed.
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }

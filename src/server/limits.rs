@@ -1,0 +1,211 @@
+//! The server's limits: what one client and the whole server may use, with the reason for
+//! each default, and how they are fitted to what the kernel allows.
+
+use std::thread;
+use std::time::Duration;
+
+use super::throttle::ThrottlePolicy;
+
+/// The server's limits. Every one is configurable; the defaults suit a small team on one
+/// machine and are what the protocol spec documents.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest frame a client may send, in bytes. 16 KiB holds the longest end-to-end
+    /// message (8 KiB of text, about 11 KiB once sealed and base64-encoded) with its `MSG`
+    /// header, and the key-exchange frames. Below about 11,000 bytes, long private
+    /// messages would be refused.
+    pub max_frame: usize,
+    /// Time allowed for the TLS handshake; a silent or trickling peer is cut off after it.
+    pub handshake_timeout: Duration,
+    /// Time allowed from accepting a connection to a successful login.
+    pub login_timeout: Duration,
+    /// A logged-in client that sends no complete frame for this long is disconnected.
+    /// Clients send `PING` to stay connected while their user is idle.
+    pub idle_timeout: Duration,
+    /// A client whose socket accepts no data for this long (it stopped reading, or its
+    /// host vanished) is disconnected, even when its queue never fills (0 = never).
+    pub send_timeout: Duration,
+    /// Connections served at once; more are refused at accept.
+    pub max_connections: usize,
+    /// Connections from one IP address at once (0 = no limit).
+    pub max_connections_per_ip: usize,
+    /// Bytes that may wait in one client's outbound queue. A client that stops reading
+    /// reaches it and is disconnected. 256 KiB is several seconds of a busy chat.
+    pub outbound_queue_bytes: usize,
+    /// bcrypt computations at once (logins and registrations queue for a worker).
+    pub bcrypt_concurrency: usize,
+    /// Frames per second one client may send on average (0 = no limit). Frames over the
+    /// limit are refused with `rate-limited`. 20/s is far above human typing.
+    pub message_rate: u32,
+    /// Frames one client may send at once above the average (a pasted block of lines).
+    pub message_burst: u32,
+    /// Failed-login back-off and registration limits.
+    pub throttle: ThrottlePolicy,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_frame: 16 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            login_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(300),
+            send_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_connections_per_ip: 64,
+            outbound_queue_bytes: 256 * 1024,
+            bcrypt_concurrency: thread::available_parallelism().map_or(2, |n| n.get()),
+            message_rate: 20,
+            message_burst: 100,
+            throttle: ThrottlePolicy::default(),
+        }
+    }
+}
+
+/// Memory mappings one connection costs: two threads, each with a stack and its guard
+/// page (glibc) and a signal stack and its guard page (Rust's standard library).
+const MAPPINGS_PER_CONNECTION: usize = 8;
+
+/// Mappings and thread ids left for everything else (libraries, allocator arenas, the
+/// pool threads, other processes' threads).
+const KERNEL_MARGIN: usize = 2048;
+
+/// Fits the limits to what this kernel allows, and sizes its futex hash for the thread
+/// count, before any thread is started.
+///
+/// Past `vm.max_map_count` a thread that was created can fail to map its signal stack,
+/// and the standard library then aborts the whole process; so the connection limit is
+/// lowered (with a warning that says how to raise the kernel's) and admission refuses
+/// newcomers cleanly instead. Linux 6.16 and later give each process a private futex hash
+/// of a few buckets; with thousands of sleeping threads every wake-up walks a long bucket
+/// (measured: 8,000 idle clients more than doubled the CPU per message), so it is enlarged.
+pub(super) fn fit_to_kernel(limits: &mut Limits) {
+    if let Some(ceiling) = kernel_connection_ceiling().filter(|&c| c < limits.max_connections) {
+        log::warn!(
+            "serving at most {ceiling} connections, not {}: the kernel allows this process \
+             only so many threads and memory mappings (each connection needs 2 threads, \
+             {MAPPINGS_PER_CONNECTION} mappings). To serve more, raise them, for example \
+             `sysctl -w vm.max_map_count=262144`",
+            limits.max_connections
+        );
+        limits.max_connections = ceiling;
+    }
+    let slots = (2 * limits.max_connections)
+        .next_power_of_two()
+        .clamp(16, 65_536);
+    // PR_FUTEX_HASH (78), PR_FUTEX_HASH_SET_SLOTS (1): Linux 6.16 and later; older kernels
+    // answer EINVAL and keep their global hash, which does not have the problem.
+    // SAFETY: prctl with integer arguments only; it changes this process's futex table.
+    let resized = unsafe { libc::prctl(78, 1, slots as libc::c_ulong, 0, 0) } == 0;
+    if resized {
+        log::debug!("futex hash: {slots} slots");
+    }
+}
+
+/// How many connections this kernel lets a server process hold (`vm.max_map_count`,
+/// `kernel.pid_max`, `kernel.threads-max`, less what the calling process already maps):
+/// `None` when they cannot be read. A server lowers its `max_connections` to this at start.
+pub fn kernel_connection_ceiling() -> Option<usize> {
+    let read =
+        |path: &str| -> Option<usize> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
+    let mappings_now = std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count());
+    let thread_ids = match (
+        read("/proc/sys/kernel/pid_max"),
+        read("/proc/sys/kernel/threads-max"),
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    connection_ceiling(read("/proc/sys/vm/max_map_count"), mappings_now, thread_ids)
+}
+
+/// How many connections the kernel's limits leave room for: `None` when unknown.
+fn connection_ceiling(
+    max_map_count: Option<usize>,
+    mappings_now: usize,
+    thread_ids: Option<usize>,
+) -> Option<usize> {
+    let by_mappings = max_map_count
+        .map(|max| max.saturating_sub(mappings_now + KERNEL_MARGIN) / MAPPINGS_PER_CONNECTION);
+    let by_threads = thread_ids.map(|ids| ids.saturating_sub(KERNEL_MARGIN) / 2);
+    match (by_mappings, by_threads) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Raises this process's soft open-file limit to its hard limit (each connection is a
+/// file descriptor). Returns the limit now in force.
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_ceiling_follows_the_tighter_kernel_limit() {
+        // Linux defaults: 65,530 mappings, 32,768 thread ids.
+        assert_eq!(
+            connection_ceiling(Some(65_530), 400, Some(32_768)),
+            Some(7_885)
+        );
+        assert_eq!(
+            connection_ceiling(Some(1_000_000), 400, Some(32_768)),
+            Some(15_360)
+        );
+        assert_eq!(connection_ceiling(None, 400, None), None);
+        assert_eq!(connection_ceiling(Some(100), 400, None), Some(0));
+    }
+
+    /// One test for everything `fit_to_kernel` does: the futex hash is per process, so
+    /// two tests sizing it at once would race.
+    #[test]
+    fn limits_are_lowered_to_what_the_kernel_allows_never_raised_and_the_futex_hash_fits() {
+        // PR_FUTEX_HASH (78), PR_FUTEX_HASH_GET_SLOTS (2): this process's futex hash slots,
+        // or an error before Linux 6.16 (no private hash to size).
+        // SAFETY: prctl with integer arguments only; it reads a number.
+        let slots = || unsafe { libc::prctl(78, 2, 0, 0, 0) };
+        let sized = slots() >= 0;
+
+        let mut limits = Limits {
+            max_connections: usize::MAX / 16,
+            ..Limits::default()
+        };
+        fit_to_kernel(&mut limits);
+        assert!(limits.max_connections < usize::MAX / 16);
+        if sized {
+            let wanted = (2 * limits.max_connections).next_power_of_two().min(65_536);
+            assert_eq!(slots() as usize, wanted);
+        }
+
+        let mut small = Limits {
+            max_connections: 3_000,
+            ..Limits::default()
+        };
+        fit_to_kernel(&mut small);
+        assert_eq!(small.max_connections, 3_000);
+        if sized {
+            assert_eq!(slots(), 8_192, "the power of two above 2 x 3,000 threads");
+        } else {
+            eprintln!("this kernel has no private futex hash (before Linux 6.16)");
+        }
+    }
+}
