@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use crate::accounts::{is_canonical_username, normalize_username, LoginError, RegisterError};
+use crate::accounts::{is_canonical_username, normalize_username, Busy, LoginError, RegisterError};
 use crate::connection::{ReadOutcome, TlsStream};
 use crate::error::{Error, Result};
 use crate::frame::{FrameError, LineBuffer};
@@ -31,7 +31,7 @@ use crate::outbox::{outbox, Line, Outbox, OutboxReceiver};
 use crate::protocol::{hello_line, Command, ErrorCode, ProtocolError, Request};
 use crate::router::{ConnId, Direct, Event, Routed};
 use crate::server::Shared;
-use crate::throttle::TokenBucket;
+use crate::throttle::{AddressPrefix, TokenBucket};
 
 /// Stack for writer threads. A writer only encrypts and writes; what it touches of its
 /// stack stays resident for the connection's lifetime, so it is kept small.
@@ -461,10 +461,12 @@ impl Session {
         let command = Command::Register;
         let ip = self.peer.ip();
         let throttle = &self.shared.throttle;
-        let registered = self
-            .shared
-            .accounts
-            .register(user, password, || throttle.allow_registration(ip));
+        let registered =
+            self.shared
+                .accounts
+                .register(user, password, AddressPrefix::of(ip), || {
+                    throttle.allow_registration(ip)
+                });
         let error = match registered {
             Ok(name) => {
                 log::info!("conn#{}: registered {name}", self.id);
@@ -493,6 +495,10 @@ impl Session {
                         wait.as_secs().max(1)
                     ),
                 )
+            }
+            Err(RegisterError::Busy(busy)) => {
+                log::warn!("conn#{}: registration from {ip} refused: {busy:?}", self.id);
+                busy_error(command, busy)
             }
             Err(RegisterError::Storage(e)) => {
                 log::error!("conn#{}: registration not stored: {e}", self.id);
@@ -528,7 +534,7 @@ impl Session {
                 ));
             }
         };
-        match shared.accounts.login(user, password) {
+        match shared.accounts.login(user, password, AddressPrefix::of(ip)) {
             Ok(name) => {
                 attempt.succeeded(&name);
                 let name: Arc<str> = Arc::from(name);
@@ -558,6 +564,10 @@ impl Session {
                     ErrorCode::AuthFailed,
                     "invalid username or password",
                 ))
+            }
+            Err(LoginError::Busy(busy)) => {
+                log::warn!("conn#{}: login from {ip} refused: {busy:?}", self.id);
+                self.reply_error(&busy_error(Command::Login, busy))
             }
             Err(LoginError::Storage(e)) => {
                 log::error!("conn#{}: login failed on storage: {e}", self.id);
@@ -759,6 +769,23 @@ fn recipient(to: &str) -> std::result::Result<Cow<'_, str>, ProtocolError> {
 /// they cannot fill the throttle's memory with frame-sized keys.
 fn throttle_key(user: &str) -> String {
     normalize_username(user).unwrap_or_else(|_| MALFORMED_NAME.to_owned())
+}
+
+/// `ERR <command> throttled …` for a login or registration the password workers had no
+/// room for: it was not checked, and may simply be sent again later.
+fn busy_error(command: Command, busy: Busy) -> ProtocolError {
+    let why = match busy {
+        Busy::Network { .. } => "too many logins from your network are being checked",
+        Busy::Server { .. } => "the server is busy checking passwords",
+    };
+    ProtocolError::new(
+        command,
+        ErrorCode::Throttled,
+        format!(
+            "{why}; try again in {} s",
+            busy.retry_after().as_secs_f64().ceil()
+        ),
+    )
 }
 
 /// `ERR <command> no-such-user <name> no such user`; a name that breaks the rules is cut to

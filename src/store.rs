@@ -6,6 +6,11 @@
 //! A database that fails its integrity check at start is reported and left alone, never
 //! replaced.
 //!
+//! The files are private, as keys are: the data directory is created 0700 and the database
+//! 0600 before SQLite opens it (SQLite gives its `-wal` and `-shm` files the database's
+//! mode), and a data directory or database file that other users can read is refused at
+//! start, so that nobody else on the machine can copy the password hashes.
+//!
 //! Connections are pooled: SQLite connections are not `Sync`, and the threads that need one
 //! (bcrypt workers and client readers) are many. The pool keeps a few open connections and opens more on demand.
 
@@ -16,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
+use crate::files;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "securechat.db";
@@ -51,14 +57,34 @@ impl Store {
     /// Opens (creating if needed) the database in `data_dir`, checks its integrity and
     /// brings the schema up to date. A corrupt or foreign file is an error, never replaced.
     pub fn open(data_dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
+        files::create_private_dir(data_dir).map_err(|e| {
             Error::Config(format!(
                 "cannot create data directory {}: {e}",
                 data_dir.display()
             ))
         })?;
+        refuse_unless_private(data_dir)?;
         check_writable(data_dir)?;
         let path = data_dir.join(DB_FILE);
+        match files::write_new_file(&path, b"") {
+            // SQLite takes an empty file for a new database.
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(Error::Config(format!(
+                    "cannot create database {}: {e}",
+                    path.display()
+                )))
+            }
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.clone().into_os_string();
+            file.push(suffix);
+            let file = PathBuf::from(file);
+            if file.exists() {
+                refuse_unless_private(&file)?;
+            }
+        }
         let store = Store {
             idle: Mutex::new(Vec::new()),
             path,
@@ -188,6 +214,17 @@ impl Store {
             self.path.display()
         ))
     }
+}
+
+/// Refuses a data directory or database file that other users can access (it holds the
+/// password hashes), naming the file and the `chmod` that fixes it.
+fn refuse_unless_private(path: &Path) -> Result<()> {
+    files::check_private(path).map_err(|e| {
+        Error::Config(format!(
+            "{e}: it holds the account database (password hashes), so the server will not \
+             use it while others can read it"
+        ))
+    })
 }
 
 /// Fails with a clear error if the server cannot create files in `dir`: SQLite itself
