@@ -623,7 +623,7 @@ mod tests {
 
     fn accounts() -> (tempfile::TempDir, Accounts) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(&dir.path().join("data")).unwrap();
         (
             dir,
             Accounts::new(store, 4, 2, &ThrottlePolicy::default()).unwrap(),

@@ -281,11 +281,18 @@ fn unix_now() -> i64 {
 mod tests {
     use super::*;
 
+    /// A temporary directory and, inside it, a data directory for the store to create.
+    fn data_dir() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        (dir, data)
+    }
+
     #[test]
     fn accounts_persist_across_reopen_and_names_ignore_case() {
-        let dir = tempfile::tempdir().unwrap();
+        let (_dir, data) = data_dir();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = Store::open(&data).unwrap();
             assert_eq!(store.create_account("alice", "h1").unwrap(), Created::Yes);
             assert_eq!(
                 store.create_account("ALICE", "h2").unwrap(),
@@ -294,7 +301,7 @@ mod tests {
             assert!(store.set_identity_key("alice", "k").unwrap());
             assert!(!store.set_identity_key("nobody", "k").unwrap());
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(&data).unwrap();
         assert_eq!(store.password_hash("alice").unwrap().as_deref(), Some("h1"));
         assert_eq!(store.password_hash("bob").unwrap(), None);
         assert_eq!(
@@ -307,11 +314,12 @@ mod tests {
 
     #[test]
     fn a_corrupt_database_is_refused_and_left_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(DB_FILE);
+        let (_dir, data) = data_dir();
+        files::create_private_dir(&data).unwrap();
+        let path = data.join(DB_FILE);
         let garbage = b"this is not an SQLite database, and must not be overwritten".repeat(100);
-        std::fs::write(&path, &garbage).unwrap();
-        let err = Store::open(dir.path())
+        files::write_new_file(&path, &garbage).unwrap();
+        let err = Store::open(&data)
             .err()
             .expect("must fail")
             .to_string();
