@@ -79,7 +79,10 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(Payload::Message(message)) = Payload::parse(&tampered) {
             if let Ok(opened) = pair.bob.open(&message) {
                 // Only a change the parser undoes (none today) may still open, unchanged.
-                assert_eq!(opened.text, plain, "a tampered message opened as other text");
+                assert_eq!(
+                    opened.text, plain,
+                    "a tampered message opened as other text"
+                );
                 return;
             }
         }
