@@ -155,7 +155,7 @@ pub enum LoginError {
 pub enum Busy {
     /// The client's network already has its share of jobs queued or running.
     Network {
-        /// About when one of them will have finished.
+        /// About how long the queue takes to drain (their turns come within it).
         retry_after: Duration,
     },
     /// The queue for the workers is full.

@@ -461,12 +461,9 @@ impl Session {
         let command = Command::Register;
         let ip = self.peer.ip();
         let throttle = &self.shared.throttle;
-        let registered =
-            self.shared
-                .accounts
-                .register(user, password, AddressPrefix::of(ip), || {
-                    throttle.allow_registration(ip)
-                });
+        let from = AddressPrefix::of(ip);
+        let admit = || throttle.allow_registration(ip);
+        let registered = self.shared.accounts.register(user, password, from, admit);
         let error = match registered {
             Ok(name) => {
                 log::info!("conn#{}: registered {name}", self.id);

@@ -319,10 +319,7 @@ mod tests {
         let path = data.join(DB_FILE);
         let garbage = b"this is not an SQLite database, and must not be overwritten".repeat(100);
         files::write_new_file(&path, &garbage).unwrap();
-        let err = Store::open(&data)
-            .err()
-            .expect("must fail")
-            .to_string();
+        let err = Store::open(&data).err().expect("must fail").to_string();
         assert!(err.contains("never replaced"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), garbage);
     }
