@@ -148,7 +148,7 @@ pub struct Throttled {
     pub retry_after: Duration,
 }
 
-/// Failures of one account or one address.
+/// Failures of one account, one address or one owner pair.
 #[derive(Debug, Clone, Copy)]
 struct Failures {
     /// Consecutive failures (reset by a success).
