@@ -77,6 +77,10 @@ struct Args {
     /// (0 = no limit).
     #[arg(long, default_value_t = ThrottlePolicy::default().registrations_burst)]
     registrations_per_ip: u32,
+    /// Logins and registrations from one network (an IPv4 /24, an IPv6 /64) that may wait
+    /// for or run bcrypt at once; more are told to retry (0 = no limit).
+    #[arg(long, default_value_t = ThrottlePolicy::default().logins_per_prefix)]
+    logins_per_prefix: usize,
 }
 
 fn main() -> ExitCode {
@@ -121,6 +125,7 @@ fn run(args: Args) -> securechat::Result<()> {
         message_burst: args.rate_burst,
         throttle: ThrottlePolicy {
             registrations_burst: args.registrations_per_ip,
+            logins_per_prefix: args.logins_per_prefix,
             ..ThrottlePolicy::default()
         },
     };

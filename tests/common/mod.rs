@@ -37,8 +37,8 @@ pub struct TestServer {
     pub bcrypt_cost: u32,
 }
 
-/// Limits for tests: the defaults without the per-address caps (every test client comes
-/// from 127.0.0.1) and without the frame rate limit (tests send bursts). Tests of those
+/// Limits for tests: the defaults without the per-address and per-prefix caps (every
+/// test client comes from 127.0.0.1) and without the frame rate limit (tests send bursts). Tests of those
 /// defences turn them back on.
 pub fn test_limits() -> Limits {
     Limits {
@@ -46,6 +46,7 @@ pub fn test_limits() -> Limits {
         message_rate: 0,
         throttle: ThrottlePolicy {
             registrations_burst: 0,
+            logins_per_prefix: 0,
             ..ThrottlePolicy::default()
         },
         ..Limits::default()
@@ -301,6 +302,8 @@ pub fn server_args(port: u16, data: &Path, certs: &Path) -> Vec<String> {
         "--registrations-per-ip",
         "0",
         "--rate-limit",
+        "0",
+        "--logins-per-prefix",
         "0",
     ]
     .iter()
