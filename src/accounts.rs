@@ -2,8 +2,7 @@
 //!
 //! * User names follow one regex and are compared without case (they are lower-cased
 //!   before anything else, so `Alice` and `alice` are the same account).
-//! * Password rules are a table of simple regexes (the `regex` crate has no look-ahead),
-//!   and a rejection lists every rule that failed.
+//! * Password rules are [`crate::password`]'s, the one definition the client shares.
 //! * Passwords are stored only as bcrypt hashes. bcrypt reads at most 72 bytes and would
 //!   silently ignore the rest, so longer passwords are refused rather than truncated.
 //! * A login for an unknown user verifies against a dummy hash of the same cost, so the
@@ -12,60 +11,15 @@
 //!   (`SCHED_IDLE`), first come first served: a storm of logins queues for them and uses
 //!   the CPU the people already chatting leave idle.
 
-use regex::Regex;
-use std::sync::LazyLock;
-
 use crate::error::Result;
 use crate::store::{Created, Store};
 use crate::throttle::Throttled;
 
-/// bcrypt's input limit in bytes; anything after it would be ignored.
-pub const BCRYPT_MAX_PASSWORD_BYTES: usize = 72;
+pub use crate::password::{password_problems, BCRYPT_MAX_PASSWORD_BYTES};
 
 /// Human description of the user-name rule, shown on rejection.
 pub const USERNAME_RULE: &str =
     "3-32 characters: a letter first, then letters, digits or underscores";
-
-/// A password rule: a pattern that must (or must not) match, and what it means.
-struct PasswordRule {
-    pattern: Regex,
-    must_match: bool,
-    description: &'static str,
-}
-
-/// The password rules, each a simple regex, checked in order.
-static PASSWORD_RULES: LazyLock<Vec<PasswordRule>> = LazyLock::new(|| {
-    let rule = |pattern: &str, must_match, description| PasswordRule {
-        pattern: Regex::new(pattern).unwrap_or_else(|e| panic!("bad built-in regex: {e}")),
-        must_match,
-        description,
-    };
-    vec![
-        rule(r"^.{8,}$", true, "at least 8 characters"),
-        rule(r"\p{Lu}", true, "an upper-case letter"),
-        rule(r"\p{Ll}", true, "a lower-case letter"),
-        rule(r"\p{Nd}", true, "a digit"),
-        rule(r"^\s|\s$", false, "no space at the start or end"),
-    ]
-});
-
-/// Passwords that pass every rule above and are still among the first an attacker tries.
-const COMMON_PASSWORDS: &[&str] = &[
-    "password1",
-    "password123",
-    "passw0rd",
-    "p@ssw0rd",
-    "qwerty123",
-    "welcome1",
-    "welcome123",
-    "admin123",
-    "letmein1",
-    "iloveyou1",
-    "abc12345",
-    "abcd1234",
-    "changeme1",
-    "securechat1",
-];
 
 /// Lower-cases and checks a user name against the rule `^[a-z][a-z0-9_]{2,31}$` (after
 /// lower-casing): short enough to show in a chat line, ASCII so that look-alike names
@@ -92,27 +46,6 @@ pub fn is_canonical_username(name: &str) -> bool {
         && bytes[1..]
             .iter()
             .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
-/// Every password rule that `password` breaks for the (canonical) user name `user`; empty
-/// when the password is acceptable.
-pub fn password_problems(user: &str, password: &str) -> Vec<&'static str> {
-    let mut problems: Vec<&'static str> = PASSWORD_RULES
-        .iter()
-        .filter(|rule| rule.pattern.is_match(password) != rule.must_match)
-        .map(|rule| rule.description)
-        .collect();
-    let lower = password.to_lowercase();
-    if !user.is_empty() && lower.contains(&user.to_lowercase()) {
-        problems.push("must not contain the user name");
-    }
-    if password.len() > BCRYPT_MAX_PASSWORD_BYTES {
-        problems.push("at most 72 bytes (bcrypt ignores anything longer)");
-    }
-    if COMMON_PASSWORDS.contains(&lower.as_str()) {
-        problems.push("not a commonly used password");
-    }
-    problems
 }
 
 /// Why a registration was refused.
@@ -322,47 +255,6 @@ mod tests {
         ] {
             assert!(normalize_username(bad).is_err(), "{bad:?} accepted");
         }
-    }
-
-    #[test]
-    fn a_good_password_passes() {
-        assert!(password_problems("alice", "Correct horse 9").is_empty());
-    }
-
-    #[test]
-    fn every_broken_rule_is_listed() {
-        let problems = password_problems("alice", "abc");
-        assert_eq!(
-            problems,
-            vec!["at least 8 characters", "an upper-case letter", "a digit"]
-        );
-        assert_eq!(
-            password_problems("alice", "ABCDEFGH1"),
-            vec!["a lower-case letter"]
-        );
-        assert_eq!(
-            password_problems("alice", "xAlice123"),
-            vec!["must not contain the user name"]
-        );
-        assert_eq!(
-            password_problems("bob", " Padded123"),
-            vec!["no space at the start or end"]
-        );
-        assert_eq!(
-            password_problems("bob", "Password1"),
-            vec!["not a commonly used password"]
-        );
-        let long = format!("Aa1{}", "x".repeat(70));
-        assert_eq!(
-            password_problems("bob", &long),
-            vec!["at most 72 bytes (bcrypt ignores anything longer)"]
-        );
-    }
-
-    #[test]
-    fn length_counts_characters_not_bytes() {
-        // Seven characters, more than eight bytes.
-        assert!(password_problems("bob", "Ééééé1x").contains(&"at least 8 characters"));
     }
 
     fn accounts() -> (tempfile::TempDir, Accounts) {

@@ -13,7 +13,8 @@
 //! | [`session`] | one client connection on the server: reader and writer threads |
 //! | [`server`] | limits, accept loop, admission, shutdown |
 //! | [`tls`] | TLS policy for both ends; the development CA |
-//! | [`accounts`] | user-name and password rules, bcrypt, bounded bcrypt work |
+//! | [`accounts`] | user-name rule, bcrypt, bounded bcrypt work |
+//! | [`password`] | the password policy, shared by server and client |
 //! | [`throttle`] | brute-force and flood defences: login back-off, registration and frame rates |
 //! | [`store`] | the SQLite account database |
 //! | [`e2e`] | end-to-end encryption: signed Diffie-Hellman, keys, AEAD, pinned keys |
@@ -32,6 +33,7 @@ pub mod files;
 pub mod frame;
 pub mod logging;
 pub mod outbox;
+pub mod password;
 pub mod protocol;
 pub mod router;
 pub mod server;

@@ -337,6 +337,16 @@ impl TokenBucket {
         self.refilled = now;
     }
 
+    /// How long after the last refill one token will be there (zero if one is now). The
+    /// client paces itself with this to the limits the server announced.
+    pub fn time_to_token(&self) -> Duration {
+        if self.rate == 0.0 || self.tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+        }
+    }
+
     /// Takes one token; `false` if the bucket is empty (the frame is over the limit).
     pub fn take(&mut self) -> bool {
         if self.rate == 0.0 {

@@ -281,6 +281,8 @@ fn echo_is_on(session: &PtySession) -> bool {
 /// The user's key directory the client uses for `server`.
 fn user_dir(home: &Path, server: &TestServer, user: &str) -> std::path::PathBuf {
     paths::user_dir(home, &server.address(), user)
+        .expect("the key directory")
+        .0
 }
 
 #[test]

@@ -47,6 +47,9 @@ struct Args {
     /// below the server's idle timeout).
     #[arg(long, default_value_t = terminal::DEFAULT_KEEPALIVE.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     keepalive: u64,
+    /// Keep no history of typed lines (by default it is kept, owner-only, beside the keys).
+    #[arg(long)]
+    no_history: bool,
 }
 
 fn parse_group(name: &str) -> Result<Group, String> {
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         explain: args.explain,
         group: args.group,
         keepalive: std::time::Duration::from_secs(args.keepalive),
+        no_history: args.no_history,
     };
     match terminal::run(options) {
         Ok(()) => ExitCode::SUCCESS,

@@ -433,6 +433,52 @@ impl Secure {
         vec![info(&text)]
     }
 
+    /// Messages waiting for a key exchange, all peers together.
+    pub fn waiting(&self) -> usize {
+        self.peers.values().map(|peer| peer.queued.len()).sum()
+    }
+
+    /// How far `user`'s key is trusted, in words for the prompt.
+    pub fn trust(&self, user: &str) -> &'static str {
+        if self
+            .peers
+            .get(user)
+            .is_some_and(|peer| matches!(peer.exchange, Exchange::KeyChanged { .. }))
+        {
+            return "KEY CHANGED";
+        }
+        match self.pins.pinned_key(user) {
+            None => "not pinned yet",
+            Some(key) if self.pins.check(user, &key) == (PinStatus::Matches { verified: true }) => {
+                "verified"
+            }
+            Some(_) => "pinned on first use, not verified",
+        }
+    }
+
+    /// The connection to the server was lost: each peer closed its session with us when
+    /// we went offline, so ours close too, and exchanges under way are abandoned (a changed
+    /// key still waits for `/accept`). Returns the messages that waited for an exchange,
+    /// as `(peer, text)` in the order typed per peer, for the caller to send again once
+    /// reconnected.
+    pub fn connection_lost(&mut self) -> Vec<(String, String)> {
+        let mut names: Vec<String> = self.peers.keys().cloned().collect();
+        names.sort();
+        let mut waiting = Vec::new();
+        for user in names {
+            let peer = self.peer(&user);
+            peer.session = None;
+            peer.previous_session = None;
+            if let Exchange::KeyChanged { init, .. } = &mut peer.exchange {
+                *init = None; // a DH-INIT from the old connection
+            } else {
+                peer.exchange = Exchange::Idle;
+            }
+            waiting.extend(peer.queued.drain(..).map(|text| (user.clone(), text)));
+        }
+        waiting
+    }
+
     /// `/accept USER`: trust the new key after a key-change warning.
     pub fn accept(&mut self, user: &str) -> Vec<Action> {
         let peer = self.peer(user);
