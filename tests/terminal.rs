@@ -315,6 +315,8 @@ fn registration_refuses_weak_and_mismatched_passwords_and_creates_nothing() {
     client.send_line("r");
     client.expect("choose a username: ");
     client.send_line("alice");
+    // The rules are shown before the user types.
+    client.expect("A passphrase of 15 or more characters");
     client.expect("choose a password: ");
     client.send_hidden("abc");
     let rules = client.expect_regex(r"password needs: ([^\r\n]*)\r?\n");
@@ -325,6 +327,10 @@ fn registration_refuses_weak_and_mismatched_passwords_and_creates_nothing() {
             rules[1]
         );
     }
+    // Another password, without starting over; Enter alone goes back to the menu.
+    client.expect("choose a password: ");
+    client.send_hidden("");
+    client.expect("nothing was registered");
     client.expect("c) close");
 
     client.expect("> ");
@@ -335,7 +341,9 @@ fn registration_refuses_weak_and_mismatched_passwords_and_creates_nothing() {
     client.send_hidden(PASSWORD);
     client.expect("repeat the password: ");
     client.send_hidden("Sturdy pass 2");
-    client.expect("the two passwords differ; nothing was registered");
+    client.expect("the two passwords differ; choose it again");
+    client.expect("choose a password: ");
+    client.send_hidden("");
     client.expect("c) close");
     client.expect("> ");
     client.send_line("c");

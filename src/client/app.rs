@@ -104,6 +104,8 @@ pub struct Chat {
     quit_warned: bool,
     /// Set while a paste is being sent at the server's rate and its progress shown.
     backlog: bool,
+    /// `LIST` requests of our own (for completion) whose answers are not shown.
+    quiet_lists: usize,
 }
 
 impl Chat {
@@ -123,6 +125,7 @@ impl Chat {
             sent: 0,
             quit_warned: false,
             backlog: false,
+            quiet_lists: 0,
         }
     }
 
@@ -135,6 +138,7 @@ impl Chat {
         let key = self.secure.identity_public().to_base64();
         self.pacer.push(Request::SetKey { key: &key }.to_string());
         self.pacer.push(Request::List.to_string());
+        self.quiet_lists += 1;
         if first {
             self.screen.event(&format!(
                 "logged in as {}. Plain lines go to the public room {ROOM_LABEL}; /msg USER \
@@ -160,6 +164,7 @@ impl Chat {
     /// The connection is gone: every message not yet written waits for the reconnect
     /// (sessions are gone too: the peers closed theirs when we went offline).
     pub fn disconnected(&mut self) {
+        self.quiet_lists = 0;
         if let Some(link) = self.link.take() {
             link.close();
         }
@@ -530,6 +535,10 @@ impl Chat {
                     let mut names = self.online.lock().unwrap_or_else(PoisonError::into_inner);
                     names.clear();
                     names.extend(listed.iter().map(|name| (*name).to_owned()));
+                }
+                if self.quiet_lists > 0 {
+                    self.quiet_lists -= 1;
+                    return Ok(());
                 }
                 let names: Vec<String> = listed.iter().map(|name| sanitize(name)).collect();
                 let mut text = format!("* {total} online: {}", names.join(", "));

@@ -509,9 +509,9 @@ fn menu(connection: &mut Connection, screen: &Screen) -> Result<Option<Credentia
 /// Asks for a new password until one follows the rules (shown first) and is typed the
 /// same twice; `None` if the user gives up with an empty password.
 fn choose_password(user: &str, screen: &Screen) -> Result<Option<String>> {
-    screen.print(&rules_text());
+    screen.print(&format!("{} (Enter alone goes back.)", rules_text()));
     loop {
-        let password = read_hidden("choose a password (Enter alone goes back): ")?;
+        let password = read_hidden("choose a password: ")?;
         if password.is_empty() {
             screen.print("nothing was registered");
             return Ok(None);
