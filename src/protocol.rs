@@ -344,8 +344,12 @@ impl std::error::Error for ProtocolError {}
 /// A line from the server, as a client sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerLine {
-    /// `HELLO securechat <version>`: the greeting, first line after the TLS handshake.
-    Hello { version: u32 },
+    /// `HELLO securechat <version> [key=value…]`: the greeting, first line after the TLS
+    /// handshake. `limits` is `None` when the server announced none (an older server).
+    Hello {
+        version: u32,
+        limits: Option<AnnouncedLimits>,
+    },
     /// `OK <command> [detail]`: a request succeeded.
     Ok { command: String, detail: String },
     /// `ERR <command> <code> <text>`: a request failed.
@@ -374,15 +378,18 @@ impl ServerLine {
         let owned = |s: &str| s.to_owned();
         let parsed = match verb {
             "HELLO" => {
-                let (name, version) = split_word(rest);
+                let (name, rest) = split_word(rest);
                 if name != "securechat" {
                     return Err(format!("not a securechat server: {line:?}"));
                 }
-                let version = version
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("bad protocol version in greeting {line:?}"))?;
-                ServerLine::Hello { version }
+                let mut words = rest.split_whitespace();
+                let version = words
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| format!("bad protocol version in greeting {line:?}"))?;
+                let limits = AnnouncedLimits::parse(words)
+                    .map_err(|word| format!("bad limit {word:?} in greeting {line:?}"))?;
+                ServerLine::Hello { version, limits }
             }
             "OK" => {
                 let (command, detail) = split_word(rest);
@@ -433,9 +440,52 @@ impl ServerLine {
     }
 }
 
-/// The greeting line the server sends first.
-pub fn hello_line() -> String {
-    format!("HELLO securechat {PROTOCOL_VERSION}\n")
+/// The limits a server announces in its greeting, so that a client can stay inside them
+/// instead of learning them from `too-long` and `rate-limited` errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnouncedLimits {
+    /// Largest frame the server accepts, in bytes (`max-frame=`).
+    pub max_frame: usize,
+    /// Frames per second a client may send on average, 0 for no limit (`rate=`).
+    pub rate: u32,
+    /// Frames a client may send at once above the average (`burst=`).
+    pub burst: u32,
+}
+
+impl AnnouncedLimits {
+    /// Reads the `key=value` words after the version. Words it does not know are ignored
+    /// (a newer server may announce more); a known key with a value that is not a number
+    /// is an error, returned as the offending word. `None` unless all three are present.
+    fn parse<'a>(words: impl Iterator<Item = &'a str>) -> Result<Option<AnnouncedLimits>, &'a str> {
+        let (mut max_frame, mut rate, mut burst) = (None, None, None);
+        for word in words {
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
+            match key {
+                "max-frame" => max_frame = Some(value.parse().map_err(|_| word)?),
+                "rate" => rate = Some(value.parse().map_err(|_| word)?),
+                "burst" => burst = Some(value.parse().map_err(|_| word)?),
+                _ => {}
+            }
+        }
+        Ok(match (max_frame, rate, burst) {
+            (Some(max_frame), Some(rate), Some(burst)) => Some(AnnouncedLimits {
+                max_frame,
+                rate,
+                burst,
+            }),
+            _ => None,
+        })
+    }
+}
+
+/// The greeting line the server sends first, announcing its limits.
+pub fn hello_line(limits: &AnnouncedLimits) -> String {
+    format!(
+        "HELLO securechat {PROTOCOL_VERSION} max-frame={} rate={} burst={}\n",
+        limits.max_frame, limits.rate, limits.burst
+    )
 }
 
 /// Splits off the first space-separated word. The rest starts after exactly one space, so
@@ -556,10 +606,20 @@ mod tests {
 
     #[test]
     fn parses_server_lines() {
+        let limits = AnnouncedLimits {
+            max_frame: 16384,
+            rate: 20,
+            burst: 100,
+        };
         assert_eq!(
-            ServerLine::parse(hello_line().trim_end()),
+            hello_line(&limits),
+            "HELLO securechat 1 max-frame=16384 rate=20 burst=100\n"
+        );
+        assert_eq!(
+            ServerLine::parse(hello_line(&limits).trim_end()),
             Ok(ServerLine::Hello {
-                version: PROTOCOL_VERSION
+                version: PROTOCOL_VERSION,
+                limits: Some(limits)
             })
         );
         assert_eq!(
@@ -580,6 +640,40 @@ mod tests {
         assert!(ServerLine::parse("HELLO ircd 1").is_err());
         assert!(ServerLine::parse("WHAT").is_err());
         assert!(ServerLine::parse("FROM").is_err());
+    }
+
+    #[test]
+    fn greetings_without_limits_or_with_unknown_words_still_parse() {
+        // An older server announces nothing.
+        assert_eq!(
+            ServerLine::parse("HELLO securechat 1"),
+            Ok(ServerLine::Hello {
+                version: 1,
+                limits: None
+            })
+        );
+        // Words a client does not know are ignored, wherever they stand.
+        assert_eq!(
+            ServerLine::parse("HELLO securechat 1 colour=blue max-frame=100 rate=0 burst=5 x"),
+            Ok(ServerLine::Hello {
+                version: 1,
+                limits: Some(AnnouncedLimits {
+                    max_frame: 100,
+                    rate: 0,
+                    burst: 5
+                })
+            })
+        );
+        // A partial announcement is no announcement.
+        assert_eq!(
+            ServerLine::parse("HELLO securechat 1 max-frame=100"),
+            Ok(ServerLine::Hello {
+                version: 1,
+                limits: None
+            })
+        );
+        // A known key with a value that is not a number is refused, not guessed at.
+        assert!(ServerLine::parse("HELLO securechat 1 max-frame=big rate=1 burst=1").is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::connection::{ReadOutcome, TlsStream};
 use crate::error::{Error, Result};
 use crate::frame::{FrameError, LineBuffer};
 use crate::outbox::{outbox, Line, Outbox, OutboxReceiver};
-use crate::protocol::{hello_line, Command, ErrorCode, ProtocolError, Request};
+use crate::protocol::{hello_line, AnnouncedLimits, Command, ErrorCode, ProtocolError, Request};
 use crate::router::{ConnId, Direct, Event, Routed};
 use crate::server::Shared;
 use crate::throttle::TokenBucket;
@@ -203,7 +203,16 @@ fn open_connection(
         batch_hint: 0,
         finished: false,
     };
-    if session.outbox.push(Line::from(hello_line())).is_err() {
+    let announced = AnnouncedLimits {
+        max_frame: limits.max_frame,
+        rate: limits.message_rate,
+        burst: limits.message_burst,
+    };
+    if session
+        .outbox
+        .push(Line::from(hello_line(&announced)))
+        .is_err()
+    {
         return Err(Error::Protocol("could not queue the greeting".into()));
     }
     session.set_tick(&stream)?;

@@ -308,3 +308,20 @@ fn verbs_are_case_insensitive_and_unknown_ones_are_named() {
     assert_eq!((command, code), ("-", "unknown-command"));
     assert!(text.contains("\"HELP\""));
 }
+
+#[test]
+fn the_greeting_announces_the_servers_own_limits() {
+    let server = TestServer::with_limits(securechat::server::Limits {
+        max_frame: 12_000,
+        message_rate: 7,
+        message_burst: 9,
+        ..common::test_limits()
+    });
+    let mut tls = common::connect_and_stop_reading(&server);
+    let mut greeting = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut tls), &mut greeting).unwrap();
+    assert_eq!(
+        greeting,
+        "HELLO securechat 1 max-frame=12000 rate=7 burst=9\n"
+    );
+}

@@ -103,8 +103,8 @@ pub fn connect(
     let greeting = reader.recv()?;
     stream.socket().set_read_timeout(None)?;
     match greeting {
-        Some(ServerLine::Hello { version }) if version == PROTOCOL_VERSION => {}
-        Some(ServerLine::Hello { version }) => {
+        Some(ServerLine::Hello { version, .. }) if version == PROTOCOL_VERSION => {}
+        Some(ServerLine::Hello { version, .. }) => {
             return Err(Error::Protocol(format!(
                 "server speaks protocol version {version}; this client speaks {PROTOCOL_VERSION}"
             )))
