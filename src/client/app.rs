@@ -23,7 +23,7 @@ use crate::client::screen::{sanitize, Screen};
 use crate::client::secure::{Action, Notice, Secure};
 use crate::e2e::MAX_PLAINTEXT_LEN;
 use crate::error::Result;
-use crate::protocol::{Request, ServerLine};
+use crate::protocol::{AnnouncedLimits, Request, ServerLine};
 
 /// Label for the public room, shown on every room line.
 const ROOM_LABEL: &str = "[room, TLS only - the server can read this]";
@@ -51,29 +51,6 @@ pub type OnlineNames = Arc<Mutex<BTreeSet<String>>>;
 pub enum Flow {
     Continue,
     Quit,
-}
-
-/// What the server allows one client, as announced in its greeting (or the defaults of
-/// this crate's server when it announced none).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServerLimits {
-    /// Longest frame in bytes, line end included.
-    pub max_frame: usize,
-    /// Frames per second on average (0: unlimited).
-    pub rate: u32,
-    /// Frames at once.
-    pub burst: u32,
-}
-
-impl Default for ServerLimits {
-    fn default() -> ServerLimits {
-        let limits = crate::server::Limits::default();
-        ServerLimits {
-            max_frame: limits.max_frame,
-            rate: limits.message_rate,
-            burst: limits.message_burst,
-        }
-    }
 }
 
 /// A logged-in chat session.
@@ -109,13 +86,13 @@ pub struct Chat {
 }
 
 impl Chat {
+    /// A chat for `me`, not yet connected ([`Chat::connected`] follows).
     pub fn new(me: &str, screen: Screen, secure: Secure, online: OnlineNames) -> Chat {
-        let limits = ServerLimits::default();
         Chat {
             me: me.to_owned(),
             link: None,
-            pacer: Pacer::new(limits.rate, limits.burst),
-            max_frame: limits.max_frame,
+            pacer: Pacer::new(0, 0),
+            max_frame: 0,
             screen,
             secure,
             talking_to: None,
@@ -131,7 +108,7 @@ impl Chat {
 
     /// The connection is up (first time, or again): adopts the server's limits,
     /// publishes our identity key, asks who is online, and queues what waited.
-    pub fn connected(&mut self, link: Link, limits: ServerLimits, first: bool) -> Result<()> {
+    pub fn connected(&mut self, link: Link, limits: AnnouncedLimits, first: bool) -> Result<()> {
         self.link = Some(link);
         self.max_frame = limits.max_frame;
         self.pacer = Pacer::new(limits.rate, limits.burst);

@@ -30,7 +30,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::accounts::normalize_username;
 use crate::password::{password_problems, rules_text};
-use crate::client::app::{Chat, Flow, OnlineNames, ServerLimits};
+use crate::client::app::{Chat, Flow, OnlineNames};
 use crate::client::editor::{Input, Typed};
 use crate::client::link::{self, Link, LinkReader};
 use crate::client::paths;
@@ -38,7 +38,7 @@ use crate::client::screen::{sanitize, Screen};
 use crate::client::secure::Secure;
 use crate::e2e::{Group, IdentityKey, PinStore};
 use crate::error::{Error, Result};
-use crate::protocol::{Request, ServerLine};
+use crate::protocol::{AnnouncedLimits, Request, ServerLine};
 use crate::tls;
 
 /// How long the client may go without sending before it pings, by default: well under
@@ -192,10 +192,15 @@ pub fn run(options: Options) -> Result<()> {
         )?
     };
     let mut chat = Chat::new(&user, input.screen(), secure, online);
-    let Connection { link, reader, .. } = connection;
+    let Connection {
+        link,
+        reader,
+        limits,
+        ..
+    } = connection;
     let mut generation = 0;
     spawn_reader(generation, reader, tx.clone())?;
-    chat.connected(link, ServerLimits::default(), true)?;
+    chat.connected(link, limits, true)?;
 
     let result = chat_loop(
         &options,
@@ -353,8 +358,8 @@ fn relogin(
     server: &str,
     config: &Arc<rustls::ClientConfig>,
     credentials: &Credentials,
-) -> Result<std::result::Result<(Link, LinkReader, ServerLimits), String>> {
-    let (link, mut reader, _) = link::connect(server, config.clone())?;
+) -> Result<std::result::Result<(Link, LinkReader, AnnouncedLimits), String>> {
+    let (link, mut reader, info) = link::connect(server, config.clone())?;
     link.send(&Request::Login {
         user: &credentials.user,
         password: &credentials.password,
@@ -363,7 +368,7 @@ fn relogin(
     while Instant::now() < deadline {
         match reader.recv_timeout(deadline.saturating_duration_since(Instant::now()))? {
             Some(ServerLine::Ok { command, .. }) if command == "LOGIN" => {
-                return Ok(Ok((link, reader, ServerLimits::default())))
+                return Ok(Ok((link, reader, info.limits)))
             }
             Some(ServerLine::Err {
                 command,
@@ -392,6 +397,8 @@ struct Connection {
     server: String,
     /// For reconnecting.
     config: Arc<rustls::ClientConfig>,
+    /// What the server's greeting allows.
+    limits: AnnouncedLimits,
 }
 
 impl Connection {
@@ -408,6 +415,7 @@ impl Connection {
         Ok(Connection {
             link,
             reader,
+            limits: info.limits,
             server: server.to_owned(),
             config,
         })
@@ -423,9 +431,10 @@ impl Connection {
         for attempt in 0..2 {
             if attempt == 1 {
                 screen.print("(the server closed the idle connection; reconnecting)");
-                let (link, reader, _) = link::connect(&self.server, self.config.clone())?;
+                let (link, reader, info) = link::connect(&self.server, self.config.clone())?;
                 self.link = link;
                 self.reader = reader;
+                self.limits = info.limits;
             }
             if self.link.send(request).is_err() {
                 continue;
