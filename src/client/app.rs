@@ -296,6 +296,7 @@ impl Chat {
     }
 
     fn typed_room(&mut self, text: String) {
+        self.typed += 1;
         let frame = Request::Say { text: &text }.to_string().len() + 1;
         if frame > self.max_frame {
             self.screen.warn(&format!(
@@ -306,7 +307,6 @@ impl Chat {
             ));
             return;
         }
-        self.typed += 1;
         if self.is_connected() {
             self.say(text);
         } else {
