@@ -5,6 +5,9 @@
 //! terminal is put back into its normal mode (echo on) before the client starts, so that
 //! anything the client failed to hide would show up in the transcript, as it would on a
 //! real screen. Typed lines therefore appear in transcripts too.
+//!
+//! After login the line editor owns the terminal; what it shows is read back with a
+//! terminal emulator (the `vt100` crate), row by row, as a person would see it.
 
 mod common;
 
@@ -49,6 +52,19 @@ echo "client exit status $?"
 echo "terminal mode after exit: $(stty -a | tr ' ;' '\n\n' | grep -x -e echo -e -echo)"
 "#;
 
+/// The size of the test terminals.
+const ROWS: u16 = 40;
+const COLUMNS: u16 = 120;
+
+/// Like [`RUN_WITH_ECHO`], but after the client exits the shell reads whatever is left
+/// typed on the terminal, as an interactive shell would run it, and shows it.
+const RUN_THEN_SHELL_READS: &str = r#"stty echo || exit 9
+"$0" "$@"
+echo "client exit status $?"
+stty -icanon min 0 time 5
+echo "shell read: [$(head -c 200)]"
+"#;
+
 /// One client in a pseudo-terminal, and everything it has printed so far.
 struct Terminal {
     /// Which client this is, for failure messages.
@@ -59,6 +75,8 @@ struct Terminal {
     transcript: String,
     /// Read from the terminal but not yet matched.
     pending: String,
+    /// The screen as a terminal shows it, fed everything read.
+    screen: vt100::Parser,
 }
 
 impl Terminal {
@@ -86,18 +104,55 @@ impl Terminal {
             .arg(home);
         let session = rexpect::session::spawn_command(command, Some(TIMEOUT.as_millis() as u64))
             .expect("start the client in a pseudo-terminal");
+        set_window_size(&session);
         Terminal {
             name: name.to_owned(),
             session,
             transcript: String::new(),
             pending: String::new(),
+            screen: vt100::Parser::new(ROWS, COLUMNS, 0),
         }
     }
 
-    /// Moves whatever the terminal has printed into `pending`.
+    /// Moves whatever the terminal has printed into `pending`, and onto the screen.
     fn pull(&mut self) {
         while let Some(c) = self.session.try_read() {
             self.pending.push(c);
+            self.screen.process(c.encode_utf8(&mut [0; 4]).as_bytes());
+        }
+    }
+
+    /// Types `keys` as they are (no line end added): text, or escape sequences for keys.
+    fn type_keys(&mut self, keys: &str) {
+        self.session.send(keys).expect("type into the terminal");
+        self.session.flush().expect("type into the terminal");
+    }
+
+    /// The screen's rows, as shown.
+    fn rows(&mut self) -> Vec<String> {
+        self.pull();
+        self.screen.screen().rows(0, COLUMNS).collect()
+    }
+
+    /// The row the cursor is on: the input line.
+    fn input_row(&mut self) -> String {
+        self.pull();
+        let (row, _) = self.screen.screen().cursor_position();
+        self.rows()[usize::from(row)].trim_end().to_owned()
+    }
+
+    /// Waits until the input line shows exactly `shown`.
+    fn wait_input_row(&mut self, shown: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.input_row() != shown {
+            if Instant::now() > deadline {
+                let rows = self.rows().join("\n");
+                let input = self.input_row();
+                self.fail(&format!(
+                    "the input line is {input:?}, not {shown:?}; the screen:\n{rows}"
+                ));
+            }
+            thread::sleep(POLL);
         }
     }
 
@@ -257,6 +312,24 @@ impl Terminal {
             "{}: {what}\n--- transcript ---\n{}\n--- not yet matched ---\n{}",
             self.name, self.transcript, self.pending
         )
+    }
+}
+
+/// Gives the pseudo-terminal a size (a fresh one has none), the same as the emulator's.
+fn set_window_size(session: &PtySession) {
+    let master = session
+        .process()
+        .get_file_handle()
+        .expect("terminal handle");
+    let size = libc::winsize {
+        ws_row: ROWS,
+        ws_col: COLUMNS,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ only reads `size` and sets the terminal's size.
+    unsafe {
+        assert_eq!(libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size), 0);
     }
 }
 
@@ -664,4 +737,138 @@ fn termination_at_a_hidden_password_prompt_restores_echo() {
     client.expect("client exit status 130\r\n");
     client.expect("terminal mode after exit: echo\r\n");
     assert_eq!(client.wait_exit(), 0, "the reporting shell ends normally");
+}
+
+/// Keys as a terminal sends them.
+const LEFT: &str = "\x1b[D";
+const HOME: &str = "\x1b[H";
+const END: &str = "\x1b[F";
+const UP: &str = "\x1b[A";
+const BACKSPACE: &str = "\x7f";
+const ENTER: &str = "\r";
+
+/// The next room line `client` receives.
+fn next_room_line(client: &mut common::TestClient) -> ServerLine {
+    client.recv_until(|line| matches!(line, ServerLine::Room { .. }))
+}
+
+#[test]
+fn a_half_typed_line_survives_a_hundred_incoming_messages_and_edits_are_sent_as_shown() {
+    let server = TestServer::start();
+    let mut talker = server.login("talker");
+    let home = tempfile::tempdir().unwrap();
+    let mut alice = Terminal::spawn("alice", &server, home.path());
+    alice.menu_login("alice", PASSWORD, true);
+
+    alice.type_keys("abcdef");
+    alice.wait_input_row("[to the room] > abcdef");
+    for i in 0..100 {
+        talker.send(&format!("SAY incoming {i}"));
+    }
+    alice.expect(&format!("talker {ROOM_LABEL}: incoming 99"));
+    // Every incoming line is on a row of its own, above the input line, which is whole.
+    alice.wait_input_row("[to the room] > abcdef");
+    let rows = alice.rows();
+    assert!(
+        rows.iter()
+            .any(|row| row.trim_end().ends_with(&format!("talker {ROOM_LABEL}: incoming 99"))),
+        "{rows:#?}"
+    );
+    assert_eq!(
+        rows.iter().filter(|row| row.contains("abcdef")).count(),
+        1,
+        "{rows:#?}"
+    );
+
+    // Edit in the middle, at the start and at the end: what is shown is what is sent.
+    alice.type_keys(&format!("{LEFT}{LEFT}{LEFT}{BACKSPACE}XYZ{HOME}<{END}>"));
+    alice.wait_input_row("[to the room] > <abXYZdef>");
+    alice.type_keys(ENTER);
+    let sent = ServerLine::Room {
+        user: "alice".into(),
+        text: "<abXYZdef>".into(),
+    };
+    assert_eq!(next_room_line(&mut talker), sent);
+    alice.expect(&format!("you {ROOM_LABEL}: <abXYZdef>"));
+
+    // Up recalls it, exactly.
+    alice.wait_input_row("[to the room] >");
+    alice.type_keys(UP);
+    alice.wait_input_row("[to the room] > <abXYZdef>");
+    alice.type_keys(ENTER);
+    assert_eq!(next_room_line(&mut talker), sent);
+
+    // Tab completes a command, then a name seen online.
+    alice.type_keys("/ms\tta\t");
+    alice.wait_input_row("[to the room] > /msg talker");
+    alice.type_keys("\x15"); // Ctrl-U: clear the line
+    alice.wait_input_row("[to the room] >");
+
+    // The prompt says where a plain line goes.
+    alice.type_keys(&format!("/chat talker{ENTER}"));
+    alice.wait_input_row("[to talker, private (not pinned yet)] >");
+    alice.type_keys(&format!("/chat{ENTER}"));
+    alice.wait_input_row("[to the room] >");
+
+    alice.type_keys(&format!("/quit{ENTER}"));
+    assert_eq!(alice.wait_exit(), 0);
+
+    // The history is kept for the user alone, and holds no password.
+    let history = user_dir(home.path(), &server, "alice").join(paths::HISTORY_FILE);
+    let mode = fs::metadata(&history).expect("history file").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let kept = fs::read_to_string(&history).unwrap();
+    assert!(kept.contains("<abXYZdef>"), "{kept}");
+    assert!(!kept.contains(PASSWORD), "{kept}");
+}
+
+#[test]
+fn after_kill_9_and_a_restart_the_client_reconnects_with_the_typed_line_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let start = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
+        command.args(common::server_args(
+            port,
+            &dir.path().join("data"),
+            &dir.path().join("certs"),
+        ));
+        let ca = dir.path().join("certs").join(securechat::tls::DEV_CA_CERT);
+        ServerProcess::start(&mut command, port, ca, dir.path())
+    };
+    let mut server = start();
+    let home = tempfile::tempdir().unwrap();
+    let mut alice = Terminal::spawn_at(
+        "alice",
+        &server.address(),
+        &server.ca,
+        home.path(),
+        RUN_THEN_SHELL_READS,
+    );
+    alice.menu_login("alice", PASSWORD, true);
+
+    alice.type_keys("see you at 5");
+    alice.wait_input_row("[to the room] > see you at 5");
+    server.kill9();
+    alice.expect("disconnected:");
+    let server = start(); // the same port and data
+    let mut bob = server.connect();
+    bob.register_ok("bob");
+    bob.login_ok("bob");
+    alice.expect("reconnected and logged in again as alice");
+    alice.wait_input_row("[to the room] > see you at 5");
+
+    alice.type_keys(&format!("; echo TYPED_INTO_SHELL{ENTER}"));
+    assert_eq!(
+        next_room_line(&mut bob),
+        ServerLine::Room {
+            user: "alice".into(),
+            text: "see you at 5; echo TYPED_INTO_SHELL".into()
+        }
+    );
+    // Typed ahead of the exit: never run by the shell.
+    alice.type_keys(&format!("/quit{ENTER}echo TYPED_AFTER_QUIT{ENTER}"));
+    alice.expect("client exit status 0");
+    alice.expect("shell read: []");
+    assert_eq!(alice.wait_exit(), 0);
 }
