@@ -872,3 +872,18 @@ fn after_kill_9_and_a_restart_the_client_reconnects_with_the_typed_line_intact()
     alice.expect("shell read: []");
     assert_eq!(alice.wait_exit(), 0);
 }
+
+#[test]
+fn lines_typed_ahead_of_closing_never_reach_the_shell() {
+    let server = TestServer::start();
+    let home = tempfile::tempdir().unwrap();
+    let mut client = Terminal::spawn_script("client", &server, home.path(), RUN_THEN_SHELL_READS);
+    client.expect("c) close");
+    client.expect("> ");
+    // Typed at once: the terminal hands the client one line per read, so the second one
+    // is still waiting in the terminal when the client exits.
+    client.type_keys("c\necho TYPED_AHEAD\n");
+    client.expect("client exit status 0");
+    client.expect("shell read: []");
+    assert_eq!(client.wait_exit(), 0);
+}

@@ -110,6 +110,16 @@ struct Credentials {
 /// that were never sent).
 pub fn run(options: Options) -> Result<()> {
     let terminal = *SAVED_TERMINAL.get_or_init(TerminalState::save);
+    let result = session(options, terminal);
+    // However the client ends, the terminal is as it was, and nothing typed into it and
+    // not read (a line typed ahead of the exit) is left for the shell to run.
+    terminal.restore();
+    terminal.discard_typeahead();
+    result
+}
+
+/// Everything from connecting to leaving.
+fn session(options: Options, terminal: TerminalState) -> Result<()> {
     let chat_events: Arc<Mutex<Option<Sender<Event>>>> = Arc::new(Mutex::new(None));
     {
         let chat_events = chat_events.clone();
@@ -215,7 +225,6 @@ pub fn run(options: Options) -> Result<()> {
     let not_sent = chat.leave();
     input.finish();
     terminal.restore();
-    terminal.discard_typeahead();
     input.screen().event("* bye");
     result?;
     if not_sent > 0 {
