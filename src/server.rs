@@ -467,7 +467,16 @@ const KERNEL_MARGIN: usize = 2048;
 /// (measured: 8,000 idle clients more than doubled the CPU per message), so it is enlarged.
 fn fit_to_kernel(limits: &mut Limits) {
     if let Some(ceiling) = kernel_connection_ceiling().filter(|&c| c < limits.max_connections) {
-        log::warn!(
+        // Only a maximum the operator chose is worth a warning; the default one meeting
+        // the kernel's ceiling is how every default start goes.
+        let chosen = limits.max_connections != Limits::default().max_connections;
+        let level = if chosen {
+            log::Level::Warn
+        } else {
+            log::Level::Info
+        };
+        log::log!(
+            level,
             "serving at most {ceiling} connections, not {}: the kernel allows this process \
              only so many threads and memory mappings (each connection needs 2 threads, \
              {MAPPINGS_PER_CONNECTION} mappings). To serve more, raise them, for example \
