@@ -342,3 +342,19 @@ fn localhost_and_127_0_0_1_are_one_identity_and_the_peer_sees_no_key_change() {
     assert_eq!(servers, [format!("localhost_{port}")]);
     assert!(bob.finish().success());
 }
+
+#[test]
+fn a_session_replaced_by_another_login_is_not_reconnected() {
+    let server = TestServer::start();
+    let home = tempfile::tempdir().unwrap();
+    let mut alice = Piped::start("alice", &server, &server.address(), home.path(), true);
+    // The same account logs in elsewhere: the server ends this session with BYE replaced.
+    let mut elsewhere = server.connect();
+    elsewhere.login_ok("alice");
+    alice.wait_for("Not reconnecting");
+    let status = alice.finish();
+    assert!(status.success(), "{status}:\n{}", alice.printed());
+    assert!(!alice.printed().contains("reconnected"), "{}", alice.printed());
+    // The other session was not pushed out in turn.
+    assert_eq!(elsewhere.request("LIST"), ok("LIST", "1 alice"));
+}

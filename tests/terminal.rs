@@ -65,6 +65,9 @@ stty -icanon min 0 time 5
 echo "shell read: [$(head -c 200)]"
 "#;
 
+/// Like [`RUN_WITH_ECHO`], on a terminal the line editor cannot drive.
+const RUN_ON_DUMB_TERMINAL: &str = r#"stty echo && TERM=dumb exec "$0" "$@""#;
+
 /// One client in a pseudo-terminal, and everything it has printed so far.
 struct Terminal {
     /// Which client this is, for failure messages.
@@ -886,4 +889,53 @@ fn lines_typed_ahead_of_closing_never_reach_the_shell() {
     client.expect("client exit status 0");
     client.expect("shell read: []");
     assert_eq!(client.wait_exit(), 0);
+}
+
+#[test]
+fn on_a_dumb_terminal_the_client_falls_back_to_plain_lines() {
+    let server = TestServer::start();
+    let mut watcher = server.login("watcher");
+    let home = tempfile::tempdir().unwrap();
+    let mut alice = Terminal::spawn_script("alice", &server, home.path(), RUN_ON_DUMB_TERMINAL);
+    alice.menu_login("alice", PASSWORD, true);
+    alice.send_line("plain but working");
+    assert_eq!(
+        next_room_line(&mut watcher),
+        ServerLine::Room {
+            user: "alice".into(),
+            text: "plain but working".into()
+        }
+    );
+    alice.expect(&format!("you {ROOM_LABEL}: plain but working"));
+    // No editor: no prompt drawn, no escape sequences.
+    assert!(!alice.transcript.contains("[to the room] >"), "{}", alice.transcript);
+    assert!(!alice.transcript.contains('\x1b'), "{}", alice.transcript);
+    assert_eq!(alice.quit(), 0);
+}
+
+#[test]
+fn a_passphrase_is_accepted_and_a_common_password_refused_without_starting_over() {
+    let server = TestServer::start();
+    let home = tempfile::tempdir().unwrap();
+    let mut client = Terminal::spawn("alice", &server, home.path());
+    client.expect("> ");
+    client.send_line("r");
+    client.expect("choose a username: ");
+    client.send_line("alice");
+    client.expect("choose a password: ");
+    // Passes every composition rule, and is among the first an attacker tries.
+    client.send_hidden("Password123");
+    client.expect("not a common password or an easy variation of one");
+    // Short: composition still required.
+    client.expect("choose a password: ");
+    client.send_hidden("horse battery");
+    client.expect("an upper-case letter; a digit");
+    // A passphrase needs none of it.
+    client.expect("choose a password: ");
+    client.send_hidden("correct horse battery staple");
+    client.expect("repeat the password: ");
+    client.send_hidden("correct horse battery staple");
+    client.expect("account alice created");
+    client.expect("logged in as alice.");
+    assert_eq!(client.quit(), 0);
 }
