@@ -939,3 +939,51 @@ fn a_passphrase_is_accepted_and_a_common_password_refused_without_starting_over(
     client.expect("logged in as alice.");
     assert_eq!(client.quit(), 0);
 }
+
+#[test]
+fn a_dh_walk_through_shows_on_both_screens_when_the_peer_opts_in_and_ends_with_the_exchange() {
+    let server = TestServer::start();
+    let (alice_home, bob_home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut alice = Terminal::spawn("alice", &server, alice_home.path());
+    alice.menu_login("alice", PASSWORD, true);
+    let mut bob = Terminal::spawn("bob", &server, bob_home.path());
+    bob.menu_login("bob", PASSWORD, true);
+
+    // alice opts in with one command; bob asks for the walk-through with her.
+    alice.send_line("/dh");
+    alice.expect("every key exchange is explained step by step from now on");
+    bob.send_line("/dh alice");
+    let mut fingerprints = Vec::new();
+    for (screen, peer) in [(&mut bob, "alice"), (&mut alice, "bob")] {
+        screen.expect(&format!("[dh {peer}] "));
+        screen.expect("q = (p-1)/2 is prime too");
+        screen.expect("The secret fingerprint is a short hash of the shared secret");
+        // The claim matches the trust state: a first-use pin, not a verified key.
+        screen.expect(&format!(
+            "the key you hold for {peer}, which is pinned on first use, not verified"
+        ));
+        screen.expect("The walk-through ends with this exchange");
+        let found = screen.expect_regex(&format!(
+            r"{peer}: end-to-end encrypted session established \(secret fingerprint ([^;]+);"
+        ));
+        fingerprints.push(found[1].clone());
+    }
+    assert_eq!(fingerprints[0], fingerprints[1], "both computed the same secret");
+
+    // The mode ended with that exchange: bob's next one is not explained.
+    assert_eq!(alice.quit(), 0);
+    bob.expect("alice is offline");
+    let mut alice = Terminal::spawn("alice again", &server, alice_home.path());
+    alice.menu_login("alice", PASSWORD, false);
+    let before = bob.transcript.len();
+    bob.send_line("/msg alice after the walk-through");
+    alice.expect(&format!("bob -> you {E2E_LABEL}: after the walk-through"));
+    bob.expect(&format!("you -> alice {E2E_LABEL}: after the walk-through"));
+    assert!(
+        !bob.transcript[before..].contains("[dh alice]"),
+        "{}",
+        &bob.transcript[before..]
+    );
+    assert_eq!(alice.quit(), 0);
+    assert_eq!(bob.quit(), 0);
+}

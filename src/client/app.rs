@@ -245,8 +245,12 @@ impl Chat {
                 let actions = self.secure.accept(&user);
                 self.apply(actions)?;
             }
-            Input::Explain(user) => {
+            Input::Explain(Some(user)) => {
                 let actions = self.secure.explain(&user);
+                self.apply(actions)?;
+            }
+            Input::Explain(None) => {
+                let actions = self.secure.explain_every_exchange();
                 self.apply(actions)?;
             }
         }

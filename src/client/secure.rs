@@ -273,6 +273,15 @@ impl Secure {
         }
     }
 
+    /// `/dh` alone: explain every exchange from now on, including those another user
+    /// starts with `/dh` (they cannot make this screen show anything on their own).
+    pub fn explain_every_exchange(&mut self) -> Vec<Action> {
+        self.explain_all = true;
+        vec![info(
+            "every key exchange is explained step by step from now on, also those other users start",
+        )]
+    }
+
     /// The server answered `GETKEY user` with `key` (base64).
     pub fn key_arrived(&mut self, user: &str, key: &str) -> Vec<Action> {
         let peer = self.peer(user);
@@ -725,14 +734,34 @@ impl Secure {
     fn established(&mut self, user: &str, session: Session) -> Vec<Action> {
         let explain = self.explain_all || self.peer(user).explain;
         let mut actions = Vec::new();
+        let trust = self.trust(user);
         if explain {
             let explanation = session.explanation();
             explain_lines(&mut actions, user, explanation.latest_step());
             let summary = explanation.to_string();
             explain_lines(&mut actions, user, summary.lines());
+            let notes = [
+                "q = (p-1)/2 is prime too (p is a safe prime): every honest g^x mod p lies in \
+                 the subgroup of order q, so a public value Y is accepted only if Y^q mod p = 1"
+                    .to_owned(),
+                "The secret fingerprint is a short hash of the shared secret: both screens show \
+                 the same one exactly when both sides computed the same secret, and it reveals \
+                 nothing of the secret itself"
+                    .to_owned(),
+                format!(
+                    "A signature shows a value was signed with the key you hold for {user}, which \
+                     is {trust}. Only a verified key (/fingerprint {user}, compared in person, \
+                     then /verify {user}) rules out someone in the middle"
+                ),
+                format!("The walk-through ends with this exchange; /dh {user} runs another"),
+            ];
+            explain_lines(&mut actions, user, notes);
         }
+        // The step-by-step mode asked for with `/dh USER` ends with the exchange.
+        self.peer(user).explain = false;
         actions.push(info(&format!(
-            "{user}: end-to-end encrypted session established (key fingerprint {})",
+            "{user}: end-to-end encrypted session established (secret fingerprint {}; \
+             {user}'s identity key: {trust})",
             session
                 .explanation()
                 .secret_fingerprint
