@@ -155,7 +155,12 @@ mod tests {
         let problems = password_problems("alice", "abc");
         assert_eq!(
             problems,
-            vec!["at least 8 characters", "an upper-case letter", "a digit", COMMON]
+            vec![
+                "at least 8 characters",
+                "an upper-case letter",
+                "a digit",
+                COMMON
+            ]
         );
         assert!(password_problems("alice", "ABCDEFGH1").contains(&"a lower-case letter"));
         assert!(password_problems("alice", "xAlice123").contains(&"must not contain the user name"));
@@ -179,7 +184,13 @@ mod tests {
     #[test]
     fn the_rules_text_names_every_rule() {
         let text = rules_text();
-        for part in ["8 characters", "15 or more", "upper-case", "72 bytes", "common"] {
+        for part in [
+            "8 characters",
+            "15 or more",
+            "upper-case",
+            "72 bytes",
+            "common",
+        ] {
             assert!(text.contains(part), "{text}");
         }
     }

@@ -216,7 +216,11 @@ fn a_script_whose_private_message_cannot_be_sent_fails() {
     let mut alice = Piped::start("alice", &server, &server.address(), home.path(), true);
     alice.send("/msg bob nobody will read this");
     let status = alice.finish();
-    assert!(!status.success(), "exit status {status}:\n{}", alice.printed());
+    assert!(
+        !status.success(),
+        "exit status {status}:\n{}",
+        alice.printed()
+    );
     let printed = alice.printed();
     assert!(
         printed.contains("1 message(s) you typed were NOT sent"),
@@ -259,7 +263,10 @@ fn a_200_line_paste_is_paced_to_the_servers_limits_and_all_delivered_in_order() 
     assert!(alice.finish().success(), "{}", alice.printed());
     let printed = alice.printed();
     assert!(!printed.contains("rate-limited"), "{printed}");
-    assert!(printed.contains("sending at the server's limit of 20 per second"), "{printed}");
+    assert!(
+        printed.contains("sending at the server's limit of 20 per second"),
+        "{printed}"
+    );
     assert_eq!(printed.matches("you [room, TLS only").count(), 200);
 }
 
@@ -354,7 +361,11 @@ fn a_session_replaced_by_another_login_is_not_reconnected() {
     alice.wait_for("Not reconnecting");
     let status = alice.finish();
     assert!(status.success(), "{status}:\n{}", alice.printed());
-    assert!(!alice.printed().contains("reconnected"), "{}", alice.printed());
+    assert!(
+        !alice.printed().contains("reconnected"),
+        "{}",
+        alice.printed()
+    );
     // The other session was not pushed out in turn.
     assert_eq!(elsewhere.request("LIST"), ok("LIST", "1 alice"));
 }

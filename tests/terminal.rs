@@ -773,8 +773,9 @@ fn a_half_typed_line_survives_a_hundred_incoming_messages_and_edits_are_sent_as_
     alice.wait_input_row("[to the room] > abcdef");
     let rows = alice.rows();
     assert!(
-        rows.iter()
-            .any(|row| row.trim_end().ends_with(&format!("talker {ROOM_LABEL}: incoming 99"))),
+        rows.iter().any(|row| row
+            .trim_end()
+            .ends_with(&format!("talker {ROOM_LABEL}: incoming 99"))),
         "{rows:#?}"
     );
     assert_eq!(
@@ -818,7 +819,10 @@ fn a_half_typed_line_survives_a_hundred_incoming_messages_and_edits_are_sent_as_
 
     // The history is kept for the user alone, and holds no password.
     let history = user_dir(home.path(), &server, "alice").join(paths::HISTORY_FILE);
-    let mode = fs::metadata(&history).expect("history file").permissions().mode();
+    let mode = fs::metadata(&history)
+        .expect("history file")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let kept = fs::read_to_string(&history).unwrap();
     assert!(kept.contains("<abXYZdef>"), "{kept}");
@@ -908,7 +912,11 @@ fn on_a_dumb_terminal_the_client_falls_back_to_plain_lines() {
     );
     alice.expect(&format!("you {ROOM_LABEL}: plain but working"));
     // No editor: no prompt drawn, no escape sequences.
-    assert!(!alice.transcript.contains("[to the room] >"), "{}", alice.transcript);
+    assert!(
+        !alice.transcript.contains("[to the room] >"),
+        "{}",
+        alice.transcript
+    );
     assert!(!alice.transcript.contains('\x1b'), "{}", alice.transcript);
     assert_eq!(alice.quit(), 0);
 }
@@ -968,7 +976,10 @@ fn a_dh_walk_through_shows_on_both_screens_when_the_peer_opts_in_and_ends_with_t
         ));
         fingerprints.push(found[1].clone());
     }
-    assert_eq!(fingerprints[0], fingerprints[1], "both computed the same secret");
+    assert_eq!(
+        fingerprints[0], fingerprints[1],
+        "both computed the same secret"
+    );
 
     // The mode ended with that exchange: bob's next one is not explained.
     assert_eq!(alice.quit(), 0);

@@ -229,9 +229,9 @@ impl Chat {
             }
             Input::Help => self.screen.print(HELP),
             Input::Quit => return Ok(self.quit()),
-            _ if !self.is_connected() => self.screen.warn(
-                "not connected: that needs the server; try again once reconnected",
-            ),
+            _ if !self.is_connected() => self
+                .screen
+                .warn("not connected: that needs the server; try again once reconnected"),
             Input::List => self.pacer.push(Request::List.to_string()),
             Input::Fingerprint(user) => {
                 let actions = self.secure.fingerprint(user.as_deref());
@@ -567,9 +567,9 @@ impl Chat {
                     }
                     .to_string(),
                 ),
-                Action::FetchKey(user) => self
-                    .pacer
-                    .push(Request::GetKey { user: &user }.to_string()),
+                Action::FetchKey(user) => {
+                    self.pacer.push(Request::GetKey { user: &user }.to_string())
+                }
                 Action::Show(Notice::Sent { to, text }) => {
                     self.pacer.mark_last(Message::Private { to, text })
                 }

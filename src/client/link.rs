@@ -102,16 +102,15 @@ pub fn connect(
     let greeting = reader.recv()?;
     stream.socket().set_read_timeout(None)?;
     let limits = match greeting {
-        Some(ServerLine::Hello { version, limits }) if version == PROTOCOL_VERSION => {
-            limits.unwrap_or_else(|| {
+        Some(ServerLine::Hello { version, limits }) if version == PROTOCOL_VERSION => limits
+            .unwrap_or_else(|| {
                 let defaults = crate::server::Limits::default();
                 AnnouncedLimits {
                     max_frame: defaults.max_frame,
                     rate: defaults.message_rate,
                     burst: defaults.message_burst,
                 }
-            })
-        }
+            }),
         Some(ServerLine::Hello { version, .. }) => {
             return Err(Error::Protocol(format!(
                 "server speaks protocol version {version}; this client speaks {PROTOCOL_VERSION}"

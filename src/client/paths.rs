@@ -72,7 +72,9 @@ pub fn canonical_server(server: &str) -> String {
 /// canonical directory already exists.
 pub fn user_dir(base: &Path, server: &str, user: &str) -> Result<(PathBuf, Option<PathBuf>)> {
     let canonical = canonical_server(server);
-    let dir = base.join(path_component(&canonical)).join(path_component(user));
+    let dir = base
+        .join(path_component(&canonical))
+        .join(path_component(user));
     if dir.exists() {
         return Ok((dir, None));
     }
@@ -84,7 +86,9 @@ pub fn user_dir(base: &Path, server: &str, user: &str) -> Result<(PathBuf, Optio
         }
     }
     for spelling in spellings {
-        let old = base.join(path_component(&spelling)).join(path_component(user));
+        let old = base
+            .join(path_component(&spelling))
+            .join(path_component(user));
         if old != dir && old.join(IDENTITY_FILE).exists() {
             if let Some(parent) = dir.parent() {
                 crate::files::create_private_dir(parent)?;
@@ -144,7 +148,10 @@ mod tests {
         ] {
             assert_eq!(canonical_server(spelling), "localhost:7878", "{spelling}");
         }
-        assert_eq!(canonical_server("Chat.Example.org.:443"), "chat.example.org:443");
+        assert_eq!(
+            canonical_server("Chat.Example.org.:443"),
+            "chat.example.org:443"
+        );
         assert_eq!(canonical_server("[2001:DB8::1]:7878"), "[2001:db8::1]:7878");
         assert_ne!(canonical_server("localhost:7879"), "localhost:7878");
     }
@@ -159,10 +166,16 @@ mod tests {
         let (dir, moved) = user_dir(base.path(), "localhost:7878", "alice").unwrap();
         assert_eq!(dir, base.path().join("localhost_7878").join("alice"));
         assert_eq!(moved, Some(old.clone()));
-        assert_eq!(std::fs::read_to_string(dir.join(IDENTITY_FILE)).unwrap(), "key");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(IDENTITY_FILE)).unwrap(),
+            "key"
+        );
         assert!(!old.exists());
         // Used again under either spelling: the same directory, nothing more to move.
-        assert_eq!(user_dir(base.path(), "127.0.0.1:7878", "alice").unwrap(), (dir, None));
+        assert_eq!(
+            user_dir(base.path(), "127.0.0.1:7878", "alice").unwrap(),
+            (dir, None)
+        );
     }
 
     #[test]

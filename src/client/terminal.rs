@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::accounts::normalize_username;
-use crate::password::{password_problems, rules_text};
 use crate::client::app::{Chat, Flow, OnlineNames};
 use crate::client::editor::{Input, Typed};
 use crate::client::link::{self, Link, LinkReader};
@@ -38,6 +37,7 @@ use crate::client::screen::{sanitize, Screen};
 use crate::client::secure::Secure;
 use crate::e2e::{Group, IdentityKey, PinStore};
 use crate::error::{Error, Result};
+use crate::password::{password_problems, rules_text};
 use crate::protocol::{AnnouncedLimits, Request, ServerLine};
 use crate::tls;
 
@@ -602,8 +602,7 @@ fn scripted_login(
             Err(text) => return Err(Error::Config(format!("registration refused: {text}"))),
         }
     }
-    login(connection, user, password, screen)?
-        .ok_or_else(|| Error::Config("login refused".into()))
+    login(connection, user, password, screen)?.ok_or_else(|| Error::Config("login refused".into()))
 }
 
 /// The terminal's settings when the client started.
