@@ -6,9 +6,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -99,6 +101,18 @@ impl Piped {
     /// Starts the client for `user` at `server` (any spelling of the test server's
     /// address), keys in `home`; `register` first if asked.
     fn start(name: &str, server: &TestServer, address: &str, home: &Path, register: bool) -> Piped {
+        Piped::start_with(name, server, address, home, register, &[])
+    }
+
+    /// [`Piped::start`] with more arguments.
+    fn start_with(
+        name: &str,
+        server: &TestServer,
+        address: &str,
+        home: &Path,
+        register: bool,
+        more: &[&str],
+    ) -> Piped {
         let mut command = Command::new(env!("CARGO_BIN_EXE_client"));
         command
             .arg("--server")
@@ -112,6 +126,7 @@ impl Piped {
             command.arg("--register");
         }
         let mut child = command
+            .args(more)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -151,12 +166,21 @@ impl Piped {
         self.printed.lock().unwrap().clone()
     }
 
-    fn wait_for(&self, needle: &str) {
-        let deadline = Instant::now() + common::WAIT;
-        while !self.printed().contains(needle) {
+    /// Polls `done` until it gives a value, failing with `what` after `limit`.
+    fn poll<T>(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        mut done: impl FnMut(&mut Self) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(value) = done(self) {
+                return value;
+            }
             assert!(
                 Instant::now() < deadline,
-                "{} never printed {needle:?}:\n{}",
+                "{} {what}:\n{}",
                 self.name,
                 self.printed()
             );
@@ -164,24 +188,24 @@ impl Piped {
         }
     }
 
-    /// Closes standard input (the end of the script) and waits for the exit.
+    fn wait_for(&mut self, needle: &str) {
+        self.poll(
+            common::WAIT,
+            &format!("never printed {needle:?}"),
+            |client| client.printed().contains(needle).then_some(()),
+        );
+    }
+
+    /// Closes standard input (the end of the script) and waits for the exit (script mode
+    /// may wait 30 s for a key exchange).
     fn finish(&mut self) -> ExitStatus {
         drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(45);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for the client") {
-                // Let the output threads collect the last lines.
-                thread::sleep(Duration::from_millis(100));
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit:\n{}",
-                self.name,
-                self.printed()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        let status = self.poll(Duration::from_secs(45), "did not exit", |client| {
+            client.child.try_wait().expect("wait for the client")
+        });
+        // Let the output threads collect the last lines.
+        thread::sleep(Duration::from_millis(100));
+        status
     }
 }
 
@@ -368,4 +392,100 @@ fn a_session_replaced_by_another_login_is_not_reconnected() {
     );
     // The other session was not pushed out in turn.
     assert_eq!(elsewhere.request("LIST"), ok("LIST", "1 alice"));
+}
+
+/// A TCP relay to a server whose existing connections can be made to go silent, as a
+/// connection does when a laptop changes networks: the sockets stay open, nothing passes.
+struct Relay {
+    /// Where clients connect.
+    port: u16,
+    /// Connections numbered below this pass nothing any more.
+    frozen_below: Arc<AtomicUsize>,
+    /// The number the next connection gets.
+    next: Arc<AtomicUsize>,
+}
+
+impl Relay {
+    fn start(target_port: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen_below = Arc::new(AtomicUsize::new(0));
+        let next = Arc::new(AtomicUsize::new(0));
+        let (frozen, counter) = (frozen_below.clone(), next.clone());
+        thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let id = counter.fetch_add(1, Ordering::SeqCst);
+                let server = TcpStream::connect(("127.0.0.1", target_port)).unwrap();
+                let directions = [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ];
+                for (mut from, mut to) in directions {
+                    let frozen = frozen.clone();
+                    thread::spawn(move || {
+                        let mut buffer = [0; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buffer) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if id < frozen.load(Ordering::SeqCst) {
+                                continue; // silent: what arrives is dropped
+                            }
+                            if to.write_all(&buffer[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Relay {
+            port,
+            frozen_below,
+            next,
+        }
+    }
+
+    /// Every connection made so far goes silent; new ones pass.
+    fn silence_existing(&self) {
+        self.frozen_below
+            .store(self.next.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_connection_that_goes_silent_is_noticed_and_replaced() {
+    let server = TestServer::start();
+    let port: u16 = server
+        .address()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    let relay = Relay::start(port);
+    let mut watcher = server.login("watcher");
+    let home = tempfile::tempdir().unwrap();
+    let mut alice = Piped::start_with(
+        "alice",
+        &server,
+        &format!("localhost:{}", relay.port),
+        home.path(),
+        true,
+        &["--keepalive", "1"],
+    );
+    relay.silence_existing();
+    // No socket error: only the unanswered keep-alive shows the connection is gone.
+    alice.wait_for("disconnected: no answer from the server for 3 s");
+    alice.wait_for("reconnected and logged in again as alice");
+    alice.send("back after the silence");
+    assert_eq!(
+        watcher.recv_until(|line| matches!(line, ServerLine::Room { .. })),
+        ServerLine::Room {
+            user: "alice".into(),
+            text: "back after the silence".into()
+        }
+    );
+    assert!(alice.finish().success(), "{}", alice.printed());
 }

@@ -354,6 +354,29 @@ fn echo_is_on(session: &PtySession) -> bool {
     }
 }
 
+/// alice and bob, registered and logged in, each in a terminal with a key store of their
+/// own.
+struct Pair {
+    alice: Terminal,
+    bob: Terminal,
+    alice_home: tempfile::TempDir,
+    bob_home: tempfile::TempDir,
+}
+
+fn alice_and_bob(server: &TestServer) -> Pair {
+    let (alice_home, bob_home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut alice = Terminal::spawn("alice", server, alice_home.path());
+    alice.menu_login("alice", PASSWORD, true);
+    let mut bob = Terminal::spawn("bob", server, bob_home.path());
+    bob.menu_login("bob", PASSWORD, true);
+    Pair {
+        alice,
+        bob,
+        alice_home,
+        bob_home,
+    }
+}
+
 /// The user's key directory the client uses for `server`.
 fn user_dir(home: &Path, server: &TestServer, user: &str) -> std::path::PathBuf {
     paths::user_dir(home, &server.address(), user)
@@ -503,11 +526,12 @@ fn a_wrong_password_is_refused_then_the_right_one_logs_in() {
 #[test]
 fn private_messages_are_end_to_end_and_room_messages_are_labelled_as_such() {
     let server = TestServer::start();
-    let (alice_home, bob_home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut alice = Terminal::spawn("alice", &server, alice_home.path());
-    alice.menu_login("alice", PASSWORD, true);
-    let mut bob = Terminal::spawn("bob", &server, bob_home.path());
-    bob.menu_login("bob", PASSWORD, true);
+    let Pair {
+        mut alice,
+        mut bob,
+        alice_home: _alice_home,
+        bob_home: _bob_home,
+    } = alice_and_bob(&server);
     assert_eq!(alice.online(), ["alice", "bob"]);
     assert_eq!(bob.online(), ["alice", "bob"]);
 
@@ -546,11 +570,12 @@ fn private_messages_are_end_to_end_and_room_messages_are_labelled_as_such() {
 #[test]
 fn both_sides_show_the_same_safety_number_and_verify_marks_the_pin() {
     let server = TestServer::start();
-    let (alice_home, bob_home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut alice = Terminal::spawn("alice", &server, alice_home.path());
-    alice.menu_login("alice", PASSWORD, true);
-    let mut bob = Terminal::spawn("bob", &server, bob_home.path());
-    bob.menu_login("bob", PASSWORD, true);
+    let Pair {
+        mut alice,
+        mut bob,
+        alice_home,
+        bob_home,
+    } = alice_and_bob(&server);
 
     let seen_by_alice = alice.safety_number("bob");
     alice.expect("not pinned yet");
@@ -951,11 +976,12 @@ fn a_passphrase_is_accepted_and_a_common_password_refused_without_starting_over(
 #[test]
 fn a_dh_walk_through_shows_on_both_screens_when_the_peer_opts_in_and_ends_with_the_exchange() {
     let server = TestServer::start();
-    let (alice_home, bob_home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut alice = Terminal::spawn("alice", &server, alice_home.path());
-    alice.menu_login("alice", PASSWORD, true);
-    let mut bob = Terminal::spawn("bob", &server, bob_home.path());
-    bob.menu_login("bob", PASSWORD, true);
+    let Pair {
+        mut alice,
+        mut bob,
+        alice_home,
+        bob_home: _bob_home,
+    } = alice_and_bob(&server);
 
     // alice opts in with one command; bob asks for the walk-through with her.
     alice.send_line("/dh");

@@ -43,6 +43,15 @@ const PROGRESS_FROM: usize = 20;
 /// which base64 makes 4/3 as long.
 const PRIVATE_OVERHEAD: usize = 512;
 
+/// How long a keep-alive `PING` may go unanswered before the connection counts as lost:
+/// the keep-alive interval itself, and at least [`MIN_PONG_TIMEOUT`].
+pub fn pong_timeout(keepalive: Duration) -> Duration {
+    keepalive.max(MIN_PONG_TIMEOUT)
+}
+
+/// A server under load may take a moment to answer; a few seconds never mean a dead link.
+pub const MIN_PONG_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Names the user can complete with Tab: whoever was seen online.
 pub type OnlineNames = Arc<Mutex<BTreeSet<String>>>;
 
@@ -83,6 +92,10 @@ pub struct Chat {
     backlog: bool,
     /// `LIST` requests of our own (for completion) whose answers are not shown.
     quiet_lists: usize,
+    /// When the server was last heard from (any frame).
+    last_heard: Instant,
+    /// When a keep-alive `PING` went out that nothing has answered yet.
+    ping_sent: Option<Instant>,
 }
 
 impl Chat {
@@ -103,6 +116,8 @@ impl Chat {
             quit_warned: false,
             backlog: false,
             quiet_lists: 0,
+            last_heard: Instant::now(),
+            ping_sent: None,
         }
     }
 
@@ -110,6 +125,8 @@ impl Chat {
     /// publishes our identity key, asks who is online, and queues what waited.
     pub fn connected(&mut self, link: Link, limits: AnnouncedLimits, first: bool) -> Result<()> {
         self.link = Some(link);
+        self.last_heard = Instant::now();
+        self.ping_sent = None;
         self.max_frame = limits.max_frame;
         self.pacer = Pacer::new(limits.rate, limits.burst);
         let key = self.secure.identity_public().to_base64();
@@ -409,20 +426,38 @@ impl Chat {
         self.link.as_ref().and(self.pacer.next_due())
     }
 
-    /// Queues a keep-alive `PING` if nothing was sent for `keepalive`.
-    pub fn keep_alive(&mut self, keepalive: Duration) {
-        if let Some(link) = &self.link {
-            if link.idle_for() >= keepalive && self.pacer.is_empty() {
-                self.pacer.push(Request::Ping { token: "" }.to_string());
-            }
+    /// Queues a keep-alive `PING` when nothing was sent, or nothing heard, for
+    /// `keepalive`. Returns `false` when a `PING` went unanswered for
+    /// [`pong_timeout`]`(keepalive)`: the connection is dead even if no socket error said
+    /// so (a laptop that changed networks, a peer host that vanished).
+    pub fn keep_alive(&mut self, keepalive: Duration, now: Instant) -> bool {
+        let Some(link) = &self.link else {
+            return true;
+        };
+        if let Some(sent) = self.ping_sent {
+            return now.saturating_duration_since(sent) < pong_timeout(keepalive);
         }
+        let quiet = link.idle_for() >= keepalive
+            || now.saturating_duration_since(self.last_heard) >= keepalive;
+        if quiet && self.pacer.is_empty() {
+            self.pacer.push(Request::Ping { token: "" }.to_string());
+            self.ping_sent = Some(now);
+        }
+        true
     }
 
-    /// How long until a keep-alive may be due.
-    pub fn until_keep_alive(&self, keepalive: Duration) -> Duration {
-        self.link
-            .as_ref()
-            .map_or(keepalive, |link| keepalive.saturating_sub(link.idle_for()))
+    /// How long until [`Chat::keep_alive`] has something to do.
+    pub fn until_keep_alive(&self, keepalive: Duration, now: Instant) -> Duration {
+        let Some(link) = &self.link else {
+            return keepalive;
+        };
+        if let Some(sent) = self.ping_sent {
+            return pong_timeout(keepalive).saturating_sub(now.saturating_duration_since(sent));
+        }
+        let heard = now.saturating_duration_since(self.last_heard);
+        keepalive
+            .saturating_sub(link.idle_for())
+            .min(keepalive.saturating_sub(heard))
     }
 
     fn show_sent(&self, message: &Message) {
@@ -452,6 +487,9 @@ impl Chat {
 
     /// Handles one frame from the server.
     pub fn server(&mut self, line: ServerLine) -> Result<Flow> {
+        // Anything from the server shows the connection is alive.
+        self.last_heard = Instant::now();
+        self.ping_sent = None;
         match line {
             ServerLine::Room { user, text } => {
                 self.seen(&user, true);

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::accounts::normalize_username;
-use crate::client::app::{Chat, Flow, OnlineNames};
+use crate::client::app::{pong_timeout, Chat, Flow, OnlineNames};
 use crate::client::editor::{Input, Typed};
 use crate::client::link::{self, Link, LinkReader};
 use crate::client::paths;
@@ -285,7 +285,16 @@ fn chat_loop(
             }
         }
         chat.flush(Instant::now());
-        chat.keep_alive(options.keepalive);
+        if !chat.keep_alive(options.keepalive, Instant::now()) {
+            reconnect = Some(lost(
+                chat,
+                &screen,
+                &format!(
+                    "no answer from the server for {} s",
+                    pong_timeout(options.keepalive).as_secs()
+                ),
+            ));
+        }
         if let Some(deadline) = draining {
             if !chat.busy() || Instant::now() >= deadline {
                 return Ok(());
@@ -293,7 +302,7 @@ fn chat_loop(
         }
         // Sleep until the next thing due: a frame's turn, a ping, an exchange deadline,
         // a reconnection attempt, the end of the script's wait.
-        let mut wait = chat.until_keep_alive(options.keepalive);
+        let mut wait = chat.until_keep_alive(options.keepalive, Instant::now());
         if let Some(due) = chat.next_flush() {
             wait = wait.min(due);
         }
@@ -315,12 +324,7 @@ fn chat_loop(
                 }
             }
             Event::Disconnected(from, reason) if from == *generation && chat.is_connected() => {
-                chat.disconnected();
-                screen.warn(&format!(
-                    "disconnected: {reason}. Reconnecting; what you type meanwhile is kept \
-                     and sent after the reconnect"
-                ));
-                reconnect = Some((Instant::now() + FIRST_BACKOFF, FIRST_BACKOFF * 2));
+                reconnect = Some(lost(chat, &screen, &reason));
             }
             Event::Server(..) | Event::Disconnected(..) => {} // an older connection's
             Event::Typed(Typed::Line(line)) => {
@@ -358,6 +362,17 @@ fn chat_loop(
             Event::Interrupted => return Ok(()),
         }
     }
+}
+
+/// The connection is lost: the chat keeps what waits, the user is told, and the first
+/// reconnection attempt is scheduled. Returns when to try, and the wait after that.
+fn lost(chat: &mut Chat, screen: &Screen, reason: &str) -> (Instant, Duration) {
+    chat.disconnected();
+    screen.warn(&format!(
+        "disconnected: {reason}. Reconnecting; what you type meanwhile is kept and sent \
+         after the reconnect"
+    ));
+    (Instant::now() + FIRST_BACKOFF, FIRST_BACKOFF * 2)
 }
 
 /// Connects again and logs in with the kept credentials. The outer error is worth
