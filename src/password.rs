@@ -79,14 +79,16 @@ static PASSWORD_RULES: LazyLock<Vec<PasswordRule>> = LazyLock::new(|| {
     ]
 });
 
-/// The rules in words, shown before the user chooses a password.
+/// The rules in words, one per line, shown before the user chooses a password.
 pub fn rules_text() -> String {
     format!(
-        "A password needs at least {MIN_CHARS} characters. A passphrase of {PASSPHRASE_CHARS} \
-         or more characters (a few words) needs nothing else; a shorter password needs an \
-         upper-case letter, a lower-case letter and a digit. No space at the start or end, \
-         not your user name, at most {BCRYPT_MAX_PASSWORD_BYTES} bytes, and not a common \
-         password or an easy variation of one."
+        "password rules:\n\
+         - at least {MIN_CHARS} characters; a passphrase of {PASSPHRASE_CHARS} or more \
+         characters (a few words) needs nothing else\n\
+         - shorter than that: an upper-case letter, a lower-case letter and a digit\n\
+         - no space at the start or end, not your user name, at most \
+         {BCRYPT_MAX_PASSWORD_BYTES} bytes\n\
+         - not a common password or an easy variation of one"
     )
 }
 

@@ -415,7 +415,7 @@ fn registration_refuses_weak_and_mismatched_passwords_and_creates_nothing() {
     client.expect("choose a username: ");
     client.send_line("alice");
     // The rules are shown before the user types.
-    client.expect("A passphrase of 15 or more characters");
+    client.expect("a passphrase of 15 or more characters (a few words) needs nothing else");
     client.expect("choose a password: ");
     client.send_hidden("abc");
     let rules = client.expect_regex(r"password needs: ([^\r\n]*)\r?\n");

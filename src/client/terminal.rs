@@ -275,8 +275,7 @@ fn chat_loop(
                     Err(e) => {
                         let next = (backoff * 2).min(MAX_BACKOFF);
                         screen.warn(&format!(
-                            "still not connected ({e}); next attempt in {:.1} s. Keep typing: \
-                             messages are kept and sent after the reconnect",
+                            "still not connected ({e}); trying again in {:.1} s",
                             backoff.as_secs_f64()
                         ));
                         reconnect = Some((Instant::now() + backoff, next));
@@ -542,7 +541,7 @@ fn menu(connection: &mut Connection, screen: &Screen) -> Result<Option<Credentia
 /// Asks for a new password until one follows the rules (shown first) and is typed the
 /// same twice; `None` if the user gives up with an empty password.
 fn choose_password(user: &str, screen: &Screen) -> Result<Option<String>> {
-    screen.print(&format!("{} (Enter alone goes back.)", rules_text()));
+    screen.print(&format!("{}\n(Enter alone goes back to the menu)", rules_text()));
     loop {
         let password = read_hidden("choose a password: ")?;
         if password.is_empty() {
