@@ -58,7 +58,9 @@ pub type OnlineNames = Arc<Mutex<BTreeSet<String>>>;
 /// Whether the session goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
+    /// Keep going.
     Continue,
+    /// Leave.
     Quit,
 }
 

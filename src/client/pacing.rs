@@ -18,7 +18,12 @@ pub enum Message {
     /// A line for the public room.
     Room(String),
     /// A private message for `to`.
-    Private { to: String, text: String },
+    Private {
+        /// The recipient.
+        to: String,
+        /// The text, as typed.
+        text: String,
+    },
 }
 
 /// One frame waiting to be sent.
