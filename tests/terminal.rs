@@ -879,25 +879,28 @@ fn after_kill_9_and_a_restart_the_client_reconnects_with_the_typed_line_intact()
     );
     alice.menu_login("alice", PASSWORD, true);
 
-    alice.type_keys("see you at 5");
-    alice.wait_input_row("[to the room] > see you at 5");
     server.kill9();
     alice.expect("disconnected:");
+    // Typed while the server is away: kept, and sent once it is back.
+    alice.type_keys(&format!("typed while away{ENTER}"));
+    alice.expect("not connected: kept, 1 message(s) will be sent after the reconnect");
+    alice.type_keys("see you at 5");
+    alice.wait_input_row("[to the room] > see you at 5");
     let server = start(); // the same port and data
     let mut bob = server.connect();
     bob.register_ok("bob");
     bob.login_ok("bob");
-    alice.expect("reconnected and logged in again as alice");
+    alice.expect("reconnected and logged in again as alice; 1 waiting message(s) follow");
+    alice.expect(&format!("you {ROOM_LABEL}: typed while away"));
     alice.wait_input_row("[to the room] > see you at 5");
 
     alice.type_keys(&format!("; echo TYPED_INTO_SHELL{ENTER}"));
-    assert_eq!(
-        next_room_line(&mut bob),
-        ServerLine::Room {
-            user: "alice".into(),
-            text: "see you at 5; echo TYPED_INTO_SHELL".into()
-        }
-    );
+    // (The line kept while away may reach bob first, if he was back before alice.)
+    let typed = ServerLine::Room {
+        user: "alice".into(),
+        text: "see you at 5; echo TYPED_INTO_SHELL".into(),
+    };
+    bob.recv_until(|line| *line == typed);
     // Typed ahead of the exit: never run by the shell.
     alice.type_keys(&format!("/quit{ENTER}echo TYPED_AFTER_QUIT{ENTER}"));
     alice.expect("client exit status 0");
@@ -1023,4 +1026,32 @@ fn a_dh_walk_through_shows_on_both_screens_when_the_peer_opts_in_and_ends_with_t
     );
     assert_eq!(alice.quit(), 0);
     assert_eq!(bob.quit(), 0);
+}
+
+#[test]
+fn quitting_with_a_message_still_in_a_key_exchange_warns_first_and_reports_it() {
+    let server = TestServer::start();
+    // bob publishes a key but never answers a key exchange.
+    let mut bob = server.login("bob");
+    let key = IdentityKey::load_or_create(&tempfile::tempdir().unwrap().path().join("k"))
+        .expect("a key")
+        .0
+        .public_key()
+        .to_base64();
+    assert_eq!(
+        bob.request(&format!("SETKEY {key}")),
+        common::ok("SETKEY", "")
+    );
+    let home = tempfile::tempdir().unwrap();
+    let mut alice = Terminal::spawn_script("alice", &server, home.path(), RUN_THEN_SHELL_READS);
+    alice.menu_login("alice", PASSWORD, true);
+    alice.send_line("/msg bob are you there?");
+    alice.expect("setting up end-to-end encryption");
+    alice.send_line("/quit");
+    alice.expect("1 message(s) are not sent yet");
+    alice.expect("/quit again to leave without them");
+    alice.send_line("/quit");
+    alice.expect("1 message(s) you typed were NOT sent");
+    alice.expect("client exit status 1");
+    assert_eq!(alice.wait_exit(), 0, "the reporting shell ends normally");
 }

@@ -189,18 +189,14 @@ impl Chat {
         self.link.is_some()
     }
 
-    /// The prompt: where a plain line goes, and how far that peer is trusted.
+    /// The prompt: where a plain line goes, and how far that peer is trusted. (Not the
+    /// connection's state: the editor shows a prompt until the line is done, and that
+    /// state changes meanwhile; it is told in lines of its own.)
     pub fn prompt(&self) -> String {
-        let target = match &self.talking_to {
-            Some(peer) => format!("to {peer}, private ({})", self.secure.trust(peer)),
-            None => "to the room".to_owned(),
-        };
-        let state = if self.is_connected() {
-            String::new()
-        } else {
-            format!("reconnecting, {} waiting; ", self.resend.len())
-        };
-        format!("[{state}{target}] > ")
+        match &self.talking_to {
+            Some(peer) => format!("[to {peer}, private ({})] > ", self.secure.trust(peer)),
+            None => "[to the room] > ".to_owned(),
+        }
     }
 
     /// Handles what the user typed: one line, or several at once (a paste).

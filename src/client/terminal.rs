@@ -541,7 +541,10 @@ fn menu(connection: &mut Connection, screen: &Screen) -> Result<Option<Credentia
 /// Asks for a new password until one follows the rules (shown first) and is typed the
 /// same twice; `None` if the user gives up with an empty password.
 fn choose_password(user: &str, screen: &Screen) -> Result<Option<String>> {
-    screen.print(&format!("{}\n(Enter alone goes back to the menu)", rules_text()));
+    screen.print(&format!(
+        "{}\n(Enter alone goes back to the menu)",
+        rules_text()
+    ));
     loop {
         let password = read_hidden("choose a password: ")?;
         if password.is_empty() {
