@@ -1055,3 +1055,38 @@ fn quitting_with_a_message_still_in_a_key_exchange_warns_first_and_reports_it() 
     alice.expect("client exit status 1");
     assert_eq!(alice.wait_exit(), 0, "the reporting shell ends normally");
 }
+
+#[test]
+fn a_200_line_paste_into_the_input_line_is_delivered_in_order_with_progress_shown() {
+    // The server's default rate limits, announced in its greeting.
+    let server = TestServer::with_limits(securechat::server::Limits {
+        message_rate: 20,
+        message_burst: 100,
+        ..common::test_limits()
+    });
+    let mut watcher = server.login("watcher");
+    let home = tempfile::tempdir().unwrap();
+    let mut alice = Terminal::spawn("alice", &server, home.path());
+    alice.menu_login("alice", PASSWORD, true);
+    let lines: Vec<String> = (0..200).map(|i| format!("pasted {i}")).collect();
+    // A terminal wraps a paste in bracketed-paste marks; the editor shows it, Enter sends.
+    alice.type_keys(&format!("\x1b[200~{}\x1b[201~", lines.join("\n")));
+    alice.type_keys(ENTER);
+    alice.expect("sending at the server's limit of 20 per second");
+    for line in &lines {
+        assert_eq!(
+            next_room_line(&mut watcher),
+            ServerLine::Room {
+                user: "alice".into(),
+                text: line.clone()
+            }
+        );
+    }
+    alice.expect("everything waiting was sent");
+    assert!(
+        !alice.transcript.contains("rate-limited"),
+        "{}",
+        alice.transcript
+    );
+    assert_eq!(alice.quit(), 0);
+}

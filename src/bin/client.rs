@@ -2,9 +2,12 @@
 //!
 //! Usage: `cargo run --bin client -- [--server HOST:PORT] [--ca FILE]`
 //!
-//! Shows the `l` (log in) / `r` (register) / `c` (close) menu, then the chat. Trusts the
-//! public web PKI and, if present, the development CA in `certs/ca.pem` (or `--ca FILE`).
-//! For scripts: `--user NAME --password-stdin [--register]`.
+//! Shows the `l` (log in) / `r` (register) / `c` (close) menu, then the chat with a line
+//! editor (history kept unless `--no-history`). Trusts the public web PKI and, if present,
+//! the development CA in `certs/ca.pem` (or `--ca FILE`). Reconnects by itself when the
+//! connection is lost.
+//! For scripts: `--user NAME --password-stdin [--register]`; the exit status is non-zero
+//! if a message given to it was not sent.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
