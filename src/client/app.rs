@@ -384,19 +384,20 @@ impl Chat {
     }
 
     /// Writes the frames whose turn has come; shows each message as sent once written.
-    /// A failed write means the connection is lost (the reader reports it too).
-    pub fn flush(&mut self, now: Instant) {
+    /// A failed write means the connection is lost: the frames not written stay queued,
+    /// and the error is returned for the caller to reconnect ([`Chat::disconnected`]).
+    pub fn flush(&mut self, now: Instant) -> std::result::Result<(), String> {
         let Some(link) = self.link.clone() else {
-            return;
+            return Ok(());
         };
         let before = self.pacer.len();
-        for outgoing in self.pacer.due(now) {
-            if link.send_line(&outgoing.line).is_err() {
-                if let Some(message) = outgoing.message {
-                    self.resend.push_back(message);
+        let mut due = self.pacer.due(now).into_iter();
+        while let Some(outgoing) = due.next() {
+            if let Err(e) = link.send_line(&outgoing.line) {
+                for unsent in std::iter::once(outgoing).chain(due).rev() {
+                    self.pacer.put_back(unsent);
                 }
-                self.disconnected();
-                return;
+                return Err(e.to_string());
             }
             if let Some(message) = outgoing.message {
                 self.sent += 1;
@@ -417,6 +418,7 @@ impl Chat {
         } else if self.backlog && before / 100 != left / 100 {
             self.screen.event(&format!("* sending: {left} waiting"));
         }
+        Ok(())
     }
 
     /// When [`Chat::flush`] next has something to write, if anything waits.

@@ -88,6 +88,11 @@ impl Pacer {
         due
     }
 
+    /// Puts a frame that could not be written back at the head of the queue.
+    pub fn put_back(&mut self, outgoing: Outgoing) {
+        self.queue.push_front(outgoing);
+    }
+
     /// How long until the next queued frame may leave; `None` when nothing waits.
     pub fn next_due(&self) -> Option<Duration> {
         (!self.queue.is_empty()).then(|| self.bucket.time_to_token())
@@ -134,6 +139,25 @@ mod tests {
         let lines: Vec<&str> = later.iter().map(|o| o.line.as_str()).collect();
         assert_eq!(lines, ["SAY 10", "SAY 11", "SAY 12", "SAY 13", "SAY 14"]);
         assert_eq!(pacer.len(), 15);
+    }
+
+    #[test]
+    fn frames_put_back_leave_first_and_in_their_order() {
+        let mut pacer = Pacer::new(0, 0);
+        for line in ["a", "b", "c"] {
+            pacer.push(line.into());
+        }
+        let due = pacer.due(Instant::now());
+        pacer.push("d".into());
+        for outgoing in due.into_iter().skip(1).rev() {
+            pacer.put_back(outgoing);
+        }
+        let lines: Vec<String> = pacer
+            .due(Instant::now())
+            .into_iter()
+            .map(|o| o.line)
+            .collect();
+        assert_eq!(lines, ["b", "c", "d"]);
     }
 
     #[test]

@@ -222,8 +222,10 @@ fn session(options: Options, terminal: TerminalState) -> Result<()> {
         &tx,
         &mut generation,
     );
-    let not_sent = chat.leave();
+    // The editor may be reading a line: from here on lines go straight to the terminal,
+    // so that none is left in the editor's queue when the process ends.
     input.finish();
+    let not_sent = chat.leave();
     terminal.restore();
     input.screen().event("* bye");
     result?;
@@ -283,8 +285,9 @@ fn chat_loop(
                 }
             }
         }
-        chat.flush(Instant::now());
-        if !chat.keep_alive(options.keepalive, Instant::now()) {
+        if let Err(e) = chat.flush(Instant::now()) {
+            reconnect = Some(lost(chat, &screen, &e));
+        } else if !chat.keep_alive(options.keepalive, Instant::now()) {
             reconnect = Some(lost(
                 chat,
                 &screen,
@@ -326,28 +329,7 @@ fn chat_loop(
                 reconnect = Some(lost(chat, &screen, &reason));
             }
             Event::Server(..) | Event::Disconnected(..) => {} // an older connection's
-            Event::Typed(Typed::Line(line)) => {
-                let flow = chat.input(&line)?;
-                input.next_line(chat.prompt());
-                if flow == Flow::Quit {
-                    return Ok(());
-                }
-            }
-            Event::Typed(Typed::Interrupted) => {
-                let flow = chat.input("/quit")?;
-                input.next_line(chat.prompt());
-                if flow == Flow::Quit {
-                    return Ok(());
-                }
-            }
-            Event::Typed(Typed::End) if input.is_editor() => {
-                let flow = chat.input("/quit")?;
-                input.next_line(chat.prompt());
-                if flow == Flow::Quit {
-                    return Ok(());
-                }
-            }
-            Event::Typed(Typed::End) => {
+            Event::Typed(Typed::End) if !input.is_editor() => {
                 // End of a script: finish sending what it asked for, then leave.
                 if chat.busy() {
                     screen.event(&format!(
@@ -357,6 +339,19 @@ fn chat_loop(
                     ));
                 }
                 draining = Some(Instant::now() + SCRIPT_DRAIN);
+            }
+            Event::Typed(typed) => {
+                // Ctrl-C, and Ctrl-D on an empty line, leave as /quit does.
+                let line = match &typed {
+                    Typed::Line(line) => line.as_str(),
+                    Typed::End | Typed::Interrupted => "/quit",
+                };
+                if chat.input(line)? == Flow::Quit {
+                    // No next prompt: the editor stays out of the terminal, so the last
+                    // lines are printed straight to it.
+                    return Ok(());
+                }
+                input.next_line(chat.prompt());
             }
             Event::Interrupted => return Ok(()),
         }
