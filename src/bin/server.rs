@@ -94,6 +94,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// `path` as an absolute path, for log lines an operator can act on; as given if the
+/// working directory cannot be read.
+fn real_path(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 fn run(args: Args) -> securechat::Result<()> {
     let (cert, key) = match (args.cert, args.key) {
         (Some(cert), Some(key)) => (cert, key),
@@ -103,8 +109,8 @@ fn run(args: Args) -> securechat::Result<()> {
                 "development certificate ({}): {}; clients trust the CA {} \
                  (SHA-256 fingerprint {})",
                 dev.action,
-                dev.cert.display(),
-                dev.ca.display(),
+                real_path(&dev.cert).display(),
+                real_path(&dev.ca).display(),
                 dev.ca_fingerprint
             );
             (dev.cert, dev.key)
@@ -147,7 +153,7 @@ fn run(args: Args) -> securechat::Result<()> {
     log::info!(
         "securechat listening on {} (TLS 1.3/1.2; data in {})",
         server.local_addr(),
-        args.data_dir.display()
+        real_path(&args.data_dir).display()
     );
     let handle = server.shutdown_handle();
     ctrlc::set_handler(move || {

@@ -1,8 +1,7 @@
 //! Accounts: who may register, how passwords are checked, and what a login costs.
 //!
 //! * User names follow one rule (`crate::protocol::name`) and are compared without case.
-//! * Password rules are a table of simple regexes (the `regex` crate has no look-ahead),
-//!   and a rejection lists every rule that failed.
+//! * Password rules are [`crate::password`]'s, the one definition the client shares.
 //! * Passwords are stored only as bcrypt hashes. bcrypt reads at most 72 bytes and would
 //!   silently ignore the rest, so longer passwords are refused rather than truncated.
 //! * A login for an unknown user verifies against a dummy hash of the same cost, so the
@@ -15,10 +14,9 @@
 //!   addresses delays an honest login by about one job per flooding network, not by the
 //!   whole flood.
 
-use regex::Regex;
 use std::collections::{HashMap, VecDeque};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
@@ -26,70 +24,7 @@ use crate::protocol::name::{BadUserName, UserName};
 use crate::server::store::{Created, Store};
 use crate::server::throttle::{AddressPrefix, ThrottlePolicy, Throttled};
 
-/// bcrypt's input limit in bytes; anything after it would be ignored.
-pub(super) const BCRYPT_MAX_PASSWORD_BYTES: usize = 72;
-
-/// A password rule: a pattern that must (or must not) match, and what it means.
-struct PasswordRule {
-    pattern: Regex,
-    must_match: bool,
-    description: &'static str,
-}
-
-/// The password rules, each a simple regex, checked in order.
-static PASSWORD_RULES: LazyLock<Vec<PasswordRule>> = LazyLock::new(|| {
-    let rule = |pattern: &str, must_match, description| PasswordRule {
-        pattern: Regex::new(pattern).unwrap_or_else(|e| panic!("bad built-in regex: {e}")),
-        must_match,
-        description,
-    };
-    vec![
-        rule(r"^.{8,}$", true, "at least 8 characters"),
-        rule(r"\p{Lu}", true, "an upper-case letter"),
-        rule(r"\p{Ll}", true, "a lower-case letter"),
-        rule(r"\p{Nd}", true, "a digit"),
-        rule(r"^\s|\s$", false, "no space at the start or end"),
-    ]
-});
-
-/// Passwords that pass every rule above and are still among the first an attacker tries.
-const COMMON_PASSWORDS: &[&str] = &[
-    "password1",
-    "password123",
-    "passw0rd",
-    "p@ssw0rd",
-    "qwerty123",
-    "welcome1",
-    "welcome123",
-    "admin123",
-    "letmein1",
-    "iloveyou1",
-    "abc12345",
-    "abcd1234",
-    "changeme1",
-    "securechat1",
-];
-
-/// Every password rule that `password` breaks for the (canonical) user name `user`; empty
-/// when the password is acceptable.
-pub fn password_problems(user: &str, password: &str) -> Vec<&'static str> {
-    let mut problems: Vec<&'static str> = PASSWORD_RULES
-        .iter()
-        .filter(|rule| rule.pattern.is_match(password) != rule.must_match)
-        .map(|rule| rule.description)
-        .collect();
-    let lower = password.to_lowercase();
-    if !user.is_empty() && lower.contains(&user.to_lowercase()) {
-        problems.push("must not contain the user name");
-    }
-    if password.len() > BCRYPT_MAX_PASSWORD_BYTES {
-        problems.push("at most 72 bytes (bcrypt ignores anything longer)");
-    }
-    if COMMON_PASSWORDS.contains(&lower.as_str()) {
-        problems.push("not a commonly used password");
-    }
-    problems
-}
+use crate::password::{password_problems, BCRYPT_MAX_PASSWORD_BYTES};
 
 /// Why a registration was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -528,47 +463,6 @@ fn lower_this_threads_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_good_password_passes() {
-        assert!(password_problems("alice", "Correct horse 9").is_empty());
-    }
-
-    #[test]
-    fn every_broken_rule_is_listed() {
-        let problems = password_problems("alice", "abc");
-        assert_eq!(
-            problems,
-            vec!["at least 8 characters", "an upper-case letter", "a digit"]
-        );
-        assert_eq!(
-            password_problems("alice", "ABCDEFGH1"),
-            vec!["a lower-case letter"]
-        );
-        assert_eq!(
-            password_problems("alice", "xAlice123"),
-            vec!["must not contain the user name"]
-        );
-        assert_eq!(
-            password_problems("bob", " Padded123"),
-            vec!["no space at the start or end"]
-        );
-        assert_eq!(
-            password_problems("bob", "Password1"),
-            vec!["not a commonly used password"]
-        );
-        let long = format!("Aa1{}", "x".repeat(70));
-        assert_eq!(
-            password_problems("bob", &long),
-            vec!["at most 72 bytes (bcrypt ignores anything longer)"]
-        );
-    }
-
-    #[test]
-    fn length_counts_characters_not_bytes() {
-        // Seven characters, more than eight bytes.
-        assert!(password_problems("bob", "Ééééé1x").contains(&"at least 8 characters"));
-    }
 
     /// The prefix of `127.0.<n>.1`: a different prefix for each `n`.
     fn net(n: u8) -> AddressPrefix {

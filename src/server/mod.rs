@@ -68,7 +68,6 @@ mod router;
 mod store;
 mod throttle;
 
-pub use accounts::password_problems;
 pub use limits::{kernel_connection_ceiling, raise_open_file_limit, Limits};
 pub use store::DB_FILE;
 pub use throttle::ThrottlePolicy;

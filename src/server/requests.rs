@@ -18,10 +18,11 @@ use super::admission::Context;
 use super::outbox::{Line, Outbox};
 use super::router::{ConnId, Direct, Event, Routed};
 use super::store::KeyLookup;
-use super::throttle::{AddressPrefix, TokenBucket};
+use super::throttle::AddressPrefix;
 use crate::protocol::frame::{FrameError, LineBuffer};
 use crate::protocol::name::{is_canonical_username, normalize_username, UserName};
 use crate::protocol::{self, Command, ErrorCode, ProtocolError, Request, ServerLine};
+use crate::rate::TokenBucket;
 use crate::tls::stream::TlsStream;
 
 /// How long a connection may be silent before its read buffers are given back.

@@ -37,7 +37,7 @@
 //! treated alike, so throttling reveals nothing about which names exist.
 //!
 //! Registrations: a token bucket per address. Frames: a token bucket per connection
-//! ([`TokenBucket`]).
+//! ([`crate::rate::TokenBucket`]).
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -441,80 +441,6 @@ impl Throttle {
     }
 }
 
-/// A per-connection token bucket: `rate` frames per second on average, `burst` at once.
-/// Keeps one client from monopolising the router; refills lazily, so it costs nothing
-/// while the client is quiet.
-#[derive(Debug, Clone)]
-pub(super) struct TokenBucket {
-    /// Tokens available now (fractional while refilling).
-    tokens: f64,
-    /// The most tokens the bucket holds.
-    burst: f64,
-    /// Tokens added per second; 0 disables the limit.
-    rate: f64,
-    /// When `tokens` was last brought up to date.
-    refilled: Instant,
-}
-
-impl TokenBucket {
-    /// A full bucket. `rate == 0` means unlimited.
-    pub(super) fn new(rate: u32, burst: u32) -> TokenBucket {
-        TokenBucket {
-            tokens: f64::from(burst.max(1)),
-            burst: f64::from(burst.max(1)),
-            rate: f64::from(rate),
-            refilled: Instant::now(),
-        }
-    }
-
-    /// Adds the tokens earned since the last refill. Call once per batch of frames.
-    pub(super) fn refill(&mut self, now: Instant) {
-        let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + earned).min(self.burst);
-        self.refilled = now;
-    }
-
-    /// Takes one token; `false` if the bucket is empty (the frame is over the limit).
-    pub(super) fn take(&mut self) -> bool {
-        if self.rate == 0.0 {
-            return true;
-        }
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// How long before one more login may start for a record with `checking` attempts in
-/// progress: the record's waiting time, or, when the attempts in progress could use up the
-/// free failures, until one of them is decided (a moment). With `clean_is_free`, a record
-/// without failures is not limited at all (many people log in at once from one address).
-fn waiting_time(
-    failures: Option<&Failures>,
-    checking: u32,
-    free: u32,
-    clean_is_free: bool,
-    now: Instant,
-) -> Duration {
-    let (count, blocked) = match failures.filter(|f| f.expires > now) {
-        Some(f) => (f.count, f.blocked_until.saturating_duration_since(now)),
-        None => (0, Duration::ZERO),
-    };
-    if !blocked.is_zero() {
-        blocked
-    } else if checking > 0
-        && count.saturating_add(checking) >= free
-        && !(clean_is_free && count == 0)
-    {
-        ATTEMPT_IN_PROGRESS_WAIT
-    } else {
-        Duration::ZERO
-    }
-}
-
 fn fresh(now: Instant) -> Failures {
     Failures {
         count: 0,
@@ -548,6 +474,33 @@ fn record_failure(
     // Forget the record once a quiet period as long as the longest wait has passed.
     failures.expires = failures.blocked_until.max(now) + policy.max_delay;
     wait
+}
+
+/// How long before one more login may start for a record with `checking` attempts in
+/// progress: the record's waiting time, or, when the attempts in progress could use up the
+/// free failures, until one of them is decided (a moment). With `clean_is_free`, a record
+/// without failures is not limited at all (many people log in at once from one address).
+fn waiting_time(
+    failures: Option<&Failures>,
+    checking: u32,
+    free: u32,
+    clean_is_free: bool,
+    now: Instant,
+) -> Duration {
+    let (count, blocked) = match failures.filter(|f| f.expires > now) {
+        Some(f) => (f.count, f.blocked_until.saturating_duration_since(now)),
+        None => (0, Duration::ZERO),
+    };
+    if !blocked.is_zero() {
+        blocked
+    } else if checking > 0
+        && count.saturating_add(checking) >= free
+        && !(clean_is_free && count == 0)
+    {
+        ATTEMPT_IN_PROGRESS_WAIT
+    } else {
+        Duration::ZERO
+    }
 }
 
 #[cfg(test)]
@@ -774,20 +727,6 @@ mod tests {
         let refused = t.allow_registration(ATTACKER).unwrap_err();
         assert!(refused.retry_after > Duration::from_secs(3000));
         assert!(t.allow_registration(OWNER).is_ok());
-    }
-
-    #[test]
-    fn the_bucket_allows_a_burst_then_the_rate() {
-        let start = Instant::now();
-        let mut bucket = TokenBucket::new(10, 3);
-        bucket.refill(start);
-        assert!(bucket.take() && bucket.take() && bucket.take());
-        assert!(!bucket.take());
-        bucket.refill(start + Duration::from_millis(250)); // 2.5 tokens earned
-        assert!(bucket.take() && bucket.take());
-        assert!(!bucket.take());
-        let mut unlimited = TokenBucket::new(0, 1);
-        assert!((0..1000).all(|_| unlimited.take()));
     }
 
     #[test]
