@@ -23,8 +23,24 @@ use crate::throttle::Throttled;
 pub const BCRYPT_MAX_PASSWORD_BYTES: usize = 72;
 
 /// Human description of the user-name rule, shown on rejection.
-pub const USERNAME_RULE: &str =
-    "3-32 characters: a letter first, then letters, digits or underscores";
+pub const USERNAME_RULE: &str = "3-32 characters: a letter first, then letters, digits or \
+     underscores; not one of the names the client uses for itself (you, server, system, …)";
+
+/// Names nobody may have: the client's own words for itself and for the server, so that no
+/// user's line can read as the local user's or as a notice (issue 12).
+pub const RESERVED_USERNAMES: &[&str] = &[
+    "you",
+    "yourself",
+    "server",
+    "system",
+    "admin",
+    "root",
+    "securechat",
+    "room",
+    "everyone",
+    "nobody",
+    "notice",
+];
 
 /// A password rule: a pattern that must (or must not) match, and what it means.
 struct PasswordRule {
@@ -84,7 +100,8 @@ pub fn normalize_username(user: &str) -> Result<String, String> {
     }
 }
 
-/// Whether `name` already is a canonical user name (lower case, and follows the rule).
+/// Whether `name` already is a canonical user name (lower case, follows the rule, not
+/// reserved). The client checks every name the server sends with it.
 pub fn is_canonical_username(name: &str) -> bool {
     let bytes = name.as_bytes();
     (3..=32).contains(&bytes.len())
@@ -92,6 +109,7 @@ pub fn is_canonical_username(name: &str) -> bool {
         && bytes[1..]
             .iter()
             .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !RESERVED_USERNAMES.contains(&name)
 }
 
 /// Every password rule that `password` breaks for the (canonical) user name `user`; empty
@@ -319,6 +337,9 @@ mod tests {
             "",
             "a".repeat(33).as_str(),
             "élise",
+            "you",
+            "Server",
+            "SYSTEM",
         ] {
             assert!(normalize_username(bad).is_err(), "{bad:?} accepted");
         }

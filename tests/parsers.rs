@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 
-use securechat::accounts::{normalize_username, password_problems};
+use securechat::accounts::{normalize_username, password_problems, RESERVED_USERNAMES};
 use securechat::client::commands;
 use securechat::e2e::{IdentityPublicKey, Payload};
 use securechat::frame::{decode_line, FrameError, LineBuffer};
@@ -129,7 +129,8 @@ proptest! {
         // The rule, written out independently of the code under test.
         let follows_the_rule = (3..=32).contains(&name.len())
             && name.as_bytes()[0].is_ascii_alphabetic()
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !RESERVED_USERNAMES.contains(&name.to_ascii_lowercase().as_str());
         match normalize_username(&name) {
             Ok(canonical) => {
                 prop_assert!(follows_the_rule, "{:?} accepted", name);

@@ -4,18 +4,13 @@
 
 use std::time::Instant;
 
+use crate::accounts::is_canonical_username;
 use crate::client::commands::{self, Input, HELP};
 use crate::client::link::Link;
-use crate::client::screen::{sanitize, Screen};
+use crate::client::screen::{Screen, ROOM_LABEL};
 use crate::client::secure::{Action, Notice, Secure};
 use crate::error::Result;
 use crate::protocol::{Request, ServerLine};
-
-/// Label for the public room, shown on every room line.
-const ROOM_LABEL: &str = "[room, TLS only - the server can read this]";
-
-/// Label for private messages.
-const E2E_LABEL: &str = "[private, end-to-end encrypted]";
 
 /// Whether the session goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +49,9 @@ impl Chat {
         let key = self.secure.identity_public().to_base64();
         self.link.send(&Request::SetKey { key: &key })?;
         self.screen.event(&format!(
-            "logged in as {}. Plain lines go to the public room {ROOM_LABEL}; /msg USER TEXT is \
-             private and end-to-end encrypted. /help lists the commands.",
+            "logged in as {}. Plain lines go to the public room {ROOM_LABEL}: TLS to the \
+             server only, so the server can read them. /msg USER TEXT is private and \
+             end-to-end encrypted. Your own lines are marked (you). /help lists the commands.",
             self.me
         ));
         Ok(())
@@ -76,8 +72,7 @@ impl Chat {
                 Some(peer) => self.private(&peer, &text)?,
                 None => {
                     self.link.send(&Request::Say { text: &text })?;
-                    self.screen
-                        .event(&format!("you {ROOM_LABEL}: {}", sanitize(&text)));
+                    self.screen.own_room(&text);
                 }
             },
             Input::Msg { to, text } => self.private(&to, &text)?,
@@ -86,7 +81,7 @@ impl Chat {
             }
             Input::Chat(Some(peer)) => {
                 self.screen.event(&format!(
-                    "* now talking to {peer} {E2E_LABEL}; /chat alone returns to the room"
+                    "* now talking to {peer} [private, end-to-end encrypted]; /chat alone returns to the room"
                 ));
                 self.talking_to = Some(peer);
             }
@@ -112,7 +107,7 @@ impl Chat {
                 let actions = self.secure.explain(&user);
                 self.apply(actions)?;
             }
-            Input::Help => self.screen.print(HELP),
+            Input::Help => self.screen.print_fixed(HELP),
             Input::Quit => {
                 self.link.send(&Request::Quit)?;
                 return Ok(Flow::Quit);
@@ -140,12 +135,19 @@ impl Chat {
 
     /// Handles one frame from the server.
     pub fn server(&mut self, line: ServerLine) -> Result<Flow> {
+        if let Some(name) = names_in(&line).find(|name| !is_canonical_username(name)) {
+            // A name outside the rule can only come from a broken or malicious server (a
+            // look-alike such as `bоb` with a Cyrillic о): a protocol error, never a line.
+            let shown = name.escape_default().to_string();
+            log::warn!("frame with a user name outside the rule refused: {shown}");
+            self.screen.warn(&format!(
+                "the server sent a user name that breaks the user-name rule ({shown}); \
+                 that frame was ignored. Someone may be imitating another user"
+            ));
+            return Ok(Flow::Continue);
+        }
         match line {
-            ServerLine::Room { user, text } => self.screen.event(&format!(
-                "{} {ROOM_LABEL}: {}",
-                sanitize(&user),
-                sanitize(&text)
-            )),
+            ServerLine::Room { user, text } => self.screen.room(&user, &text),
             ServerLine::From { user, payload } => {
                 let actions = self.secure.payload_arrived(&user, &payload);
                 self.apply(actions)?;
@@ -161,10 +163,8 @@ impl Chat {
                 text,
             } => self.error(&command, &code, &text)?,
             ServerLine::Bye { reason } => {
-                self.screen.warn(&format!(
-                    "the server closed the connection: {}",
-                    sanitize(&reason)
-                ));
+                self.screen
+                    .warn(&format!("the server closed the connection: {reason}"));
                 return Ok(Flow::Quit);
             }
             ServerLine::Pong { .. } | ServerLine::Hello { .. } => {}
@@ -177,7 +177,7 @@ impl Chat {
             "LIST" => {
                 let mut words = detail.split(' ');
                 let total = words.next().unwrap_or("0");
-                let names: Vec<String> = words.map(sanitize).collect();
+                let names: Vec<&str> = words.collect();
                 let mut text = format!("* {total} online: {}", names.join(", "));
                 if let Ok(total) = total.parse::<usize>() {
                     if total > names.len() {
@@ -205,8 +205,7 @@ impl Chat {
             _ => Vec::new(),
         };
         if actions.is_empty() {
-            self.screen
-                .warn(&format!("server: {} ({code})", sanitize(text)));
+            self.screen.warn(&format!("server: {text} ({code})"));
         }
         self.apply(actions)
     }
@@ -230,30 +229,32 @@ impl Chat {
 
     fn show(&self, notice: Notice) {
         match notice {
-            Notice::Received { from, text } => self.screen.event(&format!(
-                "{} -> you {E2E_LABEL}: {}",
-                sanitize(&from),
-                sanitize(&text)
+            Notice::Received { from, text, trust } => self.screen.private_from(&from, trust, &text),
+            Notice::Sent { to, text, trust } => self.screen.private_to(&to, trust, &text),
+            Notice::Info(text) => self.screen.info(&text),
+            Notice::Warning(text) => self.screen.warn(&text),
+            Notice::Explain { peer, line } => self.screen.event(&format!("[dh {peer}] {line}")),
+            Notice::Request { from } => self.screen.info(&format!(
+                "message request: {from} asks to start an end-to-end encrypted conversation \
+                 with you; nothing was answered. /accept {from} to answer, or ignore it"
             )),
-            Notice::Sent { to, text } => self.screen.event(&format!(
-                "you -> {} {E2E_LABEL}: {}",
-                sanitize(&to),
-                sanitize(&text)
-            )),
-            Notice::Info(text) => {
-                for line in text.lines() {
-                    self.screen.event(&format!("* {}", sanitize(line)));
-                }
-            }
-            Notice::Warning(text) => {
-                for line in text.lines() {
-                    self.screen.warn(&sanitize(line));
-                }
-            }
-            Notice::Explain { peer, line } => {
-                self.screen
-                    .event(&format!("[dh {}] {}", sanitize(&peer), sanitize(&line)))
-            }
         }
+    }
+}
+
+/// Every user name a frame from the server carries: each must follow the user-name rule.
+/// (`ERR` texts name a user only as their first word, and are shown as text either way.)
+fn names_in(line: &ServerLine) -> Box<dyn Iterator<Item = &str> + '_> {
+    match line {
+        ServerLine::Room { user, .. }
+        | ServerLine::From { user, .. }
+        | ServerLine::Offline { user } => Box::new(std::iter::once(user.as_str())),
+        ServerLine::Ok { command, detail } if command == "GETKEY" => {
+            Box::new(detail.split(' ').take(1))
+        }
+        ServerLine::Ok { command, detail } if command == "LIST" => {
+            Box::new(detail.split(' ').skip(1))
+        }
+        _ => Box::new(std::iter::empty()),
     }
 }

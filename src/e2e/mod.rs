@@ -78,7 +78,7 @@ pub use dh::{EphemeralSecret, PublicValue, SharedSecret};
 pub use group::{Group, GENERATOR};
 pub use handshake::{Confirm, Explanation, Init, Initiator, Reply, Responder, Session};
 pub use identity::{safety_number, IdentityKey, IdentityPublicKey, SIGNATURE_LEN};
-pub use trust::{PinStatus, PinStore};
+pub use trust::{look_alike_skeleton, PinStatus, PinStore, Trust};
 pub use wire::{Payload, MAX_PAYLOAD_LEN};
 
 /// Everything that can go wrong in the end-to-end layer, worded for the person at the keyboard.

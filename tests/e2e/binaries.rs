@@ -136,10 +136,10 @@ fn the_server_never_sees_private_plaintext_in_transit_on_disk_or_in_its_logs() {
 
     alice.send_line(&format!("/msg bob {TO_BOB}"));
     bob.poll_until("alice's message", |b| b.received() == [TO_BOB]);
-    alice.expect(&format!("you -> bob {E2E_LABEL}: {TO_BOB}"));
+    alice.expect(&format!("(you) -> bob {}: {TO_BOB}", first_use_label()));
 
     bob.type_text("alice", TO_ALICE);
-    alice.expect(&format!("bob -> you {E2E_LABEL}: {TO_ALICE}"));
+    alice.expect(&format!("bob -> (you) {}: {TO_ALICE}", first_use_label()));
 
     // The room, by contrast, is readable by the server: this is what the check below
     // would catch if private messages travelled like room messages.

@@ -30,10 +30,11 @@ use regex::Regex;
 use rexpect::session::StreamSession;
 
 use common::{contains, files_under, ok, ServerProcess, TestClient, TestServer, PASSWORD, WAIT};
+use securechat::client::screen::{private_label, ROOM_LABEL};
 use securechat::client::secure::{Action, Notice, Secure, EXCHANGE_TIMEOUT};
 use securechat::e2e::{
     safety_number, EphemeralSecret, Group, IdentityKey, IdentityPublicKey, Payload, PinStatus,
-    PinStore,
+    PinStore, Trust,
 };
 use securechat::protocol::ServerLine;
 
@@ -43,11 +44,10 @@ const POLL: Duration = Duration::from_millis(20);
 /// The group the library-driven clients start exchanges in: the smaller one, for speed.
 const GROUP: Group = Group::Ffdhe2048;
 
-/// Label of end-to-end encrypted private messages, as the terminal client prints it.
-const E2E_LABEL: &str = "[private, end-to-end encrypted]";
-
-/// Label of public room messages, as the terminal client prints it.
-const ROOM_LABEL: &str = "[room, TLS only - the server can read this]";
+/// Label of a private message under a key pinned on first use, as the client prints it.
+fn first_use_label() -> String {
+    private_label(Trust::FirstUse)
+}
 
 /// Whether one of `notices` is a warning that contains every one of `parts`.
 fn warns(notices: &[Notice], parts: &[&str]) -> bool {

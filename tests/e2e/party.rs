@@ -66,6 +66,12 @@ impl Party {
                     self.sent.push((to, payload));
                 }
                 Action::FetchKey(user) => self.client.send(&format!("GETKEY {user}")),
+                Action::Show(Notice::Request { from }) => {
+                    // The user reading this agrees to talk to whoever asks.
+                    self.notices.push(Notice::Request { from: from.clone() });
+                    let actions = self.secure.accept(&from);
+                    self.apply(actions);
+                }
                 Action::Show(notice) => self.notices.push(notice),
             }
         }

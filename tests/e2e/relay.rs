@@ -126,6 +126,13 @@ impl Relay {
                     let more = self.endpoint(who).secure.key_arrived(&user, &key);
                     self.act(who, more);
                 }
+                Action::Show(Notice::Request { from }) => {
+                    // The user reading this agrees to talk to whoever asks.
+                    self.endpoint(who)
+                        .notices
+                        .push(Notice::Request { from: from.clone() });
+                    self.command(who, |secure| secure.accept(&from));
+                }
                 Action::Show(notice) => self.endpoint(who).notices.push(notice),
             }
         }
@@ -460,7 +467,8 @@ fn altered_replayed_reordered_and_reflected_messages_are_dropped_with_warnings()
         relay.deliver("alice", "bob", &one),
         [Notice::Received {
             from: "alice".into(),
-            text: "one".into()
+            text: "one".into(),
+            trust: Trust::FirstUse,
         }],
         "the genuine message still opens after a forgery"
     );
