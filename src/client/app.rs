@@ -107,7 +107,7 @@ impl Chat {
                 let actions = self.secure.explain(&user);
                 self.apply(actions)?;
             }
-            Input::Help => self.screen.print_fixed(HELP),
+            Input::Help => self.screen.print(HELP),
             Input::Quit => {
                 self.link.send(&Request::Quit)?;
                 return Ok(Flow::Quit);

@@ -3,11 +3,12 @@
 //! For a secure chat, what the screen says *is* the security, so every byte the client
 //! prints goes through [`Screen`], which keeps these invariants:
 //!
-//! * **One escaping routine.** Every line passes [`sanitize`] on its way out: controls
+//! * **One escaping routine.** Every line passes [`escape`] on its way out: controls
 //!   (C0, DEL, C1 — so ESC, BEL and CSI can never reach the terminal), bidirectional
-//!   overrides and invisible format characters become U+FFFD, and runs of whitespace
-//!   (tabs, non-breaking and wide spaces included) collapse to one space. Messages, names,
-//!   server error texts and TLS errors all take this path; nothing prints around it.
+//!   overrides and invisible format characters become U+FFFD, and in event lines (anything
+//!   another user or the server wrote) runs of whitespace — tabs, non-breaking and wide
+//!   spaces included — collapse to one space ([`sanitize`]). Messages, names, server error
+//!   texts and TLS errors all take this path; nothing prints around it.
 //! * **Only genuine events start a row.** An event row begins with `[HH:MM] ` at column 0.
 //!   The client wraps every line itself, at the terminal's width, before the terminal
 //!   would: every further row of the same line begins with [`CONTINUATION`], which no event
@@ -103,17 +104,10 @@ impl Screen {
         self.emit(&format!("[{}] {}", local_time_hhmm(), sanitize(text)));
     }
 
-    /// Prints text as it is (menus, results): each of its lines escaped and wrapped.
+    /// Prints text without the time (menus, help, results), keeping its alignment: each
+    /// line is escaped (controls replaced, tabs made spaces, but runs of spaces kept) and
+    /// wrapped like any other, so it cannot start a row either.
     pub fn print(&self, text: &str) {
-        self.flush_repeated();
-        for line in text.split('\n') {
-            self.emit(&sanitize(line));
-        }
-    }
-
-    /// Prints the client's own fixed text (the help), keeping its alignment: controls are
-    /// still replaced, but spaces are not collapsed. Only string constants come here.
-    pub fn print_fixed(&self, text: &'static str) {
         self.flush_repeated();
         for line in text.split('\n') {
             self.emit(&escape(line, false));
