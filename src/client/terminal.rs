@@ -42,6 +42,9 @@ pub const DEFAULT_DEV_CA: &str = "certs/ca.pem";
 pub struct Options {
     /// `host:port` of the server.
     pub server: String,
+    /// Connect here instead of where the server's host resolves to (`--resolve`); the
+    /// certificate is still checked for the host.
+    pub resolve: Option<std::net::SocketAddr>,
     /// Extra CA to trust (the development CA); the public web PKI is always trusted.
     pub ca: Option<PathBuf>,
     /// Overrides where identity keys and pins are kept.
@@ -106,7 +109,7 @@ pub fn run(options: Options) -> Result<()> {
         dev.exists().then_some(dev)
     });
     let config = tls::client_config(ca.as_deref())?;
-    let mut connection = Connection::open(&options.server, config, &screen)?;
+    let mut connection = Connection::open(&options.server, options.resolve, config, &screen)?;
 
     let user = match &options.user {
         Some(user) => scripted_login(&mut connection, &options, user, &screen)?,
@@ -197,16 +200,19 @@ struct Connection {
     /// For reconnecting.
     server: String,
     /// For reconnecting.
+    resolve: Option<std::net::SocketAddr>,
+    /// For reconnecting.
     config: Arc<rustls::ClientConfig>,
 }
 
 impl Connection {
     fn open(
         server: &str,
+        resolve: Option<std::net::SocketAddr>,
         config: Arc<rustls::ClientConfig>,
         screen: &Screen,
     ) -> Result<Connection> {
-        let (link, reader, info) = link::connect(server, config.clone())?;
+        let (link, reader, info) = link::connect_to(server, resolve, config.clone())?;
         screen.print(&format!(
             "connected to {server} ({}) over {}",
             info.addr, info.tls
@@ -215,6 +221,7 @@ impl Connection {
             link,
             reader,
             server: server.to_owned(),
+            resolve,
             config,
         })
     }
@@ -229,7 +236,8 @@ impl Connection {
         for attempt in 0..2 {
             if attempt == 1 {
                 screen.print("(the server closed the idle connection; reconnecting)");
-                let (link, reader, _) = link::connect(&self.server, self.config.clone())?;
+                let (link, reader, _) =
+                    link::connect_to(&self.server, self.resolve, self.config.clone())?;
                 self.link = link;
                 self.reader = reader;
             }
