@@ -84,7 +84,11 @@ fn resolve_for(server: &str, resolve: &str) -> Result<std::net::SocketAddr, Stri
 fn main() -> ExitCode {
     securechat::logging::init();
     let args = Args::parse();
-    let resolve = match args.resolve.as_deref().map(|r| resolve_for(&args.server, r)) {
+    let resolve = match args
+        .resolve
+        .as_deref()
+        .map(|r| resolve_for(&args.server, r))
+    {
         Some(Ok(addr)) => Some(addr),
         Some(Err(problem)) => {
             eprintln!("error: {}", sanitize(&problem));

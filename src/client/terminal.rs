@@ -127,6 +127,7 @@ pub fn run(options: Options) -> Result<()> {
         &options.server,
         &user,
     );
+    crate::files::check_directory_chain(&dir).map_err(|e| Error::Config(e.to_string()))?;
     let (identity, created) = IdentityKey::load_or_create(&dir.join(paths::IDENTITY_FILE))
         .map_err(|e| Error::Config(e.to_string()))?;
     if created {
@@ -136,8 +137,8 @@ pub fn run(options: Options) -> Result<()> {
             identity.public_key().fingerprint()
         ));
     }
-    let pins =
-        PinStore::open(&dir.join(paths::PINS_FILE)).map_err(|e| Error::Config(e.to_string()))?;
+    let pins = PinStore::open_for_identity(&dir.join(paths::PINS_FILE), created)
+        .map_err(|e| Error::Config(e.to_string()))?;
     let secure = Secure::new(&user, identity, pins, options.group, options.explain);
     let Connection { link, reader, .. } = connection;
     let mut chat = Chat::new(&user, link.clone(), screen.clone(), secure);

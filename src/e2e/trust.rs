@@ -23,7 +23,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{E2eError, IdentityPublicKey};
-use crate::files::{check_private, write_atomically};
+use crate::files::{check_directory_chain, check_private, write_atomically};
 
 /// Written at the top of the file for anyone who opens it.
 const FILE_HEADER: &str = "# securechat pinned identity keys (trust on first use)\n\
@@ -97,6 +97,9 @@ impl PinStore {
     /// first pin); a file that group or other users can access, or that does not parse, is an
     /// error and is left untouched.
     pub fn open(path: &Path) -> Result<PinStore, E2eError> {
+        if let Some(dir) = path.parent() {
+            check_directory_chain(dir).map_err(|e| E2eError::TrustStore(e.to_string()))?;
+        }
         match check_private(path) {
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(E2eError::TrustStore(error.to_string())),
@@ -123,6 +126,28 @@ impl PinStore {
             path: path.to_owned(),
             pins,
         })
+    }
+
+    /// Opens the pin file that belongs beside an identity key. With a key made just now
+    /// (`identity_is_new`) a missing file is written empty at once; with an older key a
+    /// missing file is an alarm, not a fresh start: deleting it is how someone would get
+    /// every contact "trusted on first use" again with keys of their choosing.
+    pub fn open_for_identity(path: &Path, identity_is_new: bool) -> Result<PinStore, E2eError> {
+        let mut store = PinStore::open(path)?;
+        if path.exists() {
+            return Ok(store);
+        }
+        if !identity_is_new {
+            return Err(E2eError::TrustStore(format!(
+                "{} is missing although your identity key beside it exists: someone may have \
+                 deleted your pinned contacts so that substituted keys would be trusted as \
+                 first contacts. If you removed it yourself on purpose, create an empty one \
+                 (`touch {0} && chmod 600 {0}`) to start over",
+                path.display()
+            )));
+        }
+        store.save(&store.pins.clone())?;
+        Ok(store)
     }
 
     /// Compares `key` with what is pinned for `user`.
@@ -195,10 +220,15 @@ impl PinStore {
         check_username(user)?;
         let mut updated = self.pins.clone();
         updated.insert(user.to_owned(), Pin { key, trust });
-        write_atomically(&self.path, format_pins(&updated).as_bytes()).map_err(|error| {
+        self.save(&updated)
+    }
+
+    /// Writes `pins` to the file, then keeps them; memory changes only if the file was written.
+    fn save(&mut self, pins: &BTreeMap<String, Pin>) -> Result<(), E2eError> {
+        write_atomically(&self.path, format_pins(pins).as_bytes()).map_err(|error| {
             E2eError::TrustStore(format!("cannot write {}: {error}", self.path.display()))
         })?;
-        self.pins = updated;
+        self.pins = pins.clone();
         Ok(())
     }
 }
@@ -478,5 +508,39 @@ mod tests {
             Some(Trust::Accepted)
         );
         assert_eq!(store.trust("carol"), None);
+    }
+
+    #[test]
+    fn a_missing_pin_file_beside_an_existing_identity_is_an_alarm() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("alice").join("known_keys");
+        PinStore::open_for_identity(&path, true).expect("a new identity gets an empty file");
+        assert!(
+            path.exists(),
+            "written at once, so that its absence later means something"
+        );
+        PinStore::open_for_identity(&path, false).expect("an existing file opens");
+        fs::remove_file(&path).expect("delete");
+        let error = PinStore::open_for_identity(&path, false).expect_err("alarm");
+        assert!(
+            error
+                .to_string()
+                .contains("is missing although your identity key"),
+            "{error}"
+        );
+        assert!(!path.exists(), "not silently recreated");
+    }
+
+    #[test]
+    fn pins_below_a_directory_others_can_write_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).expect("mkdir");
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let error = PinStore::open(&shared.join("alice").join("known_keys")).expect_err("refused");
+        assert!(
+            error.to_string().contains("can be written by other users"),
+            "{error}"
+        );
     }
 }
