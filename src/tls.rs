@@ -176,10 +176,7 @@ pub fn explain_handshake_error(server: &str, error: &rustls::Error) -> String {
             presented,
             ..
         }) => {
-            let names: Vec<String> = presented
-                .iter()
-                .map(|name| name.escape_default().to_string())
-                .collect();
+            let names: Vec<String> = presented.iter().map(|name| presented_name(name)).collect();
             format!(
                 "the certificate of {server} is not valid for that name: it is for {}. Reach \
                  the server by one of those names (--server NAME:PORT), or restart the server \
@@ -204,6 +201,18 @@ pub fn explain_handshake_error(server: &str, error: &rustls::Error) -> String {
         }
         other => format!("TLS with {server} failed: {other}. Never disable verification."),
     }
+}
+
+/// One name as rustls reports it (`DnsName("host")`, `IpAddress(127.0.0.1)`), as the user
+/// would type it, with anything unprintable escaped: the names come from the peer.
+fn presented_name(presented: &str) -> String {
+    let inner = ["DnsName(", "IpAddress("]
+        .iter()
+        .find_map(|prefix| presented.strip_prefix(prefix))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .map(|name| name.trim_matches('"'))
+        .unwrap_or(presented);
+    inner.escape_default().to_string().replace("\\\\", "\\")
 }
 
 /// Where the development PKI lives and what was done to it at start-up.
