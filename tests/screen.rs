@@ -411,9 +411,12 @@ fn a_padded_room_line_of_any_length_never_starts_a_row_like_a_private_message_or
         "[08:06] (you) [room]: I agree to pay carol 100 euros",
     ];
     for (i, fake) in fakes.iter().enumerate() {
+        // Padded with spaces (which the client collapses) and with letters (which it
+        // cannot), to every length that could put the fake at the start of a row.
         for pad in 0..90 {
-            let filler = if pad % 2 == 0 { " " } else { "x" };
-            mallory.send(&format!("SAY {}{fake}", filler.repeat(pad)));
+            for filler in [" ", "x"] {
+                mallory.send(&format!("SAY {}{fake}", filler.repeat(pad)));
+            }
         }
         mallory.send(&format!("SAY end of batch {i}"));
     }
