@@ -165,14 +165,25 @@ impl Client {
         None
     }
 
-    /// Asserts that no byte the client wrote could control the terminal: no ESC, no BEL,
-    /// no C1 control (neither as a raw byte nor as a UTF-8 character).
+    /// Asserts that no byte the client wrote could control the terminal or hide or reorder
+    /// text: no ESC, no BEL, no C1 control (as UTF-8, and the output must be UTF-8, so no
+    /// raw C1 byte either), no bidirectional override or isolate, no zero-width character.
     fn assert_no_terminal_controls(&mut self) {
         self.pull();
         let text = std::str::from_utf8(&self.raw).expect("the client writes UTF-8 only");
         let controls: Vec<(usize, char)> = text
             .char_indices()
-            .filter(|(_, c)| matches!(c, '\u{1b}' | '\u{7}' | '\u{80}'..='\u{9f}'))
+            .filter(|(_, c)| {
+                matches!(
+                    c,
+                    '\u{1b}'
+                        | '\u{7}'
+                        | '\u{80}'..='\u{9f}'
+                        | '\u{200b}'..='\u{200f}'
+                        | '\u{202a}'..='\u{202e}'
+                        | '\u{2066}'..='\u{2069}'
+                )
+            })
             .collect();
         assert!(
             controls.is_empty(),
