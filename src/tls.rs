@@ -212,7 +212,16 @@ fn presented_name(presented: &str) -> String {
         .and_then(|rest| rest.strip_suffix(')'))
         .map(|name| name.trim_matches('"'))
         .unwrap_or(presented);
-    inner.escape_default().to_string().replace("\\\\", "\\")
+    inner
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() {
+                c.to_string()
+            } else {
+                c.escape_default().to_string()
+            }
+        })
+        .collect()
 }
 
 /// Where the development PKI lives and what was done to it at start-up.
