@@ -784,21 +784,27 @@ fn four_accounts_flooding_key_exchanges_neither_mute_the_user_nor_get_pinned() {
     let home = tempfile::tempdir().unwrap();
     let mut alice = Client::login(&server.address(), &server.ca, home.path(), "alice", true);
     let mut observer = server.login("observer");
-    let flooders: Vec<TestClient> = (0..4)
-        .map(|i| server.login(&format!("flooder{i}")))
+    // Ordinary accounts with published keys, each with a DH-INIT of its own (a client
+    // that answered strangers would pin their keys and reply).
+    let flooders: Vec<(TestClient, String)> = (0..4)
+        .map(|i| {
+            let name = format!("flooder{i}");
+            let mut flooder = server.login(&name);
+            let key = IdentityKey::generate().unwrap().public_key().to_base64();
+            assert!(matches!(
+                flooder.request(&format!("SETKEY {key}")),
+                ServerLine::Ok { .. }
+            ));
+            let (_, init) = Initiator::start(&name, "alice", Group::Ffdhe3072).unwrap();
+            (flooder, Payload::Init(init).to_string())
+        })
         .collect();
-    let init = Payload::Init(
-        Initiator::start("flooder0", "alice", Group::Ffdhe3072)
-            .unwrap()
-            .1,
-    )
-    .to_string();
     let flood = thread::spawn(move || {
         // 19 DH-INITs per second from each of four accounts, for as long as alice types.
         let start = Instant::now();
         let mut sent = 0u32;
         while start.elapsed() < Duration::from_secs(6) {
-            for flooder in &flooders {
+            for (flooder, init) in &flooders {
                 flooder.send(&format!("MSG alice {init}"));
             }
             sent += 1;
