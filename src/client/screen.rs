@@ -3,7 +3,7 @@
 //! For a secure chat, what the screen says *is* the security, so every byte the client
 //! prints goes through [`Screen`], which keeps these invariants:
 //!
-//! * **One escaping routine.** Every line passes [`escape`] on its way out: controls
+//! * **One escaping routine.** Every line passes one routine (`escape`) on its way out: controls
 //!   (C0, DEL, C1 — so ESC, BEL and CSI can never reach the terminal), bidirectional
 //!   overrides and invisible format characters become U+FFFD, and in event lines (anything
 //!   another user or the server wrote) runs of whitespace — tabs, non-breaking and wide
@@ -201,7 +201,9 @@ impl Screen {
     }
 }
 
-/// Makes text safe to print: see [`escape`]. The one routine every printed string passes.
+/// Makes text from other users or the server safe to print as an event line: terminal
+/// controls, bidirectional overrides and invisible characters replaced by U+FFFD, runs of
+/// whitespace collapsed to one space. [`Screen`] applies it to everything it prints.
 pub fn sanitize(text: &str) -> String {
     escape(text, true)
 }
