@@ -597,44 +597,86 @@ fn a_dev_ca_in_the_working_directory_does_not_authenticate_a_name_it_did_not_iss
     // anything, while the same CA still works for the names it was made for.
     let dir = tempfile::tempdir().unwrap();
     tls::ensure_dev_certificates(&dir.path().join("certs")).unwrap();
+    let certs = dir.path().join("certs");
     for (name, accepted) in [("localhost", true), ("bank.example", false)] {
-        let certs = dir.path().join("certs");
         let (chain, key) = forge_certificate(
             &dev_ca_key(&certs),
             &certs.join("ca.pem"),
             &[name.to_owned()],
         );
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let config = tls::server_config(chain, key).unwrap();
-        let server = thread::spawn(move || {
-            let mut connection = FakeConnection::accept(&listener, config);
-            connection.recv()
-        });
-        let mut args = strings(&["--server", &format!("{name}:{port}")]);
-        args.extend(strings(&["--resolve", &format!("{name}:{port}:127.0.0.1")]));
-        args.extend(strings(&[
-            "--home",
-            &dir.path().join("home").display().to_string(),
-        ]));
-        let mut client = Client::spawn(&args, Some(dir.path()));
+        let home = dir.path().join("home");
+        let attempt = connect_by_name(name, config, None, &home, Some(dir.path()));
         if accepted {
-            client.expect(&format!("connected to {name}:{port}"));
-            client.expect("> ");
-            client.type_line("c");
-            assert_eq!(client.exit_status(), Some(0));
+            assert_eq!(attempt.status, Some(0), "{}", attempt.text);
         } else {
-            assert_eq!(client.exit_status(), Some(1), "{}", client.text());
-            let text = client.text();
+            assert_eq!(attempt.status, Some(1), "{}", attempt.text);
             assert!(
-                text.contains("may certify only the names it was made for"),
-                "{text}"
+                attempt
+                    .text
+                    .contains("may certify only the names it was made for"),
+                "{}",
+                attempt.text
+            );
+            assert_eq!(
+                attempt.first_line, None,
+                "nothing may be sent to an impostor"
             );
         }
-        let first_line = server.join().ok().flatten();
-        if !accepted {
-            assert_eq!(first_line, None, "nothing may be sent to an impostor");
+    }
+}
+
+/// How one connection attempt by name went.
+struct Attempt {
+    /// The client's exit status.
+    status: Option<i32>,
+    /// What it printed.
+    text: String,
+    /// The first line the server received, if any.
+    first_line: Option<String>,
+}
+
+/// Starts a fake server with `config` on 127.0.0.1 and the client for `name` there
+/// (`--resolve`), trusting `ca` if given, started in `cwd` if given; closes the client at
+/// its menu if it gets that far.
+fn connect_by_name(
+    name: &str,
+    config: Arc<rustls::ServerConfig>,
+    ca: Option<&Path>,
+    home: &Path,
+    cwd: Option<&Path>,
+) -> Attempt {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || FakeConnection::accept(&listener, config).recv());
+    let mut args = strings(&["--server", &format!("{name}:{port}")]);
+    args.extend(strings(&["--resolve", &format!("{name}:{port}:127.0.0.1")]));
+    args.extend(strings(&["--home", &home.display().to_string()]));
+    if let Some(ca) = ca {
+        args.extend(strings(&["--ca", &ca.display().to_string()]));
+    }
+    let mut client = Client::spawn(&args, cwd);
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        client.pull();
+        if client
+            .text()
+            .contains(&format!("connected to {name}:{port}"))
+            && client.text().contains("> ")
+        {
+            client.type_line("c");
+            break;
         }
+        if client.text().contains("error: ") {
+            break;
+        }
+        thread::sleep(POLL);
+    }
+    let status = client.exit_status();
+    Attempt {
+        status,
+        text: client.text(),
+        first_line: server.join().ok().flatten(),
     }
 }
 
@@ -644,39 +686,32 @@ fn a_server_started_with_hostname_is_reached_by_that_name_and_a_wrong_name_is_ex
     let certs =
         tls::ensure_dev_certificates_for(&dir.path().join("certs"), &["other.test".to_owned()])
             .unwrap();
-    for (name, reached) in [("other.test", true), ("wrong.test", false)] {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let config = fake_server_config(&certs);
-        let server = thread::spawn(move || {
-            let mut connection = FakeConnection::accept(&listener, config);
-            connection.recv()
-        });
-        let mut args = strings(&["--server", &format!("{name}:{port}"), "--ca"]);
-        args.push(certs.ca.display().to_string());
-        args.extend(strings(&["--resolve", &format!("{name}:{port}:127.0.0.1")]));
-        args.extend(strings(&[
-            "--home",
-            &dir.path().join("home").display().to_string(),
-        ]));
-        let mut client = Client::spawn(&args, None);
-        if reached {
-            client.expect(&format!("connected to {name}:{port}"));
-            client.expect("> ");
-            client.type_line("c");
-            assert_eq!(client.exit_status(), Some(0));
-        } else {
-            assert_eq!(client.exit_status(), Some(1));
-            let text = client.text();
-            assert!(
-                text.contains("it is for localhost, 127.0.0.1, ")
-                    && text.contains(", other.test. Reach the server by one of those names")
-                    && text.contains("restart the server with --hostname"),
-                "{text}"
-            );
-        }
-        let _ = server.join();
-    }
+    let home = dir.path().join("home");
+    let reached = connect_by_name(
+        "other.test",
+        fake_server_config(&certs),
+        Some(&certs.ca),
+        &home,
+        None,
+    );
+    assert_eq!(reached.status, Some(0), "{}", reached.text);
+    let wrong = connect_by_name(
+        "wrong.test",
+        fake_server_config(&certs),
+        Some(&certs.ca),
+        &home,
+        None,
+    );
+    assert_eq!(wrong.status, Some(1), "{}", wrong.text);
+    assert!(
+        wrong.text.contains("it is for localhost, 127.0.0.1, ")
+            && wrong
+                .text
+                .contains(", other.test. Reach the server by one of those names")
+            && wrong.text.contains("restart the server with --hostname"),
+        "{}",
+        wrong.text
+    );
 }
 
 #[test]
