@@ -49,6 +49,17 @@ fn first_use_label() -> String {
     private_label(Trust::FirstUse)
 }
 
+/// The texts of the private messages among `notices`, as shown received.
+fn received_texts(notices: &[Notice]) -> Vec<&str> {
+    notices
+        .iter()
+        .filter_map(|notice| match notice {
+            Notice::Received { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Whether one of `notices` is a warning that contains every one of `parts`.
 fn warns(notices: &[Notice], parts: &[&str]) -> bool {
     notices.iter().any(|notice| {

@@ -120,13 +120,7 @@ impl Party {
 
     /// Texts of the private messages it would have shown as received.
     pub(crate) fn received(&self) -> Vec<&str> {
-        self.notices
-            .iter()
-            .filter_map(|notice| match notice {
-                Notice::Received { text, .. } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect()
+        received_texts(&self.notices)
     }
 
     pub(crate) fn warned(&self, about: &str) -> bool {

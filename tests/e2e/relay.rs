@@ -30,13 +30,7 @@ pub(crate) struct Endpoint {
 
 impl Endpoint {
     pub(crate) fn received(&self) -> Vec<&str> {
-        self.notices
-            .iter()
-            .filter_map(|notice| match notice {
-                Notice::Received { text, .. } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect()
+        received_texts(&self.notices)
     }
 
     pub(crate) fn warnings(&self) -> Vec<&str> {
