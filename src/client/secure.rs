@@ -1018,3 +1018,74 @@ fn info(text: &str) -> Action {
 fn warn(text: &str) -> Action {
     Action::Show(Notice::Warning(text.to_owned()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// alice's `Secure`, with bob's key pinned, and bob's DH-INIT to her.
+    fn alice_with_bob_pinned(dir: &std::path::Path) -> (Secure, IdentityKey, String) {
+        let bob = IdentityKey::generate().expect("key");
+        let mut pins = PinStore::open(&dir.join("pins")).expect("pins");
+        pins.pin("bob", &bob.public_key()).expect("pin");
+        let alice = IdentityKey::generate().expect("key");
+        let secure = Secure::new("alice", alice, pins, Group::Ffdhe2048, false);
+        let (_, init) = Initiator::start("bob", "alice", Group::Ffdhe2048).expect("init");
+        (secure, bob, Payload::Init(init).to_string())
+    }
+
+    #[test]
+    fn a_contact_flooding_key_exchanges_is_answered_within_the_budget_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut alice, _, init) = alice_with_bob_pinned(dir.path());
+        let answered = (0..20)
+            .map(|_| alice.payload_arrived("bob", &init))
+            .filter(|actions| actions.iter().any(|a| matches!(a, Action::FetchKey(_))))
+            .count();
+        assert_eq!(answered, INIT_ANSWERS_PER_PEER);
+    }
+
+    #[test]
+    fn a_recently_fetched_key_answers_the_next_exchange_without_a_getkey() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut alice, bob, init) = alice_with_bob_pinned(dir.path());
+        assert!(alice
+            .payload_arrived("bob", &init)
+            .contains(&Action::FetchKey("bob".into())));
+        let reply = alice.key_arrived("bob", &bob.public_key().to_base64());
+        assert!(
+            reply.iter().any(|a| matches!(a, Action::Send { .. })),
+            "{reply:?}"
+        );
+        let (_, again) = Initiator::start("bob", "alice", Group::Ffdhe2048).expect("init");
+        let actions = alice.payload_arrived("bob", &Payload::Init(again).to_string());
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::FetchKey(_)))
+                && actions.iter().any(|a| matches!(a, Action::Send { .. })),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn a_strangers_exchange_is_a_request_shown_once_and_answered_only_on_accept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut alice, _, _) = alice_with_bob_pinned(dir.path());
+        let (_, init) = Initiator::start("carol", "alice", Group::Ffdhe2048).expect("init");
+        let init = Payload::Init(init).to_string();
+        let first = alice.payload_arrived("carol", &init);
+        assert_eq!(
+            first,
+            [Action::Show(Notice::Request {
+                from: "carol".into()
+            })]
+        );
+        for _ in 0..5 {
+            assert!(alice.payload_arrived("carol", &init).is_empty());
+        }
+        let accepted = alice.accept("carol");
+        assert!(
+            accepted.contains(&Action::FetchKey("carol".into())),
+            "{accepted:?}"
+        );
+    }
+}
