@@ -38,7 +38,6 @@ pub const RESERVED_USERNAMES: &[&str] = &[
     "securechat",
     "room",
     "everyone",
-    "nobody",
     "notice",
 ];
 
