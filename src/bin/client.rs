@@ -3,7 +3,8 @@
 //! Usage: `cargo run --bin client -- [--server HOST:PORT] [--ca FILE] [--resolve HOST:PORT:ADDR]`
 //!
 //! Shows the `l` (log in) / `r` (register) / `c` (close) menu, then the chat. Trusts the
-//! public web PKI and, if present, the development CA in `certs/ca.pem` (or `--ca FILE`).
+//! public web PKI and, if present, the development CA in `certs/ca.pem` (or `--ca FILE`),
+//! which vouches only for the names its certificate is constrained to.
 //! For scripts: `--user NAME --password-stdin [--register]`.
 
 use std::path::PathBuf;

@@ -1,9 +1,11 @@
 //! The securechat server.
 //!
-//! Usage: `cargo run --bin server -- [--listen ADDR] [--data-dir DIR] [--cert FILE --key FILE]`
+//! Usage: `cargo run --bin server -- [--listen ADDR] [--data-dir DIR] [--cert FILE --key FILE]
+//! [--hostname NAME]...`
 //!
 //! With no certificate given it uses (and on first start creates) a development CA and
-//! server certificate in `certs/`; clients started from the same directory trust it.
+//! server certificate in `certs/`, for `localhost`, `127.0.0.1`, `::1` and each `--hostname`;
+//! clients started from the same directory trust that CA for those names only.
 //! Stops cleanly on Ctrl-C or SIGTERM. `--help` lists every limit.
 
 use std::net::SocketAddr;
