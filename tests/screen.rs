@@ -40,6 +40,9 @@ const POLL: Duration = Duration::from_millis(20);
 const COLUMNS: u16 = 80;
 const ROWS: u16 = 500;
 
+/// Printed by the shell once the terminal is set up, just before the client starts.
+const READY: &str = "terminal ready";
+
 /// The client in a pseudo-terminal, with everything it wrote.
 struct Client {
     /// The client process and its terminal.
@@ -61,7 +64,7 @@ impl Client {
         command
             .arg("-c")
             .arg(format!(
-                r#"stty -echo cols {COLUMNS} rows 50 && exec "$0" "$@""#
+                r#"stty -echo cols {COLUMNS} rows 50 && echo "{READY}" && exec "$0" "$@""#
             ))
             .arg(env!("CARGO_BIN_EXE_client"))
             .args(args)
@@ -72,12 +75,15 @@ impl Client {
         }
         let session = rexpect::session::spawn_command(command, Some(TIMEOUT.as_millis() as u64))
             .expect("start the client in a pseudo-terminal");
-        Client {
+        let mut client = Client {
             session,
             raw: Vec::new(),
             screen: vt100::Parser::new(ROWS, COLUMNS, 0),
             matched: 0,
-        }
+        };
+        // Nothing is typed before the terminal stopped echoing.
+        client.expect(READY);
+        client
     }
 
     /// The client logged in as `user` through `--user --password-stdin`.
@@ -445,6 +451,7 @@ fn a_padded_room_line_of_any_length_never_starts_a_row_like_a_private_message_or
         assert!(
             row.starts_with('[')
                 || row.starts_with(CONTINUATION)
+                || row == READY
                 || row.starts_with("connected to")
                 || row.starts_with("account "),
             "a row that starts with someone else's text: {row:?}"
