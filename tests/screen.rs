@@ -524,13 +524,13 @@ fn escape_sequences_in_a_certificate_an_error_text_or_a_user_name_never_reach_th
                 client.send("OK LOGIN alice");
             } else if line.starts_with("SETKEY") {
                 client.send("OK SETKEY");
-                client.send("ERR SAY refused \u{202e}try again\u{2069} \u{200b}");
+                client.send("ERR SAY bad-frame \u{202e}try again\u{2069} \u{200b}");
                 client.send("ROOM bo\u{202e}b hello");
                 client.send("ROOM carol \u{202e}reversed\u{2066} and\t\ttabs");
                 client.send("ROOM carol marker");
             } else if line.starts_with("SAY") {
                 // Frames with controls: the client refuses them as frames (and leaves).
-                client.send("ERR SAY refused \u{9b}2J\u{9d}52;c;aGk=\u{9c} try again");
+                client.send("ERR SAY bad-frame \u{9b}2J\u{9d}52;c;aGk=\u{9c} try again");
                 client.send("ROOM bob\u{1b}[2J hello");
                 client.send("ROOM carol \u{9b}31m red\u{7}");
             } else if line.starts_with("QUIT") {

@@ -1009,6 +1009,9 @@ fn a_dh_walk_through_shows_on_both_screens_when_the_peer_opts_in_and_ends_with_t
     alice.send_line("/dh");
     alice.expect("every key exchange is explained step by step from now on");
     bob.send_line("/dh alice");
+    // bob is a stranger to alice: his exchange is a message request until she accepts.
+    alice.expect("message request: bob asks");
+    alice.send_line("/accept bob");
     let mut fingerprints = Vec::new();
     for (screen, peer) in [(&mut bob, "alice"), (&mut alice, "bob")] {
         screen.expect(&format!("[dh {peer}] "));
