@@ -3,7 +3,7 @@
 //! A *login thread* runs the TLS handshake and the anonymous phase: it answers by itself
 //! (register, log in, ping, quit) and refuses everything else, so the connection receives
 //! no chat traffic and learns nothing about who is online. Once the client has logged in,
-//! a fresh *reader thread* takes over (see [`serve`] for why) and sends every request to
+//! a fresh *reader thread* takes over (see `serve` for why) and sends every request to
 //! the router, so replies and deliveries reach the client in one order. The *writer
 //! thread* writes the socket: it drains the client's [`Outbox`] and sends each batch as
 //! one TLS write. (While it sleeps with nothing queued, the router may write a single frame
