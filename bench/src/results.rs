@@ -1,7 +1,7 @@
 //! What a benchmark run measured, as written to (and read back from) its JSON file.
 //!
-//! Shared by `src/bin/bench.rs`, which fills it in, and `src/bin/figures.rs`, which draws
-//! it (`#[path]`-included there). Every number carries its unit in its name. Fields that a
+//! Shared by the `bench` binary (`bench/src/main.rs`), which fills it in, and the `figures`
+//! binary (`bench/src/bin/figures.rs`), which draws it. Every number carries its unit in its name. Fields that a
 //! run could not measure (no server pid for an external server, say) are `null`.
 
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,7 @@
 //! Draws the benchmark figures as SVG with plotters: throughput vs pairs, latency
 //! percentiles vs offered rate, server memory vs idle connections.
 //!
-//! Shared by `bench --figures` and the `figures` binary (which `#[path]`-includes it), so
+//! Shared by `bench --figures` and the `figures` binary, so
 //! both draw the same pictures from the same [`Report`] data.
 
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 use securechat::{Error, Result};
 
-use super::results::{IdleResult, PairsResult, Report};
+use crate::results::{IdleResult, PairsResult, Report};
 
 /// Size of every figure, pixels.
 const SIZE: (u32, u32) = (860, 520);

@@ -2,11 +2,11 @@
 //! vs pairs, from a `--sweep`), `latency.svg` (latency percentiles vs offered rate, from
 //! `--rate` runs) and `memory.svg` (server RSS vs idle connections, from `--idle`).
 //!
-//! Usage: `cargo run --release --bin figures -- bench-results/figures-*.json [--out figures]`
+//! Usage: `cargo run --release -p bench --bin figures -- bench-results/figures-*.json [--out figures]`
 //!
 //! Several files may be given: each section (sweep, rates, idle) comes from the last file
 //! that has it, so separate runs can be combined. A figure whose data is missing is
-//! skipped with a note. `cargo run --release --bin bench -- --figures` measures everything
+//! skipped with a note. `cargo run --release -p bench -- --figures` measures everything
 //! and draws the same figures in one go.
 
 use std::path::PathBuf;
@@ -15,14 +15,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use securechat::{Error, Result};
 
-#[path = "bench/render.rs"]
-mod render;
-// Shared with `bench`, which uses all of it; this binary only reads.
-#[allow(dead_code)]
-#[path = "bench/results.rs"]
-mod results;
-
-use results::Report;
+use bench::render;
+use bench::results::{self, Report};
 
 /// Draw SVG figures from securechat bench results.
 #[derive(Parser, Debug)]

@@ -1,7 +1,7 @@
 //! securechat's load generator and benchmark: real TLS clients that register, log in and
 //! exchange private messages, measured end to end.
 //!
-//! Usage: `cargo run --release --bin bench -- [PHASES] [OPTIONS]`
+//! Usage: `cargo run --release -p bench -- [PHASES] [OPTIONS]`
 //!
 //! Phases (several may be given; with none, `--flood` runs):
 //! * `--flood`: `--pairs N` senders each send `--messages M` private messages to their own
@@ -22,9 +22,9 @@
 //! * `--storm N`: `--pairs` pairs chat at `--storm-rate` msgs/s per sender; after a quiet
 //!   window, N clients log in at once. Latency p50/p99 quiet vs storm, their ratio, and
 //!   the storm's login times. Its server uses the production bcrypt cost (12) and bcrypt
-//!   pool; all accounts are registered before anything is measured (see `bench/storm.rs`).
+//!   pool; all accounts are registered before anything is measured (see `bench/src/storm.rs`).
 //! * `--dh`: the cost of one end-to-end key agreement per group, beside `openssl speed`
-//!   (no server; see `bench/dh.rs`).
+//!   (no server; see `bench/src/dh.rs`).
 //! * `--soak SECONDS`: `--clients` clients doing random actions; errors and lost private
 //!   messages must be 0, server RSS is sampled once a second.
 //! * `--figures`: a sweep, a rate series and an idle ramp, then `figures/*.svg`.
@@ -68,36 +68,16 @@ use std::time::{Duration, SystemTime};
 use clap::Parser;
 use securechat::{Error, Result};
 
-#[path = "bench/clients.rs"]
-mod clients;
-#[path = "bench/dh.rs"]
-mod dh;
-#[path = "bench/idle.rs"]
-mod idle;
-#[path = "bench/pairs.rs"]
-mod pairs;
-#[path = "bench/render.rs"]
-mod render;
-#[path = "bench/results.rs"]
-mod results;
-#[path = "bench/soak.rs"]
-mod soak;
-#[path = "bench/storm.rs"]
-mod storm;
-#[path = "bench/table.rs"]
-mod table;
-#[path = "bench/target.rs"]
-mod target;
-
-use clients::{open_many, Setup, PASSWORD};
-use pairs::PairsConfig;
-use results::{Machine, PairsResult, Report, ServerInfo};
-use soak::SoakConfig;
-use storm::StormConfig;
-use target::{
+use bench::clients::{open_many, Setup, PASSWORD};
+use bench::pairs::PairsConfig;
+use bench::results::{self, Machine, PairsResult, Report, ServerInfo};
+use bench::soak::SoakConfig;
+use bench::storm::StormConfig;
+use bench::target::{
     ChildSettings, External, Target, BENCH_BCRYPT_COST, BENCH_MAX_CONNECTIONS,
     PRODUCTION_BCRYPT_COST,
 };
+use bench::{dh, idle, pairs, render, soak, storm, table, target};
 
 /// Pairs counts of the `--figures` throughput sweep (unless `--sweep` is given).
 const FIGURE_SWEEP: &[usize] = &[1, 10, 50, 100, 500];
@@ -369,7 +349,7 @@ fn run(args: Args) -> Result<bool> {
                 eprintln!("idle: opening {n} connections");
                 let (mut result, held) = idle::open(t, n, concurrency, &tag)?;
                 for cfg in &with {
-                    let label = format!("with {} idle connections held", held.len());
+                    let label = format!("with {} idle connections held", held.count());
                     result.with_traffic.push(bench.pairs_on(t, cfg, &label)?);
                 }
                 result.server_threads = t.threads().or(result.server_threads);
