@@ -43,16 +43,11 @@
 //! memory need the pid; start it with `--max-connections-per-ip 0 --rate-limit 0
 //! --registrations-per-ip 0`).
 //!
-//! Same load, other servers: the peer lab's tokio generator `chatbench` (see
-//! `shared/peers/tools/chatbench/README.md`) drives securechat too. Start a server with
-//! `target/release/server --listen 127.0.0.1:7921 --data-dir D --certs-dir D/certs
-//! --bcrypt-cost 4 --max-connections-per-ip 0 --rate-limit 0 --registrations-per-ip 0`,
-//! register chatbench's user names with `bench --server localhost:7921 --ca D/certs/ca.pem
-//! --prepare-accounts 50 --tag cb`, then run `$PEERS/target/release/chatbench --port 7921
-//! --cafile D/certs/ca.pem --tag cb --pairs 50 --password 'Bench pass 1' --proto template
-//! --login 'LOGIN {user} {password}' --login-ok 'OK LOGIN' --login-fail ERR
-//! --send 'MSG {to} {body}' --recv 'FROM {from} {body}' --server-pid PID`, as
-//! `tools/peers/bench-peer.sh` does for the IRC servers (add `--rate 100` for its second run).
+//! Same load, other servers: the peer lab's generator `chatbench`
+//! (`bench/peers/tools/chatbench/`) drives securechat and the IRC servers alike;
+//! `bench/peers/tools/peers/compare.sh` starts a securechat server, registers chatbench's user
+//! names with `bench --server HOST:PORT --ca FILE --prepare-accounts 50 --tag cb`, and runs
+//! both interleaved. `bench/peers/README.md` has the commands.
 //!
 //! Output: a table on stdout and a JSON file (`--json PATH`, default
 //! `bench-results/<mode>-<timestamp>.json`). Exits non-zero if any message was lost or
