@@ -17,6 +17,7 @@
 //! * [`dh`]: the cost of one end-to-end key agreement, beside `openssl speed` (`--dh`).
 //! * [`results`]: what a run measured, as written to its JSON file.
 //! * [`table`]: the human-readable summary on stdout.
+//! * [`spread`]: several runs of one measurement as median and range, and the tables.
 //! * [`render`]: the SVG figures drawn from [`results::Report`]s.
 //!
 //! The measurements and how to reproduce them are in `report/performance.md`.
@@ -28,6 +29,7 @@ pub mod pairs;
 pub mod render;
 pub mod results;
 pub mod soak;
+pub mod spread;
 pub mod storm;
 pub mod table;
 pub mod target;

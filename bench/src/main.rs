@@ -425,7 +425,7 @@ fn run(args: Args) -> Result<bool> {
     write_json(report, &path)?;
     println!("\nresults: {}", path.display());
     if figures {
-        for file in render::render_all(report, &args.figures_dir)? {
+        for file in render::render_all(std::slice::from_ref(report), &args.figures_dir)? {
             println!("figure: {}", file.display());
         }
     }
@@ -513,6 +513,7 @@ impl<'a> Bench<'a> {
             schema: results::SCHEMA,
             started,
             command: std::env::args().collect::<Vec<_>>().join(" "),
+            commit: commit(),
             server: ServerInfo {
                 kind: if external.is_some() {
                     "external"
@@ -667,6 +668,18 @@ fn random_tag() -> String {
     (0..4)
         .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
         .collect()
+}
+
+/// The commit being measured: `git describe --always --dirty` in the current directory
+/// (`None` when that is not a git checkout or git is missing).
+fn commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (!text.is_empty()).then_some(text)
 }
 
 /// What the machine is.

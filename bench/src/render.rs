@@ -1,15 +1,18 @@
-//! Draws the benchmark figures as SVG with plotters: throughput vs pairs, latency
-//! percentiles vs offered rate, server memory vs idle connections.
+//! Draws the benchmark figures as SVG with plotters: throughput and server CPU per message vs
+//! pairs, latency percentiles vs offered rate, server memory vs idle connections.
 //!
-//! Shared by `bench --figures` and the `figures` binary, so
-//! both draw the same pictures from the same [`Report`] data.
+//! Shared by `bench --figures` (one run) and the `figures` binary (any number of runs), so
+//! both draw the same pictures from the same [`Report`] data. With several runs each point is
+//! the median, with a bar from the smallest to the largest value ([`crate::spread`], which
+//! also writes the tables); the caption names the runs, the commit and the machine.
 
 use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 use securechat::{Error, Result};
 
-use crate::results::{IdleResult, PairsResult, Report};
+use crate::results::Report;
+use crate::spread::{self, Spread};
 
 /// Size of every figure, pixels.
 const SIZE: (u32, u32) = (860, 520);
@@ -34,29 +37,36 @@ fn canvas(path: &Path) -> Result<DrawingArea<SVGBackend<'_>, plotters::coord::Sh
     Ok(root)
 }
 
-/// A chart builder on `root` with every figure's layout and `title` (plus the subtitle).
+/// A chart builder on `root` with every figure's layout and `title`; `subtitle` (where the
+/// data comes from) is written along the bottom edge.
 fn layout<'a, 'b>(
     root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
     title: &str,
     subtitle: &str,
-) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    path: &Path,
+) -> Result<ChartBuilder<'a, 'b, SVGBackend<'b>>> {
+    root.draw_text(
+        subtitle,
+        &("sans-serif", 11)
+            .into_text_style(root)
+            .color(&RGBColor(90, 90, 90)),
+        (10, SIZE.1 as i32 - 16),
+    )
+    .map_err(|e| drawing_error(path, e))?;
     let mut builder = ChartBuilder::on(root);
     builder
-        .caption(
-            format!("securechat {title} — {subtitle}"),
-            ("sans-serif", 16),
-        )
+        .caption(format!("securechat {title}"), ("sans-serif", 17))
         .margin(20)
-        .x_label_area_size(45)
+        .x_label_area_size(60)
         .y_label_area_size(80);
-    builder
+    Ok(builder)
 }
 
 /// A chart with two `f64` axes (linear or logarithmic) on an SVG file.
 type Chart<'a, 'b, X, Y> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, Y>>;
 
-/// Draws `points` as a line in `colour`, named `label` in the legend; with `dots`, a dot on
-/// each point as well.
+/// Draws `points` as a line in `colour`, named `label` in the legend (none if empty); with
+/// `dots`, a dot on each point as well.
 fn labelled_line<X, Y>(
     chart: &mut Chart<'_, '_, X, Y>,
     points: &[(f64, f64)],
@@ -70,16 +80,43 @@ where
     Y: Ranged<ValueType = f64>,
 {
     let err = |e| drawing_error(path, e);
-    chart
+    let series = chart
         .draw_series(LineSeries::new(points.to_vec(), colour.stroke_width(2)))
-        .map_err(err)?
-        .label(label)
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+        .map_err(err)?;
+    if !label.is_empty() {
+        series
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+    }
     if dots {
         chart
             .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
             .map_err(err)?;
     }
+    Ok(())
+}
+
+/// Draws `points` (x, spread) as a median line with a min–max bar at each point.
+fn spread_line<X, Y>(
+    chart: &mut Chart<'_, '_, X, Y>,
+    points: &[(f64, Spread)],
+    colour: RGBColor,
+    label: &str,
+    path: &Path,
+) -> Result<()>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    let medians: Vec<(f64, f64)> = points.iter().map(|(x, s)| (*x, s.median)).collect();
+    labelled_line(chart, &medians, colour, label, true, path)?;
+    chart
+        .draw_series(
+            points.iter().filter(|(_, s)| s.runs > 1).map(|&(x, s)| {
+                PathElement::new(vec![(x, s.min), (x, s.max)], colour.stroke_width(2))
+            }),
+        )
+        .map_err(|e| drawing_error(path, e))?;
     Ok(())
 }
 
@@ -105,139 +142,212 @@ where
     root.present().map_err(err)
 }
 
-/// Draws every figure `report` has data for into `dir`; returns the files written.
-pub fn render_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
+/// Draws every figure `reports` have data for into `dir`; returns the files written. Runs of
+/// the same point in different reports are summarised as median and range.
+pub fn render_all(reports: &[Report], dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::Config(format!("cannot create {}: {e}", dir.display())))?;
-    let subtitle = format!(
-        "{} cores ({}), {}",
-        report.machine.cores, report.machine.cpu, report.started
-    );
+    let subtitle = spread::provenance(reports);
     let mut written = Vec::new();
-    if report.sweep.len() >= 2 {
+    let sweep = spread::by_pairs(reports, spread::msgs_per_s);
+    if sweep.len() >= 2 {
         let path = dir.join("throughput.svg");
-        throughput(&report.sweep, &subtitle, &path)?;
+        throughput(&sweep, &subtitle, &path)?;
         written.push(path);
     }
-    if report.rates.len() >= 2 {
+    let cpu = spread::by_pairs(reports, spread::server_us_per_msg);
+    if cpu.len() >= 2 {
+        let path = dir.join("cpu.svg");
+        cpu_per_message(&cpu, &subtitle, &path)?;
+        written.push(path);
+    }
+    let rates = spread::by_offered_rate(reports, spread::PERCENTILES[0].1);
+    if rates.len() >= 2 {
         let path = dir.join("latency.svg");
-        latency(&report.rates, &subtitle, &path)?;
+        latency(reports, &subtitle, &path)?;
         written.push(path);
     }
-    if let Some(idle) = report.idle.as_ref().filter(|i| i.samples.len() >= 2) {
+    if reports
+        .iter()
+        .any(|r| r.idle.as_ref().is_some_and(|i| i.samples.len() >= 2))
+    {
         let path = dir.join("memory.svg");
-        memory(idle, &subtitle, &path)?;
+        memory(reports, &subtitle, &path)?;
         written.push(path);
     }
     Ok(written)
 }
 
-/// `throughput.svg`: delivered msgs/s (flood) against the number of pairs, log x axis.
-pub fn throughput(sweep: &[PairsResult], subtitle: &str, path: &Path) -> Result<()> {
+/// The x range of a log axis over `xs` (pairs counts), with a margin either side.
+fn log_x_range(xs: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+    let max = xs.fold(1.0, f64::max);
+    0.7..max * 1.6
+}
+
+/// `throughput.svg`: delivered msgs/s (flood) against the number of pairs, log x axis,
+/// millions of messages on the y axis.
+pub fn throughput(points: &[(usize, Spread)], subtitle: &str, path: &Path) -> Result<()> {
     let err = |e| drawing_error(path, e);
-    let points: Vec<(f64, f64)> = sweep
-        .iter()
-        .map(|r| (r.pairs as f64, r.msgs_per_s))
-        .collect();
-    let x_max = points.iter().map(|p| p.0).fold(1.0, f64::max) * 2.0;
-    let y_max = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.2;
+    let points: Vec<(f64, Spread)> = points.iter().map(|&(p, s)| (p as f64, s)).collect();
+    let y_max = points.iter().map(|p| p.1.max).fold(1.0, f64::max) * 1.2;
     let root = canvas(path)?;
-    let mut chart = layout(&root, "flood throughput vs pairs", subtitle)
-        .build_cartesian_2d((0.8f64..x_max).log_scale(), 0f64..y_max)
+    let mut chart = layout(&root, "flood throughput vs pairs", subtitle, path)?
+        .build_cartesian_2d(
+            log_x_range(points.iter().map(|p| p.0)).log_scale(),
+            0f64..y_max,
+        )
         .map_err(err)?;
     chart
         .configure_mesh()
         // A log axis draws a light line per unit step, a grey smear: keep the bold ones.
         .light_line_style(TRANSPARENT)
         .x_desc("sender/receiver pairs (2 TLS connections each)")
-        .y_desc("delivered private messages / s")
+        .y_desc("delivered private messages / s (millions)")
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.0}"))
+        .y_label_formatter(&|y| format!("{:.2} M", y / 1e6))
         .draw()
         .map_err(err)?;
     let colour = COLOURS[0];
-    labelled_line(
+    spread_line(
         &mut chart,
         &points,
         colour,
-        "msgs/s (all pairs flooding)",
-        false,
+        "msgs/s, all pairs flooding (median; bar: min–max)",
         path,
     )?;
     chart
-        .draw_series(points.iter().map(|&(x, y)| {
-            EmptyElement::at((x, y))
-                + Circle::new((0, 0), 4, colour.filled())
-                + Text::new(format!("{y:.0}"), (6, -16), ("sans-serif", 12))
+        .draw_series(points.iter().map(|&(x, s)| {
+            EmptyElement::at((x, s.median))
+                + Text::new(
+                    format!("{:.2} M", s.median / 1e6),
+                    (6, -18),
+                    ("sans-serif", 12),
+                )
         }))
         .map_err(err)?;
     finish(chart, &root, SeriesLabelPosition::LowerRight, path)
 }
 
-/// Reads one number out of a run.
-type Metric = fn(&PairsResult) -> f64;
+/// `cpu.svg`: the server's CPU time per delivered message in a flood, against pairs.
+pub fn cpu_per_message(points: &[(usize, Spread)], subtitle: &str, path: &Path) -> Result<()> {
+    let err = |e| drawing_error(path, e);
+    let points: Vec<(f64, Spread)> = points.iter().map(|&(p, s)| (p as f64, s)).collect();
+    let y_max = points.iter().map(|p| p.1.max).fold(0.1, f64::max) * 1.3;
+    let root = canvas(path)?;
+    let mut chart = layout(
+        &root,
+        "server CPU per message vs pairs (flood)",
+        subtitle,
+        path,
+    )?
+    .build_cartesian_2d(
+        log_x_range(points.iter().map(|p| p.0)).log_scale(),
+        0f64..y_max,
+    )
+    .map_err(err)?;
+    chart
+        .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .x_desc("sender/receiver pairs (2 TLS connections each)")
+        .y_desc("server CPU time per delivered message, µs")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.1}"))
+        .draw()
+        .map_err(err)?;
+    spread_line(
+        &mut chart,
+        &points,
+        COLOURS[1],
+        "server CPU µs per message (median; bar: min–max)",
+        path,
+    )?;
+    finish(chart, &root, SeriesLabelPosition::UpperLeft, path)
+}
 
 /// `latency.svg`: latency percentiles against the offered rate, log y axis.
-pub fn latency(rates: &[PairsResult], subtitle: &str, path: &Path) -> Result<()> {
+pub fn latency(reports: &[Report], subtitle: &str, path: &Path) -> Result<()> {
     let err = |e| drawing_error(path, e);
-    let offered = |r: &PairsResult| r.offered_msgs_per_s.unwrap_or(r.msgs_per_s);
-    let series: [(&str, Metric); 4] = [
-        ("p50", |r| r.latency_ms.p50),
-        ("p90", |r| r.latency_ms.p90),
-        ("p99", |r| r.latency_ms.p99),
-        ("p99.9", |r| r.latency_ms.p999),
-    ];
-    let x_max = rates.iter().map(offered).fold(1.0, f64::max) * 1.08;
-    let all = rates
+    let series: Vec<(&str, Vec<(f64, Spread)>)> = spread::PERCENTILES
         .iter()
-        .flat_map(|r| series.iter().map(move |(_, f)| f(r)))
-        .filter(|v| *v > 0.0);
-    let (lo, hi) = all.fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        .map(|(name, metric)| {
+            let points = spread::by_offered_rate(reports, *metric)
+                .into_iter()
+                .map(|(x, s)| (x as f64, s))
+                .collect();
+            (*name, points)
+        })
+        .collect();
+    let all = || series.iter().flat_map(|(_, points)| points.iter());
+    let x_max = all().map(|p| p.0).fold(1.0, f64::max) * 1.08;
+    let positive = all().flat_map(|(_, s)| [s.min, s.max]).filter(|v| *v > 0.0);
+    let (lo, hi) = positive.fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let (y_min, y_max) = if hi > 0.0 {
         (lo / 2.0, hi * 2.0)
     } else {
         (0.01, 1.0)
     };
-    let pairs = rates.first().map_or(0, |r| r.pairs);
+    let pairs = reports
+        .iter()
+        .flat_map(|r| r.rates.first())
+        .map(|r| r.pairs)
+        .next()
+        .unwrap_or(0);
     let root = canvas(path)?;
     let mut chart = layout(
         &root,
-        &format!("latency vs offered load ({pairs} pairs)"),
+        &format!("latency vs offered load ({pairs} pairs; median, bar: min–max)"),
         subtitle,
-    )
+        path,
+    )?
     .build_cartesian_2d(0f64..x_max, (y_min..y_max).log_scale())
     .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("offered private messages / s (all senders)")
-        .y_desc("send-to-receive latency, ms")
+        .y_desc("send-to-receive latency, ms (log scale)")
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_label_formatter(&|y| format!("{y}"))
         .draw()
         .map_err(err)?;
-    for (i, (name, value)) in series.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
-        let points: Vec<(f64, f64)> = rates
+    for (i, (name, points)) in series.iter().enumerate() {
+        let clamped: Vec<(f64, Spread)> = points
             .iter()
-            .map(|r| (offered(r), value(r).max(y_min)))
+            .map(|&(x, s)| {
+                let floor = |v: f64| v.max(y_min);
+                (
+                    x,
+                    Spread {
+                        median: floor(s.median),
+                        min: floor(s.min),
+                        max: floor(s.max),
+                        runs: s.runs,
+                    },
+                )
+            })
             .collect();
-        labelled_line(&mut chart, &points, colour, name, true, path)?;
+        spread_line(&mut chart, &clamped, COLOURS[i % COLOURS.len()], name, path)?;
     }
     finish(chart, &root, SeriesLabelPosition::UpperLeft, path)
 }
 
-/// `memory.svg`: server RSS against idle logged-in connections.
-pub fn memory(idle: &IdleResult, subtitle: &str, path: &Path) -> Result<()> {
+/// `memory.svg`: server RSS against idle logged-in connections, one line per run.
+pub fn memory(reports: &[Report], subtitle: &str, path: &Path) -> Result<()> {
     let err = |e| drawing_error(path, e);
-    let points: Vec<(f64, f64)> = idle
-        .samples
+    let runs: Vec<Vec<(f64, f64)>> = reports
         .iter()
-        .map(|s| (s.connections as f64, s.rss_kib as f64 / 1024.0))
+        .filter_map(|r| r.idle.as_ref())
+        .map(|idle| {
+            idle.samples
+                .iter()
+                .map(|s| (s.connections as f64, s.rss_kib as f64 / 1024.0))
+                .collect()
+        })
         .collect();
-    let x_max = points.iter().map(|p| p.0).fold(1.0, f64::max) * 1.05;
-    let y_max = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.15;
+    let all = || runs.iter().flatten();
+    let x_max = all().map(|p| p.0).fold(1.0, f64::max) * 1.05;
+    let y_max = all().map(|p| p.1).fold(1.0, f64::max) * 1.15;
     let root = canvas(path)?;
-    let mut chart = layout(&root, "server memory vs idle connections", subtitle)
+    let mut chart = layout(&root, "server memory vs idle connections", subtitle, path)?
         .build_cartesian_2d(0f64..x_max, 0f64..y_max)
         .map_err(err)?;
     chart
@@ -248,10 +358,17 @@ pub fn memory(idle: &IdleResult, subtitle: &str, path: &Path) -> Result<()> {
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(err)?;
-    let label = format!(
-        "RSS: {:.1} KiB per connection (slope), {:.1} KiB ((after - before) / N)",
-        idle.slope_kib_per_conn, idle.rss_per_conn_kib
-    );
-    labelled_line(&mut chart, &points, COLOURS[0], &label, true, path)?;
+    let label = match spread::idle_per_connection(reports) {
+        Some((slope, mean, _)) => format!(
+            "KiB per connection: slope {}, (after - before) / N {}",
+            slope.text(1),
+            mean.text(1)
+        ),
+        None => "RSS".into(),
+    };
+    for (i, points) in runs.iter().enumerate() {
+        let name = if i == 0 { label.as_str() } else { "" };
+        labelled_line(&mut chart, points, COLOURS[0], name, true, path)?;
+    }
     finish(chart, &root, SeriesLabelPosition::UpperLeft, path)
 }

@@ -1,22 +1,25 @@
-//! Draws the benchmark figures from `bench` result files: `throughput.svg` (flood msgs/s
-//! vs pairs, from a `--sweep`), `latency.svg` (latency percentiles vs offered rate, from
-//! `--rate` runs) and `memory.svg` (server RSS vs idle connections, from `--idle`).
+//! Draws the benchmark figures and their tables from `bench` result files:
+//! `throughput.svg` and `cpu.svg` (flood msgs/s and server CPU per message vs pairs, from
+//! `--sweep`), `latency.svg` (latency percentiles vs offered rate, from `--rate`),
+//! `memory.svg` (server RSS vs idle connections, from `--idle`), and `tables.md` (the same
+//! numbers as tables).
 //!
-//! Usage: `cargo run --release -p bench --bin figures -- bench-results/figures-*.json [--out figures]`
+//! Usage: `cargo run --release -p bench --bin figures -- figures/data/*.json [--out figures]`
 //!
-//! Several files may be given: each section (sweep, rates, idle) comes from the last file
-//! that has it, so separate runs can be combined. A figure whose data is missing is
-//! skipped with a note. `cargo run --release -p bench -- --figures` measures everything
-//! and draws the same figures in one go.
+//! Several files may be given, typically repeated runs of `bench --figures`: each point is
+//! then the median over the runs that measured it, drawn with a bar from the smallest to the
+//! largest value, and the tables say the same. A figure whose data is missing is skipped.
+//! `cargo run --release -p bench -- --figures` measures everything and draws one run's
+//! figures in one go.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
 use securechat::{Error, Result};
 
-use bench::render;
 use bench::results::{self, Report};
+use bench::{render, spread};
 
 /// Draw SVG figures from securechat bench results.
 #[derive(Parser, Debug)]
@@ -25,7 +28,7 @@ struct Args {
     /// Result files written by `bench` (JSON).
     #[arg(required = true)]
     results: Vec<PathBuf>,
-    /// Directory for the SVG files.
+    /// Directory for the SVG files and `tables.md`.
     #[arg(long, default_value = "figures")]
     out: PathBuf,
 }
@@ -41,68 +44,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    let mut merged: Option<Report> = None;
-    for path in &args.results {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-        let report: Report = serde_json::from_str(&text).map_err(|e| {
-            Error::Config(format!(
-                "{} is not a bench result file: {e}",
-                path.display()
-            ))
-        })?;
-        if report.tool != "securechat-bench" {
-            return Err(Error::Config(format!(
-                "{} was not written by securechat's bench",
-                path.display()
-            )));
-        }
-        if report.schema > results::SCHEMA {
-            return Err(Error::Config(format!(
-                "{} is in a newer format ({}) than this program reads ({}): rebuild figures",
-                path.display(),
-                report.schema,
-                results::SCHEMA
-            )));
-        }
-        merged = Some(match merged {
-            None => report,
-            Some(mut m) => {
-                if !report.sweep.is_empty() {
-                    m.sweep = report.sweep;
-                }
-                if !report.rates.is_empty() {
-                    m.rates = report.rates;
-                }
-                if report.idle.is_some() {
-                    m.idle = report.idle;
-                }
-                m.machine = report.machine;
-                m.started = report.started;
-                m
-            }
-        });
-    }
-    let report = merged.ok_or_else(|| Error::Config("no result files given".into()))?;
-    for (missing, what) in [
-        (
-            report.sweep.len() < 2,
-            "throughput.svg: needs a --sweep with 2+ points",
-        ),
-        (
-            report.rates.len() < 2,
-            "latency.svg: needs --rate with 2+ rates",
-        ),
-        (
-            report.idle.as_ref().map_or(true, |i| i.samples.len() < 2),
-            "memory.svg: needs an --idle run",
-        ),
-    ] {
-        if missing {
-            eprintln!("figures: skipped {what}");
-        }
-    }
-    let written = render::render_all(&report, &args.out)?;
+    let reports = args
+        .results
+        .iter()
+        .map(|path| read(path))
+        .collect::<Result<Vec<Report>>>()?;
+    let written = render::render_all(&reports, &args.out)?;
     if written.is_empty() {
         return Err(Error::Config(
             "nothing to draw: the files have no sweep, rate or idle results".into(),
@@ -111,5 +58,36 @@ fn run(args: Args) -> Result<()> {
     for file in written {
         println!("{}", file.display());
     }
+    let tables = args.out.join("tables.md");
+    std::fs::write(&tables, spread::markdown_tables(&reports))
+        .map_err(|e| Error::Config(format!("cannot write {}: {e}", tables.display())))?;
+    println!("{}", tables.display());
     Ok(())
+}
+
+/// One result file, checked to be a bench report this program can read.
+fn read(path: &Path) -> Result<Report> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+    let report: Report = serde_json::from_str(&text).map_err(|e| {
+        Error::Config(format!(
+            "{} is not a bench result file: {e}",
+            path.display()
+        ))
+    })?;
+    if report.tool != "securechat-bench" {
+        return Err(Error::Config(format!(
+            "{} was not written by securechat's bench",
+            path.display()
+        )));
+    }
+    if report.schema > results::SCHEMA {
+        return Err(Error::Config(format!(
+            "{} is in a newer format ({}) than this program reads ({}): rebuild figures",
+            path.display(),
+            report.schema,
+            results::SCHEMA
+        )));
+    }
+    Ok(report)
 }
