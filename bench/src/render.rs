@@ -184,84 +184,86 @@ fn log_x_range(xs: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     0.7..max * 1.6
 }
 
-/// `throughput.svg`: delivered msgs/s (flood) against the number of pairs, log x axis,
-/// millions of messages on the y axis.
-pub fn throughput(points: &[(usize, Spread)], subtitle: &str, path: &Path) -> Result<()> {
+/// One figure of a flood sweep: a number per pairs count (log x axis), median and range.
+struct PairsFigure<'a> {
+    /// Title, after "securechat".
+    title: &'a str,
+    /// Y axis description.
+    y_desc: &'a str,
+    /// Y axis labels, and the value written beside each point.
+    y_text: fn(f64) -> String,
+    /// Legend text of the line.
+    label: &'a str,
+    /// Line colour.
+    colour: RGBColor,
+    /// Where the legend goes (away from the line).
+    legend: SeriesLabelPosition,
+}
+
+/// Draws `figure` for `points` (pairs, spread) to `path`.
+fn pairs_figure(
+    figure: PairsFigure<'_>,
+    points: &[(usize, Spread)],
+    subtitle: &str,
+    path: &Path,
+) -> Result<()> {
     let err = |e| drawing_error(path, e);
     let points: Vec<(f64, Spread)> = points.iter().map(|&(p, s)| (p as f64, s)).collect();
-    let y_max = points.iter().map(|p| p.1.max).fold(1.0, f64::max) * 1.2;
+    let y_max = points
+        .iter()
+        .map(|p| p.1.max)
+        .fold(f64::MIN_POSITIVE, f64::max)
+        * 1.25;
     let root = canvas(path)?;
-    let mut chart = layout(&root, "flood throughput vs pairs", subtitle, path)?
-        .build_cartesian_2d(
-            log_x_range(points.iter().map(|p| p.0)).log_scale(),
-            0f64..y_max,
-        )
+    let x_range = log_x_range(points.iter().map(|p| p.0));
+    let mut chart = layout(&root, figure.title, subtitle, path)?
+        .build_cartesian_2d(x_range.log_scale(), 0f64..y_max)
         .map_err(err)?;
+    let y_text = figure.y_text;
     chart
         .configure_mesh()
         // A log axis draws a light line per unit step, a grey smear: keep the bold ones.
         .light_line_style(TRANSPARENT)
         .x_desc("sender/receiver pairs (2 TLS connections each)")
-        .y_desc("delivered private messages / s (millions)")
+        .y_desc(figure.y_desc)
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{:.2} M", y / 1e6))
+        .y_label_formatter(&|y| y_text(*y))
         .draw()
         .map_err(err)?;
-    let colour = COLOURS[0];
-    spread_line(
-        &mut chart,
-        &points,
-        colour,
-        "msgs/s, all pairs flooding (median; bar: min–max)",
-        path,
-    )?;
+    spread_line(&mut chart, &points, figure.colour, figure.label, path)?;
     chart
         .draw_series(points.iter().map(|&(x, s)| {
             EmptyElement::at((x, s.median))
-                + Text::new(
-                    format!("{:.2} M", s.median / 1e6),
-                    (6, -18),
-                    ("sans-serif", 12),
-                )
+                + Text::new(y_text(s.median), (6, -18), ("sans-serif", 12))
         }))
         .map_err(err)?;
-    finish(chart, &root, SeriesLabelPosition::LowerRight, path)
+    finish(chart, &root, figure.legend, path)
+}
+
+/// `throughput.svg`: delivered msgs/s (flood) against the number of pairs, in millions.
+pub fn throughput(points: &[(usize, Spread)], subtitle: &str, path: &Path) -> Result<()> {
+    let figure = PairsFigure {
+        title: "flood throughput vs pairs",
+        y_desc: "delivered private messages / s (millions)",
+        y_text: |y| format!("{:.2} M", y / 1e6),
+        label: "msgs/s, all pairs flooding (median; bar: min–max)",
+        colour: COLOURS[0],
+        legend: SeriesLabelPosition::LowerRight,
+    };
+    pairs_figure(figure, points, subtitle, path)
 }
 
 /// `cpu.svg`: the server's CPU time per delivered message in a flood, against pairs.
 pub fn cpu_per_message(points: &[(usize, Spread)], subtitle: &str, path: &Path) -> Result<()> {
-    let err = |e| drawing_error(path, e);
-    let points: Vec<(f64, Spread)> = points.iter().map(|&(p, s)| (p as f64, s)).collect();
-    let y_max = points.iter().map(|p| p.1.max).fold(0.1, f64::max) * 1.3;
-    let root = canvas(path)?;
-    let mut chart = layout(
-        &root,
-        "server CPU per message vs pairs (flood)",
-        subtitle,
-        path,
-    )?
-    .build_cartesian_2d(
-        log_x_range(points.iter().map(|p| p.0)).log_scale(),
-        0f64..y_max,
-    )
-    .map_err(err)?;
-    chart
-        .configure_mesh()
-        .light_line_style(TRANSPARENT)
-        .x_desc("sender/receiver pairs (2 TLS connections each)")
-        .y_desc("server CPU time per delivered message, µs")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.1}"))
-        .draw()
-        .map_err(err)?;
-    spread_line(
-        &mut chart,
-        &points,
-        COLOURS[1],
-        "server CPU µs per message (median; bar: min–max)",
-        path,
-    )?;
-    finish(chart, &root, SeriesLabelPosition::UpperLeft, path)
+    let figure = PairsFigure {
+        title: "server CPU per message vs pairs (flood)",
+        y_desc: "server CPU time per delivered message, µs",
+        y_text: |y| format!("{y:.2}"),
+        label: "server CPU µs per message (median; bar: min–max)",
+        colour: COLOURS[1],
+        legend: SeriesLabelPosition::UpperLeft,
+    };
+    pairs_figure(figure, points, subtitle, path)
 }
 
 /// `latency.svg`: latency percentiles against the offered rate, log y axis.
