@@ -18,7 +18,8 @@
 //! * [`results`]: what a run measured, as written to its JSON file.
 //! * [`table`]: the human-readable summary on stdout.
 //! * [`spread`]: several runs of one measurement as median and range, and the tables.
-//! * [`render`]: the SVG figures drawn from [`results::Report`]s.
+//! * [`peers`]: the IRC comparison's result files (the peer lab's `chatbench`), read back.
+//! * [`render`]: the SVG figures drawn from [`results::Report`]s and the peer results.
 //!
 //! The measurements and how to reproduce them are in `report/performance.md`.
 
@@ -26,6 +27,7 @@ pub mod clients;
 pub mod dh;
 pub mod idle;
 pub mod pairs;
+pub mod peers;
 pub mod render;
 pub mod results;
 pub mod soak;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 use securechat::{Error, Result};
 
+use crate::peers::PeerSummary;
 use crate::results::Report;
 use crate::spread::{self, Spread};
 
@@ -45,14 +46,7 @@ fn layout<'a, 'b>(
     subtitle: &str,
     path: &Path,
 ) -> Result<ChartBuilder<'a, 'b, SVGBackend<'b>>> {
-    root.draw_text(
-        subtitle,
-        &("sans-serif", 11)
-            .into_text_style(root)
-            .color(&RGBColor(90, 90, 90)),
-        (10, SIZE.1 as i32 - 16),
-    )
-    .map_err(|e| drawing_error(path, e))?;
+    caption_source(root, subtitle, path)?;
     let mut builder = ChartBuilder::on(root);
     builder
         .caption(format!("securechat {title}"), ("sans-serif", 17))
@@ -60,6 +54,22 @@ fn layout<'a, 'b>(
         .x_label_area_size(60)
         .y_label_area_size(80);
     Ok(builder)
+}
+
+/// Writes `source` (which runs, commit, machine) along the bottom edge of `root`.
+fn caption_source(
+    root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    source: &str,
+    path: &Path,
+) -> Result<()> {
+    root.draw_text(
+        source,
+        &("sans-serif", 11)
+            .into_text_style(root)
+            .color(&RGBColor(90, 90, 90)),
+        (10, SIZE.1 as i32 - 16),
+    )
+    .map_err(|e| drawing_error(path, e))
 }
 
 /// A chart with two `f64` axes (linear or logarithmic) on an SVG file.
@@ -373,4 +383,97 @@ pub fn memory(reports: &[Report], subtitle: &str, path: &Path) -> Result<()> {
         labelled_line(&mut chart, points, COLOURS[0], name, true, path)?;
     }
     finish(chart, &root, SeriesLabelPosition::UpperLeft, path)
+}
+
+/// `irc.svg`: securechat beside the IRC servers under one generator (chatbench), from the
+/// peer lab's interleaved rounds: flood msgs/s on the left, p99 at 5,000 msgs/s on the right,
+/// each server's median with a min–max bar.
+pub fn irc(servers: &[PeerSummary], subtitle: &str, path: &Path) -> Result<()> {
+    let err = |e| drawing_error(path, e);
+    let root = canvas(path)?;
+    caption_source(&root, subtitle, path)?;
+    let (left, right) = root.split_horizontally(SIZE.0 / 2);
+    let panels: [(&DrawingArea<_, _>, &str, &str, Panel); 2] = [
+        (
+            &left,
+            "flood, 50 pairs",
+            "delivered msgs/s (thousands)",
+            |s| s.flood_msgs_per_s.map(|v| scaled(v, 1e-3)),
+        ),
+        (&right, "5,000 msgs/s, 50 pairs", "p99 latency, ms", |s| {
+            s.rate100_p99_ms
+        }),
+    ];
+    for (area, title, y_desc, value) in panels {
+        let bars: Vec<(usize, Spread)> = servers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| value(s).map(|v| (i, v)))
+            .collect();
+        let y_max = bars
+            .iter()
+            .map(|b| b.1.max)
+            .fold(f64::MIN_POSITIVE, f64::max)
+            * 1.2;
+        let names: Vec<String> = servers.iter().map(|s| s.server.clone()).collect();
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!("securechat vs IRC servers: {title}"),
+                ("sans-serif", 14),
+            )
+            .margin(18)
+            .x_label_area_size(50)
+            .y_label_area_size(60)
+            .build_cartesian_2d(-0.5f64..servers.len() as f64 - 0.5, 0f64..y_max)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(servers.len().max(1))
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                names
+                    .get(i as usize)
+                    .filter(|_| (x - i).abs() < 0.01 && i >= 0.0)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .y_desc(y_desc)
+            .draw()
+            .map_err(err)?;
+        for &(i, s) in &bars {
+            let x = i as f64;
+            let colour = if servers[i].server == "securechat" {
+                COLOURS[0]
+            } else {
+                COLOURS[1]
+            };
+            chart
+                .draw_series([Rectangle::new(
+                    [(x - 0.3, 0.0), (x + 0.3, s.median)],
+                    colour.mix(0.8).filled(),
+                )])
+                .map_err(err)?;
+            chart
+                .draw_series([PathElement::new(
+                    vec![(x, s.min), (x, s.max)],
+                    BLACK.stroke_width(2),
+                )])
+                .map_err(err)?;
+        }
+    }
+    root.present().map_err(err)
+}
+
+/// Reads one panel's value out of a server's summary.
+type Panel = fn(&PeerSummary) -> Option<Spread>;
+
+/// `spread` with every value multiplied by `factor`.
+fn scaled(spread: Spread, factor: f64) -> Spread {
+    Spread {
+        median: spread.median * factor,
+        min: spread.min * factor,
+        max: spread.max * factor,
+        runs: spread.runs,
+    }
 }

@@ -1,8 +1,9 @@
 //! Draws the benchmark figures and their tables from `bench` result files:
 //! `throughput.svg` and `cpu.svg` (flood msgs/s and server CPU per message vs pairs, from
 //! `--sweep`), `latency.svg` (latency percentiles vs offered rate, from `--rate`),
-//! `memory.svg` (server RSS vs idle connections, from `--idle`), and `tables.md` (the same
-//! numbers as tables).
+//! `memory.svg` (server RSS vs idle connections, from `--idle`), with `--peers DIR`
+//! `irc.svg` (securechat beside the IRC servers, from the peer lab's `compare.sh` results),
+//! and `tables.md` (the same numbers as tables).
 //!
 //! Usage: `cargo run --release -p bench --bin figures -- figures/data/*.json [--out figures]`
 //!
@@ -19,15 +20,19 @@ use clap::Parser;
 use securechat::{Error, Result};
 
 use bench::results::{self, Report};
-use bench::{render, spread};
+use bench::{peers, render, spread};
 
 /// Draw SVG figures from securechat bench results.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
     /// Result files written by `bench` (JSON).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "peers")]
     results: Vec<PathBuf>,
+    /// The results directory of a peer-lab comparison (`compare.sh` prints it; under
+    /// `$PEERS/results/`): draws `irc.svg`, securechat beside the IRC servers.
+    #[arg(long)]
+    peers: Option<PathBuf>,
     /// Directory for the SVG files and `tables.md`.
     #[arg(long, default_value = "figures")]
     out: PathBuf,
@@ -49,7 +54,20 @@ fn run(args: Args) -> Result<()> {
         .iter()
         .map(|path| read(path))
         .collect::<Result<Vec<Report>>>()?;
-    let written = render::render_all(&reports, &args.out)?;
+    let mut written = render::render_all(&reports, &args.out)?;
+    let mut tables = if reports.is_empty() {
+        String::new()
+    } else {
+        spread::markdown_tables(&reports)
+    };
+    if let Some(dir) = &args.peers {
+        let servers = peers::read_compare_dir(dir)?;
+        let source = format!("{} servers from {}", servers.len(), dir.display());
+        let path = args.out.join("irc.svg");
+        render::irc(&servers, &source, &path)?;
+        written.push(path);
+        tables += &peers::markdown_table(&servers, &source);
+    }
     if written.is_empty() {
         return Err(Error::Config(
             "nothing to draw: the files have no sweep, rate or idle results".into(),
@@ -58,10 +76,10 @@ fn run(args: Args) -> Result<()> {
     for file in written {
         println!("{}", file.display());
     }
-    let tables = args.out.join("tables.md");
-    std::fs::write(&tables, spread::markdown_tables(&reports))
-        .map_err(|e| Error::Config(format!("cannot write {}: {e}", tables.display())))?;
-    println!("{}", tables.display());
+    let path = args.out.join("tables.md");
+    std::fs::write(&path, tables)
+        .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?;
+    println!("{}", path.display());
     Ok(())
 }
 
