@@ -24,7 +24,7 @@ use securechat::e2e::{
 };
 use securechat::{Error, Result};
 
-use super::results::{DhGroupResult, DhParts, DhReport, OpensslDh, Percentiles};
+use crate::results::{DhGroupResult, DhParts, DhReport, OpensslDh, Percentiles};
 
 /// Exponentiations in one agreement: per side key generation, subgroup check, shared secret.
 const MODEXPS_PER_AGREEMENT: u32 = 6;

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use securechat::{Error, Result};
 
-use super::clients::{lock, open_many, Conn, Setup, SETUP_STACK_BYTES};
-use super::pairs::{self, PairsConfig, ERROR_SAMPLES};
-use super::results::{Percentiles, StormResult, StormWindow};
-use super::target::{CpuSnapshot, Target};
+use crate::clients::{lock, open_many, Conn, Setup, SETUP_STACK_BYTES};
+use crate::pairs::{self, PairsConfig, ERROR_SAMPLES};
+use crate::results::{Percentiles, StormResult, StormWindow};
+use crate::target::{CpuSnapshot, Target};
 
 /// Pairs traffic before the quiet window starts, excluded from both windows (connections
 /// and allocator caches warm up).

@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use securechat::{Error, Result};
 
-use super::clients::{open_many, Conn, ReadError, Setup, SETUP_STACK_BYTES};
-use super::pairs::ERROR_SAMPLES;
-use super::results::{SoakActions, SoakResult, TimedRss};
-use super::target::{CpuSnapshot, Target};
+use crate::clients::{open_many, Conn, ReadError, Setup, SETUP_STACK_BYTES};
+use crate::pairs::ERROR_SAMPLES;
+use crate::results::{SoakActions, SoakResult, TimedRss};
+use crate::target::{CpuSnapshot, Target};
 
 /// How long a reply may take before it counts as missing.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use securechat::{Error, Result};
 
-use super::clients::{lock, open_many, Conn, Setup};
-use super::results::{IdleResult, Percentiles, RssSample, SetupStats};
-use super::target::Target;
+use crate::clients::{lock, open_many, Conn, Setup};
+use crate::results::{IdleResult, Percentiles, RssSample, SetupStats};
+use crate::target::Target;
 
 /// Steps the connections are opened in (one RSS sample after each).
 const STEPS: usize = 10;
@@ -90,7 +90,7 @@ impl Held {
     }
 
     /// Connections held.
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         lock(&self.conns).len()
     }
 

@@ -1,8 +1,9 @@
 //! What a benchmark run measured, as written to (and read back from) its JSON file.
 //!
-//! Shared by `src/bin/bench.rs`, which fills it in, and `src/bin/figures.rs`, which draws
-//! it (`#[path]`-included there). Every number carries its unit in its name. Fields that a
-//! run could not measure (no server pid for an external server, say) are `null`.
+//! Shared by the `bench` binary (`bench/src/main.rs`), which fills it in, and the `figures`
+//! binary (`bench/src/bin/figures.rs`), which draws it. Every number carries its unit in its
+//! name. Fields that a run could not measure (no server pid for an external server, say) are
+//! `null`.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,10 @@ pub struct Report {
     pub mode: String,
     /// The command line, to rerun it.
     pub command: String,
+    /// The commit of the code measured (`git describe --always --dirty` where the bench ran;
+    /// `None` outside a git checkout, and in files written before this field existed).
+    #[serde(default)]
+    pub commit: Option<String>,
     /// Where the load went and how that server was configured.
     pub server: ServerInfo,
     /// The machine everything ran on (server and generator share it).

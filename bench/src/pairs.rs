@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use securechat::{Error, Result};
 
-use super::clients::{open_many, Conn, ReadError, Setup};
-use super::results::{PairsResult, Percentiles};
-use super::target::{CpuSnapshot, Target};
+use crate::clients::{open_many, Conn, ReadError, Setup};
+use crate::results::{PairsResult, Percentiles};
+use crate::target::{CpuSnapshot, Target};
 
 /// Stack for sender and receiver threads: they only format, encrypt and parse.
 const STACK_BYTES: usize = 128 * 1024;

@@ -1,7 +1,7 @@
 //! securechat's load generator and benchmark: real TLS clients that register, log in and
 //! exchange private messages, measured end to end.
 //!
-//! Usage: `cargo run --release --bin bench -- [PHASES] [OPTIONS]`
+//! Usage: `cargo run --release -p bench -- [PHASES] [OPTIONS]`
 //!
 //! Phases (several may be given; with none, `--flood` runs):
 //! * `--flood`: `--pairs N` senders each send `--messages M` private messages to their own
@@ -22,9 +22,9 @@
 //! * `--storm N`: `--pairs` pairs chat at `--storm-rate` msgs/s per sender; after a quiet
 //!   window, N clients log in at once. Latency p50/p99 quiet vs storm, their ratio, and
 //!   the storm's login times. Its server uses the production bcrypt cost (12) and bcrypt
-//!   pool; all accounts are registered before anything is measured (see `bench/storm.rs`).
+//!   pool; all accounts are registered before anything is measured (see `bench/src/storm.rs`).
 //! * `--dh`: the cost of one end-to-end key agreement per group, beside `openssl speed`
-//!   (no server; see `bench/dh.rs`).
+//!   (no server; see `bench/src/dh.rs`).
 //! * `--soak SECONDS`: `--clients` clients doing random actions; errors and lost private
 //!   messages must be 0, server RSS is sampled once a second.
 //! * `--figures`: a sweep, a rate series and an idle ramp, then `figures/*.svg`.
@@ -43,16 +43,11 @@
 //! memory need the pid; start it with `--max-connections-per-ip 0 --rate-limit 0
 //! --registrations-per-ip 0`).
 //!
-//! Same load, other servers: the peer lab's tokio generator `chatbench` (see
-//! `shared/peers/tools/chatbench/README.md`) drives securechat too. Start a server with
-//! `target/release/server --listen 127.0.0.1:7921 --data-dir D --certs-dir D/certs
-//! --bcrypt-cost 4 --max-connections-per-ip 0 --rate-limit 0 --registrations-per-ip 0`,
-//! register chatbench's user names with `bench --server localhost:7921 --ca D/certs/ca.pem
-//! --prepare-accounts 50 --tag cb`, then run `$PEERS/target/release/chatbench --port 7921
-//! --cafile D/certs/ca.pem --tag cb --pairs 50 --password 'Bench pass 1' --proto template
-//! --login 'LOGIN {user} {password}' --login-ok 'OK LOGIN' --login-fail ERR
-//! --send 'MSG {to} {body}' --recv 'FROM {from} {body}' --server-pid PID`, as
-//! `tools/peers/bench-peer.sh` does for the IRC servers (add `--rate 100` for its second run).
+//! Same load, other servers: the peer lab's generator `chatbench`
+//! (`bench/peers/tools/chatbench/`) drives securechat and the IRC servers alike;
+//! `bench/peers/tools/peers/compare.sh` starts a securechat server, registers chatbench's user
+//! names with `bench --server HOST:PORT --ca FILE --prepare-accounts 50 --tag cb`, and runs
+//! both interleaved. `bench/peers/README.md` has the commands.
 //!
 //! Output: a table on stdout and a JSON file (`--json PATH`, default
 //! `bench-results/<mode>-<timestamp>.json`). Exits non-zero if any message was lost or
@@ -70,36 +65,16 @@ use std::time::{Duration, SystemTime};
 use clap::Parser;
 use securechat::{Error, Result};
 
-#[path = "bench/clients.rs"]
-mod clients;
-#[path = "bench/dh.rs"]
-mod dh;
-#[path = "bench/idle.rs"]
-mod idle;
-#[path = "bench/pairs.rs"]
-mod pairs;
-#[path = "bench/render.rs"]
-mod render;
-#[path = "bench/results.rs"]
-mod results;
-#[path = "bench/soak.rs"]
-mod soak;
-#[path = "bench/storm.rs"]
-mod storm;
-#[path = "bench/table.rs"]
-mod table;
-#[path = "bench/target.rs"]
-mod target;
-
-use clients::{open_many, Setup, PASSWORD};
-use pairs::PairsConfig;
-use results::{Machine, PairsResult, Report, ServerInfo};
-use soak::SoakConfig;
-use storm::StormConfig;
-use target::{
+use bench::clients::{open_many, Setup, PASSWORD};
+use bench::pairs::PairsConfig;
+use bench::results::{self, Machine, PairsResult, Report, ServerInfo};
+use bench::soak::SoakConfig;
+use bench::storm::StormConfig;
+use bench::target::{
     ChildSettings, External, Target, BENCH_BCRYPT_COST, BENCH_MAX_CONNECTIONS,
     PRODUCTION_BCRYPT_COST,
 };
+use bench::{dh, idle, pairs, render, soak, storm, table, target};
 
 /// Pairs counts of the `--figures` throughput sweep (unless `--sweep` is given).
 const FIGURE_SWEEP: &[usize] = &[1, 10, 50, 100, 500];
@@ -371,7 +346,7 @@ fn run(args: Args) -> Result<bool> {
                 eprintln!("idle: opening {n} connections");
                 let (mut result, held) = idle::open(t, n, concurrency, &tag)?;
                 for cfg in &with {
-                    let label = format!("with {} idle connections held", held.len());
+                    let label = format!("with {} idle connections held", held.count());
                     result.with_traffic.push(bench.pairs_on(t, cfg, &label)?);
                 }
                 result.server_threads = t.threads().or(result.server_threads);
@@ -452,7 +427,7 @@ fn run(args: Args) -> Result<bool> {
     write_json(report, &path)?;
     println!("\nresults: {}", path.display());
     if figures {
-        for file in render::render_all(report, &args.figures_dir)? {
+        for file in render::render_all(std::slice::from_ref(report), &args.figures_dir)? {
             println!("figure: {}", file.display());
         }
     }
@@ -540,6 +515,7 @@ impl<'a> Bench<'a> {
             schema: results::SCHEMA,
             started,
             command: std::env::args().collect::<Vec<_>>().join(" "),
+            commit: commit(),
             server: ServerInfo {
                 kind: if external.is_some() {
                     "external"
@@ -694,6 +670,18 @@ fn random_tag() -> String {
     (0..4)
         .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
         .collect()
+}
+
+/// The commit being measured: `git describe --always --dirty` in the current directory
+/// (`None` when that is not a git checkout or git is missing).
+fn commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (!text.is_empty()).then_some(text)
 }
 
 /// What the machine is.

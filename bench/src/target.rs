@@ -492,7 +492,7 @@ impl CpuSnapshot {
     }
 
     /// CPU used between `self` and `later`, per message for `messages` delivered.
-    pub fn usage(&self, later: &CpuSnapshot, messages: u64) -> super::results::CpuUse {
+    pub fn usage(&self, later: &CpuSnapshot, messages: u64) -> crate::results::CpuUse {
         let window = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
         let server = match (self.server, later.server) {
             (Some(a), Some(b)) => Some(b - a),
@@ -503,7 +503,7 @@ impl CpuSnapshot {
         let idle = later.machine.1 - self.machine.1;
         let cores = thread::available_parallelism().map_or(1, |n| n.get());
         let per_msg = |s: f64| s * 1e6 / messages.max(1) as f64;
-        super::results::CpuUse {
+        crate::results::CpuUse {
             window_s: window,
             server_cores: server.map(|s| s / window),
             server_us_per_msg: server.map(per_msg),

@@ -21,8 +21,8 @@ use securechat::protocol::frame::LineBuffer;
 use securechat::tls::stream::{ReadOutcome, TlsStream};
 use securechat::{Error, Result};
 
-use super::results::{Percentiles, SetupStats};
-use super::target::Target;
+use crate::results::{Percentiles, SetupStats};
+use crate::target::Target;
 
 /// The password of every benchmark account: it passes the server's password rules.
 pub const PASSWORD: &str = "Bench pass 1";
