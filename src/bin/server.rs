@@ -61,9 +61,17 @@ struct Args {
     /// Connections from one IP address at once (0 = no limit).
     #[arg(long, default_value_t = Limits::default().max_connections_per_ip)]
     max_connections_per_ip: usize,
-    /// Bytes that may wait for one client before it is disconnected as not reading.
+    /// Connections that have not logged in yet, server-wide (0 = no limit).
+    #[arg(long, default_value_t = Limits::default().max_anonymous)]
+    max_anonymous: usize,
+    /// Bytes of replies and private messages that may wait for one client before it is
+    /// disconnected as not reading.
     #[arg(long, default_value_t = Limits::default().outbound_queue_bytes)]
     queue_bytes: usize,
+    /// Bytes of room lines that may wait for one client; lines beyond are skipped and the
+    /// client is told how many.
+    #[arg(long, default_value_t = Limits::default().room_queue_bytes)]
+    room_queue_bytes: usize,
     /// bcrypt computations at once (default: the number of CPU cores).
     #[arg(long, default_value_t = Limits::default().bcrypt_concurrency)]
     bcrypt_concurrency: usize,
@@ -115,7 +123,9 @@ fn run(args: Args) -> securechat::Result<()> {
         send_timeout: Duration::from_secs(args.send_timeout),
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
+        max_anonymous: args.max_anonymous,
         outbound_queue_bytes: args.queue_bytes,
+        room_queue_bytes: args.room_queue_bytes,
         bcrypt_concurrency: args.bcrypt_concurrency,
         message_rate: args.rate_limit,
         message_burst: args.rate_burst,
@@ -123,6 +133,7 @@ fn run(args: Args) -> securechat::Result<()> {
             registrations_burst: args.registrations_per_ip,
             ..ThrottlePolicy::default()
         },
+        ..Limits::default()
     };
     match server::raise_open_file_limit() {
         Ok(n) if (n as usize) < limits.max_connections + 64 => log::warn!(

@@ -163,6 +163,10 @@ impl Chat {
                 code,
                 text,
             } => self.error(command, code, &text)?,
+            ServerLine::Skipped { count } => self.screen.event(&format!(
+                "{count} room lines skipped: this terminal was reading more slowly than the \
+                 room was talking"
+            )),
             ServerLine::Bye { reason } => {
                 self.screen.warn(&format!(
                     "the server closed the connection: {}",

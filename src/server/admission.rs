@@ -50,6 +50,8 @@ struct Connections {
     total: usize,
     /// Connections per source address.
     per_ip: HashMap<IpAddr, usize>,
+    /// Connections admitted that have not logged in (counted in `total` too).
+    anonymous: usize,
     /// The outbox of each connection past its handshake, to say goodbye at shutdown.
     outboxes: HashMap<ConnId, Outbox>,
 }
@@ -59,6 +61,11 @@ struct Connections {
 pub(super) enum Refused {
     /// The server holds `max_connections` already.
     Full {
+        /// The limit reached.
+        limit: usize,
+    },
+    /// `max_anonymous` connections have not logged in yet.
+    TooManyAnonymous {
         /// The limit reached.
         limit: usize,
     },
@@ -75,6 +82,9 @@ impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refused::Full { limit } => write!(f, "server full ({limit} connections)"),
+            Refused::TooManyAnonymous { limit } => {
+                write!(f, "{limit} connections are waiting to log in already (the limit)")
+            }
             Refused::TooManyFromAddress { ip, limit } => {
                 write!(f, "{limit} connections already open from {ip} (the limit)")
             }
@@ -124,24 +134,33 @@ impl Context {
                 limit: self.limits.max_connections,
             });
         }
+        let limit = self.limits.max_anonymous;
+        if limit > 0 && conns.anonymous >= limit {
+            return Err(Refused::TooManyAnonymous { limit });
+        }
         let limit = self.limits.max_connections_per_ip;
         if limit > 0 && conns.per_ip.get(&ip).is_some_and(|&n| n >= limit) {
             return Err(Refused::TooManyFromAddress { ip, limit });
         }
         conns.total += 1;
+        conns.anonymous += 1;
         *conns.per_ip.entry(ip).or_insert(0) += 1;
         Ok(Admitted {
             context: self.clone(),
             id,
             peer,
+            anonymous: true,
         })
     }
 
-    /// Releases what `admit` counted.
-    fn release(&self, id: ConnId, ip: IpAddr) {
+    /// Releases what `admit` counted (`anonymous`: the connection never logged in).
+    fn release(&self, id: ConnId, ip: IpAddr, anonymous: bool) {
         let mut conns = self.lock_connections();
         conns.outboxes.remove(&id);
         conns.total -= 1;
+        if anonymous {
+            conns.anonymous -= 1;
+        }
         if let Some(n) = conns.per_ip.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
@@ -208,10 +227,21 @@ pub(super) struct Admitted {
     pub(super) id: ConnId,
     /// The client's address, as counted by admission control.
     pub(super) peer: SocketAddr,
+    /// Counted among the connections that have not logged in; cleared by `logged_in`.
+    anonymous: bool,
+}
+
+impl Admitted {
+    /// The connection has logged in: it no longer counts against `max_anonymous`.
+    pub(super) fn logged_in(&mut self) {
+        if std::mem::take(&mut self.anonymous) {
+            self.context.lock_connections().anonymous -= 1;
+        }
+    }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.context.release(self.id, self.peer.ip());
+        self.context.release(self.id, self.peer.ip(), self.anonymous);
     }
 }

@@ -17,7 +17,9 @@ pub struct Limits {
     pub max_frame: usize,
     /// Time allowed for the TLS handshake; a silent or trickling peer is cut off after it.
     pub handshake_timeout: Duration,
-    /// Time allowed from accepting a connection to a successful login.
+    /// Time allowed from accepting a connection to a successful login. 20 s is ample for
+    /// a client that logs in at once (a person types the password before connecting) and
+    /// short enough that an anonymous connection cannot be held for long.
     pub login_timeout: Duration,
     /// A logged-in client that sends no complete frame for this long is disconnected.
     /// Clients send `PING` to stay connected while their user is idle.
@@ -29,9 +31,28 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections from one IP address at once (0 = no limit).
     pub max_connections_per_ip: usize,
-    /// Bytes that may wait in one client's outbound queue. A client that stops reading
-    /// reaches it and is disconnected. 256 KiB is several seconds of a busy chat.
+    /// Bytes that may wait in the priority part of a logged-in client's outbound queue
+    /// (replies, private messages, notices). A client that stops reading reaches it and is
+    /// disconnected. 256 KiB is several seconds of a busy chat.
     pub outbound_queue_bytes: usize,
+    /// Bytes of room lines that may wait for one client. Room lines that do not fit are
+    /// skipped and the client is told `SKIPPED <n>`: a slow reader loses room lines, never
+    /// its connection, and a room burst costs the server at most this much per recipient.
+    /// 64 KiB holds four of the longest lines.
+    pub room_queue_bytes: usize,
+    /// Bytes that may wait in the outbound queue of a client that has not logged in. An
+    /// anonymous client only gets short replies (`PONG`, `ERR`, `OK REGISTER`), so 4 KiB is
+    /// dozens of them; a client that sends requests without reading the replies reaches
+    /// it and is disconnected, so it cannot make the server hold its replies.
+    pub anonymous_queue_bytes: usize,
+    /// Longest `PING` token a client that has not logged in may send. 64 bytes is room for
+    /// any counter or timestamp; a longer token is refused with `ERR PING bad-frame`, so
+    /// an anonymous client cannot have the server echo (and queue) kilobytes.
+    pub anonymous_ping_token: usize,
+    /// Connections that have not logged in yet, server-wide (0 = no limit). Past it new
+    /// connections are refused at accept, so anonymous ones cannot crowd out the
+    /// `max_connections` places of users who log in.
+    pub max_anonymous: usize,
     /// bcrypt computations at once (logins and registrations queue for a worker).
     pub bcrypt_concurrency: usize,
     /// Frames per second one client may send on average (0 = no limit). Frames over the
@@ -48,12 +69,16 @@ impl Default for Limits {
         Limits {
             max_frame: 16 * 1024,
             handshake_timeout: Duration::from_secs(10),
-            login_timeout: Duration::from_secs(60),
+            login_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(300),
             send_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_connections_per_ip: 64,
             outbound_queue_bytes: 256 * 1024,
+            room_queue_bytes: 64 * 1024,
+            anonymous_queue_bytes: 4 * 1024,
+            anonymous_ping_token: 64,
+            max_anonymous: 512,
             bcrypt_concurrency: thread::available_parallelism().map_or(2, |n| n.get()),
             message_rate: 20,
             message_burst: 100,

@@ -4,7 +4,9 @@
 //! ([`RouterHandle`]); it answers by
 //! pushing frames into clients' [`Outbox`]es. It never reads a socket and never blocks on
 //! a client: a push into a full outbox evicts that client (its queue is over its byte
-//! bound because it stopped reading) and everyone else carries on. Because every frame for
+//! bound because it stopped reading) and everyone else carries on. Room lines go into the
+//! outboxes' small room parts, which skip what does not fit instead: nobody is evicted
+//! for room traffic. Because every frame for
 //! a logged-in client goes through here, replies reach a client in the order it sent its
 //! requests.
 //!
@@ -283,14 +285,12 @@ impl<S: ClientSocket> Router<S> {
         match request {
             Routed::Direct(frame) => self.direct(user, frame),
             Routed::Room { line } => {
-                let mut full = Vec::new();
+                // Into each room part: a recipient too slow for the room skips lines
+                // (and is told so), it is never cut off for them.
                 for (name, client) in &self.online {
-                    if name != user && client.outbox.push(Line::Shared(line.clone())).is_err() {
-                        full.push(name.clone());
+                    if name != user {
+                        client.outbox.push_room(Line::Shared(line.clone()));
                     }
-                }
-                for name in full {
-                    self.evict(&name);
                 }
             }
             Routed::List => {
@@ -423,7 +423,7 @@ mod tests {
     impl Client {
         fn new(id: ConnId, user: &str, queue_bytes: usize) -> Client {
             let socket = Arc::new(MemorySocket::default());
-            let (outbox, receiver) = outbox(queue_bytes, socket.clone());
+            let (outbox, receiver) = outbox(queue_bytes, queue_bytes, socket.clone());
             Client {
                 id,
                 user: UserName::parse(user).unwrap(),

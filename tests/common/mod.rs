@@ -38,12 +38,16 @@ pub struct TestServer {
 }
 
 /// Limits for tests: the defaults without the per-address caps (every test client comes
-/// from 127.0.0.1) and without the frame rate limit (tests send bursts). Tests of those
-/// defences turn them back on.
+/// from 127.0.0.1), without the frame rate limit (tests send bursts) and without the tiny
+/// pre-login budgets (tests fill the server's send path with long `PING`s before login).
+/// Tests of those defences turn them back on.
 pub fn test_limits() -> Limits {
     Limits {
         max_connections_per_ip: 0,
         message_rate: 0,
+        anonymous_queue_bytes: 1 << 30,
+        anonymous_ping_token: usize::MAX,
+        max_anonymous: 0,
         throttle: ThrottlePolicy {
             registrations_burst: 0,
             ..ThrottlePolicy::default()
