@@ -68,6 +68,9 @@ struct Args {
     /// disconnected as not reading.
     #[arg(long, default_value_t = Limits::default().outbound_queue_bytes)]
     queue_bytes: usize,
+    /// Kernel send buffer per client socket, in bytes (0 = the kernel's choice).
+    #[arg(long, default_value_t = Limits::default().socket_send_buffer)]
+    socket_send_buffer: usize,
     /// Bytes of room lines that may wait for one client; lines beyond are skipped and the
     /// client is told how many.
     #[arg(long, default_value_t = Limits::default().room_queue_bytes)]
@@ -126,6 +129,7 @@ fn run(args: Args) -> securechat::Result<()> {
         max_anonymous: args.max_anonymous,
         outbound_queue_bytes: args.queue_bytes,
         room_queue_bytes: args.room_queue_bytes,
+        socket_send_buffer: args.socket_send_buffer,
         bcrypt_concurrency: args.bcrypt_concurrency,
         message_rate: args.rate_limit,
         message_burst: args.rate_burst,

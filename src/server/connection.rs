@@ -18,6 +18,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::admission::{Admitted, Context};
+use super::limits::set_send_buffer;
 use super::outbox::{outbox, write_loop, Line};
 use super::requests::{RequestHandler, Step};
 use super::router::ConnId;
@@ -120,6 +121,7 @@ fn open_connection(
     let accepted = Instant::now();
     socket.set_nodelay(true)?;
     let limits = &context.limits;
+    set_send_buffer(&socket, limits.socket_send_buffer)?;
     let tls = rustls::ServerConnection::new(context.tls.clone())?;
     let stream = Arc::new(
         TlsStream::handshake(tls, socket, accepted + limits.handshake_timeout).map_err(

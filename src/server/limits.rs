@@ -35,6 +35,12 @@ pub struct Limits {
     /// (replies, private messages, notices). A client that stops reading reaches it and is
     /// disconnected. 256 KiB is several seconds of a busy chat.
     pub outbound_queue_bytes: usize,
+    /// The kernel send buffer of each client socket, in bytes (0 = the kernel's own
+    /// choice, which grows up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default). A
+    /// smaller one bounds the kernel memory a slow reader pins and makes the outbound
+    /// queue, not the kernel, decide what waits; it also caps throughput to one client at
+    /// this size per round trip.
+    pub socket_send_buffer: usize,
     /// Bytes of room lines that may wait for one client. Room lines that do not fit are
     /// skipped and the client is told `SKIPPED <n>`: a slow reader loses room lines, never
     /// its connection, and a room burst costs the server at most this much per recipient.
@@ -75,6 +81,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_connections_per_ip: 64,
             outbound_queue_bytes: 256 * 1024,
+            socket_send_buffer: 0,
             room_queue_bytes: 64 * 1024,
             anonymous_queue_bytes: 4 * 1024,
             anonymous_ping_token: 64,
@@ -157,6 +164,29 @@ fn connection_ceiling(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// Sets `socket`'s kernel send buffer to `bytes` (the kernel doubles it for its own
+/// bookkeeping, and keeps it above its minimum); 0 leaves the kernel's choice.
+pub(super) fn set_send_buffer(socket: &std::net::TcpStream, bytes: usize) -> std::io::Result<()> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads `size`, an int as SO_SNDBUF expects, for the call only.
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            std::ptr::addr_of!(size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Raises this process's soft open-file limit to its hard limit (each connection is a

@@ -1,0 +1,155 @@
+//! Abuse tier, fan-out and anonymous budgets (issue 13): a room burst does not cut off a
+//! slow reader, an anonymous client cannot make the server hold more than a few KiB of
+//! replies or echo long tokens, connections that never log in are capped, and one user
+//! cannot flood another with key-exchange starts. Real TLS on loopback throughout.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{ok, test_limits, TestServer, PASSWORD, WAIT};
+use securechat::server::Limits;
+use securechat::protocol::ServerLine;
+
+/// A socket that delivers at most `rate` bytes per second, in reads of at most one
+/// Internet-sized segment, like a client on a slow link. Its small receive buffer makes
+/// the server's send path fill as it would over the Internet, instead of loopback's
+/// megabytes.
+struct SlowSocket {
+    /// The connection.
+    tcp: TcpStream,
+    /// Bytes per second read at most.
+    rate: f64,
+    /// When reading started, and bytes read since.
+    started: Instant,
+    /// Bytes read so far.
+    read: usize,
+}
+
+/// One TCP segment's payload on a typical Internet path.
+const MSS: usize = 1_400;
+
+impl SlowSocket {
+    fn connect(server: &TestServer, rate: f64) -> SlowSocket {
+        let tcp = TcpStream::connect(server.addr).unwrap();
+        set_receive_buffer(&tcp, 16 * 1024);
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        SlowSocket {
+            tcp,
+            rate,
+            started: Instant::now(),
+            read: 0,
+        }
+    }
+}
+
+impl Read for SlowSocket {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let due = Duration::from_secs_f64(self.read as f64 / self.rate);
+        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let len = buf.len().min(MSS);
+        let n = self.tcp.read(&mut buf[..len])?;
+        self.read += n;
+        Ok(n)
+    }
+}
+
+impl Write for SlowSocket {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+fn set_receive_buffer(tcp: &TcpStream, size: libc::c_int) {
+    // SAFETY: setsockopt reads `size` (an int, as SO_RCVBUF expects) for the call only.
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(tcp),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::addr_of!(size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "setsockopt(SO_RCVBUF)");
+}
+
+/// A TLS client over a [`SlowSocket`], reading whole frames.
+type SlowTls = BufReader<rustls::StreamOwned<rustls::ClientConnection, SlowSocket>>;
+
+/// Logs `user` (already registered) in over a socket that reads at `rate` bytes/s.
+fn slow_login(server: &TestServer, user: &str, rate: f64) -> SlowTls {
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(server.client_config(), name).unwrap();
+    let mut tls = BufReader::new(rustls::StreamOwned::new(
+        conn,
+        SlowSocket::connect(server, rate),
+    ));
+    assert!(next_line(&mut tls).unwrap().starts_with("HELLO "));
+    writeln!(tls.get_mut(), "LOGIN {user} {PASSWORD}").unwrap();
+    assert_eq!(next_line(&mut tls).unwrap(), format!("OK LOGIN {user}"));
+    tls
+}
+
+/// The next frame, without its line ending; `None` once the server closed the connection.
+fn next_line(tls: &mut impl BufRead) -> Option<String> {
+    let mut line = String::new();
+    match tls.read_line(&mut line) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(line.trim_end().to_owned()),
+    }
+}
+
+#[test]
+fn a_slow_reader_stays_connected_through_a_room_burst_skips_lines_and_gets_its_private_messages()
+{
+    const BURST: usize = 100;
+    // The send path of an Internet client holds about a bandwidth-delay product; here
+    // 64 KiB, not the megabytes loopback grows to, so the server's queues are what decide.
+    let server = TestServer::with_limits(Limits {
+        socket_send_buffer: 64 * 1024,
+        ..test_limits()
+    });
+    server.connect().register_ok("slow");
+    let mut alice = server.login("alice");
+    // 128 KB/s: an ordinary Internet link, far slower than the burst.
+    let mut slow = slow_login(&server, "slow", 128_000.0);
+
+    let text = "r".repeat(16_000);
+    for i in 0..BURST {
+        alice.send(&format!("SAY {i:03} {text}"));
+    }
+    alice.send("MSG slow after the burst");
+    // The burst and the message are all routed once the next reply comes back.
+    assert_eq!(alice.request("LIST"), ok("LIST", "2 alice slow"));
+
+    let (mut room, mut skipped, mut private) = (0u64, 0u64, false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(private && room + skipped == BURST as u64) {
+        assert!(Instant::now() < deadline, "the burst never finished arriving");
+        let Some(line) = next_line(&mut slow) else {
+            panic!("the slow reader was disconnected ({room} room lines, {skipped} skipped)");
+        };
+        match ServerLine::parse(&line).unwrap() {
+            ServerLine::Room { .. } => room += 1,
+            ServerLine::Skipped { count } => skipped += count,
+            ServerLine::From { user, payload } => {
+                assert_eq!((user.as_str(), payload.as_str()), ("alice", "after the burst"));
+                private = true;
+            }
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert!(skipped > 0, "nothing was skipped: the test did not slow the reader");
+    assert!(room > 0, "the room lines that fit were delivered");
+    // Still connected and in order: a reply comes back.
+    writeln!(slow.get_mut(), "PING still-here").unwrap();
+    assert_eq!(next_line(&mut slow).unwrap(), "PONG still-here");
+}
