@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{ok, test_limits, TestServer, PASSWORD, WAIT};
+use common::{err_code, ok, test_limits, ServerProcess, TestServer, PASSWORD, WAIT};
 use securechat::server::Limits;
 use securechat::protocol::ServerLine;
 
@@ -152,4 +152,105 @@ fn a_slow_reader_stays_connected_through_a_room_burst_skips_lines_and_gets_its_p
     // Still connected and in order: a reply comes back.
     writeln!(slow.get_mut(), "PING still-here").unwrap();
     assert_eq!(next_line(&mut slow).unwrap(), "PONG still-here");
+}
+
+#[test]
+fn a_long_ping_token_before_login_is_refused_not_echoed() {
+    let server = TestServer::with_limits(Limits {
+        anonymous_ping_token: Limits::default().anonymous_ping_token,
+        ..test_limits()
+    });
+    let mut anon = server.connect();
+    let short = "t".repeat(64);
+    assert_eq!(
+        anon.request(&format!("PING {short}")),
+        ServerLine::Pong { token: short }
+    );
+    let long = "t".repeat(65);
+    let reply = anon.request(&format!("PING {long}"));
+    assert_eq!(err_code(&reply).0, "PING");
+    assert_eq!(err_code(&reply).1, "bad-frame");
+    // Logged in, the frame limit is the only bound.
+    anon.register_ok("alice");
+    anon.login_ok("alice");
+    let long = "t".repeat(8_000);
+    assert_eq!(
+        anon.request(&format!("PING {long}")),
+        ServerLine::Pong { token: long }
+    );
+}
+
+#[test]
+fn an_anonymous_client_that_never_reads_is_cut_off_at_a_few_kib_of_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_server"));
+    command
+        .args(common::server_args(
+            port,
+            &dir.path().join("data"),
+            &dir.path().join("certs"),
+        ))
+        // A path that holds little, as over the Internet: the queue fills, not the kernel.
+        .args(["--socket-send-buffer", "65536"]);
+    let certs = dir.path().join("certs");
+    let server = ServerProcess::start(
+        &mut command,
+        port,
+        certs.join(securechat::tls::DEV_CA_CERT),
+        dir.path(),
+    );
+    let config = securechat::tls::client_config(Some(&server.ca)).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    set_receive_buffer(&tcp, 16 * 1024);
+    tcp.set_write_timeout(Some(WAIT)).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.conn.complete_io(&mut tls.sock).unwrap();
+
+    // The longest token allowed; never a byte read.
+    let ping = format!("PING {}\n", "p".repeat(64));
+    let mut sent = 0;
+    while sent < 200_000 && tls.write_all(ping.as_bytes()).is_ok() {
+        sent += 1;
+    }
+    let deadline = Instant::now() + WAIT;
+    let queued = loop {
+        let log = server.log();
+        let cut = log
+            .lines()
+            .find_map(|l| l.split_once("outbound queue full (")?.1.split_once(" bytes)"));
+        if let Some((bytes, _)) = cut {
+            break bytes.parse::<usize>().unwrap();
+        }
+        assert!(Instant::now() < deadline, "never cut off after {sent} PINGs:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        queued <= Limits::default().anonymous_queue_bytes,
+        "{queued} bytes of replies were queued for a client that had not logged in"
+    );
+}
+
+#[test]
+fn connections_that_have_not_logged_in_are_capped_and_a_login_frees_a_place() {
+    let server = TestServer::with_limits(Limits {
+        max_anonymous: 2,
+        ..test_limits()
+    });
+    let connect = || {
+        securechat::client::link::connect(&server.address(), server.client_config()).is_ok()
+    };
+    let mut first = server.connect();
+    let _second = server.connect();
+    assert!(!connect(), "a third connection waiting to log in was admitted");
+    first.register_ok("alice");
+    first.login_ok("alice");
+    // The login thread hands over to the reader just after the reply.
+    let deadline = Instant::now() + WAIT;
+    while !connect() {
+        assert!(Instant::now() < deadline, "a login did not free its place");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
