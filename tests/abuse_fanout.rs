@@ -254,3 +254,60 @@ fn connections_that_have_not_logged_in_are_capped_and_a_login_frees_a_place() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn key_exchange_starts_are_limited_per_pair_and_the_excess_is_refused_not_forwarded() {
+    let server = TestServer::with_limits(Limits {
+        exchange_starts: 3,
+        exchange_window: Duration::from_secs(600),
+        ..test_limits()
+    });
+    let mut alice = server.login("alice");
+    let mut bob = server.login("bob");
+    let mut carol = server.login("carol");
+    let init = |n: usize| format!("DH-INIT {n:022}== ffdhe3072 AAAA");
+    for n in 0..3 {
+        alice.send(&format!("MSG bob {}", init(n)));
+        assert_eq!(
+            bob.recv(),
+            ServerLine::From {
+                user: "alice".into(),
+                payload: init(n)
+            }
+        );
+    }
+    let refused = alice.request(&format!("MSG bob {}", init(3)));
+    assert_eq!(err_code(&refused).0, "MSG");
+    assert_eq!(err_code(&refused).1, "rate-limited");
+    assert!(err_code(&refused).2.starts_with("bob "), "{refused:?}");
+    // Nothing reached bob; other payloads to him, and starts with someone else, still pass.
+    alice.send("MSG bob E2E after");
+    assert_eq!(
+        bob.recv(),
+        ServerLine::From {
+            user: "alice".into(),
+            payload: "E2E after".into()
+        }
+    );
+    alice.send(&format!("MSG carol {}", init(4)));
+    assert_eq!(
+        carol.recv(),
+        ServerLine::From {
+            user: "alice".into(),
+            payload: init(4)
+        }
+    );
+    // Logging in again does not reset the count.
+    drop(alice);
+    assert_eq!(
+        bob.recv(),
+        ServerLine::Offline {
+            user: "alice".into()
+        }
+    );
+    let mut alice = server.connect();
+    alice.login_ok("alice");
+    let refused = alice.request(&format!("MSG bob {}", init(5)));
+    assert_eq!(err_code(&refused).1, "rate-limited");
+    bob.assert_silent(Duration::from_millis(200));
+}

@@ -84,6 +84,9 @@ struct Args {
     /// Frames one client may send at once above the average.
     #[arg(long, default_value_t = Limits::default().message_burst)]
     rate_burst: u32,
+    /// Key exchanges (DH-INIT) one user may start with another per minute (0 = no limit).
+    #[arg(long, default_value_t = Limits::default().exchange_starts)]
+    exchange_starts: u32,
     /// Registrations one address may make in a burst; one more per minute after that
     /// (0 = no limit).
     #[arg(long, default_value_t = ThrottlePolicy::default().registrations_burst)]
@@ -130,6 +133,7 @@ fn run(args: Args) -> securechat::Result<()> {
         outbound_queue_bytes: args.queue_bytes,
         room_queue_bytes: args.room_queue_bytes,
         socket_send_buffer: args.socket_send_buffer,
+        exchange_starts: args.exchange_starts,
         bcrypt_concurrency: args.bcrypt_concurrency,
         message_rate: args.rate_limit,
         message_burst: args.rate_burst,

@@ -66,6 +66,14 @@ pub struct Limits {
     pub message_rate: u32,
     /// Frames one client may send at once above the average (a pasted block of lines).
     pub message_burst: u32,
+    /// Key exchanges (`DH-INIT` payloads) one user may start with another per
+    /// `exchange_window` (0 = no limit); more are refused with `ERR MSG rate-limited`.
+    /// Each start costs its recipient an exponentiation and, from a stranger, a prompt;
+    /// an honest client starts one per session and a few more on re-keying or a crossed
+    /// start, so 5 a minute is ample.
+    pub exchange_starts: u32,
+    /// The window `exchange_starts` counts in.
+    pub exchange_window: Duration,
     /// Failed-login back-off and registration limits.
     pub throttle: ThrottlePolicy,
 }
@@ -89,6 +97,8 @@ impl Default for Limits {
             bcrypt_concurrency: thread::available_parallelism().map_or(2, |n| n.get()),
             message_rate: 20,
             message_burst: 100,
+            exchange_starts: 5,
+            exchange_window: Duration::from_secs(60),
             throttle: ThrottlePolicy::default(),
         }
     }

@@ -82,7 +82,7 @@ use std::time::Duration;
 
 use self::accounts::Accounts;
 use self::admission::Context;
-use self::router::{Event, Router};
+use self::router::{Event, ExchangeLimit, Router};
 use self::store::Store;
 use crate::error::{Error, Result};
 use crate::sync;
@@ -162,9 +162,13 @@ impl Server {
         let local_addr = listener.local_addr()?;
 
         let (router_handle, inbox) = router::inbox();
+        let exchange_limit = ExchangeLimit {
+            starts: config.limits.exchange_starts,
+            window: config.limits.exchange_window,
+        };
         let router = thread::Builder::new()
             .name("router".into())
-            .spawn(move || Router::default().run(inbox))?;
+            .spawn(move || Router::new(exchange_limit).run(inbox))?;
         let context = Arc::new(Context::new(
             config.limits,
             accounts,

@@ -25,6 +25,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -130,6 +131,11 @@ fn cut_off<S: ClientSocket>(user: &str, client: &Online<S>) {
     client.outbox.evict();
 }
 
+/// The first word of an end-to-end payload that opens a key exchange (`report/protocol.md`
+/// §11.3). The server cannot read the exchange, but it sees this word, and a `DH-INIT`
+/// costs its recipient a modular exponentiation and a prompt.
+const EXCHANGE_START: &str = "DH-INIT";
+
 /// A private frame on its way: the complete `FROM <sender> <payload>` line, with the
 /// recipient's name stored after it in the same buffer, so that routing a message costs
 /// one allocation.
@@ -138,6 +144,8 @@ pub(super) struct Direct {
     bytes: Vec<u8>,
     /// Where the line ends and the name begins.
     line_len: usize,
+    /// The payload opens a key exchange: it counts against the pair's exchange limit.
+    starts_exchange: bool,
 }
 
 impl Direct {
@@ -151,7 +159,11 @@ impl Direct {
         protocol::write_from(&mut bytes, from, payload);
         let line_len = bytes.len();
         bytes.extend_from_slice(to.as_bytes());
-        Direct { bytes, line_len }
+        Direct {
+            bytes,
+            line_len,
+            starts_exchange: protocol::split_word(payload).0 == EXCHANGE_START,
+        }
     }
 
     /// Who the frame is for.
@@ -185,6 +197,29 @@ struct Online<S> {
     last_to: Option<UserName>,
 }
 
+/// How many key exchanges one user may start with another per window (`DH-INIT`
+/// payloads from one sender to one recipient): beyond it they are refused with
+/// `ERR MSG rate-limited`, and nothing reaches the recipient.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ExchangeLimit {
+    /// Exchange starts allowed per window (0 = no limit).
+    pub(super) starts: u32,
+    /// The window.
+    pub(super) window: Duration,
+}
+
+/// Exchange starts of one sender-recipient pair in the current window.
+struct ExchangeWindow {
+    /// When the window opened (its first start).
+    opened: Instant,
+    /// Starts forwarded since then.
+    starts: u32,
+}
+
+/// Pair records kept before expired ones are pruned (then again at twice what is left),
+/// so that a sender cycling through recipients cannot grow the map without bound.
+const EXCHANGE_PRUNE_AT: usize = 1024;
+
 /// The router's state. Owned by the router thread alone.
 pub(super) struct Router<S = TlsStream> {
     /// Everyone logged in, by canonical user name.
@@ -192,14 +227,58 @@ pub(super) struct Router<S = TlsStream> {
     /// Set per wake-up: few requests waited, so single-recipient frames are written to idle
     /// sockets at once rather than handed to their writers.
     write_now: bool,
+    /// The limit on key exchanges started per pair.
+    exchange_limit: ExchangeLimit,
+    /// Exchange starts per (sender, recipient), kept across logins so that logging in
+    /// again does not reset them; expired windows are pruned.
+    exchanges: HashMap<(UserName, UserName), ExchangeWindow, FastHash>,
+    /// The size of `exchanges` at which expired windows are next pruned.
+    exchanges_prune_at: usize,
 }
 
-impl<S> Default for Router<S> {
-    fn default() -> Router<S> {
+impl<S> Router<S> {
+    /// A router with nobody online, limiting key-exchange starts by `exchange_limit`.
+    pub(super) fn new(exchange_limit: ExchangeLimit) -> Router<S> {
         Router {
             online: HashMap::default(),
             write_now: false,
+            exchange_limit,
+            exchanges: HashMap::default(),
+            exchanges_prune_at: EXCHANGE_PRUNE_AT,
         }
+    }
+
+    /// Counts an exchange start from `from` to `to`; `Err(wait)` when the pair is over
+    /// its limit for `wait` more.
+    fn exchange_started(&mut self, from: &UserName, to: &UserName) -> Result<(), Duration> {
+        let ExchangeLimit { starts, window } = self.exchange_limit;
+        if starts == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if self.exchanges.len() >= self.exchanges_prune_at {
+            self.exchanges
+                .retain(|_, w| now.duration_since(w.opened) < window);
+            self.exchanges_prune_at = (2 * self.exchanges.len()).max(EXCHANGE_PRUNE_AT);
+        }
+        let record = self
+            .exchanges
+            .entry((from.clone(), to.clone()))
+            .or_insert(ExchangeWindow {
+                opened: now,
+                starts: 0,
+            });
+        let age = now.duration_since(record.opened);
+        if age >= window {
+            *record = ExchangeWindow {
+                opened: now,
+                starts: 0,
+            };
+        } else if record.starts >= starts {
+            return Err(window - age);
+        }
+        record.starts += 1;
+        Ok(())
     }
 }
 
@@ -310,6 +389,11 @@ impl<S: ClientSocket> Router<S> {
 
     /// Delivers a private frame, or tells the sender the recipient is not online.
     fn direct(&mut self, from: &UserName, frame: Direct) {
+        if frame.starts_exchange {
+            if let Err(refused) = self.check_exchange(from, frame.recipient()) {
+                return self.send(from, refused);
+            }
+        }
         let Some((name, recipient)) = self.online.get_key_value(frame.recipient()) else {
             let reply = offline_reply(frame.recipient());
             return self.send(from, reply);
@@ -320,6 +404,25 @@ impl<S: ClientSocket> Router<S> {
             return self.send(from, offline_reply(name.as_str()));
         }
         self.note_contact(from, &name);
+    }
+
+    /// Counts a key exchange `from` starts with `to`, or the `ERR MSG rate-limited` reply
+    /// when the pair is over its limit.
+    fn check_exchange(&mut self, from: &UserName, to: &str) -> Result<(), Line> {
+        let Ok(to) = UserName::parse(to) else {
+            return Ok(());
+        };
+        self.exchange_started(from, &to).map_err(|wait| {
+            let error = ProtocolError::new(
+                Command::Msg,
+                ErrorCode::RateLimited,
+                format!(
+                    "{to} too many key exchanges started with {to}; try again in {} s",
+                    wait.as_secs().max(1)
+                ),
+            );
+            Line::from(&ServerLine::from(error))
+        })
     }
 
     /// Records that `from` and `to` are in a conversation, so each hears when the other
@@ -475,9 +578,14 @@ mod tests {
 
     const ROOMY: usize = 1 << 20;
 
+    const NO_EXCHANGE_LIMIT: ExchangeLimit = ExchangeLimit {
+        starts: 0,
+        window: Duration::ZERO,
+    };
+
     #[test]
     fn a_second_login_replaces_the_first_which_is_told_and_closed() {
-        let mut router = Router::default();
+        let mut router = Router::new(NO_EXCHANGE_LIMIT);
         let first = Client::new(1, "alice", ROOMY);
         first.log_in(&mut router);
         assert_eq!(first.frames(), ["OK LOGIN alice"]);
@@ -502,7 +610,7 @@ mod tests {
 
     #[test]
     fn offline_goes_to_contacts_only_and_messages_to_absent_users_are_refused() {
-        let mut router = Router::default();
+        let mut router = Router::new(NO_EXCHANGE_LIMIT);
         let [alice, bob, carol] =
             [(1, "alice"), (2, "bob"), (3, "carol")].map(|(id, n)| Client::new(id, n, ROOMY));
         for c in [&alice, &bob, &carol] {
@@ -527,7 +635,7 @@ mod tests {
     #[test]
     fn a_chain_of_full_queues_is_evicted_one_after_another() {
         // 40 bytes: room for the login reply and one message, not for a notice as well.
-        let mut router = Router::default();
+        let mut router = Router::new(NO_EXCHANGE_LIMIT);
         let [alice, bob, carol] =
             [(1, "alice"), (2, "bob"), (3, "carol")].map(|(id, n)| Client::new(id, n, 40));
         for c in [&alice, &bob, &carol] {
@@ -548,7 +656,7 @@ mod tests {
 
     #[test]
     fn list_names_at_most_500_users_in_order_with_the_total() {
-        let mut router = Router::default();
+        let mut router = Router::new(NO_EXCHANGE_LIMIT);
         let clients: Vec<Client> = (0..LIST_MAX_NAMES + 100)
             .rev()
             .map(|i| Client::new(i as ConnId, &format!("user{i:04}"), ROOMY))
@@ -571,7 +679,7 @@ mod tests {
 
     #[test]
     fn frames_keep_their_order_whether_the_router_writes_them_or_queues_them() {
-        let mut router = Router::default();
+        let mut router = Router::new(NO_EXCHANGE_LIMIT);
         let alice = Client::new(1, "alice", ROOMY);
         let Client {
             id,
