@@ -46,7 +46,9 @@ pub fn is_owner_only(metadata: &fs::Metadata) -> bool {
     metadata.permissions().mode() & GROUP_OR_OTHER_BITS == 0
 }
 
-fn write_new_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+/// Creates `path` (which must not exist yet) with mode 0600 from the first byte, writes
+/// `contents` and flushes it to disk.
+pub fn write_new_file(path: &Path, contents: &[u8]) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -64,15 +66,20 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
         .create(dir)
 }
 
-/// Refuses a private file that group or others can access: a leaked key is no longer a
-/// secret, and silently carrying on would hide the leak.
+/// Refuses a private file (or directory) that group or others can access: a leaked key is
+/// no longer a secret, and silently carrying on would hide the leak.
 pub fn check_private(path: &Path) -> io::Result<()> {
     let metadata = fs::metadata(path)?;
     if !is_owner_only(&metadata) {
+        let fix = if metadata.is_dir() {
+            PRIVATE_DIR_MODE
+        } else {
+            PRIVATE_FILE_MODE
+        };
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "{} can be read or changed by other users (mode {:o}); run `chmod 600 {}`",
+                "{} can be read or changed by other users (mode {:o}); run `chmod {fix:o} {}`",
                 path.display(),
                 metadata.permissions().mode() & 0o777,
                 path.display()

@@ -94,6 +94,10 @@ fn a_corrupt_database_stops_the_server_with_a_clear_error_and_is_kept() {
     let db = data.join("securechat.db");
     let garbage = b"definitely not sqlite".repeat(500);
     std::fs::write(&db, &garbage).unwrap();
+    // Private, as the server requires: the test is about the contents.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
     let output = Command::new(SERVER)
         .args(server_args(free_port(), &data, &dir.path().join("certs")))
         .output()
@@ -125,7 +129,7 @@ fn server_on_small_disk(dir: &Path, size: &str) -> ServerProcess {
     let port = free_port();
     let args = server_args(port, &data, &certs).join(" ");
     let script = format!(
-        "mount -t tmpfs -o size={size} none {data} && exec {SERVER} {args}",
+        "mount -t tmpfs -o size={size},mode=700 none {data} && exec {SERVER} {args}",
         data = data.display(),
     );
     ServerProcess::start(
@@ -197,7 +201,7 @@ fn a_read_only_data_directory_is_a_clear_error_at_start() {
     std::fs::create_dir_all(&data).unwrap();
     let args = server_args(free_port(), &data, &certs).join(" ");
     let script = format!(
-        "mount -t tmpfs none {data} && cp {prepared}/securechat.db {data}/ && \
+        "mount -t tmpfs -o mode=700 none {data} && cp {prepared}/securechat.db {data}/ && \
          mount -o remount,ro {data} && exec {SERVER} {args}",
         data = data.display(),
         prepared = prepared.display(),

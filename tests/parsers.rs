@@ -8,10 +8,10 @@ use proptest::prelude::*;
 
 use securechat::client::commands;
 use securechat::e2e::{IdentityPublicKey, Payload};
+use securechat::password::password_problems;
 use securechat::protocol::frame::{decode_line, FrameError, LineBuffer};
 use securechat::protocol::name::normalize_username;
 use securechat::protocol::{AnnouncedLimits, Command, ErrorCode, Request, ServerLine};
-use securechat::server::password_problems;
 
 /// Splits `bytes` into lines with a fresh buffer, feeding it in the given chunk sizes.
 fn split(bytes: &[u8], chunks: &[usize], max: usize) -> (Vec<Result<String, FrameError>>, bool) {

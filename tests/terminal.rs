@@ -5,6 +5,9 @@
 //! terminal is put back into its normal mode (echo on) before the client starts, so that
 //! anything the client failed to hide would show up in the transcript, as it would on a
 //! real screen. Typed lines therefore appear in transcripts too.
+//!
+//! After login the line editor owns the terminal; what it shows is read back with a
+//! terminal emulator (the `vt100` crate), row by row, as a person would see it.
 
 mod common;
 
@@ -49,6 +52,22 @@ echo "client exit status $?"
 echo "terminal mode after exit: $(stty -a | tr ' ;' '\n\n' | grep -x -e echo -e -echo)"
 "#;
 
+/// The size of the test terminals.
+const ROWS: u16 = 40;
+const COLUMNS: u16 = 120;
+
+/// Like [`RUN_WITH_ECHO`], but after the client exits the shell reads whatever is left
+/// typed on the terminal, as an interactive shell would run it, and shows it.
+const RUN_THEN_SHELL_READS: &str = r#"stty echo || exit 9
+"$0" "$@"
+echo "client exit status $?"
+stty -icanon min 0 time 5
+echo "shell read: [$(head -c 200)]"
+"#;
+
+/// Like [`RUN_WITH_ECHO`], on a terminal the line editor cannot drive.
+const RUN_ON_DUMB_TERMINAL: &str = r#"stty echo && TERM=dumb exec "$0" "$@""#;
+
 /// One client in a pseudo-terminal, and everything it has printed so far.
 struct Terminal {
     /// Which client this is, for failure messages.
@@ -59,6 +78,8 @@ struct Terminal {
     transcript: String,
     /// Read from the terminal but not yet matched.
     pending: String,
+    /// The screen as a terminal shows it, fed everything read.
+    screen: vt100::Parser,
 }
 
 impl Terminal {
@@ -86,18 +107,55 @@ impl Terminal {
             .arg(home);
         let session = rexpect::session::spawn_command(command, Some(TIMEOUT.as_millis() as u64))
             .expect("start the client in a pseudo-terminal");
+        set_window_size(&session);
         Terminal {
             name: name.to_owned(),
             session,
             transcript: String::new(),
             pending: String::new(),
+            screen: vt100::Parser::new(ROWS, COLUMNS, 0),
         }
     }
 
-    /// Moves whatever the terminal has printed into `pending`.
+    /// Moves whatever the terminal has printed into `pending`, and onto the screen.
     fn pull(&mut self) {
         while let Some(c) = self.session.try_read() {
             self.pending.push(c);
+            self.screen.process(c.encode_utf8(&mut [0; 4]).as_bytes());
+        }
+    }
+
+    /// Types `keys` as they are (no line end added): text, or escape sequences for keys.
+    fn type_keys(&mut self, keys: &str) {
+        self.session.send(keys).expect("type into the terminal");
+        self.session.flush().expect("type into the terminal");
+    }
+
+    /// The screen's rows, as shown.
+    fn rows(&mut self) -> Vec<String> {
+        self.pull();
+        self.screen.screen().rows(0, COLUMNS).collect()
+    }
+
+    /// The row the cursor is on: the input line.
+    fn input_row(&mut self) -> String {
+        self.pull();
+        let (row, _) = self.screen.screen().cursor_position();
+        self.rows()[usize::from(row)].trim_end().to_owned()
+    }
+
+    /// Waits until the input line shows exactly `shown`.
+    fn wait_input_row(&mut self, shown: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.input_row() != shown {
+            if Instant::now() > deadline {
+                let rows = self.rows().join("\n");
+                let input = self.input_row();
+                self.fail(&format!(
+                    "the input line is {input:?}, not {shown:?}; the screen:\n{rows}"
+                ));
+            }
+            thread::sleep(POLL);
         }
     }
 
@@ -260,6 +318,24 @@ impl Terminal {
     }
 }
 
+/// Gives the pseudo-terminal a size (a fresh one has none), the same as the emulator's.
+fn set_window_size(session: &PtySession) {
+    let master = session
+        .process()
+        .get_file_handle()
+        .expect("terminal handle");
+    let size = libc::winsize {
+        ws_row: ROWS,
+        ws_col: COLUMNS,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ only reads `size` and sets the terminal's size.
+    unsafe {
+        assert_eq!(libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size), 0);
+    }
+}
+
 /// Whether the terminal behind `session` echoes input now.
 fn echo_is_on(session: &PtySession) -> bool {
     let master = session
@@ -278,9 +354,34 @@ fn echo_is_on(session: &PtySession) -> bool {
     }
 }
 
+/// alice and bob, registered and logged in, each in a terminal with a key store of their
+/// own.
+struct Pair {
+    alice: Terminal,
+    bob: Terminal,
+    alice_home: tempfile::TempDir,
+    bob_home: tempfile::TempDir,
+}
+
+fn alice_and_bob(server: &TestServer) -> Pair {
+    let (alice_home, bob_home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut alice = Terminal::spawn("alice", server, alice_home.path());
+    alice.menu_login("alice", PASSWORD, true);
+    let mut bob = Terminal::spawn("bob", server, bob_home.path());
+    bob.menu_login("bob", PASSWORD, true);
+    Pair {
+        alice,
+        bob,
+        alice_home,
+        bob_home,
+    }
+}
+
 /// The user's key directory the client uses for `server`.
 fn user_dir(home: &Path, server: &TestServer, user: &str) -> std::path::PathBuf {
     paths::user_dir(home, &server.address(), user)
+        .expect("the key directory")
+        .0
 }
 
 #[test]
@@ -313,6 +414,8 @@ fn registration_refuses_weak_and_mismatched_passwords_and_creates_nothing() {
     client.send_line("r");
     client.expect("choose a username: ");
     client.send_line("alice");
+    // The rules are shown before the user types.
+    client.expect("a passphrase of 15 or more characters (a few words) needs nothing else");
     client.expect("choose a password: ");
     client.send_hidden("abc");
     let rules = client.expect_regex(r"password needs: ([^\r\n]*)\r?\n");
@@ -323,6 +426,10 @@ fn registration_refuses_weak_and_mismatched_passwords_and_creates_nothing() {
             rules[1]
         );
     }
+    // Another password, without starting over; Enter alone goes back to the menu.
+    client.expect("choose a password: ");
+    client.send_hidden("");
+    client.expect("nothing was registered");
     client.expect("c) close");
 
     client.expect("> ");
@@ -333,7 +440,9 @@ fn registration_refuses_weak_and_mismatched_passwords_and_creates_nothing() {
     client.send_hidden(PASSWORD);
     client.expect("repeat the password: ");
     client.send_hidden("Sturdy pass 2");
-    client.expect("the two passwords differ; nothing was registered");
+    client.expect("the two passwords differ; choose it again");
+    client.expect("choose a password: ");
+    client.send_hidden("");
     client.expect("c) close");
     client.expect("> ");
     client.send_line("c");
@@ -417,11 +526,12 @@ fn a_wrong_password_is_refused_then_the_right_one_logs_in() {
 #[test]
 fn private_messages_are_end_to_end_and_room_messages_are_labelled_as_such() {
     let server = TestServer::start();
-    let (alice_home, bob_home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut alice = Terminal::spawn("alice", &server, alice_home.path());
-    alice.menu_login("alice", PASSWORD, true);
-    let mut bob = Terminal::spawn("bob", &server, bob_home.path());
-    bob.menu_login("bob", PASSWORD, true);
+    let Pair {
+        mut alice,
+        mut bob,
+        alice_home: _alice_home,
+        bob_home: _bob_home,
+    } = alice_and_bob(&server);
     assert_eq!(alice.online(), ["alice", "bob"]);
     assert_eq!(bob.online(), ["alice", "bob"]);
 
@@ -460,11 +570,12 @@ fn private_messages_are_end_to_end_and_room_messages_are_labelled_as_such() {
 #[test]
 fn both_sides_show_the_same_safety_number_and_verify_marks_the_pin() {
     let server = TestServer::start();
-    let (alice_home, bob_home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut alice = Terminal::spawn("alice", &server, alice_home.path());
-    alice.menu_login("alice", PASSWORD, true);
-    let mut bob = Terminal::spawn("bob", &server, bob_home.path());
-    bob.menu_login("bob", PASSWORD, true);
+    let Pair {
+        mut alice,
+        mut bob,
+        alice_home,
+        bob_home,
+    } = alice_and_bob(&server);
 
     let seen_by_alice = alice.safety_number("bob");
     alice.expect("not pinned yet");
@@ -654,4 +765,328 @@ fn termination_at_a_hidden_password_prompt_restores_echo() {
     client.expect("client exit status 130\r\n");
     client.expect("terminal mode after exit: echo\r\n");
     assert_eq!(client.wait_exit(), 0, "the reporting shell ends normally");
+}
+
+/// Keys as a terminal sends them.
+const LEFT: &str = "\x1b[D";
+const HOME: &str = "\x1b[H";
+const END: &str = "\x1b[F";
+const UP: &str = "\x1b[A";
+const BACKSPACE: &str = "\x7f";
+const ENTER: &str = "\r";
+
+/// The next room line `client` receives.
+fn next_room_line(client: &mut common::TestClient) -> ServerLine {
+    client.recv_until(|line| matches!(line, ServerLine::Room { .. }))
+}
+
+#[test]
+fn a_half_typed_line_survives_a_hundred_incoming_messages_and_edits_are_sent_as_shown() {
+    let server = TestServer::start();
+    let mut talker = server.login("talker");
+    let home = tempfile::tempdir().unwrap();
+    let mut alice = Terminal::spawn("alice", &server, home.path());
+    alice.menu_login("alice", PASSWORD, true);
+
+    alice.type_keys("abcdef");
+    alice.wait_input_row("[to the room] > abcdef");
+    for i in 0..100 {
+        talker.send(&format!("SAY incoming {i}"));
+    }
+    alice.expect(&format!("talker {ROOM_LABEL}: incoming 99"));
+    // Every incoming line is on a row of its own, above the input line, which is whole.
+    alice.wait_input_row("[to the room] > abcdef");
+    let rows = alice.rows();
+    assert!(
+        rows.iter().any(|row| row
+            .trim_end()
+            .ends_with(&format!("talker {ROOM_LABEL}: incoming 99"))),
+        "{rows:#?}"
+    );
+    assert_eq!(
+        rows.iter().filter(|row| row.contains("abcdef")).count(),
+        1,
+        "{rows:#?}"
+    );
+
+    // Edit in the middle, at the start and at the end: what is shown is what is sent.
+    alice.type_keys(&format!("{LEFT}{LEFT}{LEFT}{BACKSPACE}XYZ{HOME}<{END}>"));
+    alice.wait_input_row("[to the room] > <abXYZdef>");
+    alice.type_keys(ENTER);
+    let sent = ServerLine::Room {
+        user: "alice".into(),
+        text: "<abXYZdef>".into(),
+    };
+    assert_eq!(next_room_line(&mut talker), sent);
+    alice.expect(&format!("you {ROOM_LABEL}: <abXYZdef>"));
+
+    // Up recalls it, exactly.
+    alice.wait_input_row("[to the room] >");
+    alice.type_keys(UP);
+    alice.wait_input_row("[to the room] > <abXYZdef>");
+    alice.type_keys(ENTER);
+    assert_eq!(next_room_line(&mut talker), sent);
+
+    // Tab completes a command, then a name seen online.
+    alice.type_keys("/ms\tta\t");
+    alice.wait_input_row("[to the room] > /msg talker");
+    alice.type_keys("\x15"); // Ctrl-U: clear the line
+    alice.wait_input_row("[to the room] >");
+
+    // The prompt says where a plain line goes.
+    alice.type_keys(&format!("/chat talker{ENTER}"));
+    alice.wait_input_row("[to talker, private (not pinned yet)] >");
+    alice.type_keys(&format!("/chat{ENTER}"));
+    alice.wait_input_row("[to the room] >");
+
+    alice.type_keys(&format!("/quit{ENTER}"));
+    assert_eq!(alice.wait_exit(), 0);
+
+    // The history is kept for the user alone, and holds no password.
+    let history = user_dir(home.path(), &server, "alice").join(paths::HISTORY_FILE);
+    let mode = fs::metadata(&history)
+        .expect("history file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let kept = fs::read_to_string(&history).unwrap();
+    assert!(kept.contains("<abXYZdef>"), "{kept}");
+    assert!(!kept.contains(PASSWORD), "{kept}");
+}
+
+#[test]
+fn after_kill_9_and_a_restart_the_client_reconnects_with_the_typed_line_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let start = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
+        command.args(common::server_args(
+            port,
+            &dir.path().join("data"),
+            &dir.path().join("certs"),
+        ));
+        let ca = dir.path().join("certs").join(securechat::tls::DEV_CA_CERT);
+        ServerProcess::start(&mut command, port, ca, dir.path())
+    };
+    let mut server = start();
+    let home = tempfile::tempdir().unwrap();
+    let mut alice = Terminal::spawn_at(
+        "alice",
+        &server.address(),
+        &server.ca,
+        home.path(),
+        RUN_THEN_SHELL_READS,
+    );
+    alice.menu_login("alice", PASSWORD, true);
+
+    server.kill9();
+    alice.expect("disconnected:");
+    // Typed while the server is away: kept, and sent once it is back.
+    alice.type_keys(&format!("typed while away{ENTER}"));
+    alice.expect("not connected: kept, 1 message(s) will be sent after the reconnect");
+    alice.type_keys("see you at 5");
+    alice.wait_input_row("[to the room] > see you at 5");
+    let server = start(); // the same port and data
+    let mut bob = server.connect();
+    bob.register_ok("bob");
+    bob.login_ok("bob");
+    alice.expect("reconnected and logged in again as alice; 1 waiting message(s) follow");
+    alice.expect(&format!("you {ROOM_LABEL}: typed while away"));
+    alice.wait_input_row("[to the room] > see you at 5");
+
+    alice.type_keys(&format!("; echo TYPED_INTO_SHELL{ENTER}"));
+    // (The line kept while away may reach bob first, if he was back before alice.)
+    let typed = ServerLine::Room {
+        user: "alice".into(),
+        text: "see you at 5; echo TYPED_INTO_SHELL".into(),
+    };
+    bob.recv_until(|line| *line == typed);
+    // Typed ahead of the exit: never run by the shell.
+    alice.type_keys(&format!("/quit{ENTER}echo TYPED_AFTER_QUIT{ENTER}"));
+    alice.expect("client exit status 0");
+    alice.expect("shell read: []");
+    assert_eq!(alice.wait_exit(), 0);
+}
+
+#[test]
+fn lines_typed_ahead_of_closing_never_reach_the_shell() {
+    let server = TestServer::start();
+    let home = tempfile::tempdir().unwrap();
+    let mut client = Terminal::spawn_script("client", &server, home.path(), RUN_THEN_SHELL_READS);
+    client.expect("c) close");
+    client.expect("> ");
+    // Typed at once: the terminal hands the client one line per read, so the second one
+    // is still waiting in the terminal when the client exits.
+    client.type_keys("c\necho TYPED_AHEAD\n");
+    client.expect("client exit status 0");
+    client.expect("shell read: []");
+    assert_eq!(client.wait_exit(), 0);
+}
+
+#[test]
+fn on_a_dumb_terminal_the_client_falls_back_to_plain_lines() {
+    let server = TestServer::start();
+    let mut watcher = server.login("watcher");
+    let home = tempfile::tempdir().unwrap();
+    let mut alice = Terminal::spawn_script("alice", &server, home.path(), RUN_ON_DUMB_TERMINAL);
+    alice.menu_login("alice", PASSWORD, true);
+    alice.send_line("plain but working");
+    assert_eq!(
+        next_room_line(&mut watcher),
+        ServerLine::Room {
+            user: "alice".into(),
+            text: "plain but working".into()
+        }
+    );
+    alice.expect(&format!("you {ROOM_LABEL}: plain but working"));
+    // No editor: no prompt drawn, no escape sequences.
+    assert!(
+        !alice.transcript.contains("[to the room] >"),
+        "{}",
+        alice.transcript
+    );
+    assert!(!alice.transcript.contains('\x1b'), "{}", alice.transcript);
+    assert_eq!(alice.quit(), 0);
+}
+
+#[test]
+fn a_passphrase_is_accepted_and_a_common_password_refused_without_starting_over() {
+    let server = TestServer::start();
+    let home = tempfile::tempdir().unwrap();
+    let mut client = Terminal::spawn("alice", &server, home.path());
+    client.expect("> ");
+    client.send_line("r");
+    client.expect("choose a username: ");
+    client.send_line("alice");
+    client.expect("choose a password: ");
+    // Passes every composition rule, and is among the first an attacker tries.
+    client.send_hidden("Password123");
+    client.expect("not a common password or an easy variation of one");
+    // Short: composition still required.
+    client.expect("choose a password: ");
+    client.send_hidden("horse battery");
+    client.expect("an upper-case letter; a digit");
+    // A passphrase needs none of it.
+    client.expect("choose a password: ");
+    client.send_hidden("correct horse battery staple");
+    client.expect("repeat the password: ");
+    client.send_hidden("correct horse battery staple");
+    client.expect("account alice created");
+    client.expect("logged in as alice.");
+    assert_eq!(client.quit(), 0);
+}
+
+#[test]
+fn a_dh_walk_through_shows_on_both_screens_when_the_peer_opts_in_and_ends_with_the_exchange() {
+    let server = TestServer::start();
+    let Pair {
+        mut alice,
+        mut bob,
+        alice_home,
+        bob_home: _bob_home,
+    } = alice_and_bob(&server);
+
+    // alice opts in with one command; bob asks for the walk-through with her.
+    alice.send_line("/dh");
+    alice.expect("every key exchange is explained step by step from now on");
+    bob.send_line("/dh alice");
+    let mut fingerprints = Vec::new();
+    for (screen, peer) in [(&mut bob, "alice"), (&mut alice, "bob")] {
+        screen.expect(&format!("[dh {peer}] "));
+        screen.expect("q = (p-1)/2 is prime too");
+        screen.expect("The secret fingerprint is a short hash of the shared secret");
+        // The claim matches the trust state: a first-use pin, not a verified key.
+        screen.expect(&format!(
+            "the key you hold for {peer}, which is pinned on first use, not verified"
+        ));
+        screen.expect("The walk-through ends with this exchange");
+        let found = screen.expect_regex(&format!(
+            r"{peer}: end-to-end encrypted session established \(secret fingerprint ([^;]+);"
+        ));
+        fingerprints.push(found[1].clone());
+    }
+    assert_eq!(
+        fingerprints[0], fingerprints[1],
+        "both computed the same secret"
+    );
+
+    // The mode ended with that exchange: bob's next one is not explained.
+    assert_eq!(alice.quit(), 0);
+    bob.expect("alice is offline");
+    let mut alice = Terminal::spawn("alice again", &server, alice_home.path());
+    alice.menu_login("alice", PASSWORD, false);
+    let before = bob.transcript.len();
+    bob.send_line("/msg alice after the walk-through");
+    alice.expect(&format!("bob -> you {E2E_LABEL}: after the walk-through"));
+    bob.expect(&format!("you -> alice {E2E_LABEL}: after the walk-through"));
+    assert!(
+        !bob.transcript[before..].contains("[dh alice]"),
+        "{}",
+        &bob.transcript[before..]
+    );
+    assert_eq!(alice.quit(), 0);
+    assert_eq!(bob.quit(), 0);
+}
+
+#[test]
+fn quitting_with_a_message_still_in_a_key_exchange_warns_first_and_reports_it() {
+    let server = TestServer::start();
+    // bob publishes a key but never answers a key exchange.
+    let mut bob = server.login("bob");
+    let key = IdentityKey::load_or_create(&tempfile::tempdir().unwrap().path().join("k"))
+        .expect("a key")
+        .0
+        .public_key()
+        .to_base64();
+    assert_eq!(
+        bob.request(&format!("SETKEY {key}")),
+        common::ok("SETKEY", "")
+    );
+    let home = tempfile::tempdir().unwrap();
+    let mut alice = Terminal::spawn_script("alice", &server, home.path(), RUN_THEN_SHELL_READS);
+    alice.menu_login("alice", PASSWORD, true);
+    alice.send_line("/msg bob are you there?");
+    alice.expect("setting up end-to-end encryption");
+    alice.send_line("/quit");
+    alice.expect("1 message(s) are not sent yet");
+    alice.expect("/quit again to leave without them");
+    alice.send_line("/quit");
+    alice.expect("1 message(s) you typed were NOT sent");
+    alice.expect("client exit status 1");
+    assert_eq!(alice.wait_exit(), 0, "the reporting shell ends normally");
+}
+
+#[test]
+fn a_200_line_paste_into_the_input_line_is_delivered_in_order_with_progress_shown() {
+    // The server's default rate limits, announced in its greeting.
+    let server = TestServer::with_limits(securechat::server::Limits {
+        message_rate: 20,
+        message_burst: 100,
+        ..common::test_limits()
+    });
+    let mut watcher = server.login("watcher");
+    let home = tempfile::tempdir().unwrap();
+    let mut alice = Terminal::spawn("alice", &server, home.path());
+    alice.menu_login("alice", PASSWORD, true);
+    let lines: Vec<String> = (0..200).map(|i| format!("pasted {i}")).collect();
+    // A terminal wraps a paste in bracketed-paste marks; the editor shows it, Enter sends.
+    alice.type_keys(&format!("\x1b[200~{}\x1b[201~", lines.join("\n")));
+    alice.type_keys(ENTER);
+    alice.expect("sending at the server's limit of 20 per second");
+    for line in &lines {
+        assert_eq!(
+            next_room_line(&mut watcher),
+            ServerLine::Room {
+                user: "alice".into(),
+                text: line.clone()
+            }
+        );
+    }
+    alice.expect("everything waiting was sent");
+    assert!(
+        !alice.transcript.contains("rate-limited"),
+        "{}",
+        alice.transcript
+    );
+    assert_eq!(alice.quit(), 0);
 }

@@ -1,6 +1,10 @@
-//! Fuzz target: every decoder of untrusted input, fed the same arbitrary bytes — the
-//! frame splitter, client requests, server lines, end-to-end payloads, user names, identity
-//! keys and the client's typed commands. Any panic or hang is a bug.
+//! Fuzz target: every parser of untrusted input, fed the same arbitrary bytes — the
+//! frame splitter, client requests (the server's input), server lines (the client's),
+//! end-to-end payloads, user names, identity keys and the client's typed commands. Any panic
+//! or hang is a bug. What an established session does with a payload past its syntax is
+//! the `e2e_session` target's. (Public-value validation, `PublicValue::from_bytes`, is left
+//! to its unit tests: it is one length check, three comparisons and a 7-21 ms
+//! exponentiation, far too slow per input for millions of runs.)
 //!
 //! Run (from the repository root): `cargo install cargo-fuzz`, then
 //! `RUSTC_BOOTSTRAP=1 cargo fuzz run protocol -- -max_total_time=60`.

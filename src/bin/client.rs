@@ -2,9 +2,12 @@
 //!
 //! Usage: `cargo run --bin client -- [--server HOST:PORT] [--ca FILE]`
 //!
-//! Shows the `l` (log in) / `r` (register) / `c` (close) menu, then the chat. Trusts the
-//! public web PKI and, if present, the development CA in `certs/ca.pem` (or `--ca FILE`).
-//! For scripts: `--user NAME --password-stdin [--register]`.
+//! Shows the `l` (log in) / `r` (register) / `c` (close) menu, then the chat with a line
+//! editor (history kept unless `--no-history`). Trusts the public web PKI and, if present,
+//! the development CA in `certs/ca.pem` (or `--ca FILE`). Reconnects by itself when the
+//! connection is lost.
+//! For scripts: `--user NAME --password-stdin [--register]`; the exit status is non-zero
+//! if a message given to it was not sent.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +50,9 @@ struct Args {
     /// below the server's idle timeout).
     #[arg(long, default_value_t = terminal::DEFAULT_KEEPALIVE.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     keepalive: u64,
+    /// Keep no history of typed lines (by default it is kept, owner-only, beside the keys).
+    #[arg(long)]
+    no_history: bool,
 }
 
 fn parse_group(name: &str) -> Result<Group, String> {
@@ -67,6 +73,7 @@ fn main() -> ExitCode {
         explain: args.explain,
         group: args.group,
         keepalive: std::time::Duration::from_secs(args.keepalive),
+        no_history: args.no_history,
     };
     match terminal::run(options) {
         Ok(()) => ExitCode::SUCCESS,

@@ -91,6 +91,10 @@ struct Args {
     /// (0 = no limit).
     #[arg(long, default_value_t = ThrottlePolicy::default().registrations_burst)]
     registrations_per_ip: u32,
+    /// Logins and registrations from one network (an IPv4 /24, an IPv6 /64) that may wait
+    /// for or run bcrypt at once; more are told to retry (0 = no limit).
+    #[arg(long, default_value_t = ThrottlePolicy::default().logins_per_prefix)]
+    logins_per_prefix: usize,
 }
 
 fn main() -> ExitCode {
@@ -104,6 +108,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// `path` as an absolute path, for log lines an operator can act on; as given if the
+/// working directory cannot be read.
+fn real_path(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 fn run(args: Args) -> securechat::Result<()> {
     let (cert, key) = match (args.cert, args.key) {
         (Some(cert), Some(key)) => (cert, key),
@@ -113,8 +123,8 @@ fn run(args: Args) -> securechat::Result<()> {
                 "development certificate ({}): {}; clients trust the CA {} \
                  (SHA-256 fingerprint {})",
                 dev.action,
-                dev.cert.display(),
-                dev.ca.display(),
+                real_path(&dev.cert).display(),
+                real_path(&dev.ca).display(),
                 dev.ca_fingerprint
             );
             (dev.cert, dev.key)
@@ -139,6 +149,7 @@ fn run(args: Args) -> securechat::Result<()> {
         message_burst: args.rate_burst,
         throttle: ThrottlePolicy {
             registrations_burst: args.registrations_per_ip,
+            logins_per_prefix: args.logins_per_prefix,
             ..ThrottlePolicy::default()
         },
         ..Limits::default()
@@ -161,7 +172,7 @@ fn run(args: Args) -> securechat::Result<()> {
     log::info!(
         "securechat listening on {} (TLS 1.3/1.2; data in {})",
         server.local_addr(),
-        args.data_dir.display()
+        real_path(&args.data_dir).display()
     );
     let handle = server.shutdown_handle();
     ctrlc::set_handler(move || {

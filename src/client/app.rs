@@ -1,15 +1,29 @@
 //! The logged-in client: turns what the user types into requests, and what the server
 //! sends into lines on the screen, with the end-to-end layer in between for private
-//! messages. Single-threaded: the terminal code feeds it events one at a time.
+//! messages. Single-threaded: the terminal code feeds it events one at a time, and tells
+//! it when the connection is lost and when it is back.
+//!
+//! Rules it keeps:
+//! * Every frame leaves through the [`Pacer`], in order, at the rate the server allows;
+//!   a message is shown as sent (`you ...`) only once its frame was written.
+//! * A line longer than the server takes is refused before sending, with the limit in
+//!   words; long private text is split into messages that fit.
+//! * While the connection is down, messages typed (and those that were waiting) are kept,
+//!   up to [`MAX_WAITING`], and sent after the reconnect; anything that cannot be kept
+//!   is reported as not sent, and so is anything still waiting when the user leaves.
 
-use std::time::Instant;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::client::commands::{self, Input, HELP};
 use crate::client::link::Link;
+use crate::client::pacing::{Message, Pacer};
 use crate::client::screen::{sanitize, Screen};
 use crate::client::secure::{Action, Notice, Secure};
+use crate::e2e::MAX_PLAINTEXT_LEN;
 use crate::error::Result;
-use crate::protocol::{Command, ErrorCode, Request, ServerLine};
+use crate::protocol::{AnnouncedLimits, Command, ErrorCode, Request, ServerLine};
 
 /// Label for the public room, shown on every room line.
 const ROOM_LABEL: &str = "[room, TLS only - the server can read this]";
@@ -17,12 +31,36 @@ const ROOM_LABEL: &str = "[room, TLS only - the server can read this]";
 /// Label for private messages.
 const E2E_LABEL: &str = "[private, end-to-end encrypted]";
 
+/// Messages kept while the connection is down, to send after the reconnect. Enough for
+/// someone who keeps typing through a short outage; beyond it, typing is refused with a
+/// warning rather than remembered without bound.
+pub const MAX_WAITING: usize = 100;
+
+/// A paste that leaves this many frames waiting gets a progress line.
+const PROGRESS_FROM: usize = 20;
+
+/// Room for the `MSG <user> ` header and the payload's framing around the sealed text,
+/// which base64 makes 4/3 as long.
+const PRIVATE_OVERHEAD: usize = 512;
+
+/// How long a keep-alive `PING` may go unanswered before the connection counts as lost:
+/// the keep-alive interval itself, and at least [`MIN_PONG_TIMEOUT`].
+pub fn pong_timeout(keepalive: Duration) -> Duration {
+    keepalive.max(MIN_PONG_TIMEOUT)
+}
+
+/// A server under load may take a moment to answer; a few seconds never mean a dead link.
+pub const MIN_PONG_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Names the user can complete with Tab: whoever was seen online.
+pub type OnlineNames = Arc<Mutex<BTreeSet<String>>>;
+
 /// Whether the session goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
-    /// Keep reading.
+    /// Keep going.
     Continue,
-    /// The session is over.
+    /// Leave.
     Quit,
 }
 
@@ -30,42 +68,148 @@ pub enum Flow {
 pub struct Chat {
     /// Our user name.
     me: String,
-    /// Where requests go.
-    link: Link,
+    /// Where requests go; `None` while the connection is down.
+    link: Option<Link>,
+    /// Frames waiting for their turn.
+    pacer: Pacer,
+    /// The longest frame the server takes.
+    max_frame: usize,
     /// Where lines go.
     screen: Screen,
     /// The end-to-end layer.
     secure: Secure,
     /// The `/chat` partner plain lines go to; `None` means the public room.
     talking_to: Option<String>,
+    /// Messages to send once connected again, oldest first (at most [`MAX_WAITING`]).
+    resend: VecDeque<Message>,
+    /// Who was seen online, for completion.
+    online: OnlineNames,
+    /// Messages the user typed (a split private text counts each part).
+    typed: usize,
+    /// Of those, how many were written to the server.
+    sent: usize,
+    /// Set by a `/quit` that found messages still waiting: the next one leaves anyway.
+    quit_warned: bool,
+    /// Set while a paste is being sent at the server's rate and its progress shown.
+    backlog: bool,
+    /// `LIST` requests of our own (for completion) whose answers are not shown.
+    quiet_lists: usize,
+    /// When the server was last heard from (any frame).
+    last_heard: Instant,
+    /// When a keep-alive `PING` went out that nothing has answered yet.
+    ping_sent: Option<Instant>,
 }
 
 impl Chat {
-    /// A chat session for `me` over `link`.
-    pub fn new(me: &str, link: Link, screen: Screen, secure: Secure) -> Chat {
+    /// A chat for `me`, not yet connected ([`Chat::connected`] follows).
+    pub fn new(me: &str, screen: Screen, secure: Secure, online: OnlineNames) -> Chat {
         Chat {
             me: me.to_owned(),
-            link,
+            link: None,
+            pacer: Pacer::new(0, 0),
+            max_frame: 0,
             screen,
             secure,
             talking_to: None,
+            resend: VecDeque::new(),
+            online,
+            typed: 0,
+            sent: 0,
+            quit_warned: false,
+            backlog: false,
+            quiet_lists: 0,
+            last_heard: Instant::now(),
+            ping_sent: None,
         }
     }
 
-    /// Publishes our identity key and greets the user.
-    pub fn start(&mut self) -> Result<()> {
+    /// The connection is up (first time, or again): adopts the server's limits,
+    /// publishes our identity key, asks who is online, and queues what waited.
+    pub fn connected(&mut self, link: Link, limits: AnnouncedLimits, first: bool) -> Result<()> {
+        self.link = Some(link);
+        self.last_heard = Instant::now();
+        self.ping_sent = None;
+        self.max_frame = limits.max_frame;
+        self.pacer = Pacer::new(limits.rate, limits.burst);
         let key = self.secure.identity_public().to_base64();
-        self.link.send(&Request::SetKey { key: &key })?;
-        self.screen.event(&format!(
-            "logged in as {}. Plain lines go to the public room {ROOM_LABEL}; /msg USER TEXT is \
-             private and end-to-end encrypted. /help lists the commands.",
-            self.me
-        ));
+        self.pacer.push(Request::SetKey { key: &key }.to_string());
+        self.pacer.push(Request::List.to_string());
+        self.quiet_lists += 1;
+        if first {
+            self.screen.event(&format!(
+                "logged in as {}. Plain lines go to the public room {ROOM_LABEL}; /msg USER \
+                 TEXT is private and end-to-end encrypted. /help lists the commands.",
+                self.me
+            ));
+        } else {
+            self.screen.event(&format!(
+                "* reconnected and logged in again as {}; {} waiting message(s) follow",
+                self.me,
+                self.resend.len()
+            ));
+        }
+        for message in std::mem::take(&mut self.resend) {
+            match message {
+                Message::Room(text) => self.say(text),
+                Message::Private { to, text } => self.private(&to, &text)?,
+            }
+        }
         Ok(())
     }
 
-    /// Handles one line typed by the user.
-    pub fn input(&mut self, line: &str) -> Result<Flow> {
+    /// The connection is gone: every message not yet written waits for the reconnect
+    /// (sessions are gone too: the peers closed theirs when we went offline).
+    pub fn disconnected(&mut self) {
+        self.quiet_lists = 0;
+        if let Some(link) = self.link.take() {
+            link.close();
+        }
+        let mut waiting: Vec<Message> = Vec::new();
+        waiting.extend(
+            self.pacer
+                .take_all()
+                .into_iter()
+                .filter_map(|outgoing| outgoing.message),
+        );
+        waiting.extend(
+            self.secure
+                .connection_lost()
+                .into_iter()
+                .map(|(to, text)| Message::Private { to, text }),
+        );
+        // Oldest first: what was queued before the loss goes before what was typed since.
+        for message in waiting.into_iter().rev() {
+            self.resend.push_front(message);
+        }
+        self.backlog = false;
+    }
+
+    /// Whether the connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.link.is_some()
+    }
+
+    /// The prompt: where a plain line goes, and how far that peer is trusted. (Not the
+    /// connection's state: the editor shows a prompt until the line is done, and that
+    /// state changes meanwhile; it is told in lines of its own.)
+    pub fn prompt(&self) -> String {
+        match &self.talking_to {
+            Some(peer) => format!("[to {peer}, private ({})] > ", self.secure.trust(peer)),
+            None => "[to the room] > ".to_owned(),
+        }
+    }
+
+    /// Handles what the user typed: one line, or several at once (a paste).
+    pub fn input(&mut self, typed: &str) -> Result<Flow> {
+        for line in typed.split('\n') {
+            if self.input_line(line)? == Flow::Quit {
+                return Ok(Flow::Quit);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn input_line(&mut self, line: &str) -> Result<Flow> {
         let input = match commands::parse(line) {
             Ok(input) => input,
             Err(problem) => {
@@ -73,23 +217,23 @@ impl Chat {
                 return Ok(Flow::Continue);
             }
         };
+        if !matches!(input, Input::Quit) {
+            self.quit_warned = false;
+        }
         match input {
             Input::Nothing => {}
             Input::Text(text) => match self.talking_to.clone() {
-                Some(peer) => self.private(&peer, &text)?,
-                None => {
-                    self.link.send(&Request::Say { text: &text })?;
-                    self.screen
-                        .event(&format!("you {ROOM_LABEL}: {}", sanitize(&text)));
-                }
+                Some(peer) => self.typed_private(&peer, &text)?,
+                None => self.typed_room(text),
             },
-            Input::Msg { to, text } => self.private(&to, &text)?,
+            Input::Msg { to, text } => self.typed_private(&to, &text)?,
             Input::Chat(Some(peer)) if peer == self.me => {
                 self.screen.warn("you cannot chat with yourself");
             }
             Input::Chat(Some(peer)) => {
                 self.screen.event(&format!(
-                    "* now talking to {peer} {E2E_LABEL}; /chat alone returns to the room"
+                    "* now talking to {peer} {E2E_LABEL}; /chat alone returns to the room \
+                     (the prompt shows where a plain line goes)"
                 ));
                 self.talking_to = Some(peer);
             }
@@ -98,7 +242,12 @@ impl Chat {
                 self.screen
                     .event(&format!("* back in the public room {ROOM_LABEL}"));
             }
-            Input::List => self.link.send(&Request::List)?,
+            Input::Help => self.screen.print(HELP),
+            Input::Quit => return Ok(self.quit()),
+            _ if !self.is_connected() => self
+                .screen
+                .warn("not connected: that needs the server; try again once reconnected"),
+            Input::List => self.pacer.push(Request::List.to_string()),
             Input::Fingerprint(user) => {
                 let actions = self.secure.fingerprint(user.as_deref());
                 self.apply(actions)?;
@@ -111,22 +260,217 @@ impl Chat {
                 let actions = self.secure.accept(&user);
                 self.apply(actions)?;
             }
-            Input::Explain(user) => {
+            Input::Explain(Some(user)) => {
                 let actions = self.secure.explain(&user);
                 self.apply(actions)?;
             }
-            Input::Help => self.screen.print(HELP),
-            Input::Quit => {
-                self.link.send(&Request::Quit)?;
-                return Ok(Flow::Quit);
+            Input::Explain(None) => {
+                let actions = self.secure.explain_every_exchange();
+                self.apply(actions)?;
             }
         }
         Ok(Flow::Continue)
     }
 
+    /// `/quit`: leaves, unless messages still wait; then it says so once, and a second
+    /// `/quit` leaves without them (reported by [`Chat::leave`]).
+    fn quit(&mut self) -> Flow {
+        let waiting = self.waiting();
+        if waiting > 0 && !self.quit_warned {
+            self.quit_warned = true;
+            self.screen.warn(&format!(
+                "{waiting} message(s) are not sent yet (waiting for the connection, a key \
+                 exchange or their turn). Wait for them, or /quit again to leave without them"
+            ));
+            return Flow::Continue;
+        }
+        Flow::Quit
+    }
+
+    /// Messages typed and not yet written to the server (and still to be).
+    pub fn waiting(&self) -> usize {
+        self.resend.len() + self.pacer.messages() + self.secure.waiting()
+    }
+
+    /// Whether anything at all still waits to go out (frames, exchanges, messages).
+    pub fn busy(&self) -> bool {
+        !self.pacer.is_empty() || !self.resend.is_empty() || self.secure.next_deadline().is_some()
+    }
+
+    /// Leaves: says goodbye to the server if connected, and reports every message typed
+    /// that never reached it. Returns how many those were.
+    pub fn leave(&mut self) -> usize {
+        if let Some(link) = self.link.take() {
+            // QUIT goes after everything already written, so those are handled first.
+            let _ = link.send(&Request::Quit);
+            link.close();
+        }
+        let not_sent = self.typed.saturating_sub(self.sent);
+        if not_sent > 0 {
+            self.screen.warn(&format!(
+                "{not_sent} message(s) you typed were NOT sent (see the warnings above)"
+            ));
+        }
+        not_sent
+    }
+
+    fn typed_room(&mut self, text: String) {
+        self.typed += 1;
+        let frame = Request::Say { text: &text }.to_string().len() + 1;
+        if frame > self.max_frame {
+            self.screen.warn(&format!(
+                "not sent: that line is {frame} bytes with its header, and the server takes \
+                 lines of at most {} bytes. Split it, or send it privately (/msg splits \
+                 long private text)",
+                self.max_frame
+            ));
+            return;
+        }
+        if self.is_connected() {
+            self.say(text);
+        } else {
+            self.keep(Message::Room(text));
+        }
+    }
+
+    fn say(&mut self, text: String) {
+        self.pacer.push(Request::Say { text: &text }.to_string());
+        self.pacer.mark_last(Message::Room(text));
+    }
+
+    /// A private message typed by the user: split into parts that fit in a frame.
+    fn typed_private(&mut self, to: &str, text: &str) -> Result<()> {
+        let limit = MAX_PLAINTEXT_LEN.min(self.max_frame.saturating_sub(PRIVATE_OVERHEAD) * 3 / 4);
+        let parts = split_at_chars(text, limit.max(1));
+        if parts.len() > 1 {
+            self.screen.event(&format!(
+                "* that text is {} bytes; it goes as {} private messages of at most {limit} bytes",
+                text.len(),
+                parts.len()
+            ));
+        }
+        for part in parts {
+            self.typed += 1;
+            if self.is_connected() {
+                self.private(to, part)?;
+            } else {
+                self.keep(Message::Private {
+                    to: to.to_owned(),
+                    text: part.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps a message typed while disconnected, or says it was not kept.
+    fn keep(&mut self, message: Message) {
+        if self.resend.len() >= MAX_WAITING {
+            self.screen.warn(&format!(
+                "not connected and {MAX_WAITING} messages already wait: this one was NOT kept"
+            ));
+            return;
+        }
+        self.resend.push_back(message);
+        self.screen.event(&format!(
+            "* not connected: kept, {} message(s) will be sent after the reconnect",
+            self.resend.len()
+        ));
+    }
+
     fn private(&mut self, to: &str, text: &str) -> Result<()> {
         let actions = self.secure.send_text(to, text);
         self.apply(actions)
+    }
+
+    /// Writes the frames whose turn has come; shows each message as sent once written.
+    /// A failed write means the connection is lost: the frames not written stay queued,
+    /// and the error is returned for the caller to reconnect ([`Chat::disconnected`]).
+    pub fn flush(&mut self, now: Instant) -> std::result::Result<(), String> {
+        let Some(link) = self.link.clone() else {
+            return Ok(());
+        };
+        let before = self.pacer.len();
+        let mut due = self.pacer.due(now).into_iter();
+        while let Some(outgoing) = due.next() {
+            if let Err(e) = link.send_line(&outgoing.line) {
+                for unsent in std::iter::once(outgoing).chain(due).rev() {
+                    self.pacer.put_back(unsent);
+                }
+                return Err(e.to_string());
+            }
+            if let Some(message) = outgoing.message {
+                self.sent += 1;
+                self.show_sent(&message);
+            }
+        }
+        let left = self.pacer.len();
+        if left >= PROGRESS_FROM && !self.backlog {
+            self.backlog = true;
+            self.screen.event(&format!(
+                "* sending at the server's limit of {} per second: {left} waiting (about {} s)",
+                self.pacer.rate(),
+                left as u32 / self.pacer.rate().max(1) + 1
+            ));
+        } else if self.backlog && left == 0 {
+            self.backlog = false;
+            self.screen.event("* everything waiting was sent");
+        } else if self.backlog && before / 100 != left / 100 {
+            self.screen.event(&format!("* sending: {left} waiting"));
+        }
+        Ok(())
+    }
+
+    /// When [`Chat::flush`] next has something to write, if anything waits.
+    pub fn next_flush(&self) -> Option<Duration> {
+        self.link.as_ref().and(self.pacer.next_due())
+    }
+
+    /// Queues a keep-alive `PING` when nothing was sent, or nothing heard, for
+    /// `keepalive`. Returns `false` when a `PING` went unanswered for
+    /// [`pong_timeout`]`(keepalive)`: the connection is dead even if no socket error said
+    /// so (a laptop that changed networks, a peer host that vanished).
+    pub fn keep_alive(&mut self, keepalive: Duration, now: Instant) -> bool {
+        let Some(link) = &self.link else {
+            return true;
+        };
+        if let Some(sent) = self.ping_sent {
+            return now.saturating_duration_since(sent) < pong_timeout(keepalive);
+        }
+        let quiet = link.idle_for() >= keepalive
+            || now.saturating_duration_since(self.last_heard) >= keepalive;
+        if quiet && self.pacer.is_empty() {
+            self.pacer.push(Request::Ping { token: "" }.to_string());
+            self.ping_sent = Some(now);
+        }
+        true
+    }
+
+    /// How long until [`Chat::keep_alive`] has something to do.
+    pub fn until_keep_alive(&self, keepalive: Duration, now: Instant) -> Duration {
+        let Some(link) = &self.link else {
+            return keepalive;
+        };
+        if let Some(sent) = self.ping_sent {
+            return pong_timeout(keepalive).saturating_sub(now.saturating_duration_since(sent));
+        }
+        let heard = now.saturating_duration_since(self.last_heard);
+        keepalive
+            .saturating_sub(link.idle_for())
+            .min(keepalive.saturating_sub(heard))
+    }
+
+    fn show_sent(&self, message: &Message) {
+        match message {
+            Message::Room(text) => self
+                .screen
+                .event(&format!("you {ROOM_LABEL}: {}", sanitize(text))),
+            Message::Private { to, text } => self.screen.event(&format!(
+                "you -> {} {E2E_LABEL}: {}",
+                sanitize(to),
+                sanitize(text)
+            )),
+        }
     }
 
     /// Abandons key exchanges that waited too long for an answer, telling the user which
@@ -143,17 +487,25 @@ impl Chat {
 
     /// Handles one frame from the server.
     pub fn server(&mut self, line: ServerLine) -> Result<Flow> {
+        // Anything from the server shows the connection is alive.
+        self.last_heard = Instant::now();
+        self.ping_sent = None;
         match line {
-            ServerLine::Room { user, text } => self.screen.event(&format!(
-                "{} {ROOM_LABEL}: {}",
-                sanitize(&user),
-                sanitize(&text)
-            )),
+            ServerLine::Room { user, text } => {
+                self.seen(&user, true);
+                self.screen.event(&format!(
+                    "{} {ROOM_LABEL}: {}",
+                    sanitize(&user),
+                    sanitize(&text)
+                ))
+            }
             ServerLine::From { user, payload } => {
+                self.seen(&user, true);
                 let actions = self.secure.payload_arrived(&user, &payload);
                 self.apply(actions)?;
             }
             ServerLine::Offline { user } => {
+                self.seen(&user, false);
                 let actions = self.secure.peer_gone(&user);
                 self.apply(actions)?;
             }
@@ -167,16 +519,33 @@ impl Chat {
                 "{count} room lines skipped: this terminal was reading more slowly than the \
                  room was talking"
             )),
+            ServerLine::Bye { reason } if reason.starts_with("replaced") => {
+                self.screen.warn(&format!(
+                    "the server closed the connection: {}. Not reconnecting: that would \
+                     push the other session out in turn",
+                    sanitize(&reason)
+                ));
+                return Ok(Flow::Quit);
+            }
             ServerLine::Bye { reason } => {
                 self.screen.warn(&format!(
                     "the server closed the connection: {}",
                     sanitize(&reason)
                 ));
-                return Ok(Flow::Quit);
             }
             ServerLine::Pong { .. } | ServerLine::Hello { .. } => {}
         }
         Ok(Flow::Continue)
+    }
+
+    /// Keeps the completion names up to date.
+    fn seen(&self, user: &str, online: bool) {
+        let mut names = self.online.lock().unwrap_or_else(PoisonError::into_inner);
+        if online {
+            names.insert(user.to_owned());
+        } else {
+            names.remove(user);
+        }
     }
 
     fn ok(&mut self, command: Command, detail: &str) -> Result<()> {
@@ -184,7 +553,17 @@ impl Chat {
             Command::List => {
                 let mut words = detail.split(' ');
                 let total = words.next().unwrap_or("0");
-                let names: Vec<String> = words.map(sanitize).collect();
+                let listed: Vec<&str> = words.collect();
+                {
+                    let mut names = self.online.lock().unwrap_or_else(PoisonError::into_inner);
+                    names.clear();
+                    names.extend(listed.iter().map(|name| (*name).to_owned()));
+                }
+                if self.quiet_lists > 0 {
+                    self.quiet_lists -= 1;
+                    return Ok(());
+                }
+                let names: Vec<String> = listed.iter().map(|name| sanitize(name)).collect();
                 let mut text = format!("* {total} online: {}", names.join(", "));
                 if let Ok(total) = total.parse::<usize>() {
                     if total > names.len() {
@@ -222,17 +601,24 @@ impl Chat {
         self.apply(actions)
     }
 
-    /// Carries out what the end-to-end layer asked for.
+    /// Carries out what the end-to-end layer asked for: frames join the queue; a message
+    /// it reports as sealed marks the frame just queued, and is shown once that is sent.
     fn apply(&mut self, actions: Vec<Action>) -> Result<()> {
         for action in actions {
             match action {
-                Action::Send { to, payload } => {
-                    self.link.send(&Request::Msg {
+                Action::Send { to, payload } => self.pacer.push(
+                    Request::Msg {
                         to: &to,
                         payload: &payload,
-                    })?;
+                    }
+                    .to_string(),
+                ),
+                Action::FetchKey(user) => {
+                    self.pacer.push(Request::GetKey { user: &user }.to_string())
                 }
-                Action::FetchKey(user) => self.link.send(&Request::GetKey { user: &user })?,
+                Action::Show(Notice::Sent { to, text }) => {
+                    self.pacer.mark_last(Message::Private { to, text })
+                }
                 Action::Show(notice) => self.show(notice),
             }
         }
@@ -246,11 +632,7 @@ impl Chat {
                 sanitize(&from),
                 sanitize(&text)
             )),
-            Notice::Sent { to, text } => self.screen.event(&format!(
-                "you -> {} {E2E_LABEL}: {}",
-                sanitize(&to),
-                sanitize(&text)
-            )),
+            Notice::Sent { to, text } => self.show_sent(&Message::Private { to, text }),
             Notice::Info(text) => {
                 for line in text.lines() {
                     self.screen.event(&format!("* {}", sanitize(line)));
@@ -266,5 +648,41 @@ impl Chat {
                     .event(&format!("[dh {}] {}", sanitize(&peer), sanitize(&line)))
             }
         }
+    }
+}
+
+/// Splits `text` into pieces of at most `limit` bytes, never inside a character.
+fn split_at_chars(text: &str, limit: usize) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while rest.len() > limit {
+        let mut cut = limit;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        if cut == 0 {
+            break; // one character longer than the limit: send it whole
+        }
+        let (part, tail) = rest.split_at(cut);
+        parts.push(part);
+        rest = tail;
+    }
+    parts.push(rest);
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_text_splits_between_characters() {
+        assert_eq!(split_at_chars("abcdef", 4), ["abcd", "ef"]);
+        assert_eq!(split_at_chars("ééé", 3), ["é", "é", "é"]);
+        assert_eq!(split_at_chars("short", 100), ["short"]);
+        let long = "ab€".repeat(3000);
+        let parts = split_at_chars(&long, MAX_PLAINTEXT_LEN);
+        assert!(parts.iter().all(|part| part.len() <= MAX_PLAINTEXT_LEN));
+        assert_eq!(parts.concat(), long);
     }
 }

@@ -22,8 +22,9 @@ pub enum Input {
     Verify(String),
     /// `/accept USER`: trust USER's new identity key after a key-change warning.
     Accept(String),
-    /// `/dh USER`: show the key exchange with USER step by step (runs a fresh one).
-    Explain(String),
+    /// `/dh USER`: show the key exchange with USER step by step (runs a fresh one);
+    /// `/dh` alone: explain every exchange from now on, also those others start.
+    Explain(Option<String>),
     /// `/help`.
     Help,
     /// `/quit`, `/exit` or `exit`.
@@ -43,6 +44,7 @@ commands:
   /verify USER       mark USER's key as verified (after comparing safety numbers)
   /accept USER       trust USER's new key after a key-change warning
   /dh USER           show a fresh Diffie-Hellman exchange with USER step by step
+  /dh                explain every exchange from now on (so a classmate's /dh shows here too)
   /help              this help
   /quit or exit      leave
 The public room is protected by TLS only: the server can read it. Private messages are
@@ -92,7 +94,7 @@ pub fn parse(line: &str) -> Result<Input, String> {
         "fingerprint" | "fp" => Ok(Input::Fingerprint(optional_user())),
         "verify" => user_arg("/verify USER").map(Input::Verify),
         "accept" => user_arg("/accept USER").map(Input::Accept),
-        "dh" => user_arg("/dh USER").map(Input::Explain),
+        "dh" => Ok(Input::Explain(optional_user())),
         "help" | "?" => Ok(Input::Help),
         "quit" | "exit" => Ok(Input::Quit),
         other => Err(format!("unknown command /{other}; type /help")),
@@ -123,7 +125,8 @@ mod tests {
         );
         assert_eq!(parse("/verify bob"), Ok(Input::Verify("bob".into())));
         assert_eq!(parse("/accept bob"), Ok(Input::Accept("bob".into())));
-        assert_eq!(parse("/dh bob"), Ok(Input::Explain("bob".into())));
+        assert_eq!(parse("/dh bob"), Ok(Input::Explain(Some("bob".into()))));
+        assert_eq!(parse("/dh"), Ok(Input::Explain(None)));
         assert_eq!(parse("/quit"), Ok(Input::Quit));
         assert_eq!(parse("exit"), Ok(Input::Quit));
         assert_eq!(parse("/help"), Ok(Input::Help));

@@ -15,7 +15,7 @@ use rustls::pki_types::ServerName;
 
 use crate::error::{Error, Result};
 use crate::protocol::frame::LineBuffer;
-use crate::protocol::{Request, ServerLine, PROTOCOL_VERSION};
+use crate::protocol::{AnnouncedLimits, Request, ServerLine, PROTOCOL_VERSION};
 use crate::tls::stream::{ReadOutcome, TlsStream};
 
 /// Largest line the client accepts from a server. Larger than the server's client limit:
@@ -56,6 +56,9 @@ pub struct LinkInfo {
     /// Version, cipher suite and key exchange, for example
     /// `TLSv1_3, TLS13_AES_256_GCM_SHA384, X25519MLKEM768`.
     pub tls: String,
+    /// What the server allows this client, as its greeting announced; from a server that
+    /// announces nothing (an older one), the defaults of this crate's server.
+    pub limits: AnnouncedLimits,
 }
 
 /// Connects to `server` (`host:port`), verifying its certificate for `host` with `config`,
@@ -84,10 +87,6 @@ pub fn connect(
         other => other,
     })?;
     let stream = Arc::new(stream);
-    let info = LinkInfo {
-        addr,
-        tls: stream.describe(),
-    };
     let mut reader = LinkReader {
         stream: stream.clone(),
         lines: LineBuffer::new(CLIENT_MAX_FRAME),
@@ -102,8 +101,10 @@ pub fn connect(
         .set_read_timeout(Some(deadline.saturating_duration_since(Instant::now())))?;
     let greeting = reader.recv()?;
     stream.socket().set_read_timeout(None)?;
-    match greeting {
-        Some(ServerLine::Hello { version, .. }) if version == PROTOCOL_VERSION => {}
+    let limits = match greeting {
+        Some(ServerLine::Hello { version, limits }) if version == PROTOCOL_VERSION => {
+            limits.unwrap_or(AnnouncedLimits::DEFAULT)
+        }
         Some(ServerLine::Hello { version, .. }) => {
             return Err(Error::Protocol(format!(
                 "server speaks protocol version {version}; this client speaks {PROTOCOL_VERSION}"
@@ -115,7 +116,12 @@ pub fn connect(
             )))
         }
         None => return Err(Error::Protocol("server closed the connection".into())),
-    }
+    };
+    let info = LinkInfo {
+        addr,
+        tls: stream.describe(),
+        limits,
+    };
     let link = Link {
         stream,
         last_sent: Arc::new(Mutex::new(Instant::now())),

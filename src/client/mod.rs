@@ -3,7 +3,9 @@
 
 pub mod app;
 pub mod commands;
+pub mod editor;
 pub mod link;
+pub mod pacing;
 pub mod paths;
 pub mod screen;
 pub mod secure;

@@ -8,23 +8,41 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// Prints one line somewhere other than standard output (the line editor's printer,
+/// which keeps the half-typed input line below what it prints).
+pub type Sink = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Where the client's output goes: the terminal, or a buffer in tests.
 #[derive(Clone)]
 pub struct Screen {
     /// Collected lines when capturing (tests); `None` prints to stdout.
     captured: Option<Arc<Mutex<Vec<String>>>>,
+    /// Where lines go instead of standard output, when set.
+    sink: Option<Sink>,
 }
 
 impl Screen {
     /// Prints to standard output.
     pub fn stdout() -> Screen {
-        Screen { captured: None }
+        Screen {
+            captured: None,
+            sink: None,
+        }
+    }
+
+    /// Hands every line to `sink` (which adds the line end).
+    pub fn to_sink(sink: Sink) -> Screen {
+        Screen {
+            captured: None,
+            sink: Some(sink),
+        }
     }
 
     /// Collects lines in memory; read them with [`Screen::lines`].
     pub fn capture() -> Screen {
         Screen {
             captured: Some(Arc::new(Mutex::new(Vec::new()))),
+            sink: None,
         }
     }
 
@@ -42,6 +60,9 @@ impl Screen {
 
     /// Prints one line as it is (help, menus).
     pub fn print(&self, text: &str) {
+        if let Some(sink) = &self.sink {
+            return sink(text);
+        }
         match &self.captured {
             Some(lines) => lines
                 .lock()

@@ -294,6 +294,15 @@ impl Secure {
         }
     }
 
+    /// `/dh` alone: explain every exchange from now on, including those another user
+    /// starts with `/dh` (they cannot make this screen show anything on their own).
+    pub fn explain_every_exchange(&mut self) -> Vec<Action> {
+        self.explain_all = true;
+        vec![info(
+            "every key exchange is explained step by step from now on, also those other users start",
+        )]
+    }
+
     /// The server answered `GETKEY user` with `key` (base64).
     pub fn key_arrived(&mut self, user: &str, key: &str) -> Vec<Action> {
         let peer = self.peer(user);
@@ -452,6 +461,52 @@ impl Secure {
             text.push_str(&format!("; {dropped} message(s) not sent"));
         }
         vec![info(&text)]
+    }
+
+    /// Messages waiting for a key exchange, all peers together.
+    pub fn waiting(&self) -> usize {
+        self.peers.values().map(|peer| peer.queued.len()).sum()
+    }
+
+    /// How far `user`'s key is trusted, in words for the prompt.
+    pub fn trust(&self, user: &str) -> &'static str {
+        if self
+            .peers
+            .get(user)
+            .is_some_and(|peer| matches!(peer.exchange, Exchange::KeyChanged { .. }))
+        {
+            return "KEY CHANGED";
+        }
+        match self.pins.pinned_key(user) {
+            None => "not pinned yet",
+            Some(key) if self.pins.check(user, &key) == (PinStatus::Matches { verified: true }) => {
+                "verified"
+            }
+            Some(_) => "pinned on first use, not verified",
+        }
+    }
+
+    /// The connection to the server was lost: each peer closed its session with us when
+    /// we went offline, so ours close too, and exchanges under way are abandoned (a changed
+    /// key still waits for `/accept`). Returns the messages that waited for an exchange,
+    /// as `(peer, text)` in the order typed per peer, for the caller to send again once
+    /// reconnected.
+    pub fn connection_lost(&mut self) -> Vec<(String, String)> {
+        let mut names: Vec<String> = self.peers.keys().cloned().collect();
+        names.sort();
+        let mut waiting = Vec::new();
+        for user in names {
+            let peer = self.peer(&user);
+            peer.session = None;
+            peer.previous_session = None;
+            if let Exchange::KeyChanged { init, .. } = &mut peer.exchange {
+                *init = None; // a DH-INIT from the old connection
+            } else {
+                peer.exchange = Exchange::Idle;
+            }
+            waiting.extend(peer.queued.drain(..).map(|text| (user.clone(), text)));
+        }
+        waiting
     }
 
     /// `/accept USER`: trust the new key after a key-change warning.
@@ -700,14 +755,34 @@ impl Secure {
     fn established(&mut self, user: &str, session: Session) -> Vec<Action> {
         let explain = self.explain_all || self.peer(user).explain;
         let mut actions = Vec::new();
+        let trust = self.trust(user);
         if explain {
             let explanation = session.explanation();
             explain_lines(&mut actions, user, explanation.latest_step());
             let summary = explanation.to_string();
             explain_lines(&mut actions, user, summary.lines());
+            let notes = [
+                "q = (p-1)/2 is prime too (p is a safe prime): every honest g^x mod p lies in \
+                 the subgroup of order q, so a public value Y is accepted only if Y^q mod p = 1"
+                    .to_owned(),
+                "The secret fingerprint is a short hash of the shared secret: both screens show \
+                 the same one exactly when both sides computed the same secret, and it reveals \
+                 nothing of the secret itself"
+                    .to_owned(),
+                format!(
+                    "A signature shows a value was signed with the key you hold for {user}, which \
+                     is {trust}. Only a verified key (/fingerprint {user}, compared in person, \
+                     then /verify {user}) rules out someone in the middle"
+                ),
+                format!("The walk-through ends with this exchange; /dh {user} runs another"),
+            ];
+            explain_lines(&mut actions, user, notes);
         }
+        // The step-by-step mode asked for with `/dh USER` ends with the exchange.
+        self.peer(user).explain = false;
         actions.push(info(&format!(
-            "{user}: end-to-end encrypted session established (key fingerprint {})",
+            "{user}: end-to-end encrypted session established (secret fingerprint {}; \
+             {user}'s identity key: {trust})",
             session
                 .explanation()
                 .secret_fingerprint

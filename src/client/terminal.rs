@@ -2,13 +2,23 @@
 //! entry, then the chat loop.
 //!
 //! Threads after login: the main thread runs the [`Chat`]; a reader thread turns frames
-//! from the server into events; an input thread turns typed lines into events. Both feed
-//! one channel, so the chat state has a single owner. While idle the main thread sends
-//! `PING` so the server's idle timeout never closes a session that is merely quiet, and it
-//! wakes when a key exchange has waited too long, to tell the user.
+//! from the server into events; an input thread ([`crate::client::editor`]) turns typed
+//! lines into events. Both feed one channel, so the chat state has a single owner. The
+//! main thread also sends queued frames at the server's pace, pings when the session has
+//! been quiet (so the server's idle timeout never closes a session that is merely
+//! quiet), and wakes when a key exchange has waited too long, to tell the user.
+//!
+//! The session survives the network: when the connection is lost the main thread
+//! reconnects with a backoff that doubles up to [`MAX_BACKOFF`], logs in again with the
+//! credentials it keeps in memory for the session (never on disk), and the chat sends
+//! what was typed meanwhile. The input line is untouched throughout. A server that says
+//! `BYE replaced` (the account logged in elsewhere) is not reconnected to. At exit the
+//! terminal is restored and unread typed input discarded, so none of it reaches the shell.
 //!
 //! For scripts and tests, `--user NAME --password-stdin [--register]` logs in without the
-//! menu, reading the password from the first line of standard input.
+//! menu, reading the password from the first line of standard input. At the end of its
+//! input the client waits up to [`SCRIPT_DRAIN`] for messages still being sent (a key
+//! exchange in progress), and exits with an error if any message was not sent.
 
 use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
@@ -16,18 +26,19 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::client::app::{Chat, Flow};
+use crate::client::app::{pong_timeout, Chat, Flow, OnlineNames};
+use crate::client::editor::{Input, Typed};
 use crate::client::link::{self, Link, LinkReader};
 use crate::client::paths;
 use crate::client::screen::{sanitize, Screen};
 use crate::client::secure::Secure;
 use crate::e2e::{Group, IdentityKey, PinStore};
 use crate::error::{Error, Result};
+use crate::password::{password_problems, rules_text};
 use crate::protocol::name::normalize_username;
-use crate::protocol::{Request, ServerLine};
-use crate::server::password_problems;
+use crate::protocol::{AnnouncedLimits, Command, ErrorCode, Request, ServerLine};
 use crate::tls;
 
 /// How long the client may go without sending before it pings, by default: well under
@@ -59,26 +70,56 @@ pub struct Options {
     pub group: Group,
     /// Ping after this long without sending anything (below the server's idle timeout).
     pub keepalive: Duration,
+    /// Keep no input history on disk.
+    pub no_history: bool,
 }
+
+/// How long script mode waits at the end of its input for private messages still in a
+/// key exchange (one exchange step may take up to `secure::EXCHANGE_TIMEOUT`, also 30 s).
+pub const SCRIPT_DRAIN: Duration = Duration::from_secs(30);
+
+/// The first wait before reconnecting; it doubles after each failed attempt.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+/// The longest wait between reconnection attempts: short enough that the chat is back
+/// soon after the server is, long enough not to hammer a server that is down.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
 /// Events for the chat loop.
 enum Event {
-    /// A frame from the server.
-    Server(ServerLine),
-    /// The connection ended (with why).
-    Disconnected(String),
-    /// A line typed by the user.
-    Typed(String),
-    /// Standard input ended.
-    InputClosed,
-    /// Ctrl-C, SIGTERM or a closed terminal.
+    /// A frame from the server, on the connection of that generation.
+    Server(u64, ServerLine),
+    /// The connection of that generation ended (with why).
+    Disconnected(u64, String),
+    /// Input from the user.
+    Typed(Typed),
+    /// SIGTERM, SIGHUP (a closed terminal), or Ctrl-C outside the line editor.
     Interrupted,
 }
 
+/// The account, kept in memory (never on disk) for logging in again after a reconnect.
+struct Credentials {
+    /// The canonical user name.
+    user: String,
+    /// The password as typed.
+    password: String,
+}
+
 /// Runs the client until the user leaves. Returns an error for failures the user must see
-/// (cannot connect, certificate refused, login refused in scripted mode).
+/// (cannot connect, certificate refused, login refused in scripted mode, messages typed
+/// that were never sent).
 pub fn run(options: Options) -> Result<()> {
     let terminal = *SAVED_TERMINAL.get_or_init(TerminalState::save);
+    let result = session(options, terminal);
+    // However the client ends, the terminal is as it was, and nothing typed into it and
+    // not read (a line typed ahead of the exit) is left for the shell to run.
+    terminal.restore();
+    terminal.discard_typeahead();
+    result
+}
+
+/// Everything from connecting to leaving.
+fn session(options: Options, terminal: TerminalState) -> Result<()> {
     let chat_events: Arc<Mutex<Option<Sender<Event>>>> = Arc::new(Mutex::new(None));
     {
         let chat_events = chat_events.clone();
@@ -107,24 +148,32 @@ pub fn run(options: Options) -> Result<()> {
         dev.exists().then_some(dev)
     });
     let config = tls::client_config(ca.as_deref())?;
-    let mut connection = Connection::open(&options.server, config, &screen)?;
+    let mut connection = Connection::open(&options.server, config.clone(), &screen)?;
 
-    let user = match &options.user {
+    let credentials = match &options.user {
         Some(user) => scripted_login(&mut connection, &options, user, &screen)?,
         None => match menu(&mut connection, &screen)? {
-            Some(user) => user,
+            Some(credentials) => credentials,
             None => {
                 connection.link.close();
                 return Ok(());
             }
         },
     };
+    let user = credentials.user.clone();
 
-    let dir = paths::user_dir(
+    let (dir, moved) = paths::user_dir(
         &paths::base_dir(options.home.as_deref())?,
         &options.server,
         &user,
-    );
+    )?;
+    if let Some(old) = moved {
+        screen.event(&format!(
+            "* moved your keys from {} to {} (one identity per server, however it is spelled)",
+            old.display(),
+            dir.display()
+        ));
+    }
     let (identity, created) = IdentityKey::load_or_create(&dir.join(paths::IDENTITY_FILE))?;
     if created {
         screen.event(&format!(
@@ -135,55 +184,223 @@ pub fn run(options: Options) -> Result<()> {
     }
     let pins = PinStore::open(&dir.join(paths::PINS_FILE))?;
     let secure = Secure::new(&user, identity, pins, options.group, options.explain);
-    let Connection { link, reader, .. } = connection;
-    let mut chat = Chat::new(&user, link.clone(), screen.clone(), secure);
-    chat.start()?;
 
     let (tx, rx) = crossbeam_channel::unbounded();
     *chat_events.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx.clone());
-    spawn_reader(reader, tx.clone())?;
-    spawn_input(tx)?;
+    let online: OnlineNames = Arc::default();
+    let history = (!options.no_history).then(|| dir.join(paths::HISTORY_FILE));
+    let input = {
+        let tx = tx.clone();
+        Input::start(
+            options.user.is_none() || !options.password_stdin,
+            history,
+            online.clone(),
+            "[to the room] > ".to_owned(),
+            move |typed| tx.send(Event::Typed(typed)).is_ok(),
+        )?
+    };
+    let mut chat = Chat::new(&user, input.screen(), secure, online);
+    let Connection {
+        link,
+        reader,
+        limits,
+        ..
+    } = connection;
+    let mut generation = 0;
+    spawn_reader(generation, reader, tx.clone())?;
+    chat.connected(link, limits, true)?;
+
+    let result = chat_loop(
+        &options,
+        &config,
+        &credentials,
+        &mut chat,
+        &input,
+        &rx,
+        &tx,
+        &mut generation,
+    );
+    // The editor may be reading a line: from here on lines go straight to the terminal,
+    // so that none is left in the editor's queue when the process ends.
+    input.finish();
+    let not_sent = chat.leave();
+    terminal.restore();
+    input.screen().event("* bye");
+    result?;
+    if not_sent > 0 {
+        return Err(Error::Config(format!(
+            "{not_sent} message(s) you typed were not sent"
+        )));
+    }
+    Ok(())
+}
+
+/// The chat until the user leaves: events, the pacer, keep-alive pings, key-exchange
+/// time-outs, reconnecting, and (for scripts) the wait at the end of input.
+#[allow(clippy::too_many_arguments)]
+fn chat_loop(
+    options: &Options,
+    config: &Arc<rustls::ClientConfig>,
+    credentials: &Credentials,
+    chat: &mut Chat,
+    input: &Input,
+    rx: &Receiver<Event>,
+    tx: &Sender<Event>,
+    generation: &mut u64,
+) -> Result<()> {
+    let screen = input.screen();
+    // While disconnected: when to try again, and the wait after that.
+    let mut reconnect: Option<(Instant, Duration)> = None;
+    // Set when a script's input ended: leave once nothing waits, or at this deadline.
+    let mut draining: Option<Instant> = None;
     loop {
         // Checked on every turn, not only when the channel is quiet: in a busy room it
         // never is.
         chat.expire_stalled()?;
-        // Ping when nothing was *sent* for a while: a user who only reads a busy room
-        // must not be cut off by the server's idle timeout. Wake earlier if a key
-        // exchange would time out first.
-        let keepalive = options.keepalive;
-        let until_ping = keepalive.saturating_sub(link.idle_for());
-        let wait = chat.next_deadline().map_or(until_ping, |deadline| {
-            until_ping.min(deadline.saturating_duration_since(Instant::now()))
-        });
+        let now = Instant::now();
+        if let Some((at, backoff)) = reconnect {
+            if now >= at {
+                match relogin(&options.server, config, credentials) {
+                    Ok(Ok((link, reader, limits))) => {
+                        *generation += 1;
+                        spawn_reader(*generation, reader, tx.clone())?;
+                        chat.connected(link, limits, false)?;
+                        reconnect = None;
+                    }
+                    Ok(Err(refused)) => {
+                        return Err(Error::Config(format!(
+                            "logging in again after the reconnect was refused: {refused}"
+                        )))
+                    }
+                    Err(e) => {
+                        let next = (backoff * 2).min(MAX_BACKOFF);
+                        screen.warn(&format!(
+                            "still not connected ({e}); trying again in {:.1} s",
+                            backoff.as_secs_f64()
+                        ));
+                        reconnect = Some((Instant::now() + backoff, next));
+                    }
+                }
+            }
+        }
+        if let Err(e) = chat.flush(Instant::now()) {
+            reconnect = Some(lost(chat, &screen, &e));
+        } else if !chat.keep_alive(options.keepalive, Instant::now()) {
+            reconnect = Some(lost(
+                chat,
+                &screen,
+                &format!(
+                    "no answer from the server for {} s",
+                    pong_timeout(options.keepalive).as_secs()
+                ),
+            ));
+        }
+        if let Some(deadline) = draining {
+            if !chat.busy() || Instant::now() >= deadline {
+                return Ok(());
+            }
+        }
+        // Sleep until the next thing due: a frame's turn, a ping, an exchange deadline,
+        // a reconnection attempt, the end of the script's wait.
+        let mut wait = chat.until_keep_alive(options.keepalive, Instant::now());
+        if let Some(due) = chat.next_flush() {
+            wait = wait.min(due);
+        }
+        for at in [chat.next_deadline(), reconnect.map(|(at, _)| at), draining]
+            .into_iter()
+            .flatten()
+        {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        }
         let event = match rx.recv_timeout(wait) {
             Ok(event) => event,
-            Err(RecvTimeoutError::Timeout) => {
-                if link.idle_for() >= keepalive {
-                    link.send(&Request::Ping { token: "" })?;
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        match event {
+            Event::Server(from, line) if from == *generation && chat.is_connected() => {
+                if chat.server(line)? == Flow::Quit {
+                    return Ok(());
                 }
-                continue;
             }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let flow = match event {
-            Event::Server(line) => chat.server(line)?,
-            Event::Typed(line) => chat.input(&line)?,
-            Event::Disconnected(reason) => {
-                screen.warn(&format!("disconnected: {reason}"));
-                break;
+            Event::Disconnected(from, reason) if from == *generation && chat.is_connected() => {
+                reconnect = Some(lost(chat, &screen, &reason));
             }
-            Event::InputClosed | Event::Interrupted => {
-                let _ = link.send(&Request::Quit);
-                Flow::Quit
+            Event::Server(..) | Event::Disconnected(..) => {} // an older connection's
+            Event::Typed(Typed::End) if !input.is_editor() => {
+                // End of a script: finish sending what it asked for, then leave.
+                if chat.busy() {
+                    screen.event(&format!(
+                        "* end of input: waiting up to {} s for {} message(s) still being sent",
+                        SCRIPT_DRAIN.as_secs(),
+                        chat.waiting()
+                    ));
+                }
+                draining = Some(Instant::now() + SCRIPT_DRAIN);
             }
-        };
-        if flow == Flow::Quit {
-            break;
+            Event::Typed(typed) => {
+                // Ctrl-C, and Ctrl-D on an empty line, leave as /quit does.
+                let line = match &typed {
+                    Typed::Line(line) => line.as_str(),
+                    Typed::End | Typed::Interrupted => "/quit",
+                };
+                if chat.input(line)? == Flow::Quit {
+                    // No next prompt: the editor stays out of the terminal, so the last
+                    // lines are printed straight to it.
+                    return Ok(());
+                }
+                input.next_line(chat.prompt());
+            }
+            Event::Interrupted => return Ok(()),
         }
     }
-    link.close();
-    screen.event("* bye");
-    Ok(())
+}
+
+/// The connection is lost: the chat keeps what waits, the user is told, and the first
+/// reconnection attempt is scheduled. Returns when to try, and the wait after that.
+fn lost(chat: &mut Chat, screen: &Screen, reason: &str) -> (Instant, Duration) {
+    chat.disconnected();
+    screen.warn(&format!(
+        "disconnected: {reason}. Reconnecting; what you type meanwhile is kept and sent \
+         after the reconnect"
+    ));
+    (Instant::now() + FIRST_BACKOFF, FIRST_BACKOFF * 2)
+}
+
+/// Connects again and logs in with the kept credentials. The outer error is worth
+/// another attempt (no connection, no answer, throttled); the inner one is a refusal of
+/// the credentials themselves, which trying again cannot change.
+fn relogin(
+    server: &str,
+    config: &Arc<rustls::ClientConfig>,
+    credentials: &Credentials,
+) -> Result<std::result::Result<(Link, LinkReader, AnnouncedLimits), String>> {
+    let (link, mut reader, info) = link::connect(server, config.clone())?;
+    link.send(&Request::Login {
+        user: &credentials.user,
+        password: &credentials.password,
+    })?;
+    let deadline = Instant::now() + link::CONNECT_TIMEOUT;
+    while Instant::now() < deadline {
+        match reader.recv_timeout(deadline.saturating_duration_since(Instant::now()))? {
+            Some(ServerLine::Ok {
+                command: Command::Login,
+                ..
+            }) => return Ok(Ok((link, reader, info.limits))),
+            Some(ServerLine::Err {
+                command: Some(Command::Login),
+                code,
+                text,
+            }) => {
+                if matches!(code, ErrorCode::AuthFailed | ErrorCode::BadUsername) {
+                    return Ok(Err(text));
+                }
+                return Err(Error::Protocol(format!("login not possible now: {text}")));
+            }
+            Some(_) | None => {}
+        }
+    }
+    Err(Error::Protocol("no answer to the login in time".into()))
 }
 
 /// A connection before login, re-opened if the server closed it (for example after the
@@ -197,6 +414,8 @@ struct Connection {
     server: String,
     /// For reconnecting.
     config: Arc<rustls::ClientConfig>,
+    /// What the server's greeting allows.
+    limits: AnnouncedLimits,
 }
 
 impl Connection {
@@ -213,6 +432,7 @@ impl Connection {
         Ok(Connection {
             link,
             reader,
+            limits: info.limits,
             server: server.to_owned(),
             config,
         })
@@ -228,9 +448,10 @@ impl Connection {
         for attempt in 0..2 {
             if attempt == 1 {
                 screen.print("(the server closed the idle connection; reconnecting)");
-                let (link, reader, _) = link::connect(&self.server, self.config.clone())?;
+                let (link, reader, info) = link::connect(&self.server, self.config.clone())?;
                 self.link = link;
                 self.reader = reader;
+                self.limits = info.limits;
             }
             if self.link.send(request).is_err() {
                 continue;
@@ -255,8 +476,9 @@ impl Connection {
     }
 }
 
-/// The `l`/`r`/`c` menu. Returns the logged-in user, or `None` if the user chose to close.
-fn menu(connection: &mut Connection, screen: &Screen) -> Result<Option<String>> {
+/// The `l`/`r`/`c` menu. Returns the logged-in account, or `None` if the user chose to
+/// close.
+fn menu(connection: &mut Connection, screen: &Screen) -> Result<Option<Credentials>> {
     loop {
         screen.print("");
         screen.print("  l) log in    r) register    c) close");
@@ -269,9 +491,8 @@ fn menu(connection: &mut Connection, screen: &Screen) -> Result<Option<String>> 
                     return Ok(None);
                 };
                 let password = read_hidden("password: ")?;
-                match login(connection, user.trim(), &password, screen)? {
-                    Some(user) => return Ok(Some(user)),
-                    None => continue,
+                if let Some(credentials) = login(connection, user.trim(), password, screen)? {
+                    return Ok(Some(credentials));
                 }
             }
             "r" => {
@@ -286,17 +507,9 @@ fn menu(connection: &mut Connection, screen: &Screen) -> Result<Option<String>> 
                         continue;
                     }
                 };
-                let password = read_hidden("choose a password: ")?;
-                let problems = password_problems(&canonical, &password);
-                if !problems.is_empty() {
-                    screen.print(&format!("password needs: {}", problems.join("; ")));
+                let Some(password) = choose_password(&canonical, screen)? else {
                     continue;
-                }
-                let again = read_hidden("repeat the password: ")?;
-                if again != password {
-                    screen.print("the two passwords differ; nothing was registered");
-                    continue;
-                }
+                };
                 let request = Request::Register {
                     user,
                     password: &password,
@@ -308,8 +521,8 @@ fn menu(connection: &mut Connection, screen: &Screen) -> Result<Option<String>> 
                         continue;
                     }
                 }
-                if let Some(user) = login(connection, user, &password, screen)? {
-                    return Ok(Some(user));
+                if let Some(credentials) = login(connection, user, password, screen)? {
+                    return Ok(Some(credentials));
                 }
             }
             "c" | "q" => return Ok(None),
@@ -319,19 +532,53 @@ fn menu(connection: &mut Connection, screen: &Screen) -> Result<Option<String>> 
     }
 }
 
+/// Asks for a new password until one follows the rules (shown first) and is typed the
+/// same twice; `None` if the user gives up with an empty password.
+fn choose_password(user: &str, screen: &Screen) -> Result<Option<String>> {
+    screen.print(&format!(
+        "{}\n(Enter alone goes back to the menu)",
+        rules_text()
+    ));
+    loop {
+        let password = read_hidden("choose a password: ")?;
+        if password.is_empty() {
+            screen.print("nothing was registered");
+            return Ok(None);
+        }
+        let problems = password_problems(user, &password);
+        if !problems.is_empty() {
+            screen.print(&format!(
+                "password needs: {}. Type another one",
+                problems.join("; ")
+            ));
+            continue;
+        }
+        let again = read_hidden("repeat the password: ")?;
+        if again != password {
+            screen.print("the two passwords differ; choose it again");
+            continue;
+        }
+        return Ok(Some(password));
+    }
+}
+
 /// Logs in; `None` (after telling the user why) if refused.
 fn login(
     connection: &mut Connection,
     user: &str,
-    password: &str,
+    password: String,
     screen: &Screen,
-) -> Result<Option<String>> {
+) -> Result<Option<Credentials>> {
     if user.is_empty() || password.is_empty() {
         screen.print("both a username and a password are needed");
         return Ok(None);
     }
-    match connection.authenticate(&Request::Login { user, password }, screen)? {
-        Ok(name) => Ok(Some(name)),
+    let request = Request::Login {
+        user,
+        password: &password,
+    };
+    match connection.authenticate(&request, screen)? {
+        Ok(user) => Ok(Some(Credentials { user, password })),
         Err(text) => {
             screen.print(&format!("login refused: {}", sanitize(&text)));
             Ok(None)
@@ -346,7 +593,7 @@ fn scripted_login(
     options: &Options,
     user: &str,
     screen: &Screen,
-) -> Result<String> {
+) -> Result<Credentials> {
     let password = if options.password_stdin {
         prompt_line("")?
             .map(|line| line.trim_end_matches(['\r', '\n']).to_owned())
@@ -366,7 +613,7 @@ fn scripted_login(
             Err(text) => return Err(Error::Config(format!("registration refused: {text}"))),
         }
     }
-    login(connection, user, &password, screen)?.ok_or_else(|| Error::Config("login refused".into()))
+    login(connection, user, password, screen)?.ok_or_else(|| Error::Config("login refused".into()))
 }
 
 /// The terminal's settings when the client started.
@@ -405,37 +652,25 @@ fn prompt_line(prompt: &str) -> Result<Option<String>> {
     Ok(Some(line.trim_end_matches(['\r', '\n']).to_owned()))
 }
 
-fn spawn_reader(mut reader: LinkReader, events: Sender<Event>) -> Result<()> {
+/// Reads frames from the server on a thread of its own; `generation` tells the chat loop
+/// which connection they came from (after a reconnect, the old reader's farewell must
+/// not count).
+fn spawn_reader(generation: u64, mut reader: LinkReader, events: Sender<Event>) -> Result<()> {
     thread::Builder::new()
         .name("server-reader".into())
         .spawn(move || loop {
             let event = match reader.recv() {
-                Ok(Some(line)) => Event::Server(line),
-                Ok(None) => Event::Disconnected("the server closed the connection".into()),
-                Err(e) => Event::Disconnected(e.to_string()),
+                Ok(Some(line)) => Event::Server(generation, line),
+                Ok(None) => {
+                    Event::Disconnected(generation, "the server closed the connection".into())
+                }
+                Err(e) => Event::Disconnected(generation, e.to_string()),
             };
-            let last = matches!(event, Event::Disconnected(_));
+            let last = matches!(event, Event::Disconnected(..));
             if events.send(event).is_err() || last {
                 return;
             }
         })?;
-    Ok(())
-}
-
-fn spawn_input(events: Sender<Event>) -> Result<()> {
-    thread::Builder::new().name("input".into()).spawn(move || {
-        for line in io::stdin().lock().lines() {
-            match line {
-                Ok(line) => {
-                    if events.send(Event::Typed(line)).is_err() {
-                        return;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        let _ = events.send(Event::InputClosed);
-    })?;
     Ok(())
 }
 
@@ -460,6 +695,17 @@ impl TerminalState {
             }
             TerminalState {
                 saved: Some(termios),
+            }
+        }
+    }
+
+    /// Throws away whatever was typed and not read yet, so that nothing typed into the
+    /// chat reaches the shell after the client exits.
+    fn discard_typeahead(&self) {
+        if self.saved.is_some() {
+            // SAFETY: tcflush only discards the terminal's pending input.
+            unsafe {
+                libc::tcflush(libc::STDIN_FILENO, libc::TCIFLUSH);
             }
         }
     }

@@ -651,6 +651,14 @@ pub struct AnnouncedLimits {
 }
 
 impl AnnouncedLimits {
+    /// What a server that announces nothing (an older one) is taken to enforce: this
+    /// crate's own server defaults, which are built from these values.
+    pub const DEFAULT: AnnouncedLimits = AnnouncedLimits {
+        max_frame: 16 * 1024,
+        rate: 20,
+        burst: 100,
+    };
+
     /// Reads the `key=value` words after the version. Words it does not know are ignored
     /// (a newer server may announce more); a known key with a value that is not a number
     /// is an error, returned as the offending word. `None` unless all three are present.

@@ -22,10 +22,10 @@ use super::limits::set_send_buffer;
 use super::outbox::{outbox, write_loop, Line};
 use super::requests::{RequestHandler, Step};
 use super::router::ConnId;
-use super::throttle::TokenBucket;
 use crate::error::{Error, Result};
 use crate::protocol::frame::LineBuffer;
 use crate::protocol::{AnnouncedLimits, ServerLine, PROTOCOL_VERSION};
+use crate::rate::TokenBucket;
 use crate::tls::stream::{is_timeout, ReadOutcome, TlsStream};
 
 /// Stack for writer threads. A writer only encrypts and writes; what it touches of its

@@ -5,6 +5,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::throttle::ThrottlePolicy;
+use crate::protocol::AnnouncedLimits;
 
 /// The server's limits. Every one is configurable; the defaults suit a small team on one
 /// machine and are what the protocol spec documents.
@@ -81,7 +82,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            max_frame: 16 * 1024,
+            max_frame: AnnouncedLimits::DEFAULT.max_frame,
             handshake_timeout: Duration::from_secs(10),
             login_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(300),
@@ -95,10 +96,10 @@ impl Default for Limits {
             anonymous_ping_token: 64,
             max_anonymous: 512,
             bcrypt_concurrency: thread::available_parallelism().map_or(2, |n| n.get()),
-            message_rate: 20,
-            message_burst: 100,
             exchange_starts: 5,
             exchange_window: Duration::from_secs(60),
+            message_rate: AnnouncedLimits::DEFAULT.rate,
+            message_burst: AnnouncedLimits::DEFAULT.burst,
             throttle: ThrottlePolicy::default(),
         }
     }

@@ -68,7 +68,6 @@ mod router;
 mod store;
 mod throttle;
 
-pub use accounts::password_problems;
 pub use limits::{kernel_connection_ceiling, raise_open_file_limit, Limits};
 pub use store::DB_FILE;
 pub use throttle::ThrottlePolicy;
@@ -156,7 +155,12 @@ impl Server {
             Ok(n) => log::info!("database: {n} accounts"),
             Err(e) => log::warn!("database: cannot count the accounts: {e}"),
         }
-        let accounts = Accounts::new(store, config.bcrypt_cost, config.limits.bcrypt_concurrency)?;
+        let accounts = Accounts::new(
+            store,
+            config.bcrypt_cost,
+            config.limits.bcrypt_concurrency,
+            &config.limits.throttle,
+        )?;
         let listener = TcpListener::bind(config.listen)
             .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
         let local_addr = listener.local_addr()?;

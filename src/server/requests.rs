@@ -13,15 +13,16 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use super::accounts::{LoginError, RegisterError};
+use super::accounts::{Busy, LoginError, RegisterError};
 use super::admission::Context;
 use super::outbox::{Line, Outbox};
 use super::router::{ConnId, Direct, Event, Routed};
 use super::store::KeyLookup;
-use super::throttle::TokenBucket;
+use super::throttle::AddressPrefix;
 use crate::protocol::frame::{FrameError, LineBuffer};
 use crate::protocol::name::{is_canonical_username, normalize_username, UserName};
 use crate::protocol::{self, Command, ErrorCode, ProtocolError, Request, ServerLine};
+use crate::rate::TokenBucket;
 use crate::tls::stream::TlsStream;
 
 /// How long a connection may be silent before its read buffers are given back.
@@ -205,10 +206,9 @@ impl RequestHandler {
         let command = Command::Register;
         let ip = self.peer.ip();
         let throttle = &self.context.throttle;
-        let registered = self
-            .context
-            .accounts
-            .register(user, password, || throttle.allow_registration(ip));
+        let from = AddressPrefix::of(ip);
+        let admit = || throttle.allow_registration(ip);
+        let registered = self.context.accounts.register(user, password, from, admit);
         let error = match registered {
             Ok(name) => {
                 log::info!("conn#{}: registered {name}", self.id);
@@ -240,6 +240,10 @@ impl RequestHandler {
                         wait.as_secs().max(1)
                     ),
                 )
+            }
+            Err(RegisterError::Busy(busy)) => {
+                log::warn!("conn#{}: registration from {ip} refused: {busy:?}", self.id);
+                busy_error(command, busy)
             }
             Err(RegisterError::Storage(e)) => {
                 log::error!("conn#{}: registration not stored: {e}", self.id);
@@ -275,7 +279,10 @@ impl RequestHandler {
                 ));
             }
         };
-        match context.accounts.login(user, password) {
+        match context
+            .accounts
+            .login(user, password, AddressPrefix::of(ip))
+        {
             Ok(name) => {
                 attempt.succeeded(name.as_str());
                 log::info!("conn#{}: logged in as {name}", self.id);
@@ -307,6 +314,10 @@ impl RequestHandler {
                     ErrorCode::AuthFailed,
                     "invalid username or password",
                 ))
+            }
+            Err(LoginError::Busy(busy)) => {
+                log::warn!("conn#{}: login from {ip} refused: {busy:?}", self.id);
+                self.reply_error(&busy_error(Command::Login, busy))
             }
             Err(LoginError::Storage(e)) => {
                 log::error!("conn#{}: login failed on storage: {e}", self.id);
@@ -516,6 +527,23 @@ fn recipient(to: &str) -> std::result::Result<Cow<'_, str>, ProtocolError> {
 /// they cannot fill the throttle's memory with frame-sized keys.
 fn throttle_key(user: &str) -> String {
     normalize_username(user).unwrap_or_else(|_| MALFORMED_NAME.to_owned())
+}
+
+/// `ERR <command> throttled …` for a login or registration the password workers had no
+/// room for: it was not checked, and may simply be sent again later.
+fn busy_error(command: Command, busy: Busy) -> ProtocolError {
+    let why = match busy {
+        Busy::Network { .. } => "too many logins from your network are being checked",
+        Busy::Server { .. } => "the server is busy checking passwords",
+    };
+    ProtocolError::new(
+        command,
+        ErrorCode::Throttled,
+        format!(
+            "{why}; try again in {} s",
+            busy.retry_after().as_secs_f64().ceil()
+        ),
+    )
 }
 
 /// `ERR <command> no-such-user <name> no such user`; a name that breaks the rules is cut to

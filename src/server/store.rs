@@ -6,6 +6,11 @@
 //! A database that fails its integrity check at start is reported and left alone, never
 //! replaced.
 //!
+//! The files are private, as keys are: the data directory is created 0700 and the database
+//! 0600 before SQLite opens it (SQLite gives its `-wal` and `-shm` files the database's
+//! mode), and a data directory or database file that other users can read is refused at
+//! start, so that nobody else on the machine can copy the password hashes.
+//!
 //! Connections are pooled: SQLite connections are not `Sync`, and the threads that need one
 //! (bcrypt workers and client readers) are many. The pool keeps a few open connections and opens more on demand.
 
@@ -16,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
+use crate::files;
 use crate::protocol::name::UserName;
 use crate::sync;
 
@@ -64,14 +70,34 @@ impl Store {
     /// Opens (creating if needed) the database in `data_dir`, checks its integrity and
     /// brings the schema up to date. A corrupt or foreign file is an error, never replaced.
     pub(super) fn open(data_dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
+        files::create_private_dir(data_dir).map_err(|e| {
             Error::Config(format!(
                 "cannot create data directory {}: {e}",
                 data_dir.display()
             ))
         })?;
+        refuse_unless_private(data_dir)?;
         check_writable(data_dir)?;
         let path = data_dir.join(DB_FILE);
+        match files::write_new_file(&path, b"") {
+            // SQLite takes an empty file for a new database.
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(Error::Config(format!(
+                    "cannot create database {}: {e}",
+                    path.display()
+                )))
+            }
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.clone().into_os_string();
+            file.push(suffix);
+            let file = PathBuf::from(file);
+            if file.exists() {
+                refuse_unless_private(&file)?;
+            }
+        }
         let store = Store {
             idle: Mutex::new(Vec::new()),
             path,
@@ -204,6 +230,17 @@ impl Store {
     }
 }
 
+/// Refuses a data directory or database file that other users can access (it holds the
+/// password hashes), naming the file and the `chmod` that fixes it.
+fn refuse_unless_private(path: &Path) -> Result<()> {
+    files::check_private(path).map_err(|e| {
+        Error::Config(format!(
+            "{e}: it holds the account database (password hashes), so the server will not \
+             use it while others can read it"
+        ))
+    })
+}
+
 /// Fails with a clear error if the server cannot create files in `dir`: SQLite itself
 /// would only say "unable to open database file".
 fn check_writable(dir: &Path) -> Result<()> {
@@ -262,11 +299,18 @@ mod tests {
         UserName::parse(user).unwrap()
     }
 
+    /// A temporary directory and, inside it, a data directory for the store to create.
+    fn data_dir() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        (dir, data)
+    }
+
     #[test]
     fn accounts_persist_across_reopen_and_names_ignore_case() {
-        let dir = tempfile::tempdir().unwrap();
+        let (_dir, data) = data_dir();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = Store::open(&data).unwrap();
             assert_eq!(
                 store.create_account(&name("alice"), "h1").unwrap(),
                 Created::Yes
@@ -278,7 +322,7 @@ mod tests {
             assert!(store.set_identity_key(&name("alice"), "k").unwrap());
             assert!(!store.set_identity_key(&name("nobody"), "k").unwrap());
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(&data).unwrap();
         assert_eq!(
             store.password_hash(&name("alice")).unwrap().as_deref(),
             Some("h1")
@@ -297,14 +341,12 @@ mod tests {
 
     #[test]
     fn a_corrupt_database_is_refused_and_left_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(DB_FILE);
+        let (_dir, data) = data_dir();
+        files::create_private_dir(&data).unwrap();
+        let path = data.join(DB_FILE);
         let garbage = b"this is not an SQLite database, and must not be overwritten".repeat(100);
-        std::fs::write(&path, &garbage).unwrap();
-        let err = Store::open(dir.path())
-            .err()
-            .expect("must fail")
-            .to_string();
+        files::write_new_file(&path, &garbage).unwrap();
+        let err = Store::open(&data).err().expect("must fail").to_string();
         assert!(err.contains("never replaced"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), garbage);
     }

@@ -37,10 +37,10 @@ pub struct TestServer {
     pub bcrypt_cost: u32,
 }
 
-/// Limits for tests: the defaults without the per-address caps (every test client comes
-/// from 127.0.0.1), without the frame rate limit (tests send bursts) and without the tiny
-/// pre-login budgets (tests fill the server's send path with long `PING`s before login).
-/// Tests of those defences turn them back on.
+/// Limits for tests: the defaults without the per-address and per-prefix caps (every
+/// test client comes from 127.0.0.1), without the frame rate limit (tests send bursts)
+/// and without the tiny pre-login budgets (tests fill the server's send path with long
+/// `PING`s before login). Tests of those defences turn them back on.
 pub fn test_limits() -> Limits {
     Limits {
         max_connections_per_ip: 0,
@@ -50,6 +50,7 @@ pub fn test_limits() -> Limits {
         max_anonymous: 0,
         throttle: ThrottlePolicy {
             registrations_burst: 0,
+            logins_per_prefix: 0,
             ..ThrottlePolicy::default()
         },
         ..Limits::default()
@@ -305,6 +306,8 @@ pub fn server_args(port: u16, data: &Path, certs: &Path) -> Vec<String> {
         "--registrations-per-ip",
         "0",
         "--rate-limit",
+        "0",
+        "--logins-per-prefix",
         "0",
     ]
     .iter()

@@ -37,8 +37,8 @@ pub const PRODUCTION_BCRYPT_COST: u32 = 12;
 pub const BENCH_MAX_CONNECTIONS: usize = 20_000;
 
 /// The limits of a spawned server: the defaults, except those that would refuse the load
-/// itself. Every client comes from 127.0.0.1, so the per-address connection cap and the
-/// per-address registration limit are off; senders flood, so the per-client frame rate
+/// itself. Every client comes from 127.0.0.1, so the per-address connection cap, the
+/// per-address registration limit and the per-prefix cap on queued logins are off; senders flood, so the per-client frame rate
 /// limit is off.
 pub fn bench_limits() -> Limits {
     Limits {
@@ -47,6 +47,7 @@ pub fn bench_limits() -> Limits {
         message_rate: 0,
         throttle: ThrottlePolicy {
             registrations_burst: 0,
+            logins_per_prefix: 0,
             ..ThrottlePolicy::default()
         },
         ..Limits::default()
@@ -137,6 +138,7 @@ impl Target {
                     .args(["--max-connections-per-ip", "0"])
                     .args(["--max-connections", &BENCH_MAX_CONNECTIONS.to_string()])
                     .args(["--rate-limit", "0", "--registrations-per-ip", "0"])
+                    .args(["--logins-per-prefix", "0"])
                     .stdout(Stdio::null());
                 (command, Some(port))
             }
