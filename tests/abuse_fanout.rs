@@ -311,3 +311,38 @@ fn key_exchange_starts_are_limited_per_pair_and_the_excess_is_refused_not_forwar
     assert_eq!(err_code(&refused).1, "rate-limited");
     bob.assert_silent(Duration::from_millis(200));
 }
+
+#[test]
+fn connections_not_logged_in_are_capped_per_network_and_other_networks_still_get_in() {
+    let server = TestServer::with_limits(Limits {
+        max_anonymous_per_network: 2,
+        ..test_limits()
+    });
+    let connect_from = |source: [u8; 4]| {
+        let tcp = connect_from_source(source, server.addr);
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(server.client_config(), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut greeting = String::new();
+        BufReader::new(&mut tls).read_line(&mut greeting).ok()?;
+        greeting.starts_with("HELLO ").then_some(tls)
+    };
+    // 127.0.0.2 and 127.0.0.3 are one /24: two places between them.
+    let _a = connect_from([127, 0, 0, 2]).expect("first from the network");
+    let _b = connect_from([127, 0, 0, 3]).expect("second from the network");
+    assert!(connect_from([127, 0, 0, 4]).is_none(), "a third from the network got in");
+    // 127.0.1.2 is another network.
+    assert!(connect_from([127, 0, 1, 2]).is_some(), "another network was refused");
+}
+
+/// A TCP connection to `to` from the loopback address `source`.
+fn connect_from_source(source: [u8; 4], to: std::net::SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let from = std::net::SocketAddr::from((source, 0));
+    socket.bind(&from.into()).expect("bind to a loopback source address");
+    socket.connect(&to.into()).expect("connect");
+    let tcp = TcpStream::from(socket);
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    tcp
+}

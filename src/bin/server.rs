@@ -64,6 +64,10 @@ struct Args {
     /// Connections that have not logged in yet, server-wide (0 = no limit).
     #[arg(long, default_value_t = Limits::default().max_anonymous)]
     max_anonymous: usize,
+    /// Connections that have not logged in yet from one network, a /24 or /64 (0 = no
+    /// limit).
+    #[arg(long, default_value_t = Limits::default().max_anonymous_per_network)]
+    max_anonymous_per_network: usize,
     /// Bytes of replies and private messages that may wait for one client before it is
     /// disconnected as not reading.
     #[arg(long, default_value_t = Limits::default().outbound_queue_bytes)]
@@ -140,6 +144,7 @@ fn run(args: Args) -> securechat::Result<()> {
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
         max_anonymous: args.max_anonymous,
+        max_anonymous_per_network: args.max_anonymous_per_network,
         outbound_queue_bytes: args.queue_bytes,
         room_queue_bytes: args.room_queue_bytes,
         socket_send_buffer: args.socket_send_buffer,

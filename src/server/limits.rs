@@ -60,6 +60,11 @@ pub struct Limits {
     /// connections are refused at accept, so anonymous ones cannot crowd out the
     /// `max_connections` places of users who log in.
     pub max_anonymous: usize,
+    /// Connections that have not logged in yet from one network (a /24 or /64, see
+    /// `AddressPrefix`; 0 = no limit). Logging in takes a second or two, so even a campus
+    /// behind one address rarely has more than a few waiting at once; 64 leaves room for
+    /// that and keeps a single network to an eighth of `max_anonymous`.
+    pub max_anonymous_per_network: usize,
     /// bcrypt computations at once (logins and registrations queue for a worker).
     pub bcrypt_concurrency: usize,
     /// Frames per second one client may send on average (0 = no limit). Frames over the
@@ -95,6 +100,7 @@ impl Default for Limits {
             anonymous_queue_bytes: 4 * 1024,
             anonymous_ping_token: 64,
             max_anonymous: 512,
+            max_anonymous_per_network: 64,
             bcrypt_concurrency: thread::available_parallelism().map_or(2, |n| n.get()),
             exchange_starts: 5,
             exchange_window: Duration::from_secs(60),

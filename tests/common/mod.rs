@@ -48,6 +48,7 @@ pub fn test_limits() -> Limits {
         anonymous_queue_bytes: 1 << 30,
         anonymous_ping_token: usize::MAX,
         max_anonymous: 0,
+        max_anonymous_per_network: 0,
         throttle: ThrottlePolicy {
             registrations_burst: 0,
             logins_per_prefix: 0,
