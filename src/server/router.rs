@@ -633,6 +633,43 @@ mod tests {
     }
 
     #[test]
+    fn a_full_room_part_skips_lines_and_says_so_but_a_full_priority_part_evicts() {
+        let mut router = Router::new(NO_EXCHANGE_LIMIT);
+        let alice = Client::new(1, "alice", ROOMY);
+        // Priority part 64 bytes, room part 40: two 17-byte room lines fit, not three.
+        let socket = Arc::new(MemorySocket::default());
+        let (outbox, receiver) = outbox(64, 40, socket.clone());
+        let bob = Client {
+            id: 2,
+            user: UserName::parse("bob").unwrap(),
+            outbox,
+            receiver,
+            socket,
+        };
+        alice.log_in(&mut router);
+        bob.log_in(&mut router);
+        bob.frames();
+        for i in 0..5 {
+            let line: Arc<[u8]> = Arc::from(format!("ROOM alice {i:05}\n").into_bytes());
+            alice.request(&mut router, Routed::Room { line });
+        }
+        assert_eq!(
+            bob.frames(),
+            ["ROOM alice 00000", "ROOM alice 00001", "SKIPPED 3"]
+        );
+        assert!(bob.open() && !bob.socket.shut_down(), "a room burst cut bob off");
+        // Room lines flow again once the writer has taken the queue, with no notice.
+        let line: Arc<[u8]> = Arc::from(b"ROOM alice again\n".to_vec());
+        alice.request(&mut router, Routed::Room { line });
+        assert_eq!(bob.frames(), ["ROOM alice again"]);
+        // Private frames are never skipped: over the priority bound, bob is cut off.
+        alice.send(&mut router, "bob", &"x".repeat(40));
+        assert!(!bob.socket.shut_down());
+        alice.send(&mut router, "bob", &"x".repeat(40));
+        assert!(bob.socket.shut_down(), "a client not taking private frames stays");
+    }
+
+    #[test]
     fn a_chain_of_full_queues_is_evicted_one_after_another() {
         // 40 bytes: room for the login reply and one message, not for a notice as well.
         let mut router = Router::new(NO_EXCHANGE_LIMIT);
