@@ -346,3 +346,34 @@ fn connect_from_source(source: [u8; 4], to: std::net::SocketAddr) -> TcpStream {
     tcp.set_read_timeout(Some(WAIT)).unwrap();
     tcp
 }
+
+#[test]
+fn room_lines_are_charged_by_bytes_times_recipients_and_refused_over_the_budget() {
+    let server = TestServer::with_limits(Limits {
+        room_fanout_rate: 1_000,
+        room_fanout_burst: 45_000,
+        ..test_limits()
+    });
+    let mut alice = server.login("alice");
+    let mut bob = server.login("bob");
+    let _carol = server.login("carol");
+    let text = "s".repeat(10_000);
+    // Two recipients: each line costs 20,000 of the 45,000.
+    for _ in 0..2 {
+        alice.send(&format!("SAY {text}"));
+        assert!(matches!(bob.recv(), ServerLine::Room { .. }));
+    }
+    let refused = alice.request(&format!("SAY {text}"));
+    assert_eq!(err_code(&refused).0, "SAY");
+    assert_eq!(err_code(&refused).1, "rate-limited");
+    bob.assert_silent(Duration::from_millis(200));
+    // A short line still fits what is left.
+    alice.send("SAY hi");
+    assert_eq!(
+        bob.recv(),
+        ServerLine::Room {
+            user: "alice".into(),
+            text: "hi".into()
+        }
+    );
+}

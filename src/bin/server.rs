@@ -88,6 +88,9 @@ struct Args {
     /// Frames one client may send at once above the average.
     #[arg(long, default_value_t = Limits::default().message_burst)]
     rate_burst: u32,
+    /// Room bytes times recipients one user may cause per second (0 = no limit).
+    #[arg(long, default_value_t = Limits::default().room_fanout_rate)]
+    room_fanout_rate: u32,
     /// Key exchanges (DH-INIT) one user may start with another per minute (0 = no limit).
     #[arg(long, default_value_t = Limits::default().exchange_starts)]
     exchange_starts: u32,
@@ -149,6 +152,7 @@ fn run(args: Args) -> securechat::Result<()> {
         room_queue_bytes: args.room_queue_bytes,
         socket_send_buffer: args.socket_send_buffer,
         exchange_starts: args.exchange_starts,
+        room_fanout_rate: args.room_fanout_rate,
         bcrypt_concurrency: args.bcrypt_concurrency,
         message_rate: args.rate_limit,
         message_burst: args.rate_burst,

@@ -72,6 +72,15 @@ pub struct Limits {
     pub message_rate: u32,
     /// Frames one client may send at once above the average (a pasted block of lines).
     pub message_burst: u32,
+    /// Room bytes one user may cause the server to send, per second on average: each
+    /// `ROOM` line is charged its length times the number of recipients (0 = no limit).
+    /// Over it, `SAY` is refused with `rate-limited`. 4 MiB/s lets a user of a 40-person
+    /// room say 100 KiB a second, and keeps one user of a 10,000-person room from making
+    /// the server send more than that whatever it says.
+    pub room_fanout_rate: u32,
+    /// Room bytes one user may cause at once above the average: 16 MiB is a pasted block
+    /// of 100 KiB to 160 recipients.
+    pub room_fanout_burst: u32,
     /// Key exchanges (`DH-INIT` payloads) one user may start with another per
     /// `exchange_window` (0 = no limit); more are refused with `ERR MSG rate-limited`.
     /// Each start costs its recipient an exponentiation and, from a stranger, a prompt;
@@ -102,6 +111,8 @@ impl Default for Limits {
             max_anonymous: 512,
             max_anonymous_per_network: 64,
             bcrypt_concurrency: thread::available_parallelism().map_or(2, |n| n.get()),
+            room_fanout_rate: 4 << 20,
+            room_fanout_burst: 16 << 20,
             exchange_starts: 5,
             exchange_window: Duration::from_secs(60),
             message_rate: AnnouncedLimits::DEFAULT.rate,

@@ -81,7 +81,7 @@ use std::time::Duration;
 
 use self::accounts::Accounts;
 use self::admission::Context;
-use self::router::{Event, ExchangeLimit, Router};
+use self::router::{Event, Router, RouterLimits};
 use self::store::Store;
 use crate::error::{Error, Result};
 use crate::sync;
@@ -166,13 +166,15 @@ impl Server {
         let local_addr = listener.local_addr()?;
 
         let (router_handle, inbox) = router::inbox();
-        let exchange_limit = ExchangeLimit {
-            starts: config.limits.exchange_starts,
-            window: config.limits.exchange_window,
+        let router_limits = RouterLimits {
+            exchange_starts: config.limits.exchange_starts,
+            exchange_window: config.limits.exchange_window,
+            room_fanout_rate: config.limits.room_fanout_rate,
+            room_fanout_burst: config.limits.room_fanout_burst,
         };
         let router = thread::Builder::new()
             .name("router".into())
-            .spawn(move || Router::new(exchange_limit).run(inbox))?;
+            .spawn(move || Router::new(router_limits).run(inbox))?;
         let context = Arc::new(Context::new(
             config.limits,
             accounts,

@@ -32,6 +32,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::outbox::{ClientSocket, Line, Outbox, QueueFull};
 use crate::protocol::name::UserName;
 use crate::protocol::{self, Command, ErrorCode, ProtocolError, ServerLine};
+use crate::rate::TokenBucket;
 use crate::tls::stream::TlsStream;
 
 /// Identifies one connection for the lifetime of the server.
@@ -195,17 +196,23 @@ struct Online<S> {
     /// The last user it sent a private message to, to skip the contact-set update on the
     /// hot path of a conversation.
     last_to: Option<UserName>,
+    /// What its room lines may still cost: bytes times recipients.
+    room_budget: TokenBucket,
 }
 
-/// How many key exchanges one user may start with another per window (`DH-INIT`
-/// payloads from one sender to one recipient): beyond it they are refused with
-/// `ERR MSG rate-limited`, and nothing reaches the recipient.
+/// The limits the router enforces per user (see [`super::Limits`] for the reasons).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct ExchangeLimit {
-    /// Exchange starts allowed per window (0 = no limit).
-    pub(super) starts: u32,
-    /// The window.
-    pub(super) window: Duration,
+pub(super) struct RouterLimits {
+    /// Key exchanges (`DH-INIT` payloads) one user may start with another per
+    /// `exchange_window`: beyond it they are refused with `ERR MSG rate-limited`, and
+    /// nothing reaches the recipient (0 = no limit).
+    pub(super) exchange_starts: u32,
+    /// The window `exchange_starts` counts in.
+    pub(super) exchange_window: Duration,
+    /// Room bytes times recipients one user may cause per second (0 = no limit).
+    pub(super) room_fanout_rate: u32,
+    /// The same, at once above the average.
+    pub(super) room_fanout_burst: u32,
 }
 
 /// Exchange starts of one sender-recipient pair in the current window.
@@ -227,8 +234,8 @@ pub(super) struct Router<S = TlsStream> {
     /// Set per wake-up: few requests waited, so single-recipient frames are written to idle
     /// sockets at once rather than handed to their writers.
     write_now: bool,
-    /// The limit on key exchanges started per pair.
-    exchange_limit: ExchangeLimit,
+    /// The per-user limits.
+    limits: RouterLimits,
     /// Exchange starts per (sender, recipient), kept across logins so that logging in
     /// again does not reset them; expired windows are pruned.
     exchanges: HashMap<(UserName, UserName), ExchangeWindow, FastHash>,
@@ -237,12 +244,12 @@ pub(super) struct Router<S = TlsStream> {
 }
 
 impl<S> Router<S> {
-    /// A router with nobody online, limiting key-exchange starts by `exchange_limit`.
-    pub(super) fn new(exchange_limit: ExchangeLimit) -> Router<S> {
+    /// A router with nobody online, enforcing `limits`.
+    pub(super) fn new(limits: RouterLimits) -> Router<S> {
         Router {
             online: HashMap::default(),
             write_now: false,
-            exchange_limit,
+            limits,
             exchanges: HashMap::default(),
             exchanges_prune_at: EXCHANGE_PRUNE_AT,
         }
@@ -251,7 +258,7 @@ impl<S> Router<S> {
     /// Counts an exchange start from `from` to `to`; `Err(wait)` when the pair is over
     /// its limit for `wait` more.
     fn exchange_started(&mut self, from: &UserName, to: &UserName) -> Result<(), Duration> {
-        let ExchangeLimit { starts, window } = self.exchange_limit;
+        let (starts, window) = (self.limits.exchange_starts, self.limits.exchange_window);
         if starts == 0 {
             return Ok(());
         }
@@ -356,6 +363,10 @@ impl<S: ClientSocket> Router<S> {
                 outbox,
                 contacts: HashSet::default(),
                 last_to: None,
+                room_budget: TokenBucket::new(
+                    self.limits.room_fanout_rate,
+                    self.limits.room_fanout_burst,
+                ),
             },
         );
     }
@@ -364,6 +375,9 @@ impl<S: ClientSocket> Router<S> {
         match request {
             Routed::Direct(frame) => self.direct(user, frame),
             Routed::Room { line } => {
+                if let Err(refused) = self.charge_room(user, line.len()) {
+                    return self.send(user, refused);
+                }
                 // Into each room part: a recipient too slow for the room skips lines
                 // (and is told so), it is never cut off for them.
                 for (name, client) in &self.online {
@@ -404,6 +418,29 @@ impl<S: ClientSocket> Router<S> {
             return self.send(from, offline_reply(name.as_str()));
         }
         self.note_contact(from, &name);
+    }
+
+    /// Charges `user`'s room budget for a line of `len` bytes to everyone else online, or
+    /// the `ERR SAY rate-limited` reply when the budget does not cover it.
+    fn charge_room(&mut self, user: &UserName, len: usize) -> Result<(), Line> {
+        let recipients = self.online.len().saturating_sub(1);
+        let Some(sender) = self.online.get_mut(user) else {
+            return Ok(());
+        };
+        sender.room_budget.refill(Instant::now());
+        if sender.room_budget.take_many((len * recipients) as f64) {
+            return Ok(());
+        }
+        let error = ProtocolError::new(
+            Command::Say,
+            ErrorCode::RateLimited,
+            format!(
+                "the room is sending too much for you: at most {} KiB a second across its \
+                 {recipients} other members; this line was dropped, slow down",
+                self.limits.room_fanout_rate / 1024
+            ),
+        );
+        Err(Line::from(&ServerLine::from(error)))
     }
 
     /// Counts a key exchange `from` starts with `to`, or the `ERR MSG rate-limited` reply
@@ -578,14 +615,16 @@ mod tests {
 
     const ROOMY: usize = 1 << 20;
 
-    const NO_EXCHANGE_LIMIT: ExchangeLimit = ExchangeLimit {
-        starts: 0,
-        window: Duration::ZERO,
+    const NO_LIMITS: RouterLimits = RouterLimits {
+        exchange_starts: 0,
+        exchange_window: Duration::ZERO,
+        room_fanout_rate: 0,
+        room_fanout_burst: 0,
     };
 
     #[test]
     fn a_second_login_replaces_the_first_which_is_told_and_closed() {
-        let mut router = Router::new(NO_EXCHANGE_LIMIT);
+        let mut router = Router::new(NO_LIMITS);
         let first = Client::new(1, "alice", ROOMY);
         first.log_in(&mut router);
         assert_eq!(first.frames(), ["OK LOGIN alice"]);
@@ -610,7 +649,7 @@ mod tests {
 
     #[test]
     fn offline_goes_to_contacts_only_and_messages_to_absent_users_are_refused() {
-        let mut router = Router::new(NO_EXCHANGE_LIMIT);
+        let mut router = Router::new(NO_LIMITS);
         let [alice, bob, carol] =
             [(1, "alice"), (2, "bob"), (3, "carol")].map(|(id, n)| Client::new(id, n, ROOMY));
         for c in [&alice, &bob, &carol] {
@@ -634,7 +673,7 @@ mod tests {
 
     #[test]
     fn a_full_room_part_skips_lines_and_says_so_but_a_full_priority_part_evicts() {
-        let mut router = Router::new(NO_EXCHANGE_LIMIT);
+        let mut router = Router::new(NO_LIMITS);
         let alice = Client::new(1, "alice", ROOMY);
         // Priority part 64 bytes, room part 40: two 17-byte room lines fit, not three.
         let socket = Arc::new(MemorySocket::default());
@@ -672,7 +711,7 @@ mod tests {
     #[test]
     fn a_chain_of_full_queues_is_evicted_one_after_another() {
         // 40 bytes: room for the login reply and one message, not for a notice as well.
-        let mut router = Router::new(NO_EXCHANGE_LIMIT);
+        let mut router = Router::new(NO_LIMITS);
         let [alice, bob, carol] =
             [(1, "alice"), (2, "bob"), (3, "carol")].map(|(id, n)| Client::new(id, n, 40));
         for c in [&alice, &bob, &carol] {
@@ -693,7 +732,7 @@ mod tests {
 
     #[test]
     fn list_names_at_most_500_users_in_order_with_the_total() {
-        let mut router = Router::new(NO_EXCHANGE_LIMIT);
+        let mut router = Router::new(NO_LIMITS);
         let clients: Vec<Client> = (0..LIST_MAX_NAMES + 100)
             .rev()
             .map(|i| Client::new(i as ConnId, &format!("user{i:04}"), ROOMY))
@@ -716,7 +755,7 @@ mod tests {
 
     #[test]
     fn frames_keep_their_order_whether_the_router_writes_them_or_queues_them() {
-        let mut router = Router::new(NO_EXCHANGE_LIMIT);
+        let mut router = Router::new(NO_LIMITS);
         let alice = Client::new(1, "alice", ROOMY);
         let Client {
             id,
