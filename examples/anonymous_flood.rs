@@ -69,7 +69,9 @@ fn run(
     pings: Option<usize>,
 ) -> Result<Measured, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let server = Server(
         Command::new(binary)
             .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -10,8 +10,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::{err_code, ok, test_limits, ServerProcess, TestServer, PASSWORD, WAIT};
-use securechat::server::Limits;
 use securechat::protocol::ServerLine;
+use securechat::server::Limits;
 
 /// A socket that delivers at most `rate` bytes per second, in reads of at most one
 /// Internet-sized segment, like a client on a slow link. Its small receive buffer makes
@@ -108,8 +108,7 @@ fn next_line(tls: &mut impl BufRead) -> Option<String> {
 }
 
 #[test]
-fn a_slow_reader_stays_connected_through_a_room_burst_skips_lines_and_gets_its_private_messages()
-{
+fn a_slow_reader_stays_connected_through_a_room_burst_skips_lines_and_gets_its_private_messages() {
     const BURST: usize = 100;
     // The send path of an Internet client holds about a bandwidth-delay product; here
     // 64 KiB, not the megabytes loopback grows to, so the server's queues are what decide.
@@ -133,7 +132,10 @@ fn a_slow_reader_stays_connected_through_a_room_burst_skips_lines_and_gets_its_p
     let (mut room, mut skipped, mut private) = (0u64, 0u64, false);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !(private && room + skipped == BURST as u64) {
-        assert!(Instant::now() < deadline, "the burst never finished arriving");
+        assert!(
+            Instant::now() < deadline,
+            "the burst never finished arriving"
+        );
         let Some(line) = next_line(&mut slow) else {
             panic!("the slow reader was disconnected ({room} room lines, {skipped} skipped)");
         };
@@ -141,13 +143,19 @@ fn a_slow_reader_stays_connected_through_a_room_burst_skips_lines_and_gets_its_p
             ServerLine::Room { .. } => room += 1,
             ServerLine::Skipped { count } => skipped += count,
             ServerLine::From { user, payload } => {
-                assert_eq!((user.as_str(), payload.as_str()), ("alice", "after the burst"));
+                assert_eq!(
+                    (user.as_str(), payload.as_str()),
+                    ("alice", "after the burst")
+                );
                 private = true;
             }
             other => panic!("unexpected frame {other:?}"),
         }
     }
-    assert!(skipped > 0, "nothing was skipped: the test did not slow the reader");
+    assert!(
+        skipped > 0,
+        "nothing was skipped: the test did not slow the reader"
+    );
     assert!(room > 0, "the room lines that fit were delivered");
     // Still connected and in order: a reply comes back.
     writeln!(slow.get_mut(), "PING still-here").unwrap();
@@ -218,13 +226,18 @@ fn an_anonymous_client_that_never_reads_is_cut_off_at_a_few_kib_of_replies() {
     let deadline = Instant::now() + WAIT;
     let queued = loop {
         let log = server.log();
-        let cut = log
-            .lines()
-            .find_map(|l| l.split_once("outbound queue full (")?.1.split_once(" bytes)"));
+        let cut = log.lines().find_map(|l| {
+            l.split_once("outbound queue full (")?
+                .1
+                .split_once(" bytes)")
+        });
         if let Some((bytes, _)) = cut {
             break bytes.parse::<usize>().unwrap();
         }
-        assert!(Instant::now() < deadline, "never cut off after {sent} PINGs:\n{log}");
+        assert!(
+            Instant::now() < deadline,
+            "never cut off after {sent} PINGs:\n{log}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(
@@ -239,12 +252,14 @@ fn connections_that_have_not_logged_in_are_capped_and_a_login_frees_a_place() {
         max_anonymous: 2,
         ..test_limits()
     });
-    let connect = || {
-        securechat::client::link::connect(&server.address(), server.client_config()).is_ok()
-    };
+    let connect =
+        || securechat::client::link::connect(&server.address(), server.client_config()).is_ok();
     let mut first = server.connect();
     let _second = server.connect();
-    assert!(!connect(), "a third connection waiting to log in was admitted");
+    assert!(
+        !connect(),
+        "a third connection waiting to log in was admitted"
+    );
     first.register_ok("alice");
     first.login_ok("alice");
     // The login thread hands over to the reader just after the reply.
@@ -330,9 +345,15 @@ fn connections_not_logged_in_are_capped_per_network_and_other_networks_still_get
     // 127.0.0.2 and 127.0.0.3 are one /24: two places between them.
     let _a = connect_from([127, 0, 0, 2]).expect("first from the network");
     let _b = connect_from([127, 0, 0, 3]).expect("second from the network");
-    assert!(connect_from([127, 0, 0, 4]).is_none(), "a third from the network got in");
+    assert!(
+        connect_from([127, 0, 0, 4]).is_none(),
+        "a third from the network got in"
+    );
     // 127.0.1.2 is another network.
-    assert!(connect_from([127, 0, 1, 2]).is_some(), "another network was refused");
+    assert!(
+        connect_from([127, 0, 1, 2]).is_some(),
+        "another network was refused"
+    );
 }
 
 /// A TCP connection to `to` from the loopback address `source`.
@@ -340,7 +361,9 @@ fn connect_from_source(source: [u8; 4], to: std::net::SocketAddr) -> TcpStream {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     let from = std::net::SocketAddr::from((source, 0));
-    socket.bind(&from.into()).expect("bind to a loopback source address");
+    socket
+        .bind(&from.into())
+        .expect("bind to a loopback source address");
     socket.connect(&to.into()).expect("connect");
     let tcp = TcpStream::from(socket);
     tcp.set_read_timeout(Some(WAIT)).unwrap();

@@ -106,7 +106,10 @@ impl fmt::Display for Refused {
         match self {
             Refused::Full { limit } => write!(f, "server full ({limit} connections)"),
             Refused::TooManyAnonymous { limit } => {
-                write!(f, "{limit} connections are waiting to log in already (the limit)")
+                write!(
+                    f,
+                    "{limit} connections are waiting to log in already (the limit)"
+                )
             }
             Refused::TooManyAnonymousFromNetwork { network, limit } => write!(
                 f,
@@ -278,6 +281,7 @@ impl Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.context.release(self.id, self.peer.ip(), self.anonymous);
+        self.context
+            .release(self.id, self.peer.ip(), self.anonymous);
     }
 }

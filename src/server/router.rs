@@ -696,7 +696,10 @@ mod tests {
             bob.frames(),
             ["ROOM alice 00000", "ROOM alice 00001", "SKIPPED 3"]
         );
-        assert!(bob.open() && !bob.socket.shut_down(), "a room burst cut bob off");
+        assert!(
+            bob.open() && !bob.socket.shut_down(),
+            "a room burst cut bob off"
+        );
         // Room lines flow again once the writer has taken the queue, with no notice.
         let line: Arc<[u8]> = Arc::from(b"ROOM alice again\n".to_vec());
         alice.request(&mut router, Routed::Room { line });
@@ -705,7 +708,10 @@ mod tests {
         alice.send(&mut router, "bob", &"x".repeat(40));
         assert!(!bob.socket.shut_down());
         alice.send(&mut router, "bob", &"x".repeat(40));
-        assert!(bob.socket.shut_down(), "a client not taking private frames stays");
+        assert!(
+            bob.socket.shut_down(),
+            "a client not taking private frames stays"
+        );
     }
 
     #[test]
