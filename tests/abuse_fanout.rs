@@ -67,18 +67,10 @@ impl Write for SlowSocket {
     }
 }
 
-fn set_receive_buffer(tcp: &TcpStream, size: libc::c_int) {
-    // SAFETY: setsockopt reads `size` (an int, as SO_RCVBUF expects) for the call only.
-    let set = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(tcp),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            std::ptr::addr_of!(size).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(set, 0, "setsockopt(SO_RCVBUF)");
+fn set_receive_buffer(tcp: &TcpStream, size: usize) {
+    socket2::SockRef::from(tcp)
+        .set_recv_buffer_size(size)
+        .expect("setsockopt(SO_RCVBUF)");
 }
 
 /// A TLS client over a [`SlowSocket`], reading whole frames.
