@@ -5,11 +5,11 @@
 //! |---|---|
 //! | `mod.rs` | [`Server`], [`Config`], the accept loop, shutdown |
 //! | `limits.rs` | [`Limits`] and fitting them to the kernel |
-//! | `admission.rs` | the state connection threads share; admitting and releasing connections |
+//! | `admission.rs` | the state connection threads share; admitting and releasing connections (caps in all, per address, and on those not logged in, in all and per network) |
 //! | `connection.rs` | one connection's life: TLS handshake, login thread, reader thread |
 //! | `requests.rs` | what each request does, before and after login |
 //! | `router.rs` | the thread that owns who is online and routes frames |
-//! | `outbox.rs` | a client's outbound queue, bounded in bytes, and the writer loop that drains it |
+//! | `outbox.rs` | a client's outbound queue (a priority part bounded in bytes, a small room part that skips), and the writer loop that drains it |
 //! | `accounts.rs`, `throttle.rs`, `store.rs` | accounts (bcrypt), brute-force defences, the SQLite store |
 //!
 //! # Threads, sockets and locks
