@@ -1,10 +1,17 @@
 //! Small files only their owner may read: created with mode 0600 from the first byte and replaced
 //! atomically, so a crash never leaves a half-written key or pin list behind. Used for TLS
 //! private keys, identity keys and pinned peer keys. Unix only.
+//!
+//! A file is only as private as the directories above it: whoever can write one of them can
+//! delete or replace what is below (a pin list, to be "trusted on first use" again). So, like
+//! OpenSSH's `StrictModes`, [`check_directory_chain`] refuses a key or pin directory when any
+//! directory from it up to `$HOME` (or `/` outside it) is owned by another user (root is
+//! fine) or writable by group or others — unless it is a root-owned directory with the
+//! sticky bit, such as `/tmp`, where others cannot remove or rename what is ours.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Owner read and write, nobody else anything: identity keys are secrets, and a pin list that
@@ -16,6 +23,12 @@ const PRIVATE_DIR_MODE: u32 = 0o700;
 
 /// Permission bits that give the group or other users any access.
 const GROUP_OR_OTHER_BITS: u32 = 0o077;
+
+/// Permission bits that let the group or other users write.
+const GROUP_OR_OTHER_WRITE: u32 = 0o022;
+
+/// The sticky bit: in such a directory only an entry's owner may remove or rename it.
+const STICKY: u32 = 0o1000;
 
 /// Replaces `path` with `contents`: writes a temporary file beside it (mode 0600), flushes it to
 /// disk, renames it over `path`, and flushes the directory. Readers see the old or the new file,
@@ -89,6 +102,65 @@ pub fn check_private(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Refuses `dir` (which may not exist yet: its nearest existing ancestor is where the check
+/// starts) when it or any directory above it, up to `$HOME` if `dir` is inside it and `/`
+/// otherwise, is owned by another user than us or root, or can be written by group or
+/// others (a root-owned sticky directory like `/tmp` excepted). The error names the
+/// directory and how to fix it.
+pub fn check_directory_chain(dir: &Path) -> io::Result<()> {
+    let home = std::env::var_os("HOME")
+        .filter(|home| !home.is_empty())
+        .map(PathBuf::from)
+        .and_then(|home| fs::canonicalize(home).ok());
+    let mut existing = dir.to_path_buf();
+    while fs::symlink_metadata(&existing).is_err() {
+        if !existing.pop() {
+            return Ok(()); // nothing of it exists: it will be created private
+        }
+    }
+    let start = fs::canonicalize(&existing)?;
+    let stop = home.filter(|home| start.starts_with(home));
+    // SAFETY: `geteuid` has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for current in start.ancestors() {
+        let metadata = fs::metadata(current)?;
+        let mode = metadata.permissions().mode();
+        let owner = metadata.uid();
+        if owner != me && owner != 0 {
+            return Err(unsafe_directory(
+                current,
+                &format!("is owned by another user (uid {owner})"),
+                &format!("chown {me} {}", current.display()),
+            ));
+        }
+        let shared_sticky = owner == 0 && mode & STICKY != 0;
+        if mode & GROUP_OR_OTHER_WRITE != 0 && !shared_sticky {
+            return Err(unsafe_directory(
+                current,
+                &format!("can be written by other users (mode {:o})", mode & 0o7777),
+                &format!("chmod go-w {}", current.display()),
+            ));
+        }
+        if stop.as_deref() == Some(current) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The error for a directory others control.
+fn unsafe_directory(dir: &Path, problem: &str, fix: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "refusing to use keys below {}: it {problem}, so someone else could replace or \
+             delete your keys and pinned contacts. Fix it (`{fix}`) or choose another \
+             directory with --home",
+            dir.display()
+        ),
+    )
+}
+
 /// `name.tmp` next to `name`.
 fn temporary_path(path: &Path) -> io::Result<PathBuf> {
     let mut name = path
@@ -140,5 +212,34 @@ mod tests {
         let metadata = fs::metadata(&path).expect("metadata");
         assert_eq!(metadata.permissions().mode() & 0o777, PRIVATE_FILE_MODE);
         assert_eq!(fs::read(&path).expect("read"), b"fresh");
+    }
+
+    #[test]
+    fn a_directory_others_can_write_or_another_user_owns_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = dir.path().join("shared").join("alice");
+        check_directory_chain(&keys).expect("a private temporary directory is fine");
+        fs::create_dir(dir.path().join("shared")).expect("mkdir");
+        fs::set_permissions(dir.path().join("shared"), fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let error = check_directory_chain(&keys).expect_err("world-writable");
+        assert!(
+            error.to_string().contains("can be written by other users"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("chmod go-w"), "{error}");
+
+        fs::set_permissions(dir.path().join("shared"), fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        fs::create_dir(&keys).expect("mkdir");
+        check_directory_chain(&keys).expect("private again");
+        std::os::unix::fs::chown(dir.path().join("shared"), Some(4242), None).expect("chown");
+        let error = check_directory_chain(&keys).expect_err("foreign owner");
+        assert!(
+            error
+                .to_string()
+                .contains("owned by another user (uid 4242)"),
+            "{error}"
+        );
     }
 }

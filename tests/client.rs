@@ -70,7 +70,7 @@ fn a_client_that_only_reads_a_busy_room_stays_connected() {
         talker.send(&format!("SAY line {i}"));
         thread::sleep(Duration::from_millis(300));
     }
-    wait_for("talker [room, TLS only - the server can read this]: line 19");
+    wait_for("talker [room]: line 19");
     assert_eq!(talker.request("LIST"), ok("LIST", "2 reader talker"));
     assert!(
         !printed.lock().unwrap().contains("disconnected"),
@@ -81,8 +81,8 @@ fn a_client_that_only_reads_a_busy_room_stays_connected() {
     assert!(child.wait().unwrap().success());
 }
 
-/// Label of end-to-end encrypted private messages, as the client prints it.
-const E2E_LABEL: &str = "[private, end-to-end encrypted]";
+/// Label of a private message under a key pinned on first use, as the client prints it.
+const E2E_LABEL: &str = "[private, e2e, first use, not verified]";
 
 /// The client binary with piped standard input and output, logged in with
 /// `--user NAME --password-stdin`; everything it prints is collected.
@@ -216,6 +216,13 @@ impl Drop for Piped {
     }
 }
 
+/// `user`'s first key exchange with `client` is a message request: answers it, as a person
+/// would (nothing is answered without the user's consent).
+fn accept_request(client: &mut Piped, user: &str) {
+    client.wait_for(&format!("message request: {user} asks"));
+    client.send(&format!("/accept {user}"));
+}
+
 #[test]
 fn a_script_delivers_its_private_message_before_it_exits() {
     let server = TestServer::start();
@@ -224,11 +231,12 @@ fn a_script_delivers_its_private_message_before_it_exits() {
     let mut alice = Piped::start("alice", &server, &server.address(), alice_home.path(), true);
     // The last line of the script: the key exchange has not even started yet.
     alice.send("/msg bob sent before the exit");
+    accept_request(&mut bob, "alice");
     assert!(alice.finish().success(), "{}", alice.printed());
-    bob.wait_for(&format!("alice -> you {E2E_LABEL}: sent before the exit"));
+    bob.wait_for(&format!("alice -> (you) {E2E_LABEL}: sent before the exit"));
     assert!(alice
         .printed()
-        .contains(&format!("you -> bob {E2E_LABEL}: sent before the exit")));
+        .contains(&format!("(you) -> bob {E2E_LABEL}: sent before the exit")));
     assert!(bob.finish().success(), "{}", bob.printed());
 }
 
@@ -291,7 +299,7 @@ fn a_200_line_paste_is_paced_to_the_servers_limits_and_all_delivered_in_order() 
         printed.contains("sending at the server's limit of 20 per second"),
         "{printed}"
     );
-    assert_eq!(printed.matches("you [room, TLS only").count(), 200);
+    assert_eq!(printed.matches("(you) [room]: pasted line").count(), 200);
 }
 
 #[test]
@@ -324,12 +332,13 @@ fn long_private_text_is_split_into_messages_that_fit() {
     let text = "0123456789".repeat(2_000);
     alice.send(&format!("/msg bob {text}"));
     alice.wait_for("it goes as 3 private messages");
+    accept_request(&mut bob, "alice");
     assert!(alice.finish().success(), "{}", alice.printed());
-    bob.wait_for(&format!("alice -> you {E2E_LABEL}: {}", &text[16_000..]));
+    bob.wait_for(&format!("alice -> (you) {E2E_LABEL}: {}", &text[16_000..]));
     let received: String = bob
         .printed()
         .lines()
-        .filter_map(|line| line.split_once(&format!("alice -> you {E2E_LABEL}: ")))
+        .filter_map(|line| line.split_once(&format!("alice -> (you) {E2E_LABEL}: ")))
         .map(|(_, part)| part.to_owned())
         .collect();
     assert_eq!(received, text);
@@ -346,6 +355,7 @@ fn localhost_and_127_0_0_1_are_one_identity_and_the_peer_sees_no_key_change() {
     let by_address = format!("127.0.0.1:{port}");
     let mut alice = Piped::start("alice", &server, &by_address, alice_home.path(), true);
     alice.send("/msg bob first, by address");
+    accept_request(&mut bob, "alice");
     assert!(alice.finish().success(), "{}", alice.printed());
     assert!(alice.printed().contains("created your identity key"));
     bob.wait_for("first, by address");

@@ -10,7 +10,7 @@ use securechat::client::commands;
 use securechat::e2e::{IdentityPublicKey, Payload};
 use securechat::password::password_problems;
 use securechat::protocol::frame::{decode_line, FrameError, LineBuffer};
-use securechat::protocol::name::normalize_username;
+use securechat::protocol::name::{normalize_username, RESERVED_USERNAMES};
 use securechat::protocol::{AnnouncedLimits, Command, ErrorCode, Request, ServerLine};
 
 /// Splits `bytes` into lines with a fresh buffer, feeding it in the given chunk sizes.
@@ -132,7 +132,8 @@ proptest! {
         // The rule, written out independently of the code under test.
         let follows_the_rule = (3..=32).contains(&name.len())
             && name.as_bytes()[0].is_ascii_alphabetic()
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !RESERVED_USERNAMES.contains(&name.to_ascii_lowercase().as_str());
         match normalize_username(&name) {
             Ok(canonical) => {
                 prop_assert!(follows_the_rule, "{:?} accepted", name);

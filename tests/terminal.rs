@@ -25,7 +25,8 @@ use rexpect::session::PtySession;
 
 use common::{contains, files_under, ServerProcess, TestServer, PASSWORD};
 use securechat::client::paths;
-use securechat::e2e::{safety_number, IdentityKey};
+use securechat::client::screen::{private_label, ROOM_LABEL};
+use securechat::e2e::{safety_number, IdentityKey, Trust};
 use securechat::protocol::ServerLine;
 
 /// Longest wait for anything the client should print. Generous: liveness only.
@@ -34,18 +35,18 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 /// How often the pseudo-terminal is polled while waiting for output.
 const POLL: Duration = Duration::from_millis(20);
 
-/// Label of end-to-end encrypted private messages, as the client prints it.
-const E2E_LABEL: &str = "[private, end-to-end encrypted]";
+/// Label of a private message under a key pinned on first use, as the client prints it.
+fn first_use() -> String {
+    private_label(Trust::FirstUse)
+}
 
-/// Label of public room messages, as the client prints it.
-const ROOM_LABEL: &str = "[room, TLS only - the server can read this]";
-
-/// Turns echo back on (rexpect turns it off) and runs the client in place of the shell.
-const RUN_WITH_ECHO: &str = r#"stty echo && exec "$0" "$@""#;
+/// Turns echo back on (rexpect turns it off), makes the terminal wide enough that no line
+/// here wraps, and runs the client in place of the shell.
+const RUN_WITH_ECHO: &str = r#"stty echo cols 250 && exec "$0" "$@""#;
 
 /// Like [`RUN_WITH_ECHO`], but a shell stays to report the client's process id, how it
 /// ended, and whether the terminal echoes input afterwards.
-const RUN_THEN_REPORT: &str = r#"stty echo || exit 9
+const RUN_THEN_REPORT: &str = r#"stty echo cols 250 || exit 9
 trap : INT
 sh -c 'echo "client pid $$"; exec "$0" "$@"' "$0" "$@"
 echo "client exit status $?"
@@ -536,22 +537,27 @@ fn private_messages_are_end_to_end_and_room_messages_are_labelled_as_such() {
     assert_eq!(bob.online(), ["alice", "bob"]);
 
     alice.send_line("/msg bob meet me at the usual place");
+    bob.expect("message request: alice asks");
+    bob.send_line("/accept alice");
     bob.expect(&format!(
-        "alice -> you {E2E_LABEL}: meet me at the usual place"
+        "alice -> (you) {}: meet me at the usual place",
+        first_use()
     ));
     alice.expect(&format!(
-        "you -> bob {E2E_LABEL}: meet me at the usual place"
+        "(you) -> bob {}: meet me at the usual place",
+        first_use()
     ));
 
     bob.send_line("/msg alice see you there");
-    alice.expect(&format!("bob -> you {E2E_LABEL}: see you there"));
+    alice.expect(&format!("bob -> (you) {}: see you there", first_use()));
 
     // /chat makes plain lines private too.
     bob.send_line("/chat alice");
     bob.expect("now talking to alice");
     bob.send_line("this one is private as well");
     alice.expect(&format!(
-        "bob -> you {E2E_LABEL}: this one is private as well"
+        "bob -> (you) {}: this one is private as well",
+        first_use()
     ));
 
     // Back in the room, a plain line is public, and says so.
@@ -559,7 +565,7 @@ fn private_messages_are_end_to_end_and_room_messages_are_labelled_as_such() {
     bob.expect("back in the public room");
     bob.send_line("hello everyone");
     alice.expect(&format!("bob {ROOM_LABEL}: hello everyone"));
-    bob.expect(&format!("you {ROOM_LABEL}: hello everyone"));
+    bob.expect(&format!("(you) {ROOM_LABEL}: hello everyone"));
 
     assert!(!alice.transcript.contains("!!!"), "{}", alice.transcript);
     assert!(!bob.transcript.contains("!!!"), "{}", bob.transcript);
@@ -602,7 +608,9 @@ fn both_sides_show_the_same_safety_number_and_verify_marks_the_pin() {
     alice.expect("no key is pinned for bob");
 
     alice.send_line("/msg bob hello");
-    bob.expect(&format!("alice -> you {E2E_LABEL}: hello"));
+    bob.expect("message request: alice asks");
+    bob.send_line("/accept alice");
+    bob.expect(&format!("alice -> (you) {}: hello", first_use()));
     alice.send_line("/verify bob");
     alice.expect("bob: key marked as verified");
     assert_eq!(alice.safety_number("bob"), expected);
@@ -633,7 +641,12 @@ fn a_changed_identity_key_holds_messages_until_accepted() {
 
     // A first conversation pins bob's key at alice's.
     alice.send_line("/msg bob before the change");
-    bob.expect(&format!("alice -> you {E2E_LABEL}: before the change"));
+    bob.expect("message request: alice asks");
+    bob.send_line("/accept alice");
+    bob.expect(&format!(
+        "alice -> (you) {}: before the change",
+        first_use()
+    ));
     assert_eq!(bob.quit(), 0);
     alice.expect("bob is offline; the end-to-end session with them is closed");
 
@@ -659,17 +672,23 @@ fn a_changed_identity_key_holds_messages_until_accepted() {
     bob.expect(&format!("alice {ROOM_LABEL}: marker after the warning"));
     bob.assert_not_printed_within("after the change", Duration::from_secs(1));
     assert!(
-        !alice
-            .transcript
-            .contains(&format!("you -> bob {E2E_LABEL}: after the change")),
+        !alice.transcript.contains(
+            "-> bob [private, e2e, key changed, accepted, not verified]: after the change"
+        ),
         "{}",
         alice.transcript
     );
 
     alice.send_line("/accept bob");
     alice.expect("bob: new key");
-    bob.expect(&format!("alice -> you {E2E_LABEL}: after the change"));
-    alice.expect(&format!("you -> bob {E2E_LABEL}: after the change"));
+    // To bob's new device, alice is someone new: a message request again.
+    bob.expect("message request: alice asks");
+    bob.send_line("/accept alice");
+    bob.expect(&format!("alice -> (you) {}: after the change", first_use()));
+    alice.expect(&format!(
+        "(you) -> bob {}: after the change",
+        private_label(Trust::Accepted)
+    ));
     assert_eq!(alice.quit(), 0);
     assert_eq!(bob.quit(), 0);
     assert_eq!(
@@ -818,7 +837,7 @@ fn a_half_typed_line_survives_a_hundred_incoming_messages_and_edits_are_sent_as_
         text: "<abXYZdef>".into(),
     };
     assert_eq!(next_room_line(&mut talker), sent);
-    alice.expect(&format!("you {ROOM_LABEL}: <abXYZdef>"));
+    alice.expect(&format!("(you) {ROOM_LABEL}: <abXYZdef>"));
 
     // Up recalls it, exactly.
     alice.wait_input_row("[to the room] >");
@@ -891,7 +910,7 @@ fn after_kill_9_and_a_restart_the_client_reconnects_with_the_typed_line_intact()
     bob.register_ok("bob");
     bob.login_ok("bob");
     alice.expect("reconnected and logged in again as alice; 1 waiting message(s) follow");
-    alice.expect(&format!("you {ROOM_LABEL}: typed while away"));
+    alice.expect(&format!("(you) {ROOM_LABEL}: typed while away"));
     alice.wait_input_row("[to the room] > see you at 5");
 
     alice.type_keys(&format!("; echo TYPED_INTO_SHELL{ENTER}"));
@@ -938,7 +957,7 @@ fn on_a_dumb_terminal_the_client_falls_back_to_plain_lines() {
             text: "plain but working".into()
         }
     );
-    alice.expect(&format!("you {ROOM_LABEL}: plain but working"));
+    alice.expect(&format!("(you) {ROOM_LABEL}: plain but working"));
     // No editor: no prompt drawn, no escape sequences.
     assert!(
         !alice.transcript.contains("[to the room] >"),
@@ -990,6 +1009,9 @@ fn a_dh_walk_through_shows_on_both_screens_when_the_peer_opts_in_and_ends_with_t
     alice.send_line("/dh");
     alice.expect("every key exchange is explained step by step from now on");
     bob.send_line("/dh alice");
+    // bob is a stranger to alice: his exchange is a message request until she accepts.
+    alice.expect("message request: bob asks");
+    alice.send_line("/accept bob");
     let mut fingerprints = Vec::new();
     for (screen, peer) in [(&mut bob, "alice"), (&mut alice, "bob")] {
         screen.expect(&format!("[dh {peer}] "));
@@ -1017,8 +1039,14 @@ fn a_dh_walk_through_shows_on_both_screens_when_the_peer_opts_in_and_ends_with_t
     alice.menu_login("alice", PASSWORD, false);
     let before = bob.transcript.len();
     bob.send_line("/msg alice after the walk-through");
-    alice.expect(&format!("bob -> you {E2E_LABEL}: after the walk-through"));
-    bob.expect(&format!("you -> alice {E2E_LABEL}: after the walk-through"));
+    alice.expect(&format!(
+        "bob -> (you) {}: after the walk-through",
+        first_use()
+    ));
+    bob.expect(&format!(
+        "(you) -> alice {}: after the walk-through",
+        first_use()
+    ));
     assert!(
         !bob.transcript[before..].contains("[dh alice]"),
         "{}",

@@ -14,7 +14,9 @@
 //!
 //! Any panic, or a broken round trip, is a bug.
 //!
-//! Run (from the repository root): `RUSTC_BOOTSTRAP=1 cargo fuzz run e2e_session`.
+//! Run (from the repository root):
+//! `ASAN_OPTIONS=detect_odr_violation=0 RUSTC_BOOTSTRAP=1 cargo fuzz run e2e_session`
+//! (see `protocol.rs` for why the `ASAN_OPTIONS`).
 
 #![no_main]
 

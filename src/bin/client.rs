@@ -1,11 +1,11 @@
 //! The securechat terminal client.
 //!
-//! Usage: `cargo run --bin client -- [--server HOST:PORT] [--ca FILE]`
+//! Usage: `cargo run --bin client -- [--server HOST:PORT] [--ca FILE] [--resolve HOST:PORT:ADDR]`
 //!
 //! Shows the `l` (log in) / `r` (register) / `c` (close) menu, then the chat with a line
 //! editor (history kept unless `--no-history`). Trusts the public web PKI and, if present,
-//! the development CA in `certs/ca.pem` (or `--ca FILE`). Reconnects by itself when the
-//! connection is lost.
+//! the development CA in `certs/ca.pem` (or `--ca FILE`), which vouches only for the names
+//! its certificate is constrained to. Reconnects by itself when the connection is lost.
 //! For scripts: `--user NAME --password-stdin [--register]`; the exit status is non-zero
 //! if a message given to it was not sent.
 
@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use securechat::client::screen::sanitize;
 use securechat::client::terminal::{self, Options};
 use securechat::e2e::Group;
 
@@ -24,6 +25,10 @@ struct Args {
     /// Server to connect to.
     #[arg(long, default_value = "localhost:7878")]
     server: String,
+    /// HOST:PORT:ADDR — connect to ADDR when --server is HOST:PORT (as curl's --resolve);
+    /// the certificate is still checked for HOST.
+    #[arg(long, value_name = "HOST:PORT:ADDR")]
+    resolve: Option<String>,
     /// CA certificate to trust besides the public web PKI (default: certs/ca.pem if present).
     #[arg(long)]
     ca: Option<PathBuf>,
@@ -60,11 +65,46 @@ fn parse_group(name: &str) -> Result<Group, String> {
         .ok_or_else(|| format!("unknown group {name:?}: use ffdhe3072 or ffdhe2048"))
 }
 
+/// The address `--resolve HOST:PORT:ADDR` gives for `server`, which must be `HOST:PORT`.
+fn resolve_for(server: &str, resolve: &str) -> Result<std::net::SocketAddr, String> {
+    let mut parts = resolve.splitn(3, ':');
+    let (Some(host), Some(port), Some(addr)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("--resolve {resolve:?}: expected HOST:PORT:ADDR"));
+    };
+    if format!("{host}:{port}") != server {
+        return Err(format!(
+            "--resolve {resolve:?} is for {host}:{port}, but --server is {server:?}"
+        ));
+    }
+    let ip: std::net::IpAddr = addr
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("--resolve {resolve:?}: {addr:?} is not an IP address"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("--resolve {resolve:?}: {port:?} is not a port"))?;
+    Ok(std::net::SocketAddr::new(ip, port))
+}
+
 fn main() -> ExitCode {
     securechat::logging::init();
     let args = Args::parse();
+    let resolve = match args
+        .resolve
+        .as_deref()
+        .map(|r| resolve_for(&args.server, r))
+    {
+        Some(Ok(addr)) => Some(addr),
+        Some(Err(problem)) => {
+            eprintln!("error: {}", sanitize(&problem));
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
     let options = Options {
         server: args.server,
+        resolve,
         ca: args.ca,
         home: args.home,
         user: args.user,
@@ -78,7 +118,7 @@ fn main() -> ExitCode {
     match terminal::run(options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", sanitize(&e.to_string()));
             ExitCode::FAILURE
         }
     }

@@ -1,9 +1,11 @@
 //! The securechat server.
 //!
-//! Usage: `cargo run --bin server -- [--listen ADDR] [--data-dir DIR] [--cert FILE --key FILE]`
+//! Usage: `cargo run --bin server -- [--listen ADDR] [--data-dir DIR] [--cert FILE --key FILE]
+//! [--hostname NAME]...`
 //!
 //! With no certificate given it uses (and on first start creates) a development CA and
-//! server certificate in `certs/`; clients started from the same directory trust it.
+//! server certificate in `certs/`, for `localhost`, `127.0.0.1`, `::1` and each `--hostname`;
+//! clients started from the same directory trust that CA for those names only.
 //! Stops cleanly on Ctrl-C or SIGTERM. `--help` lists every limit.
 
 use std::net::SocketAddr;
@@ -36,6 +38,11 @@ struct Args {
     /// Where the development CA and certificate live (made on first start).
     #[arg(long, default_value = "certs")]
     certs_dir: PathBuf,
+    /// A further name or address for the development certificate (repeatable), besides
+    /// localhost, 127.0.0.1 and ::1: for example the laptop's LAN name. Changing the set
+    /// makes a new development CA, which clients must copy again.
+    #[arg(long = "hostname", value_name = "NAME")]
+    hostnames: Vec<String>,
     /// bcrypt cost for new password hashes (each step doubles the work).
     #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
     bcrypt_cost: u32,
@@ -125,11 +132,12 @@ fn run(args: Args) -> securechat::Result<()> {
     let (cert, key) = match (args.cert, args.key) {
         (Some(cert), Some(key)) => (cert, key),
         _ => {
-            let dev = tls::ensure_dev_certificates(&args.certs_dir)?;
+            let dev = tls::ensure_dev_certificates_for(&args.certs_dir, &args.hostnames)?;
             log::info!(
-                "development certificate ({}): {}; clients trust the CA {} \
-                 (SHA-256 fingerprint {})",
+                "development certificate ({}) for {}: {}; clients trust the CA {} \
+                 (SHA-256 fingerprint {}), which vouches for these names only",
                 dev.action,
+                dev.names.join(", "),
                 real_path(&dev.cert).display(),
                 real_path(&dev.ca).display(),
                 dev.ca_fingerprint

@@ -19,17 +19,12 @@ use std::time::{Duration, Instant};
 use crate::client::commands::{self, Input, HELP};
 use crate::client::link::Link;
 use crate::client::pacing::{Message, Pacer};
-use crate::client::screen::{sanitize, Screen};
+use crate::client::screen::{sanitize, Screen, ROOM_LABEL};
 use crate::client::secure::{Action, Notice, Secure};
 use crate::e2e::MAX_PLAINTEXT_LEN;
 use crate::error::Result;
+use crate::protocol::name::is_canonical_username;
 use crate::protocol::{AnnouncedLimits, Command, ErrorCode, Request, ServerLine};
-
-/// Label for the public room, shown on every room line.
-const ROOM_LABEL: &str = "[room, TLS only - the server can read this]";
-
-/// Label for private messages.
-const E2E_LABEL: &str = "[private, end-to-end encrypted]";
 
 /// Messages kept while the connection is down, to send after the reconnect. Enough for
 /// someone who keeps typing through a short outage; beyond it, typing is refused with a
@@ -137,8 +132,9 @@ impl Chat {
         self.quiet_lists += 1;
         if first {
             self.screen.event(&format!(
-                "logged in as {}. Plain lines go to the public room {ROOM_LABEL}; /msg USER \
-                 TEXT is private and end-to-end encrypted. /help lists the commands.",
+                "logged in as {}. Plain lines go to the public room {ROOM_LABEL}: TLS to the \
+                 server only, so the server can read them. /msg USER TEXT is private and \
+                 end-to-end encrypted. Your own lines are marked (you). /help lists the commands.",
                 self.me
             ));
         } else {
@@ -194,7 +190,10 @@ impl Chat {
     /// state changes meanwhile; it is told in lines of its own.)
     pub fn prompt(&self) -> String {
         match &self.talking_to {
-            Some(peer) => format!("[to {peer}, private ({})] > ", self.secure.trust(peer)),
+            Some(peer) => format!(
+                "[to {peer}, private ({})] > ",
+                self.secure.trust_words(peer)
+            ),
             None => "[to the room] > ".to_owned(),
         }
     }
@@ -232,7 +231,7 @@ impl Chat {
             }
             Input::Chat(Some(peer)) => {
                 self.screen.event(&format!(
-                    "* now talking to {peer} {E2E_LABEL}; /chat alone returns to the room \
+                    "* now talking to {peer} [private, end-to-end encrypted]; /chat alone returns to the room \
                      (the prompt shows where a plain line goes)"
                 ));
                 self.talking_to = Some(peer);
@@ -462,14 +461,10 @@ impl Chat {
 
     fn show_sent(&self, message: &Message) {
         match message {
-            Message::Room(text) => self
-                .screen
-                .event(&format!("you {ROOM_LABEL}: {}", sanitize(text))),
-            Message::Private { to, text } => self.screen.event(&format!(
-                "you -> {} {E2E_LABEL}: {}",
-                sanitize(to),
-                sanitize(text)
-            )),
+            Message::Room(text) => self.screen.own_room(text),
+            Message::Private { to, text } => {
+                self.screen.private_to(to, self.secure.trust(to), text)
+            }
         }
     }
 
@@ -490,14 +485,21 @@ impl Chat {
         // Anything from the server shows the connection is alive.
         self.last_heard = Instant::now();
         self.ping_sent = None;
+        if let Some(name) = names_in(&line).find(|name| !is_canonical_username(name)) {
+            // A name outside the rule can only come from a broken or malicious server (a
+            // look-alike such as `bоb` with a Cyrillic о): a protocol error, never a line.
+            let shown = name.escape_default().to_string();
+            log::warn!("frame with a user name outside the rule refused: {shown}");
+            self.screen.warn(&format!(
+                "the server sent a user name that breaks the user-name rule ({shown}); \
+                 that frame was ignored. Someone may be imitating another user"
+            ));
+            return Ok(Flow::Continue);
+        }
         match line {
             ServerLine::Room { user, text } => {
                 self.seen(&user, true);
-                self.screen.event(&format!(
-                    "{} {ROOM_LABEL}: {}",
-                    sanitize(&user),
-                    sanitize(&text)
-                ))
+                self.screen.room(&user, &text)
             }
             ServerLine::From { user, payload } => {
                 self.seen(&user, true);
@@ -528,10 +530,8 @@ impl Chat {
                 return Ok(Flow::Quit);
             }
             ServerLine::Bye { reason } => {
-                self.screen.warn(&format!(
-                    "the server closed the connection: {}",
-                    sanitize(&reason)
-                ));
+                self.screen
+                    .warn(&format!("the server closed the connection: {reason}"));
             }
             ServerLine::Pong { .. } | ServerLine::Hello { .. } => {}
         }
@@ -563,7 +563,7 @@ impl Chat {
                     self.quiet_lists -= 1;
                     return Ok(());
                 }
-                let names: Vec<String> = listed.iter().map(|name| sanitize(name)).collect();
+                let names = listed;
                 let mut text = format!("* {total} online: {}", names.join(", "));
                 if let Ok(total) = total.parse::<usize>() {
                     if total > names.len() {
@@ -596,7 +596,7 @@ impl Chat {
         };
         if actions.is_empty() {
             self.screen
-                .warn(&format!("server: {} ({})", sanitize(text), code.as_str()));
+                .warn(&format!("server: {text} ({})", code.as_str()));
         }
         self.apply(actions)
     }
@@ -616,7 +616,7 @@ impl Chat {
                 Action::FetchKey(user) => {
                     self.pacer.push(Request::GetKey { user: &user }.to_string())
                 }
-                Action::Show(Notice::Sent { to, text }) => {
+                Action::Show(Notice::Sent { to, text, .. }) => {
                     self.pacer.mark_last(Message::Private { to, text })
                 }
                 Action::Show(notice) => self.show(notice),
@@ -627,27 +627,35 @@ impl Chat {
 
     fn show(&self, notice: Notice) {
         match notice {
-            Notice::Received { from, text } => self.screen.event(&format!(
-                "{} -> you {E2E_LABEL}: {}",
-                sanitize(&from),
-                sanitize(&text)
+            Notice::Received { from, text, trust } => self.screen.private_from(&from, trust, &text),
+            Notice::Sent { to, text, trust } => self.screen.private_to(&to, trust, &text),
+            Notice::Info(text) => self.screen.info(&text),
+            Notice::Warning(text) => self.screen.warn(&text),
+            Notice::Explain { peer, line } => self.screen.event(&format!("[dh {peer}] {line}")),
+            Notice::Request { from } => self.screen.info(&format!(
+                "message request: {from} asks to start an end-to-end encrypted conversation \
+                 with you; nothing was answered. /accept {from} to answer, or ignore it"
             )),
-            Notice::Sent { to, text } => self.show_sent(&Message::Private { to, text }),
-            Notice::Info(text) => {
-                for line in text.lines() {
-                    self.screen.event(&format!("* {}", sanitize(line)));
-                }
-            }
-            Notice::Warning(text) => {
-                for line in text.lines() {
-                    self.screen.warn(&sanitize(line));
-                }
-            }
-            Notice::Explain { peer, line } => {
-                self.screen
-                    .event(&format!("[dh {}] {}", sanitize(&peer), sanitize(&line)))
-            }
         }
+    }
+}
+
+/// Every user name a frame from the server carries: each must follow the user-name rule.
+/// (`ERR` texts name a user only as their first word, and are shown as text either way.)
+fn names_in(line: &ServerLine) -> Box<dyn Iterator<Item = &str> + '_> {
+    match line {
+        ServerLine::Room { user, .. }
+        | ServerLine::From { user, .. }
+        | ServerLine::Offline { user } => Box::new(std::iter::once(user.as_str())),
+        ServerLine::Ok {
+            command: Command::GetKey,
+            detail,
+        } => Box::new(detail.split(' ').take(1)),
+        ServerLine::Ok {
+            command: Command::List,
+            detail,
+        } => Box::new(detail.split(' ').skip(1)),
+        _ => Box::new(std::iter::empty()),
     }
 }
 

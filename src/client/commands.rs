@@ -1,4 +1,9 @@
 //! What the user types after logging in, parsed into commands. Pure: no I/O.
+//!
+//! A mistake here can put a private message in the public room, so the parser errs on
+//! the side of asking: leading whitespace never hides a command (` /msg bob x` is the
+//! command), and a line that starts with `/` but is no command (`/mgs bob x`, `/ msg`) is
+//! refused with a hint instead of being sent as text. `//text` sends `/text` literally.
 
 /// One line typed by the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +25,8 @@ pub enum Input {
     Fingerprint(Option<String>),
     /// `/verify USER`: mark USER's key as checked out of band.
     Verify(String),
-    /// `/accept USER`: trust USER's new identity key after a key-change warning.
+    /// `/accept USER`: consent to what waits for it: a message request, a look-alike
+    /// first contact, or a changed key.
     Accept(String),
     /// `/dh USER`: show the key exchange with USER step by step (runs a fresh one);
     /// `/dh` alone: explain every exchange from now on, also those others start.
@@ -42,9 +48,11 @@ commands:
   /list              who is online
   /fingerprint [USER]  your key fingerprint, or the safety number you share with USER
   /verify USER       mark USER's key as verified (after comparing safety numbers)
-  /accept USER       trust USER's new key after a key-change warning
   /dh USER           show a fresh Diffie-Hellman exchange with USER step by step
   /dh                explain every exchange from now on (so a classmate's /dh shows here too)
+  /accept USER       answer USER's message request, or accept a look-alike name or a
+                     changed key after the warning about it
+  //TEXT             send TEXT with its leading slash, as text
   /help              this help
   /quit or exit      leave
 The public room is protected by TLS only: the server can read it. Private messages are
@@ -52,16 +60,27 @@ end-to-end encrypted: only you and your partner can read them.";
 
 /// Parses one typed line. Errors say what was expected.
 pub fn parse(line: &str) -> Result<Input, String> {
-    let line = line.trim_end_matches(['\r', '\n']);
+    // Leading whitespace is dropped before anything else: ` /msg bob x` and `\t/msg bob x`
+    // are the command, never room text.
+    let line = line.trim_start().trim_end_matches(['\r', '\n']);
     if line.trim().is_empty() {
         return Ok(Input::Nothing);
     }
     if line.trim() == "exit" {
         return Ok(Input::Quit);
     }
+    if let Some(literal) = line.strip_prefix("//") {
+        return Ok(Input::Text(format!("/{literal}")));
+    }
     let Some(command) = line.strip_prefix('/') else {
         return Ok(Input::Text(line.to_owned()));
     };
+    if command.is_empty() || command.starts_with(char::is_whitespace) {
+        return Err(format!(
+            "not sent: \"{line}\" looks like a command with a space after the slash. Type \
+             /help for the commands, or //{command} to send the text itself"
+        ));
+    }
     let (name, rest) = match command.split_once(char::is_whitespace) {
         Some((name, rest)) => (name, rest.trim_start()),
         None => (command, ""),
@@ -97,7 +116,10 @@ pub fn parse(line: &str) -> Result<Input, String> {
         "dh" => Ok(Input::Explain(optional_user())),
         "help" | "?" => Ok(Input::Help),
         "quit" | "exit" => Ok(Input::Quit),
-        other => Err(format!("unknown command /{other}; type /help")),
+        other => Err(format!(
+            "not sent: /{other} is not a command. Type /help for the commands, or \
+             //{command} to send the text itself"
+        )),
     }
 }
 
@@ -134,9 +156,40 @@ mod tests {
     }
 
     #[test]
+    fn leading_whitespace_never_turns_a_command_into_room_text() {
+        let private = Ok(Input::Msg {
+            to: "bob".into(),
+            text: "x".into(),
+        });
+        assert_eq!(parse(" /msg bob x"), private);
+        assert_eq!(parse("\t/msg bob x"), private);
+        assert_eq!(parse(" \u{3000}/msg bob x"), private);
+        assert_eq!(parse("  hello"), Ok(Input::Text("hello".into())));
+    }
+
+    #[test]
+    fn a_mistyped_command_is_never_text_and_a_double_slash_is() {
+        for typo in ["/mgs bob x", "/ msg bob x", "/", " /msgbob x", "/Msg bob x"] {
+            let problem = parse(typo).expect_err(typo);
+            assert!(problem.starts_with("not sent"), "{typo}: {problem}");
+        }
+        assert!(parse("/mgs bob x").unwrap_err().contains("//mgs bob x"));
+        assert_eq!(
+            parse("//shrug"),
+            Ok(Input::Text("/shrug".into())),
+            "a double slash sends the text"
+        );
+    }
+
+    #[test]
     fn bad_commands_say_what_was_expected() {
         assert_eq!(parse("/msg bob"), Err("usage: /msg USER TEXT".into()));
         assert_eq!(parse("/verify"), Err("usage: /verify USER".into()));
         assert!(parse("/frobnicate").unwrap_err().contains("/help"));
+        assert_eq!(
+            parse("/accept bob"),
+            Ok(Input::Accept("bob".into())),
+            "one command answers every consent"
+        );
     }
 }

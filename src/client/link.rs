@@ -67,6 +67,16 @@ pub fn connect(
     server: &str,
     config: Arc<rustls::ClientConfig>,
 ) -> Result<(Link, LinkReader, LinkInfo)> {
+    connect_to(server, None, config)
+}
+
+/// [`connect`], but to `address` when given instead of what `host` resolves to (curl's
+/// `--resolve`): the certificate is still checked for `host`.
+pub fn connect_to(
+    server: &str,
+    address: Option<SocketAddr>,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<(Link, LinkReader, LinkInfo)> {
     let (host, _) = server.rsplit_once(':').ok_or_else(|| {
         Error::Config(format!(
             "server {server:?} should be HOST:PORT, like localhost:7878"
@@ -76,14 +86,18 @@ pub fn connect(
     let name = ServerName::try_from(host.to_owned())
         .map_err(|_| Error::Config(format!("{host:?} is not a valid host name or address")))?;
     let deadline = Instant::now() + CONNECT_TIMEOUT;
-    let (socket, addr) = connect_tcp(server)?;
+    let (socket, addr) = match address {
+        Some(addr) => (
+            TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+                .map_err(|e| Error::Config(format!("cannot connect to {addr}: {e}")))?,
+            addr,
+        ),
+        None => connect_tcp(server)?,
+    };
     socket.set_nodelay(true)?;
     let tls = rustls::ClientConnection::new(config, name)?;
     let stream = TlsStream::handshake(tls, socket, deadline).map_err(|e| match e {
-        Error::Tls(e) => Error::Config(format!(
-            "TLS with {server} failed: {e}. If this is a development server, pass its CA \
-             with --ca (the server prints where it is); never disable verification."
-        )),
+        Error::Tls(e) => Error::Config(crate::tls::explain_handshake_error(server, &e)),
         other => other,
     })?;
     let stream = Arc::new(stream);

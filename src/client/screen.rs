@@ -1,16 +1,63 @@
-//! What the terminal client prints: one line per event, with the local time, and never a
-//! byte a peer could use to rewrite the user's terminal.
+//! What the terminal client prints, and the rules that make what it prints trustworthy.
 //!
-//! Text from other users (and from the server, which is not trusted with private
-//! messages) may contain escape sequences or bidirectional overrides meant to fake what
-//! is on screen; [`sanitize`] replaces them before anything is printed.
+//! For a secure chat, what the screen says *is* the security, so every byte the client
+//! prints goes through [`Screen`], which keeps these invariants:
+//!
+//! * **One escaping routine.** Every line passes one routine (`escape`) on its way out: controls
+//!   (C0, DEL, C1 — so ESC, BEL and CSI can never reach the terminal), bidirectional
+//!   overrides and invisible format characters become U+FFFD, and in event lines (anything
+//!   another user or the server wrote) runs of whitespace — tabs, non-breaking and wide
+//!   spaces included — collapse to one space ([`sanitize`]). Messages, names, server error
+//!   texts and TLS errors all take this path; nothing prints around it.
+//! * **Only genuine events start a row.** An event row begins with `[HH:MM] ` at column 0.
+//!   The client wraps every line itself, at the terminal's width, before the terminal
+//!   would: every further row of the same line begins with [`CONTINUATION`], which no event
+//!   row begins with. So no text, however it is padded, can make a row that starts like a
+//!   message, a status line or a warning. Widths are over-estimated (two columns for any
+//!   non-ASCII character), so the terminal never wraps before the client does.
+//! * **Marks nobody can imitate.** After the time, a row names its origin with something
+//!   a user name cannot be: `*` (status), `!!!` (warning), [`OWN_MARK`] (the local user),
+//!   or a user name, which the client has checked against the user-name rule (lower-case
+//!   ASCII letters, digits, `_`; never `you`, `me`, `server`, …). Meaning never depends on
+//!   colour: the client uses none.
+//! * **Repeated warnings are one line.** A warning identical to the one just shown is
+//!   counted instead of printed, and the count is shown once something else is printed.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// Prints one line somewhere other than standard output (the line editor's printer,
+use crate::e2e::Trust;
+
+/// Prints one row somewhere other than standard output (the line editor's printer,
 /// which keeps the half-typed input line below what it prints).
 pub type Sink = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Marks the local user's own lines (`(you)`): parentheses cannot occur in a user name, so
+/// no other user's line can carry it.
+pub const OWN_MARK: &str = "(you)";
+
+/// Labels public room lines: short, so that a line stays on one row at 80 columns; what it
+/// means (TLS to the server only, the server can read it) is said at login and in `/help`.
+pub const ROOM_LABEL: &str = "[room]";
+
+/// Begins every row after the first of a wrapped line. Event rows begin with `[`, so a
+/// continuation row can never be taken for a new line.
+pub const CONTINUATION: &str = "        | ";
+
+/// The narrowest width the client wraps at: below it a row could not hold the
+/// continuation mark and some text.
+const MIN_WIDTH: usize = 20;
+
+/// The label of a private message: end-to-end encrypted, and how far the partner's key is
+/// trusted (the trust state is part of every private line, not only of a warning).
+pub fn private_label(trust: Trust) -> String {
+    let trust = match trust {
+        Trust::Verified => "verified",
+        Trust::FirstUse => "first use, not verified",
+        Trust::Accepted => "key changed, accepted, not verified",
+    };
+    format!("[private, e2e, {trust}]")
+}
 
 /// Where the client's output goes: the terminal, or a buffer in tests.
 #[derive(Clone)]
@@ -19,6 +66,18 @@ pub struct Screen {
     captured: Option<Arc<Mutex<Vec<String>>>>,
     /// Where lines go instead of standard output, when set.
     sink: Option<Sink>,
+    /// The last warning shown and how many times it came again since, so a flood of one
+    /// warning is one line with a count.
+    repeated: Arc<Mutex<Repeated>>,
+}
+
+/// The last warning and its unshown repetitions.
+#[derive(Default)]
+struct Repeated {
+    /// The text of the last warning printed.
+    last: Option<String>,
+    /// How many identical warnings followed it without being printed.
+    count: usize,
 }
 
 impl Screen {
@@ -27,14 +86,17 @@ impl Screen {
         Screen {
             captured: None,
             sink: None,
+            repeated: Arc::default(),
         }
     }
 
-    /// Hands every line to `sink` (which adds the line end).
+    /// Hands every row to `sink` (which adds the line end): the line editor's printer,
+    /// which keeps the half-typed input line below what it prints.
     pub fn to_sink(sink: Sink) -> Screen {
         Screen {
             captured: None,
             sink: Some(sink),
+            repeated: Arc::default(),
         }
     }
 
@@ -43,6 +105,7 @@ impl Screen {
         Screen {
             captured: Some(Arc::new(Mutex::new(Vec::new()))),
             sink: None,
+            repeated: Arc::default(),
         }
     }
 
@@ -53,48 +116,208 @@ impl Screen {
         })
     }
 
-    /// Prints one line prefixed with the local time.
+    /// Prints one event line prefixed with the local time.
     pub fn event(&self, text: &str) {
-        self.print(&format!("[{}] {text}", local_time_hhmm()));
+        self.flush_repeated();
+        self.emit(&format!("[{}] {}", local_time_hhmm(), sanitize(text)));
     }
 
-    /// Prints one line as it is (help, menus).
+    /// Prints text without the time (menus, help, results), keeping its alignment: each
+    /// line is escaped (controls replaced, tabs made spaces, but runs of spaces kept) and
+    /// wrapped like any other, so it cannot start a row either.
     pub fn print(&self, text: &str) {
+        self.flush_repeated();
+        for line in text.split('\n') {
+            self.emit(&escape(line, false));
+        }
+    }
+
+    /// A status line: `* text`, one row per line of `text`.
+    pub fn info(&self, text: &str) {
+        for line in text.lines() {
+            self.event(&format!("* {line}"));
+        }
+    }
+
+    /// A warning the user must not miss: `!!! text`, one row per line of `text`. The same
+    /// warning again right after is counted, not printed.
+    pub fn warn(&self, text: &str) {
+        {
+            let mut repeated = self.repeated.lock().unwrap_or_else(PoisonError::into_inner);
+            if repeated.last.as_deref() == Some(text) {
+                repeated.count += 1;
+                return;
+            }
+        }
+        self.flush_repeated();
+        for line in text.lines() {
+            self.event(&format!("!!! {line}"));
+        }
+        self.repeated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last = Some(text.to_owned());
+    }
+
+    /// A public room line from `user`.
+    pub fn room(&self, user: &str, text: &str) {
+        self.event(&format!("{user} {ROOM_LABEL}: {text}"));
+    }
+
+    /// A public room line the local user sent.
+    pub fn own_room(&self, text: &str) {
+        self.event(&format!("{OWN_MARK} {ROOM_LABEL}: {text}"));
+    }
+
+    /// A private message from `from`, whose key has trust state `trust`.
+    pub fn private_from(&self, from: &str, trust: Trust, text: &str) {
+        let label = private_label(trust);
+        self.event(&format!("{from} -> {OWN_MARK} {label}: {text}"));
+    }
+
+    /// A private message the local user sent to `to`.
+    pub fn private_to(&self, to: &str, trust: Trust, text: &str) {
+        let label = private_label(trust);
+        self.event(&format!("{OWN_MARK} -> {to} {label}: {text}"));
+    }
+
+    /// Shows how many times the last warning came again, if it did, and forgets it.
+    fn flush_repeated(&self) {
+        let count = {
+            let mut repeated = self.repeated.lock().unwrap_or_else(PoisonError::into_inner);
+            repeated.last = None;
+            std::mem::take(&mut repeated.count)
+        };
+        if count > 0 {
+            self.emit(&format!(
+                "[{}] !!! (the warning above came {count} more time(s))",
+                local_time_hhmm()
+            ));
+        }
+    }
+
+    /// Writes one escaped line: wrapped into rows at the terminal's width on a terminal,
+    /// kept whole when capturing or writing to a pipe or file (where nothing wraps).
+    fn emit(&self, line: &str) {
         if let Some(sink) = &self.sink {
-            return sink(text);
+            let rows = match terminal_width() {
+                Some(width) => wrap(line, width),
+                None => vec![line.to_owned()],
+            };
+            for row in rows {
+                sink(&row);
+            }
+            return;
         }
         match &self.captured {
             Some(lines) => lines
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(text.to_owned()),
+                .push(line.to_owned()),
             None => {
                 let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{text}");
+                let rows = match terminal_width() {
+                    Some(width) => wrap(line, width),
+                    None => vec![line.to_owned()],
+                };
+                for row in rows {
+                    let _ = writeln!(out, "{row}");
+                }
                 let _ = out.flush();
             }
         }
     }
+}
 
-    /// A warning the user must not miss.
-    pub fn warn(&self, text: &str) {
-        self.event(&format!("!!! {text}"));
+/// Makes text from other users or the server safe to print as an event line: terminal
+/// controls, bidirectional overrides and invisible characters replaced by U+FFFD, runs of
+/// whitespace collapsed to one space. [`Screen`] applies it to everything it prints.
+pub fn sanitize(text: &str) -> String {
+    escape(text, true)
+}
+
+/// Replaces characters that could control the terminal (C0/C1 controls, escape, delete),
+/// reorder what is shown (bidirectional overrides, isolates and marks) or hide themselves
+/// (zero-width and other format characters) with U+FFFD; with `collapse`, also turns every
+/// run of whitespace into one space, so nobody can pad a line into a fake row or hide text
+/// behind a tab.
+fn escape(text: &str, collapse: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_space = false;
+    for c in text.chars() {
+        if c.is_whitespace() && (collapse || c == '\t') {
+            if !in_space || !collapse {
+                out.push(' ');
+            }
+            in_space = true;
+            continue;
+        }
+        in_space = false;
+        let hidden = matches!(
+            c,
+            '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{00AD}'
+                | '\u{061C}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        );
+        if c.is_control() || hidden {
+            out.push('\u{FFFD}');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Columns a character may take on screen, over-estimated: terminals disagree about the
+/// width of emoji and East Asian "ambiguous" characters, and a character wider than counted
+/// would make the terminal wrap before the client and start a row with another user's
+/// text. So anything that is not printable ASCII counts as two.
+fn columns(c: char) -> usize {
+    if c.is_ascii() {
+        1
+    } else {
+        2
     }
 }
 
-/// Replaces characters that could control the terminal (C0/C1 controls, escape, delete)
-/// or reorder what is shown (bidirectional overrides and isolates) with U+FFFD.
-pub fn sanitize(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            let bidi = matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}');
-            if (c.is_control() && c != '\t') || bidi {
-                '\u{FFFD}'
-            } else {
-                c
-            }
-        })
-        .collect()
+/// Splits one escaped line into rows of at most `width - 1` columns (the last column is
+/// left free so that no terminal wraps on its own); every row after the first begins with
+/// [`CONTINUATION`].
+fn wrap(line: &str, width: usize) -> Vec<String> {
+    let limit = width.max(MIN_WIDTH) - 1;
+    let mut rows = Vec::new();
+    let mut row = String::new();
+    let mut used = 0;
+    for c in line.chars() {
+        let w = columns(c);
+        if used + w > limit {
+            rows.push(std::mem::take(&mut row));
+            row.push_str(CONTINUATION);
+            used = CONTINUATION.len();
+        }
+        row.push(c);
+        used += w;
+    }
+    rows.push(row);
+    rows
+}
+
+/// The width in columns of the terminal standard output is, or `None` when it is not a
+/// terminal. Asked on every line, so a resized terminal is followed.
+fn terminal_width() -> Option<usize> {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes only into the `winsize` it is given.
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    (ok && size.ws_col > 0).then_some(usize::from(size.ws_col))
 }
 
 /// The local wall-clock time as `HH:MM`.
@@ -115,11 +338,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escape_sequences_and_bidi_overrides_are_neutralised() {
+    fn escape_sequences_bidi_overrides_and_invisible_characters_are_neutralised() {
         assert_eq!(sanitize("hi\x1b[2Jthere"), "hi\u{FFFD}[2Jthere");
         assert_eq!(sanitize("abc\u{202E}cba"), "abc\u{FFFD}cba");
-        assert_eq!(sanitize("tab\tok é"), "tab\tok é");
+        assert_eq!(sanitize("ok é"), "ok é");
         assert_eq!(sanitize("bell\x07\u{9b}"), "bell\u{FFFD}\u{FFFD}");
+        assert_eq!(sanitize("bob\u{200B}"), "bob\u{FFFD}");
+        assert_eq!(sanitize("new\nline\r"), "new line ");
+    }
+
+    #[test]
+    fn runs_of_whitespace_collapse_to_one_space() {
+        assert_eq!(sanitize("a \t  b\u{00A0}\u{3000} c"), "a b c");
+        assert_eq!(
+            escape("  /msg USER   text", false),
+            "  /msg USER   text",
+            "fixed text keeps its alignment"
+        );
+        assert_eq!(escape("a\tb", false), "a b", "a tab is never printed");
+    }
+
+    #[test]
+    fn wrapped_rows_after_the_first_carry_the_continuation_mark() {
+        let line = format!("[08:06] bob {ROOM_LABEL}: {}", "x".repeat(200));
+        let rows = wrap(&line, 80);
+        assert!(rows.len() >= 3, "{rows:?}");
+        assert!(rows[0].starts_with("[08:06] bob"));
+        for row in &rows {
+            assert!(row.chars().map(columns).sum::<usize>() < 80, "{row:?}");
+        }
+        for row in &rows[1..] {
+            assert!(row.starts_with(CONTINUATION), "{row:?}");
+        }
+        let wide = "界".repeat(100);
+        for row in wrap(&wide, 40) {
+            assert!(row.chars().map(columns).sum::<usize>() < 40, "{row:?}");
+        }
     }
 
     #[test]
@@ -130,12 +384,25 @@ mod tests {
     }
 
     #[test]
-    fn capture_collects_lines() {
+    fn own_lines_and_trust_states_are_marked_and_repeated_warnings_counted() {
         let screen = Screen::capture();
         screen.print("one");
-        screen.warn("two");
+        screen.own_room("hi");
+        screen.private_from("bob", Trust::FirstUse, "psst");
+        for _ in 0..5 {
+            screen.warn("rate-limited");
+        }
+        screen.info("done");
         let lines = screen.lines();
         assert_eq!(lines[0], "one");
-        assert!(lines[1].ends_with("!!! two"));
+        assert!(lines[1].ends_with("(you) [room]: hi"), "{lines:?}");
+        assert!(
+            lines[2].ends_with("bob -> (you) [private, e2e, first use, not verified]: psst"),
+            "{lines:?}"
+        );
+        assert!(lines[3].ends_with("!!! rate-limited"), "{lines:?}");
+        assert!(lines[4].ends_with("came 4 more time(s))"), "{lines:?}");
+        assert!(lines[5].ends_with("* done"), "{lines:?}");
+        assert_eq!(lines.len(), 6);
     }
 }

@@ -24,13 +24,24 @@
 //! * An exchange step that gets no answer within [`EXCHANGE_TIMEOUT`] is abandoned: the
 //!   user is told which messages were not sent, and a later `/msg` or `/dh` starts afresh.
 //! * Anything that fails a check is shown as a warning and never as message text.
+//! * Key exchanges are the user's choice. A `DH-INIT` from someone with no pinned key
+//!   whom the user has not written to is a *message request*: shown once, held, and
+//!   answered only after `/accept USER` (or a `/msg USER`); it costs the user no frame and
+//!   pins nothing. A pinned contact's `DH-INIT` is answered (a newer one replaces the one
+//!   under way), but at most [`INIT_ANSWERS_PER_PEER`] per peer and
+//!   [`INIT_ANSWERS_PER_WINDOW`] in all per [`INIT_ANSWER_WINDOW`], with a key fetched less than [`KEY_REUSE`] ago reused instead of
+//!   a `GETKEY`: nobody can spend the user's own frame budget.
+//! * A first contact whose name looks like a pinned contact's (`b0b` for `bob`; see
+//!   [`crate::e2e::look_alike_skeleton`]) is held with a warning until `/accept USER`:
+//!   nothing is pinned, answered or sent before.
+//! * Every private message shown carries its sender's trust state ([`Trust`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::e2e::{
     safety_number, E2eError, EncryptedMessage, Group, IdentityKey, IdentityPublicKey, Init,
-    Initiator, Payload, PinStatus, PinStore, Responder, Session,
+    Initiator, Payload, PinStatus, PinStore, Responder, Session, Trust,
 };
 
 /// Messages that may wait for one peer's exchange to finish. Enough for someone typing
@@ -43,6 +54,24 @@ pub const MAX_QUEUED_PER_PEER: usize = 100;
 /// 30 s allows for a slow link, yet tells the user about messages that were not sent
 /// while they are still at the keyboard, rather than leaving them queued forever.
 pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The window over which [`INIT_ANSWERS_PER_PEER`] and [`INIT_ANSWERS_PER_WINDOW`] count
+/// answered `DH-INIT`s.
+pub const INIT_ANSWER_WINDOW: Duration = Duration::from_secs(10);
+
+/// `DH-INIT`s answered per contact per [`INIT_ANSWER_WINDOW`]. A genuine peer starts one
+/// exchange at a time and restarts it rarely (a new `DH-INIT` replaces the one under way,
+/// so there is never more than one per peer); three leaves room for a restart and a retry.
+pub const INIT_ANSWERS_PER_PEER: usize = 3;
+
+/// `DH-INIT`s answered in all per [`INIT_ANSWER_WINDOW`]: each answer costs the user a frame
+/// of the server's 20 frames/s allowance, so all contacts together may take at most about
+/// 5% of it and the user's own lines keep the rest.
+pub const INIT_ANSWERS_PER_WINDOW: usize = 10;
+
+/// An identity key fetched this recently is used again to answer a `DH-INIT` instead of a
+/// new `GETKEY` (a `/msg` or `/fingerprint` of the user's own always fetches afresh).
+pub const KEY_REUSE: Duration = Duration::from_secs(60);
 
 /// Something the caller must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,19 +92,24 @@ pub enum Action {
 /// A line for the user, by kind (the terminal decides how each looks).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
-    /// A private message that passed every check.
+    /// A private message that passed every check, and how far the sender's key is trusted.
     Received {
         /// The sender.
         from: String,
         /// The decrypted text.
         text: String,
+        /// How far the sender's key is trusted.
+        trust: Trust,
     },
-    /// A private message of ours, now encrypted and on its way.
+    /// A private message of ours, now encrypted and on its way, and how far the
+    /// recipient's key is trusted.
     Sent {
         /// The recipient.
         to: String,
         /// The text sent.
         text: String,
+        /// How far the recipient's key is trusted.
+        trust: Trust,
     },
     /// Something worth knowing.
     Info(String),
@@ -88,6 +122,12 @@ pub enum Notice {
         /// The line.
         line: String,
     },
+    /// `from`, whom the user never talked to, asks to start an end-to-end conversation (a
+    /// message request): nothing happens unless the user answers with `/accept from`.
+    Request {
+        /// Who asks.
+        from: String,
+    },
 }
 
 /// The key exchange under way with one peer, if any.
@@ -97,6 +137,22 @@ enum Exchange {
     /// Waiting for the peer's identity key from the server; `init` is their DH-INIT when
     /// we are answering one, `None` when we will start the exchange.
     FetchingKey { init: Option<Init> },
+    /// A `DH-INIT` from someone the user never talked to: held, unanswered, until the
+    /// user accepts (`/accept` or `/msg`).
+    Requested {
+        /// Their DH-INIT (the latest one), answered if the user accepts.
+        init: Init,
+    },
+    /// A first contact under a name that looks like the pinned contact `like`: nothing is
+    /// pinned, answered or sent until `/accept`.
+    LooksLike {
+        /// The key the server gives for this name.
+        key: IdentityPublicKey,
+        /// The pinned contact the name imitates.
+        like: String,
+        /// Their DH-INIT, to answer once accepted.
+        init: Option<Init>,
+    },
     /// The server gave a key that differs from the pin: nothing happens until `/accept`.
     KeyChanged {
         /// The key the server offers now.
@@ -156,6 +212,13 @@ struct Peer {
     /// The key whose safety number was last shown: `/verify` marks this key and no other,
     /// and only while it is the pinned one.
     number_shown_for: Option<IdentityPublicKey>,
+    /// The last key the server gave for this peer and when, reused to answer a `DH-INIT`
+    /// within [`KEY_REUSE`].
+    fetched: Option<(IdentityPublicKey, Instant)>,
+    /// Whether the message request notice was shown (it is shown once).
+    request_shown: bool,
+    /// When this peer's recent `DH-INIT`s were answered, oldest first.
+    answered: VecDeque<Instant>,
 }
 
 impl Peer {
@@ -169,6 +232,9 @@ impl Peer {
             explain: false,
             show_fingerprint: false,
             number_shown_for: None,
+            fetched: None,
+            request_shown: false,
+            answered: VecDeque::new(),
         }
     }
 
@@ -202,6 +268,8 @@ pub struct Secure {
     explain_all: bool,
     /// Per-peer state, created on first contact.
     peers: HashMap<String, Peer>,
+    /// When recent `DH-INIT`s were answered, oldest first, for [`INIT_ANSWERS_PER_WINDOW`].
+    answered: VecDeque<Instant>,
 }
 
 impl Secure {
@@ -220,6 +288,7 @@ impl Secure {
             group,
             explain_all,
             peers: HashMap::new(),
+            answered: VecDeque::new(),
         }
     }
 
@@ -238,10 +307,11 @@ impl Secure {
         if to == self.me {
             return vec![warn("you cannot send a private message to yourself")];
         }
+        let trust = self.trust(to);
         let peer = self.peer(to);
         if let Some(session) = &mut peer.session {
             let mut actions = Vec::new();
-            seal(session, to, text, &mut actions);
+            seal(session, to, text, trust, &mut actions);
             return actions;
         }
         if peer.queued.len() >= MAX_QUEUED_PER_PEER {
@@ -262,6 +332,13 @@ impl Secure {
             Exchange::KeyChanged { .. } => actions.push(warn(&format!(
                 "{to}: message held: {to}'s identity key changed. Check it with /fingerprint {to}, then /accept {to}"
             ))),
+            Exchange::LooksLike { like, .. } => actions.push(warn(&format!(
+                "{to}: message held: {to} is not {like}, only a name that looks like it. /accept {to} if you mean {to}"
+            ))),
+            Exchange::Requested { .. } => {
+                // Writing to someone who asked is consent: answer their request.
+                actions.extend(self.accept(to));
+            }
             _ => {}
         }
         actions
@@ -325,6 +402,20 @@ impl Secure {
                 ))];
             }
         };
+        if for_exchange {
+            self.peer(user).fetched = Some((key, Instant::now()));
+        }
+        self.key_known(user, key, for_fingerprint)
+    }
+
+    /// `user`'s identity key is `key` (from the server, or fetched recently): check it
+    /// against the pin, show the safety number if asked, and go on with the exchange.
+    fn key_known(
+        &mut self,
+        user: &str,
+        key: IdentityPublicKey,
+        for_fingerprint: bool,
+    ) -> Vec<Action> {
         let mut actions = Vec::new();
         let status = self.pins.check(user, &key);
         if let PinStatus::Changed { old } = status {
@@ -338,24 +429,42 @@ impl Secure {
             _ => return actions, // only a fingerprint request, or a changed key
         };
         if status == PinStatus::FirstUse {
-            if let Err(e) = self.pins.pin(user, &key) {
-                let dropped = self.peer(user).abandon_exchange();
-                actions.push(warn(&not_sent(
-                    format!(
-                        "{user}: could not save their key as pinned, so no key exchange was made: {e}"
-                    ),
-                    dropped,
+            if let Some(like) = self.pins.look_alike(user).map(str::to_owned) {
+                actions.push(warn(&format!(
+                    "{user} is NOT {like}: this is a first contact under a name that looks \
+                     like your contact {like}. Nothing was answered or sent, and no key was \
+                     pinned. Only if you know {user} is someone else you want to talk to, \
+                     /accept {user}"
                 )));
+                self.peer(user).exchange = Exchange::LooksLike { key, like, init };
                 return actions;
             }
-            actions.push(info(&format!(
-                "{user}: first contact; their key {} is now pinned. Compare safety numbers \
-                 (/fingerprint {user}) in person, then /verify {user}",
-                key.fingerprint()
-            )));
+            actions.extend(self.pin_first_contact(user, &key));
+            if !matches!(self.peer(user).exchange, Exchange::FetchingKey { .. }) {
+                return actions;
+            }
         }
         actions.extend(self.proceed(user, key, init));
         actions
+    }
+
+    /// Pins `key` as `user`'s on first contact and says so; abandons the exchange (with a
+    /// warning) when the pin cannot be saved.
+    fn pin_first_contact(&mut self, user: &str, key: &IdentityPublicKey) -> Vec<Action> {
+        if let Err(e) = self.pins.pin(user, key) {
+            let dropped = self.peer(user).abandon_exchange();
+            return vec![warn(&not_sent(
+                format!(
+                    "{user}: could not save their key as pinned, so no key exchange was made: {e}"
+                ),
+                dropped,
+            ))];
+        }
+        vec![info(&format!(
+            "{user}: first contact; their key {} is now pinned. Compare safety numbers \
+             (/fingerprint {user}) in person, then /verify {user}",
+            key.fingerprint()
+        ))]
     }
 
     /// The server could not give `user`'s key (no such user, or none published).
@@ -469,7 +578,7 @@ impl Secure {
     }
 
     /// How far `user`'s key is trusted, in words for the prompt.
-    pub fn trust(&self, user: &str) -> &'static str {
+    pub fn trust_words(&self, user: &str) -> &'static str {
         if self
             .peers
             .get(user)
@@ -477,12 +586,11 @@ impl Secure {
         {
             return "KEY CHANGED";
         }
-        match self.pins.pinned_key(user) {
+        match self.pins.trust(user) {
             None => "not pinned yet",
-            Some(key) if self.pins.check(user, &key) == (PinStatus::Matches { verified: true }) => {
-                "verified"
-            }
-            Some(_) => "pinned on first use, not verified",
+            Some(Trust::Verified) => "verified",
+            Some(Trust::FirstUse) => "pinned on first use, not verified",
+            Some(Trust::Accepted) => "key changed, accepted, not verified",
         }
     }
 
@@ -509,34 +617,54 @@ impl Secure {
         waiting
     }
 
-    /// `/accept USER`: trust the new key after a key-change warning.
+    /// `/accept USER`: the user's consent to what is waiting for it — a message request
+    /// (answer it), a first contact under a look-alike name (pin and talk), or a changed key
+    /// (trust the new one).
     pub fn accept(&mut self, user: &str) -> Vec<Action> {
         let peer = self.peer(user);
-        let (key, init) = match std::mem::replace(&mut peer.exchange, Exchange::Idle) {
-            Exchange::KeyChanged { key, init } => (key, init),
+        match std::mem::replace(&mut peer.exchange, Exchange::Idle) {
+            Exchange::Requested { init } => {
+                peer.begin(Exchange::FetchingKey { init: Some(init) });
+                vec![
+                    info(&format!(
+                        "{user}: request accepted; setting up end-to-end encryption"
+                    )),
+                    Action::FetchKey(user.to_owned()),
+                ]
+            }
+            Exchange::LooksLike { key, init, .. } => {
+                peer.begin(Exchange::FetchingKey { init: None });
+                let mut actions = self.pin_first_contact(user, &key);
+                if matches!(self.peer(user).exchange, Exchange::FetchingKey { .. }) {
+                    actions.extend(self.proceed(user, key, init));
+                }
+                actions
+            }
+            Exchange::KeyChanged { key, init } => {
+                if let Err(e) = self.pins.accept_new_key(user, &key) {
+                    let dropped = self.peer(user).abandon_exchange();
+                    return vec![warn(&not_sent(
+                        format!(
+                            "{user}: could not save the new key, so it was not accepted and no key exchange was made: {e}"
+                        ),
+                        dropped,
+                    ))];
+                }
+                let mut actions = vec![info(&format!(
+                    "{user}: new key {} accepted (unverified until you compare safety numbers with \
+                     /fingerprint {user} and /verify {user})",
+                    key.fingerprint()
+                ))];
+                actions.extend(self.proceed(user, key, init));
+                actions
+            }
             other => {
                 peer.exchange = other;
-                return vec![info(&format!(
-                    "{user}: no changed key is waiting for /accept"
-                ))];
+                vec![info(&format!(
+                    "{user}: nothing from {user} is waiting for /accept"
+                ))]
             }
-        };
-        if let Err(e) = self.pins.accept_new_key(user, &key) {
-            let dropped = self.peer(user).abandon_exchange();
-            return vec![warn(&not_sent(
-                format!(
-                    "{user}: could not save the new key, so it was not accepted and no key exchange was made: {e}"
-                ),
-                dropped,
-            ))];
         }
-        let mut actions = vec![info(&format!(
-            "{user}: new key {} accepted (unverified until you compare safety numbers with \
-             /fingerprint {user} and /verify {user})",
-            key.fingerprint()
-        ))];
-        actions.extend(self.proceed(user, key, init));
-        actions
     }
 
     /// `/verify USER`: the users compared the safety number last shown and it matched.
@@ -689,23 +817,66 @@ impl Secure {
     }
 
     /// Someone opened an exchange with us. Nothing is authenticated yet (a DH-INIT carries
-    /// no signature), so a session we have stays until the new exchange is confirmed.
+    /// no signature), so a session we have stays until the new exchange is confirmed. A
+    /// stranger's is held as a message request; a contact's is answered within the budgets.
     fn init_arrived(&mut self, from: &str, init: Init) -> Vec<Action> {
         let me_first = self.me.as_str() < from;
+        let pinned = self.pins.pinned_key(from).is_some();
+        let now = Instant::now();
         let peer = self.peer(from);
-        if matches!(peer.exchange, Exchange::Initiating { .. }) && me_first {
-            // Both sides started at once: the smaller name's exchange wins. Ours does; the
-            // peer abandons theirs when our DH-INIT reaches it.
-            return Vec::new();
+        match &mut peer.exchange {
+            Exchange::Initiating { .. } if me_first => {
+                // Both sides started at once: the smaller name's exchange wins. Ours does; the
+                // peer abandons theirs when our DH-INIT reaches it.
+                return Vec::new();
+            }
+            Exchange::KeyChanged { init: held, .. } => {
+                *held = Some(init);
+                return vec![warn(&format!(
+                    "{from} wants to talk, but their key changed: /fingerprint {from}, then /accept {from}"
+                ))];
+            }
+            Exchange::LooksLike { init: held, .. } => {
+                *held = Some(init);
+                return Vec::new(); // warned when the key arrived
+            }
+            Exchange::Requested { init: held } => {
+                *held = init; // shown once already
+                return Vec::new();
+            }
+            _ => {}
         }
-        if let Exchange::KeyChanged { init: held, .. } = &mut peer.exchange {
-            *held = Some(init);
+        let stranger = !pinned
+            && peer.session.is_none()
+            && peer.queued.is_empty()
+            && matches!(peer.exchange, Exchange::Idle);
+        if stranger {
+            peer.exchange = Exchange::Requested { init };
+            if std::mem::replace(&mut peer.request_shown, true) {
+                return Vec::new();
+            }
+            return vec![Action::Show(Notice::Request {
+                from: from.to_owned(),
+            })];
+        }
+        if !within_budget(&mut peer.answered, INIT_ANSWERS_PER_PEER, now) {
             return vec![warn(&format!(
-                "{from} wants to talk, but their key changed: /fingerprint {from}, then /accept {from}"
+                "{from} opens key exchanges with you faster than your client answers them; some were ignored"
             ))];
         }
+        if !within_budget(&mut self.answered, INIT_ANSWERS_PER_WINDOW, now) {
+            return vec![warn(
+                "key exchanges are being opened with you faster than your client answers them; some were ignored",
+            )];
+        }
+        let peer = self.peer(from);
         peer.begin(Exchange::FetchingKey { init: Some(init) });
-        vec![Action::FetchKey(from.to_owned())]
+        match peer.fetched {
+            Some((key, at)) if now.saturating_duration_since(at) < KEY_REUSE => {
+                self.key_known(from, key, false)
+            }
+            _ => vec![Action::FetchKey(from.to_owned())],
+        }
     }
 
     /// We have a trusted key for `user`: start or answer the exchange.
@@ -755,7 +926,7 @@ impl Secure {
     fn established(&mut self, user: &str, session: Session) -> Vec<Action> {
         let explain = self.explain_all || self.peer(user).explain;
         let mut actions = Vec::new();
-        let trust = self.trust(user);
+        let trust = self.trust_words(user);
         if explain {
             let explanation = session.explanation();
             explain_lines(&mut actions, user, explanation.latest_step());
@@ -763,7 +934,8 @@ impl Secure {
             explain_lines(&mut actions, user, summary.lines());
             let notes = [
                 "q = (p-1)/2 is prime too (p is a safe prime): every honest g^x mod p lies in \
-                 the subgroup of order q, so a public value Y is accepted only if Y^q mod p = 1"
+                 the subgroup of order q, so a public value Y is accepted only if it is in it \
+                 (Y^q mod p = 1, checked as the cheaper, equivalent Jacobi symbol (Y/p) = 1)"
                     .to_owned(),
                 "The secret fingerprint is a short hash of the shared secret: both screens show \
                  the same one exactly when both sides computed the same secret, and it reveals \
@@ -792,6 +964,7 @@ impl Secure {
         // Only the initiator can still receive messages under the old keys: the responder
         // switches on our DH-CONFIRM, which reaches it after everything we sealed before.
         let keep_previous = session.is_initiator();
+        let trust = self.trust(user);
         let peer = self.peer(user);
         peer.exchange = Exchange::Idle;
         let replaced = peer.session.replace(session);
@@ -799,7 +972,7 @@ impl Secure {
         let queued: Vec<String> = peer.queued.drain(..).collect();
         if let Some(session) = &mut peer.session {
             for text in queued {
-                seal(session, user, &text, &mut actions);
+                seal(session, user, &text, trust, &mut actions);
             }
         }
         actions
@@ -807,6 +980,7 @@ impl Secure {
 
     /// An encrypted message from `from`: opened under the session it names, if we hold it.
     fn message_arrived(&mut self, from: &str, message: &EncryptedMessage) -> Vec<Action> {
+        let trust = self.trust(from);
         let peer = self.peer(from);
         let under_current = peer
             .session
@@ -845,6 +1019,7 @@ impl Secure {
                 actions.push(Action::Show(Notice::Received {
                     from: from.to_owned(),
                     text: opened.text,
+                    trust,
                 }));
                 actions
             }
@@ -865,9 +1040,31 @@ impl Secure {
         vec![warn(&not_sent(text, dropped))]
     }
 
+    /// How far `user`'s pinned key is trusted. A session exists only under a pinned key;
+    /// without one (never the case when a message is shown) it counts as first use.
+    pub fn trust(&self, user: &str) -> Trust {
+        self.pins.trust(user).unwrap_or(Trust::FirstUse)
+    }
+
     fn peer(&mut self, user: &str) -> &mut Peer {
         self.peers.entry(user.to_owned()).or_insert_with(Peer::new)
     }
+}
+
+/// Whether one more answer fits in `budget` answers per [`INIT_ANSWER_WINDOW`] at `now`,
+/// given when the recent ones were (`times`, oldest first); records it if so.
+fn within_budget(times: &mut VecDeque<Instant>, budget: usize, now: Instant) -> bool {
+    while times
+        .front()
+        .is_some_and(|t| now.saturating_duration_since(*t) >= INIT_ANSWER_WINDOW)
+    {
+        times.pop_front();
+    }
+    if times.len() >= budget {
+        return false;
+    }
+    times.push_back(now);
+    true
 }
 
 /// `text`, followed by how many waiting messages were dropped, if any.
@@ -879,7 +1076,7 @@ fn not_sent(mut text: String, dropped: usize) -> String {
 }
 
 /// Seals `text` for `to`: the send and its echo, or a warning.
-fn seal(session: &mut Session, to: &str, text: &str, actions: &mut Vec<Action>) {
+fn seal(session: &mut Session, to: &str, text: &str, trust: Trust, actions: &mut Vec<Action>) {
     match session.seal(text) {
         Ok(message) => {
             actions.push(Action::Send {
@@ -889,6 +1086,7 @@ fn seal(session: &mut Session, to: &str, text: &str, actions: &mut Vec<Action>) 
             actions.push(Action::Show(Notice::Sent {
                 to: to.to_owned(),
                 text: text.to_owned(),
+                trust,
             }));
         }
         Err(e) => actions.push(warn(&format!("message to {to} not sent: {e}"))),
@@ -914,4 +1112,75 @@ fn info(text: &str) -> Action {
 
 fn warn(text: &str) -> Action {
     Action::Show(Notice::Warning(text.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// alice's `Secure`, with bob's key pinned, and bob's DH-INIT to her.
+    fn alice_with_bob_pinned(dir: &std::path::Path) -> (Secure, IdentityKey, String) {
+        let bob = IdentityKey::generate().expect("key");
+        let mut pins = PinStore::open(&dir.join("pins")).expect("pins");
+        pins.pin("bob", &bob.public_key()).expect("pin");
+        let alice = IdentityKey::generate().expect("key");
+        let secure = Secure::new("alice", alice, pins, Group::Ffdhe2048, false);
+        let (_, init) = Initiator::start("bob", "alice", Group::Ffdhe2048).expect("init");
+        (secure, bob, Payload::Init(init).to_string())
+    }
+
+    #[test]
+    fn a_contact_flooding_key_exchanges_is_answered_within_the_budget_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut alice, _, init) = alice_with_bob_pinned(dir.path());
+        let answered = (0..20)
+            .map(|_| alice.payload_arrived("bob", &init))
+            .filter(|actions| actions.iter().any(|a| matches!(a, Action::FetchKey(_))))
+            .count();
+        assert_eq!(answered, INIT_ANSWERS_PER_PEER);
+    }
+
+    #[test]
+    fn a_recently_fetched_key_answers_the_next_exchange_without_a_getkey() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut alice, bob, init) = alice_with_bob_pinned(dir.path());
+        assert!(alice
+            .payload_arrived("bob", &init)
+            .contains(&Action::FetchKey("bob".into())));
+        let reply = alice.key_arrived("bob", &bob.public_key().to_base64());
+        assert!(
+            reply.iter().any(|a| matches!(a, Action::Send { .. })),
+            "{reply:?}"
+        );
+        let (_, again) = Initiator::start("bob", "alice", Group::Ffdhe2048).expect("init");
+        let actions = alice.payload_arrived("bob", &Payload::Init(again).to_string());
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::FetchKey(_)))
+                && actions.iter().any(|a| matches!(a, Action::Send { .. })),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn a_strangers_exchange_is_a_request_shown_once_and_answered_only_on_accept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut alice, _, _) = alice_with_bob_pinned(dir.path());
+        let (_, init) = Initiator::start("carol", "alice", Group::Ffdhe2048).expect("init");
+        let init = Payload::Init(init).to_string();
+        let first = alice.payload_arrived("carol", &init);
+        assert_eq!(
+            first,
+            [Action::Show(Notice::Request {
+                from: "carol".into()
+            })]
+        );
+        for _ in 0..5 {
+            assert!(alice.payload_arrived("carol", &init).is_empty());
+        }
+        let accepted = alice.accept("carol");
+        assert!(
+            accepted.contains(&Action::FetchKey("carol".into())),
+            "{accepted:?}"
+        );
+    }
 }

@@ -54,6 +54,9 @@ pub const DEFAULT_DEV_CA: &str = "certs/ca.pem";
 pub struct Options {
     /// `host:port` of the server.
     pub server: String,
+    /// Connect here instead of where the server's host resolves to (`--resolve`); the
+    /// certificate is still checked for the host.
+    pub resolve: Option<std::net::SocketAddr>,
     /// Extra CA to trust (the development CA); the public web PKI is always trusted.
     pub ca: Option<PathBuf>,
     /// Overrides where identity keys and pins are kept.
@@ -148,7 +151,8 @@ fn session(options: Options, terminal: TerminalState) -> Result<()> {
         dev.exists().then_some(dev)
     });
     let config = tls::client_config(ca.as_deref())?;
-    let mut connection = Connection::open(&options.server, config.clone(), &screen)?;
+    let mut connection =
+        Connection::open(&options.server, options.resolve, config.clone(), &screen)?;
 
     let credentials = match &options.user {
         Some(user) => scripted_login(&mut connection, &options, user, &screen)?,
@@ -174,6 +178,7 @@ fn session(options: Options, terminal: TerminalState) -> Result<()> {
             dir.display()
         ));
     }
+    crate::files::check_directory_chain(&dir)?;
     let (identity, created) = IdentityKey::load_or_create(&dir.join(paths::IDENTITY_FILE))?;
     if created {
         screen.event(&format!(
@@ -182,7 +187,7 @@ fn session(options: Options, terminal: TerminalState) -> Result<()> {
             identity.public_key().fingerprint()
         ));
     }
-    let pins = PinStore::open(&dir.join(paths::PINS_FILE))?;
+    let pins = PinStore::open_for_identity(&dir.join(paths::PINS_FILE), created)?;
     let secure = Secure::new(&user, identity, pins, options.group, options.explain);
 
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -413,6 +418,8 @@ struct Connection {
     /// For reconnecting.
     server: String,
     /// For reconnecting.
+    resolve: Option<std::net::SocketAddr>,
+    /// For reconnecting.
     config: Arc<rustls::ClientConfig>,
     /// What the server's greeting allows.
     limits: AnnouncedLimits,
@@ -421,10 +428,11 @@ struct Connection {
 impl Connection {
     fn open(
         server: &str,
+        resolve: Option<std::net::SocketAddr>,
         config: Arc<rustls::ClientConfig>,
         screen: &Screen,
     ) -> Result<Connection> {
-        let (link, reader, info) = link::connect(server, config.clone())?;
+        let (link, reader, info) = link::connect_to(server, resolve, config.clone())?;
         screen.print(&format!(
             "connected to {server} ({}) over {}",
             info.addr, info.tls
@@ -434,6 +442,7 @@ impl Connection {
             reader,
             limits: info.limits,
             server: server.to_owned(),
+            resolve,
             config,
         })
     }
@@ -448,7 +457,8 @@ impl Connection {
         for attempt in 0..2 {
             if attempt == 1 {
                 screen.print("(the server closed the idle connection; reconnecting)");
-                let (link, reader, info) = link::connect(&self.server, self.config.clone())?;
+                let (link, reader, info) =
+                    link::connect_to(&self.server, self.resolve, self.config.clone())?;
                 self.link = link;
                 self.reader = reader;
                 self.limits = info.limits;

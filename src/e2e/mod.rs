@@ -96,7 +96,7 @@ pub use prekeys::{
     PrekeyBundle, PrekeyMessage, SignedPrekey,
 };
 pub use ratchet::{KeySource, Ratchet, RatchetHeader, RatchetMessage, MAX_SKIP, MAX_SKIPPED_KEYS};
-pub use trust::{PinStatus, PinStore};
+pub use trust::{look_alike_skeleton, PinStatus, PinStore, Trust};
 pub use wire::{Payload, MAX_PAYLOAD_LEN};
 
 /// Everything that can go wrong in the end-to-end layer, worded for the person at the keyboard.

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! `verified` means the user compared the safety number with that contact; `unverified` means the
-//! key was only taken on first use. The file is replaced atomically with mode 0600 on every
+//! key was only taken on first use; `accepted` means the contact's key changed and the user
+//! accepted the new one without comparing safety numbers (yet). The file is replaced atomically with mode 0600 on every
 //! change, and a file that other users could read or change is refused when it is opened: anyone
 //! who can edit it can pin their own key for a contact. A file that does not parse is reported
 //! with its line number and never overwritten: silently starting over would forget every pin,
@@ -22,15 +23,39 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{E2eError, IdentityPublicKey};
-use crate::files::{check_private, write_atomically};
+use crate::files::{check_directory_chain, check_private, write_atomically};
 
 /// Written at the top of the file for anyone who opens it.
 const FILE_HEADER: &str = "# securechat pinned identity keys (trust on first use)\n\
-                           # <username> <base64 Ed25519 public key> verified|unverified\n";
+                           # <username> <base64 Ed25519 public key> verified|unverified|accepted\n";
 /// Marks a key whose safety number the user compared.
 const VERIFIED: &str = "verified";
 /// Marks a key taken on first use only.
 const UNVERIFIED: &str = "unverified";
+/// Marks a key that replaced an earlier one with the user's consent, not compared since.
+const ACCEPTED: &str = "accepted";
+
+/// How far a pinned key is trusted: shown on every private message from or to its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// The user compared safety numbers for this key.
+    Verified,
+    /// Taken on first use; nobody compared it.
+    FirstUse,
+    /// The contact's key changed and the user accepted the new one; not compared since.
+    Accepted,
+}
+
+impl Trust {
+    /// The word for this state in the pin file.
+    fn word(self) -> &'static str {
+        match self {
+            Trust::Verified => VERIFIED,
+            Trust::FirstUse => UNVERIFIED,
+            Trust::Accepted => ACCEPTED,
+        }
+    }
+}
 
 /// What the pin store says about a key a contact presents.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +79,8 @@ pub enum PinStatus {
 struct Pin {
     /// The pinned key.
     key: IdentityPublicKey,
-    /// Whether the user compared safety numbers for it.
-    verified: bool,
+    /// How far the user has checked it.
+    trust: Trust,
 }
 
 /// The pinned keys of one account, backed by one file.
@@ -72,6 +97,9 @@ impl PinStore {
     /// first pin); a file that group or other users can access, or that does not parse, is an
     /// error and is left untouched.
     pub fn open(path: &Path) -> Result<PinStore, E2eError> {
+        if let Some(dir) = path.parent() {
+            check_directory_chain(dir).map_err(|e| E2eError::TrustStore(e.to_string()))?;
+        }
         match check_private(path) {
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(E2eError::TrustStore(error.to_string())),
@@ -100,12 +128,34 @@ impl PinStore {
         })
     }
 
+    /// Opens the pin file that belongs beside an identity key. With a key made just now
+    /// (`identity_is_new`) a missing file is written empty at once; with an older key a
+    /// missing file is an alarm, not a fresh start: deleting it is how someone would get
+    /// every contact "trusted on first use" again with keys of their choosing.
+    pub fn open_for_identity(path: &Path, identity_is_new: bool) -> Result<PinStore, E2eError> {
+        let mut store = PinStore::open(path)?;
+        if path.exists() {
+            return Ok(store);
+        }
+        if !identity_is_new {
+            return Err(E2eError::TrustStore(format!(
+                "{} is missing although your identity key beside it exists: someone may have \
+                 deleted your pinned contacts so that substituted keys would be trusted as \
+                 first contacts. If you removed it yourself on purpose, create an empty one \
+                 (`touch {0} && chmod 600 {0}`) to start over",
+                path.display()
+            )));
+        }
+        store.save(&store.pins.clone())?;
+        Ok(store)
+    }
+
     /// Compares `key` with what is pinned for `user`.
     pub fn check(&self, user: &str, key: &IdentityPublicKey) -> PinStatus {
         match self.pins.get(user) {
             None => PinStatus::FirstUse,
             Some(pin) if pin.key == *key => PinStatus::Matches {
-                verified: pin.verified,
+                verified: pin.trust == Trust::Verified,
             },
             Some(pin) => PinStatus::Changed { old: pin.key },
         }
@@ -114,6 +164,22 @@ impl PinStore {
     /// The key pinned for `user`, if any.
     pub fn pinned_key(&self, user: &str) -> Option<IdentityPublicKey> {
         self.pins.get(user).map(|pin| pin.key)
+    }
+
+    /// How far `user`'s pinned key is trusted, if one is pinned.
+    pub fn trust(&self, user: &str) -> Option<Trust> {
+        self.pins.get(user).map(|pin| pin.trust)
+    }
+
+    /// A pinned contact whose name looks like `user` on screen without being it (`b0b`,
+    /// `bobl`/`bobi`, `rnallory`/`mallory`, `BOB` for `bob`), if any: a first contact under
+    /// such a name must not be taken silently for the contact it imitates.
+    pub fn look_alike(&self, user: &str) -> Option<&str> {
+        let skeleton = look_alike_skeleton(user);
+        self.pins
+            .keys()
+            .find(|pinned| pinned.as_str() != user && look_alike_skeleton(pinned) == skeleton)
+            .map(String::as_str)
     }
 
     /// Pins `key` for a contact seen for the first time (unverified). Pinning the same key again
@@ -125,7 +191,7 @@ impl PinStore {
                 "{user} already has a different pinned key; compare safety numbers before \
                  accepting the new one"
             ))),
-            PinStatus::FirstUse => self.store(user, *key, false),
+            PinStatus::FirstUse => self.store(user, *key, Trust::FirstUse),
         }
     }
 
@@ -134,7 +200,7 @@ impl PinStore {
     /// would vouch for a key nobody checked.
     pub fn mark_verified(&mut self, user: &str, key: &IdentityPublicKey) -> Result<(), E2eError> {
         match self.check(user, key) {
-            PinStatus::Matches { .. } => self.store(user, *key, true),
+            PinStatus::Matches { .. } => self.store(user, *key, Trust::Verified),
             PinStatus::FirstUse => {
                 Err(E2eError::TrustStore(format!("no key is pinned for {user}")))
             }
@@ -146,23 +212,23 @@ impl PinStore {
 
     /// Replaces `user`'s pinned key after a change the user accepted; the new key is unverified.
     pub fn accept_new_key(&mut self, user: &str, key: &IdentityPublicKey) -> Result<(), E2eError> {
-        self.store(user, *key, false)
+        self.store(user, *key, Trust::Accepted)
     }
 
     /// Sets one pin and saves; memory changes only if the file was written.
-    fn store(
-        &mut self,
-        user: &str,
-        key: IdentityPublicKey,
-        verified: bool,
-    ) -> Result<(), E2eError> {
+    fn store(&mut self, user: &str, key: IdentityPublicKey, trust: Trust) -> Result<(), E2eError> {
         check_username(user)?;
         let mut updated = self.pins.clone();
-        updated.insert(user.to_owned(), Pin { key, verified });
-        write_atomically(&self.path, format_pins(&updated).as_bytes()).map_err(|error| {
+        updated.insert(user.to_owned(), Pin { key, trust });
+        self.save(&updated)
+    }
+
+    /// Writes `pins` to the file, then keeps them; memory changes only if the file was written.
+    fn save(&mut self, pins: &BTreeMap<String, Pin>) -> Result<(), E2eError> {
+        write_atomically(&self.path, format_pins(pins).as_bytes()).map_err(|error| {
             E2eError::TrustStore(format!("cannot write {}: {error}", self.path.display()))
         })?;
-        self.pins = updated;
+        self.pins = pins.clone();
         Ok(())
     }
 }
@@ -181,11 +247,33 @@ fn check_username(user: &str) -> Result<(), E2eError> {
     }
 }
 
+/// What a user name looks like on screen, reduced so that names a reader would confuse
+/// compare equal: case folded, and the ASCII look-alikes of Unicode TR39's confusables
+/// that the user-name rule allows (`0`/`o`, `1`/`l`/`i`/`I`, `rn`/`m`, `vv`/`w`, `5`/`s`)
+/// mapped to one form. User names are ASCII (the client refuses any other from the server),
+/// so TR39's full Unicode table is not needed here.
+pub fn look_alike_skeleton(name: &str) -> String {
+    let folded: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| match c {
+            '0' => 'o',
+            '1' | 'i' | '|' => 'l',
+            '5' => 's',
+            other => other,
+        })
+        .collect();
+    folded.replace("rn", "m").replace("vv", "w")
+}
+
 fn format_pins(pins: &BTreeMap<String, Pin>) -> String {
     let mut text = FILE_HEADER.to_owned();
     for (user, pin) in pins {
-        let status = if pin.verified { VERIFIED } else { UNVERIFIED };
-        text.push_str(&format!("{user} {} {status}\n", pin.key.to_base64()));
+        text.push_str(&format!(
+            "{user} {} {}\n",
+            pin.key.to_base64(),
+            pin.trust.word()
+        ));
     }
     text
 }
@@ -202,26 +290,22 @@ fn parse_pins(text: &str) -> Result<BTreeMap<String, Pin>, (usize, String)> {
         let [user, key, status] = fields[..] else {
             return Err((
                 line_number,
-                "expected `username key verified|unverified`".to_owned(),
+                "expected `username key verified|unverified|accepted`".to_owned(),
             ));
         };
         let key = IdentityPublicKey::from_base64(key)
             .map_err(|_| (line_number, "the key is not 32 bytes of base64".to_owned()))?;
-        let verified = match status {
-            VERIFIED => true,
-            UNVERIFIED => false,
-            _ => {
-                return Err((
-                    line_number,
-                    "the status must be verified or unverified".to_owned(),
-                ))
-            }
+        let Some(trust) = [Trust::Verified, Trust::FirstUse, Trust::Accepted]
+            .into_iter()
+            .find(|trust| trust.word() == status)
+        else {
+            return Err((
+                line_number,
+                "the status must be verified, unverified or accepted".to_owned(),
+            ));
         };
         check_username(user).map_err(|_| (line_number, "invalid username".to_owned()))?;
-        if pins
-            .insert(user.to_owned(), Pin { key, verified })
-            .is_some()
-        {
+        if pins.insert(user.to_owned(), Pin { key, trust }).is_some() {
             return Err((line_number, format!("{user} is listed twice")));
         }
     }
@@ -389,5 +473,74 @@ mod tests {
         }
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
         PinStore::open(&path).expect("an owner-only file opens");
+    }
+
+    #[test]
+    fn names_that_look_alike_are_found_and_others_are_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = PinStore::open(&dir.path().join("pins")).expect("open");
+        store.pin("bob", &new_key()).expect("pin");
+        store.pin("mallory", &new_key()).expect("pin");
+        for name in ["b0b", "BOB", "bo8"] {
+            let found = store.look_alike(name);
+            assert_eq!(found == Some("bob"), name != "bo8", "{name}");
+        }
+        assert_eq!(store.look_alike("rnallory"), Some("mallory"));
+        assert_eq!(store.look_alike("ma11ory"), Some("mallory"));
+        assert_eq!(
+            store.look_alike("bob"),
+            None,
+            "a name is not its own look-alike"
+        );
+        assert_eq!(store.look_alike("carol"), None);
+    }
+
+    #[test]
+    fn an_accepted_key_change_is_remembered_as_such() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pins");
+        let mut store = PinStore::open(&path).expect("open");
+        store.pin("bob", &new_key()).expect("pin");
+        assert_eq!(store.trust("bob"), Some(Trust::FirstUse));
+        store.accept_new_key("bob", &new_key()).expect("accept");
+        assert_eq!(
+            PinStore::open(&path).expect("reopen").trust("bob"),
+            Some(Trust::Accepted)
+        );
+        assert_eq!(store.trust("carol"), None);
+    }
+
+    #[test]
+    fn a_missing_pin_file_beside_an_existing_identity_is_an_alarm() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("alice").join("known_keys");
+        PinStore::open_for_identity(&path, true).expect("a new identity gets an empty file");
+        assert!(
+            path.exists(),
+            "written at once, so that its absence later means something"
+        );
+        PinStore::open_for_identity(&path, false).expect("an existing file opens");
+        fs::remove_file(&path).expect("delete");
+        let error = PinStore::open_for_identity(&path, false).expect_err("alarm");
+        assert!(
+            error
+                .to_string()
+                .contains("is missing although your identity key"),
+            "{error}"
+        );
+        assert!(!path.exists(), "not silently recreated");
+    }
+
+    #[test]
+    fn pins_below_a_directory_others_can_write_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).expect("mkdir");
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let error = PinStore::open(&shared.join("alice").join("known_keys")).expect_err("refused");
+        assert!(
+            error.to_string().contains("can be written by other users"),
+            "{error}"
+        );
     }
 }

@@ -38,8 +38,23 @@ impl Borrow<str> for UserName {
 }
 
 /// Human description of the user-name rule, shown on rejection.
-pub const USERNAME_RULE: &str =
-    "3-32 characters: a letter first, then letters, digits or underscores";
+pub const USERNAME_RULE: &str = "3-32 characters: a letter first, then letters, digits or \
+     underscores; not one of the names the client uses for itself (you, server, system, …)";
+
+/// Names nobody may have: the client's own words for itself and for the server, so that no
+/// user's line can read as the local user's or as a notice.
+pub const RESERVED_USERNAMES: &[&str] = &[
+    "you",
+    "yourself",
+    "server",
+    "system",
+    "admin",
+    "root",
+    "securechat",
+    "room",
+    "everyone",
+    "notice",
+];
 
 /// A user name that breaks the rule; says the rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +85,8 @@ pub fn normalize_username(user: &str) -> Result<String, BadUserName> {
     }
 }
 
-/// Whether `name` already is a canonical user name (lower case, and follows the rule).
+/// Whether `name` already is a canonical user name (lower case, follows the rule, not
+/// reserved). The client checks every name the server sends with it.
 pub fn is_canonical_username(name: &str) -> bool {
     let bytes = name.as_bytes();
     (3..=32).contains(&bytes.len())
@@ -78,6 +94,7 @@ pub fn is_canonical_username(name: &str) -> bool {
         && bytes[1..]
             .iter()
             .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !RESERVED_USERNAMES.contains(&name)
 }
 
 #[cfg(test)]
@@ -95,6 +112,9 @@ mod tests {
             "",
             "a".repeat(33).as_str(),
             "élise",
+            "you",
+            "Server",
+            "SYSTEM",
         ] {
             assert!(normalize_username(bad).is_err(), "{bad:?} accepted");
             assert_eq!(UserName::parse(bad), Err(BadUserName), "{bad:?} accepted");

@@ -8,7 +8,7 @@
 //!   answer takes as long as for a wrong password and says the same thing.
 //! * bcrypt runs on a few dedicated worker threads at the lowest scheduling priority
 //!   (`SCHED_IDLE`), so a storm of logins uses the CPU the people already chatting leave
-//!   idle. The queue for them is bounded and fair ([`HashPool`]): each client's network
+//!   idle. The queue for them is bounded and fair (`HashPool` below): each client's network
 //!   ([`AddressPrefix`]) may have only a few jobs queued or running, networks take turns,
 //!   and a full queue refuses at once with a time to retry. So a flood from a few
 //!   addresses delays an honest login by about one job per flooding network, not by the

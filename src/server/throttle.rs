@@ -62,7 +62,7 @@ pub struct ThrottlePolicy {
     pub registrations_burst: u32,
     /// Time for one registration token to come back.
     pub registration_interval: Duration,
-    /// Logins and registrations from one network (`AddressPrefix`: a /24 or /64) that may be queued for bcrypt
+    /// Logins and registrations from one network (`AddressPrefix`: an IPv4 /24 or IPv6 /64) that may be queued for bcrypt
     /// or running at once (0 = no limit); more are refused as busy. Small, so that one
     /// network cannot fill the queue, and it holds before any failure.
     pub logins_per_prefix: usize,

@@ -5,10 +5,18 @@
 //! X25519MLKEM768 key exchange offered first (classical X25519 and the NIST curves follow
 //! for peers that lack it).
 //!
-//! The development PKI is a private CA plus a server certificate for `localhost` and
-//! `127.0.0.1`, written to `certs/` so that `cargo run --bin server` works on a fresh
-//! clone and the client, started from the same directory, trusts it. Real deployments pass
-//! `--cert`/`--key` instead and clients use the public web PKI.
+//! The development PKI is a private CA plus a server certificate for `localhost`,
+//! `127.0.0.1`, `::1` and any `--hostname` the server is given, written to `certs/` so that
+//! `cargo run --bin server` works on a fresh clone and the client, started from the same
+//! directory, trusts it. Real deployments pass `--cert`/`--key` instead and clients use the
+//! public web PKI.
+//!
+//! The development CA is tied to the server it was made for: it carries X.509 name
+//! constraints permitting exactly the names it certifies (DNS names and single IP
+//! addresses), and rustls (webpki) enforces them. So a `certs/ca.pem` that a client picks
+//! up from its working directory vouches for those names only, never for `example.com`,
+//! whoever holds `ca.key`. A CA without constraints (made by an older version) or made for
+//! other names is replaced by a new one, with a new key, at server start; the log says so.
 
 pub mod stream;
 
@@ -45,6 +53,14 @@ const DEV_CA_LIFETIME_DAYS: u64 = 10 * 365;
 /// Subject of the development CA. Constant, so the server certificate can be reissued from
 /// the saved CA key without parsing the CA certificate.
 const DEV_CA_NAME: &str = "securechat development CA";
+
+/// The names the development CA and certificate were issued for, one a line: compared at
+/// start to decide whether they must be made again (and absent for an older, unconstrained
+/// CA, which is then replaced).
+const DEV_NAMES_FILE: &str = "names";
+
+/// Names every development certificate covers, whatever `--hostname` adds.
+pub const DEV_DEFAULT_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
 
 /// The crypto policy shared by server and client: aws-lc-rs, AEAD suites with forward
 /// secrecy only, hybrid post-quantum key exchange preferred.
@@ -152,6 +168,64 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
         .join(":")
 }
 
+/// What a failed TLS handshake means for the user, in words that say what to do. A
+/// certificate made for other names lists the names it holds (escaped: they come from the
+/// peer) and the two ways out.
+pub fn explain_handshake_error(server: &str, error: &rustls::Error) -> String {
+    use rustls::CertificateError;
+    match error {
+        rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+            presented,
+            ..
+        }) => {
+            let names: Vec<String> = presented.iter().map(|name| presented_name(name)).collect();
+            format!(
+                "the certificate of {server} is not valid for that name: it is for {}. Reach \
+                 the server by one of those names (--server NAME:PORT), or restart the server \
+                 with --hostname for the name you use (a development certificate), then copy \
+                 its new certs/ca.pem. Never disable verification.",
+                names.join(", ")
+            )
+        }
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => format!(
+            "the certificate of {server} is signed by a CA this client does not trust. For a \
+             development server, pass its CA with --ca FILE (the server prints where it is and \
+             its fingerprint); never disable verification."
+        ),
+        rustls::Error::InvalidCertificate(CertificateError::Other(other))
+            if other.to_string().contains("NameConstraintViolation") =>
+        {
+            format!(
+                "the certificate of {server} is refused: the CA that signed it may certify \
+                 only the names it was made for, and this is not one of them (a development CA \
+                 cannot vouch for other servers). Never disable verification."
+            )
+        }
+        other => format!("TLS with {server} failed: {other}. Never disable verification."),
+    }
+}
+
+/// One name as rustls reports it (`DnsName("host")`, `IpAddress(127.0.0.1)`), as the user
+/// would type it, with anything unprintable escaped: the names come from the peer.
+fn presented_name(presented: &str) -> String {
+    let inner = ["DnsName(", "IpAddress("]
+        .iter()
+        .find_map(|prefix| presented.strip_prefix(prefix))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .map(|name| name.trim_matches('"'))
+        .unwrap_or(presented);
+    inner
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() {
+                c.to_string()
+            } else {
+                c.escape_default().to_string()
+            }
+        })
+        .collect()
+}
+
 /// Where the development PKI lives and what was done to it at start-up.
 #[derive(Debug)]
 pub struct DevCertificates {
@@ -163,13 +237,23 @@ pub struct DevCertificates {
     pub ca: PathBuf,
     /// SHA-256 fingerprint of the CA certificate, for users to check out of band.
     pub ca_fingerprint: String,
-    /// What happened: "created", "reissued server certificate", or "reused".
+    /// What happened: "created", "reused", "reissued server certificate", or why the CA
+    /// was made again.
     pub action: &'static str,
+    /// The names (DNS names and addresses) the certificate and the CA's constraints hold.
+    pub names: Vec<String>,
 }
 
-/// Makes sure `dir` holds a development CA and a current server certificate for
-/// `localhost` and `127.0.0.1`, creating or renewing them as needed.
+/// [`ensure_dev_certificates_for`] with only the [`DEV_DEFAULT_NAMES`].
 pub fn ensure_dev_certificates(dir: &Path) -> Result<DevCertificates> {
+    ensure_dev_certificates_for(dir, &[])
+}
+
+/// Makes sure `dir` holds a development CA, name-constrained to [`DEV_DEFAULT_NAMES`] plus
+/// `hostnames`, and a current server certificate for those names, creating, renewing or
+/// replacing them as needed.
+pub fn ensure_dev_certificates_for(dir: &Path, hostnames: &[String]) -> Result<DevCertificates> {
+    let names = dev_names(hostnames)?;
     files::create_private_dir(dir).map_err(|e| {
         Error::Config(format!(
             "cannot create certificate directory {}: {e}",
@@ -181,8 +265,11 @@ pub fn ensure_dev_certificates(dir: &Path) -> Result<DevCertificates> {
     let cert = dir.join(DEV_SERVER_CERT);
     let key = dir.join(DEV_SERVER_KEY);
 
+    let names_file = dir.join(DEV_NAMES_FILE);
+    let issued_for = fs::read_to_string(&names_file).ok();
+    let ca_exists = ca_cert.exists() && ca_key.exists();
     let mut action = "reused";
-    let ca_key_pair = if ca_cert.exists() && ca_key.exists() {
+    let ca_key_pair = if ca_exists && issued_for.as_deref() == Some(&names_text(&names)) {
         files::check_private(&ca_key)?;
         let pem = fs::read_to_string(&ca_key)?;
         rcgen::KeyPair::from_pem(&pem).map_err(|e| {
@@ -193,21 +280,33 @@ pub fn ensure_dev_certificates(dir: &Path) -> Result<DevCertificates> {
             ))
         })?
     } else {
+        // A new key too: copies of an old CA (unconstrained, or for other names) must stop
+        // vouching for anything this server issues from now on.
         let key_pair = generate_key()?;
-        let ca = ca_params()?.self_signed(&key_pair).map_err(rcgen_error)?;
+        let ca = ca_params(&names)?
+            .self_signed(&key_pair)
+            .map_err(rcgen_error)?;
         files::write_atomically(&ca_key, key_pair.serialize_pem().as_bytes())?;
         fs::write(&ca_cert, ca.pem())?;
+        fs::write(&names_file, names_text(&names))?;
         // A new CA invalidates any old server certificate.
         let _ = fs::remove_file(&cert);
-        action = "created";
+        action = match (ca_exists, issued_for) {
+            (false, _) => "created",
+            (true, None) => {
+                "made a new CA with a new key: the old one had no name constraints; clients \
+                 need the new ca.pem"
+            }
+            (true, Some(_)) => {
+                "made a new CA with a new key for a new set of names; clients need the new ca.pem"
+            }
+        };
         key_pair
     };
 
-    if needs_reissue(&cert) || !key.exists() {
+    if action != "reused" || needs_reissue(&cert) || !key.exists() {
         let server_key = generate_key()?;
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .map_err(rcgen_error)?;
+        let mut params = rcgen::CertificateParams::new(names.clone()).map_err(rcgen_error)?;
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "localhost");
@@ -215,7 +314,7 @@ pub fn ensure_dev_certificates(dir: &Path) -> Result<DevCertificates> {
         params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         set_validity(&mut params, DEV_SERVER_LIFETIME_DAYS);
-        let issuer = rcgen::Issuer::new(ca_params()?, &ca_key_pair);
+        let issuer = rcgen::Issuer::new(ca_params(&names)?, &ca_key_pair);
         let leaf = params
             .signed_by(&server_key, &issuer)
             .map_err(rcgen_error)?;
@@ -235,14 +334,58 @@ pub fn ensure_dev_certificates(dir: &Path) -> Result<DevCertificates> {
         key,
         ca: ca_cert,
         action,
+        names,
     })
 }
 
-/// The development CA's parameters. Deterministic (the key identifier is derived from the
-/// key), so the saved key alone is enough to issue certificates that chain to the saved CA.
-fn ca_params() -> Result<rcgen::CertificateParams> {
+/// The default names and `hostnames`, each checked to be a DNS name or an IP address, in
+/// order, without repeats.
+fn dev_names(hostnames: &[String]) -> Result<Vec<String>> {
+    let mut names: Vec<String> = Vec::new();
+    for name in DEV_DEFAULT_NAMES
+        .iter()
+        .map(|name| (*name).to_owned())
+        .chain(hostnames.iter().map(|name| name.to_ascii_lowercase()))
+    {
+        if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+            return Err(Error::Config(format!(
+                "--hostname {}: not a host name or IP address",
+                name.escape_default()
+            )));
+        }
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// The names file's contents for `names`.
+fn names_text(names: &[String]) -> String {
+    names.iter().map(|name| format!("{name}\n")).collect()
+}
+
+/// The development CA's parameters for `names`. Deterministic (the key identifier is derived
+/// from the key), so the saved key alone is enough to issue certificates that chain to the
+/// saved CA. Its name constraints permit exactly `names`: each DNS name (and names below
+/// it) and each address alone. There is always an address among them, so no address is
+/// left unconstrained.
+fn ca_params(names: &[String]) -> Result<rcgen::CertificateParams> {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(rcgen_error)?;
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.name_constraints = Some(rcgen::NameConstraints {
+        permitted_subtrees: names
+            .iter()
+            .map(|name| match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::from_addr_prefix(
+                    ip,
+                    if ip.is_ipv4() { 32 } else { 128 },
+                )),
+                Err(_) => rcgen::GeneralSubtree::DnsName(name.clone()),
+            })
+            .collect(),
+        excluded_subtrees: Vec::new(),
+    });
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, DEV_CA_NAME);
@@ -290,6 +433,7 @@ fn rcgen_error(e: rcgen::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::client::danger::ServerCertVerifier;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -341,6 +485,124 @@ mod tests {
                 rustls::NamedGroup::secp256r1,
                 rustls::NamedGroup::secp384r1,
             ]
+        );
+    }
+
+    /// A certificate for `name` signed with the development CA's key in `dir`, as whoever
+    /// holds `ca.key` could make one, and whether a client trusting `ca.pem` accepts it.
+    fn forged_certificate_is_accepted(dir: &Path, names: &[String], name: &str) -> bool {
+        let ca_key =
+            rcgen::KeyPair::from_pem(&fs::read_to_string(dir.join(DEV_CA_KEY)).unwrap()).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.use_authority_key_identifier_extension = true;
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        set_validity(&mut params, 30);
+        let issuer = rcgen::Issuer::new(ca_params(names).unwrap(), &ca_key);
+        let leaf = params.signed_by(&generate_key().unwrap(), &issuer).unwrap();
+        let mut roots = RootCertStore::empty();
+        for cert in load_certificates(&dir.join(DEV_CA_CERT)).unwrap() {
+            roots.add(cert).unwrap();
+        }
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            crypto_provider(),
+        )
+        .build()
+        .unwrap();
+        let server_name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+        verifier
+            .verify_server_cert(
+                leaf.der(),
+                &[],
+                &server_name,
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .is_ok()
+    }
+
+    #[test]
+    fn the_development_ca_vouches_only_for_the_names_it_was_made_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = ensure_dev_certificates_for(dir.path(), &["laptop.local".to_owned()]).unwrap();
+        assert_eq!(dev.names, ["localhost", "127.0.0.1", "::1", "laptop.local"]);
+        for name in ["localhost", "laptop.local", "127.0.0.1"] {
+            assert!(
+                forged_certificate_is_accepted(dir.path(), &dev.names, name),
+                "{name}"
+            );
+        }
+        for name in [
+            "example.com",
+            "accounts.google.com",
+            "10.0.0.1",
+            "laptop.local.evil",
+        ] {
+            assert!(
+                !forged_certificate_is_accepted(dir.path(), &dev.names, name),
+                "a development CA must not vouch for {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unconstrained_ca_is_replaced_and_a_new_hostname_reissues_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ensure_dev_certificates(dir.path()).unwrap();
+        // An older version's PKI: the same files, no record of names, no constraints.
+        fs::remove_file(dir.path().join(DEV_NAMES_FILE)).unwrap();
+        let replaced = ensure_dev_certificates(dir.path()).unwrap();
+        assert!(
+            replaced.action.contains("no name constraints"),
+            "{}",
+            replaced.action
+        );
+        assert_ne!(first.ca_fingerprint, replaced.ca_fingerprint);
+        let again = ensure_dev_certificates(dir.path()).unwrap();
+        assert_eq!(again.action, "reused");
+
+        let wider = ensure_dev_certificates_for(dir.path(), &["Other.Test".to_owned()]).unwrap();
+        assert!(
+            wider.action.contains("new set of names"),
+            "{}",
+            wider.action
+        );
+        assert!(wider.names.contains(&"other.test".to_owned()));
+        let (chain, _) = load_identity(&wider.cert, &wider.key).unwrap();
+        let server_name = rustls::pki_types::ServerName::try_from("other.test").unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(chain[1].clone()).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            crypto_provider(),
+        )
+        .build()
+        .unwrap();
+        verifier
+            .verify_server_cert(
+                &chain[0],
+                &[],
+                &server_name,
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .expect("the reissued certificate holds the new name");
+        assert!(ensure_dev_certificates_for(dir.path(), &["bad name".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn a_name_mismatch_lists_the_certificate_names_escaped_and_what_to_do() {
+        let error =
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
+                expected: rustls::pki_types::ServerName::try_from("laptop.local").unwrap(),
+                presented: vec!["localhost".to_owned(), "evil\u{1b}]52;c;x\u{7}".to_owned()],
+            });
+        let text = explain_handshake_error("laptop.local:7878", &error);
+        assert!(text.contains("it is for localhost, evil"), "{text}");
+        assert!(text.contains("--hostname"), "{text}");
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text}"
         );
     }
 }

@@ -1,0 +1,72 @@
+//! The end-to-end layer's security claims, each tested against the attack it is meant to
+//! stop: the server (or anyone between the clients) must never read a private message, and
+//! must not get one read or accepted under a key, a value or a counter of its choosing.
+//!
+//! Three kinds of harness, from the outside in, one file each (with the tests that use it):
+//! - `binaries.rs`: the real `server` and `client` binaries, to look at everything the server
+//!   keeps (its database and its log) after a conversation;
+//! - `party.rs`, [`Party`]: the client library (`Secure`, the client's end-to-end state machine) over
+//!   real TLS to an in-process server, where the test sees every payload as routed and can
+//!   rewrite the server's database underneath;
+//! - `relay.rs`, [`Relay`]: two `Secure` state machines joined by the test itself playing a malicious
+//!   server, which alters, replays, reorders and reflects payloads.
+
+mod binaries;
+#[path = "../common/mod.rs"]
+mod common;
+mod party;
+mod relay;
+
+use std::collections::VecDeque;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use num_bigint::BigUint;
+use regex::Regex;
+use rexpect::session::StreamSession;
+
+use common::{contains, files_under, ok, ServerProcess, TestClient, TestServer, PASSWORD, WAIT};
+use securechat::client::screen::{private_label, ROOM_LABEL};
+use securechat::client::secure::{Action, Notice, Secure, EXCHANGE_TIMEOUT};
+use securechat::e2e::{
+    safety_number, EphemeralSecret, Group, IdentityKey, IdentityPublicKey, Payload, PinStatus,
+    PinStore, Trust,
+};
+use securechat::protocol::ServerLine;
+
+/// How long one poll of a connection waits before trying the other one.
+const POLL: Duration = Duration::from_millis(20);
+
+/// The group the library-driven clients start exchanges in: the smaller one, for speed.
+const GROUP: Group = Group::Ffdhe2048;
+
+/// Label of a private message under a key pinned on first use, as the client prints it.
+fn first_use_label() -> String {
+    private_label(Trust::FirstUse)
+}
+
+/// The texts of the private messages among `notices`, as shown received.
+fn received_texts(notices: &[Notice]) -> Vec<&str> {
+    notices
+        .iter()
+        .filter_map(|notice| match notice {
+            Notice::Received { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether one of `notices` is a warning that contains every one of `parts`.
+fn warns(notices: &[Notice], parts: &[&str]) -> bool {
+    notices.iter().any(|notice| {
+        matches!(notice, Notice::Warning(text) if parts.iter().all(|part| text.contains(part)))
+    })
+}
+
+fn is_e2e_message(payload: &str) -> bool {
+    payload.starts_with("E2E ")
+}
