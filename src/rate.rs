@@ -49,11 +49,17 @@ impl TokenBucket {
 
     /// Takes one token; `false` if the bucket is empty (the frame is over the limit).
     pub fn take(&mut self) -> bool {
+        self.take_many(1.0)
+    }
+
+    /// Takes `n` tokens at once (a cost in bytes, say); `false`, taking none, if fewer
+    /// are there.
+    pub fn take_many(&mut self, n: f64) -> bool {
         if self.rate == 0.0 {
             return true;
         }
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false

@@ -102,7 +102,7 @@ proptest! {
     #[test]
     fn server_lines_of_every_verb(
         verb in prop_oneof![Just("HELLO"), Just("OK"), Just("ERR"), Just("FROM"), Just("ROOM"),
-                            Just("OFFLINE"), Just("BYE"), Just("PONG")],
+                            Just("OFFLINE"), Just("SKIPPED"), Just("BYE"), Just("PONG")],
         rest in "\\PC{0,120}",
     ) {
         for line in [format!("{verb} {rest}"), verb.to_owned()] {
@@ -116,6 +116,7 @@ proptest! {
                         | ("FROM", ServerLine::From { .. })
                         | ("ROOM", ServerLine::Room { .. })
                         | ("OFFLINE", ServerLine::Offline { .. })
+                        | ("SKIPPED", ServerLine::Skipped { .. })
                         | ("BYE", ServerLine::Bye { .. })
                         | ("PONG", ServerLine::Pong { .. })
                 );
@@ -235,6 +236,7 @@ fn server_line() -> impl Strategy<Value = ServerLine> {
         (word(), text()).prop_map(|(user, payload)| ServerLine::From { user, payload }),
         (word(), text()).prop_map(|(user, text)| ServerLine::Room { user, text }),
         word().prop_map(|user| ServerLine::Offline { user }),
+        any::<u64>().prop_map(|count| ServerLine::Skipped { count }),
         text().prop_map(|reason| ServerLine::Bye { reason }),
     ]
 }

@@ -38,12 +38,17 @@ pub const BENCH_MAX_CONNECTIONS: usize = 20_000;
 
 /// The limits of a spawned server: the defaults, except those that would refuse the load
 /// itself. Every client comes from 127.0.0.1, so the per-address connection cap, the
-/// per-address registration limit and the per-prefix cap on queued logins are off; senders flood, so the per-client frame rate
+/// per-address registration limit, the per-prefix cap on queued logins and the caps on
+/// connections not logged in yet are off; senders flood the room, so its fan-out budget
+/// is off; senders flood, so the per-client frame rate
 /// limit is off.
 pub fn bench_limits() -> Limits {
     Limits {
         max_connections: BENCH_MAX_CONNECTIONS,
         max_connections_per_ip: 0,
+        max_anonymous: 0,
+        max_anonymous_per_network: 0,
+        room_fanout_rate: 0,
         message_rate: 0,
         throttle: ThrottlePolicy {
             registrations_burst: 0,
@@ -139,6 +144,8 @@ impl Target {
                     .args(["--max-connections", &BENCH_MAX_CONNECTIONS.to_string()])
                     .args(["--rate-limit", "0", "--registrations-per-ip", "0"])
                     .args(["--logins-per-prefix", "0"])
+                    .args(["--max-anonymous", "0", "--max-anonymous-per-network", "0"])
+                    .args(["--room-fanout-rate", "0"])
                     .stdout(Stdio::null());
                 (command, Some(port))
             }

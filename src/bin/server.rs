@@ -68,9 +68,24 @@ struct Args {
     /// Connections from one IP address at once (0 = no limit).
     #[arg(long, default_value_t = Limits::default().max_connections_per_ip)]
     max_connections_per_ip: usize,
-    /// Bytes that may wait for one client before it is disconnected as not reading.
+    /// Connections that have not logged in yet, server-wide (0 = no limit).
+    #[arg(long, default_value_t = Limits::default().max_anonymous)]
+    max_anonymous: usize,
+    /// Connections that have not logged in yet from one network, a /24 or /64 (0 = no
+    /// limit).
+    #[arg(long, default_value_t = Limits::default().max_anonymous_per_network)]
+    max_anonymous_per_network: usize,
+    /// Bytes of replies and private messages that may wait for one client before it is
+    /// disconnected as not reading.
     #[arg(long, default_value_t = Limits::default().outbound_queue_bytes)]
     queue_bytes: usize,
+    /// Kernel send buffer per client socket, in bytes (0 = the kernel's choice).
+    #[arg(long, default_value_t = Limits::default().socket_send_buffer)]
+    socket_send_buffer: usize,
+    /// Bytes of room lines that may wait for one client; lines beyond are skipped and the
+    /// client is told how many.
+    #[arg(long, default_value_t = Limits::default().room_queue_bytes)]
+    room_queue_bytes: usize,
     /// bcrypt computations at once (default: the number of CPU cores).
     #[arg(long, default_value_t = Limits::default().bcrypt_concurrency)]
     bcrypt_concurrency: usize,
@@ -80,6 +95,12 @@ struct Args {
     /// Frames one client may send at once above the average.
     #[arg(long, default_value_t = Limits::default().message_burst)]
     rate_burst: u32,
+    /// Room bytes times recipients one user may cause per second (0 = no limit).
+    #[arg(long, default_value_t = Limits::default().room_fanout_rate)]
+    room_fanout_rate: u32,
+    /// Key exchanges (DH-INIT) one user may start with another per minute (0 = no limit).
+    #[arg(long, default_value_t = Limits::default().exchange_starts)]
+    exchange_starts: u32,
     /// Registrations one address may make in a burst; one more per minute after that
     /// (0 = no limit).
     #[arg(long, default_value_t = ThrottlePolicy::default().registrations_burst)]
@@ -133,7 +154,13 @@ fn run(args: Args) -> securechat::Result<()> {
         send_timeout: Duration::from_secs(args.send_timeout),
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
+        max_anonymous: args.max_anonymous,
+        max_anonymous_per_network: args.max_anonymous_per_network,
         outbound_queue_bytes: args.queue_bytes,
+        room_queue_bytes: args.room_queue_bytes,
+        socket_send_buffer: args.socket_send_buffer,
+        exchange_starts: args.exchange_starts,
+        room_fanout_rate: args.room_fanout_rate,
         bcrypt_concurrency: args.bcrypt_concurrency,
         message_rate: args.rate_limit,
         message_burst: args.rate_burst,
@@ -142,6 +169,7 @@ fn run(args: Args) -> securechat::Result<()> {
             logins_per_prefix: args.logins_per_prefix,
             ..ThrottlePolicy::default()
         },
+        ..Limits::default()
     };
     match server::raise_open_file_limit() {
         Ok(n) if (n as usize) < limits.max_connections + 64 => log::warn!(

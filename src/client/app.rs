@@ -517,6 +517,10 @@ impl Chat {
                 code,
                 text,
             } => self.error(command, code, &text)?,
+            ServerLine::Skipped { count } => self.screen.event(&format!(
+                "{count} room lines skipped: this terminal was reading more slowly than the \
+                 room was talking"
+            )),
             ServerLine::Bye { reason } if reason.starts_with("replaced") => {
                 self.screen.warn(&format!(
                     "the server closed the connection: {}. Not reconnecting: that would \
@@ -678,6 +682,27 @@ fn split_at_chars(text: &str, limit: usize) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::e2e::{Group, IdentityKey, PinStore};
+
+    #[test]
+    fn skipped_room_lines_are_shown_as_a_status_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = PinStore::open(&dir.path().join("pins")).unwrap();
+        let secure = Secure::new(
+            "alice",
+            IdentityKey::generate().unwrap(),
+            pins,
+            Group::Ffdhe2048,
+            false,
+        );
+        let screen = Screen::capture();
+        let mut chat = Chat::new("alice", screen.clone(), secure, OnlineNames::default());
+        let flow = chat.server(ServerLine::Skipped { count: 87 }).unwrap();
+        assert!(matches!(flow, Flow::Continue));
+        let lines = screen.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].ends_with("] 87 room lines skipped: this terminal was reading more slowly than the room was talking"), "{lines:?}");
+    }
 
     #[test]
     fn long_text_splits_between_characters() {

@@ -447,6 +447,13 @@ pub enum ServerLine {
         /// Who left.
         user: String,
     },
+    /// `SKIPPED <n>`: `n` room lines were not sent to this client because it was reading
+    /// more slowly than the room was talking; the room lines after this one follow on.
+    /// Private messages and replies are never skipped.
+    Skipped {
+        /// How many room lines were left out, just before this line.
+        count: u64,
+    },
     /// `BYE <reason>`: the server is closing this connection.
     Bye {
         /// Why, for people.
@@ -520,6 +527,11 @@ impl ServerLine {
                 }
             }
             "OFFLINE" => ServerLine::Offline { user: owned(rest) },
+            "SKIPPED" => ServerLine::Skipped {
+                count: rest
+                    .parse()
+                    .map_err(|_| BadServerLine::new(line, "SKIPPED without a count"))?,
+            },
             "BYE" => ServerLine::Bye {
                 reason: owned(rest),
             },
@@ -562,6 +574,9 @@ impl ServerLine {
             ServerLine::From { user, payload } => write_from(&mut out, user, payload),
             ServerLine::Room { user, text } => write_room(&mut out, user, text),
             ServerLine::Offline { user } => write_words(&mut out, &["OFFLINE", user]),
+            ServerLine::Skipped { count } => {
+                let _ = writeln!(out, "SKIPPED {count}");
+            }
             ServerLine::Bye { reason } => write_words(&mut out, &["BYE", reason]),
         }
         out

@@ -18,7 +18,7 @@ use super::accounts::Accounts;
 use super::limits::Limits;
 use super::outbox::{Line, Outbox};
 use super::router::{ConnId, RouterHandle};
-use super::throttle::Throttle;
+use super::throttle::{AddressPrefix, Throttle};
 use crate::protocol::ServerLine;
 use crate::sync;
 
@@ -50,8 +50,26 @@ struct Connections {
     total: usize,
     /// Connections per source address.
     per_ip: HashMap<IpAddr, usize>,
+    /// Connections admitted that have not logged in (counted in `total` too).
+    anonymous: usize,
+    /// Of those, how many per network; networks with none are removed.
+    anonymous_per_network: HashMap<AddressPrefix, usize>,
     /// The outbox of each connection past its handshake, to say goodbye at shutdown.
     outboxes: HashMap<ConnId, Outbox>,
+}
+
+impl Connections {
+    /// A connection from `ip` counted as anonymous has logged in or ended.
+    fn no_longer_anonymous(&mut self, ip: IpAddr) {
+        self.anonymous -= 1;
+        let network = AddressPrefix::of(ip);
+        if let Some(n) = self.anonymous_per_network.get_mut(&network) {
+            *n -= 1;
+            if *n == 0 {
+                self.anonymous_per_network.remove(&network);
+            }
+        }
+    }
 }
 
 /// Why a connection was refused at accept.
@@ -59,6 +77,18 @@ struct Connections {
 pub(super) enum Refused {
     /// The server holds `max_connections` already.
     Full {
+        /// The limit reached.
+        limit: usize,
+    },
+    /// `max_anonymous` connections have not logged in yet.
+    TooManyAnonymous {
+        /// The limit reached.
+        limit: usize,
+    },
+    /// `max_anonymous_per_network` connections from this network have not logged in yet.
+    TooManyAnonymousFromNetwork {
+        /// The network.
+        network: AddressPrefix,
         /// The limit reached.
         limit: usize,
     },
@@ -75,6 +105,16 @@ impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refused::Full { limit } => write!(f, "server full ({limit} connections)"),
+            Refused::TooManyAnonymous { limit } => {
+                write!(
+                    f,
+                    "{limit} connections are waiting to log in already (the limit)"
+                )
+            }
+            Refused::TooManyAnonymousFromNetwork { network, limit } => write!(
+                f,
+                "{limit} connections from {network} are waiting to log in already (the limit)"
+            ),
             Refused::TooManyFromAddress { ip, limit } => {
                 write!(f, "{limit} connections already open from {ip} (the limit)")
             }
@@ -124,24 +164,40 @@ impl Context {
                 limit: self.limits.max_connections,
             });
         }
+        let limit = self.limits.max_anonymous;
+        if limit > 0 && conns.anonymous >= limit {
+            return Err(Refused::TooManyAnonymous { limit });
+        }
+        let network = AddressPrefix::of(ip);
+        let limit = self.limits.max_anonymous_per_network;
+        let waiting = conns.anonymous_per_network.get(&network).copied();
+        if limit > 0 && waiting.is_some_and(|n| n >= limit) {
+            return Err(Refused::TooManyAnonymousFromNetwork { network, limit });
+        }
         let limit = self.limits.max_connections_per_ip;
         if limit > 0 && conns.per_ip.get(&ip).is_some_and(|&n| n >= limit) {
             return Err(Refused::TooManyFromAddress { ip, limit });
         }
         conns.total += 1;
+        conns.anonymous += 1;
+        *conns.anonymous_per_network.entry(network).or_insert(0) += 1;
         *conns.per_ip.entry(ip).or_insert(0) += 1;
         Ok(Admitted {
             context: self.clone(),
             id,
             peer,
+            anonymous: true,
         })
     }
 
-    /// Releases what `admit` counted.
-    fn release(&self, id: ConnId, ip: IpAddr) {
+    /// Releases what `admit` counted (`anonymous`: the connection never logged in).
+    fn release(&self, id: ConnId, ip: IpAddr, anonymous: bool) {
         let mut conns = self.lock_connections();
         conns.outboxes.remove(&id);
         conns.total -= 1;
+        if anonymous {
+            conns.no_longer_anonymous(ip);
+        }
         if let Some(n) = conns.per_ip.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
@@ -208,10 +264,24 @@ pub(super) struct Admitted {
     pub(super) id: ConnId,
     /// The client's address, as counted by admission control.
     pub(super) peer: SocketAddr,
+    /// Counted among the connections that have not logged in; cleared by `logged_in`.
+    anonymous: bool,
+}
+
+impl Admitted {
+    /// The connection has logged in: it no longer counts against `max_anonymous`.
+    pub(super) fn logged_in(&mut self) {
+        if std::mem::take(&mut self.anonymous) {
+            self.context
+                .lock_connections()
+                .no_longer_anonymous(self.peer.ip());
+        }
+    }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.context.release(self.id, self.peer.ip());
+        self.context
+            .release(self.id, self.peer.ip(), self.anonymous);
     }
 }

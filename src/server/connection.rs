@@ -18,6 +18,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::admission::{Admitted, Context};
+use super::limits::set_send_buffer;
 use super::outbox::{outbox, write_loop, Line};
 use super::requests::{RequestHandler, Step};
 use super::router::ConnId;
@@ -58,7 +59,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 ///
 /// A panic (a bug) ends this connection only: the request handler's `Drop` tells the router and
 /// closes the queue, and [`Admitted`]'s `Drop` releases admission, so nothing is left behind.
-pub(super) fn serve(admitted: Admitted, socket: TcpStream) {
+pub(super) fn serve(mut admitted: Admitted, socket: TcpStream) {
     let (id, peer) = (admitted.id, admitted.peer);
     let opened = panic::catch_unwind(AssertUnwindSafe(|| {
         open_connection(&admitted.context, socket, peer, id)
@@ -78,6 +79,7 @@ pub(super) fn serve(admitted: Admitted, socket: TcpStream) {
             log::info!("conn#{id} {peer}: closed: {reason}");
         }
         Ok(Ended::LoggedIn) => {
+            admitted.logged_in();
             let spawned = thread::Builder::new()
                 .name(format!("reader-{id}"))
                 .stack_size(READER_STACK_BYTES)
@@ -119,6 +121,7 @@ fn open_connection(
     let accepted = Instant::now();
     socket.set_nodelay(true)?;
     let limits = &context.limits;
+    set_send_buffer(&socket, limits.socket_send_buffer)?;
     let tls = rustls::ServerConnection::new(context.tls.clone())?;
     let stream = Arc::new(
         TlsStream::handshake(tls, socket, accepted + limits.handshake_timeout).map_err(
@@ -133,7 +136,12 @@ fn open_connection(
     let send_timeout = Some(limits.send_timeout).filter(|t| !t.is_zero());
     stream.socket().set_write_timeout(send_timeout)?;
 
-    let (outbox, receiver) = outbox(limits.outbound_queue_bytes, stream.clone());
+    // Until login the queue is tiny; `RequestHandler::login` raises it.
+    let (outbox, receiver) = outbox(
+        limits.anonymous_queue_bytes,
+        limits.room_queue_bytes,
+        stream.clone(),
+    );
     let writer_stream = stream.clone();
     let writer = thread::Builder::new()
         .name(format!("writer-{id}"))

@@ -18,7 +18,9 @@ pub struct Limits {
     pub max_frame: usize,
     /// Time allowed for the TLS handshake; a silent or trickling peer is cut off after it.
     pub handshake_timeout: Duration,
-    /// Time allowed from accepting a connection to a successful login.
+    /// Time allowed from accepting a connection to a successful login. 20 s is ample for
+    /// a client that logs in at once (a person types the password before connecting) and
+    /// short enough that an anonymous connection cannot be held for long.
     pub login_timeout: Duration,
     /// A logged-in client that sends no complete frame for this long is disconnected.
     /// Clients send `PING` to stay connected while their user is idle.
@@ -30,9 +32,39 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections from one IP address at once (0 = no limit).
     pub max_connections_per_ip: usize,
-    /// Bytes that may wait in one client's outbound queue. A client that stops reading
-    /// reaches it and is disconnected. 256 KiB is several seconds of a busy chat.
+    /// Bytes that may wait in the priority part of a logged-in client's outbound queue
+    /// (replies, private messages, notices). A client that stops reading reaches it and is
+    /// disconnected. 256 KiB is several seconds of a busy chat.
     pub outbound_queue_bytes: usize,
+    /// The kernel send buffer of each client socket, in bytes (0 = the kernel's own
+    /// choice, which grows up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default). A
+    /// smaller one bounds the kernel memory a slow reader pins and makes the outbound
+    /// queue, not the kernel, decide what waits; it also caps throughput to one client at
+    /// this size per round trip.
+    pub socket_send_buffer: usize,
+    /// Bytes of room lines that may wait for one client. Room lines that do not fit are
+    /// skipped and the client is told `SKIPPED <n>`: a slow reader loses room lines, never
+    /// its connection, and a room burst costs the server at most this much per recipient.
+    /// 64 KiB holds four of the longest lines.
+    pub room_queue_bytes: usize,
+    /// Bytes that may wait in the outbound queue of a client that has not logged in. An
+    /// anonymous client only gets short replies (`PONG`, `ERR`, `OK REGISTER`), so 4 KiB is
+    /// dozens of them; a client that sends requests without reading the replies reaches
+    /// it and is disconnected, so it cannot make the server hold its replies.
+    pub anonymous_queue_bytes: usize,
+    /// Longest `PING` token a client that has not logged in may send. 64 bytes is room for
+    /// any counter or timestamp; a longer token is refused with `ERR PING bad-frame`, so
+    /// an anonymous client cannot have the server echo (and queue) kilobytes.
+    pub anonymous_ping_token: usize,
+    /// Connections that have not logged in yet, server-wide (0 = no limit). Past it new
+    /// connections are refused at accept, so anonymous ones cannot crowd out the
+    /// `max_connections` places of users who log in.
+    pub max_anonymous: usize,
+    /// Connections that have not logged in yet from one network (a /24 or /64, see
+    /// `AddressPrefix`; 0 = no limit). Logging in takes a second or two, so even a campus
+    /// behind one address rarely has more than a few waiting at once; 64 leaves room for
+    /// that and keeps a single network to an eighth of `max_anonymous`.
+    pub max_anonymous_per_network: usize,
     /// bcrypt computations at once (logins and registrations queue for a worker).
     pub bcrypt_concurrency: usize,
     /// Frames per second one client may send on average (0 = no limit). Frames over the
@@ -40,6 +72,23 @@ pub struct Limits {
     pub message_rate: u32,
     /// Frames one client may send at once above the average (a pasted block of lines).
     pub message_burst: u32,
+    /// Room bytes one user may cause the server to send, per second on average: each
+    /// `ROOM` line is charged its length times the number of recipients (0 = no limit).
+    /// Over it, `SAY` is refused with `rate-limited`. 4 MiB/s lets a user of a 40-person
+    /// room say 100 KiB a second, and keeps one user of a 10,000-person room from making
+    /// the server send more than that whatever it says.
+    pub room_fanout_rate: u32,
+    /// Room bytes one user may cause at once above the average: 16 MiB is a pasted block
+    /// of 100 KiB to 160 recipients.
+    pub room_fanout_burst: u32,
+    /// Key exchanges (`DH-INIT` payloads) one user may start with another per
+    /// `exchange_window` (0 = no limit); more are refused with `ERR MSG rate-limited`.
+    /// Each start costs its recipient an exponentiation and, from a stranger, a prompt;
+    /// an honest client starts one per session and a few more on re-keying or a crossed
+    /// start, so 5 a minute is ample.
+    pub exchange_starts: u32,
+    /// The window `exchange_starts` counts in.
+    pub exchange_window: Duration,
     /// Failed-login back-off and registration limits.
     pub throttle: ThrottlePolicy,
 }
@@ -49,13 +98,23 @@ impl Default for Limits {
         Limits {
             max_frame: AnnouncedLimits::DEFAULT.max_frame,
             handshake_timeout: Duration::from_secs(10),
-            login_timeout: Duration::from_secs(60),
+            login_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(300),
             send_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_connections_per_ip: 64,
             outbound_queue_bytes: 256 * 1024,
+            socket_send_buffer: 0,
+            room_queue_bytes: 64 * 1024,
+            anonymous_queue_bytes: 4 * 1024,
+            anonymous_ping_token: 64,
+            max_anonymous: 512,
+            max_anonymous_per_network: 64,
             bcrypt_concurrency: thread::available_parallelism().map_or(2, |n| n.get()),
+            room_fanout_rate: 4 << 20,
+            room_fanout_burst: 16 << 20,
+            exchange_starts: 5,
+            exchange_window: Duration::from_secs(60),
             message_rate: AnnouncedLimits::DEFAULT.rate,
             message_burst: AnnouncedLimits::DEFAULT.burst,
             throttle: ThrottlePolicy::default(),
@@ -133,6 +192,29 @@ fn connection_ceiling(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// Sets `socket`'s kernel send buffer to `bytes` (the kernel doubles it for its own
+/// bookkeeping, and keeps it above its minimum); 0 leaves the kernel's choice.
+pub(super) fn set_send_buffer(socket: &std::net::TcpStream, bytes: usize) -> std::io::Result<()> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads `size`, an int as SO_SNDBUF expects, for the call only.
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            std::ptr::addr_of!(size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Raises this process's soft open-file limit to its hard limit (each connection is a

@@ -5,11 +5,11 @@
 //! |---|---|
 //! | `mod.rs` | [`Server`], [`Config`], the accept loop, shutdown |
 //! | `limits.rs` | [`Limits`] and fitting them to the kernel |
-//! | `admission.rs` | the state connection threads share; admitting and releasing connections |
+//! | `admission.rs` | the state connection threads share; admitting and releasing connections (caps in all, per address, and on those not logged in, in all and per network) |
 //! | `connection.rs` | one connection's life: TLS handshake, login thread, reader thread |
 //! | `requests.rs` | what each request does, before and after login |
 //! | `router.rs` | the thread that owns who is online and routes frames |
-//! | `outbox.rs` | a client's outbound queue, bounded in bytes, and the writer loop that drains it |
+//! | `outbox.rs` | a client's outbound queue (a priority part bounded in bytes, a small room part that skips), and the writer loop that drains it |
 //! | `accounts.rs`, `throttle.rs`, `store.rs` | accounts (bcrypt), brute-force defences, the SQLite store |
 //!
 //! # Threads, sockets and locks
@@ -81,7 +81,7 @@ use std::time::Duration;
 
 use self::accounts::Accounts;
 use self::admission::Context;
-use self::router::{Event, Router};
+use self::router::{Event, Router, RouterLimits};
 use self::store::Store;
 use crate::error::{Error, Result};
 use crate::sync;
@@ -166,9 +166,15 @@ impl Server {
         let local_addr = listener.local_addr()?;
 
         let (router_handle, inbox) = router::inbox();
+        let router_limits = RouterLimits {
+            exchange_starts: config.limits.exchange_starts,
+            exchange_window: config.limits.exchange_window,
+            room_fanout_rate: config.limits.room_fanout_rate,
+            room_fanout_burst: config.limits.room_fanout_burst,
+        };
         let router = thread::Builder::new()
             .name("router".into())
-            .spawn(move || Router::default().run(inbox))?;
+            .spawn(move || Router::new(router_limits).run(inbox))?;
         let context = Arc::new(Context::new(
             config.limits,
             accounts,

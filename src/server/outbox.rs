@@ -15,6 +15,16 @@
 //! has taken and is sending, so a client can have up to about twice the limit in flight
 //! on the server: a bound still, and what keeps the writer's lock hold short.
 //!
+//! The queue has two parts. The *priority* part holds replies, private messages and
+//! notices: nothing in it is ever dropped, and a client whose priority part is over its
+//! byte bound has stopped reading and is disconnected. The *room* part holds room lines,
+//! and is small: a room line that does not fit is skipped (counted, not queued), so a
+//! client that reads more slowly than the room talks loses room lines, never its
+//! connection. When the writer next takes the queue it sends the room lines that did fit,
+//! then `SKIPPED <n>`, so the client knows where the gap is. The writer sends the priority
+//! part of each take first: order holds within each part, not between them (a private
+//! message may overtake a room line, which nothing relies on).
+//!
 //! [`Outbox::push_or_write`] is the router's short cut when it is lightly loaded: if the
 //! writer is asleep with nothing queued, the router claims the socket (never waiting) and
 //! writes the frame itself without blocking, so the frame crosses one thread hand-off
@@ -124,10 +134,20 @@ pub(super) struct QueueFull {
 /// The queue proper, behind the mutex.
 #[derive(Default)]
 struct Queue {
-    /// Frames waiting for the writer, oldest first.
+    /// Frames of the priority part waiting for the writer, oldest first.
     lines: VecDeque<Line>,
     /// Bytes in `lines`.
     bytes: usize,
+    /// The priority part's byte bound: small before login, larger after (see
+    /// [`Outbox::set_limit`]).
+    limit: usize,
+    /// Room lines waiting for the writer, oldest first.
+    room: VecDeque<Line>,
+    /// Bytes in `room`; never over the room part's bound.
+    room_bytes: usize,
+    /// Room lines skipped since the writer last took the queue; told to the client as
+    /// `SKIPPED <n>` after the room lines that were kept.
+    skipped: u64,
     /// Set by `close`: the writer sends what is queued, then closes the connection.
     closing: bool,
     /// Live `Outbox` handles; when none is left the writer ends too.
@@ -149,8 +169,8 @@ struct QueueState<S> {
     ready: Condvar,
     /// Wakes a closing reader when the writer has ended.
     writer_ended: Condvar,
-    /// The byte bound: a push that would exceed it is refused.
-    limit: usize,
+    /// The room part's byte bound: a room line that would exceed it is skipped.
+    room_limit: usize,
     /// The connection, so that a client can be evicted even when its writer is blocked on
     /// a socket that is not being read.
     stream: Arc<S>,
@@ -185,19 +205,22 @@ pub(super) struct OutboxReceiver<S = TlsStream> {
     state: Arc<QueueState<S>>,
 }
 
-/// A queue for one client holding at most `limit` bytes.
+/// A queue for one client whose priority part holds at most `limit` bytes and its room
+/// part at most `room_limit`.
 pub(super) fn outbox<S: ClientSocket>(
     limit: usize,
+    room_limit: usize,
     stream: Arc<S>,
 ) -> (Outbox<S>, OutboxReceiver<S>) {
     let shared = Arc::new(QueueState {
         queue: Mutex::new(Queue {
             producers: 1,
+            limit,
             ..Queue::default()
         }),
         ready: Condvar::new(),
         writer_ended: Condvar::new(),
-        limit,
+        room_limit,
         stream,
     });
     (
@@ -221,7 +244,10 @@ impl<S: ClientSocket> Outbox<S> {
     /// suits a caller with time to spare (the router when few requests wait).
     pub(super) fn push_or_write(&self, line: Line) -> Result<Delivery, QueueFull> {
         let queue = self.state.lock();
-        let idle = queue.writer_waiting && queue.lines.is_empty() && !queue.closing;
+        let idle = queue.writer_waiting
+            && queue.lines.is_empty()
+            && queue.room.is_empty()
+            && !queue.closing;
         let Some(claim) = idle.then(|| self.state.stream.try_claim()).flatten() else {
             return self.push_locked(queue, line).map(|()| Delivery::Queued);
         };
@@ -252,7 +278,7 @@ impl<S: ClientSocket> Outbox<S> {
             // The connection is closing; nobody will send this.
             return Ok(());
         }
-        if queue.bytes + len > self.state.limit {
+        if queue.bytes + len > queue.limit {
             return Err(QueueFull {
                 queued: queue.bytes,
             });
@@ -267,6 +293,37 @@ impl<S: ClientSocket> Outbox<S> {
             self.state.ready.notify_one();
         }
         Ok(())
+    }
+
+    /// Queues a room line in the room part, or skips it (counted, for the `SKIPPED` notice)
+    /// when that part is over its bound: a slow reader loses room lines, not its
+    /// connection. Returns whether the line was queued.
+    pub(super) fn push_room(&self, line: Line) -> bool {
+        let mut queue = self.state.lock();
+        if queue.writer_gone {
+            return false;
+        }
+        let len = line.as_bytes().len();
+        let fits = queue.room_bytes + len <= self.state.room_limit;
+        if fits {
+            queue.room.push_back(line);
+            queue.room_bytes += len;
+        } else {
+            queue.skipped += 1;
+        }
+        // Either way the writer has something to send: the line, or the notice.
+        let wake = std::mem::take(&mut queue.writer_waiting);
+        drop(queue);
+        if wake {
+            self.state.ready.notify_one();
+        }
+        fits
+    }
+
+    /// Sets the priority part's byte bound (raised at login: before it, a client gets
+    /// only a few KiB). Frames already queued stay.
+    pub(super) fn set_limit(&self, limit: usize) {
+        self.state.lock().limit = limit;
     }
 
     /// Asks the writer to send what is queued and close the connection. The close request
@@ -322,11 +379,15 @@ impl<S> Drop for Outbox<S> {
 impl<S> OutboxReceiver<S> {
     /// Waits until frames are queued (or records left by `push_or_write` wait in the
     /// stream, or the queue is closing), then moves every queued frame into `batch`, which
-    /// must be empty: an empty batch still calls for a write. Returns `false` once there
-    /// will be nothing more after this batch: `close` was called, or every producer is gone.
+    /// must be empty: the priority part, then the room part, then `SKIPPED <n>` if room
+    /// lines were skipped. An empty batch still calls for a write. Returns `false` once
+    /// there will be nothing more after this batch: `close` was called, or every producer
+    /// is gone.
     pub(super) fn take(&self, batch: &mut VecDeque<Line>) -> bool {
         let mut queue = self.state.lock();
         while queue.lines.is_empty()
+            && queue.room.is_empty()
+            && queue.skipped == 0
             && !queue.unsent_records
             && !queue.closing
             && queue.producers > 0
@@ -338,7 +399,19 @@ impl<S> OutboxReceiver<S> {
         queue.unsent_records = false;
         std::mem::swap(&mut queue.lines, batch);
         queue.bytes = 0;
+        take_room(&mut queue, batch);
         !queue.closing && queue.producers > 0
+    }
+}
+
+/// Moves the room part into `batch` after the priority frames, then the `SKIPPED` notice
+/// for the room lines left out since the last take.
+fn take_room(queue: &mut Queue, batch: &mut VecDeque<Line>) {
+    batch.append(&mut queue.room);
+    queue.room_bytes = 0;
+    if queue.skipped > 0 {
+        let count = std::mem::take(&mut queue.skipped);
+        batch.push_back(Line::from(&ServerLine::Skipped { count }));
     }
 }
 
@@ -348,8 +421,9 @@ impl<S> OutboxReceiver<S> {
     /// is still open (not closed, producers left).
     pub(super) fn take_now(&self) -> (Vec<String>, bool) {
         let mut queue = self.state.lock();
-        let lines = std::mem::take(&mut queue.lines);
+        let mut lines = std::mem::take(&mut queue.lines);
         queue.bytes = 0;
+        take_room(&mut queue, &mut lines);
         let frames = lines
             .iter()
             .map(|l| String::from_utf8_lossy(l.as_bytes()).trim_end().to_owned())
@@ -364,6 +438,8 @@ impl<S> Drop for OutboxReceiver<S> {
         queue.writer_gone = true;
         queue.lines = VecDeque::new();
         queue.bytes = 0;
+        queue.room = VecDeque::new();
+        queue.room_bytes = 0;
         drop(queue);
         self.state.writer_ended.notify_all();
     }
@@ -466,7 +542,7 @@ mod tests {
     fn frames_written_at_once_and_queued_arrive_in_order_when_the_socket_fills() {
         let (server, client) = tls_pair();
         let server = Arc::new(server);
-        let (producer, receiver) = outbox(64 * 1024 * 1024, server.clone());
+        let (producer, receiver) = outbox(64 * 1024 * 1024, 0, server.clone());
         let writer = {
             let server = server.clone();
             thread::spawn(move || write_loop(&*server, receiver))

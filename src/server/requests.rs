@@ -168,6 +168,16 @@ impl RequestHandler {
         };
         match (&self.user, request) {
             (_, Request::Quit) => Step::Stop("client quit".into(), Some("goodbye".into())),
+            (None, Request::Ping { token })
+                if token.len() > self.context.limits.anonymous_ping_token =>
+            {
+                let limit = self.context.limits.anonymous_ping_token;
+                self.reply_error(&ProtocolError::new(
+                    Command::Ping,
+                    ErrorCode::BadFrame,
+                    format!("a PING token before login is at most {limit} bytes"),
+                ))
+            }
             (_, Request::Ping { token }) => self.reply(ServerLine::Pong {
                 token: token.to_owned(),
             }),
@@ -277,6 +287,9 @@ impl RequestHandler {
                 attempt.succeeded(name.as_str());
                 log::info!("conn#{}: logged in as {name}", self.id);
                 self.user = Some(name.clone());
+                // Set before the router can queue anything for the session.
+                self.outbox
+                    .set_limit(self.context.limits.outbound_queue_bytes);
                 let event = Event::LoggedIn {
                     id: self.id,
                     user: name,

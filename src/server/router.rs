@@ -4,7 +4,9 @@
 //! ([`RouterHandle`]); it answers by
 //! pushing frames into clients' [`Outbox`]es. It never reads a socket and never blocks on
 //! a client: a push into a full outbox evicts that client (its queue is over its byte
-//! bound because it stopped reading) and everyone else carries on. Because every frame for
+//! bound because it stopped reading) and everyone else carries on. Room lines go into the
+//! outboxes' small room parts, which skip what does not fit instead: nobody is evicted
+//! for room traffic. Because every frame for
 //! a logged-in client goes through here, replies reach a client in the order it sent its
 //! requests.
 //!
@@ -23,12 +25,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use super::outbox::{ClientSocket, Line, Outbox, QueueFull};
 use crate::protocol::name::UserName;
 use crate::protocol::{self, Command, ErrorCode, ProtocolError, ServerLine};
+use crate::rate::TokenBucket;
 use crate::tls::stream::TlsStream;
 
 /// Identifies one connection for the lifetime of the server.
@@ -128,6 +132,11 @@ fn cut_off<S: ClientSocket>(user: &str, client: &Online<S>) {
     client.outbox.evict();
 }
 
+/// The first word of an end-to-end payload that opens a key exchange (`report/protocol.md`
+/// §11.3). The server cannot read the exchange, but it sees this word, and a `DH-INIT`
+/// costs its recipient a modular exponentiation and a prompt.
+const EXCHANGE_START: &str = "DH-INIT";
+
 /// A private frame on its way: the complete `FROM <sender> <payload>` line, with the
 /// recipient's name stored after it in the same buffer, so that routing a message costs
 /// one allocation.
@@ -136,6 +145,8 @@ pub(super) struct Direct {
     bytes: Vec<u8>,
     /// Where the line ends and the name begins.
     line_len: usize,
+    /// The payload opens a key exchange: it counts against the pair's exchange limit.
+    starts_exchange: bool,
 }
 
 impl Direct {
@@ -149,7 +160,11 @@ impl Direct {
         protocol::write_from(&mut bytes, from, payload);
         let line_len = bytes.len();
         bytes.extend_from_slice(to.as_bytes());
-        Direct { bytes, line_len }
+        Direct {
+            bytes,
+            line_len,
+            starts_exchange: protocol::split_word(payload).0 == EXCHANGE_START,
+        }
     }
 
     /// Who the frame is for.
@@ -181,7 +196,36 @@ struct Online<S> {
     /// The last user it sent a private message to, to skip the contact-set update on the
     /// hot path of a conversation.
     last_to: Option<UserName>,
+    /// What its room lines may still cost: bytes times recipients.
+    room_budget: TokenBucket,
 }
+
+/// The limits the router enforces per user (see [`super::Limits`] for the reasons).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RouterLimits {
+    /// Key exchanges (`DH-INIT` payloads) one user may start with another per
+    /// `exchange_window`: beyond it they are refused with `ERR MSG rate-limited`, and
+    /// nothing reaches the recipient (0 = no limit).
+    pub(super) exchange_starts: u32,
+    /// The window `exchange_starts` counts in.
+    pub(super) exchange_window: Duration,
+    /// Room bytes times recipients one user may cause per second (0 = no limit).
+    pub(super) room_fanout_rate: u32,
+    /// The same, at once above the average.
+    pub(super) room_fanout_burst: u32,
+}
+
+/// Exchange starts of one sender-recipient pair in the current window.
+struct ExchangeWindow {
+    /// When the window opened (its first start).
+    opened: Instant,
+    /// Starts forwarded since then.
+    starts: u32,
+}
+
+/// Pair records kept before expired ones are pruned (then again at twice what is left),
+/// so that a sender cycling through recipients cannot grow the map without bound.
+const EXCHANGE_PRUNE_AT: usize = 1024;
 
 /// The router's state. Owned by the router thread alone.
 pub(super) struct Router<S = TlsStream> {
@@ -190,14 +234,58 @@ pub(super) struct Router<S = TlsStream> {
     /// Set per wake-up: few requests waited, so single-recipient frames are written to idle
     /// sockets at once rather than handed to their writers.
     write_now: bool,
+    /// The per-user limits.
+    limits: RouterLimits,
+    /// Exchange starts per (sender, recipient), kept across logins so that logging in
+    /// again does not reset them; expired windows are pruned.
+    exchanges: HashMap<(UserName, UserName), ExchangeWindow, FastHash>,
+    /// The size of `exchanges` at which expired windows are next pruned.
+    exchanges_prune_at: usize,
 }
 
-impl<S> Default for Router<S> {
-    fn default() -> Router<S> {
+impl<S> Router<S> {
+    /// A router with nobody online, enforcing `limits`.
+    pub(super) fn new(limits: RouterLimits) -> Router<S> {
         Router {
             online: HashMap::default(),
             write_now: false,
+            limits,
+            exchanges: HashMap::default(),
+            exchanges_prune_at: EXCHANGE_PRUNE_AT,
         }
+    }
+
+    /// Counts an exchange start from `from` to `to`; `Err(wait)` when the pair is over
+    /// its limit for `wait` more.
+    fn exchange_started(&mut self, from: &UserName, to: &UserName) -> Result<(), Duration> {
+        let (starts, window) = (self.limits.exchange_starts, self.limits.exchange_window);
+        if starts == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if self.exchanges.len() >= self.exchanges_prune_at {
+            self.exchanges
+                .retain(|_, w| now.duration_since(w.opened) < window);
+            self.exchanges_prune_at = (2 * self.exchanges.len()).max(EXCHANGE_PRUNE_AT);
+        }
+        let record = self
+            .exchanges
+            .entry((from.clone(), to.clone()))
+            .or_insert(ExchangeWindow {
+                opened: now,
+                starts: 0,
+            });
+        let age = now.duration_since(record.opened);
+        if age >= window {
+            *record = ExchangeWindow {
+                opened: now,
+                starts: 0,
+            };
+        } else if record.starts >= starts {
+            return Err(window - age);
+        }
+        record.starts += 1;
+        Ok(())
     }
 }
 
@@ -275,6 +363,10 @@ impl<S: ClientSocket> Router<S> {
                 outbox,
                 contacts: HashSet::default(),
                 last_to: None,
+                room_budget: TokenBucket::new(
+                    self.limits.room_fanout_rate,
+                    self.limits.room_fanout_burst,
+                ),
             },
         );
     }
@@ -283,14 +375,15 @@ impl<S: ClientSocket> Router<S> {
         match request {
             Routed::Direct(frame) => self.direct(user, frame),
             Routed::Room { line } => {
-                let mut full = Vec::new();
-                for (name, client) in &self.online {
-                    if name != user && client.outbox.push(Line::Shared(line.clone())).is_err() {
-                        full.push(name.clone());
-                    }
+                if let Err(refused) = self.charge_room(user, line.len()) {
+                    return self.send(user, refused);
                 }
-                for name in full {
-                    self.evict(&name);
+                // Into each room part: a recipient too slow for the room skips lines
+                // (and is told so), it is never cut off for them.
+                for (name, client) in &self.online {
+                    if name != user {
+                        client.outbox.push_room(Line::Shared(line.clone()));
+                    }
                 }
             }
             Routed::List => {
@@ -310,6 +403,11 @@ impl<S: ClientSocket> Router<S> {
 
     /// Delivers a private frame, or tells the sender the recipient is not online.
     fn direct(&mut self, from: &UserName, frame: Direct) {
+        if frame.starts_exchange {
+            if let Err(refused) = self.check_exchange(from, frame.recipient()) {
+                return self.send(from, refused);
+            }
+        }
         let Some((name, recipient)) = self.online.get_key_value(frame.recipient()) else {
             let reply = offline_reply(frame.recipient());
             return self.send(from, reply);
@@ -320,6 +418,48 @@ impl<S: ClientSocket> Router<S> {
             return self.send(from, offline_reply(name.as_str()));
         }
         self.note_contact(from, &name);
+    }
+
+    /// Charges `user`'s room budget for a line of `len` bytes to everyone else online, or
+    /// the `ERR SAY rate-limited` reply when the budget does not cover it.
+    fn charge_room(&mut self, user: &UserName, len: usize) -> Result<(), Line> {
+        let recipients = self.online.len().saturating_sub(1);
+        let Some(sender) = self.online.get_mut(user) else {
+            return Ok(());
+        };
+        sender.room_budget.refill(Instant::now());
+        if sender.room_budget.take_many((len * recipients) as f64) {
+            return Ok(());
+        }
+        let error = ProtocolError::new(
+            Command::Say,
+            ErrorCode::RateLimited,
+            format!(
+                "the room is sending too much for you: at most {} KiB a second across its \
+                 {recipients} other members; this line was dropped, slow down",
+                self.limits.room_fanout_rate / 1024
+            ),
+        );
+        Err(Line::from(&ServerLine::from(error)))
+    }
+
+    /// Counts a key exchange `from` starts with `to`, or the `ERR MSG rate-limited` reply
+    /// when the pair is over its limit.
+    fn check_exchange(&mut self, from: &UserName, to: &str) -> Result<(), Line> {
+        let Ok(to) = UserName::parse(to) else {
+            return Ok(());
+        };
+        self.exchange_started(from, &to).map_err(|wait| {
+            let error = ProtocolError::new(
+                Command::Msg,
+                ErrorCode::RateLimited,
+                format!(
+                    "{to} too many key exchanges started with {to}; try again in {} s",
+                    wait.as_secs().max(1)
+                ),
+            );
+            Line::from(&ServerLine::from(error))
+        })
     }
 
     /// Records that `from` and `to` are in a conversation, so each hears when the other
@@ -423,7 +563,7 @@ mod tests {
     impl Client {
         fn new(id: ConnId, user: &str, queue_bytes: usize) -> Client {
             let socket = Arc::new(MemorySocket::default());
-            let (outbox, receiver) = outbox(queue_bytes, socket.clone());
+            let (outbox, receiver) = outbox(queue_bytes, queue_bytes, socket.clone());
             Client {
                 id,
                 user: UserName::parse(user).unwrap(),
@@ -475,9 +615,16 @@ mod tests {
 
     const ROOMY: usize = 1 << 20;
 
+    const NO_LIMITS: RouterLimits = RouterLimits {
+        exchange_starts: 0,
+        exchange_window: Duration::ZERO,
+        room_fanout_rate: 0,
+        room_fanout_burst: 0,
+    };
+
     #[test]
     fn a_second_login_replaces_the_first_which_is_told_and_closed() {
-        let mut router = Router::default();
+        let mut router = Router::new(NO_LIMITS);
         let first = Client::new(1, "alice", ROOMY);
         first.log_in(&mut router);
         assert_eq!(first.frames(), ["OK LOGIN alice"]);
@@ -502,7 +649,7 @@ mod tests {
 
     #[test]
     fn offline_goes_to_contacts_only_and_messages_to_absent_users_are_refused() {
-        let mut router = Router::default();
+        let mut router = Router::new(NO_LIMITS);
         let [alice, bob, carol] =
             [(1, "alice"), (2, "bob"), (3, "carol")].map(|(id, n)| Client::new(id, n, ROOMY));
         for c in [&alice, &bob, &carol] {
@@ -525,9 +672,52 @@ mod tests {
     }
 
     #[test]
+    fn a_full_room_part_skips_lines_and_says_so_but_a_full_priority_part_evicts() {
+        let mut router = Router::new(NO_LIMITS);
+        let alice = Client::new(1, "alice", ROOMY);
+        // Priority part 64 bytes, room part 40: two 17-byte room lines fit, not three.
+        let socket = Arc::new(MemorySocket::default());
+        let (outbox, receiver) = outbox(64, 40, socket.clone());
+        let bob = Client {
+            id: 2,
+            user: UserName::parse("bob").unwrap(),
+            outbox,
+            receiver,
+            socket,
+        };
+        alice.log_in(&mut router);
+        bob.log_in(&mut router);
+        bob.frames();
+        for i in 0..5 {
+            let line: Arc<[u8]> = Arc::from(format!("ROOM alice {i:05}\n").into_bytes());
+            alice.request(&mut router, Routed::Room { line });
+        }
+        assert_eq!(
+            bob.frames(),
+            ["ROOM alice 00000", "ROOM alice 00001", "SKIPPED 3"]
+        );
+        assert!(
+            bob.open() && !bob.socket.shut_down(),
+            "a room burst cut bob off"
+        );
+        // Room lines flow again once the writer has taken the queue, with no notice.
+        let line: Arc<[u8]> = Arc::from(b"ROOM alice again\n".to_vec());
+        alice.request(&mut router, Routed::Room { line });
+        assert_eq!(bob.frames(), ["ROOM alice again"]);
+        // Private frames are never skipped: over the priority bound, bob is cut off.
+        alice.send(&mut router, "bob", &"x".repeat(40));
+        assert!(!bob.socket.shut_down());
+        alice.send(&mut router, "bob", &"x".repeat(40));
+        assert!(
+            bob.socket.shut_down(),
+            "a client not taking private frames stays"
+        );
+    }
+
+    #[test]
     fn a_chain_of_full_queues_is_evicted_one_after_another() {
         // 40 bytes: room for the login reply and one message, not for a notice as well.
-        let mut router = Router::default();
+        let mut router = Router::new(NO_LIMITS);
         let [alice, bob, carol] =
             [(1, "alice"), (2, "bob"), (3, "carol")].map(|(id, n)| Client::new(id, n, 40));
         for c in [&alice, &bob, &carol] {
@@ -548,7 +738,7 @@ mod tests {
 
     #[test]
     fn list_names_at_most_500_users_in_order_with_the_total() {
-        let mut router = Router::default();
+        let mut router = Router::new(NO_LIMITS);
         let clients: Vec<Client> = (0..LIST_MAX_NAMES + 100)
             .rev()
             .map(|i| Client::new(i as ConnId, &format!("user{i:04}"), ROOMY))
@@ -571,7 +761,7 @@ mod tests {
 
     #[test]
     fn frames_keep_their_order_whether_the_router_writes_them_or_queues_them() {
-        let mut router = Router::default();
+        let mut router = Router::new(NO_LIMITS);
         let alice = Client::new(1, "alice", ROOMY);
         let Client {
             id,

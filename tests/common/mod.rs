@@ -38,12 +38,19 @@ pub struct TestServer {
 }
 
 /// Limits for tests: the defaults without the per-address and per-prefix caps (every
-/// test client comes from 127.0.0.1) and without the frame rate limit (tests send bursts). Tests of those
-/// defences turn them back on.
+/// test client comes from 127.0.0.1), without the frame rate limit and the room's fan-out
+/// budget (tests send bursts)
+/// and without the tiny pre-login budgets (tests fill the server's send path with long
+/// `PING`s before login). Tests of those defences turn them back on.
 pub fn test_limits() -> Limits {
     Limits {
         max_connections_per_ip: 0,
         message_rate: 0,
+        anonymous_queue_bytes: 1 << 30,
+        anonymous_ping_token: usize::MAX,
+        max_anonymous: 0,
+        max_anonymous_per_network: 0,
+        room_fanout_rate: 0,
         throttle: ThrottlePolicy {
             registrations_burst: 0,
             logins_per_prefix: 0,
