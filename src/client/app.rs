@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::client::commands::{self, Input, HELP};
+use crate::client::end_to_end::{Action, EndToEnd, Notice};
 use crate::client::link::Link;
 use crate::client::pacing::{Message, Pacer};
 use crate::client::screen::{sanitize, Screen, ROOM_LABEL};
-use crate::client::secure::{Action, Notice, Secure};
 use crate::e2e::MAX_PLAINTEXT_LEN;
 use crate::error::Result;
 use crate::protocol::name::is_canonical_username;
@@ -72,7 +72,7 @@ pub struct Chat {
     /// Where lines go.
     screen: Screen,
     /// The end-to-end layer.
-    secure: Secure,
+    secure: EndToEnd,
     /// The `/chat` partner plain lines go to; `None` means the public room.
     talking_to: Option<String>,
     /// Messages to send once connected again, oldest first (at most [`MAX_WAITING`]).
@@ -97,7 +97,7 @@ pub struct Chat {
 
 impl Chat {
     /// A chat for `me`, not yet connected ([`Chat::connected`] follows).
-    pub fn new(me: &str, screen: Screen, secure: Secure, online: OnlineNames) -> Chat {
+    pub fn new(me: &str, screen: Screen, secure: EndToEnd, online: OnlineNames) -> Chat {
         Chat {
             me: me.to_owned(),
             link: None,
@@ -688,7 +688,7 @@ mod tests {
     fn skipped_room_lines_are_shown_as_a_status_line() {
         let dir = tempfile::tempdir().unwrap();
         let pins = PinStore::open(&dir.path().join("pins")).unwrap();
-        let secure = Secure::new(
+        let secure = EndToEnd::new(
             "alice",
             IdentityKey::generate().unwrap(),
             pins,

@@ -4,9 +4,9 @@
 pub mod app;
 pub mod commands;
 pub mod editor;
+pub mod end_to_end;
 pub mod link;
 pub mod pacing;
 pub mod paths;
 pub mod screen;
-pub mod secure;
 pub mod terminal;

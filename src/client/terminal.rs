@@ -30,10 +30,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::client::app::{pong_timeout, Chat, Flow, OnlineNames};
 use crate::client::editor::{Input, Typed};
+use crate::client::end_to_end::EndToEnd;
 use crate::client::link::{self, Link, LinkReader};
 use crate::client::paths;
 use crate::client::screen::{sanitize, Screen};
-use crate::client::secure::Secure;
 use crate::e2e::{Group, IdentityKey, PinStore};
 use crate::error::{Error, Result};
 use crate::password::{password_problems, rules_text};
@@ -78,7 +78,7 @@ pub struct Options {
 }
 
 /// How long script mode waits at the end of its input for private messages still in a
-/// key exchange (one exchange step may take up to `secure::EXCHANGE_TIMEOUT`, also 30 s).
+/// key exchange (one exchange step may take up to `end_to_end::EXCHANGE_TIMEOUT`, also 30 s).
 pub const SCRIPT_DRAIN: Duration = Duration::from_secs(30);
 
 /// The first wait before reconnecting; it doubles after each failed attempt.
@@ -188,7 +188,7 @@ fn session(options: Options, terminal: TerminalState) -> Result<()> {
         ));
     }
     let pins = PinStore::open_for_identity(&dir.join(paths::PINS_FILE), created)?;
-    let secure = Secure::new(&user, identity, pins, options.group, options.explain);
+    let secure = EndToEnd::new(&user, identity, pins, options.group, options.explain);
 
     let (tx, rx) = crossbeam_channel::unbounded();
     *chat_events.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx.clone());

@@ -5,10 +5,10 @@
 //! Three kinds of harness, from the outside in, one file each (with the tests that use it):
 //! - `binaries.rs`: the real `server` and `client` binaries, to look at everything the server
 //!   keeps (its database and its log) after a conversation;
-//! - `party.rs`, [`Party`]: the client library (`Secure`, the client's end-to-end state machine) over
+//! - `party.rs`, [`Party`]: the client library (`EndToEnd`, the client's end-to-end state machine) over
 //!   real TLS to an in-process server, where the test sees every payload as routed and can
 //!   rewrite the server's database underneath;
-//! - `relay.rs`, [`Relay`]: two `Secure` state machines joined by the test itself playing a malicious
+//! - `relay.rs`, [`Relay`]: two `EndToEnd` state machines joined by the test itself playing a malicious
 //!   server, which alters, replays, reorders and reflects payloads.
 
 mod binaries;
@@ -30,8 +30,8 @@ use regex::Regex;
 use rexpect::session::StreamSession;
 
 use common::{contains, files_under, ok, ServerProcess, TestClient, TestServer, PASSWORD, WAIT};
+use securechat::client::end_to_end::{Action, EndToEnd, Notice, EXCHANGE_TIMEOUT};
 use securechat::client::screen::{private_label, ROOM_LABEL};
-use securechat::client::secure::{Action, Notice, Secure, EXCHANGE_TIMEOUT};
 use securechat::e2e::{
     safety_number, EphemeralSecret, Group, IdentityKey, IdentityPublicKey, Payload, PinStatus,
     PinStore, Trust,

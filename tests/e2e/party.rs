@@ -8,14 +8,14 @@ use super::*;
 // ----------------------------------------------------------------------------------------
 
 /// A logged-in client driven through the library: frames from the server go into
-/// [`Secure`], and its actions go back out, as the terminal client does it.
+/// [`EndToEnd`], and its actions go back out, as the terminal client does it.
 pub(crate) struct Party {
     /// The user name.
     pub(crate) name: String,
     /// The connection.
     pub(crate) client: TestClient,
     /// The end-to-end state machine.
-    pub(crate) secure: Secure,
+    pub(crate) secure: EndToEnd,
     /// Everything it would have shown the user.
     pub(crate) notices: Vec<Notice>,
     /// Payloads it handed the server to route, with their recipient, in order.
@@ -38,7 +38,7 @@ impl Party {
         let (identity, _) =
             IdentityKey::load_or_create(&dir.join("identity.key")).expect("identity key");
         let pins = PinStore::open(&dir.join("known_keys")).expect("pin store");
-        let secure = Secure::new(name, identity, pins, GROUP, false);
+        let secure = EndToEnd::new(name, identity, pins, GROUP, false);
         let key = secure.identity_public().to_base64();
         assert_eq!(client.request(&format!("SETKEY {key}")), ok("SETKEY", ""));
         Party {

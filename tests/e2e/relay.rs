@@ -21,7 +21,7 @@ pub(crate) struct Packet {
 /// One user's state machine and what it did.
 pub(crate) struct Endpoint {
     /// The state machine under attack.
-    pub(crate) secure: Secure,
+    pub(crate) secure: EndToEnd,
     /// Everything it would have shown the user.
     pub(crate) notices: Vec<Notice>,
     /// Payloads it asked to have routed, in order.
@@ -75,7 +75,7 @@ impl Relay {
             keys.push((name.to_owned(), identity.public_key()));
             let pins = PinStore::open(&dir.path().join(format!("{name}.pins"))).expect("pins");
             Endpoint {
-                secure: Secure::new(name, identity, pins, GROUP, false),
+                secure: EndToEnd::new(name, identity, pins, GROUP, false),
                 notices: Vec::new(),
                 sent: Vec::new(),
             }
@@ -138,8 +138,12 @@ impl Relay {
         self.act(who, actions);
     }
 
-    /// `who` typed a command: `command` calls the matching `Secure` method.
-    pub(crate) fn command(&mut self, who: &str, command: impl FnOnce(&mut Secure) -> Vec<Action>) {
+    /// `who` typed a command: `command` calls the matching `EndToEnd` method.
+    pub(crate) fn command(
+        &mut self,
+        who: &str,
+        command: impl FnOnce(&mut EndToEnd) -> Vec<Action>,
+    ) {
         let actions = command(&mut self.endpoint(who).secure);
         self.act(who, actions);
     }

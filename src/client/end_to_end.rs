@@ -5,7 +5,7 @@
 //! It does no I/O. Each call returns [`Action`]s for the caller to carry out: payloads to
 //! route to a peer (`MSG`), identity keys to fetch (`GETKEY`), and lines to show. That keeps
 //! the whole protocol testable without a network, and the terminal code thin. Time enters
-//! only through [`Secure::expire_stalled`], which the caller gives the current instant.
+//! only through [`EndToEnd::expire_stalled`], which the caller gives the current instant.
 //!
 //! Rules it keeps:
 //! * A message is sent only under an established session with a key the user trusts
@@ -255,7 +255,7 @@ impl Peer {
 }
 
 /// The end-to-end layer for one logged-in user.
-pub struct Secure {
+pub struct EndToEnd {
     /// Our user name.
     me: String,
     /// Our long-term identity key (signs our half of each exchange).
@@ -272,7 +272,7 @@ pub struct Secure {
     answered: VecDeque<Instant>,
 }
 
-impl Secure {
+impl EndToEnd {
     /// The end-to-end layer for `me`.
     pub fn new(
         me: &str,
@@ -280,8 +280,8 @@ impl Secure {
         pins: PinStore,
         group: Group,
         explain_all: bool,
-    ) -> Secure {
-        Secure {
+    ) -> EndToEnd {
+        EndToEnd {
             me: me.to_owned(),
             identity,
             pins,
@@ -1118,13 +1118,13 @@ fn warn(text: &str) -> Action {
 mod tests {
     use super::*;
 
-    /// alice's `Secure`, with bob's key pinned, and bob's DH-INIT to her.
-    fn alice_with_bob_pinned(dir: &std::path::Path) -> (Secure, IdentityKey, String) {
+    /// alice's `EndToEnd`, with bob's key pinned, and bob's DH-INIT to her.
+    fn alice_with_bob_pinned(dir: &std::path::Path) -> (EndToEnd, IdentityKey, String) {
         let bob = IdentityKey::generate().expect("key");
         let mut pins = PinStore::open(&dir.join("pins")).expect("pins");
         pins.pin("bob", &bob.public_key()).expect("pin");
         let alice = IdentityKey::generate().expect("key");
-        let secure = Secure::new("alice", alice, pins, Group::Ffdhe2048, false);
+        let secure = EndToEnd::new("alice", alice, pins, Group::Ffdhe2048, false);
         let (_, init) = Initiator::start("bob", "alice", Group::Ffdhe2048).expect("init");
         (secure, bob, Payload::Init(init).to_string())
     }
