@@ -236,13 +236,10 @@ impl Chat {
                 ));
                 self.talking_to = Some(peer);
             }
-            Input::Chat(None) => {
-                self.talking_to = None;
-                self.screen
-                    .event(&format!("* back in the public room {ROOM_LABEL}"));
-            }
+            Input::Chat(None) => self.back_to_the_room(),
+            Input::Exit if self.talking_to.is_some() => self.back_to_the_room(),
             Input::Help => self.screen.print(HELP),
-            Input::Quit => return Ok(self.quit()),
+            Input::Quit | Input::Exit => return Ok(self.quit()),
             _ if !self.is_connected() => self
                 .screen
                 .warn("not connected: that needs the server; try again once reconnected"),
@@ -269,6 +266,13 @@ impl Chat {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// Ends `/chat`: plain lines go to the room again.
+    fn back_to_the_room(&mut self) {
+        self.talking_to = None;
+        self.screen
+            .event(&format!("* back in the public room {ROOM_LABEL}"));
     }
 
     /// `/quit`: leaves, unless messages still wait; then it says so once, and a second
@@ -702,6 +706,31 @@ mod tests {
         let lines = screen.lines();
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].ends_with("] 87 room lines skipped: this terminal was reading more slowly than the room was talking"), "{lines:?}");
+    }
+
+    #[test]
+    fn exit_inside_chat_returns_to_the_room_and_quits_only_from_the_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = PinStore::open(&dir.path().join("pins")).unwrap();
+        let secure = EndToEnd::new(
+            "alice",
+            IdentityKey::generate().unwrap(),
+            pins,
+            Group::Ffdhe2048,
+            false,
+        );
+        let screen = Screen::capture();
+        let mut chat = Chat::new("alice", screen.clone(), secure, OnlineNames::default());
+        assert_eq!(chat.input("/chat bob").unwrap(), Flow::Continue);
+        assert!(chat.prompt().contains("to bob"), "{}", chat.prompt());
+        assert_eq!(chat.input("exit").unwrap(), Flow::Continue);
+        assert!(chat.prompt().contains("to the room"), "{}", chat.prompt());
+        assert!(screen
+            .lines()
+            .last()
+            .unwrap()
+            .contains("back in the public room"));
+        assert_eq!(chat.input("exit").unwrap(), Flow::Quit);
     }
 
     #[test]

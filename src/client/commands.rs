@@ -33,8 +33,11 @@ pub enum Input {
     Explain(Option<String>),
     /// `/help`.
     Help,
-    /// `/quit`, `/exit` or `exit`.
+    /// `/quit` or `/exit`: leave the program.
     Quit,
+    /// `exit` typed alone: leaves `/chat` when talking to someone (what a person typing
+    /// into a conversation means by it), the program otherwise.
+    Exit,
     /// Nothing to do (an empty line).
     Nothing,
 }
@@ -54,7 +57,8 @@ commands:
                      changed key after the warning about it
   //TEXT             send TEXT with its leading slash, as text
   /help              this help
-  /quit or exit      leave
+  /quit              leave (Ctrl-C or Ctrl-D too); waiting messages are reported first
+  exit               leave /chat when talking to someone; in the room, leave
 The public room is protected by TLS only: the server can read it. Private messages are
 end-to-end encrypted: only you and your partner can read them.";
 
@@ -67,7 +71,7 @@ pub fn parse(line: &str) -> Result<Input, String> {
         return Ok(Input::Nothing);
     }
     if line.trim() == "exit" {
-        return Ok(Input::Quit);
+        return Ok(Input::Exit);
     }
     if let Some(literal) = line.strip_prefix("//") {
         return Ok(Input::Text(format!("/{literal}")));
@@ -150,7 +154,7 @@ mod tests {
         assert_eq!(parse("/dh bob"), Ok(Input::Explain(Some("bob".into()))));
         assert_eq!(parse("/dh"), Ok(Input::Explain(None)));
         assert_eq!(parse("/quit"), Ok(Input::Quit));
-        assert_eq!(parse("exit"), Ok(Input::Quit));
+        assert_eq!(parse("exit"), Ok(Input::Exit));
         assert_eq!(parse("/help"), Ok(Input::Help));
         assert_eq!(parse("   "), Ok(Input::Nothing));
     }
