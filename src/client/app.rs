@@ -31,6 +31,9 @@ use crate::protocol::{AnnouncedLimits, Command, ErrorCode, Request, ServerLine};
 /// warning rather than remembered without bound.
 pub const MAX_WAITING: usize = 100;
 
+/// Where `/dh-practice` writes its script: the current directory, where the user runs it.
+const PRACTICE_FILE: &str = "dh-practice.py";
+
 /// A paste that leaves this many frames waiting gets a progress line.
 const PROGRESS_FROM: usize = 20;
 
@@ -239,6 +242,7 @@ impl Chat {
             Input::Chat(None) => self.back_to_the_room(),
             Input::Exit if self.talking_to.is_some() => self.back_to_the_room(),
             Input::Help => self.screen.print(HELP),
+            Input::Practice => self.practice(),
             Input::Quit | Input::Exit => return Ok(self.quit()),
             _ if !self.is_connected() => self
                 .screen
@@ -266,6 +270,26 @@ impl Chat {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// `/dh-practice`: writes a throwaway exchange, every value in full, as a Python script
+    /// that checks each equation. Its secrets belong to no session.
+    fn practice(&self) {
+        let script = match crate::e2e::practice_exchange(self.secure.group()) {
+            Ok(script) => script,
+            Err(e) => return self.screen.warn(&format!("practice exchange failed: {e}")),
+        };
+        match std::fs::write(PRACTICE_FILE, &script) {
+            Ok(()) => self.screen.info(&format!(
+                "a practice exchange in {} (throwaway values, used for nothing else) is in \
+                 {PRACTICE_FILE}: p, g, both secret exponents, both public values and the \
+                 shared secret in full. Check them with: python3 {PRACTICE_FILE}",
+                self.secure.group().name()
+            )),
+            Err(e) => self
+                .screen
+                .warn(&format!("cannot write {PRACTICE_FILE}: {e}")),
+        }
     }
 
     /// Ends `/chat`: plain lines go to the room again.

@@ -31,6 +31,9 @@ pub enum Input {
     /// `/dh USER`: show the key exchange with USER step by step (runs a fresh one);
     /// `/dh` alone: explain every exchange from now on, also those others start.
     Explain(Option<String>),
+    /// `/dh-practice`: a throwaway exchange with every value written out, for checking
+    /// `pow(g, x, p)` by hand.
+    Practice,
     /// `/help`.
     Help,
     /// `/quit` or `/exit`: leave the program.
@@ -53,6 +56,8 @@ commands:
   /verify USER       mark USER's key as verified (after comparing safety numbers)
   /dh USER           show a fresh Diffie-Hellman exchange with USER step by step
   /dh                explain every exchange from now on (so a classmate's /dh shows here too)
+  /dh-practice       write a throwaway exchange, every value in full, to dh-practice.py
+                     (run it with python3 to check g^x mod p and the shared secret)
   /accept USER       answer USER's message request, or accept a look-alike name or a
                      changed key after the warning about it
   //TEXT             send TEXT with its leading slash, as text
@@ -118,6 +123,7 @@ pub fn parse(line: &str) -> Result<Input, String> {
         "verify" => user_arg("/verify USER").map(Input::Verify),
         "accept" => user_arg("/accept USER").map(Input::Accept),
         "dh" => Ok(Input::Explain(optional_user())),
+        "dh-practice" => Ok(Input::Practice),
         "help" | "?" => Ok(Input::Help),
         "quit" | "exit" => Ok(Input::Quit),
         other => Err(format!(
@@ -153,6 +159,7 @@ mod tests {
         assert_eq!(parse("/accept bob"), Ok(Input::Accept("bob".into())));
         assert_eq!(parse("/dh bob"), Ok(Input::Explain(Some("bob".into()))));
         assert_eq!(parse("/dh"), Ok(Input::Explain(None)));
+        assert_eq!(parse("/dh-practice"), Ok(Input::Practice));
         assert_eq!(parse("/quit"), Ok(Input::Quit));
         assert_eq!(parse("exit"), Ok(Input::Exit));
         assert_eq!(parse("/help"), Ok(Input::Help));

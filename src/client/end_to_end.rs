@@ -371,6 +371,11 @@ impl EndToEnd {
         }
     }
 
+    /// The group this client starts exchanges in (`--group`).
+    pub fn group(&self) -> Group {
+        self.group
+    }
+
     /// `/dh` alone: explain every exchange from now on, including those another user
     /// starts with `/dh` (they cannot make this screen show anything on their own).
     pub fn explain_every_exchange(&mut self) -> Vec<Action> {

@@ -144,8 +144,8 @@ impl Explanation {
                         group.name(),
                         y_i.summary()
                     ),
-                    "Checked 1 < Y_i < p-1 and Y_i^q mod p = 1 (Y_i is in the prime-order \
-                     subgroup)."
+                    "Checked 1 < Y_i < p-1 and that Y_i is in the prime-order subgroup (the \
+                     Jacobi symbol (Y_i/p) = 1, the same test as Y_i^q mod p = 1 for a safe prime)."
                         .to_owned(),
                     format!(
                         "Picked a random secret exponent y ({} bits) and computed Y_r = g^y mod \
@@ -185,9 +185,12 @@ impl Explanation {
                 self.note_keys(secret_fingerprint);
                 vec![
                     format!("Received DH-REPLY: Y_r = {}.", y_r.summary()),
-                    format!("Verified {checked}: Y_r really comes from {peer}."),
-                    "Checked 1 < Y_r < p-1 and Y_r^q mod p = 1 (Y_r is in the prime-order \
-                     subgroup)."
+                    format!(
+                        "Verified {checked}: Y_r comes from whoever holds the identity key \
+                         this client holds for {peer} (how far that key is trusted is said below)."
+                    ),
+                    "Checked 1 < Y_r < p-1 and that Y_r is in the prime-order subgroup (the \
+                     Jacobi symbol (Y_r/p) = 1, the same test as Y_r^q mod p = 1 for a safe prime)."
                         .to_owned(),
                     format!(
                         "Computed the shared secret Z = Y_r^x mod p — the same number {peer} \

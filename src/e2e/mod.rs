@@ -75,6 +75,7 @@ mod group;
 mod handshake;
 mod identity;
 mod kdf;
+mod practice;
 mod prekeys;
 mod ratchet;
 mod trust;
@@ -91,6 +92,7 @@ pub use explain::Explanation;
 pub use group::{Group, GENERATOR};
 pub use handshake::{Confirm, Init, Initiator, Reply, Responder, Session};
 pub use identity::{safety_number, IdentityKey, IdentityPublicKey, SIGNATURE_LEN};
+pub use practice::practice_exchange;
 pub use prekeys::{
     initiate, initiate_using, respond, respond_using, IdentityDhKey, OneTimePrekey, Party,
     PrekeyBundle, PrekeyMessage, SignedPrekey,
