@@ -256,8 +256,8 @@ fn print_dh(d: &results::DhReport) {
             "      (parts in ms, medians. openssl/s: `{}` op/s ({}); one OpenSSL op is ONE \
              party's derive, Z = Y^x mod p with its ~225/275-bit exponent: no key generation, \
              no subgroup check, no signatures. x/agree = openssl op/s / our agreements/s; \
-             x/modexp = the same per exponentiation (we do {} per agreement: per side g^x, Y^q \
-             (full size), Y^x); x/same = OpenSSL's derive vs our own Y^x step, the same \
+             x/modexp = the same per exponentiation (we do {} per agreement: per side g^x and \
+             Y^x; the subgroup check is a Jacobi symbol); x/same = OpenSSL's derive vs our own Y^x step, the same \
              operation)",
             o.command
                 .replace("ffdh2048", "ffdhNNNN")
