@@ -260,6 +260,14 @@ fn first_contact_relay_attack_reads_and_forwards_every_message_until_safety_numb
     assert_eq!(halves(&at_bob).1, real_bob);
     assert_ne!(halves(&at_bob).0, real_alice);
 
+    // What no client can check is the comparison itself: a user who runs /verify after
+    // that number (which did not match bob's) gets mallory's key marked as verified.
+    relay.command("alice", |s| s.verify("bob"));
+    assert_eq!(
+        relay.saved_pins("alice").check("bob", &mallory_as_bob),
+        PinStatus::Matches { verified: true }
+    );
+
     // The control: the same conversation through an honest server, and both screens show
     // one number, the real keys'.
     let mut control = Relay::new();
