@@ -9,11 +9,16 @@
 //!   real TLS to an in-process server, where the test sees every payload as routed and can
 //!   rewrite the server's database underneath;
 //! - `relay.rs`, [`Relay`]: two `EndToEnd` state machines joined by the test itself playing a malicious
-//!   server, which alters, replays, reorders and reflects payloads.
+//!   server, which alters, replays, reorders and reflects payloads;
+//! - `first_contact.rs`, [`Mallory`]: the [`Relay`] with a server that substitutes both keys at
+//!   first contact and runs its own exchange with each side, the attack that works until the
+//!   users compare safety numbers (`cargo test --test e2e first_contact -- --nocapture`
+//!   narrates it).
 
 mod binaries;
 #[path = "../common/mod.rs"]
 mod common;
+mod first_contact;
 mod party;
 mod relay;
 
@@ -64,6 +69,18 @@ fn received_texts(notices: &[Notice]) -> Vec<&str> {
 fn warns(notices: &[Notice], parts: &[&str]) -> bool {
     notices.iter().any(|notice| {
         matches!(notice, Notice::Warning(text) if parts.iter().all(|part| text.contains(part)))
+    })
+}
+
+/// The 12 groups of 5 digits in a safety-number notice for `user` among `notices`.
+fn shown_safety_number(notices: &[Notice], user: &str) -> Option<String> {
+    let pattern = Regex::new(&format!(
+        r"safety number with {user}: ((?:\d{{5}} ){{11}}\d{{5}})"
+    ))
+    .expect("test regex");
+    notices.iter().find_map(|notice| match notice {
+        Notice::Info(text) => pattern.captures(text).map(|c| c[1].to_owned()),
+        _ => None,
     })
 }
 

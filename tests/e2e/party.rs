@@ -169,18 +169,6 @@ pub(crate) fn run_until(
     }
 }
 
-/// The 12 groups of 5 digits in a safety-number notice for `user`.
-pub(crate) fn shown_safety_number(party: &Party, user: &str) -> Option<String> {
-    let pattern = Regex::new(&format!(
-        r"safety number with {user}: ((?:\d{{5}} ){{11}}\d{{5}})"
-    ))
-    .expect("test regex");
-    party.notices.iter().find_map(|notice| match notice {
-        Notice::Info(text) => pattern.captures(text).map(|c| c[1].to_owned()),
-        _ => None,
-    })
-}
-
 /// Plays a server that hands out `key` as `user`'s identity key: rewrites its database.
 pub(crate) fn substitute_identity_key(server: &TestServer, user: &str, key: &IdentityPublicKey) {
     let db = rusqlite::Connection::open(server.data_dir().join(securechat::server::DB_FILE))
@@ -223,7 +211,8 @@ pub(crate) fn show_both_safety_numbers(alice: &mut Party, bob: &mut Party) {
     let actions = bob.secure.fingerprint(Some("alice"));
     bob.apply(actions);
     run_until(alice, bob, "both safety numbers", |a, b| {
-        shown_safety_number(a, "bob").is_some() && shown_safety_number(b, "alice").is_some()
+        shown_safety_number(&a.notices, "bob").is_some()
+            && shown_safety_number(&b.notices, "alice").is_some()
     });
 }
 
@@ -303,8 +292,8 @@ fn a_key_substituted_before_first_contact_fails_the_signature_and_the_safety_num
     // Comparing safety numbers exposes the substitution: the two screens differ, and
     // bob's is the number of the real keys.
     show_both_safety_numbers(&mut alice, &mut bob);
-    let at_alice = shown_safety_number(&alice, "bob").unwrap();
-    let at_bob = shown_safety_number(&bob, "alice").unwrap();
+    let at_alice = shown_safety_number(&alice.notices, "bob").unwrap();
+    let at_bob = shown_safety_number(&bob.notices, "alice").unwrap();
     assert_ne!(at_alice, at_bob, "the substitution would go unnoticed");
     let real = safety_number(
         "alice",
@@ -335,10 +324,10 @@ fn a_false_first_contact_key_is_not_verified_when_the_real_one_is_served_for_com
     show_both_safety_numbers(&mut alice, &mut bob);
     let alice_key = alice.secure.identity_public();
     let real = safety_number("alice", &alice_key, "bob", &bob_real_key);
-    assert_eq!(shown_safety_number(&bob, "alice").unwrap(), real);
+    assert_eq!(shown_safety_number(&bob.notices, "alice").unwrap(), real);
     // alice is shown the number of the key she pinned, which does not match bob's...
     assert_eq!(
-        shown_safety_number(&alice, "bob").unwrap(),
+        shown_safety_number(&alice.notices, "bob").unwrap(),
         safety_number("alice", &alice_key, "bob", &mallory),
         "{alice}"
     );
@@ -373,9 +362,9 @@ fn a_false_first_contact_key_is_not_verified_when_the_real_one_is_served_for_com
     let actions = alice.secure.fingerprint(Some("bob"));
     alice.apply(actions);
     alice.poll_until("the new number", |a| {
-        shown_safety_number(a, "bob").is_some()
+        shown_safety_number(&a.notices, "bob").is_some()
     });
-    assert_eq!(shown_safety_number(&alice, "bob").unwrap(), real);
+    assert_eq!(shown_safety_number(&alice.notices, "bob").unwrap(), real);
     let actions = alice.secure.verify("bob");
     alice.apply(actions);
     let pins = PinStore::open(&pins_file).expect("alice's pins");

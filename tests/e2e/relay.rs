@@ -29,6 +29,16 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
+    /// `name`'s state machine signing with `identity`, its pins kept in `pin_file`.
+    pub(crate) fn new(name: &str, identity: IdentityKey, pin_file: &Path) -> Endpoint {
+        let pins = PinStore::open(pin_file).expect("pins");
+        Endpoint {
+            secure: EndToEnd::new(name, identity, pins, GROUP, false),
+            notices: Vec::new(),
+            sent: Vec::new(),
+        }
+    }
+
     pub(crate) fn received(&self) -> Vec<&str> {
         received_texts(&self.notices)
     }
@@ -73,12 +83,7 @@ impl Relay {
         let mut endpoint = |name: &str| {
             let identity = IdentityKey::generate().expect("identity key");
             keys.push((name.to_owned(), identity.public_key()));
-            let pins = PinStore::open(&dir.path().join(format!("{name}.pins"))).expect("pins");
-            Endpoint {
-                secure: EndToEnd::new(name, identity, pins, GROUP, false),
-                notices: Vec::new(),
-                sent: Vec::new(),
-            }
+            Endpoint::new(name, identity, &dir.path().join(format!("{name}.pins")))
         };
         let (alice, bob) = (endpoint("alice"), endpoint("bob"));
         Relay {
@@ -155,6 +160,17 @@ impl Relay {
                 *served = key;
             }
         }
+    }
+
+    /// alice and bob each ask for their safety number with the other (`/fingerprint`);
+    /// returns the first number each screen shows, alice's first.
+    pub(crate) fn safety_numbers(&mut self) -> (String, String) {
+        self.command("alice", |s| s.fingerprint(Some("bob")));
+        self.command("bob", |s| s.fingerprint(Some("alice")));
+        let shown = |end: &Endpoint, peer: &str| {
+            shown_safety_number(&end.notices, peer).expect("a safety number shown")
+        };
+        (shown(&self.alice, "bob"), shown(&self.bob, "alice"))
     }
 
     /// Where `who` keeps its pinned keys.
