@@ -16,7 +16,8 @@
 //!
 //! Run (from the repository root):
 //! `ASAN_OPTIONS=detect_odr_violation=0 RUSTC_BOOTSTRAP=1 cargo fuzz run e2e_session`
-//! (see `protocol.rs` for why the `ASAN_OPTIONS`).
+//! (see `protocol.rs` for why the `ASAN_OPTIONS`, and for the `-s none` runs whose counts
+//! the report records).
 
 #![no_main]
 
