@@ -320,6 +320,11 @@ impl<S: ClientSocket> Outbox<S> {
         fits
     }
 
+    /// The room part's byte bound.
+    pub(super) fn room_limit(&self) -> usize {
+        self.state.room_limit
+    }
+
     /// Sets the priority part's byte bound (raised at login: before it, a client gets
     /// only a few KiB). Frames already queued stay.
     pub(super) fn set_limit(&self, limit: usize) {
