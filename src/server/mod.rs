@@ -166,10 +166,13 @@ impl Server {
         let keep = config.limits.room_history;
         store.trim_room_history(keep)?;
         let kept = store.room_history(keep)?;
-        log::info!(
-            "room history: keeping {keep} lines, {} from the database",
-            kept.len()
-        );
+        match keep {
+            0 => log::info!("room history: off"),
+            _ => log::info!(
+                "room history: keeping the last {keep} lines; {} in the database",
+                kept.len()
+            ),
+        }
         let accounts = Accounts::new(
             store.clone(),
             config.bcrypt_cost,
