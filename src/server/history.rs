@@ -26,7 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use super::outbox::Line;
+use super::outbox::{Line, TextFrame};
 use super::store::Store;
 use crate::error::Result;
 use crate::protocol;
@@ -43,25 +43,20 @@ pub(super) struct HistoryLine {
     time: u64,
     /// Its sender, the authenticated user of the connection that sent it.
     sender: UserName,
-    /// The complete `HISTORY <time> <sender> <text>` frame, with its `\n`.
-    frame: Arc<[u8]>,
-    /// Where the text begins in `frame` (it ends before the `\n`).
-    text_at: usize,
+    /// The complete `HISTORY <time> <sender> <text>` frame.
+    frame: TextFrame,
 }
 
 impl HistoryLine {
     /// The history line for `text`, sent by `sender` at `time` (Unix seconds).
     pub(super) fn new(time: u64, sender: UserName, text: &str) -> HistoryLine {
-        let mut frame = Vec::new();
-        protocol::write_history(&mut frame, time, sender.as_str(), text);
-        // The frame ends with the text and the line ending (an empty text is left out,
-        // with the space before it: then `text_at` is the line ending's position).
-        let text_at = frame.len() - 1 - text.len();
+        let frame = TextFrame::new(text, |out| {
+            protocol::write_history(out, time, sender.as_str(), text)
+        });
         HistoryLine {
             time,
             sender,
-            frame: Arc::from(frame),
-            text_at,
+            frame,
         }
     }
 
@@ -77,13 +72,12 @@ impl HistoryLine {
 
     /// What was said.
     pub(super) fn text(&self) -> &str {
-        // Built from a `&str` in `new`, cut at the text's own boundaries.
-        std::str::from_utf8(&self.frame[self.text_at..self.frame.len() - 1]).unwrap_or_default()
+        self.frame.text()
     }
 
     /// The `HISTORY` frame, shared by every client it is replayed to.
     fn line(&self) -> Line {
-        Line::Shared(self.frame.clone())
+        self.frame.line()
     }
 }
 
@@ -167,7 +161,7 @@ impl RoomHistory {
             .iter()
             .rev()
             .take_while(|line| {
-                used += line.frame.len();
+                used += line.frame.size();
                 used <= budget
             })
             .count();
@@ -233,7 +227,10 @@ mod tests {
     #[test]
     fn a_history_line_knows_its_parts_and_its_frame() {
         let line = HistoryLine::new(1_700_000_000, name("alice"), "hi  there");
-        assert_eq!(&*line.frame, b"HISTORY 1700000000 alice hi  there\n");
+        assert_eq!(
+            line.line().as_bytes(),
+            b"HISTORY 1700000000 alice hi  there\n"
+        );
         assert_eq!(line.text(), "hi  there");
         assert_eq!(line.sender().as_str(), "alice");
         assert_eq!(line.time(), 1_700_000_000);

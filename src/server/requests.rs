@@ -16,7 +16,7 @@ use base64::Engine as _;
 use super::accounts::{Busy, LoginError, RegisterError};
 use super::admission::Context;
 use super::outbox::{Line, Outbox};
-use super::router::{ConnId, Direct, Event, RoomLine, Routed};
+use super::router::{room_line, ConnId, Direct, Event, Routed};
 use super::store::KeyLookup;
 use super::throttle::AddressPrefix;
 use crate::protocol::frame::{FrameError, LineBuffer};
@@ -342,7 +342,7 @@ impl RequestHandler {
     fn logged_in_request(&mut self, user: &UserName, request: Request<'_>) -> Step {
         match request {
             Request::List => self.route(Routed::List),
-            Request::Say { text } => self.route(Routed::Room(RoomLine::new(user, text))),
+            Request::Say { text } => self.route(Routed::Room(room_line(user, text))),
             Request::Msg { to, payload } => {
                 let to = match recipient(to) {
                     Ok(to) => to,

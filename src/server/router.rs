@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::history::RoomHistory;
-use super::outbox::{ClientSocket, Line, Outbox, QueueFull};
+use super::outbox::{ClientSocket, Line, Outbox, QueueFull, TextFrame};
 use crate::protocol::name::UserName;
 use crate::protocol::{self, Command, ErrorCode, ProtocolError, ServerLine};
 use crate::rate::TokenBucket;
@@ -99,8 +99,9 @@ impl<S> Event<S> {
 pub(super) enum Routed {
     /// Deliver a private frame to its recipient.
     Direct(Direct),
-    /// Deliver a room line to everyone else, and record it in the history.
-    Room(RoomLine),
+    /// Deliver a room line (a complete `ROOM <sender> <text>` frame) to everyone else,
+    /// and record it in the history.
+    Room(TextFrame),
     /// Reply with who is online.
     List,
     /// Send this reply to the requester, in order with the router's own replies.
@@ -189,34 +190,10 @@ impl Direct {
     }
 }
 
-/// A room line on its way: the complete `ROOM <sender> <text>` frame, built once and
-/// shared by every recipient, and where its text begins (for the history).
-pub(super) struct RoomLine {
-    /// The frame, with its `\n`.
-    frame: Arc<[u8]>,
-    /// Where the text begins in `frame` (it ends before the `\n`).
-    text_at: usize,
-}
-
-impl RoomLine {
-    /// The frame `ROOM <from> <text>`. `from` is typed: the sender is the user its
-    /// connection logged in as.
-    pub(super) fn new(from: &UserName, text: &str) -> RoomLine {
-        let mut frame = Vec::new();
-        protocol::write_room(&mut frame, from.as_str(), text);
-        // The frame ends with the text and the line ending.
-        let text_at = frame.len() - 1 - text.len();
-        RoomLine {
-            frame: Arc::from(frame),
-            text_at,
-        }
-    }
-
-    /// What was said.
-    fn text(&self) -> &str {
-        // Built from a `&str` in `new`, cut at the text's own boundaries.
-        std::str::from_utf8(&self.frame[self.text_at..self.frame.len() - 1]).unwrap_or_default()
-    }
+/// The room line `ROOM <from> <text>`. `from` is typed: the sender is the user its
+/// connection logged in as, never a name taken from the frame.
+pub(super) fn room_line(from: &UserName, text: &str) -> TextFrame {
+    TextFrame::new(text, |out| protocol::write_room(out, from.as_str(), text))
 }
 
 /// The most requests one wake-up may bring for the router to still write frames itself
@@ -430,14 +407,14 @@ impl<S: ClientSocket> Router<S> {
         match request {
             Routed::Direct(frame) => self.direct(user, frame),
             Routed::Room(line) => {
-                if let Err(refused) = self.charge_room(user, line.frame.len()) {
+                if let Err(refused) = self.charge_room(user, line.size()) {
                     return self.send(user, refused);
                 }
                 // Into each room part: a recipient too slow for the room skips lines
                 // (and is told so), it is never cut off for them.
                 for (name, client) in &self.online {
                     if name != user {
-                        client.outbox.push_room(Line::Shared(line.frame.clone()));
+                        client.outbox.push_room(line.line());
                     }
                 }
                 // After the fan-out, before the next event: a login handled next gets
@@ -663,7 +640,7 @@ mod tests {
         }
 
         fn say(&self, router: &mut Router<MemorySocket>, text: &str) {
-            self.request(router, Routed::Room(RoomLine::new(&self.user, text)));
+            self.request(router, Routed::Room(room_line(&self.user, text)));
         }
 
         fn send(&self, router: &mut Router<MemorySocket>, to: &str, payload: &str) {
