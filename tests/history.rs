@@ -241,3 +241,48 @@ fn a_line_sent_while_someone_logs_in_reaches_them_once_as_history_or_live_in_ord
         live.len()
     );
 }
+
+#[test]
+fn a_version_1_database_is_upgraded_at_start_and_its_accounts_still_log_in() {
+    let mut server = server_keeping(5);
+    server.stop();
+    // Replace the database with one as version 1 of the server left it: accounts only.
+    let path = server.data_dir().join(DB_FILE);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    securechat::files::write_new_file(&path, b"").unwrap();
+    {
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE accounts (
+                 id             INTEGER PRIMARY KEY,
+                 username       TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                 password_hash  TEXT NOT NULL,
+                 identity_key   TEXT,
+                 created_at     INTEGER NOT NULL,
+                 last_login_at  INTEGER,
+                 key_updated_at INTEGER
+             );
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+        old.execute(
+            "INSERT INTO accounts (username, password_hash, created_at) VALUES ('alice', ?1, 1)",
+            [hash],
+        )
+        .unwrap();
+    }
+    server.restart();
+    let mut alice = server.connect();
+    alice.login_ok("alice");
+    say_all(&mut alice, &["after the upgrade"]);
+    let mut bob = login_asking_for_history(&server, "bob");
+    assert_eq!(texts(&history_lines(&mut bob, 1)), ["after the upgrade"]);
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+}
