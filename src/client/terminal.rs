@@ -467,8 +467,8 @@ impl Connection {
             // Ask for the room's recent lines before logging in: history is an opt-in, so
             // that clients that cannot read `HISTORY` frames never get one. Its `OK
             // HISTORY` (or an older server's `ERR - unknown-command`) is passed over below.
-            // Only here, at the first login: after a reconnect it would repeat lines
-            // already on the screen.
+            // Only here, before the session starts: after a reconnect (`relogin`) it would
+            // repeat lines already on the screen.
             if verb == Command::Login && self.link.send(&Request::History).is_err() {
                 continue;
             }
