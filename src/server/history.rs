@@ -15,7 +15,7 @@
 //! transaction, which also trims the table to the last N rows, so a burst of room lines
 //! costs one commit, not one each. If the writer ever falls [`WRITER_QUEUE_LINES`] lines
 //! behind, further lines are still replayed from memory but not stored (a warning says
-//! so): the room is never slowed down for its history. The database copy is what a
+//! so): the router never waits for the database. The database copy is what a
 //! restart starts from; lines still in the channel when the server is killed are lost,
 //! and a clean shutdown waits for the writer.
 
@@ -34,7 +34,7 @@ use crate::protocol::name::UserName;
 
 /// Lines that may wait for the writer. Ample: one commit stores everything waiting, and
 /// room lines are rate-limited per user; a writer this far behind has a stuck disk.
-pub(super) const WRITER_QUEUE_LINES: usize = 4096;
+const WRITER_QUEUE_LINES: usize = 4096;
 
 /// One room line as history: who sent it, when, and its `HISTORY` frame, built once.
 #[derive(Debug, Clone)]
