@@ -9,7 +9,7 @@
 //! |---|---|
 //! | [`protocol`] | every frame, both directions: requests and server lines parsed and encoded in one place; [`protocol::frame`] splits bytes into lines; [`protocol::name`] is the user-name rule (spec: `report/protocol.md`); pure, no I/O |
 //! | [`tls`] | TLS policy for both ends, the development CA, and [`tls::stream`]: a TLS stream one thread reads while another writes |
-//! | [`server`] | the server, one file per role: accept loop and shutdown, limits, admission, a connection's life, requests, the router, outboxes and their writers, accounts, throttles, the SQLite store (the threads, sockets and locks table opens `src/server/mod.rs`) |
+//! | [`server`] | the server, one file per role: accept loop and shutdown, limits, admission, a connection's life, requests, the router, outboxes and their writers, accounts, throttles, the room's history, the SQLite store (the threads, sockets and locks table opens `src/server/mod.rs`) |
 //! | [`password`] | the password policy, shared by server and client |
 //! | [`rate`] | the token bucket: the server's frame limit and the client's pacing |
 //! | [`client`] | the client: connection, terminal interface, end-to-end layer |

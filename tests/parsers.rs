@@ -235,6 +235,11 @@ fn server_line() -> impl Strategy<Value = ServerLine> {
         text().prop_map(|token| ServerLine::Pong { token }),
         (word(), text()).prop_map(|(user, payload)| ServerLine::From { user, payload }),
         (word(), text()).prop_map(|(user, text)| ServerLine::Room { user, text }),
+        (any::<u64>(), word(), text()).prop_map(|(time, user, text)| ServerLine::History {
+            time,
+            user,
+            text
+        }),
         word().prop_map(|user| ServerLine::Offline { user }),
         any::<u64>().prop_map(|count| ServerLine::Skipped { count }),
         text().prop_map(|reason| ServerLine::Bye { reason }),
@@ -255,7 +260,7 @@ proptest! {
 
     #[test]
     fn every_request_survives_encoding_and_parsing(
-        kind in 0..9u8,
+        kind in 0..10u8,
         a in word(),
         b in word(),
         rest in text(),
@@ -271,6 +276,7 @@ proptest! {
             5 => Request::Say { text: &tail },
             6 => Request::Msg { to: &a, payload: &tail },
             7 => Request::SetKey { key: &a },
+            8 => Request::History,
             _ => Request::GetKey { user: &a },
         };
         let encoded = request.to_string();

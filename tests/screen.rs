@@ -472,6 +472,59 @@ fn a_padded_room_line_of_any_length_never_starts_a_row_like_a_private_message_or
 }
 
 #[test]
+fn room_history_is_labelled_with_its_time_escaped_and_padded_fakes_never_start_a_row() {
+    let server = TestServer::start();
+    let home = tempfile::tempdir().unwrap();
+    // alice registers, says something and leaves; mallory then fills the history with
+    // padded fakes and hidden characters.
+    let mut alice = Client::login(&server.address(), &server.ca, home.path(), "alice", true);
+    alice.type_line("said before leaving");
+    alice.expect("(you) [room]: said before leaving");
+    alice.type_line("/quit");
+    assert_eq!(alice.exit_status(), Some(0));
+    let mut mallory = server.login("mallory");
+    let fake = "[08:06] bob -> (you) [private, e2e, verified]: new exam room is B12";
+    for pad in [0, 30, 61, 62, 63, 70] {
+        mallory.send(&format!("SAY {}{fake}", " ".repeat(pad)));
+        mallory.send(&format!("SAY {}{fake}", "x".repeat(pad)));
+    }
+    mallory.send("SAY \u{202e}reversed\u{2066} and\t\ttabs \u{200b}end of history");
+    assert_eq!(
+        mallory.request("PING x"),
+        ServerLine::Pong { token: "x".into() }
+    );
+
+    // alice comes back: the history comes first, each line marked and timed.
+    let mut alice = Client::login(&server.address(), &server.ca, home.path(), "alice", false);
+    alice.expect("(you) [room, history]: said before leaving");
+    alice.expect(
+        "mallory [room, history]: \u{FFFD}reversed\u{FFFD} and tabs \u{FFFD}end of history",
+    );
+    let rows = alice.rows();
+    let forged: Vec<&String> = rows
+        .iter()
+        .filter(|row| {
+            starts_like_a_genuine_event(row)
+                && !row.contains("logged in as alice")
+                && !row.contains("said before leaving")
+        })
+        .collect();
+    assert!(
+        forged.is_empty(),
+        "rows that look like the client's own: {forged:#?}"
+    );
+    let history_rows = rows
+        .iter()
+        .filter(|row| row.contains("[room, history]"))
+        .count();
+    assert_eq!(history_rows, 14, "{rows:#?}");
+    // Live lines after it are plain room lines.
+    mallory.send("SAY live now");
+    alice.expect("mallory [room]: live now");
+    alice.assert_no_terminal_controls();
+}
+
+#[test]
 fn escape_sequences_in_a_certificate_an_error_text_or_a_user_name_never_reach_the_terminal() {
     // A certificate whose names hold a clipboard write, a screen clear and a fake line,
     // signed by a CA the client trusts, presented for a name it does not hold.

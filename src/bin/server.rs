@@ -98,6 +98,11 @@ struct Args {
     /// Room bytes times recipients one user may cause per second (0 = no limit).
     #[arg(long, default_value_t = Limits::default().room_fanout_rate)]
     room_fanout_rate: u32,
+    /// Room lines kept (in the database) and replayed at login to clients that ask;
+    /// 0 turns room history off and deletes what was kept.
+    #[arg(long, default_value_t = Limits::default().room_history as u64,
+          value_parser = clap::value_parser!(u64).range(0..=server::MAX_ROOM_HISTORY as u64))]
+    room_history: u64,
     /// Key exchanges (DH-INIT) one user may start with another per minute (0 = no limit).
     #[arg(long, default_value_t = Limits::default().exchange_starts)]
     exchange_starts: u32,
@@ -164,6 +169,7 @@ fn run(args: Args) -> securechat::Result<()> {
         bcrypt_concurrency: args.bcrypt_concurrency,
         message_rate: args.rate_limit,
         message_burst: args.rate_burst,
+        room_history: args.room_history as usize,
         throttle: ThrottlePolicy {
             registrations_burst: args.registrations_per_ip,
             logins_per_prefix: args.logins_per_prefix,

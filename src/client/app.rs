@@ -529,6 +529,12 @@ impl Chat {
                 self.seen(&user, true);
                 self.screen.room(&user, &text)
             }
+            // Replayed at login; its sender may have left since, so it is not taken as
+            // a sign of who is online.
+            ServerLine::History { time, user, text } if user == self.me => {
+                self.screen.own_history(time, &text)
+            }
+            ServerLine::History { time, user, text } => self.screen.history(time, &user, &text),
             ServerLine::From { user, payload } => {
                 self.seen(&user, true);
                 let actions = self.secure.payload_arrived(&user, &payload);
@@ -673,6 +679,7 @@ impl Chat {
 fn names_in(line: &ServerLine) -> Box<dyn Iterator<Item = &str> + '_> {
     match line {
         ServerLine::Room { user, .. }
+        | ServerLine::History { user, .. }
         | ServerLine::From { user, .. }
         | ServerLine::Offline { user } => Box::new(std::iter::once(user.as_str())),
         ServerLine::Ok {
@@ -730,6 +737,49 @@ mod tests {
         let lines = screen.lines();
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].ends_with("] 87 room lines skipped: this terminal was reading more slowly than the room was talking"), "{lines:?}");
+    }
+
+    #[test]
+    fn history_lines_are_marked_with_their_time_and_own_lines_with_you() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = PinStore::open(&dir.path().join("pins")).unwrap();
+        let secure = EndToEnd::new(
+            "alice",
+            IdentityKey::generate().unwrap(),
+            pins,
+            Group::Ffdhe2048,
+            false,
+        );
+        let screen = Screen::capture();
+        let online = OnlineNames::default();
+        let mut chat = Chat::new("alice", screen.clone(), secure, online.clone());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        for (user, text) in [("bob", "hi\x1b[2J [room]"), ("alice", "mine"), ("Bob", "x")] {
+            let line = ServerLine::History {
+                time: now,
+                user: user.into(),
+                text: text.into(),
+            };
+            assert_eq!(chat.server(line).unwrap(), Flow::Continue);
+        }
+        let lines = screen.lines();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0].ends_with("] bob [room, history]: hi\u{FFFD}[2J [room]"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].ends_with("] (you) [room, history]: mine"),
+            "{lines:?}"
+        );
+        assert!(lines[2].contains("breaks the user-name rule"), "{lines:?}");
+        assert!(
+            online.lock().unwrap().is_empty(),
+            "a history line says nothing of who is online"
+        );
     }
 
     #[test]

@@ -64,8 +64,9 @@ commands:
   /help              this help
   /quit              leave (Ctrl-C or Ctrl-D too); waiting messages are reported first
   exit               leave /chat when talking to someone; in the room, leave
-The public room is protected by TLS only: the server can read it. Private messages are
-end-to-end encrypted: only you and your partner can read them.";
+The public room is protected by TLS only: the server can read it, and keeps its last
+lines, shown at login as [room, history] with the time they were sent. Private messages
+are end-to-end encrypted: only you and your partner can read them.";
 
 /// Parses one typed line. Errors say what was expected.
 pub fn parse(line: &str) -> Result<Input, String> {

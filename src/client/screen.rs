@@ -9,7 +9,8 @@
 //!   another user or the server wrote) runs of whitespace — tabs, non-breaking and wide
 //!   spaces included — collapse to one space ([`sanitize`]). Messages, names, server error
 //!   texts and TLS errors all take this path; nothing prints around it.
-//! * **Only genuine events start a row.** An event row begins with `[HH:MM] ` at column 0.
+//! * **Only genuine events start a row.** An event row begins with `[HH:MM] ` at column 0
+//!   (the time it is shown; for a line of room history, the time it was first sent).
 //!   The client wraps every line itself, at the terminal's width, before the terminal
 //!   would: every further row of the same line begins with [`CONTINUATION`], which no event
 //!   row begins with. So no text, however it is padded, can make a row that starts like a
@@ -39,6 +40,11 @@ pub const OWN_MARK: &str = "(you)";
 /// Labels public room lines: short, so that a line stays on one row at 80 columns; what it
 /// means (TLS to the server only, the server can read it) is said at login and in `/help`.
 pub const ROOM_LABEL: &str = "[room]";
+
+/// Labels room lines replayed from the room's history at login, shown with the time they
+/// were sent (and their date, when not today): the same origin as [`ROOM_LABEL`], said
+/// before now.
+pub const HISTORY_LABEL: &str = "[room, history]";
 
 /// Begins every row after the first of a wrapped line. Event rows begin with `[`, so a
 /// continuation row can never be taken for a new line.
@@ -118,8 +124,13 @@ impl Screen {
 
     /// Prints one event line prefixed with the local time.
     pub fn event(&self, text: &str) {
+        self.event_at(&local_time_hhmm(), text);
+    }
+
+    /// Prints one event line prefixed with `hhmm`, a time the client formatted.
+    fn event_at(&self, hhmm: &str, text: &str) {
         self.flush_repeated();
-        self.emit(&format!("[{}] {}", local_time_hhmm(), sanitize(text)));
+        self.emit(&format!("[{hhmm}] {}", sanitize(text)));
     }
 
     /// Prints text without the time (menus, help, results), keeping its alignment: each
@@ -167,6 +178,17 @@ impl Screen {
     /// A public room line the local user sent.
     pub fn own_room(&self, text: &str) {
         self.event(&format!("{OWN_MARK} {ROOM_LABEL}: {text}"));
+    }
+
+    /// A room line from `user` replayed from the history, sent at `time` (Unix seconds).
+    pub fn history(&self, time: u64, user: &str, text: &str) {
+        let (hhmm, label) = history_time(time);
+        self.event_at(&hhmm, &format!("{user} {label}: {text}"));
+    }
+
+    /// A room line the local user sent in an earlier session, replayed from the history.
+    pub fn own_history(&self, time: u64, text: &str) {
+        self.history(time, OWN_MARK, text);
     }
 
     /// A private message from `from`, whose key has trust state `trust`.
@@ -322,15 +344,47 @@ fn terminal_width() -> Option<usize> {
 
 /// The local wall-clock time as `HH:MM`.
 pub fn local_time_hhmm() -> String {
-    // SAFETY: `time(NULL)` has no preconditions; `localtime_r` writes only into `tm`.
+    // SAFETY: `time(NULL)` has no preconditions.
+    let now = unsafe { libc::time(std::ptr::null_mut()) };
+    local_time(now).map_or_else(|| "--:--".to_owned(), |tm| hhmm(&tm))
+}
+
+/// A history line's row time (`HH:MM`, local) and label: [`HISTORY_LABEL`], with the
+/// date added when the line was sent on another day than today. A time the server could
+/// not have meant (beyond what the platform represents) shows as `--:--`.
+fn history_time(time: u64) -> (String, String) {
+    // SAFETY: `time(NULL)` has no preconditions.
+    let now = unsafe { libc::time(std::ptr::null_mut()) };
+    let sent = libc::time_t::try_from(time).ok().and_then(local_time);
+    let Some(sent) = sent else {
+        return ("--:--".to_owned(), HISTORY_LABEL.to_owned());
+    };
+    let today = local_time(now).map(|tm| (tm.tm_year, tm.tm_yday));
+    let label = if today == Some((sent.tm_year, sent.tm_yday)) {
+        HISTORY_LABEL.to_owned()
+    } else {
+        format!(
+            "[room, history, {}-{:02}-{:02}]",
+            i64::from(sent.tm_year) + 1900,
+            sent.tm_mon + 1,
+            sent.tm_mday
+        )
+    };
+    (hhmm(&sent), label)
+}
+
+/// `time` broken down in the local time zone, or `None` if it cannot be.
+fn local_time(time: libc::time_t) -> Option<libc::tm> {
+    // SAFETY: `localtime_r` reads `time` and writes only into `tm`; a zeroed `tm` is valid.
     unsafe {
-        let now = libc::time(std::ptr::null_mut());
         let mut tm: libc::tm = std::mem::zeroed();
-        if libc::localtime_r(&now, &mut tm).is_null() {
-            return "--:--".to_owned();
-        }
-        format!("{:02}:{:02}", tm.tm_hour, tm.tm_min)
+        (!libc::localtime_r(&time, &mut tm).is_null()).then_some(tm)
     }
+}
+
+/// `HH:MM` of a broken-down time.
+fn hhmm(tm: &libc::tm) -> String {
+    format!("{:02}:{:02}", tm.tm_hour, tm.tm_min)
 }
 
 #[cfg(test)]
@@ -381,6 +435,32 @@ mod tests {
         let t = local_time_hhmm();
         assert_eq!(t.len(), 5);
         assert_eq!(&t[2..3], ":");
+    }
+
+    #[test]
+    fn history_lines_carry_their_own_time_and_a_date_when_not_from_today() {
+        // SAFETY: `time(NULL)` has no preconditions.
+        let now = unsafe { libc::time(std::ptr::null_mut()) } as u64;
+        let (row, label) = history_time(now);
+        assert_eq!(row, local_time_hhmm());
+        assert_eq!(label, HISTORY_LABEL);
+        // Two days ago, whatever the time zone.
+        let (_, label) = history_time(now - 2 * 86_400);
+        assert!(label.starts_with("[room, history, 20"), "{label}");
+        assert_eq!(label.len(), "[room, history, 2026-12-01]".len(), "{label}");
+        assert_eq!(history_time(u64::MAX).0, "--:--");
+        let screen = Screen::capture();
+        screen.history(now, "bob", "hi\tthere\x1b[2J");
+        screen.own_history(now, "mine");
+        let lines = screen.lines();
+        assert!(
+            lines[0].ends_with("] bob [room, history]: hi there\u{FFFD}[2J"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].ends_with("] (you) [room, history]: mine"),
+            "{lines:?}"
+        );
     }
 
     #[test]

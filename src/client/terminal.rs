@@ -463,10 +463,18 @@ impl Connection {
                 self.reader = reader;
                 self.limits = info.limits;
             }
+            let verb = request.command();
+            // Ask for the room's recent lines before logging in: history is an opt-in, so
+            // that clients that cannot read `HISTORY` frames never get one. Its `OK
+            // HISTORY` (or an older server's `ERR - unknown-command`) is passed over below.
+            // Only here, before the session starts: after a reconnect (`relogin`) it would
+            // repeat lines already on the screen.
+            if verb == Command::Login && self.link.send(&Request::History).is_err() {
+                continue;
+            }
             if self.link.send(request).is_err() {
                 continue;
             }
-            let verb = request.command();
             loop {
                 match self.reader.recv()? {
                     Some(ServerLine::Ok { command, detail }) if command == verb => {

@@ -63,6 +63,10 @@ pub enum Request<'a> {
         /// Whose key.
         user: &'a str,
     },
+    /// `HISTORY`: after this connection logs in, replay the room's recent lines as
+    /// `HISTORY` frames before any live room line. Allowed before login only: it is an
+    /// opt-in, so that clients that cannot read `HISTORY` frames never get one.
+    History,
 }
 
 impl<'a> Request<'a> {
@@ -74,7 +78,7 @@ impl<'a> Request<'a> {
             ProtocolError::unattributed(
                 ErrorCode::UnknownCommand,
                 format!(
-                    "unknown command {:?}; expected one of REGISTER, LOGIN, QUIT, PING, LIST, SAY, MSG, SETKEY, GETKEY",
+                    "unknown command {:?}; expected one of REGISTER, LOGIN, QUIT, PING, LIST, SAY, MSG, SETKEY, GETKEY, HISTORY",
                     truncate(verb, 32)
                 ),
             )
@@ -141,6 +145,7 @@ impl<'a> Request<'a> {
             Command::GetKey => Request::GetKey {
                 user: one_word(rest, "the user name")?,
             },
+            Command::History => Request::History,
         };
         Ok(request)
     }
@@ -157,6 +162,7 @@ impl<'a> Request<'a> {
             Request::Msg { .. } => Command::Msg,
             Request::SetKey { .. } => Command::SetKey,
             Request::GetKey { .. } => Command::GetKey,
+            Request::History => Command::History,
         }
     }
 }
@@ -169,7 +175,7 @@ impl fmt::Display for Request<'_> {
             Request::Register { user, password } | Request::Login { user, password } => {
                 write!(f, "{verb} {user} {password}")
             }
-            Request::Quit | Request::List => f.write_str(verb),
+            Request::Quit | Request::List | Request::History => f.write_str(verb),
             Request::Ping { token: "" } => f.write_str(verb),
             Request::Ping { token } => write!(f, "{verb} {token}"),
             Request::Say { text } => write!(f, "{verb} {text}"),
@@ -201,11 +207,13 @@ pub enum Command {
     SetKey,
     /// `GETKEY`
     GetKey,
+    /// `HISTORY`
+    History,
 }
 
 impl Command {
     /// Every command.
-    pub const ALL: [Command; 9] = [
+    pub const ALL: [Command; 10] = [
         Command::Register,
         Command::Login,
         Command::Quit,
@@ -215,6 +223,7 @@ impl Command {
         Command::Msg,
         Command::SetKey,
         Command::GetKey,
+        Command::History,
     ];
 
     /// The verb as it appears on the wire.
@@ -229,6 +238,7 @@ impl Command {
             Command::Msg => "MSG",
             Command::SetKey => "SETKEY",
             Command::GetKey => "GETKEY",
+            Command::History => "HISTORY",
         }
     }
 
@@ -244,6 +254,7 @@ impl Command {
             Command::Msg => "MSG <user> <payload>",
             Command::SetKey => "SETKEY <base64 identity key>",
             Command::GetKey => "GETKEY <user>",
+            Command::History => "HISTORY",
         }
     }
 
@@ -441,6 +452,16 @@ pub enum ServerLine {
         /// The message.
         text: String,
     },
+    /// `HISTORY <time> <user> <text>`: a room line `user` sent before this client logged
+    /// in, replayed at login (only to a client that asked with the `HISTORY` request).
+    History {
+        /// When the server relayed it: seconds since the Unix epoch, UTC.
+        time: u64,
+        /// The sender: the authenticated user of the connection that sent it.
+        user: String,
+        /// The message.
+        text: String,
+    },
     /// `OFFLINE <user>`: a user you exchanged private messages with left (or logged in
     /// again elsewhere): any end-to-end session with them is over.
     Offline {
@@ -526,6 +547,21 @@ impl ServerLine {
                     }
                 }
             }
+            "HISTORY" => {
+                let (time, rest) = split_word(rest);
+                let time = time
+                    .parse()
+                    .map_err(|_| BadServerLine::new(line, "HISTORY without a time"))?;
+                let (user, text) = split_word(rest);
+                if user.is_empty() {
+                    return Err(BadServerLine::new(line, "a message without a sender"));
+                }
+                ServerLine::History {
+                    time,
+                    user: owned(user),
+                    text: owned(text),
+                }
+            }
             "OFFLINE" => ServerLine::Offline { user: owned(rest) },
             "SKIPPED" => ServerLine::Skipped {
                 count: rest
@@ -543,8 +579,8 @@ impl ServerLine {
 
 impl ServerLine {
     /// The frame for this line, with its line ending: the only place server frames are
-    /// written (the router's hot paths use [`write_from`] and [`write_room`], which this
-    /// calls too).
+    /// written (the router's hot paths use [`write_from`], [`write_room`] and
+    /// [`write_history`], which this calls too).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
@@ -573,6 +609,7 @@ impl ServerLine {
             ServerLine::Pong { token } => write_words(&mut out, &["PONG", token]),
             ServerLine::From { user, payload } => write_from(&mut out, user, payload),
             ServerLine::Room { user, text } => write_room(&mut out, user, text),
+            ServerLine::History { time, user, text } => write_history(&mut out, *time, user, text),
             ServerLine::Offline { user } => write_words(&mut out, &["OFFLINE", user]),
             ServerLine::Skipped { count } => {
                 let _ = writeln!(out, "SKIPPED {count}");
@@ -609,6 +646,14 @@ pub fn write_from(out: &mut Vec<u8>, user: &str, payload: &str) {
 pub fn write_room(out: &mut Vec<u8>, user: &str, text: &str) {
     out.reserve("ROOM ".len() + user.len() + text.len() + 2);
     write_words(out, &["ROOM", user, text]);
+}
+
+/// Appends `HISTORY <time> <user> <text>\n`: a room line from `user`, relayed at `time`
+/// (Unix seconds), replayed at login.
+pub fn write_history(out: &mut Vec<u8>, time: u64, user: &str, text: &str) {
+    let time = time.to_string();
+    out.reserve("HISTORY ".len() + time.len() + user.len() + text.len() + 3);
+    write_words(out, &["HISTORY", &time, user, text]);
 }
 
 /// A line from the server that this client cannot read: what is wrong, and the start of
@@ -752,6 +797,7 @@ mod tests {
             Request::parse("GETKEY bob"),
             Ok(Request::GetKey { user: "bob" })
         );
+        assert_eq!(Request::parse("history"), Ok(Request::History));
     }
 
     #[test]
@@ -767,6 +813,7 @@ mod tests {
             "MSG bob payload with spaces",
             "SETKEY k",
             "GETKEY bob",
+            "HISTORY",
         ] {
             assert_eq!(Request::parse(line).unwrap().to_string(), line);
         }
@@ -840,6 +887,16 @@ mod tests {
                 payload: "E2E x y".into()
             })
         );
+        assert_eq!(
+            ServerLine::parse("HISTORY 1700000000 alice hi  there"),
+            Ok(ServerLine::History {
+                time: 1_700_000_000,
+                user: "alice".into(),
+                text: "hi  there".into()
+            })
+        );
+        assert!(ServerLine::parse("HISTORY soon alice hi").is_err());
+        assert!(ServerLine::parse("HISTORY 1700000000").is_err());
         assert!(ServerLine::parse("HELLO ircd 1").is_err());
         assert!(ServerLine::parse("WHAT").is_err());
         assert!(ServerLine::parse("FROM").is_err());

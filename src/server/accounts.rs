@@ -89,8 +89,8 @@ enum HashError {
 
 /// Registration and login, with bounded bcrypt concurrency.
 pub(super) struct Accounts {
-    /// Where accounts live.
-    store: Store,
+    /// Where accounts live (shared with the room history's writer).
+    store: Arc<Store>,
     /// bcrypt work factor for new hashes (each step doubles the cost).
     cost: u32,
     /// A hash of a random password at `cost`, verified for unknown users so that a login
@@ -105,7 +105,7 @@ impl Accounts {
     /// bcrypt computations (the number of CPU cores is a good value: the pool runs at low
     /// priority, so chat traffic still gets the CPU it needs); `policy` bounds the queue.
     pub(super) fn new(
-        store: Store,
+        store: Arc<Store>,
         cost: u32,
         max_concurrent: usize,
         policy: &ThrottlePolicy,
@@ -474,7 +474,7 @@ mod tests {
         let store = Store::open(&dir.path().join("data")).unwrap();
         (
             dir,
-            Accounts::new(store, 4, 2, &ThrottlePolicy::default()).unwrap(),
+            Accounts::new(Arc::new(store), 4, 2, &ThrottlePolicy::default()).unwrap(),
         )
     }
 

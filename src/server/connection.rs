@@ -168,6 +168,7 @@ fn open_connection(
         context: context.clone(),
         outbox,
         user: None,
+        wants_history: false,
         login_deadline: accepted + limits.login_timeout,
         last_frame: Instant::now(),
         batch: Vec::new(),

@@ -89,9 +89,20 @@ pub struct Limits {
     pub exchange_starts: u32,
     /// The window `exchange_starts` counts in.
     pub exchange_window: Duration,
+    /// Room lines the server keeps and replays at login to clients that ask (0 = off:
+    /// nothing is stored or replayed, and lines stored before are deleted at start). The
+    /// room is already readable by the server (it is protected by TLS only), so keeping
+    /// some of it adds no new exposure; 50 lines is a screenful of context for someone
+    /// who just arrived. Each line costs up to one frame of memory in the router, so the
+    /// command line caps it at [`MAX_ROOM_HISTORY`].
+    pub room_history: usize,
     /// Failed-login back-off and registration limits.
     pub throttle: ThrottlePolicy,
 }
+
+/// The most room lines `--room-history` accepts: at the default frame size, at most
+/// 16 MiB of the router's memory (a replay sends at most a room queue's worth of them).
+pub const MAX_ROOM_HISTORY: usize = 1000;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -117,6 +128,7 @@ impl Default for Limits {
             exchange_window: Duration::from_secs(60),
             message_rate: AnnouncedLimits::DEFAULT.rate,
             message_burst: AnnouncedLimits::DEFAULT.burst,
+            room_history: 50,
             throttle: ThrottlePolicy::default(),
         }
     }

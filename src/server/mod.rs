@@ -10,6 +10,7 @@
 //! | `requests.rs` | what each request does, before and after login |
 //! | `router.rs` | the thread that owns who is online and routes frames |
 //! | `outbox.rs` | a client's outbound queue (a priority part bounded in bytes, a small room part that skips), and the writer loop that drains it |
+//! | `history.rs` | the room's last lines: kept by the router, stored by a writer thread, replayed at login |
 //! | `accounts.rs`, `throttle.rs`, `store.rs` | accounts (bcrypt), brute-force defences, the SQLite store |
 //!
 //! # Threads, sockets and locks
@@ -22,6 +23,7 @@
 //! | `router` | 1 | its inbox (a bounded crossbeam channel) | every logged-in client's outbox; an idle client's socket (the short cut) |
 //! | `writer-N` | per connection | its outbox | its client's socket: the only thread that blocks writing it |
 //! | bcrypt pool | `bcrypt_concurrency` | password jobs | results to the waiting login thread |
+//! | `history` | 1 (0 with `room_history` 0) | the room lines the router recorded (a bounded channel) | the database, one transaction per wake-up |
 //!
 //! Locks, outermost first; a thread holding one takes only those below it, and none is
 //! held across a blocking socket call:
@@ -54,11 +56,13 @@
 //! Shutdown: [`ShutdownHandle::trigger`] (from Ctrl-C/SIGTERM, or a test) stops the accept
 //! loop, tells every connection `BYE server shutting down`, waits up to 10 s for their
 //! threads, cuts off those still open (a client that does not read keeps its writer
-//! blocked), stops the router and closes the database.
+//! blocked), stops the router, waits for the history writer to store what it was given,
+//! and closes the database.
 
 mod accounts;
 mod admission;
 mod connection;
+mod history;
 mod limits;
 #[cfg(test)]
 mod memory_socket;
@@ -68,7 +72,7 @@ mod router;
 mod store;
 mod throttle;
 
-pub use limits::{kernel_connection_ceiling, raise_open_file_limit, Limits};
+pub use limits::{kernel_connection_ceiling, raise_open_file_limit, Limits, MAX_ROOM_HISTORY};
 pub use store::DB_FILE;
 pub use throttle::ThrottlePolicy;
 
@@ -81,6 +85,7 @@ use std::time::Duration;
 
 use self::accounts::Accounts;
 use self::admission::Context;
+use self::history::RoomHistory;
 use self::router::{Event, Router, RouterLimits};
 use self::store::Store;
 use crate::error::{Error, Result};
@@ -112,6 +117,9 @@ pub struct Server {
     acceptor: Option<JoinHandle<()>>,
     /// The router thread.
     router: Option<JoinHandle<()>>,
+    /// The thread storing room history (none when history is off); it ends after the
+    /// router, once it has stored what the router gave it.
+    history_writer: Option<JoinHandle<()>>,
 }
 
 /// Asks a server to stop. Cheap to clone; safe to use from a signal handler thread.
@@ -150,13 +158,23 @@ impl Server {
     /// Opens the database, binds the listener and starts the accept loop and the router.
     pub fn start(mut config: Config) -> Result<Server> {
         limits::fit_to_kernel(&mut config.limits);
-        let store = Store::open(&config.data_dir)?;
+        let store = Arc::new(Store::open(&config.data_dir)?);
         match store.account_count() {
             Ok(n) => log::info!("database: {n} accounts"),
             Err(e) => log::warn!("database: cannot count the accounts: {e}"),
         }
+        let keep = config.limits.room_history;
+        store.trim_room_history(keep)?;
+        let kept = store.room_history(keep)?;
+        match keep {
+            0 => log::info!("room history: off"),
+            _ => log::info!(
+                "room history: keeping the last {keep} lines; {} in the database",
+                kept.len()
+            ),
+        }
         let accounts = Accounts::new(
-            store,
+            store.clone(),
             config.bcrypt_cost,
             config.limits.bcrypt_concurrency,
             &config.limits.throttle,
@@ -172,9 +190,22 @@ impl Server {
             room_fanout_rate: config.limits.room_fanout_rate,
             room_fanout_burst: config.limits.room_fanout_burst,
         };
+        let writer = match keep {
+            0 => None,
+            _ => Some(history::start_writer(store, keep)?),
+        };
+        let (history_writer, history) = match writer {
+            Some(writer) => (
+                Some(writer.thread),
+                RoomHistory::new(keep, kept, Some(writer.sender)),
+            ),
+            None => (None, RoomHistory::new(0, Vec::new(), None)),
+        };
+        // If the router does not start, the history's sender is dropped with the closure
+        // and the writer ends by itself.
         let router = thread::Builder::new()
             .name("router".into())
-            .spawn(move || Router::new(router_limits).run(inbox))?;
+            .spawn(move || Router::new(router_limits, history).run(inbox))?;
         let context = Arc::new(Context::new(
             config.limits,
             accounts,
@@ -204,6 +235,7 @@ impl Server {
             shutdown,
             acceptor: Some(acceptor),
             router: Some(router),
+            history_writer,
         })
     }
 
@@ -252,6 +284,11 @@ impl Server {
         let _ = context.router.send(Event::Shutdown);
         if let Some(router) = self.router.take() {
             let _ = router.join();
+        }
+        // The router is gone, and with it the writer's only sender: the writer stores
+        // what is left in its queue and ends.
+        if let Some(writer) = self.history_writer.take() {
+            let _ = writer.join();
         }
         log::info!("server stopped");
     }

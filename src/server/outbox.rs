@@ -124,6 +124,48 @@ impl From<&ServerLine> for Line {
     }
 }
 
+/// A frame that ends with free text (a `ROOM` or `HISTORY` line), built once and shared
+/// by its recipients, which knows where that text begins: the history stores the text of
+/// room lines without parsing frames the server wrote itself.
+#[derive(Debug, Clone)]
+pub(super) struct TextFrame {
+    /// The frame, with its `\n`.
+    bytes: Arc<[u8]>,
+    /// Where the text begins in `bytes`; it ends before the `\n`.
+    text_at: usize,
+}
+
+impl TextFrame {
+    /// The frame `write` appends, which ends with `text` and the line ending, as the
+    /// `protocol::write_*` functions of frames that end in text do (an empty text is
+    /// left out with the space before it, which leaves it empty here too).
+    pub(super) fn new(text: &str, write: impl FnOnce(&mut Vec<u8>)) -> TextFrame {
+        let mut bytes = Vec::new();
+        write(&mut bytes);
+        TextFrame {
+            text_at: bytes.len().saturating_sub(text.len() + 1),
+            bytes: Arc::from(bytes),
+        }
+    }
+
+    /// The frame's length in bytes, line ending included.
+    pub(super) fn size(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The frame, shared.
+    pub(super) fn line(&self) -> Line {
+        Line::Shared(self.bytes.clone())
+    }
+
+    /// The text the frame ends with.
+    pub(super) fn text(&self) -> &str {
+        let end = self.bytes.len().saturating_sub(1);
+        // Cut at the boundaries of the `&str` it was built from.
+        std::str::from_utf8(&self.bytes[self.text_at..end]).unwrap_or_default()
+    }
+}
+
 /// The queue was over its byte limit; the line was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct QueueFull {
@@ -318,6 +360,11 @@ impl<S: ClientSocket> Outbox<S> {
             self.state.ready.notify_one();
         }
         fits
+    }
+
+    /// The room part's byte bound.
+    pub(super) fn room_limit(&self) -> usize {
+        self.state.room_limit
     }
 
     /// Sets the priority part's byte bound (raised at login: before it, a client gets

@@ -16,12 +16,12 @@ use base64::Engine as _;
 use super::accounts::{Busy, LoginError, RegisterError};
 use super::admission::Context;
 use super::outbox::{Line, Outbox};
-use super::router::{ConnId, Direct, Event, Routed};
+use super::router::{room_line, ConnId, Direct, Event, Routed};
 use super::store::KeyLookup;
 use super::throttle::AddressPrefix;
 use crate::protocol::frame::{FrameError, LineBuffer};
 use crate::protocol::name::{is_canonical_username, normalize_username, UserName};
-use crate::protocol::{self, Command, ErrorCode, ProtocolError, Request, ServerLine};
+use crate::protocol::{Command, ErrorCode, ProtocolError, Request, ServerLine};
 use crate::rate::TokenBucket;
 use crate::tls::stream::TlsStream;
 
@@ -49,6 +49,8 @@ pub(super) struct RequestHandler {
     pub(super) outbox: Outbox,
     /// The authenticated user, once logged in.
     pub(super) user: Option<UserName>,
+    /// The client asked (`HISTORY`, before login) for the room's recent lines at login.
+    pub(super) wants_history: bool,
     /// When an anonymous connection is dropped for not logging in.
     pub(super) login_deadline: Instant,
     /// When the last complete frame arrived; a logged-in client silent for longer than
@@ -182,19 +184,25 @@ impl RequestHandler {
                 token: token.to_owned(),
             }),
             (None, Request::Register { user, password }) => self.register(user, password),
+            (None, Request::History) => {
+                self.wants_history = true;
+                self.reply(ServerLine::Ok {
+                    command: Command::History,
+                    detail: self.context.limits.room_history.to_string(),
+                })
+            }
             (None, Request::Login { user, password }) => self.login(user, password),
             (None, request) => self.reply_error(&ProtocolError::new(
                 request.command(),
                 ErrorCode::NotLoggedIn,
                 "log in first: LOGIN <user> <password>, or REGISTER <user> <password>",
             )),
-            (Some(_), Request::Register { .. } | Request::Login { .. }) => {
-                self.reply_error(&ProtocolError::new(
+            (Some(_), Request::Register { .. } | Request::Login { .. } | Request::History) => self
+                .reply_error(&ProtocolError::new(
                     request.command(),
                     ErrorCode::AlreadyLoggedIn,
                     "this connection is already logged in",
-                ))
-            }
+                )),
             (Some(user), request) => {
                 let user = user.clone();
                 self.logged_in_request(&user, request)
@@ -294,6 +302,7 @@ impl RequestHandler {
                     id: self.id,
                     user: name,
                     outbox: self.outbox.clone(),
+                    history: self.wants_history,
                 };
                 if self.context.router.send(event).is_err() {
                     return Step::Stop("server is shutting down".into(), None);
@@ -333,13 +342,7 @@ impl RequestHandler {
     fn logged_in_request(&mut self, user: &UserName, request: Request<'_>) -> Step {
         match request {
             Request::List => self.route(Routed::List),
-            Request::Say { text } => {
-                let mut line = Vec::new();
-                protocol::write_room(&mut line, user.as_str(), text);
-                self.route(Routed::Room {
-                    line: Arc::from(line),
-                });
-            }
+            Request::Say { text } => self.route(Routed::Room(room_line(user, text))),
             Request::Msg { to, payload } => {
                 let to = match recipient(to) {
                     Ok(to) => to,
@@ -359,6 +362,7 @@ impl RequestHandler {
             Request::Register { .. }
             | Request::Login { .. }
             | Request::Quit
+            | Request::History
             | Request::Ping { .. } => {
                 // Handled before a session is known to be logged in.
             }

@@ -18,6 +18,12 @@
 //! only queues, so writers batch and encrypt in parallel; room messages (many recipients)
 //! are always queued.
 //!
+//! The router also keeps the room's history ([`RoomHistory`]): every room line it fans
+//! out is recorded, and a login that asked for history gets it replayed right after
+//! `OK LOGIN`. Both happen on this one thread, so each room line reaches a client that
+//! logs in exactly once, as history or live (see `history.rs`); the database write is
+//! another thread's.
+//!
 //! Presence (`OFFLINE`) is told to a user's *contacts* — the users it exchanged
 //! private messages with since logging in — rather than to everyone: broadcasting every
 //! login to every user costs O(n²) with 10,000 users online, and contacts are who needs to
@@ -29,7 +35,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::outbox::{ClientSocket, Line, Outbox, QueueFull};
+use super::history::RoomHistory;
+use super::outbox::{ClientSocket, Line, Outbox, QueueFull, TextFrame};
 use crate::protocol::name::UserName;
 use crate::protocol::{self, Command, ErrorCode, ProtocolError, ServerLine};
 use crate::rate::TokenBucket;
@@ -53,10 +60,12 @@ type FastHash = rustc_hash::FxBuildHasher;
 pub(super) enum Event<S = TlsStream> {
     /// A connection authenticated as `user`. If `user` was already online, that older
     /// session is told and closed: the newest login wins.
+    /// `history`: the client asked (`HISTORY`) for the room's recent lines.
     LoggedIn {
         id: ConnId,
         user: UserName,
         outbox: Outbox<S>,
+        history: bool,
     },
     /// Requests from one read of a logged-in connection, in order.
     Requests {
@@ -90,8 +99,9 @@ impl<S> Event<S> {
 pub(super) enum Routed {
     /// Deliver a private frame to its recipient.
     Direct(Direct),
-    /// Deliver `line` (a complete `ROOM <sender> <text>` frame) to everyone else.
-    Room { line: Arc<[u8]> },
+    /// Deliver a room line (a complete `ROOM <sender> <text>` frame) to everyone else,
+    /// and record it in the history.
+    Room(TextFrame),
     /// Reply with who is online.
     List,
     /// Send this reply to the requester, in order with the router's own replies.
@@ -180,6 +190,12 @@ impl Direct {
     }
 }
 
+/// The room line `ROOM <from> <text>`. `from` is typed: the sender is the user its
+/// connection logged in as, never a name taken from the frame.
+pub(super) fn room_line(from: &UserName, text: &str) -> TextFrame {
+    TextFrame::new(text, |out| protocol::write_room(out, from.as_str(), text))
+}
+
 /// The most requests one wake-up may bring for the router to still write frames itself
 /// (see the module comment): a handful means it is keeping up with time to spare. (Not
 /// events: under a flood one event carries every line of a socket read, dozens of them.)
@@ -241,17 +257,20 @@ pub(super) struct Router<S = TlsStream> {
     exchanges: HashMap<(UserName, UserName), ExchangeWindow, FastHash>,
     /// The size of `exchanges` at which expired windows are next pruned.
     exchanges_prune_at: usize,
+    /// The room's last lines, replayed at login to clients that ask.
+    history: RoomHistory,
 }
 
 impl<S> Router<S> {
-    /// A router with nobody online, enforcing `limits`.
-    pub(super) fn new(limits: RouterLimits) -> Router<S> {
+    /// A router with nobody online, enforcing `limits` and keeping `history`.
+    pub(super) fn new(limits: RouterLimits, history: RoomHistory) -> Router<S> {
         Router {
             online: HashMap::default(),
             write_now: false,
             limits,
             exchanges: HashMap::default(),
             exchanges_prune_at: EXCHANGE_PRUNE_AT,
+            history,
         }
     }
 
@@ -311,7 +330,12 @@ impl<S: ClientSocket> Router<S> {
     /// Applies one event. Returns `false` when the router should stop.
     fn handle(&mut self, event: Event<S>) -> bool {
         match event {
-            Event::LoggedIn { id, user, outbox } => self.logged_in(id, user, outbox),
+            Event::LoggedIn {
+                id,
+                user,
+                outbox,
+                history,
+            } => self.logged_in(id, user, outbox, history),
             Event::Requests { id, user, requests } => {
                 // A batch from a session that was replaced (or evicted) is dropped.
                 if self.online.get(&user).is_some_and(|o| o.id == id) {
@@ -339,7 +363,7 @@ impl<S: ClientSocket> Router<S> {
         true
     }
 
-    fn logged_in(&mut self, id: ConnId, user: UserName, outbox: Outbox<S>) {
+    fn logged_in(&mut self, id: ConnId, user: UserName, outbox: Outbox<S>, history: bool) {
         // Take-over: the old session is told why, then closed after the message.
         if let Some(old) = self.remove(&user) {
             log::info!("{user}: logged in again from another connection; closing the old one");
@@ -355,6 +379,14 @@ impl<S: ClientSocket> Router<S> {
         if outbox.push(ok).is_err() {
             outbox.evict();
             return;
+        }
+        if history {
+            // Into the room part, like the live room lines that will follow it: the same
+            // queue, so they cannot overtake it. At most what that part holds, so none of
+            // it is skipped.
+            for line in self.history.replay(outbox.room_limit()) {
+                outbox.push_room(line);
+            }
         }
         self.online.insert(
             user,
@@ -374,17 +406,20 @@ impl<S: ClientSocket> Router<S> {
     fn request(&mut self, user: &UserName, request: Routed) {
         match request {
             Routed::Direct(frame) => self.direct(user, frame),
-            Routed::Room { line } => {
-                if let Err(refused) = self.charge_room(user, line.len()) {
+            Routed::Room(line) => {
+                if let Err(refused) = self.charge_room(user, line.size()) {
                     return self.send(user, refused);
                 }
                 // Into each room part: a recipient too slow for the room skips lines
                 // (and is told so), it is never cut off for them.
                 for (name, client) in &self.online {
                     if name != user {
-                        client.outbox.push_room(Line::Shared(line.clone()));
+                        client.outbox.push_room(line.line());
                     }
                 }
+                // After the fan-out, before the next event: a login handled next gets
+                // this line as history, one handled before got it live.
+                self.history.record(user, line.text());
             }
             Routed::List => {
                 let mut names: Vec<&str> = self.online.keys().map(UserName::as_str).collect();
@@ -574,10 +609,16 @@ mod tests {
         }
 
         fn log_in(&self, router: &mut Router<MemorySocket>) {
+            self.log_in_asking(router, false);
+        }
+
+        /// Logs in, asking for the room's history or not.
+        fn log_in_asking(&self, router: &mut Router<MemorySocket>, history: bool) {
             router.handle(Event::LoggedIn {
                 id: self.id,
                 user: self.user.clone(),
                 outbox: self.outbox.clone(),
+                history,
             });
         }
 
@@ -598,6 +639,10 @@ mod tests {
             });
         }
 
+        fn say(&self, router: &mut Router<MemorySocket>, text: &str) {
+            self.request(router, Routed::Room(room_line(&self.user, text)));
+        }
+
         fn send(&self, router: &mut Router<MemorySocket>, to: &str, payload: &str) {
             self.request(router, Routed::Direct(Direct::new(&self.user, to, payload)));
         }
@@ -615,6 +660,10 @@ mod tests {
 
     const ROOMY: usize = 1 << 20;
 
+    fn no_history() -> RoomHistory {
+        RoomHistory::new(0, Vec::new(), None)
+    }
+
     const NO_LIMITS: RouterLimits = RouterLimits {
         exchange_starts: 0,
         exchange_window: Duration::ZERO,
@@ -624,7 +673,7 @@ mod tests {
 
     #[test]
     fn a_second_login_replaces_the_first_which_is_told_and_closed() {
-        let mut router = Router::new(NO_LIMITS);
+        let mut router = Router::new(NO_LIMITS, no_history());
         let first = Client::new(1, "alice", ROOMY);
         first.log_in(&mut router);
         assert_eq!(first.frames(), ["OK LOGIN alice"]);
@@ -649,7 +698,7 @@ mod tests {
 
     #[test]
     fn offline_goes_to_contacts_only_and_messages_to_absent_users_are_refused() {
-        let mut router = Router::new(NO_LIMITS);
+        let mut router = Router::new(NO_LIMITS, no_history());
         let [alice, bob, carol] =
             [(1, "alice"), (2, "bob"), (3, "carol")].map(|(id, n)| Client::new(id, n, ROOMY));
         for c in [&alice, &bob, &carol] {
@@ -673,7 +722,7 @@ mod tests {
 
     #[test]
     fn a_full_room_part_skips_lines_and_says_so_but_a_full_priority_part_evicts() {
-        let mut router = Router::new(NO_LIMITS);
+        let mut router = Router::new(NO_LIMITS, no_history());
         let alice = Client::new(1, "alice", ROOMY);
         // Priority part 64 bytes, room part 40: two 17-byte room lines fit, not three.
         let socket = Arc::new(MemorySocket::default());
@@ -689,8 +738,7 @@ mod tests {
         bob.log_in(&mut router);
         bob.frames();
         for i in 0..5 {
-            let line: Arc<[u8]> = Arc::from(format!("ROOM alice {i:05}\n").into_bytes());
-            alice.request(&mut router, Routed::Room { line });
+            alice.say(&mut router, &format!("{i:05}"));
         }
         assert_eq!(
             bob.frames(),
@@ -701,8 +749,7 @@ mod tests {
             "a room burst cut bob off"
         );
         // Room lines flow again once the writer has taken the queue, with no notice.
-        let line: Arc<[u8]> = Arc::from(b"ROOM alice again\n".to_vec());
-        alice.request(&mut router, Routed::Room { line });
+        alice.say(&mut router, "again");
         assert_eq!(bob.frames(), ["ROOM alice again"]);
         // Private frames are never skipped: over the priority bound, bob is cut off.
         alice.send(&mut router, "bob", &"x".repeat(40));
@@ -714,10 +761,59 @@ mod tests {
         );
     }
 
+    /// The history's frames as the client reads them, with their time replaced by `T`.
+    fn without_times(frames: Vec<String>) -> Vec<String> {
+        frames
+            .into_iter()
+            .map(|f| match f.strip_prefix("HISTORY ") {
+                Some(rest) => format!("HISTORY T {}", rest.split_once(' ').unwrap().1),
+                None => f,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_login_gets_each_room_line_once_as_history_or_live_and_in_order() {
+        let mut router = Router::new(NO_LIMITS, RoomHistory::new(3, Vec::new(), None));
+        let [alice, bob, carol, dave] = [(1, "alice"), (2, "bob"), (3, "carol"), (4, "dave")]
+            .map(|(id, n)| Client::new(id, n, ROOMY));
+        alice.log_in(&mut router);
+        for i in 0..4 {
+            alice.say(&mut router, &format!("before {i}"));
+        }
+        // bob's login, then alice's next line, as the router takes them.
+        bob.log_in_asking(&mut router, true);
+        alice.say(&mut router, "after");
+        assert_eq!(
+            without_times(bob.frames()),
+            [
+                "OK LOGIN bob",
+                "HISTORY T alice before 1",
+                "HISTORY T alice before 2",
+                "HISTORY T alice before 3",
+                "ROOM alice after",
+            ]
+        );
+        // A client that did not ask gets no history, only live lines.
+        carol.log_in(&mut router);
+        alice.say(&mut router, "later");
+        assert_eq!(carol.frames(), ["OK LOGIN carol", "ROOM alice later"]);
+        // The history moves on: the last three lines, whoever heard them live.
+        dave.log_in_asking(&mut router, true);
+        assert_eq!(
+            without_times(dave.frames())[1..],
+            [
+                "HISTORY T alice before 3",
+                "HISTORY T alice after",
+                "HISTORY T alice later"
+            ]
+        );
+    }
+
     #[test]
     fn a_chain_of_full_queues_is_evicted_one_after_another() {
         // 40 bytes: room for the login reply and one message, not for a notice as well.
-        let mut router = Router::new(NO_LIMITS);
+        let mut router = Router::new(NO_LIMITS, no_history());
         let [alice, bob, carol] =
             [(1, "alice"), (2, "bob"), (3, "carol")].map(|(id, n)| Client::new(id, n, 40));
         for c in [&alice, &bob, &carol] {
@@ -738,7 +834,7 @@ mod tests {
 
     #[test]
     fn list_names_at_most_500_users_in_order_with_the_total() {
-        let mut router = Router::new(NO_LIMITS);
+        let mut router = Router::new(NO_LIMITS, no_history());
         let clients: Vec<Client> = (0..LIST_MAX_NAMES + 100)
             .rev()
             .map(|i| Client::new(i as ConnId, &format!("user{i:04}"), ROOMY))
@@ -761,7 +857,7 @@ mod tests {
 
     #[test]
     fn frames_keep_their_order_whether_the_router_writes_them_or_queues_them() {
-        let mut router = Router::new(NO_LIMITS);
+        let mut router = Router::new(NO_LIMITS, no_history());
         let alice = Client::new(1, "alice", ROOMY);
         let Client {
             id,
@@ -779,6 +875,7 @@ mod tests {
             id,
             user: user.clone(),
             outbox: outbox.clone(),
+            history: false,
         });
         // As when the router is lightly loaded: it writes to an idle socket itself.
         router.write_now = true;

@@ -1,4 +1,5 @@
-//! Account storage: an embedded SQLite database in the server's data directory.
+//! Account storage and the room's history: an embedded SQLite database in the server's
+//! data directory.
 //!
 //! Durability is the point: a registration the server acknowledged must survive a restart,
 //! a `kill -9` and a power cut, so the database runs in WAL mode with `synchronous=FULL`
@@ -11,6 +12,10 @@
 //! mode), and a data directory or database file that other users can read is refused at
 //! start, so that nobody else on the machine can copy the password hashes.
 //!
+//! The schema is versioned (`PRAGMA user_version`) and upgraded in place at start, one
+//! step per version, each in its own transaction: version 1 holds the accounts, version 2
+//! adds the room history. A database from a newer server is refused, never downgraded.
+//!
 //! Connections are pooled: SQLite connections are not `Sync`, and the threads that need one
 //! (bcrypt workers and client readers) are many. The pool keeps a few open connections and opens more on demand.
 
@@ -20,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::history::HistoryLine;
 use crate::error::{Error, Result};
 use crate::files;
 use crate::protocol::name::UserName;
@@ -29,7 +35,7 @@ use crate::sync;
 pub const DB_FILE: &str = "securechat.db";
 
 /// Schema version stored in `PRAGMA user_version`; bump with a migration step.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Idle connections kept for reuse. Most account operations run on the bounded bcrypt
 /// pool, so a handful covers the concurrency that actually occurs.
@@ -192,6 +198,64 @@ impl Store {
         })
     }
 
+    /// Appends room lines (oldest first) and keeps only the last `keep` rows, in one
+    /// transaction: the table never holds more than `keep` lines once it commits.
+    pub(super) fn append_room_history(&self, lines: &[HistoryLine], keep: usize) -> Result<()> {
+        self.with_connection(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO room_history (sent_at, sender, text) VALUES (?1, ?2, ?3)",
+                )?;
+                for line in lines {
+                    insert.execute(params![
+                        unix_seconds(line.time()),
+                        line.sender().as_str(),
+                        line.text()
+                    ])?;
+                }
+            }
+            trim_room_history(&tx, keep)?;
+            tx.commit()
+        })
+    }
+
+    /// Deletes all but the last `keep` room lines (at start, so that a lowered limit, or
+    /// 0, takes effect on what was stored before).
+    pub(super) fn trim_room_history(&self, keep: usize) -> Result<()> {
+        self.with_connection(|conn| trim_room_history(conn, keep))
+    }
+
+    /// The last `last` room lines, oldest first. A row whose sender breaks the user-name
+    /// rule (the file was edited by hand) is left out with a warning.
+    pub(super) fn room_history(&self, last: usize) -> Result<Vec<HistoryLine>> {
+        let rows: Vec<(i64, String, String)> = self.with_connection(|conn| {
+            let mut select = conn.prepare(
+                "SELECT sent_at, sender, text FROM
+                     (SELECT id, sent_at, sender, text FROM room_history ORDER BY id DESC LIMIT ?1)
+                 ORDER BY id",
+            )?;
+            let rows = select.query_map([sql_count(last)], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?;
+            rows.collect()
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(time, sender, text)| match UserName::parse(&sender) {
+                Ok(sender) => Some(HistoryLine::new(
+                    u64::try_from(time).unwrap_or(0),
+                    sender,
+                    &text,
+                )),
+                Err(_) => {
+                    log::warn!("room history: a stored line with a malformed sender was skipped");
+                    None
+                }
+            })
+            .collect())
+    }
+
     /// Runs `f` on a pooled connection.
     fn with_connection<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
         let pooled = sync::lock(&self.idle).pop();
@@ -258,7 +322,31 @@ fn check_writable(dir: &Path) -> Result<()> {
     }
 }
 
-/// Creates or upgrades the schema.
+/// Deletes all but the last `keep` rows of the room history. A new row's id is one above
+/// the largest (SQLite's rule for an `INTEGER PRIMARY KEY`), so ids grow in the order
+/// lines were stored and the last `keep` rows are those above `MAX(id) - keep`: one range
+/// delete on the primary key.
+fn trim_room_history(conn: &Connection, keep: usize) -> rusqlite::Result<()> {
+    conn.execute(
+        "DELETE FROM room_history WHERE id <= (SELECT MAX(id) FROM room_history) - ?1",
+        [sql_count(keep)],
+    )
+    .map(drop)
+}
+
+/// A count as SQLite's integer (counts here are small; the largest is kept whole).
+fn sql_count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Unix seconds as SQLite's integer.
+fn unix_seconds(time: u64) -> i64 {
+    i64::try_from(time).unwrap_or(i64::MAX)
+}
+
+/// Creates or upgrades the schema, one step per version. Each step runs in its own
+/// transaction and sets the version it reaches, so an interrupted upgrade resumes
+/// where it stopped.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if version > SCHEMA_VERSION {
@@ -279,6 +367,20 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
                  key_updated_at INTEGER
              );
              PRAGMA user_version = 1;
+             COMMIT;",
+        )?;
+    }
+    if version < 2 {
+        // The last room lines (the server keeps `--room-history` of them).
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE IF NOT EXISTS room_history (
+                 id      INTEGER PRIMARY KEY,
+                 sent_at INTEGER NOT NULL,
+                 sender  TEXT NOT NULL,
+                 text    TEXT NOT NULL
+             );
+             PRAGMA user_version = 2;
              COMMIT;",
         )?;
     }
@@ -337,6 +439,106 @@ mod tests {
             KeyLookup::NoSuchUser
         );
         assert_eq!(store.account_count().unwrap(), 1);
+    }
+
+    fn lines(store: &Store) -> Vec<(u64, String, String)> {
+        store
+            .room_history(usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|l| (l.time(), l.sender().to_string(), l.text().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn room_history_keeps_the_last_lines_in_order_across_reopen() {
+        let (_dir, data) = data_dir();
+        {
+            let store = Store::open(&data).unwrap();
+            let batch: Vec<HistoryLine> = (1..=5)
+                .map(|i| HistoryLine::new(1000 + i, name("alice"), &format!("line {i}")))
+                .collect();
+            store.append_room_history(&batch[..2], 3).unwrap();
+            store.append_room_history(&batch[2..], 3).unwrap();
+        }
+        let store = Store::open(&data).unwrap();
+        let expected: Vec<(u64, String, String)> = (3..=5)
+            .map(|i| (1000 + i, "alice".to_owned(), format!("line {i}")))
+            .collect();
+        assert_eq!(lines(&store), expected);
+        let last_two: Vec<String> = store
+            .room_history(2)
+            .unwrap()
+            .iter()
+            .map(|l| l.text().to_owned())
+            .collect();
+        assert_eq!(last_two, ["line 4", "line 5"]);
+        store.trim_room_history(1).unwrap();
+        assert_eq!(lines(&store), expected[2..]);
+        store.trim_room_history(0).unwrap();
+        assert!(lines(&store).is_empty());
+    }
+
+    #[test]
+    fn a_version_1_database_is_upgraded_in_place_with_its_accounts() {
+        let (_dir, data) = data_dir();
+        files::create_private_dir(&data).unwrap();
+        let path = data.join(DB_FILE);
+        files::write_new_file(&path, b"").unwrap();
+        {
+            // The schema as version 1 of the server created it, with one account.
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE accounts (
+                     id             INTEGER PRIMARY KEY,
+                     username       TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                     password_hash  TEXT NOT NULL,
+                     identity_key   TEXT,
+                     created_at     INTEGER NOT NULL,
+                     last_login_at  INTEGER,
+                     key_updated_at INTEGER
+                 );
+                 INSERT INTO accounts (username, password_hash, identity_key, created_at)
+                     VALUES ('alice', 'old-hash', 'old-key', 1);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&data).unwrap();
+        let version: i64 = store
+            .with_connection(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(
+            store.password_hash(&name("alice")).unwrap().as_deref(),
+            Some("old-hash")
+        );
+        assert_eq!(
+            store.identity_key(&name("alice")).unwrap(),
+            KeyLookup::Key("old-key".to_owned())
+        );
+        assert_eq!(store.account_count().unwrap(), 1);
+        assert!(lines(&store).is_empty());
+        let line = HistoryLine::new(7, name("alice"), "after the upgrade");
+        store.append_room_history(&[line], 10).unwrap();
+        drop(store);
+        let store = Store::open(&data).unwrap();
+        assert_eq!(
+            lines(&store),
+            [(7, "alice".to_owned(), "after the upgrade".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_database_from_a_newer_server_is_refused() {
+        let (_dir, data) = data_dir();
+        drop(Store::open(&data).unwrap());
+        let conn = Connection::open(data.join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = Store::open(&data).err().expect("must fail").to_string();
+        assert!(err.contains("newer than this server"), "{err}");
     }
 
     #[test]
