@@ -719,9 +719,9 @@ mod tests {
     use super::*;
     use crate::e2e::{Group, IdentityKey, PinStore};
 
-    #[test]
-    fn skipped_room_lines_are_shown_as_a_status_line() {
-        let dir = tempfile::tempdir().unwrap();
+    /// Alice's chat, writing to a captured screen, with her own pins in `dir` and the
+    /// given view of who is online.
+    fn alice(dir: &tempfile::TempDir, online: OnlineNames) -> (Chat, Screen) {
         let pins = PinStore::open(&dir.path().join("pins")).unwrap();
         let secure = EndToEnd::new(
             "alice",
@@ -731,7 +731,14 @@ mod tests {
             false,
         );
         let screen = Screen::capture();
-        let mut chat = Chat::new("alice", screen.clone(), secure, OnlineNames::default());
+        let chat = Chat::new("alice", screen.clone(), secure, online);
+        (chat, screen)
+    }
+
+    #[test]
+    fn skipped_room_lines_are_shown_as_a_status_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut chat, screen) = alice(&dir, OnlineNames::default());
         let flow = chat.server(ServerLine::Skipped { count: 87 }).unwrap();
         assert!(matches!(flow, Flow::Continue));
         let lines = screen.lines();
@@ -742,17 +749,8 @@ mod tests {
     #[test]
     fn history_lines_are_marked_with_their_time_and_own_lines_with_you() {
         let dir = tempfile::tempdir().unwrap();
-        let pins = PinStore::open(&dir.path().join("pins")).unwrap();
-        let secure = EndToEnd::new(
-            "alice",
-            IdentityKey::generate().unwrap(),
-            pins,
-            Group::Ffdhe2048,
-            false,
-        );
-        let screen = Screen::capture();
         let online = OnlineNames::default();
-        let mut chat = Chat::new("alice", screen.clone(), secure, online.clone());
+        let (mut chat, screen) = alice(&dir, online.clone());
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -785,16 +783,7 @@ mod tests {
     #[test]
     fn exit_inside_chat_returns_to_the_room_and_quits_only_from_the_room() {
         let dir = tempfile::tempdir().unwrap();
-        let pins = PinStore::open(&dir.path().join("pins")).unwrap();
-        let secure = EndToEnd::new(
-            "alice",
-            IdentityKey::generate().unwrap(),
-            pins,
-            Group::Ffdhe2048,
-            false,
-        );
-        let screen = Screen::capture();
-        let mut chat = Chat::new("alice", screen.clone(), secure, OnlineNames::default());
+        let (mut chat, screen) = alice(&dir, OnlineNames::default());
         assert_eq!(chat.input("/chat bob").unwrap(), Flow::Continue);
         assert!(chat.prompt().contains("to bob"), "{}", chat.prompt());
         assert_eq!(chat.input("exit").unwrap(), Flow::Continue);
