@@ -15,17 +15,27 @@
 //! generation, no subgroup check, no signatures. So three ratios are reported: per
 //! agreement (unlike work), per exponentiation (closer), and OpenSSL's derive against our
 //! shared-secret step alone (the same operation: the fairest).
+//!
+//! Key generation's `g^x` is also timed two ways, in rounds with fresh exponents: num-bigint's
+//! generic `modpow` (the path before) and `Group::generator_power`, the g = 2 path the
+//! library uses (squarings and doublings, `src/e2e/pow2.rs`), each checked against the other.
+//! OpenSSL's key generation is the same constant-time exponentiation as its derive (it does
+//! not special-case g = 2 for a secret exponent), so its `ffdh` op stands in for it.
 
 use std::hint::black_box;
 use std::process::Command;
 use std::time::Instant;
 
+use num_bigint::BigUint;
+use rand::RngCore;
 use securechat::e2e::{
-    E2eError, EphemeralSecret, Group, IdentityKey, Initiator, PublicValue, Responder,
+    E2eError, EphemeralSecret, Group, IdentityKey, Initiator, PublicValue, Responder, GENERATOR,
 };
 use securechat::{Error, Result};
 
-use crate::results::{DhGroupResult, DhParts, DhReport, OpensslDh, Percentiles};
+use crate::results::{
+    DhGroupResult, DhParts, DhReport, KeygenPaths, KeygenRound, OpensslDh, Percentiles,
+};
 
 /// Exponentiations in one agreement: per side key generation and shared secret (the
 /// subgroup check is a Jacobi symbol, not an exponentiation).
@@ -33,6 +43,12 @@ const MODEXPS_PER_AGREEMENT: u32 = 4;
 
 /// Untimed agreements first (tables parsed, caches warm).
 const WARM_UP_RUNS: usize = 2;
+
+/// Rounds of the key generation comparison: their spread shows how steady the machine was.
+const KEYGEN_ROUNDS: usize = 5;
+
+/// Fresh exponents per round of the key generation comparison (each timed both ways).
+const KEYGEN_EXPONENTS: usize = 40;
 
 /// Times `runs` agreements per group, the parts alone, and `openssl speed` (for
 /// `openssl_seconds` per group; 0 skips it) if openssl is installed.
@@ -60,6 +76,11 @@ pub fn run(runs: usize, openssl_seconds: u32) -> Result<DhReport> {
         let mean_ms = nanos.iter().sum::<u64>() as f64 / nanos.len() as f64 / 1e6;
         let agreements_per_s = 1e3 / mean_ms.max(1e-9);
         let parts_ms = parts(group, &alice, runs)?;
+        eprintln!(
+            "dh: {} keygen, modpow vs g = 2 path, {KEYGEN_ROUNDS} x {KEYGEN_EXPONENTS} exponents",
+            group.name()
+        );
+        let keygen_paths = keygen_paths(group)?;
         let openssl = openssl_version.as_ref().and_then(|version| {
             eprintln!(
                 "dh: openssl speed -seconds {openssl_seconds} {}",
@@ -86,6 +107,7 @@ pub fn run(runs: usize, openssl_seconds: u32) -> Result<DhReport> {
             modexps_per_agreement: MODEXPS_PER_AGREEMENT,
             parts_ms,
             openssl,
+            keygen_paths,
         });
     }
     Ok(DhReport { runs, groups })
@@ -109,7 +131,6 @@ fn agreement(group: Group, alice: &IdentityKey, bob: &IdentityKey) -> Result<()>
 
 /// Median time of each part of an agreement, over `runs` repetitions, in milliseconds.
 fn parts(group: Group, key: &IdentityKey, runs: usize) -> Result<DhParts> {
-    let median = |mut nanos: Vec<u64>| Percentiles::of_nanos(&mut nanos).p50;
     let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
         let mut nanos = Vec::with_capacity(runs);
         for _ in 0..runs {
@@ -117,7 +138,7 @@ fn parts(group: Group, key: &IdentityKey, runs: usize) -> Result<DhParts> {
             f()?;
             nanos.push(t.elapsed().as_nanos() as u64);
         }
-        Ok(median(nanos))
+        Ok(median_ms(nanos))
     };
     let (secret, _) = EphemeralSecret::generate(group).map_err(e2e)?;
     let (_, peer) = EphemeralSecret::generate(group).map_err(e2e)?;
@@ -147,6 +168,48 @@ fn parts(group: Group, key: &IdentityKey, runs: usize) -> Result<DhParts> {
             Ok(())
         })?,
     })
+}
+
+/// Key generation's `g^x mod p` by `modpow` and by `Group::generator_power`, in
+/// [`KEYGEN_ROUNDS`] rounds of [`KEYGEN_EXPONENTS`] fresh exponents, alternating path by
+/// exponent. An error if the two ever disagree.
+fn keygen_paths(group: Group) -> Result<KeygenPaths> {
+    let g = BigUint::from(GENERATOR);
+    let mut exponent = vec![0u8; group.exponent_bits() / 8];
+    let mut rounds = Vec::with_capacity(KEYGEN_ROUNDS);
+    for _ in 0..KEYGEN_ROUNDS {
+        let mut modpow_nanos = Vec::with_capacity(KEYGEN_EXPONENTS);
+        let mut pow2_nanos = Vec::with_capacity(KEYGEN_EXPONENTS);
+        for _ in 0..KEYGEN_EXPONENTS {
+            rand::rng().fill_bytes(&mut exponent);
+            exponent[0] |= 0x80;
+            let t = Instant::now();
+            let generic = g.modpow(&BigUint::from_bytes_be(&exponent), group.prime());
+            modpow_nanos.push(t.elapsed().as_nanos() as u64);
+            let t = Instant::now();
+            let fast = group.generator_power(&exponent);
+            pow2_nanos.push(t.elapsed().as_nanos() as u64);
+            if generic != fast {
+                return Err(Error::Protocol(format!(
+                    "{}: generator_power and modpow disagree on g^x",
+                    group.name()
+                )));
+            }
+        }
+        rounds.push(KeygenRound {
+            modpow_ms: median_ms(modpow_nanos),
+            pow2_ms: median_ms(pow2_nanos),
+        });
+    }
+    Ok(KeygenPaths {
+        exponents_per_round: KEYGEN_EXPONENTS,
+        rounds,
+    })
+}
+
+/// The median of some timings in nanoseconds, in milliseconds.
+fn median_ms(mut nanos: Vec<u64>) -> f64 {
+    Percentiles::of_nanos(&mut nanos).p50
 }
 
 /// `openssl speed`'s algorithm name for `group`.

@@ -343,6 +343,31 @@ pub struct DhGroupResult {
     pub parts_ms: DhParts,
     /// `openssl speed` for the same group (`None` if openssl is missing or failed).
     pub openssl: Option<OpensslDh>,
+    /// Key generation's `g^x` by the generic `modpow` and by the g = 2 path the library uses
+    /// (`src/e2e/pow2.rs`), timed side by side.
+    #[serde(default)]
+    pub keygen_paths: KeygenPaths,
+}
+
+/// `g^x mod p` two ways, in rounds: each round draws fresh random exponents of the group's
+/// length (top bit set, as key generation makes them) and times both paths on each
+/// exponent in turn, so both see the same machine.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KeygenPaths {
+    /// Exponents per round.
+    pub exponents_per_round: usize,
+    /// One entry per round.
+    pub rounds: Vec<KeygenRound>,
+}
+
+/// One round of [`KeygenPaths`]: medians over its exponents, milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct KeygenRound {
+    /// num-bigint's `BigUint::from(2).modpow(x, p)` (Montgomery, 4-bit window): the path
+    /// key generation took before.
+    pub modpow_ms: f64,
+    /// `Group::generator_power`: Montgomery squarings and doublings.
+    pub pow2_ms: f64,
 }
 
 /// The parts of an agreement, timed alone (medians, milliseconds).

@@ -8,14 +8,16 @@
 //! wiped when dropped.
 //!
 //! Wiping is best effort: we overwrite the bytes we own, but `num-bigint` makes temporary copies
-//! during arithmetic that we cannot reach, and it is not constant-time.
+//! during arithmetic that we cannot reach, and it is not constant-time. (`g^x` is computed by
+//! `pow2.rs` straight from the exponent's bytes, without such copies and with no branch on its
+//! bits; `Y^x` is num-bigint's `modpow`.)
 
 use std::fmt;
 use std::hint::black_box;
 
 use num_bigint::BigUint;
 
-use super::{fill_random, E2eError, Group, GENERATOR};
+use super::{fill_random, E2eError, Group};
 
 // Why a public value or a shared secret was refused. Named so tests can tell the checks apart.
 const WRONG_LENGTH: &str = "the peer's public value has the wrong length for the group";
@@ -71,7 +73,7 @@ impl EphemeralSecret {
             group,
             exponent: exponent.to_vec(),
         };
-        let value = BigUint::from(GENERATOR).modpow(&secret.exponent_number(), group.prime());
+        let value = group.generator_power(&secret.exponent);
         Ok((secret, PublicValue { group, value }))
     }
 
@@ -298,6 +300,7 @@ pub(super) fn wipe(bytes: &mut [u8]) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::GENERATOR;
     use super::*;
 
     /// `value` encoded as `len` big-endian bytes, for building hostile inputs.

@@ -26,6 +26,7 @@
 //! | --- | --- |
 //! | `group.rs` | the RFC 7919 primes, generator, exponent sizes |
 //! | `dh.rs` | secret exponents, public values and their validation, the shared secret |
+//! | `pow2.rs` | `2^x mod p` for key generation: Montgomery squarings and doublings |
 //! | `identity.rs` | Ed25519 identity keys, the key file, fingerprints and safety numbers |
 //! | `kdf.rs` | HKDF: shared secret + transcript → two message keys and a secret fingerprint |
 //! | `aead.rs` | sealing/opening messages: counters, nonces, addressing, replay checks |
@@ -75,6 +76,7 @@ mod group;
 mod handshake;
 mod identity;
 mod kdf;
+mod pow2;
 mod practice;
 mod prekeys;
 mod ratchet;

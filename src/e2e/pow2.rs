@@ -1,0 +1,257 @@
+//! `2^x mod p`: key generation's exponentiation, specialised for the generator g = 2.
+//!
+//! A general `modpow` (num-bigint's: Montgomery multiplication with a 4-bit window) spends,
+//! per 4 exponent bits, 4 squarings and 1 multiplication by a table entry. With g = 2 the
+//! multiplication is a doubling: shift left one bit and subtract p if the result is not
+//! below p, a linear-time step instead of a quadratic one. So left to right over the
+//! exponent's bits: square, then double if the bit is 1. The squaring is Montgomery's, on
+//! 64-bit limbs, with the product computed as a square (each cross product `a_i a_j` once,
+//! then doubled: about 1.5 n² word multiplications against 2 n² for a general Montgomery
+//! product). Doubling works unchanged on Montgomery forms: `2 (a R) = (2a) R mod p`.
+//! Measured against `modpow` in `report/performance.md` §8.2 (`bench --dh`).
+//!
+//! *Timing.* The sequence of operations depends only on the exponent's length in bytes,
+//! not on its bits: every bit costs one squaring and one doubling, and the doubling's
+//! result is kept or dropped with a mask built from the bit; the "subtract p if not below
+//! p" steps are masked too, no branch or memory address depends on a secret. That is a
+//! property of this source, not a guarantee: the compiler may reintroduce a branch, and
+//! 64-bit multiplication is constant-time on the x86-64 and AArch64 cores we know of but
+//! not on every CPU. It is still no worse than before: num-bigint's `modpow` chooses its
+//! table entry by exponent bits (a secret-dependent memory address) and ends with a
+//! conditional subtraction. The setup (`R mod p` by a division) and the conversion back to
+//! a `BigUint` touch only `p` and the public result.
+
+use num_bigint::BigUint;
+
+/// `2^x mod p` for the big-endian exponent `x`, for an odd modulus `p > 1` (the group
+/// primes). An empty exponent is 0, giving 1.
+pub(super) fn pow2_mod(exponent: &[u8], p: &BigUint) -> BigUint {
+    let modulus = Modulus::new(p);
+    let n = modulus.limbs.len();
+    let mut acc = modulus.one.clone();
+    let mut wide = vec![0u64; 2 * n];
+    let mut doubled = vec![0u64; n];
+    let mut reduced = vec![0u64; n];
+    let bits = exponent
+        .iter()
+        .flat_map(|byte| (0..8).rev().map(move |i| u64::from((byte >> i) & 1)));
+    for bit in bits {
+        square(&acc, &mut wide);
+        modulus.reduce(&mut wide, &mut acc);
+        modulus.double(&acc, &mut doubled, &mut reduced);
+        // bit = 1: keep 2 acc; bit = 0: keep acc. No branch on the bit.
+        let take = 0u64.wrapping_sub(bit);
+        for (a, &r) in acc.iter_mut().zip(&reduced) {
+            *a = (r & take) | (*a & !take);
+        }
+    }
+    // Out of Montgomery form: acc R / R.
+    wide.fill(0);
+    wide[..n].copy_from_slice(&acc);
+    modulus.reduce(&mut wide, &mut acc);
+    let bytes: Vec<u8> = acc.iter().flat_map(|limb| limb.to_le_bytes()).collect();
+    BigUint::from_bytes_le(&bytes)
+}
+
+/// An odd modulus `p` of n 64-bit limbs, with what Montgomery reduction needs (R = 2^(64 n)).
+struct Modulus {
+    /// `p`, least significant limb first.
+    limbs: Vec<u64>,
+    /// `-p^-1 mod 2^64`: the multiple of p that clears one limb. (For the RFC 7919 primes,
+    /// whose low 64 bits are all ones, it is 1.)
+    inverse: u64,
+    /// `R mod p`: 1 in Montgomery form, n limbs.
+    one: Vec<u64>,
+}
+
+impl Modulus {
+    fn new(p: &BigUint) -> Modulus {
+        debug_assert!(
+            p.bit(0) && p > &BigUint::from(1u32),
+            "p must be odd and > 1"
+        );
+        let limbs = p.to_u64_digits();
+        let low = limbs.first().copied().unwrap_or(1);
+        // Newton's iteration for the inverse mod 2^64: each step doubles the correct low
+        // bits, and 1 is correct mod 2 for any odd number: 1, 2, 4, ..., 64 bits.
+        let mut inverse = 1u64;
+        for _ in 0..6 {
+            inverse = inverse.wrapping_mul(2u64.wrapping_sub(low.wrapping_mul(inverse)));
+        }
+        let mut one = ((BigUint::from(1u32) << (64 * limbs.len())) % p).to_u64_digits();
+        one.resize(limbs.len(), 0);
+        Modulus {
+            limbs,
+            inverse: inverse.wrapping_neg(),
+            one,
+        }
+    }
+
+    /// Montgomery reduction: `out = t / R mod p` for `t < p R` (2n limbs; overwritten).
+    fn reduce(&self, t: &mut [u64], out: &mut [u64]) {
+        let n = self.limbs.len();
+        // Carry out of limb i + n, added at limb i + n + 1 by the next row.
+        let mut extra = 0u64;
+        for i in 0..n {
+            // Adding m p clears limb i.
+            let m = t[i].wrapping_mul(self.inverse);
+            let mut carry = 0u64;
+            for (ti, &pj) in t[i..i + n].iter_mut().zip(&self.limbs) {
+                let s = u128::from(*ti) + u128::from(m) * u128::from(pj) + u128::from(carry);
+                *ti = s as u64;
+                carry = (s >> 64) as u64;
+            }
+            let s = u128::from(t[i + n]) + u128::from(carry) + u128::from(extra);
+            t[i + n] = s as u64;
+            extra = (s >> 64) as u64;
+        }
+        // (t + m p) / R < 2p: one subtraction at most.
+        self.subtract_if_not_below(&t[n..], extra, out);
+    }
+
+    /// `out = 2a mod p` for `a < p`, with `scratch` for the shifted value.
+    fn double(&self, a: &[u64], scratch: &mut [u64], out: &mut [u64]) {
+        let mut top = 0u64;
+        for (s, &limb) in scratch.iter_mut().zip(a) {
+            *s = (limb << 1) | top;
+            top = limb >> 63;
+        }
+        self.subtract_if_not_below(scratch, top, out);
+    }
+
+    /// `out = v - p` if `v >= p`, else `v`, where `v` is `value` plus `top` (0 or 1) times R,
+    /// and `v < 2p`. Both are computed; a mask picks one.
+    fn subtract_if_not_below(&self, value: &[u64], top: u64, out: &mut [u64]) {
+        let mut borrow = 0u64;
+        for ((o, &v), &p) in out.iter_mut().zip(value).zip(&self.limbs) {
+            let (d, b1) = v.overflowing_sub(p);
+            let (d, b2) = d.overflowing_sub(borrow);
+            *o = d;
+            borrow = u64::from(b1 | b2);
+        }
+        // v < p exactly when the subtraction borrowed and there was no top bit.
+        let keep = 0u64.wrapping_sub(borrow & (top ^ 1));
+        for (o, &v) in out.iter_mut().zip(value) {
+            *o = (v & keep) | (*o & !keep);
+        }
+    }
+}
+
+/// `t = a²` (2n limbs for n-limb `a`): each cross product `a_i a_j` (i < j) once, the sum
+/// doubled, then the squares `a_i²` added on the diagonal.
+fn square(a: &[u64], t: &mut [u64]) {
+    let n = a.len();
+    t.fill(0);
+    for (i, &ai) in a.iter().enumerate() {
+        let mut carry = 0u64;
+        for (tj, &aj) in t[2 * i + 1..i + n].iter_mut().zip(&a[i + 1..]) {
+            let s = u128::from(*tj) + u128::from(ai) * u128::from(aj) + u128::from(carry);
+            *tj = s as u64;
+            carry = (s >> 64) as u64;
+        }
+        t[i + n] = carry;
+    }
+    // The cross sum is below a²/2, so doubling it cannot overflow 2n limbs.
+    let mut top = 0u64;
+    for limb in t.iter_mut() {
+        let next = *limb >> 63;
+        *limb = (*limb << 1) | top;
+        top = next;
+    }
+    let mut carry = 0u64;
+    for (pair, &ai) in t.chunks_exact_mut(2).zip(a) {
+        let sq = u128::from(ai) * u128::from(ai);
+        let lo = u128::from(pair[0]) + u128::from(sq as u64) + u128::from(carry);
+        pair[0] = lo as u64;
+        let hi = u128::from(pair[1]) + (sq >> 64) + (lo >> 64);
+        pair[1] = hi as u64;
+        carry = (hi >> 64) as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::RngCore;
+
+    use super::super::Group;
+    use super::*;
+
+    fn check(exponent: &[u8], p: &BigUint) {
+        let expected = BigUint::from(2u32).modpow(&BigUint::from_bytes_be(exponent), p);
+        assert_eq!(
+            pow2_mod(exponent, p),
+            expected,
+            "2^{} mod a {}-bit p",
+            BigUint::from_bytes_be(exponent),
+            p.bits()
+        );
+    }
+
+    /// `len` random bytes, with the top bit set if `top_bit` (as key generation does).
+    fn random_exponent(len: usize, top_bit: bool) -> Vec<u8> {
+        let mut x = vec![0u8; len];
+        rand::rng().fill_bytes(&mut x);
+        if top_bit {
+            x[0] |= 0x80;
+        }
+        x
+    }
+
+    #[test]
+    fn agrees_with_modpow_on_random_exponents_of_the_real_length_in_both_groups() {
+        for group in Group::ALL {
+            let len = group.exponent_bits() / 8;
+            for _ in 0..100 {
+                check(&random_exponent(len, true), group.prime());
+            }
+        }
+    }
+
+    #[test]
+    fn agrees_with_modpow_on_edge_exponents_in_both_groups() {
+        for group in Group::ALL {
+            let len = group.exponent_bits() / 8;
+            let with_last = |byte: u8| {
+                let mut x = vec![0u8; len];
+                x[len - 1] = byte;
+                x
+            };
+            let mut top_bit_only = vec![0u8; len];
+            top_bit_only[0] = 0x80;
+            for x in [
+                with_last(0),
+                with_last(1),
+                with_last(2),
+                vec![0xFF; len],
+                top_bit_only,
+                Vec::new(),
+            ] {
+                check(&x, group.prime());
+            }
+            // Exponents longer than the group's: full-size ones reach 2^x mod p past p.
+            check(&random_exponent(group.byte_len(), false), group.prime());
+            let q_bytes = group.subgroup_order().to_bytes_be();
+            assert_eq!(pow2_mod(&q_bytes, group.prime()), BigUint::from(1u32));
+        }
+    }
+
+    #[test]
+    fn agrees_with_modpow_for_other_odd_moduli() {
+        // One limb, a top limb with few bits (R mod p is then not R - p), a random odd modulus.
+        let mut random = BigUint::from_bytes_be(&random_exponent(100, false));
+        random.set_bit(0, true);
+        random.set_bit(799, true);
+        let moduli = [
+            BigUint::from(3u32),
+            BigUint::from(u64::MAX),
+            (BigUint::from(1u32) << 130u32) + 27u32,
+            random,
+        ];
+        for p in &moduli {
+            for len in [0, 1, 8, 33] {
+                check(&random_exponent(len, false), p);
+            }
+            check(&[0xFF; 40], p);
+        }
+    }
+}
