@@ -14,10 +14,15 @@
 //!
 //! The schema is versioned (`PRAGMA user_version`) and upgraded in place at start, one
 //! step per version, each in its own transaction: version 1 holds the accounts, version 2
-//! adds the room history. A database from a newer server is refused, never downgraded.
+//! adds the room history, version 3 offline delivery's tables (`store/mailbox.rs`: prekeys,
+//! the message queue, receipts). A database from a newer server is refused, never downgraded.
 //!
 //! Connections are pooled: SQLite connections are not `Sync`, and the threads that need one
 //! (bcrypt workers and client readers) are many. The pool keeps a few open connections and opens more on demand.
+
+mod mailbox;
+
+pub(super) use mailbox::{Backlog, BundleLookup, Enqueued, Outcome, Quota, Receipt, StoredMail};
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -35,7 +40,7 @@ use crate::sync;
 pub const DB_FILE: &str = "securechat.db";
 
 /// Schema version stored in `PRAGMA user_version`; bump with a migration step.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Idle connections kept for reuse. Most account operations run on the bounded bcrypt
 /// pool, so a handful covers the concurrency that actually occurs.
@@ -384,6 +389,13 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              COMMIT;",
         )?;
     }
+    if version < 3 {
+        // Offline delivery: prekeys, the message queue, receipts.
+        conn.execute_batch(&format!(
+            "BEGIN; {} PRAGMA user_version = 3; COMMIT;",
+            mailbox::SCHEMA_V3
+        ))?;
+    }
     Ok(())
 }
 
@@ -527,6 +539,46 @@ mod tests {
             lines(&store),
             [(7, "alice".to_owned(), "after the upgrade".to_owned())]
         );
+    }
+
+    #[test]
+    fn a_version_2_database_is_upgraded_in_place_to_hold_the_mailbox() {
+        let (_dir, data) = data_dir();
+        {
+            // A version-2 file as the previous server left it, with an account and a line.
+            let store = Store::open(&data).unwrap();
+            store.create_account(&name("alice"), "hash").unwrap();
+            store.create_account(&name("bob"), "hash").unwrap();
+            let line = HistoryLine::new(7, name("alice"), "before");
+            store.append_room_history(&[line], 10).unwrap();
+            store
+                .with_connection(|c| {
+                    c.execute_batch(
+                        "DROP TABLE signed_prekeys; DROP TABLE one_time_prekeys;
+                         DROP TABLE mail_queue; DROP TABLE receipts;
+                         PRAGMA user_version = 2;",
+                    )
+                })
+                .unwrap();
+        }
+        let store = Store::open(&data).unwrap();
+        let version: i64 = store
+            .with_connection(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(lines(&store).len(), 1);
+        assert_eq!(store.account_count().unwrap(), 2);
+        let quota = Quota {
+            messages: 10,
+            bytes: 100,
+        };
+        let queued = store
+            .enqueue(&name("alice"), "bob", "r", "hello", 9, quota)
+            .unwrap();
+        assert!(matches!(queued, Enqueued::Queued(_)));
+        drop(store);
+        let store = Store::open(&data).unwrap();
+        assert_eq!(store.backlog(&name("bob")).unwrap().mail.len(), 1);
     }
 
     #[test]
