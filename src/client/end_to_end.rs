@@ -553,6 +553,10 @@ impl EndToEnd {
                 }
             }
             Payload::Message(message) => self.message_arrived(from, &message),
+            Payload::Prekey(_) | Payload::Ratchet(_) => vec![warn(&format!(
+                "{from}: an offline-delivery message arrived as a live private message (the server \
+                 delivers those only as MAIL); dropped unread"
+            ))],
         }
     }
 

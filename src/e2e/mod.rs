@@ -32,7 +32,7 @@
 //! | `aead.rs` | sealing/opening messages: counters, nonces, addressing, replay checks |
 //! | `handshake.rs` | the three-message exchange and the [`Session`] it produces |
 //! | `explain.rs` | the classroom narration of an exchange (`/dh`), from each step's public facts |
-//! | `wire.rs` | the one-line text encoding of the four payloads |
+//! | `wire.rs` | the one-line text encoding of the six payloads (four interactive, two offline) |
 //! | `trust.rs` | the pinned-keys file (trust on first use) |
 //! | `prekeys.rs` | X3DH-style prekeys: a conversation started while the peer is offline |
 //! | `ratchet.rs` | the Double Ratchet: a key per message, a DH step per change of speaker |
