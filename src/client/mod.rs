@@ -6,6 +6,7 @@ pub mod commands;
 pub mod editor;
 pub mod end_to_end;
 pub mod link;
+pub mod mailbox;
 pub mod pacing;
 pub mod paths;
 pub mod screen;
