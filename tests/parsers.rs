@@ -11,7 +11,10 @@ use securechat::e2e::{IdentityPublicKey, Payload};
 use securechat::password::password_problems;
 use securechat::protocol::frame::{decode_line, FrameError, LineBuffer};
 use securechat::protocol::name::{normalize_username, RESERVED_USERNAMES};
-use securechat::protocol::{AnnouncedLimits, Command, ErrorCode, Request, ServerLine};
+use securechat::protocol::{
+    AnnouncedLimits, Command, DeliveryState, ErrorCode, OneTimePrekey, PrekeyList, Refusal,
+    Request, ServerLine,
+};
 
 /// Splits `bytes` into lines with a fresh buffer, feeding it in the given chunk sizes.
 fn split(bytes: &[u8], chunks: &[usize], max: usize) -> (Vec<Result<String, FrameError>>, bool) {
@@ -79,7 +82,9 @@ proptest! {
     #[test]
     fn request_parsing_of_plausible_frames(
         verb in prop_oneof![Just("LOGIN"), Just("REGISTER"), Just("MSG"), Just("SAY"),
-                            Just("SETKEY"), Just("GETKEY"), Just("PING"), Just("list"), Just("quit")],
+                            Just("SETKEY"), Just("GETKEY"), Just("PING"), Just("list"), Just("quit"),
+                            Just("MAILBOX"), Just("SETPREKEY"), Just("ADDPREKEYS"), Just("BUNDLE"),
+                            Just("SEND"), Just("ACK"), Just("ACKSTATUS")],
         args in "[ -~]{0,80}",
     ) {
         for line in [format!("{verb} {args}"), verb.to_owned()] {
@@ -102,7 +107,8 @@ proptest! {
     #[test]
     fn server_lines_of_every_verb(
         verb in prop_oneof![Just("HELLO"), Just("OK"), Just("ERR"), Just("FROM"), Just("ROOM"),
-                            Just("OFFLINE"), Just("SKIPPED"), Just("BYE"), Just("PONG")],
+                            Just("OFFLINE"), Just("SKIPPED"), Just("BYE"), Just("PONG"),
+                            Just("PREKEYS"), Just("BUNDLE"), Just("MAIL"), Just("STATUS")],
         rest in "\\PC{0,120}",
     ) {
         for line in [format!("{verb} {rest}"), verb.to_owned()] {
@@ -119,6 +125,10 @@ proptest! {
                         | ("SKIPPED", ServerLine::Skipped { .. })
                         | ("BYE", ServerLine::Bye { .. })
                         | ("PONG", ServerLine::Pong { .. })
+                        | ("PREKEYS", ServerLine::Prekeys { .. })
+                        | ("BUNDLE", ServerLine::Bundle { .. })
+                        | ("MAIL", ServerLine::Mail { .. })
+                        | ("STATUS", ServerLine::Status { .. })
                 );
                 prop_assert!(named, "{:?} parsed as {:?}", line, parsed);
             }
@@ -204,6 +214,25 @@ fn text() -> impl Strategy<Value = String> {
     "[^\\p{C}]{0,40}"
 }
 
+/// A message reference, as `SEND` allows.
+fn reference() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9_-]{1,32}"
+}
+
+/// A base64 value: one word without `:`.
+fn key() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9+/]{1,40}={0,2}"
+}
+
+fn delivery_state() -> impl Strategy<Value = DeliveryState> {
+    prop_oneof![
+        any::<u64>().prop_map(|id| DeliveryState::Queued { id }),
+        Just(DeliveryState::Delivered),
+        Just(DeliveryState::Expired),
+        prop::sample::select(Refusal::ALL.to_vec()).prop_map(DeliveryState::Refused),
+    ]
+}
+
 fn command() -> impl Strategy<Value = Command> {
     prop::sample::select(Command::ALL.to_vec())
 }
@@ -243,6 +272,29 @@ fn server_line() -> impl Strategy<Value = ServerLine> {
         word().prop_map(|user| ServerLine::Offline { user }),
         any::<u64>().prop_map(|count| ServerLine::Skipped { count }),
         text().prop_map(|reason| ServerLine::Bye { reason }),
+        any::<u32>().prop_map(|count| ServerLine::Prekeys { count }),
+        (word(), key(), prop::option::of((any::<u32>(), key()))).prop_map(
+            |(user, record, one_time)| ServerLine::Bundle {
+                user,
+                record,
+                one_time: one_time.map(|(id, key)| OneTimePrekey { id, key }),
+            }
+        ),
+        (any::<u64>(), word(), any::<u64>(), text()).prop_map(|(id, sender, time, payload)| {
+            ServerLine::Mail {
+                id,
+                sender,
+                time,
+                payload,
+            }
+        }),
+        (reference(), delivery_state(), word()).prop_map(|(reference, state, user)| {
+            ServerLine::Status {
+                reference,
+                state,
+                user,
+            }
+        }),
     ]
 }
 
@@ -260,11 +312,15 @@ proptest! {
 
     #[test]
     fn every_request_survives_encoding_and_parsing(
-        kind in 0..10u8,
+        kind in 0..17u8,
         a in word(),
         b in word(),
         rest in text(),
+        reference in reference(),
+        id in any::<u64>(),
+        prekeys in proptest::collection::vec((any::<u32>(), key()), 1..5),
     ) {
+        let items = PrekeyList::join(prekeys.iter().map(|(id, key)| (*id, key.as_str())));
         // The last field runs to the end of the line; it may hold spaces.
         let tail = format!("{b}{rest}");
         let request = match kind {
@@ -277,6 +333,16 @@ proptest! {
             6 => Request::Msg { to: &a, payload: &tail },
             7 => Request::SetKey { key: &a },
             8 => Request::History,
+            9 => Request::Mailbox,
+            10 => Request::SetPrekey { record: &a },
+            11 => match PrekeyList::parse(&items) {
+                Ok(prekeys) => Request::AddPrekeys { prekeys },
+                Err(problem) => return Err(TestCaseError::fail(problem)),
+            },
+            12 => Request::Bundle { user: &a },
+            13 => Request::Send { to: &a, reference: &reference, payload: &tail },
+            14 => Request::Ack { id },
+            15 => Request::AckStatus { reference: &reference },
             _ => Request::GetKey { user: &a },
         };
         let encoded = request.to_string();

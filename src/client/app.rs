@@ -568,6 +568,11 @@ impl Chat {
                     .warn(&format!("the server closed the connection: {reason}"));
             }
             ServerLine::Pong { .. } | ServerLine::Hello { .. } => {}
+            // Sent only to a connection that sent MAILBOX, which this client does not yet.
+            ServerLine::Prekeys { .. }
+            | ServerLine::Bundle { .. }
+            | ServerLine::Mail { .. }
+            | ServerLine::Status { .. } => {}
         }
         Ok(Flow::Continue)
     }

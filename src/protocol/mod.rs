@@ -67,6 +67,209 @@ pub enum Request<'a> {
     /// `HISTORY` frames before any live room line. Allowed before login only: it is an
     /// opt-in, so that clients that cannot read `HISTORY` frames never get one.
     History,
+    /// `MAILBOX`: this connection speaks offline delivery (section 6.12 of the spec). Allowed
+    /// before login only, like `HISTORY`: only a connection that sent it is ever sent `MAIL`,
+    /// `STATUS`, `BUNDLE` or `PREKEYS`, and only it may use the requests below.
+    Mailbox,
+    /// `SETPREKEY <b64 record>`: store the caller's signed-prekey record (opaque to the
+    /// server), replacing the previous one.
+    SetPrekey {
+        /// The base64 record: the caller's prekey bundle without a one-time prekey.
+        record: &'a str,
+    },
+    /// `ADDPREKEYS <id>:<b64> [<id>:<b64> …]`: add one-time prekeys.
+    AddPrekeys {
+        /// The prekeys, in the order sent.
+        prekeys: PrekeyList<'a>,
+    },
+    /// `BUNDLE <user>`: fetch `user`'s signed-prekey record and one of its one-time prekeys.
+    Bundle {
+        /// Whose prekeys.
+        user: &'a str,
+    },
+    /// `SEND <user> <ref> <payload>`: a message the server stores until `user` acknowledges it.
+    Send {
+        /// The recipient's name.
+        to: &'a str,
+        /// The sender's reference for it, echoed in every `STATUS` about it
+        /// (checked by [`valid_reference`]).
+        reference: &'a str,
+        /// Opaque to the server, to the end of the line.
+        payload: &'a str,
+    },
+    /// `ACK <id>`: the recipient has durably processed `MAIL <id>`; the server forgets it.
+    Ack {
+        /// The server's message id, from the `MAIL` line.
+        id: u64,
+    },
+    /// `ACKSTATUS <ref>`: the sender has seen the stored `STATUS` lines for `ref`; the server
+    /// forgets them.
+    AckStatus {
+        /// The sender's reference (checked by [`valid_reference`]).
+        reference: &'a str,
+    },
+}
+
+/// Longest message reference a `SEND` may carry.
+pub const MAX_REFERENCE_LEN: usize = 32;
+
+/// Whether `reference` is a message reference: 1 to [`MAX_REFERENCE_LEN`] characters of
+/// `A-Z a-z 0-9 _ -`.
+pub fn valid_reference(reference: &str) -> bool {
+    (1..=MAX_REFERENCE_LEN).contains(&reference.len())
+        && reference
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The one-time prekeys of an `ADDPREKEYS` request: `<u32 id>:<b64 key>` items separated by
+/// single spaces, checked when parsed and read with [`PrekeyList::iter`].
+///
+/// Invariant: `items` is non-empty and every space-separated word in it is
+/// `<u32>:<non-empty key without ':'>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrekeyList<'a> {
+    /// The items as they appear on the wire.
+    items: &'a str,
+}
+
+impl<'a> PrekeyList<'a> {
+    /// Checks `items` (the text after `ADDPREKEYS `); the error says what is wrong.
+    pub fn parse(items: &'a str) -> Result<PrekeyList<'a>, &'static str> {
+        if items.is_empty() {
+            return Err("no prekeys");
+        }
+        for item in items.split(' ') {
+            OneTimePrekey::split(item)?;
+        }
+        Ok(PrekeyList { items })
+    }
+
+    /// The items text for `prekeys`, to [`parse`](PrekeyList::parse) into a request.
+    pub fn join<'k>(prekeys: impl IntoIterator<Item = (u32, &'k str)>) -> String {
+        let words: Vec<String> = prekeys
+            .into_iter()
+            .map(|(id, key)| format!("{id}:{key}"))
+            .collect();
+        words.join(" ")
+    }
+
+    /// Every `(id, base64 key)`, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &'a str)> {
+        self.items
+            .split(' ')
+            .filter_map(|item| OneTimePrekey::split(item).ok())
+    }
+
+    /// The items as they appear on the wire.
+    pub fn as_str(&self) -> &'a str {
+        self.items
+    }
+}
+
+/// One one-time prekey as the server hands it out in a `BUNDLE` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneTimePrekey {
+    /// The owner's id for it (the initiator names it in its first message).
+    pub id: u32,
+    /// The public value, base64.
+    pub key: String,
+}
+
+impl OneTimePrekey {
+    /// Splits `<u32 id>:<key>`, the key non-empty and without `:` or spaces.
+    fn split(item: &str) -> Result<(u32, &str), &'static str> {
+        let (id, key) = item
+            .split_once(':')
+            .ok_or("a prekey is not <id>:<base64 key>")?;
+        let id = id.parse().map_err(|_| "a prekey id is not a number")?;
+        if key.is_empty() || key.contains([':', ' ']) {
+            return Err("a prekey value is empty or not one word");
+        }
+        Ok((id, key))
+    }
+}
+
+/// The queue limits in `OK MAILBOX <ttl-seconds> <max-messages> <max-bytes>`: how long the
+/// server keeps a message and how much it queues for one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxLimits {
+    /// Seconds a queued message is kept before it expires.
+    pub ttl_seconds: u64,
+    /// Most messages queued for one recipient.
+    pub max_messages: u64,
+    /// Most payload bytes queued for one recipient.
+    pub max_bytes: u64,
+}
+
+impl MailboxLimits {
+    /// The `OK MAILBOX` reply announcing these limits.
+    pub fn reply(&self) -> ServerLine {
+        ServerLine::Ok {
+            command: Command::Mailbox,
+            detail: format!(
+                "{} {} {}",
+                self.ttl_seconds, self.max_messages, self.max_bytes
+            ),
+        }
+    }
+
+    /// Reads the detail of an `OK MAILBOX` line.
+    pub fn from_detail(detail: &str) -> Option<MailboxLimits> {
+        let mut words = detail.split(' ').map(str::parse);
+        let limits = MailboxLimits {
+            ttl_seconds: words.next()?.ok()?,
+            max_messages: words.next()?.ok()?,
+            max_bytes: words.next()?.ok()?,
+        };
+        words.next().is_none().then_some(limits)
+    }
+}
+
+/// What happened to a message sent with `SEND`, as a `STATUS` line tells its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// `queued <id>`: stored durably; the recipient will be sent `MAIL <id> …`.
+    Queued {
+        /// The server's message id.
+        id: u64,
+    },
+    /// `delivered`: the recipient's client acknowledged it.
+    Delivered,
+    /// `expired`: its time to live passed before the recipient acknowledged it.
+    Expired,
+    /// `refused <reason>`: nothing was stored.
+    Refused(Refusal),
+}
+
+/// Why a `SEND` was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `no-such-user`: the recipient has no account.
+    NoSuchUser,
+    /// `quota`: the recipient's queue is at its message or byte limit.
+    Quota,
+    /// `self`: a message to oneself.
+    ToSelf,
+}
+
+impl Refusal {
+    /// Every reason.
+    pub const ALL: [Refusal; 3] = [Refusal::NoSuchUser, Refusal::Quota, Refusal::ToSelf];
+
+    /// The reason as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::NoSuchUser => "no-such-user",
+            Refusal::Quota => "quota",
+            Refusal::ToSelf => "self",
+        }
+    }
+
+    /// The reason named `word` on the wire, if it is one.
+    pub fn from_wire(word: &str) -> Option<Refusal> {
+        Refusal::ALL.into_iter().find(|r| r.as_str() == word)
+    }
 }
 
 impl<'a> Request<'a> {
@@ -78,11 +281,21 @@ impl<'a> Request<'a> {
             ProtocolError::unattributed(
                 ErrorCode::UnknownCommand,
                 format!(
-                    "unknown command {:?}; expected one of REGISTER, LOGIN, QUIT, PING, LIST, SAY, MSG, SETKEY, GETKEY, HISTORY",
+                    "unknown command {:?}; expected one of REGISTER, LOGIN, QUIT, PING, LIST, SAY, MSG, SETKEY, GETKEY, HISTORY, MAILBOX, SETPREKEY, ADDPREKEYS, BUNDLE, SEND, ACK, ACKSTATUS",
                     truncate(verb, 32)
                 ),
             )
         })?;
+        let bad_reference = || {
+            ProtocolError::new(
+                command,
+                ErrorCode::BadFrame,
+                format!(
+                    "usage: {}; a reference is 1 to {MAX_REFERENCE_LEN} of A-Z a-z 0-9 _ -",
+                    command.usage()
+                ),
+            )
+        };
         let missing = |what: &str| {
             ProtocolError::new(
                 command,
@@ -146,6 +359,59 @@ impl<'a> Request<'a> {
                 user: one_word(rest, "the user name")?,
             },
             Command::History => Request::History,
+            Command::Mailbox => Request::Mailbox,
+            Command::SetPrekey => Request::SetPrekey {
+                record: one_word(rest, "the record")?,
+            },
+            Command::AddPrekeys => Request::AddPrekeys {
+                prekeys: PrekeyList::parse(rest).map_err(|problem| {
+                    ProtocolError::new(
+                        command,
+                        ErrorCode::BadFrame,
+                        format!("usage: {}; {problem}", command.usage()),
+                    )
+                })?,
+            },
+            Command::Bundle => Request::Bundle {
+                user: one_word(rest, "the user name")?,
+            },
+            Command::Send => {
+                let (to, rest) = split_word(rest);
+                let (reference, payload) = split_word(rest);
+                if to.is_empty() {
+                    return Err(missing("the recipient"));
+                }
+                if reference.is_empty() {
+                    return Err(missing("the reference"));
+                }
+                if payload.is_empty() {
+                    return Err(missing("the payload"));
+                }
+                if !valid_reference(reference) {
+                    return Err(bad_reference());
+                }
+                Request::Send {
+                    to,
+                    reference,
+                    payload,
+                }
+            }
+            Command::Ack => Request::Ack {
+                id: one_word(rest, "the message id")?.parse().map_err(|_| {
+                    ProtocolError::new(
+                        command,
+                        ErrorCode::BadFrame,
+                        format!("usage: {}; the id is not a number", command.usage()),
+                    )
+                })?,
+            },
+            Command::AckStatus => {
+                let reference = one_word(rest, "the reference")?;
+                if !valid_reference(reference) {
+                    return Err(bad_reference());
+                }
+                Request::AckStatus { reference }
+            }
         };
         Ok(request)
     }
@@ -163,6 +429,13 @@ impl<'a> Request<'a> {
             Request::SetKey { .. } => Command::SetKey,
             Request::GetKey { .. } => Command::GetKey,
             Request::History => Command::History,
+            Request::Mailbox => Command::Mailbox,
+            Request::SetPrekey { .. } => Command::SetPrekey,
+            Request::AddPrekeys { .. } => Command::AddPrekeys,
+            Request::Bundle { .. } => Command::Bundle,
+            Request::Send { .. } => Command::Send,
+            Request::Ack { .. } => Command::Ack,
+            Request::AckStatus { .. } => Command::AckStatus,
         }
     }
 }
@@ -175,13 +448,24 @@ impl fmt::Display for Request<'_> {
             Request::Register { user, password } | Request::Login { user, password } => {
                 write!(f, "{verb} {user} {password}")
             }
-            Request::Quit | Request::List | Request::History => f.write_str(verb),
+            Request::Quit | Request::List | Request::History | Request::Mailbox => {
+                f.write_str(verb)
+            }
             Request::Ping { token: "" } => f.write_str(verb),
             Request::Ping { token } => write!(f, "{verb} {token}"),
             Request::Say { text } => write!(f, "{verb} {text}"),
             Request::Msg { to, payload } => write!(f, "{verb} {to} {payload}"),
             Request::SetKey { key } => write!(f, "{verb} {key}"),
-            Request::GetKey { user } => write!(f, "{verb} {user}"),
+            Request::GetKey { user } | Request::Bundle { user } => write!(f, "{verb} {user}"),
+            Request::SetPrekey { record } => write!(f, "{verb} {record}"),
+            Request::AddPrekeys { prekeys } => write!(f, "{verb} {}", prekeys.as_str()),
+            Request::Send {
+                to,
+                reference,
+                payload,
+            } => write!(f, "{verb} {to} {reference} {payload}"),
+            Request::Ack { id } => write!(f, "{verb} {id}"),
+            Request::AckStatus { reference } => write!(f, "{verb} {reference}"),
         }
     }
 }
@@ -209,11 +493,25 @@ pub enum Command {
     GetKey,
     /// `HISTORY`
     History,
+    /// `MAILBOX`
+    Mailbox,
+    /// `SETPREKEY`
+    SetPrekey,
+    /// `ADDPREKEYS`
+    AddPrekeys,
+    /// `BUNDLE`
+    Bundle,
+    /// `SEND`
+    Send,
+    /// `ACK`
+    Ack,
+    /// `ACKSTATUS`
+    AckStatus,
 }
 
 impl Command {
     /// Every command.
-    pub const ALL: [Command; 10] = [
+    pub const ALL: [Command; 17] = [
         Command::Register,
         Command::Login,
         Command::Quit,
@@ -224,6 +522,13 @@ impl Command {
         Command::SetKey,
         Command::GetKey,
         Command::History,
+        Command::Mailbox,
+        Command::SetPrekey,
+        Command::AddPrekeys,
+        Command::Bundle,
+        Command::Send,
+        Command::Ack,
+        Command::AckStatus,
     ];
 
     /// The verb as it appears on the wire.
@@ -239,6 +544,13 @@ impl Command {
             Command::SetKey => "SETKEY",
             Command::GetKey => "GETKEY",
             Command::History => "HISTORY",
+            Command::Mailbox => "MAILBOX",
+            Command::SetPrekey => "SETPREKEY",
+            Command::AddPrekeys => "ADDPREKEYS",
+            Command::Bundle => "BUNDLE",
+            Command::Send => "SEND",
+            Command::Ack => "ACK",
+            Command::AckStatus => "ACKSTATUS",
         }
     }
 
@@ -255,6 +567,13 @@ impl Command {
             Command::SetKey => "SETKEY <base64 identity key>",
             Command::GetKey => "GETKEY <user>",
             Command::History => "HISTORY",
+            Command::Mailbox => "MAILBOX",
+            Command::SetPrekey => "SETPREKEY <base64 signed-prekey record>",
+            Command::AddPrekeys => "ADDPREKEYS <id>:<base64 key> [<id>:<base64 key> ...]",
+            Command::Bundle => "BUNDLE <user>",
+            Command::Send => "SEND <user> <ref> <payload>",
+            Command::Ack => "ACK <id>",
+            Command::AckStatus => "ACKSTATUS <ref>",
         }
     }
 
@@ -303,11 +622,14 @@ pub enum ErrorCode {
     Throttled,
     /// A storage failure; the request was not carried out.
     Storage,
+    /// `BUNDLE` for a user who has not stored a signed-prekey record (has not set up offline
+    /// messages). The first word of the text is the user name.
+    NoPrekeys,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadFrame,
         ErrorCode::TooLong,
         ErrorCode::UnknownCommand,
@@ -325,6 +647,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::Throttled,
         ErrorCode::Storage,
+        ErrorCode::NoPrekeys,
     ];
 
     /// The code named `word` on the wire, if it is one.
@@ -352,6 +675,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate-limited",
             ErrorCode::Throttled => "throttled",
             ErrorCode::Storage => "storage",
+            ErrorCode::NoPrekeys => "no-prekeys",
         }
     }
 }
@@ -475,6 +799,44 @@ pub enum ServerLine {
         /// How many room lines were left out, just before this line.
         count: u64,
     },
+    /// `PREKEYS <n>`: the user has `n` one-time prekeys left on the server (sent at login
+    /// and when a fetch leaves fewer than the refill mark); the client tops them up.
+    Prekeys {
+        /// One-time prekeys left.
+        count: u32,
+    },
+    /// `BUNDLE <user> <b64 record> <id>:<b64 key>|-`: the answer to a `BUNDLE` request.
+    Bundle {
+        /// Whose prekeys.
+        user: String,
+        /// Their signed-prekey record, base64, as they stored it.
+        record: String,
+        /// One of their one-time prekeys, handed out to no one else; `None` (`-`) when they
+        /// have run out.
+        one_time: Option<OneTimePrekey>,
+    },
+    /// `MAIL <id> <sender> <time> <payload>`: a stored message. Sent again (same id) at every
+    /// login until acknowledged with `ACK <id>`, so clients de-duplicate by id.
+    Mail {
+        /// The server's message id: unique, increasing.
+        id: u64,
+        /// The authenticated user who sent it.
+        sender: String,
+        /// When the server queued it: seconds since the Unix epoch, UTC.
+        time: u64,
+        /// The payload, as the sender wrote it.
+        payload: String,
+    },
+    /// `STATUS <ref> <state> <user> [<detail>]`: what happened to a message this client sent
+    /// with `SEND`.
+    Status {
+        /// The sender's reference from the `SEND`.
+        reference: String,
+        /// What happened (with its detail: the id of a queued message, the reason for a refusal).
+        state: DeliveryState,
+        /// The recipient.
+        user: String,
+    },
     /// `BYE <reason>`: the server is closing this connection.
     Bye {
         /// Why, for people.
@@ -571,6 +933,100 @@ impl ServerLine {
             "BYE" => ServerLine::Bye {
                 reason: owned(rest),
             },
+            "PREKEYS" => ServerLine::Prekeys {
+                count: rest
+                    .parse()
+                    .map_err(|_| BadServerLine::new(line, "PREKEYS without a count"))?,
+            },
+            "BUNDLE" => {
+                let mut words = rest.split(' ');
+                let (Some(user), Some(record), Some(one_time), None) =
+                    (words.next(), words.next(), words.next(), words.next())
+                else {
+                    return Err(BadServerLine::new(
+                        line,
+                        "BUNDLE is not <user> <record> <opk>",
+                    ));
+                };
+                if user.is_empty() || record.is_empty() {
+                    return Err(BadServerLine::new(line, "BUNDLE without a user or record"));
+                }
+                let one_time = match one_time {
+                    "-" => None,
+                    item => {
+                        let (id, key) = OneTimePrekey::split(item)
+                            .map_err(|problem| BadServerLine::new(line, problem))?;
+                        Some(OneTimePrekey {
+                            id,
+                            key: owned(key),
+                        })
+                    }
+                };
+                ServerLine::Bundle {
+                    user: owned(user),
+                    record: owned(record),
+                    one_time,
+                }
+            }
+            "MAIL" => {
+                let (id, rest) = split_word(rest);
+                let (sender, rest) = split_word(rest);
+                let (time, payload) = split_word(rest);
+                let id = id
+                    .parse()
+                    .map_err(|_| BadServerLine::new(line, "MAIL without an id"))?;
+                if sender.is_empty() {
+                    return Err(BadServerLine::new(line, "a message without a sender"));
+                }
+                let time = time
+                    .parse()
+                    .map_err(|_| BadServerLine::new(line, "MAIL without a time"))?;
+                ServerLine::Mail {
+                    id,
+                    sender: owned(sender),
+                    time,
+                    payload: owned(payload),
+                }
+            }
+            "STATUS" => {
+                let mut words = rest.split(' ');
+                let (Some(reference), Some(state), Some(user)) =
+                    (words.next(), words.next(), words.next())
+                else {
+                    return Err(BadServerLine::new(
+                        line,
+                        "STATUS is not <ref> <state> <user>",
+                    ));
+                };
+                if reference.is_empty() || user.is_empty() {
+                    return Err(BadServerLine::new(line, "STATUS without a ref or user"));
+                }
+                let detail = words.next();
+                if words.next().is_some() {
+                    return Err(BadServerLine::new(line, "STATUS with more than one detail"));
+                }
+                let state = match (state, detail) {
+                    ("queued", Some(id)) => DeliveryState::Queued {
+                        id: id
+                            .parse()
+                            .map_err(|_| BadServerLine::new(line, "STATUS queued without an id"))?,
+                    },
+                    // A detail the spec does not define for these states is ignored.
+                    ("delivered", _) => DeliveryState::Delivered,
+                    ("expired", _) => DeliveryState::Expired,
+                    ("refused", Some(reason)) => {
+                        DeliveryState::Refused(Refusal::from_wire(reason).ok_or_else(|| {
+                            BadServerLine::new(line, "STATUS refused for an unknown reason")
+                        })?)
+                    }
+                    _ => return Err(BadServerLine::new(line, "STATUS with an unknown state")),
+                };
+                ServerLine::Status {
+                    reference: owned(reference),
+                    state,
+                    user: owned(user),
+                }
+            }
             _ => return Err(BadServerLine::new(line, "not a server frame")),
         };
         Ok(parsed)
@@ -615,6 +1071,38 @@ impl ServerLine {
                 let _ = writeln!(out, "SKIPPED {count}");
             }
             ServerLine::Bye { reason } => write_words(&mut out, &["BYE", reason]),
+            ServerLine::Prekeys { count } => {
+                let _ = writeln!(out, "PREKEYS {count}");
+            }
+            ServerLine::Bundle {
+                user,
+                record,
+                one_time,
+            } => {
+                let one_time = one_time
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |k| format!("{}:{}", k.id, k.key));
+                write_words(&mut out, &["BUNDLE", user, record, &one_time]);
+            }
+            ServerLine::Mail {
+                id,
+                sender,
+                time,
+                payload,
+            } => write_mail(&mut out, *id, sender, *time, payload),
+            ServerLine::Status {
+                reference,
+                state,
+                user,
+            } => {
+                let (state, detail) = match state {
+                    DeliveryState::Queued { id } => ("queued", id.to_string()),
+                    DeliveryState::Delivered => ("delivered", String::new()),
+                    DeliveryState::Expired => ("expired", String::new()),
+                    DeliveryState::Refused(reason) => ("refused", reason.as_str().to_owned()),
+                };
+                write_words(&mut out, &["STATUS", reference, state, user, &detail]);
+            }
         }
         out
     }
@@ -654,6 +1142,13 @@ pub fn write_history(out: &mut Vec<u8>, time: u64, user: &str, text: &str) {
     let time = time.to_string();
     out.reserve("HISTORY ".len() + time.len() + user.len() + text.len() + 3);
     write_words(out, &["HISTORY", &time, user, text]);
+}
+
+/// Appends `MAIL <id> <sender> <time> <payload>\n`: a stored message for this client.
+pub fn write_mail(out: &mut Vec<u8>, id: u64, sender: &str, time: u64, payload: &str) {
+    let (id, time) = (id.to_string(), time.to_string());
+    out.reserve("MAIL ".len() + id.len() + sender.len() + time.len() + payload.len() + 4);
+    write_words(out, &["MAIL", &id, sender, &time, payload]);
 }
 
 /// A line from the server that this client cannot read: what is wrong, and the start of
@@ -798,6 +1293,174 @@ mod tests {
             Ok(Request::GetKey { user: "bob" })
         );
         assert_eq!(Request::parse("history"), Ok(Request::History));
+        assert_eq!(Request::parse("MAILBOX"), Ok(Request::Mailbox));
+        assert_eq!(
+            Request::parse("SETPREKEY cmVj"),
+            Ok(Request::SetPrekey { record: "cmVj" })
+        );
+        let Ok(Request::AddPrekeys { prekeys }) = Request::parse("ADDPREKEYS 1:AAA= 7:BBB=") else {
+            panic!("ADDPREKEYS did not parse");
+        };
+        assert_eq!(
+            prekeys.iter().collect::<Vec<_>>(),
+            [(1, "AAA="), (7, "BBB=")]
+        );
+        assert_eq!(
+            Request::parse("BUNDLE bob"),
+            Ok(Request::Bundle { user: "bob" })
+        );
+        assert_eq!(
+            Request::parse("SEND bob r-1_x RATCHET a b"),
+            Ok(Request::Send {
+                to: "bob",
+                reference: "r-1_x",
+                payload: "RATCHET a b"
+            })
+        );
+        assert_eq!(Request::parse("ACK 42"), Ok(Request::Ack { id: 42 }));
+        assert_eq!(
+            Request::parse("ACKSTATUS r1"),
+            Ok(Request::AckStatus { reference: "r1" })
+        );
+    }
+
+    #[test]
+    fn mailbox_requests_refuse_what_the_spec_does_not_allow() {
+        for line in [
+            "SEND bob",
+            "SEND bob r1",
+            "SEND bob r.1 x",
+            "SEND bob 012345678901234567890123456789012 x",
+            "ACK x",
+            "ACK -1",
+            "ACK",
+            "ACKSTATUS a/b",
+            "ACKSTATUS",
+            "ADDPREKEYS",
+            "ADDPREKEYS 1:",
+            "ADDPREKEYS x:AAA",
+            "ADDPREKEYS 1:AAA  2:BBB",
+            "ADDPREKEYS 4294967296:AAA",
+            "BUNDLE a b",
+            "SETPREKEY",
+        ] {
+            let err = Request::parse(line).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadFrame, "{line}");
+            assert!(!err.message.is_empty());
+        }
+        let items = PrekeyList::join([(3, "QQ=="), (4, "Rg==")]);
+        assert_eq!(items, "3:QQ== 4:Rg==");
+        assert_eq!(PrekeyList::parse(&items).map(|p| p.iter().count()), Ok(2));
+    }
+
+    #[test]
+    fn mailbox_server_lines_parse_and_encode() {
+        let cases = [
+            ("PREKEYS 34", ServerLine::Prekeys { count: 34 }),
+            (
+                "BUNDLE bob UkVD 7:T1BL",
+                ServerLine::Bundle {
+                    user: "bob".into(),
+                    record: "UkVD".into(),
+                    one_time: Some(OneTimePrekey {
+                        id: 7,
+                        key: "T1BL".into(),
+                    }),
+                },
+            ),
+            (
+                "BUNDLE bob UkVD -",
+                ServerLine::Bundle {
+                    user: "bob".into(),
+                    record: "UkVD".into(),
+                    one_time: None,
+                },
+            ),
+            (
+                "MAIL 12 alice 1700000000 X3DH abc  def",
+                ServerLine::Mail {
+                    id: 12,
+                    sender: "alice".into(),
+                    time: 1_700_000_000,
+                    payload: "X3DH abc  def".into(),
+                },
+            ),
+            (
+                "STATUS r1 queued bob 12",
+                ServerLine::Status {
+                    reference: "r1".into(),
+                    state: DeliveryState::Queued { id: 12 },
+                    user: "bob".into(),
+                },
+            ),
+            (
+                "STATUS r1 delivered bob",
+                ServerLine::Status {
+                    reference: "r1".into(),
+                    state: DeliveryState::Delivered,
+                    user: "bob".into(),
+                },
+            ),
+            (
+                "STATUS r1 expired bob",
+                ServerLine::Status {
+                    reference: "r1".into(),
+                    state: DeliveryState::Expired,
+                    user: "bob".into(),
+                },
+            ),
+            (
+                "STATUS r1 refused bob quota",
+                ServerLine::Status {
+                    reference: "r1".into(),
+                    state: DeliveryState::Refused(Refusal::Quota),
+                    user: "bob".into(),
+                },
+            ),
+            (
+                "STATUS r1 refused bob self",
+                ServerLine::Status {
+                    reference: "r1".into(),
+                    state: DeliveryState::Refused(Refusal::ToSelf),
+                    user: "bob".into(),
+                },
+            ),
+        ];
+        for (text, line) in cases {
+            assert_eq!(ServerLine::parse(text), Ok(line.clone()), "{text}");
+            assert_eq!(line.encode(), format!("{text}\n").into_bytes());
+        }
+        for bad in [
+            "PREKEYS",
+            "PREKEYS -1",
+            "BUNDLE bob UkVD",
+            "BUNDLE bob UkVD 7",
+            "BUNDLE bob UkVD - extra",
+            "MAIL x alice 1 p",
+            "MAIL 1 alice soon p",
+            "STATUS r1 queued bob",
+            "STATUS r1 queued bob x",
+            "STATUS r1 refused bob tired",
+            "STATUS r1 lost bob",
+            "STATUS r1",
+        ] {
+            assert!(ServerLine::parse(bad).is_err(), "{bad}");
+        }
+        let limits = MailboxLimits {
+            ttl_seconds: 1_209_600,
+            max_messages: 1000,
+            max_bytes: 4 << 20,
+        };
+        assert_eq!(
+            limits.reply().encode(),
+            b"OK MAILBOX 1209600 1000 4194304\n"
+        );
+        assert_eq!(
+            MailboxLimits::from_detail("1209600 1000 4194304"),
+            Some(limits)
+        );
+        assert_eq!(MailboxLimits::from_detail("1 2"), None);
+        assert_eq!(MailboxLimits::from_detail("1 2 3 4"), None);
     }
 
     #[test]
@@ -814,6 +1477,13 @@ mod tests {
             "SETKEY k",
             "GETKEY bob",
             "HISTORY",
+            "MAILBOX",
+            "SETPREKEY cmVj",
+            "ADDPREKEYS 1:AAA= 2:BBB=",
+            "BUNDLE bob",
+            "SEND bob r1 X3DH a b",
+            "ACK 9",
+            "ACKSTATUS r1",
         ] {
             assert_eq!(Request::parse(line).unwrap().to_string(), line);
         }

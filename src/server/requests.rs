@@ -359,6 +359,19 @@ impl RequestHandler {
             }
             Request::SetKey { key } => return self.set_key(user, key),
             Request::GetKey { user: wanted } => return self.get_key(wanted),
+            Request::Mailbox
+            | Request::SetPrekey { .. }
+            | Request::AddPrekeys { .. }
+            | Request::Bundle { .. }
+            | Request::Send { .. }
+            | Request::Ack { .. }
+            | Request::AckStatus { .. } => {
+                return self.reply_error(&ProtocolError::new(
+                    request.command(),
+                    ErrorCode::BadFrame,
+                    "send MAILBOX before LOGIN to use the mailbox",
+                ))
+            }
             Request::Register { .. }
             | Request::Login { .. }
             | Request::Quit
