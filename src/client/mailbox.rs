@@ -233,22 +233,23 @@ impl Mailbox {
 
     /// Opens `MAIL <id>` from `peer` (`pinned`: their pinned identity key): an `X3DH` payload
     /// starts (or restarts) the session, a `RATCHET` one continues it. The id is recorded as
-    /// processed whether or not the payload opens, and everything is saved before this
-    /// returns; an error from saving means the mail must not be acknowledged.
+    /// processed whether or not the payload opens (the inner result), and everything is
+    /// saved before this returns; the outer error (saving failed) means the mail must not be
+    /// acknowledged.
     pub fn open(
         &mut self,
         id: u64,
         peer: &str,
         pinned: IdentityPublicKey,
         payload: &str,
-    ) -> Result<String, E2eError> {
+    ) -> Result<Result<String, E2eError>, E2eError> {
         let opened = self.open_payload(peer, pinned, payload);
         self.processed.push_back(id);
         while self.processed.len() > MAX_PROCESSED {
             self.processed.pop_front();
         }
         self.save()?;
-        opened
+        Ok(opened)
     }
 
     fn open_payload(
@@ -550,6 +551,19 @@ mod tests {
         bundle
     }
 
+    impl Mailbox {
+        /// [`Mailbox::open`] where saving must work.
+        fn open_ok(
+            &mut self,
+            id: u64,
+            peer: &str,
+            pinned: IdentityPublicKey,
+            payload: &str,
+        ) -> Result<String, E2eError> {
+            self.open(id, peer, pinned, payload).expect("saved")
+        }
+    }
+
     #[test]
     fn alice_writes_to_offline_bob_with_a_restart_between_every_step() {
         let (alice, bob) = (User::new("alice", 1), User::new("bob", 2));
@@ -564,24 +578,24 @@ mod tests {
         assert!(second.starts_with("RATCHET ") && third.starts_with("RATCHET "));
 
         assert_eq!(
-            bob.mailbox().open(10, "alice", alice.key(), &first),
+            bob.mailbox().open_ok(10, "alice", alice.key(), &first),
             Ok("one".into())
         );
         assert!(bob.mailbox().is_processed(10));
         // Out of order: the third before the second.
         assert_eq!(
-            bob.mailbox().open(12, "alice", alice.key(), &third),
+            bob.mailbox().open_ok(12, "alice", alice.key(), &third),
             Ok("three".into())
         );
         assert_eq!(
-            bob.mailbox().open(11, "alice", alice.key(), &second),
+            bob.mailbox().open_ok(11, "alice", alice.key(), &second),
             Ok("two".into())
         );
 
         // Bob answers; Alice reads it after a restart.
         let answer = bob.mailbox().seal("alice", "hello alice").expect("answer");
         assert_eq!(
-            alice.mailbox().open(1, "bob", bob.key(), &answer),
+            alice.mailbox().open_ok(1, "bob", bob.key(), &answer),
             Ok("hello alice".into())
         );
         let mode = std::fs::metadata(&bob.path)
@@ -600,15 +614,21 @@ mod tests {
             .seal_first("bob", bob.key(), &bundle, "one")
             .expect("first");
         let second = alice.mailbox().seal("bob", "two").expect("second");
-        assert!(bob.mailbox().open(1, "alice", alice.key(), &first).is_ok());
-        assert!(bob.mailbox().open(2, "alice", alice.key(), &second).is_ok());
+        assert!(bob
+            .mailbox()
+            .open_ok(1, "alice", alice.key(), &first)
+            .is_ok());
+        assert!(bob
+            .mailbox()
+            .open_ok(2, "alice", alice.key(), &second)
+            .is_ok());
         // The same payloads again under new ids (a server replaying them).
         assert_eq!(
-            bob.mailbox().open(3, "alice", alice.key(), &first),
+            bob.mailbox().open_ok(3, "alice", alice.key(), &first),
             Err(E2eError::UnknownPrekey)
         );
         assert_eq!(
-            bob.mailbox().open(4, "alice", alice.key(), &second),
+            bob.mailbox().open_ok(4, "alice", alice.key(), &second),
             Err(E2eError::AlreadyReceived { counter: 1 })
         );
         // A failed open is still recorded, so the mail is only acknowledged again.
@@ -634,11 +654,11 @@ mod tests {
             .seal_first("bob", bob.key(), &bundle, "one")
             .expect("first");
         assert_eq!(
-            bob.mailbox().open(1, "alice", mallory.key(), &first),
+            bob.mailbox().open_ok(1, "alice", mallory.key(), &first),
             Err(E2eError::BadSignature)
         );
         let second = alice.mailbox().seal("bob", "two").expect("second");
-        let no_session = bob.mailbox().open(2, "alice", alice.key(), &second);
+        let no_session = bob.mailbox().open_ok(2, "alice", alice.key(), &second);
         assert!(
             matches!(no_session, Err(E2eError::State(_))),
             "{no_session:?}"
@@ -646,7 +666,7 @@ mod tests {
         assert!(!bob.mailbox().has_session("alice"));
         // The one-time prekey was not used up by the forged attempt: the real one opens.
         assert_eq!(
-            bob.mailbox().open(3, "alice", alice.key(), &first),
+            bob.mailbox().open_ok(3, "alice", alice.key(), &first),
             Ok("one".into())
         );
     }
@@ -667,7 +687,7 @@ mod tests {
         assert_eq!(later.bundle_record().identity_dh, bundle.identity_dh);
         let mut later = bob.mailbox_at(NOW + SIGNED_PREKEY_LIFETIME_SECS + 1);
         assert_eq!(
-            later.open(1, "alice", alice.key(), &first),
+            later.open_ok(1, "alice", alice.key(), &first),
             Ok("one".into())
         );
     }

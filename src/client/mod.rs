@@ -7,6 +7,7 @@ pub mod editor;
 pub mod end_to_end;
 pub mod link;
 pub mod mailbox;
+pub mod offline;
 pub mod pacing;
 pub mod paths;
 pub mod screen;
