@@ -30,6 +30,14 @@ impl TokenBucket {
         }
     }
 
+    /// A full bucket of `count` that refills `count` a minute (rates below one a second,
+    /// such as the server's `BUNDLE` budget).
+    pub fn per_minute(count: u32) -> TokenBucket {
+        let mut bucket = TokenBucket::new(1, count);
+        bucket.rate = f64::from(count) / 60.0;
+        bucket
+    }
+
     /// Adds the tokens earned since the last refill. Call once per batch of frames.
     pub fn refill(&mut self, now: Instant) {
         let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;

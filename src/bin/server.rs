@@ -103,6 +103,17 @@ struct Args {
     #[arg(long, default_value_t = Limits::default().room_history as u64,
           value_parser = clap::value_parser!(u64).range(0..=server::MAX_ROOM_HISTORY as u64))]
     room_history: u64,
+    /// Seconds a message stored for an offline recipient is kept before it expires.
+    #[arg(long, default_value_t = Limits::default().queue_ttl.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    queue_ttl: u64,
+    /// Messages stored for one offline recipient; more are refused (quota).
+    #[arg(long, default_value_t = Limits::default().queue_max)]
+    queue_max: u64,
+    /// Payload bytes stored for one offline recipient; more are refused (quota). (Not
+    /// `--queue-bytes`, which bounds a connected client's outbound queue.)
+    #[arg(long, default_value_t = Limits::default().queue_max_bytes)]
+    queue_max_bytes: u64,
     /// Key exchanges (DH-INIT) one user may start with another per minute (0 = no limit).
     #[arg(long, default_value_t = Limits::default().exchange_starts)]
     exchange_starts: u32,
@@ -170,6 +181,9 @@ fn run(args: Args) -> securechat::Result<()> {
         message_rate: args.rate_limit,
         message_burst: args.rate_burst,
         room_history: args.room_history as usize,
+        queue_ttl: Duration::from_secs(args.queue_ttl),
+        queue_max: args.queue_max,
+        queue_max_bytes: args.queue_max_bytes,
         throttle: ThrottlePolicy {
             registrations_burst: args.registrations_per_ip,
             logins_per_prefix: args.logins_per_prefix,

@@ -203,7 +203,7 @@ fn write_loop(store: &Store, keep: usize, receiver: &Receiver<HistoryLine>) {
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

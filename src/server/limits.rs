@@ -96,6 +96,17 @@ pub struct Limits {
     /// who just arrived. Each line costs up to one frame of memory in the router, so the
     /// command line caps it at [`MAX_ROOM_HISTORY`].
     pub room_history: usize,
+    /// How long a message stored for offline delivery (`SEND`) waits for its recipient's
+    /// `ACK` before it expires and its sender is told `expired`. 14 days: long enough for
+    /// a holiday, short enough that an abandoned account does not keep mail for ever.
+    pub queue_ttl: Duration,
+    /// Messages stored for one recipient; more are refused (`STATUS … refused … quota`).
+    /// 1,000 bounds what one login replays and what strangers can pile up.
+    pub queue_max: u64,
+    /// Payload bytes stored for one recipient; more are refused like `queue_max`. 4 MiB is
+    /// a few hundred long messages, and bounds the replay at login (the outbound bound of
+    /// that connection is raised by the replay's size, so replaying it never evicts).
+    pub queue_max_bytes: u64,
     /// Failed-login back-off and registration limits.
     pub throttle: ThrottlePolicy,
 }
@@ -129,6 +140,9 @@ impl Default for Limits {
             message_rate: AnnouncedLimits::DEFAULT.rate,
             message_burst: AnnouncedLimits::DEFAULT.burst,
             room_history: 50,
+            queue_ttl: Duration::from_secs(14 * 24 * 3600),
+            queue_max: 1000,
+            queue_max_bytes: 4 << 20,
             throttle: ThrottlePolicy::default(),
         }
     }

@@ -11,6 +11,7 @@
 //! | `router.rs` | the thread that owns who is online and routes frames |
 //! | `outbox.rs` | a client's outbound queue (a priority part bounded in bytes, a small room part that skips), and the writer loop that drains it |
 //! | `history.rs` | the room's last lines: kept by the router, stored by a writer thread, replayed at login |
+//! | `mailbox.rs` | offline delivery: what readers hand the router after their database writes, the login backlog, expiry |
 //! | `accounts.rs`, `throttle.rs`, `store.rs` | accounts (bcrypt), brute-force defences, the SQLite store |
 //!
 //! # Threads, sockets and locks
@@ -24,6 +25,12 @@
 //! | `writer-N` | per connection | its outbox | its client's socket: the only thread that blocks writing it |
 //! | bcrypt pool | `bcrypt_concurrency` | password jobs | results to the waiting login thread |
 //! | `history` | 1 (0 with `room_history` 0) | the room lines the router recorded (a bounded channel) | the database, one transaction per wake-up |
+//! | `mailbox-expiry` | 1 | a clock (every minute, or every `queue_ttl` if shorter) | the database (one transaction per run); expiry receipts to the router's inbox |
+//!
+//! Mailbox requests (`SEND`, `ACK`, `ACKSTATUS`, `BUNDLE`, `SETPREKEY`, `ADDPREKEYS`) and an
+//! opted-in login's backlog read are database work done by that connection's `reader-N` (or
+//! `login-N`) thread before it answers; the router only delivers the resulting lines (see
+//! `mailbox.rs`). The router never waits for the disk.
 //!
 //! Locks, outermost first; a thread holding one takes only those below it, and none is
 //! held across a blocking socket call:
@@ -64,6 +71,7 @@ mod admission;
 mod connection;
 mod history;
 mod limits;
+mod mailbox;
 #[cfg(test)]
 mod memory_socket;
 mod outbox;
@@ -120,6 +128,8 @@ pub struct Server {
     /// The thread storing room history (none when history is off); it ends after the
     /// router, once it has stored what the router gave it.
     history_writer: Option<JoinHandle<()>>,
+    /// The thread expiring old mailbox messages; stopped before the router.
+    expiry: Option<mailbox::Expiry>,
 }
 
 /// Asks a server to stop. Cheap to clone; safe to use from a signal handler thread.
@@ -192,7 +202,7 @@ impl Server {
         };
         let writer = match keep {
             0 => None,
-            _ => Some(history::start_writer(store, keep)?),
+            _ => Some(history::start_writer(store.clone(), keep)?),
         };
         let (history_writer, history) = match writer {
             Some(writer) => (
@@ -206,6 +216,16 @@ impl Server {
         let router = thread::Builder::new()
             .name("router".into())
             .spawn(move || Router::new(router_limits, history).run(inbox))?;
+        // Expiry: once now (what fell due while the server was down), then periodically.
+        let ttl = config.limits.queue_ttl;
+        mailbox::expire(&store, ttl, &router_handle);
+        let expiry = match mailbox::start_expiry(store, ttl, router_handle.clone()) {
+            Ok(expiry) => expiry,
+            Err(e) => {
+                let _ = router_handle.send(Event::Shutdown);
+                return Err(e);
+            }
+        };
         let context = Arc::new(Context::new(
             config.limits,
             accounts,
@@ -236,6 +256,7 @@ impl Server {
             acceptor: Some(acceptor),
             router: Some(router),
             history_writer,
+            expiry: Some(expiry),
         })
     }
 
@@ -280,6 +301,10 @@ impl Server {
             if open > 0 {
                 log::warn!("shutdown: {open} connections still open");
             }
+        }
+        if let Some(expiry) = self.expiry.take() {
+            drop(expiry.stop);
+            let _ = expiry.thread.join();
         }
         let _ = context.router.send(Event::Shutdown);
         if let Some(router) = self.router.take() {

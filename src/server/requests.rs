@@ -15,13 +15,18 @@ use base64::Engine as _;
 
 use super::accounts::{Busy, LoginError, RegisterError};
 use super::admission::Context;
+use super::history::unix_now;
+use super::mailbox::{self, Notice, BUNDLE_FETCHES_PER_MINUTE, PREKEY_REFILL_MARK};
 use super::outbox::{Line, Outbox};
 use super::router::{room_line, ConnId, Direct, Event, Routed};
-use super::store::KeyLookup;
+use super::store::{BundleLookup, Enqueued, KeyLookup, Quota, Store, StoredMail};
 use super::throttle::AddressPrefix;
 use crate::protocol::frame::{FrameError, LineBuffer};
 use crate::protocol::name::{is_canonical_username, normalize_username, UserName};
-use crate::protocol::{Command, ErrorCode, ProtocolError, Request, ServerLine};
+use crate::protocol::{
+    Command, DeliveryState, ErrorCode, MailboxLimits, OneTimePrekey, PrekeyList, ProtocolError,
+    Refusal, Request, ServerLine,
+};
 use crate::rate::TokenBucket;
 use crate::tls::stream::TlsStream;
 
@@ -33,6 +38,14 @@ const MALFORMED_NAME: &str = "(malformed name)";
 
 /// Length of an Ed25519 public key, the only identity key accepted by `SETKEY`.
 const IDENTITY_KEY_BYTES: usize = 32;
+
+/// Largest signed-prekey record `SETPREKEY` stores (decoded): a prekey bundle is a few
+/// hundred bytes; 4 KiB leaves room and bounds what a user can make the server keep.
+const MAX_PREKEY_RECORD_BYTES: usize = 4096;
+
+/// Largest one-time prekey `ADDPREKEYS` stores (decoded): an X25519 or group element is
+/// at most a few hundred bytes.
+const MAX_ONE_TIME_PREKEY_BYTES: usize = 512;
 
 /// What the reader knows of its connection, and how it answers each request.
 pub(super) struct RequestHandler {
@@ -51,6 +64,11 @@ pub(super) struct RequestHandler {
     pub(super) user: Option<UserName>,
     /// The client asked (`HISTORY`, before login) for the room's recent lines at login.
     pub(super) wants_history: bool,
+    /// The client opted in to offline delivery (`MAILBOX`, before login): only then is it
+    /// sent mailbox lines and may it use the mailbox requests.
+    pub(super) wants_mailbox: bool,
+    /// Limits its `BUNDLE` fetches (each takes one of someone's one-time prekeys).
+    pub(super) bundle_bucket: TokenBucket,
     /// When an anonymous connection is dropped for not logging in.
     pub(super) login_deadline: Instant,
     /// When the last complete frame arrived; a logged-in client silent for longer than
@@ -191,18 +209,40 @@ impl RequestHandler {
                     detail: self.context.limits.room_history.to_string(),
                 })
             }
+            (None, Request::Mailbox) if !self.wants_mailbox => {
+                self.wants_mailbox = true;
+                let limits = &self.context.limits;
+                self.reply(
+                    MailboxLimits {
+                        ttl_seconds: limits.queue_ttl.as_secs(),
+                        max_messages: limits.queue_max,
+                        max_bytes: limits.queue_max_bytes,
+                    }
+                    .reply(),
+                )
+            }
+            (None, Request::Mailbox) => self.reply_error(&ProtocolError::new(
+                Command::Mailbox,
+                ErrorCode::AlreadyLoggedIn,
+                "MAILBOX was already sent on this connection",
+            )),
             (None, Request::Login { user, password }) => self.login(user, password),
             (None, request) => self.reply_error(&ProtocolError::new(
                 request.command(),
                 ErrorCode::NotLoggedIn,
                 "log in first: LOGIN <user> <password>, or REGISTER <user> <password>",
             )),
-            (Some(_), Request::Register { .. } | Request::Login { .. } | Request::History) => self
-                .reply_error(&ProtocolError::new(
-                    request.command(),
-                    ErrorCode::AlreadyLoggedIn,
-                    "this connection is already logged in",
-                )),
+            (
+                Some(_),
+                Request::Register { .. }
+                | Request::Login { .. }
+                | Request::History
+                | Request::Mailbox,
+            ) => self.reply_error(&ProtocolError::new(
+                request.command(),
+                ErrorCode::AlreadyLoggedIn,
+                "this connection is already logged in",
+            )),
             (Some(user), request) => {
                 let user = user.clone();
                 self.logged_in_request(&user, request)
@@ -300,12 +340,16 @@ impl RequestHandler {
                     .set_limit(self.context.limits.outbound_queue_bytes);
                 let event = Event::LoggedIn {
                     id: self.id,
-                    user: name,
+                    user: name.clone(),
                     outbox: self.outbox.clone(),
                     history: self.wants_history,
+                    mailbox: self.wants_mailbox,
                 };
                 if self.context.router.send(event).is_err() {
                     return Step::Stop("server is shutting down".into(), None);
+                }
+                if self.wants_mailbox {
+                    self.send_backlog(&name);
                 }
                 Step::Continue
             }
@@ -359,23 +403,40 @@ impl RequestHandler {
             }
             Request::SetKey { key } => return self.set_key(user, key),
             Request::GetKey { user: wanted } => return self.get_key(wanted),
-            Request::Mailbox
-            | Request::SetPrekey { .. }
+            Request::SetPrekey { .. }
             | Request::AddPrekeys { .. }
             | Request::Bundle { .. }
             | Request::Send { .. }
             | Request::Ack { .. }
-            | Request::AckStatus { .. } => {
+            | Request::AckStatus { .. }
+                if !self.wants_mailbox =>
+            {
                 return self.reply_error(&ProtocolError::new(
                     request.command(),
                     ErrorCode::BadFrame,
                     "send MAILBOX before LOGIN to use the mailbox",
                 ))
             }
+            Request::SetPrekey { record } => return self.set_prekey(user, record),
+            Request::AddPrekeys { prekeys } => return self.add_prekeys(user, prekeys),
+            Request::Bundle { user: owner } => return self.bundle(owner),
+            Request::Send {
+                to,
+                reference,
+                payload,
+            } => return self.send_mail(user, to, reference, payload),
+            Request::Ack { id } => self.ack(user, id),
+            Request::AckStatus { reference } => {
+                if let Err(e) = self.store().delete_receipts(user, reference) {
+                    log::error!("conn#{}: receipts not deleted: {e}", self.id);
+                    return self.reply_error(&storage_error(Command::AckStatus));
+                }
+            }
             Request::Register { .. }
             | Request::Login { .. }
             | Request::Quit
             | Request::History
+            | Request::Mailbox
             | Request::Ping { .. } => {
                 // Handled before a session is known to be logged in.
             }
@@ -431,6 +492,199 @@ impl RequestHandler {
                     ErrorCode::Storage,
                     "the server could not read the key; try again later",
                 ))
+            }
+        }
+    }
+
+    fn store(&self) -> &Store {
+        self.context.accounts.store()
+    }
+
+    /// After an opted-in login: expires what is due, reads what the user is owed and hands
+    /// it to the router (see `mailbox.rs` for why this follows `LoggedIn`). The outbound
+    /// bound is raised by the backlog's size, so replaying it never evicts the client.
+    fn send_backlog(&mut self, user: &UserName) {
+        mailbox::expire(
+            self.store(),
+            self.context.limits.queue_ttl,
+            &self.context.router,
+        );
+        let (lines, mail_through, receipts_through) = match self.store().backlog(user) {
+            Ok(backlog) => {
+                let (lines, bytes) = mailbox::backlog_lines(&backlog);
+                self.outbox
+                    .set_limit(self.context.limits.outbound_queue_bytes + bytes);
+                (lines, backlog.mail_through, backlog.receipts_through)
+            }
+            Err(e) => {
+                // Nothing is lost: it is all sent at the next login.
+                log::error!("conn#{}: mailbox backlog not read: {e}", self.id);
+                (Vec::new(), 0, 0)
+            }
+        };
+        let _ = self.context.router.send(Event::Backlog {
+            id: self.id,
+            user: user.clone(),
+            lines,
+            mail_through,
+            receipts_through,
+        });
+    }
+
+    /// `SEND`: stores the message (committed) before answering `STATUS … queued`, then
+    /// hands the router its `MAIL` for the recipient.
+    fn send_mail(&mut self, user: &UserName, to: &str, reference: &str, payload: &str) -> Step {
+        let status = |state, to: &str| ServerLine::Status {
+            reference: reference.to_owned(),
+            state,
+            user: to.to_owned(),
+        };
+        let Ok(recipient) = UserName::parse(to) else {
+            let to = crate::protocol::truncate(to, 32);
+            return self.reply(status(DeliveryState::Refused(Refusal::NoSuchUser), to));
+        };
+        if recipient == *user {
+            return self.reply(status(DeliveryState::Refused(Refusal::ToSelf), to));
+        }
+        let limits = &self.context.limits;
+        let quota = Quota {
+            messages: limits.queue_max,
+            bytes: limits.queue_max_bytes,
+        };
+        let now = unix_now();
+        let stored = self
+            .store()
+            .enqueue(user, recipient.as_str(), reference, payload, now, quota);
+        let state = match stored {
+            Ok(Enqueued::Queued(id)) => DeliveryState::Queued { id },
+            Ok(Enqueued::NoSuchUser) => DeliveryState::Refused(Refusal::NoSuchUser),
+            Ok(Enqueued::Quota) => DeliveryState::Refused(Refusal::Quota),
+            Err(e) => {
+                log::error!("conn#{}: message not stored: {e}", self.id);
+                return self.reply_error(&storage_error(Command::Send));
+            }
+        };
+        let step = self.reply(status(state, recipient.as_str()));
+        if let DeliveryState::Queued { id } = state {
+            let mail = StoredMail {
+                id,
+                sender: user.to_string(),
+                time: now,
+                payload: payload.to_owned(),
+            };
+            self.route(Routed::Notice(Notice::mail(recipient, &mail)));
+        }
+        step
+    }
+
+    /// `ACK`: deletes the message and records its receipt (one transaction), then hands
+    /// the router the sender's `STATUS … delivered`. No reply, whatever happened.
+    fn ack(&mut self, user: &UserName, id: u64) {
+        match self.store().ack(user, id, unix_now()) {
+            Ok(Some(receipt)) => {
+                if let Some(notice) = Notice::receipt(&receipt) {
+                    self.route(Routed::Notice(notice));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => log::error!("conn#{}: ACK {id} not stored: {e}", self.id),
+        }
+    }
+
+    fn set_prekey(&mut self, user: &UserName, record: &str) -> Step {
+        let command = Command::SetPrekey;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(record);
+        if !matches!(&decoded, Ok(bytes) if bytes.len() <= MAX_PREKEY_RECORD_BYTES) {
+            return self.reply_error(&ProtocolError::new(
+                command,
+                ErrorCode::BadKey,
+                format!("a prekey record is base64 of at most {MAX_PREKEY_RECORD_BYTES} bytes"),
+            ));
+        }
+        match self.store().set_signed_prekey(user, record) {
+            Ok(()) => self.reply(ServerLine::Ok {
+                command,
+                detail: String::new(),
+            }),
+            Err(e) => {
+                log::error!("conn#{}: prekey record not stored: {e}", self.id);
+                self.reply_error(&storage_error(command))
+            }
+        }
+    }
+
+    fn add_prekeys(&mut self, user: &UserName, prekeys: PrekeyList<'_>) -> Step {
+        let command = Command::AddPrekeys;
+        let engine = base64::engine::general_purpose::STANDARD;
+        let valid =
+            |key: &str| matches!(engine.decode(key), Ok(b) if b.len() <= MAX_ONE_TIME_PREKEY_BYTES);
+        if !prekeys.iter().all(|(_, key)| valid(key)) {
+            return self.reply_error(&ProtocolError::new(
+                command,
+                ErrorCode::BadKey,
+                format!(
+                    "a one-time prekey is base64 of at most {MAX_ONE_TIME_PREKEY_BYTES} bytes; none was stored"
+                ),
+            ));
+        }
+        let items = prekeys.iter().map(|(id, key)| (id, key.to_owned()));
+        match self.store().add_one_time_prekeys(user, items) {
+            Ok(count) => self.reply(ServerLine::Ok {
+                command,
+                detail: count.to_string(),
+            }),
+            Err(e) => {
+                log::error!("conn#{}: one-time prekeys not stored: {e}", self.id);
+                self.reply_error(&storage_error(command))
+            }
+        }
+    }
+
+    /// `BUNDLE`: the owner's record and one one-time prekey (handed out once), within
+    /// this connection's fetch budget; tells the owner to refill when few are left.
+    fn bundle(&mut self, owner: &str) -> Step {
+        let command = Command::Bundle;
+        let shown = crate::protocol::truncate(owner, 32);
+        self.bundle_bucket.refill(Instant::now());
+        if !self.bundle_bucket.take() {
+            return self.reply_error(&ProtocolError::new(
+                command,
+                ErrorCode::RateLimited,
+                format!(
+                    "{shown} more than {BUNDLE_FETCHES_PER_MINUTE} prekey fetches a minute; try again later"
+                ),
+            ));
+        }
+        let Ok(owner) = UserName::parse(owner) else {
+            return self.reply_error(&no_such_user(command, owner));
+        };
+        match self.store().take_bundle(&owner) {
+            Ok(BundleLookup::Found {
+                record,
+                one_time,
+                left,
+            }) => {
+                let step = self.reply(ServerLine::Bundle {
+                    user: owner.to_string(),
+                    record,
+                    one_time: one_time.map(|(id, key)| OneTimePrekey { id, key }),
+                });
+                if left < PREKEY_REFILL_MARK {
+                    self.route(Routed::Notice(Notice::prekeys(owner, left)));
+                }
+                step
+            }
+            Ok(BundleLookup::NoRecord) => self.reply_error(&ProtocolError::new(
+                command,
+                ErrorCode::NoPrekeys,
+                format!("{owner} {owner} has not set up offline messages"),
+            )),
+            Ok(BundleLookup::NoSuchUser) => {
+                self.reply_error(&no_such_user(command, owner.as_str()))
+            }
+            Err(e) => {
+                log::error!("conn#{}: prekey fetch failed: {e}", self.id);
+                self.reply_error(&storage_error(command))
             }
         }
     }
@@ -560,6 +814,15 @@ fn busy_error(command: Command, busy: Busy) -> ProtocolError {
             "{why}; try again in {} s",
             busy.retry_after().as_secs_f64().ceil()
         ),
+    )
+}
+
+/// `ERR <command> storage …`: the request was not carried out.
+fn storage_error(command: Command) -> ProtocolError {
+    ProtocolError::new(
+        command,
+        ErrorCode::Storage,
+        "the server could not store or read that; try again later",
     )
 }
 

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::history::RoomHistory;
+use super::mailbox::{Notice, NoticeKind};
 use super::outbox::{ClientSocket, Line, Outbox, QueueFull, TextFrame};
 use crate::protocol::name::UserName;
 use crate::protocol::{self, Command, ErrorCode, ProtocolError, ServerLine};
@@ -61,12 +62,27 @@ pub(super) enum Event<S = TlsStream> {
     /// A connection authenticated as `user`. If `user` was already online, that older
     /// session is told and closed: the newest login wins.
     /// `history`: the client asked (`HISTORY`) for the room's recent lines.
+    /// `mailbox`: the client opted in (`MAILBOX`); its mailbox notices are held back until
+    /// its [`Event::Backlog`] arrives (see `mailbox.rs`).
     LoggedIn {
         id: ConnId,
         user: UserName,
         outbox: Outbox<S>,
         history: bool,
+        mailbox: bool,
     },
+    /// What an opted-in login replays (`PREKEYS`, `STATUS`, `MAIL` lines, in order), read
+    /// from the database after `LoggedIn` was sent, with the largest message and receipt
+    /// ids the read covered.
+    Backlog {
+        id: ConnId,
+        user: UserName,
+        lines: Vec<Line>,
+        mail_through: u64,
+        receipts_through: u64,
+    },
+    /// Mailbox lines for users other than a requester (expiry receipts).
+    Notices(Vec<Notice>),
     /// Requests from one read of a logged-in connection, in order.
     Requests {
         id: ConnId,
@@ -106,6 +122,8 @@ pub(super) enum Routed {
     List,
     /// Send this reply to the requester, in order with the router's own replies.
     Reply(Line),
+    /// Deliver a mailbox line to another user, if online and opted in.
+    Notice(Notice),
 }
 
 /// Capacity of the router's inbox, in events. When the router falls behind, readers block
@@ -214,6 +232,37 @@ struct Online<S> {
     last_to: Option<UserName>,
     /// What its room lines may still cost: bytes times recipients.
     room_budget: TokenBucket,
+    /// Whether it gets mailbox lines, and which it already has.
+    mailbox: Mailbox,
+}
+
+/// A logged-in client's mailbox state.
+enum Mailbox {
+    /// It did not send `MAILBOX`: it is sent no mailbox line.
+    Off,
+    /// Its login's backlog is being read: notices for it wait here, in order (a few at
+    /// most: the read takes one transaction).
+    CatchingUp(Vec<Notice>),
+    /// Backlog sent. Invariant: every stored `MAIL` with an id up to `mail_through`, and
+    /// every receipt up to `receipts_through`, was in it or is no longer stored; so a
+    /// notice for one of those is not sent again.
+    Live {
+        /// The largest message id the backlog covered.
+        mail_through: u64,
+        /// The largest receipt id the backlog covered.
+        receipts_through: u64,
+    },
+}
+
+impl Mailbox {
+    /// Whether a notice of `kind` is new to the client (not covered by its backlog).
+    fn is_new(mail_through: u64, receipts_through: u64, kind: NoticeKind) -> bool {
+        match kind {
+            NoticeKind::Mail(id) => id > mail_through,
+            NoticeKind::Receipt(id) => id > receipts_through,
+            NoticeKind::Prekeys => true,
+        }
+    }
 }
 
 /// The limits the router enforces per user (see [`super::Limits`] for the reasons).
@@ -335,7 +384,20 @@ impl<S: ClientSocket> Router<S> {
                 user,
                 outbox,
                 history,
-            } => self.logged_in(id, user, outbox, history),
+                mailbox,
+            } => self.logged_in(id, user, outbox, history, mailbox),
+            Event::Backlog {
+                id,
+                user,
+                lines,
+                mail_through,
+                receipts_through,
+            } => self.backlog(id, &user, lines, mail_through, receipts_through),
+            Event::Notices(notices) => {
+                for notice in notices {
+                    self.notice(notice);
+                }
+            }
             Event::Requests { id, user, requests } => {
                 // A batch from a session that was replaced (or evicted) is dropped.
                 if self.online.get(&user).is_some_and(|o| o.id == id) {
@@ -363,7 +425,14 @@ impl<S: ClientSocket> Router<S> {
         true
     }
 
-    fn logged_in(&mut self, id: ConnId, user: UserName, outbox: Outbox<S>, history: bool) {
+    fn logged_in(
+        &mut self,
+        id: ConnId,
+        user: UserName,
+        outbox: Outbox<S>,
+        history: bool,
+        mailbox: bool,
+    ) {
         // Take-over: the old session is told why, then closed after the message.
         if let Some(old) = self.remove(&user) {
             log::info!("{user}: logged in again from another connection; closing the old one");
@@ -399,8 +468,66 @@ impl<S: ClientSocket> Router<S> {
                     self.limits.room_fanout_rate,
                     self.limits.room_fanout_burst,
                 ),
+                mailbox: match mailbox {
+                    true => Mailbox::CatchingUp(Vec::new()),
+                    false => Mailbox::Off,
+                },
             },
         );
+    }
+
+    /// Sends an opted-in login's backlog, then the notices held back while it was read
+    /// that it does not cover; from now on notices go out as they come.
+    fn backlog(
+        &mut self,
+        id: ConnId,
+        user: &UserName,
+        lines: Vec<Line>,
+        mail_through: u64,
+        receipts_through: u64,
+    ) {
+        let Some(client) = self.online.get_mut(user).filter(|o| o.id == id) else {
+            return;
+        };
+        let live = Mailbox::Live {
+            mail_through,
+            receipts_through,
+        };
+        let Mailbox::CatchingUp(held) = std::mem::replace(&mut client.mailbox, live) else {
+            return;
+        };
+        let new = held
+            .into_iter()
+            .filter(|n| Mailbox::is_new(mail_through, receipts_through, n.kind))
+            .map(|n| n.line);
+        // Queued, never written at once: a backlog is many lines.
+        let outbox = &client.outbox;
+        if lines
+            .into_iter()
+            .chain(new)
+            .any(|line| outbox.push(line).is_err())
+        {
+            self.evict(user);
+        }
+    }
+
+    /// Delivers a mailbox line if its user is online and opted in (see [`Mailbox`]).
+    fn notice(&mut self, notice: Notice) {
+        let Some(client) = self.online.get_mut(&notice.to) else {
+            return;
+        };
+        match &mut client.mailbox {
+            Mailbox::Off => {}
+            Mailbox::CatchingUp(held) => held.push(notice),
+            Mailbox::Live {
+                mail_through,
+                receipts_through,
+            } => {
+                if Mailbox::is_new(*mail_through, *receipts_through, notice.kind) {
+                    self.send(&notice.to, notice.line);
+                }
+            }
+        }
     }
 
     fn request(&mut self, user: &UserName, request: Routed) {
@@ -433,6 +560,7 @@ impl<S: ClientSocket> Router<S> {
                 self.send(user, Line::from(&reply));
             }
             Routed::Reply(line) => self.send(user, line),
+            Routed::Notice(notice) => self.notice(notice),
         }
     }
 
@@ -619,6 +747,7 @@ mod tests {
                 user: self.user.clone(),
                 outbox: self.outbox.clone(),
                 history,
+                mailbox: false,
             });
         }
 
@@ -876,6 +1005,7 @@ mod tests {
             user: user.clone(),
             outbox: outbox.clone(),
             history: false,
+            mailbox: false,
         });
         // As when the router is lightly loaded: it writes to an idle socket itself.
         router.write_now = true;

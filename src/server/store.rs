@@ -14,10 +14,15 @@
 //!
 //! The schema is versioned (`PRAGMA user_version`) and upgraded in place at start, one
 //! step per version, each in its own transaction: version 1 holds the accounts, version 2
-//! adds the room history. A database from a newer server is refused, never downgraded.
+//! adds the room history, version 3 offline delivery's tables (`store/mailbox.rs`: prekeys,
+//! the message queue, receipts). A database from a newer server is refused, never downgraded.
 //!
 //! Connections are pooled: SQLite connections are not `Sync`, and the threads that need one
 //! (bcrypt workers and client readers) are many. The pool keeps a few open connections and opens more on demand.
+
+mod mailbox;
+
+pub(super) use mailbox::{Backlog, BundleLookup, Enqueued, Outcome, Quota, Receipt, StoredMail};
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -35,7 +40,7 @@ use crate::sync;
 pub const DB_FILE: &str = "securechat.db";
 
 /// Schema version stored in `PRAGMA user_version`; bump with a migration step.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Idle connections kept for reuse. Most account operations run on the bounded bcrypt
 /// pool, so a handful covers the concurrency that actually occurs.
@@ -383,6 +388,13 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              PRAGMA user_version = 2;
              COMMIT;",
         )?;
+    }
+    if version < 3 {
+        // Offline delivery: prekeys, the message queue, receipts.
+        conn.execute_batch(&format!(
+            "BEGIN; {} PRAGMA user_version = 3; COMMIT;",
+            mailbox::SCHEMA_V3
+        ))?;
     }
     Ok(())
 }

@@ -1,0 +1,181 @@
+//! Offline delivery (`SEND`, `MAIL`, `ACK`, `STATUS`, prekeys): what the reader threads
+//! hand the router, what a login replays, and the expiry thread.
+//!
+//! **Where the database writes happen, and why.** Every mailbox write (`SEND`, `ACK`,
+//! `ACKSTATUS`, `BUNDLE`, `SETPREKEY`, `ADDPREKEYS`) is made by the reader thread of the
+//! connection that asked, before it answers: the write is committed before the reply
+//! (`STATUS … queued` follows a committed row, so nothing acknowledged is lost whatever
+//! crashes), and only that connection waits for the disk. The router never touches the
+//! database: the reader hands it [`Notice`]s, complete frames for *other* users (a `MAIL`
+//! for the recipient, a `STATUS` receipt for the sender, a `PREKEYS` for a key's owner),
+//! which it delivers if that user is online and opted in, in order with its other lines.
+//! Expiry runs on its own thread ([`start_expiry`]) and at login on the reader.
+//!
+//! **Each stored line reaches a client once per login.** A login replays what the database
+//! holds ([`Backlog`]) while live notices race it. The reader first tells the router of the
+//! login, *then* reads the backlog, then hands it over ([`super::router::Event::Backlog`]);
+//! meanwhile the router holds that client's notices back. A notice committed before the
+//! read is in the backlog; one committed after it was sent to the router after the login
+//! event (the channel is FIFO), so the router held it. When the backlog arrives the router
+//! sends it, then the held notices whose ids it did not cover (ids only grow: see
+//! `store/mailbox.rs`), and from then on skips any `MAIL` or receipt with an id the
+//! backlog covered. Clients still de-duplicate by id (a `MAIL` is sent again at every
+//! login until acknowledged).
+
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{RecvTimeoutError, Sender};
+
+use super::history::unix_now;
+use super::outbox::Line;
+use super::router::{Event, RouterHandle};
+use super::store::{Backlog, Outcome, Receipt, Store, StoredMail};
+use crate::error::Result;
+use crate::protocol::name::UserName;
+use crate::protocol::{self, DeliveryState, ServerLine};
+
+/// A client's one-time prekeys below this after a fetch: it is sent `PREKEYS <n>` to
+/// refill (to about 100), so that fetches rarely find none.
+pub(super) const PREKEY_REFILL_MARK: u64 = 35;
+
+/// `BUNDLE` fetches one connection may make per minute, and at once. Each hands out one
+/// of the owner's one-time prekeys: without a bound, one client could drain anyone's.
+pub(super) const BUNDLE_FETCHES_PER_MINUTE: u32 = 30;
+
+/// Most often expiry runs (it also runs at every login); a shorter TTL runs it as often
+/// as the TTL.
+const EXPIRY_PERIOD: Duration = Duration::from_secs(60);
+
+/// What a notice is, for the router's de-duplication against a login's backlog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoticeKind {
+    /// `MAIL <id> …`.
+    Mail(u64),
+    /// A stored receipt's `STATUS` (its receipt id).
+    Receipt(u64),
+    /// `PREKEYS <n>`: not stored, never de-duplicated.
+    Prekeys,
+}
+
+/// A mailbox line for a user other than the requester: delivered by the router if `to` is
+/// online and opted in, dropped otherwise (what is stored is replayed at its next login).
+pub(super) struct Notice {
+    /// Who it is for.
+    pub(super) to: UserName,
+    /// What it is.
+    pub(super) kind: NoticeKind,
+    /// The complete frame.
+    pub(super) line: Line,
+}
+
+impl Notice {
+    /// `MAIL` for `to`.
+    pub(super) fn mail(to: UserName, mail: &StoredMail) -> Notice {
+        Notice {
+            to,
+            kind: NoticeKind::Mail(mail.id),
+            line: mail_line(mail),
+        }
+    }
+
+    /// The `STATUS` of `receipt` for its sender; `None` if the stored sender is no user
+    /// name (a file edited by hand).
+    pub(super) fn receipt(receipt: &Receipt) -> Option<Notice> {
+        Some(Notice {
+            to: UserName::parse(&receipt.sender).ok()?,
+            kind: NoticeKind::Receipt(receipt.id),
+            line: Line::from(&status_line(receipt)),
+        })
+    }
+
+    /// `PREKEYS <left>` for `owner`.
+    pub(super) fn prekeys(owner: UserName, left: u64) -> Notice {
+        Notice {
+            to: owner,
+            kind: NoticeKind::Prekeys,
+            line: Line::from(&prekeys_line(left)),
+        }
+    }
+}
+
+/// `MAIL <id> <sender> <time> <payload>`.
+fn mail_line(mail: &StoredMail) -> Line {
+    let mut out = Vec::new();
+    protocol::write_mail(&mut out, mail.id, &mail.sender, mail.time, &mail.payload);
+    Line::Owned(out)
+}
+
+/// `STATUS <ref> delivered|expired <recipient>`.
+fn status_line(receipt: &Receipt) -> ServerLine {
+    ServerLine::Status {
+        reference: receipt.reference.clone(),
+        state: match receipt.outcome {
+            Outcome::Delivered => DeliveryState::Delivered,
+            Outcome::Expired => DeliveryState::Expired,
+        },
+        user: receipt.recipient.clone(),
+    }
+}
+
+/// `PREKEYS <n>`.
+fn prekeys_line(left: u64) -> ServerLine {
+    ServerLine::Prekeys {
+        count: u32::try_from(left).unwrap_or(u32::MAX),
+    }
+}
+
+/// The lines a login replays, in the spec's order (`PREKEYS`, receipts, mail), and their
+/// size in bytes.
+pub(super) fn backlog_lines(backlog: &Backlog) -> (Vec<Line>, usize) {
+    let mut lines = Vec::with_capacity(1 + backlog.receipts.len() + backlog.mail.len());
+    if let Some(left) = backlog.prekeys {
+        lines.push(Line::from(&prekeys_line(left)));
+    }
+    lines.extend(backlog.receipts.iter().map(|r| Line::from(&status_line(r))));
+    lines.extend(backlog.mail.iter().map(mail_line));
+    let bytes = lines.iter().map(|l| l.as_bytes().len()).sum();
+    (lines, bytes)
+}
+
+/// Expires what is older than `ttl` and hands the receipts to the router for senders who
+/// are online. Errors are logged: expiry is retried at the next login or period.
+pub(super) fn expire(store: &Store, ttl: Duration, router: &RouterHandle) {
+    match store.expire(unix_now(), ttl.as_secs()) {
+        Ok(receipts) if receipts.is_empty() => {}
+        Ok(receipts) => {
+            log::info!("mailbox: {} messages expired", receipts.len());
+            let notices = receipts.iter().filter_map(Notice::receipt).collect();
+            let _ = router.send(Event::Notices(notices));
+        }
+        Err(e) => log::error!("mailbox: expiry failed: {e}"),
+    }
+}
+
+/// The expiry thread; dropping `stop` ends it.
+pub(super) struct Expiry {
+    /// The thread.
+    pub(super) thread: JoinHandle<()>,
+    /// Dropped to stop it.
+    pub(super) stop: Sender<()>,
+}
+
+/// Starts the thread that expires old messages every [`EXPIRY_PERIOD`] (or every `ttl`,
+/// if shorter), off the router's path.
+pub(super) fn start_expiry(
+    store: Arc<Store>,
+    ttl: Duration,
+    router: RouterHandle,
+) -> Result<Expiry> {
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+    let period = EXPIRY_PERIOD.min(ttl).max(Duration::from_millis(100));
+    let thread = thread::Builder::new()
+        .name("mailbox-expiry".into())
+        .spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
+                expire(&store, ttl, &router);
+            }
+        })?;
+    Ok(Expiry { thread, stop })
+}
