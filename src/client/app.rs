@@ -150,8 +150,6 @@ impl Chat {
         self.pacer.push(Request::SetKey { key: &key }.to_string());
         self.pacer.push(Request::List.to_string());
         self.quiet_lists += 1;
-        let steps = self.offline.connected(mailbox);
-        self.carry(steps);
         if first {
             self.screen.event(&format!(
                 "logged in as {}. Plain lines go to the public room {ROOM_LABEL}: TLS to the \
@@ -166,6 +164,8 @@ impl Chat {
                 self.resend.len()
             ));
         }
+        let steps = self.offline.connected(mailbox);
+        self.carry(steps);
         for message in std::mem::take(&mut self.resend) {
             match message {
                 Message::Room(text) => self.say(text),

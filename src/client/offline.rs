@@ -94,8 +94,9 @@ pub struct Offline {
     /// The server's queue limits when this connection opted in; `None` while the server
     /// does not offer offline delivery (then nothing here sends a frame).
     limits: Option<MailboxLimits>,
-    /// Whether the user was told the server has no offline delivery (told once).
-    told_off: bool,
+    /// Whether offline delivery was on when the user was last told (they are told when it
+    /// changes, not at every reconnect).
+    told: Option<bool>,
     /// Whether `PREKEYS` arrived on this connection (else the server holds none of ours).
     prekeys_reported: bool,
     /// First messages waiting for a key and a bundle, per peer.
@@ -112,7 +113,7 @@ impl Offline {
         Offline {
             mailbox,
             limits: None,
-            told_off: false,
+            told: None,
             prekeys_reported: false,
             starting: HashMap::new(),
             held: HashMap::new(),
@@ -128,8 +129,9 @@ impl Offline {
         self.prekeys_reported = false;
         self.starting.clear();
         self.held.clear();
+        let tell = self.told.replace(limits.is_some()) != Some(limits.is_some());
         let Some(limits) = limits else {
-            if std::mem::replace(&mut self.told_off, true) {
+            if !tell {
                 return Vec::new();
             }
             return vec![info(
@@ -138,14 +140,17 @@ impl Offline {
             )];
         };
         let record = BASE64.encode(self.mailbox.bundle_record().to_bytes());
-        vec![
-            Step::Frame(Request::SetPrekey { record: &record }.to_string()),
-            info(&format!(
+        let mut steps = vec![Step::Frame(
+            Request::SetPrekey { record: &record }.to_string(),
+        )];
+        if tell {
+            steps.push(info(&format!(
                 "offline delivery is on: private messages to users who are offline wait on the \
                  server (end-to-end encrypted) for up to {} days",
                 limits.ttl_seconds / 86_400
-            )),
-        ]
+            )));
+        }
+        steps
     }
 
     /// Whether offline delivery is on for this connection.
