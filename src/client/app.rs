@@ -193,6 +193,7 @@ impl Chat {
             self.secure
                 .connection_lost()
                 .into_iter()
+                .chain(self.offline.connection_lost())
                 .map(|(to, text)| Message::Private { to, text }),
         );
         // Oldest first: what was queued before the loss goes before what was typed since.

@@ -127,8 +127,6 @@ impl Offline {
     pub fn connected(&mut self, limits: Option<MailboxLimits>) -> Vec<Step> {
         self.limits = limits;
         self.prekeys_reported = false;
-        self.starting.clear();
-        self.held.clear();
         let tell = self.told.replace(limits.is_some()) != Some(limits.is_some());
         let Some(limits) = limits else {
             if !tell {
@@ -151,6 +149,22 @@ impl Offline {
             )));
         }
         steps
+    }
+
+    /// The connection is gone: returns the texts that waited for a first message, as
+    /// `(peer, text)` in the order typed, for the caller to send again once reconnected.
+    /// Held mail is dropped: it was not acknowledged, so the server sends it again.
+    pub fn connection_lost(&mut self) -> Vec<(String, String)> {
+        self.held.clear();
+        let mut peers: Vec<String> = self.starting.keys().cloned().collect();
+        peers.sort();
+        let mut waiting = Vec::new();
+        for peer in peers {
+            if let Some(starting) = self.starting.remove(&peer) {
+                waiting.extend(starting.texts.into_iter().map(|text| (peer.clone(), text)));
+            }
+        }
+        waiting
     }
 
     /// Whether offline delivery is on for this connection.
@@ -754,6 +768,17 @@ mod tests {
                 state: "queued (offline delivery)".to_owned()
             }]
         );
+        offline.send("bob", vec!["a".to_owned(), "b".to_owned()]);
+        assert!(!offline.has_session("bob"));
+        let waiting = offline.connection_lost();
+        assert_eq!(
+            waiting,
+            [
+                ("bob".to_owned(), "a".to_owned()),
+                ("bob".to_owned(), "b".to_owned())
+            ]
+        );
+        assert!(!offline.wants_key("bob"));
         assert_eq!(offline.connected(None).len(), 1);
         assert!(offline.connected(None).is_empty());
         assert!(frames(&offline.send("bob", vec!["hi".to_owned()])).is_empty());

@@ -20,6 +20,7 @@
 //! input the client waits up to [`SCRIPT_DRAIN`] for messages still being sent (a key
 //! exchange in progress), and exits with an error if any message was not sent.
 
+use std::collections::VecDeque;
 use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -89,6 +90,11 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest wait between reconnection attempts: short enough that the chat is back
 /// soon after the server is, long enough not to hammer a server that is down.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+/// After a failed write, how long the client waits for the server's last lines (a `BYE`
+/// saying why it closed) before reconnecting. The server has closed by then, so they are
+/// already in the socket or in flight: a moment is enough.
+const LAST_WORDS: Duration = Duration::from_millis(500);
 
 /// Events for the chat loop.
 enum Event {
@@ -274,6 +280,8 @@ fn chat_loop(
     let mut reconnect: Option<(Instant, Duration)> = None;
     // Set when a script's input ended: leave once nothing waits, or at this deadline.
     let mut draining: Option<Instant> = None;
+    // Events read early (while looking for the server's last lines), handled first.
+    let mut early: VecDeque<Event> = VecDeque::new();
     loop {
         // Checked on every turn, not only when the channel is quiet: in a busy room it
         // never is.
@@ -305,6 +313,11 @@ fn chat_loop(
             }
         }
         if let Err(e) = chat.flush(Instant::now()) {
+            // The server may have said why it closed (`BYE replaced`: a login elsewhere,
+            // which a reconnect would push out in turn) just before the write failed.
+            if last_words(chat, rx, *generation, &mut early)? == Flow::Quit {
+                return Ok(());
+            }
             reconnect = Some(lost(chat, &screen, &e));
         } else if !chat.keep_alive(options.keepalive, Instant::now()) {
             reconnect = Some(lost(
@@ -333,7 +346,7 @@ fn chat_loop(
         {
             wait = wait.min(at.saturating_duration_since(Instant::now()));
         }
-        let event = match rx.recv_timeout(wait) {
+        let event = match early.pop_front().map_or_else(|| rx.recv_timeout(wait), Ok) {
             Ok(event) => event,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
@@ -375,6 +388,29 @@ fn chat_loop(
             Event::Interrupted => return Ok(()),
         }
     }
+}
+
+/// A write failed: handles the lines this connection's reader still delivers, until it
+/// reports the end or [`LAST_WORDS`] passed. Other events are kept in `early`, in order.
+fn last_words(
+    chat: &mut Chat,
+    rx: &Receiver<Event>,
+    generation: u64,
+    early: &mut VecDeque<Event>,
+) -> Result<Flow> {
+    let deadline = Instant::now() + LAST_WORDS;
+    while let Ok(event) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        match event {
+            Event::Server(from, line) if from == generation => {
+                if chat.server(line)? == Flow::Quit {
+                    return Ok(Flow::Quit);
+                }
+            }
+            Event::Disconnected(from, _) if from == generation => break,
+            other => early.push_back(other),
+        }
+    }
+    Ok(Flow::Continue)
 }
 
 /// The connection is lost: the chat keeps what waits, the user is told, and the first
