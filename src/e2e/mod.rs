@@ -45,7 +45,8 @@
 //!   and from the secret fingerprint users can compare. The price is that signatures are not
 //!   deniable.
 //! - **X3DH-style prekeys and the Double Ratchet for the rest** (`prekeys.rs`, `ratchet.rs`,
-//!   library only so far): a conversation can start while the peer is offline, every message
+//!   used by the client for offline delivery, `src/client/offline.rs`): a conversation can
+//!   start while the peer is offline, every message
 //!   has its own key, each change of speaker heals the session, and nothing about a
 //!   conversation is signed (deniable). `prekeys.rs` explains why the identity needs a second,
 //!   Diffie–Hellman key in the group.
