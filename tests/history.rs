@@ -284,5 +284,8 @@ fn a_version_1_database_is_upgraded_at_start_and_its_accounts_still_log_in() {
         .unwrap()
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(
+        version, 3,
+        "upgraded through every step, to the mailbox's schema"
+    );
 }

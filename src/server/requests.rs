@@ -544,7 +544,10 @@ impl RequestHandler {
             return self.reply(status(DeliveryState::Refused(Refusal::NoSuchUser), to));
         };
         if recipient == *user {
-            return self.reply(status(DeliveryState::Refused(Refusal::ToSelf), to));
+            return self.reply(status(
+                DeliveryState::Refused(Refusal::ToSelf),
+                recipient.as_str(),
+            ));
         }
         let limits = &self.context.limits;
         let quota = Quota {

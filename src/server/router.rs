@@ -800,6 +800,56 @@ mod tests {
         room_fanout_burst: 0,
     };
 
+    /// A `MAIL <id>` notice for `to`.
+    fn mail_notice(to: &str, id: u64) -> Notice {
+        let mail = crate::server::store::StoredMail {
+            id,
+            sender: "alice".into(),
+            time: 1,
+            payload: format!("m{id}"),
+        };
+        Notice::mail(UserName::parse(to).unwrap(), &mail)
+    }
+
+    #[test]
+    fn a_mailbox_login_gets_each_stored_line_once_whether_replayed_or_live() {
+        let mut router = Router::new(NO_LIMITS, no_history());
+        let alice = Client::new(1, "alice", ROOMY);
+        alice.log_in(&mut router);
+        let bob = Client::new(2, "bob", ROOMY);
+        router.handle(Event::LoggedIn {
+            id: bob.id,
+            user: bob.user.clone(),
+            outbox: bob.outbox.clone(),
+            history: false,
+            mailbox: true,
+        });
+        // While bob's backlog is read: MAIL 5 (committed before the read, so also in the
+        // backlog) and MAIL 7 (committed after) are held back.
+        alice.request(&mut router, Routed::Notice(mail_notice("bob", 5)));
+        alice.request(&mut router, Routed::Notice(mail_notice("bob", 7)));
+        assert_eq!(bob.frames(), ["OK LOGIN bob"]);
+        let backlog = mail_notice("bob", 5).line;
+        router.handle(Event::Backlog {
+            id: bob.id,
+            user: bob.user.clone(),
+            lines: vec![backlog],
+            mail_through: 6,
+            receipts_through: 0,
+        });
+        assert_eq!(bob.frames(), ["MAIL 5 alice 1 m5", "MAIL 7 alice 1 m7"]);
+        // A late notice the backlog covered is skipped; a new one goes out.
+        alice.request(&mut router, Routed::Notice(mail_notice("bob", 6)));
+        alice.request(&mut router, Routed::Notice(mail_notice("bob", 8)));
+        assert_eq!(bob.frames(), ["MAIL 8 alice 1 m8"]);
+        // A client that did not opt in gets none.
+        let carol = Client::new(3, "carol", ROOMY);
+        carol.log_in(&mut router);
+        alice.request(&mut router, Routed::Notice(mail_notice("carol", 9)));
+        assert_eq!(carol.frames(), ["OK LOGIN carol"]);
+        assert!(alice.frames().iter().all(|f| f == "OK LOGIN alice"));
+    }
+
     #[test]
     fn a_second_login_replaces_the_first_which_is_told_and_closed() {
         let mut router = Router::new(NO_LIMITS, no_history());

@@ -542,6 +542,46 @@ mod tests {
     }
 
     #[test]
+    fn a_version_2_database_is_upgraded_in_place_to_hold_the_mailbox() {
+        let (_dir, data) = data_dir();
+        {
+            // A version-2 file as the previous server left it, with an account and a line.
+            let store = Store::open(&data).unwrap();
+            store.create_account(&name("alice"), "hash").unwrap();
+            store.create_account(&name("bob"), "hash").unwrap();
+            let line = HistoryLine::new(7, name("alice"), "before");
+            store.append_room_history(&[line], 10).unwrap();
+            store
+                .with_connection(|c| {
+                    c.execute_batch(
+                        "DROP TABLE signed_prekeys; DROP TABLE one_time_prekeys;
+                         DROP TABLE mail_queue; DROP TABLE receipts;
+                         PRAGMA user_version = 2;",
+                    )
+                })
+                .unwrap();
+        }
+        let store = Store::open(&data).unwrap();
+        let version: i64 = store
+            .with_connection(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(lines(&store).len(), 1);
+        assert_eq!(store.account_count().unwrap(), 2);
+        let quota = Quota {
+            messages: 10,
+            bytes: 100,
+        };
+        let queued = store
+            .enqueue(&name("alice"), "bob", "r", "hello", 9, quota)
+            .unwrap();
+        assert!(matches!(queued, Enqueued::Queued(_)));
+        drop(store);
+        let store = Store::open(&data).unwrap();
+        assert_eq!(store.backlog(&name("bob")).unwrap().mail.len(), 1);
+    }
+
+    #[test]
     fn a_database_from_a_newer_server_is_refused() {
         let (_dir, data) = data_dir();
         drop(Store::open(&data).unwrap());

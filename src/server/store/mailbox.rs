@@ -502,3 +502,179 @@ fn last_id(conn: &Connection, table: &str) -> rusqlite::Result<u64> {
     .optional()
     .map(|seq| seq.unwrap_or(0).max(0) as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier};
+    use std::thread;
+
+    use super::*;
+    use crate::server::store::Created;
+
+    fn name(user: &str) -> UserName {
+        UserName::parse(user).unwrap()
+    }
+
+    /// A store in a fresh directory with these accounts.
+    fn store_with(users: &[&str]) -> (tempfile::TempDir, Arc<Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        for user in users {
+            assert_eq!(
+                store.create_account(&name(user), "h").unwrap(),
+                Created::Yes
+            );
+        }
+        (dir, Arc::new(store))
+    }
+
+    const ROOMY: Quota = Quota {
+        messages: 100,
+        bytes: 1 << 20,
+    };
+
+    #[test]
+    fn one_time_prekeys_are_taken_once_by_concurrent_fetchers_on_the_database_file() {
+        const THREADS: usize = 12;
+        const EACH: usize = 10;
+        let (_dir, store) = store_with(&["bob"]);
+        let bob = name("bob");
+        store.set_signed_prekey(&bob, "rec").unwrap();
+        let added = store
+            .add_one_time_prekeys(&bob, (1..=250).map(|i| (i, format!("k{i}"))))
+            .unwrap();
+        assert_eq!(added, MAX_ONE_TIME_PREKEYS, "at most 200 are stored");
+        let barrier = Arc::new(Barrier::new(THREADS));
+        let fetchers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (store, barrier, bob) = (store.clone(), barrier.clone(), bob.clone());
+                thread::spawn(move || {
+                    barrier.wait();
+                    (0..EACH)
+                        .filter_map(|_| match store.take_bundle(&bob).unwrap() {
+                            BundleLookup::Found { one_time, .. } => one_time,
+                            other => panic!("{other:?}"),
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut ids: Vec<u32> = fetchers
+            .into_iter()
+            .flat_map(|f| f.join().unwrap())
+            .map(|(id, value)| {
+                assert_eq!(value, format!("k{id}"));
+                id
+            })
+            .collect();
+        assert_eq!(ids.len(), THREADS * EACH);
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), THREADS * EACH, "a prekey was handed out twice");
+        let BundleLookup::Found { left, .. } = store.take_bundle(&bob).unwrap() else {
+            panic!("record gone");
+        };
+        assert_eq!(left as usize, 200 - THREADS * EACH - 1);
+        assert_eq!(
+            store.take_bundle(&name("nobody")).unwrap(),
+            BundleLookup::NoSuchUser
+        );
+        let (_dir2, other) = store_with(&["carol"]);
+        assert_eq!(
+            other.take_bundle(&name("carol")).unwrap(),
+            BundleLookup::NoRecord
+        );
+    }
+
+    #[test]
+    fn ack_and_expiry_each_turn_a_message_into_exactly_one_receipt() {
+        let (_dir, store) = store_with(&["alice", "bob"]);
+        let (alice, bob) = (name("alice"), name("bob"));
+        let Enqueued::Queued(first) = store
+            .enqueue(&alice, "bob", "r1", "p1", 100, ROOMY)
+            .unwrap()
+        else {
+            panic!("not queued");
+        };
+        let Enqueued::Queued(second) = store
+            .enqueue(&alice, "bob", "r2", "p2", 200, ROOMY)
+            .unwrap()
+        else {
+            panic!("not queued");
+        };
+        assert!(second > first);
+        assert_eq!(
+            store
+                .enqueue(&alice, "nobody", "r3", "p", 200, ROOMY)
+                .unwrap(),
+            Enqueued::NoSuchUser
+        );
+        // Someone else's ACK does nothing.
+        assert_eq!(store.ack(&alice, first, 300).unwrap(), None);
+        let receipt = store.ack(&bob, first, 300).unwrap().unwrap();
+        assert_eq!(
+            (
+                receipt.sender.as_str(),
+                receipt.reference.as_str(),
+                receipt.outcome
+            ),
+            ("alice", "r1", Outcome::Delivered)
+        );
+        assert_eq!(store.ack(&bob, first, 300).unwrap(), None, "idempotent");
+        // Expiry: only what is at least ttl old.
+        assert!(store.expire(250, 100).unwrap().is_empty());
+        let expired = store.expire(300, 100).unwrap();
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].outcome, Outcome::Expired);
+        let backlog = store.backlog(&alice).unwrap();
+        let refs: Vec<&str> = backlog
+            .receipts
+            .iter()
+            .map(|r| r.reference.as_str())
+            .collect();
+        assert_eq!(refs, ["r1", "r2"]);
+        assert!(store.backlog(&bob).unwrap().mail.is_empty());
+        assert!(backlog.mail_through >= second);
+        store.delete_receipts(&alice, "r1").unwrap();
+        assert_eq!(store.backlog(&alice).unwrap().receipts.len(), 1);
+        // Ids are never reused, even after the newest message is gone.
+        let Enqueued::Queued(third) = store.enqueue(&alice, "bob", "r4", "p", 400, ROOMY).unwrap()
+        else {
+            panic!("not queued");
+        };
+        assert!(third > second);
+    }
+
+    #[test]
+    fn the_quota_counts_messages_and_bytes() {
+        let (_dir, store) = store_with(&["alice", "bob"]);
+        let alice = name("alice");
+        let quota = Quota {
+            messages: 2,
+            bytes: 10,
+        };
+        assert!(matches!(
+            store
+                .enqueue(&alice, "bob", "a", "12345", 1, quota)
+                .unwrap(),
+            Enqueued::Queued(_)
+        ));
+        assert_eq!(
+            store
+                .enqueue(&alice, "bob", "b", "123456", 1, quota)
+                .unwrap(),
+            Enqueued::Quota
+        );
+        assert!(matches!(
+            store
+                .enqueue(&alice, "bob", "c", "12345", 1, quota)
+                .unwrap(),
+            Enqueued::Queued(_)
+        ));
+        assert_eq!(
+            store.enqueue(&alice, "bob", "d", "", 1, quota).unwrap(),
+            Enqueued::Quota
+        );
+        assert_eq!(store.backlog(&name("bob")).unwrap().mail.len(), 2);
+    }
+}
