@@ -605,14 +605,22 @@ impl EndToEnd {
     /// The server gave `key` for `user`, for an offline message to or from them: the pin
     /// rules of an exchange apply (first use pins, a look-alike name or a changed key is
     /// refused with a warning). `Ok` with what to show when the key is the pinned one now.
+    /// On a changed key, the texts in `waiting` are held here, as for a live exchange,
+    /// until `/accept` (which starts an exchange, and offline delivery again if the peer is
+    /// still offline).
     pub fn offline_key(
         &mut self,
         user: &str,
         key: &IdentityPublicKey,
+        waiting: &mut Vec<String>,
     ) -> Result<Vec<Action>, Vec<Action>> {
         match self.pins.check(user, key) {
             PinStatus::Matches { .. } => Ok(Vec::new()),
-            PinStatus::Changed { old } => Err(vec![self.key_changed(user, old, *key)]),
+            PinStatus::Changed { old } => {
+                let warning = self.key_changed(user, old, *key);
+                self.peer(user).queued.extend(waiting.drain(..));
+                Err(vec![warning])
+            }
             PinStatus::FirstUse => {
                 if let Some(like) = self.pins.look_alike(user).map(str::to_owned) {
                     return Err(vec![warn(&format!(

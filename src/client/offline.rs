@@ -219,13 +219,22 @@ impl Offline {
     /// The server gave `key` (base64) for `user`, who is the peer of a first message or the
     /// sender of held mail.
     pub fn key_arrived(&mut self, user: &str, key: &str, secure: &mut EndToEnd) -> Vec<Step> {
+        let mut no_texts = Vec::new();
+        let waiting = self
+            .starting
+            .get_mut(user)
+            .map_or(&mut no_texts, |starting| &mut starting.texts);
         let checked = IdentityPublicKey::from_base64(key)
             .map_err(|e| {
                 vec![warning_action(&format!(
                     "{user}: unusable key from the server: {e}"
                 ))]
             })
-            .and_then(|key| secure.offline_key(user, &key).map(|shown| (key, shown)));
+            .and_then(|key| {
+                secure
+                    .offline_key(user, &key, waiting)
+                    .map(|shown| (key, shown))
+            });
         let (key, shown) = match checked {
             Ok(found) => found,
             Err(shown) => {
@@ -369,7 +378,7 @@ impl Offline {
     /// Drops what waited for `user` (a first message, held mail) and says so.
     fn give_up(&mut self, user: &str, reason: &str) -> Vec<Step> {
         let mut steps = Vec::new();
-        if let Some(waiting) = self.starting.remove(user) {
+        if let Some(waiting) = self.starting.remove(user).filter(|w| !w.texts.is_empty()) {
             steps.push(warn(&format!(
                 "{user}: offline delivery not possible ({reason}); {} message(s) not sent",
                 waiting.texts.len()
@@ -728,6 +737,29 @@ mod tests {
         // Her next message goes in the same session: no key or bundle fetched.
         let next = frames(&offline.send("bob", vec!["four".to_owned()]));
         assert!(next.len() == 1 && next[0].contains(" RATCHET "), "{next:?}");
+    }
+
+    #[test]
+    fn a_changed_key_holds_the_texts_until_accept() {
+        let (alice, bob, mallory) = (
+            Client::new("alice", 1),
+            Client::new("bob", 2),
+            Client::new("mallory", 3),
+        );
+        let (mut offline, mut secure) = alice.start();
+        let mut none = Vec::new();
+        let bob_key = bob.identity().public_key();
+        assert!(secure.offline_key("bob", &bob_key, &mut none).is_ok());
+        offline.send("bob", vec!["one".to_owned(), "two".to_owned()]);
+        let other = mallory.identity().public_key().to_base64();
+        let steps = offline.key_arrived("bob", &other, &mut secure);
+        assert!(frames(&steps).is_empty(), "{steps:?}");
+        assert!(matches!(
+            &steps[..],
+            [Step::Show(Notice::Warning(text))] if text.contains("IDENTITY KEY HAS CHANGED")
+        ));
+        assert_eq!(secure.waiting(), 2, "held, not dropped");
+        assert_eq!(secure.trust_words("bob"), "KEY CHANGED");
     }
 
     #[test]
