@@ -12,7 +12,7 @@
 //! | [`server`] | the server, one file per role: accept loop and shutdown, limits, admission, a connection's life, requests, the router, outboxes and their writers, accounts, throttles, the room's history, the SQLite store (the threads, sockets and locks table opens `src/server/mod.rs`) |
 //! | [`password`] | the password policy, shared by server and client |
 //! | [`rate`] | the token bucket: the server's frame limit and the client's pacing |
-//! | [`client`] | the client: connection, terminal interface, end-to-end layer |
+//! | [`client`] | the client: connection, terminal interface, end-to-end layer, offline delivery |
 //! | [`e2e`] | end-to-end encryption: signed Diffie-Hellman, keys, AEAD, pinned keys |
 //! | [`files`] | private (0600) files written atomically |
 //! | [`logging`] | timestamped stderr logging (env_logger) for the binaries |

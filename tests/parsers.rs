@@ -188,7 +188,7 @@ proptest! {
 
     #[test]
     fn end_to_end_payloads_never_panic(
-        tag in prop_oneof![Just("DH-INIT"), Just("DH-REPLY"), Just("DH-CONFIRM"), Just("E2E"), Just("X")],
+        tag in prop_oneof![Just("DH-INIT"), Just("DH-REPLY"), Just("DH-CONFIRM"), Just("E2E"), Just("X3DH"), Just("RATCHET"), Just("X")],
         rest in "[ -~]{0,600}",
     ) {
         if let Ok(payload) = Payload::parse(&format!("{tag} {rest}")) {

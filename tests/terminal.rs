@@ -25,7 +25,7 @@ use rexpect::session::PtySession;
 
 use common::{contains, files_under, ServerProcess, TestServer, PASSWORD};
 use securechat::client::paths;
-use securechat::client::screen::{private_label, ROOM_LABEL};
+use securechat::client::screen::{offline_label, private_label, ROOM_LABEL};
 use securechat::e2e::{safety_number, IdentityKey, Trust};
 use securechat::protocol::ServerLine;
 
@@ -1117,4 +1117,64 @@ fn a_200_line_paste_into_the_input_line_is_delivered_in_order_with_progress_show
         alice.transcript
     );
     assert_eq!(alice.quit(), 0);
+}
+
+#[test]
+fn messages_to_an_offline_user_wait_on_the_server_and_are_read_in_order_after_a_restart() {
+    let server = TestServer::start();
+    let (alice_home, bob_home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Bob registers (his client publishes its prekeys) and leaves.
+    let mut bob = Terminal::spawn("bob", &server, bob_home.path());
+    bob.menu_login("bob", PASSWORD, true);
+    assert_eq!(bob.online(), ["bob"]);
+    assert!(
+        bob.transcript.contains("offline delivery is on"),
+        "{}",
+        bob.transcript
+    );
+    thread::sleep(Duration::from_millis(500)); // the one-time prekeys go out at the frame rate
+    assert_eq!(bob.quit(), 0);
+
+    let mut alice = Terminal::spawn("alice", &server, alice_home.path());
+    alice.menu_login("alice", PASSWORD, true);
+    let texts = ["first while away", "second while away", "third while away"];
+    for text in texts {
+        alice.send_line(&format!("/msg bob {text}"));
+        alice.expect(&format!("to bob: queued (offline delivery) (\"{text}\")"));
+    }
+
+    // Bob's client starts again: keys and sessions come back from its mailbox file.
+    let mut bob = Terminal::spawn("bob", &server, bob_home.path());
+    bob.menu_login("bob", PASSWORD, false);
+    // (Logging in waits for the prompt, so the mail may already be in the transcript.)
+    let label = regex::escape(&offline_label(Trust::FirstUse));
+    let in_order = Regex::new(&format!(
+        r"(?s)alice -> \(you\) {label} sent \d\d:\d\d: {}\r?\n.*{label} sent \d\d:\d\d: {}\r?\n.*{label} sent \d\d:\d\d: {}\r?\n",
+        texts[0], texts[1], texts[2]
+    ))
+    .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while !in_order.is_match(&format!("{}{}", bob.transcript, bob.pending)) {
+        if Instant::now() > deadline {
+            bob.fail("the three messages, in order");
+        }
+        bob.pull();
+        thread::sleep(POLL);
+    }
+    for text in texts {
+        alice.expect(&format!("to bob: delivered (\"{text}\")"));
+    }
+    assert!(
+        !alice.transcript.contains("no one-time prekeys"),
+        "{}",
+        alice.transcript
+    );
+    assert!(!bob.transcript.contains("!!!"), "{}", bob.transcript);
+    let mode = fs::metadata(user_dir(bob_home.path(), &server, "bob").join("mailbox"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(alice.quit(), 0);
+    assert_eq!(bob.quit(), 0);
 }

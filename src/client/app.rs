@@ -19,12 +19,13 @@ use std::time::{Duration, Instant};
 use crate::client::commands::{self, Input, HELP};
 use crate::client::end_to_end::{Action, EndToEnd, Notice};
 use crate::client::link::Link;
+use crate::client::offline::{Offline, Step};
 use crate::client::pacing::{Message, Pacer};
 use crate::client::screen::{sanitize, Screen, ROOM_LABEL};
 use crate::e2e::MAX_PLAINTEXT_LEN;
 use crate::error::Result;
 use crate::protocol::name::is_canonical_username;
-use crate::protocol::{AnnouncedLimits, Command, ErrorCode, Request, ServerLine};
+use crate::protocol::{AnnouncedLimits, Command, ErrorCode, MailboxLimits, Request, ServerLine};
 
 /// Messages kept while the connection is down, to send after the reconnect. Enough for
 /// someone who keeps typing through a short outage; beyond it, typing is refused with a
@@ -76,6 +77,8 @@ pub struct Chat {
     screen: Screen,
     /// The end-to-end layer.
     secure: EndToEnd,
+    /// Offline delivery: messages to and from users who are not online.
+    offline: Offline,
     /// The `/chat` partner plain lines go to; `None` means the public room.
     talking_to: Option<String>,
     /// Messages to send once connected again, oldest first (at most [`MAX_WAITING`]).
@@ -100,7 +103,13 @@ pub struct Chat {
 
 impl Chat {
     /// A chat for `me`, not yet connected ([`Chat::connected`] follows).
-    pub fn new(me: &str, screen: Screen, secure: EndToEnd, online: OnlineNames) -> Chat {
+    pub fn new(
+        me: &str,
+        screen: Screen,
+        secure: EndToEnd,
+        offline: Offline,
+        online: OnlineNames,
+    ) -> Chat {
         Chat {
             me: me.to_owned(),
             link: None,
@@ -108,6 +117,7 @@ impl Chat {
             max_frame: 0,
             screen,
             secure,
+            offline,
             talking_to: None,
             resend: VecDeque::new(),
             online,
@@ -122,8 +132,15 @@ impl Chat {
     }
 
     /// The connection is up (first time, or again): adopts the server's limits,
-    /// publishes our identity key, asks who is online, and queues what waited.
-    pub fn connected(&mut self, link: Link, limits: AnnouncedLimits, first: bool) -> Result<()> {
+    /// publishes our identity key (and, when the connection opted in to offline delivery,
+    /// `mailbox`, our prekeys), asks who is online, and queues what waited.
+    pub fn connected(
+        &mut self,
+        link: Link,
+        limits: AnnouncedLimits,
+        mailbox: Option<MailboxLimits>,
+        first: bool,
+    ) -> Result<()> {
         self.link = Some(link);
         self.last_heard = Instant::now();
         self.ping_sent = None;
@@ -147,6 +164,8 @@ impl Chat {
                 self.resend.len()
             ));
         }
+        let steps = self.offline.connected(mailbox);
+        self.carry(steps);
         for message in std::mem::take(&mut self.resend) {
             match message {
                 Message::Room(text) => self.say(text),
@@ -174,6 +193,7 @@ impl Chat {
             self.secure
                 .connection_lost()
                 .into_iter()
+                .chain(self.offline.connection_lost())
                 .map(|(to, text)| Message::Private { to, text }),
         );
         // Oldest first: what was queued before the loss goes before what was typed since.
@@ -405,7 +425,15 @@ impl Chat {
         ));
     }
 
+    /// A private message: under the live session if there is one, else under an offline
+    /// session if there is one, else through a new live exchange (which turns to offline
+    /// delivery if the server says `to` is offline).
     fn private(&mut self, to: &str, text: &str) -> Result<()> {
+        if !self.secure.is_established(to) && self.offline.has_session(to) {
+            let steps = self.offline.send(to, vec![text.to_owned()]);
+            self.carry(steps);
+            return Ok(());
+        }
         let actions = self.secure.send_text(to, text);
         self.apply(actions)
     }
@@ -568,11 +596,37 @@ impl Chat {
                     .warn(&format!("the server closed the connection: {reason}"));
             }
             ServerLine::Pong { .. } | ServerLine::Hello { .. } => {}
-            // Sent only to a connection that sent MAILBOX, which this client does not yet.
-            ServerLine::Prekeys { .. }
-            | ServerLine::Bundle { .. }
-            | ServerLine::Mail { .. }
-            | ServerLine::Status { .. } => {}
+            ServerLine::Prekeys { count } => {
+                let steps = self.offline.prekeys(count as usize, self.max_frame);
+                self.carry(steps);
+            }
+            ServerLine::Bundle {
+                user,
+                record,
+                one_time,
+            } => {
+                let steps = self
+                    .offline
+                    .bundle_arrived(&user, &record, one_time.as_ref());
+                self.carry(steps);
+            }
+            ServerLine::Mail {
+                id,
+                sender,
+                time,
+                payload,
+            } => {
+                let steps = self.offline.mail(id, &sender, time, payload, &self.secure);
+                self.carry(steps);
+            }
+            ServerLine::Status {
+                reference,
+                state,
+                user,
+            } => {
+                let steps = self.offline.status(&reference, state, &user);
+                self.carry(steps);
+            }
         }
         Ok(Flow::Continue)
     }
@@ -613,8 +667,16 @@ impl Chat {
             }
             Command::GetKey => {
                 let (user, key) = detail.split_once(' ').unwrap_or((detail, ""));
+                if self.offline.wants_key(user) {
+                    let steps = self.offline.key_arrived(user, key, &mut self.secure);
+                    self.carry(steps);
+                }
                 let actions = self.secure.key_arrived(user, key);
                 self.apply(actions)?;
+            }
+            Command::SetPrekey => {
+                let steps = self.offline.record_stored(self.max_frame);
+                self.carry(steps);
             }
             _ => {}
         }
@@ -624,16 +686,29 @@ impl Chat {
     fn error(&mut self, command: Option<Command>, code: ErrorCode, text: &str) -> Result<()> {
         // For these codes the first word of the text is the user concerned.
         let user = text.split(' ').next().unwrap_or("");
+        let mut steps = Vec::new();
         let actions = match (command, code) {
+            (Some(Command::Msg), ErrorCode::Offline) if self.offline.is_on() => {
+                let texts = self.secure.take_for_offline(user);
+                steps = self.offline.send(user, texts);
+                Vec::new()
+            }
             (Some(Command::Msg), ErrorCode::Offline | ErrorCode::NoSuchUser) => {
                 self.secure.peer_gone(user)
             }
             (Some(Command::GetKey), ErrorCode::NoKey | ErrorCode::NoSuchUser) => {
+                steps = self.offline.key_unavailable(user, text);
                 self.secure.key_unavailable(user, text)
+            }
+            (Some(Command::Bundle), _) => {
+                steps = self.offline.bundle_unavailable(user, text);
+                Vec::new()
             }
             _ => Vec::new(),
         };
-        if actions.is_empty() {
+        let handled = !steps.is_empty();
+        self.carry(steps);
+        if actions.is_empty() && !handled {
             self.screen
                 .warn(&format!("server: {text} ({})", code.as_str()));
         }
@@ -664,6 +739,27 @@ impl Chat {
         Ok(())
     }
 
+    /// Carries out what offline delivery asked for, like [`Chat::apply`].
+    fn carry(&mut self, steps: Vec<Step>) {
+        for step in steps {
+            match step {
+                Step::Frame(frame) => self.pacer.push(frame),
+                Step::Sent { frame, to, text } => {
+                    self.pacer.push(frame);
+                    self.pacer.mark_last(Message::Private { to, text });
+                }
+                Step::Show(notice) => self.show(notice),
+                Step::Received {
+                    from,
+                    text,
+                    trust,
+                    time,
+                } => self.screen.offline_from(&from, trust, time, &text),
+                Step::Delivery { to, state } => self.screen.delivery(&to, &state),
+            }
+        }
+    }
+
     fn show(&self, notice: Notice) {
         match notice {
             Notice::Received { from, text, trust } => self.screen.private_from(&from, trust, &text),
@@ -686,7 +782,10 @@ fn names_in(line: &ServerLine) -> Box<dyn Iterator<Item = &str> + '_> {
         ServerLine::Room { user, .. }
         | ServerLine::History { user, .. }
         | ServerLine::From { user, .. }
-        | ServerLine::Offline { user } => Box::new(std::iter::once(user.as_str())),
+        | ServerLine::Offline { user }
+        | ServerLine::Bundle { user, .. }
+        | ServerLine::Status { user, .. }
+        | ServerLine::Mail { sender: user, .. } => Box::new(std::iter::once(user.as_str())),
         ServerLine::Ok {
             command: Command::GetKey,
             detail,
@@ -722,6 +821,7 @@ fn split_at_chars(text: &str, limit: usize) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::mailbox::Mailbox;
     use crate::e2e::{Group, IdentityKey, PinStore};
 
     /// Alice's chat, writing to a captured screen, with her own pins in `dir` and the
@@ -736,7 +836,21 @@ mod tests {
             false,
         );
         let screen = Screen::capture();
-        let chat = Chat::new("alice", screen.clone(), secure, online);
+        let (mailbox, _) = Mailbox::load_or_create(
+            &dir.path().join("mailbox"),
+            &IdentityKey::generate().unwrap(),
+            "alice",
+            Group::Ffdhe2048,
+            0,
+        )
+        .unwrap();
+        let chat = Chat::new(
+            "alice",
+            screen.clone(),
+            secure,
+            Offline::new(mailbox),
+            online,
+        );
         (chat, screen)
     }
 

@@ -49,12 +49,15 @@ pub enum Input {
 pub const HELP: &str = "\
 commands:
   TEXT               send TEXT to the current conversation (the room, or your /chat partner)
-  /msg USER TEXT     private, end-to-end encrypted message to USER
+  /msg USER TEXT     private, end-to-end encrypted message to USER; if USER is offline it
+                     waits on the server (offline delivery, when the server offers it)
+                     and you see 'to USER: queued (offline delivery)', then 'delivered'
   /chat USER         send plain lines to USER from now on; /chat alone returns to the room
   /list              who is online
   /fingerprint [USER]  your key fingerprint, or the safety number you share with USER
   /verify USER       mark USER's key as verified (after comparing safety numbers)
-  /dh USER           show a fresh Diffie-Hellman exchange with USER step by step
+  /dh USER           show a fresh Diffie-Hellman exchange with USER step by step (live
+                     exchanges only; offline messages use prekeys, not shown step by step)
   /dh                explain every exchange from now on (so a classmate's /dh shows here too)
   /dh-practice       write a throwaway exchange, every value in full, to dh-practice.py
                      (run it with python3 to check g^x mod p and the shared secret)
@@ -66,7 +69,8 @@ commands:
   exit               leave /chat when talking to someone; in the room, leave
 The public room is protected by TLS only: the server can read it, and keeps its last
 lines, shown at login as [room, history] with the time they were sent. Private messages
-are end-to-end encrypted: only you and your partner can read them.";
+are end-to-end encrypted: only you and your partner can read them. Those that waited for
+you on the server are shown as [private, e2e offline, ...] sent HH:MM.";
 
 /// Parses one typed line. Errors say what was expected.
 pub fn parse(line: &str) -> Result<Input, String> {

@@ -244,6 +244,14 @@ impl Peer {
         self.step_started = Instant::now();
     }
 
+    /// Closes the session and the exchange; returns the messages that waited for it.
+    fn close(&mut self) -> Vec<String> {
+        self.session = None;
+        self.previous_session = None;
+        self.exchange = Exchange::Idle;
+        self.queued.drain(..).collect()
+    }
+
     /// Abandons the exchange (not the session); returns how many queued messages were
     /// dropped.
     fn abandon_exchange(&mut self) -> usize {
@@ -553,6 +561,10 @@ impl EndToEnd {
                 }
             }
             Payload::Message(message) => self.message_arrived(from, &message),
+            Payload::Prekey(_) | Payload::Ratchet(_) => vec![warn(&format!(
+                "{from}: an offline-delivery message arrived as a live private message (the server \
+                 delivers those only as MAIL); dropped unread"
+            ))],
         }
     }
 
@@ -564,9 +576,7 @@ impl EndToEnd {
         let had_state = peer.session.is_some()
             || !matches!(peer.exchange, Exchange::Idle)
             || !peer.queued.is_empty();
-        peer.session = None;
-        peer.previous_session = None;
-        let dropped = peer.abandon_exchange();
+        let dropped = peer.close().len();
         if !had_state {
             return Vec::new();
         }
@@ -575,6 +585,59 @@ impl EndToEnd {
             text.push_str(&format!("; {dropped} message(s) not sent"));
         }
         vec![info(&text)]
+    }
+
+    /// `user` is offline and the caller will write to them by offline delivery instead:
+    /// closes the session and the exchange as [`EndToEnd::peer_gone`] does, and hands over
+    /// the messages that waited for it, in the order typed.
+    pub fn take_for_offline(&mut self, user: &str) -> Vec<String> {
+        self.peers
+            .get_mut(user)
+            .map(Peer::close)
+            .unwrap_or_default()
+    }
+
+    /// `user`'s pinned identity key, if any.
+    pub fn pinned_key(&self, user: &str) -> Option<IdentityPublicKey> {
+        self.pins.pinned_key(user)
+    }
+
+    /// The server gave `key` for `user`, for an offline message to or from them: the pin
+    /// rules of an exchange apply (first use pins, a look-alike name or a changed key is
+    /// refused with a warning). `Ok` with what to show when the key is the pinned one now.
+    /// On a changed key, the texts in `waiting` are held here, as for a live exchange,
+    /// until `/accept` (which starts an exchange, and offline delivery again if the peer is
+    /// still offline).
+    pub fn offline_key(
+        &mut self,
+        user: &str,
+        key: &IdentityPublicKey,
+        waiting: &mut Vec<String>,
+    ) -> Result<Vec<Action>, Vec<Action>> {
+        match self.pins.check(user, key) {
+            PinStatus::Matches { .. } => Ok(Vec::new()),
+            PinStatus::Changed { old } => {
+                let warning = self.key_changed(user, old, *key);
+                self.peer(user).queued.extend(waiting.drain(..));
+                Err(vec![warning])
+            }
+            PinStatus::FirstUse => {
+                if let Some(like) = self.pins.look_alike(user).map(str::to_owned) {
+                    return Err(vec![warn(&format!(
+                        "{user} is NOT {like}: this is a first contact under a name that looks \
+                         like your contact {like}. Nothing was sent or read, and no key was \
+                         pinned. Only if you know {user} is someone else, /accept {user} \
+                         while they are online"
+                    ))]);
+                }
+                let actions = self.pin_first_contact(user, key);
+                if self.pins.pinned_key(user) == Some(*key) {
+                    Ok(actions)
+                } else {
+                    Err(actions)
+                }
+            }
+        }
     }
 
     /// Messages waiting for a key exchange, all peers together.

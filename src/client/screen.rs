@@ -57,12 +57,22 @@ const MIN_WIDTH: usize = 20;
 /// The label of a private message: end-to-end encrypted, and how far the partner's key is
 /// trusted (the trust state is part of every private line, not only of a warning).
 pub fn private_label(trust: Trust) -> String {
-    let trust = match trust {
+    format!("[private, e2e, {}]", trust_words(trust))
+}
+
+/// The label of a private message that waited on the server while we were offline (offline
+/// delivery): end-to-end encrypted like any private message, and said apart from a live one.
+pub fn offline_label(trust: Trust) -> String {
+    format!("[private, e2e offline, {}]", trust_words(trust))
+}
+
+/// How far a partner's key is trusted, as every private label says it.
+fn trust_words(trust: Trust) -> &'static str {
+    match trust {
         Trust::Verified => "verified",
         Trust::FirstUse => "first use, not verified",
         Trust::Accepted => "key changed, accepted, not verified",
-    };
-    format!("[private, e2e, {trust}]")
+    }
 }
 
 /// Where the client's output goes: the terminal, or a buffer in tests.
@@ -201,6 +211,19 @@ impl Screen {
     pub fn private_to(&self, to: &str, trust: Trust, text: &str) {
         let label = private_label(trust);
         self.event(&format!("{OWN_MARK} -> {to} {label}: {text}"));
+    }
+
+    /// A private message from `from` delivered offline: it was queued at `time` (Unix
+    /// seconds), shown after the label as `sent HH:MM`.
+    pub fn offline_from(&self, from: &str, trust: Trust, time: u64, text: &str) {
+        let (hhmm, _) = history_time(time);
+        let label = offline_label(trust);
+        self.event(&format!("{from} -> {OWN_MARK} {label} sent {hhmm}: {text}"));
+    }
+
+    /// What happened to a private message of ours sent by offline delivery.
+    pub fn delivery(&self, to: &str, state: &str) {
+        self.event(&format!("to {to}: {state}"));
     }
 
     /// Shows how many times the last warning came again, if it did, and forgets it.

@@ -20,11 +20,12 @@
 //! input the client waits up to [`SCRIPT_DRAIN`] for messages still being sent (a key
 //! exchange in progress), and exits with an error if any message was not sent.
 
+use std::collections::VecDeque;
 use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
@@ -32,13 +33,15 @@ use crate::client::app::{pong_timeout, Chat, Flow, OnlineNames};
 use crate::client::editor::{Input, Typed};
 use crate::client::end_to_end::EndToEnd;
 use crate::client::link::{self, Link, LinkReader};
+use crate::client::mailbox::{Mailbox, MAILBOX_FILE};
+use crate::client::offline::Offline;
 use crate::client::paths;
 use crate::client::screen::{sanitize, Screen};
 use crate::e2e::{Group, IdentityKey, PinStore};
 use crate::error::{Error, Result};
 use crate::password::{password_problems, rules_text};
 use crate::protocol::name::normalize_username;
-use crate::protocol::{AnnouncedLimits, Command, ErrorCode, Request, ServerLine};
+use crate::protocol::{AnnouncedLimits, Command, ErrorCode, MailboxLimits, Request, ServerLine};
 use crate::tls;
 
 /// How long the client may go without sending before it pings, by default: well under
@@ -87,6 +90,11 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest wait between reconnection attempts: short enough that the chat is back
 /// soon after the server is, long enough not to hammer a server that is down.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+/// After a failed write, how long the client waits for the server's last lines (a `BYE`
+/// saying why it closed) before reconnecting. The server has closed by then, so they are
+/// already in the socket or in flight: a moment is enough.
+const LAST_WORDS: Duration = Duration::from_millis(500);
 
 /// Events for the chat loop.
 enum Event {
@@ -188,6 +196,19 @@ fn session(options: Options, terminal: TerminalState) -> Result<()> {
         ));
     }
     let pins = PinStore::open_for_identity(&dir.join(paths::PINS_FILE), created)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let (mailbox, problem) = Mailbox::load_or_create(
+        &dir.join(MAILBOX_FILE),
+        &identity,
+        &user,
+        options.group,
+        now,
+    )?;
+    if let Some(problem) = problem {
+        screen.warn(&problem);
+    }
     let secure = EndToEnd::new(&user, identity, pins, options.group, options.explain);
 
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -204,16 +225,17 @@ fn session(options: Options, terminal: TerminalState) -> Result<()> {
             move |typed| tx.send(Event::Typed(typed)).is_ok(),
         )?
     };
-    let mut chat = Chat::new(&user, input.screen(), secure, online);
+    let mut chat = Chat::new(&user, input.screen(), secure, Offline::new(mailbox), online);
     let Connection {
         link,
         reader,
         limits,
+        mailbox,
         ..
     } = connection;
     let mut generation = 0;
     spawn_reader(generation, reader, tx.clone())?;
-    chat.connected(link, limits, true)?;
+    chat.connected(link, limits, mailbox, true)?;
 
     let result = chat_loop(
         &options,
@@ -258,6 +280,8 @@ fn chat_loop(
     let mut reconnect: Option<(Instant, Duration)> = None;
     // Set when a script's input ended: leave once nothing waits, or at this deadline.
     let mut draining: Option<Instant> = None;
+    // Events read early (while looking for the server's last lines), handled first.
+    let mut early: VecDeque<Event> = VecDeque::new();
     loop {
         // Checked on every turn, not only when the channel is quiet: in a busy room it
         // never is.
@@ -266,10 +290,10 @@ fn chat_loop(
         if let Some((at, backoff)) = reconnect {
             if now >= at {
                 match relogin(&options.server, config, credentials) {
-                    Ok(Ok((link, reader, limits))) => {
+                    Ok(Ok((link, reader, limits, mailbox))) => {
                         *generation += 1;
                         spawn_reader(*generation, reader, tx.clone())?;
-                        chat.connected(link, limits, false)?;
+                        chat.connected(link, limits, mailbox, false)?;
                         reconnect = None;
                     }
                     Ok(Err(refused)) => {
@@ -289,6 +313,11 @@ fn chat_loop(
             }
         }
         if let Err(e) = chat.flush(Instant::now()) {
+            // The server may have said why it closed (`BYE replaced`: a login elsewhere,
+            // which a reconnect would push out in turn) just before the write failed.
+            if last_words(chat, rx, *generation, &mut early)? == Flow::Quit {
+                return Ok(());
+            }
             reconnect = Some(lost(chat, &screen, &e));
         } else if !chat.keep_alive(options.keepalive, Instant::now()) {
             reconnect = Some(lost(
@@ -317,7 +346,7 @@ fn chat_loop(
         {
             wait = wait.min(at.saturating_duration_since(Instant::now()));
         }
-        let event = match rx.recv_timeout(wait) {
+        let event = match early.pop_front().map_or_else(|| rx.recv_timeout(wait), Ok) {
             Ok(event) => event,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
@@ -361,6 +390,29 @@ fn chat_loop(
     }
 }
 
+/// A write failed: handles the lines this connection's reader still delivers, until it
+/// reports the end or [`LAST_WORDS`] passed. Other events are kept in `early`, in order.
+fn last_words(
+    chat: &mut Chat,
+    rx: &Receiver<Event>,
+    generation: u64,
+    early: &mut VecDeque<Event>,
+) -> Result<Flow> {
+    let deadline = Instant::now() + LAST_WORDS;
+    while let Ok(event) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        match event {
+            Event::Server(from, line) if from == generation => {
+                if chat.server(line)? == Flow::Quit {
+                    return Ok(Flow::Quit);
+                }
+            }
+            Event::Disconnected(from, _) if from == generation => break,
+            other => early.push_back(other),
+        }
+    }
+    Ok(Flow::Continue)
+}
+
 /// The connection is lost: the chat keeps what waits, the user is told, and the first
 /// reconnection attempt is scheduled. Returns when to try, and the wait after that.
 fn lost(chat: &mut Chat, screen: &Screen, reason: &str) -> (Instant, Duration) {
@@ -372,15 +424,22 @@ fn lost(chat: &mut Chat, screen: &Screen, reason: &str) -> (Instant, Duration) {
     (Instant::now() + FIRST_BACKOFF, FIRST_BACKOFF * 2)
 }
 
-/// Connects again and logs in with the kept credentials. The outer error is worth
-/// another attempt (no connection, no answer, throttled); the inner one is a refusal of
-/// the credentials themselves, which trying again cannot change.
+/// What a new connection's login gives: the link, its reader, the server's limits, and
+/// the mailbox limits when the server accepted `MAILBOX`.
+type LoggedIn = (Link, LinkReader, AnnouncedLimits, Option<MailboxLimits>);
+
+/// Connects again and logs in with the kept credentials (opting in to offline delivery
+/// again: the opt-in is per connection). The outer error is worth another attempt (no
+/// connection, no answer, throttled); the inner one is a refusal of the credentials
+/// themselves, which trying again cannot change.
 fn relogin(
     server: &str,
     config: &Arc<rustls::ClientConfig>,
     credentials: &Credentials,
-) -> Result<std::result::Result<(Link, LinkReader, AnnouncedLimits), String>> {
+) -> Result<std::result::Result<LoggedIn, String>> {
     let (link, mut reader, info) = link::connect(server, config.clone())?;
+    let mut mailbox = None;
+    link.send(&Request::Mailbox)?;
     link.send(&Request::Login {
         user: &credentials.user,
         password: &credentials.password,
@@ -391,7 +450,11 @@ fn relogin(
             Some(ServerLine::Ok {
                 command: Command::Login,
                 ..
-            }) => return Ok(Ok((link, reader, info.limits))),
+            }) => return Ok(Ok((link, reader, info.limits, mailbox))),
+            Some(ServerLine::Ok {
+                command: Command::Mailbox,
+                detail,
+            }) => mailbox = MailboxLimits::from_detail(&detail),
             Some(ServerLine::Err {
                 command: Some(Command::Login),
                 code,
@@ -423,6 +486,9 @@ struct Connection {
     config: Arc<rustls::ClientConfig>,
     /// What the server's greeting allows.
     limits: AnnouncedLimits,
+    /// The server's offline-delivery limits, once it accepted `MAILBOX` before the login;
+    /// `None` for a server without offline delivery (it answers `ERR - unknown-command`).
+    mailbox: Option<MailboxLimits>,
 }
 
 impl Connection {
@@ -441,6 +507,7 @@ impl Connection {
             link,
             reader,
             limits: info.limits,
+            mailbox: None,
             server: server.to_owned(),
             resolve,
             config,
@@ -469,7 +536,12 @@ impl Connection {
             // HISTORY` (or an older server's `ERR - unknown-command`) is passed over below.
             // Only here, before the session starts: after a reconnect (`relogin`) it would
             // repeat lines already on the screen.
-            if verb == Command::Login && self.link.send(&Request::History).is_err() {
+            // `MAILBOX` likewise opts in to offline delivery (section 11.10); an old server's
+            // `ERR - unknown-command` leaves it off.
+            if verb == Command::Login
+                && (self.link.send(&Request::Mailbox).is_err()
+                    || self.link.send(&Request::History).is_err())
+            {
                 continue;
             }
             if self.link.send(request).is_err() {
@@ -483,6 +555,10 @@ impl Connection {
                     Some(ServerLine::Err { command, text, .. }) if command == Some(verb) => {
                         return Ok(Err(text))
                     }
+                    Some(ServerLine::Ok {
+                        command: Command::Mailbox,
+                        detail,
+                    }) => self.mailbox = MailboxLimits::from_detail(&detail),
                     Some(ServerLine::Bye { .. }) | None => break,
                     Some(_) => {}
                 }

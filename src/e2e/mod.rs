@@ -32,7 +32,7 @@
 //! | `aead.rs` | sealing/opening messages: counters, nonces, addressing, replay checks |
 //! | `handshake.rs` | the three-message exchange and the [`Session`] it produces |
 //! | `explain.rs` | the classroom narration of an exchange (`/dh`), from each step's public facts |
-//! | `wire.rs` | the one-line text encoding of the four payloads |
+//! | `wire.rs` | the one-line text encoding of the six payloads (four interactive, two offline) |
 //! | `trust.rs` | the pinned-keys file (trust on first use) |
 //! | `prekeys.rs` | X3DH-style prekeys: a conversation started while the peer is offline |
 //! | `ratchet.rs` | the Double Ratchet: a key per message, a DH step per change of speaker |
@@ -45,7 +45,8 @@
 //!   and from the secret fingerprint users can compare. The price is that signatures are not
 //!   deniable.
 //! - **X3DH-style prekeys and the Double Ratchet for the rest** (`prekeys.rs`, `ratchet.rs`,
-//!   library only so far): a conversation can start while the peer is offline, every message
+//!   used by the client for offline delivery, `src/client/offline.rs`): a conversation can
+//!   start while the peer is offline, every message
 //!   has its own key, each change of speaker heals the session, and nothing about a
 //!   conversation is signed (deniable). `prekeys.rs` explains why the identity needs a second,
 //!   Diffie–Hellman key in the group.
@@ -261,7 +262,7 @@ fn put_field(out: &mut Vec<u8>, field: &[u8]) {
 }
 
 /// The fields, each length-prefixed by [`put_field`], one after the other.
-fn encode_fields(fields: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn encode_fields(fields: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::new();
     for field in fields {
         put_field(&mut out, field);
@@ -270,9 +271,9 @@ fn encode_fields(fields: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Reads back what [`put_field`] wrote, one field at a time, for saved states and binary wire
-/// formats. Every length is checked against what is left, so hostile input cannot make it read
+/// formats (also the client's mailbox file). Every length is checked against what is left, so hostile input cannot make it read
 /// past the end or allocate.
-struct Fields<'a> {
+pub(crate) struct Fields<'a> {
     /// What is left to read.
     rest: &'a [u8],
     /// Builds the error for input that does not parse (`Malformed` on the wire, `State` on disk).
@@ -282,7 +283,11 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn new(bytes: &'a [u8], what: &'static str, error: fn(String) -> E2eError) -> Fields<'a> {
+    pub(crate) fn new(
+        bytes: &'a [u8],
+        what: &'static str,
+        error: fn(String) -> E2eError,
+    ) -> Fields<'a> {
         Fields {
             rest: bytes,
             error,
@@ -291,12 +296,12 @@ impl<'a> Fields<'a> {
     }
 
     /// An error naming what was being read and what is wrong.
-    fn fail(&self, detail: &str) -> E2eError {
+    pub(crate) fn fail(&self, detail: &str) -> E2eError {
         (self.error)(format!("{}: {detail}", self.what))
     }
 
     /// The next field's bytes.
-    fn next(&mut self) -> Result<&'a [u8], E2eError> {
+    pub(crate) fn next(&mut self) -> Result<&'a [u8], E2eError> {
         let (length, rest) = self
             .rest
             .split_at_checked(8)
@@ -312,7 +317,7 @@ impl<'a> Fields<'a> {
     }
 
     /// The next field, which must be exactly `N` bytes.
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], E2eError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], E2eError> {
         let field = self.next()?;
         field
             .try_into()
@@ -320,12 +325,12 @@ impl<'a> Fields<'a> {
     }
 
     /// The next field as a 4-byte big-endian number.
-    fn number(&mut self) -> Result<u32, E2eError> {
+    pub(crate) fn number(&mut self) -> Result<u32, E2eError> {
         self.array::<4>().map(u32::from_be_bytes)
     }
 
     /// Checks that nothing follows the last field.
-    fn finish(self) -> Result<(), E2eError> {
+    pub(crate) fn finish(self) -> Result<(), E2eError> {
         if self.rest.is_empty() {
             Ok(())
         } else {

@@ -288,6 +288,11 @@ impl OneTimePrekey {
         self.pair.save(ONE_TIME_PREKEY_KIND, self.id)
     }
 
+    /// Its public value, as published (`ADDPREKEYS`).
+    pub fn public(&self) -> Vec<u8> {
+        self.pair.public.to_bytes()
+    }
+
     /// Loads [`OneTimePrekey::to_bytes`]'s form.
     pub fn from_bytes(bytes: &[u8]) -> Result<OneTimePrekey, E2eError> {
         let (id, pair) = KeyPair::load(bytes, ONE_TIME_PREKEY_KIND)?;

@@ -1,19 +1,26 @@
 //! The one-line text form of the end-to-end payloads that travel inside `MSG <to> <payload>` and
-//! `FROM <from> <payload>`. Pure parsing and printing: no I/O, no cryptography.
+//! `FROM <from> <payload>` (the interactive exchange), and inside `SEND <to> <ref> <payload>` and
+//! `MAIL <id> <from> <time> <payload>` (offline delivery). Pure parsing and printing: no I/O, no
+//! cryptography.
 //!
 //! ```text
 //! DH-INIT <sid> <group> <y_i>
 //! DH-REPLY <sid> <y_r> <sig_r>
 //! DH-CONFIRM <sid> <sig_i>
 //! E2E <sid> <counter> <ciphertext+tag>
+//! X3DH <PrekeyMessage::to_bytes()>
+//! RATCHET <F(RatchetHeader::to_bytes()) ‖ F(ciphertext+tag)>
 //! ```
 //!
 //! Tokens are separated by exactly one space. Binary fields are standard padded base64 in
 //! canonical form: `<sid>` is 16 bytes, signatures 64, public values at most 384, ciphertexts
 //! 16 bytes (the tag) to 8 KiB + 16. `<group>` is an RFC 7919 name; `<counter>` is a decimal
-//! `u64` with no sign and no leading zeros. The whole payload is at most 12 KiB.
+//! `u64` with no sign and no leading zeros. `X3DH` and `RATCHET` carry one base64 field each,
+//! in the length-prefixed binary forms of `prekeys.rs` and `ratchet.rs` (`F()` is
+//! `report/protocol.md` §11.1); a ratchet header's length names its group. The whole payload is
+//! at most 14 KiB.
 //!
-//! A payload that does not start with one of the four tags is not end-to-end protected
+//! A payload that does not start with one of the six tags is not end-to-end protected
 //! ([`E2eError::NotE2e`]); one with a tag and anything wrong after it is [`E2eError::Malformed`].
 //! Only syntax is checked here: the handshake validates public values and signatures, the
 //! session authenticates ciphertext. Every payload this module prints parses back to the same
@@ -26,14 +33,17 @@ use base64::Engine as _;
 
 use super::aead::TAG_LEN;
 use super::{
-    Confirm, E2eError, EncryptedMessage, Group, Init, Reply, SessionId, MAX_PLAINTEXT_LEN,
-    SESSION_ID_LEN, SIGNATURE_LEN,
+    encode_fields, Confirm, E2eError, EncryptedMessage, Fields, Group, Init, PrekeyMessage,
+    RatchetHeader, RatchetMessage, Reply, SessionId, MAX_PLAINTEXT_LEN, SESSION_ID_LEN,
+    SIGNATURE_LEN,
 };
 
 /// The longest payload accepted, in bytes: room for the longest message once sealed and
-/// base64-encoded, well inside the server's 16 KiB frame limit with the `MSG` header.
-/// Checked before any decoding, so hostile input costs at most this much work.
-pub const MAX_PAYLOAD_LEN: usize = 12 * 1024;
+/// base64-encoded with the most overhead (an `X3DH` first message in ffdhe3072, about 1.3 KiB
+/// of keys and signatures before base64), inside the server's 16 KiB frame limit with the
+/// `SEND`/`MAIL` header. Checked before any decoding, so hostile input costs at most this much
+/// work.
+pub const MAX_PAYLOAD_LEN: usize = 14 * 1024;
 
 /// Tag of [`Payload::Init`].
 const INIT_TAG: &str = "DH-INIT";
@@ -43,6 +53,10 @@ const REPLY_TAG: &str = "DH-REPLY";
 const CONFIRM_TAG: &str = "DH-CONFIRM";
 /// Tag of [`Payload::Message`].
 const MESSAGE_TAG: &str = "E2E";
+/// Tag of [`Payload::Prekey`].
+const PREKEY_TAG: &str = "X3DH";
+/// Tag of [`Payload::Ratchet`].
+const RATCHET_TAG: &str = "RATCHET";
 
 /// The most fields any payload has after its tag; we never collect more than one beyond this.
 const MAX_FIELDS: usize = 3;
@@ -52,6 +66,8 @@ const MAX_PUBLIC_VALUE_LEN: usize = 384;
 const MAX_CIPHERTEXT_LEN: usize = MAX_PLAINTEXT_LEN + TAG_LEN;
 /// Digits in `u64::MAX`.
 const MAX_COUNTER_DIGITS: usize = 20;
+/// Bytes in the largest binary field (`X3DH`, `RATCHET`): whatever fits in a payload.
+const MAX_BINARY_LEN: usize = MAX_PAYLOAD_LEN / 4 * 3;
 
 /// One end-to-end payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +80,11 @@ pub enum Payload {
     Confirm(Confirm),
     /// `E2E`: an encrypted chat message.
     Message(EncryptedMessage),
+    /// `X3DH`: the first message of an offline conversation (prekey agreement and the first
+    /// ratchet message).
+    Prekey(PrekeyMessage),
+    /// `RATCHET`: a later message of an offline conversation.
+    Ratchet(RatchetMessage),
 }
 
 impl Payload {
@@ -76,6 +97,8 @@ impl Payload {
                 REPLY_TAG => parse_reply,
                 CONFIRM_TAG => parse_confirm,
                 MESSAGE_TAG => parse_message,
+                PREKEY_TAG => parse_prekey,
+                RATCHET_TAG => parse_ratchet,
                 _ => return Err(E2eError::NotE2e),
             };
         if line.len() > MAX_PAYLOAD_LEN {
@@ -125,6 +148,15 @@ impl fmt::Display for Payload {
                 message.counter,
                 BASE64.encode(&message.ciphertext)
             ),
+            Payload::Prekey(first) => write!(f, "{PREKEY_TAG} {}", BASE64.encode(first.to_bytes())),
+            Payload::Ratchet(message) => write!(
+                f,
+                "{RATCHET_TAG} {}",
+                BASE64.encode(encode_fields(&[
+                    &message.header.to_bytes(),
+                    &message.ciphertext
+                ]))
+            ),
         }
     }
 }
@@ -160,16 +192,45 @@ fn parse_confirm(fields: &[&str]) -> Result<Payload, E2eError> {
 fn parse_message(fields: &[&str]) -> Result<Payload, E2eError> {
     let [session_id, counter, ciphertext] = exactly(MESSAGE_TAG, fields)?;
     let ciphertext = decode_base64(ciphertext, MAX_CIPHERTEXT_LEN, "ciphertext")?;
-    if ciphertext.len() < TAG_LEN {
-        return Err(malformed(format!(
-            "ciphertext is shorter than its {TAG_LEN}-byte tag"
-        )));
-    }
+    check_ciphertext_len(ciphertext.len())?;
     Ok(Payload::Message(EncryptedMessage {
         session_id: parse_session_id(session_id)?,
         counter: parse_counter(counter)?,
         ciphertext,
     }))
+}
+
+fn parse_prekey(fields: &[&str]) -> Result<Payload, E2eError> {
+    let [bytes] = exactly(PREKEY_TAG, fields)?;
+    let first = PrekeyMessage::from_bytes(&decode_base64(bytes, MAX_BINARY_LEN, "first message")?)?;
+    check_ciphertext_len(first.message.ciphertext.len())?;
+    Ok(Payload::Prekey(first))
+}
+
+fn parse_ratchet(fields: &[&str]) -> Result<Payload, E2eError> {
+    let [bytes] = exactly(RATCHET_TAG, fields)?;
+    let bytes = decode_base64(bytes, MAX_BINARY_LEN, "ratchet message")?;
+    let mut fields = Fields::new(&bytes, "ratchet message", E2eError::Malformed);
+    let header = fields.next()?;
+    let group = Group::ALL
+        .into_iter()
+        .find(|group| group.byte_len() + 8 == header.len())
+        .ok_or_else(|| fields.fail("the header's length fits no known group"))?;
+    let header = RatchetHeader::from_bytes(group, header)?;
+    let ciphertext = fields.next()?.to_vec();
+    fields.finish()?;
+    check_ciphertext_len(ciphertext.len())?;
+    Ok(Payload::Ratchet(RatchetMessage { header, ciphertext }))
+}
+
+/// A ciphertext holds at least its tag and at most the longest text and its tag.
+fn check_ciphertext_len(len: usize) -> Result<(), E2eError> {
+    if !(TAG_LEN..=MAX_CIPHERTEXT_LEN).contains(&len) {
+        return Err(malformed(format!(
+            "a ciphertext is {TAG_LEN} to {MAX_CIPHERTEXT_LEN} bytes, not {len}"
+        )));
+    }
+    Ok(())
 }
 
 /// The fields as an array of exactly `N`, or an error naming the payload.
@@ -225,7 +286,39 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const KNOWN_TAGS: [&str; 4] = [INIT_TAG, REPLY_TAG, CONFIRM_TAG, MESSAGE_TAG];
+    const KNOWN_TAGS: [&str; 6] = [
+        INIT_TAG,
+        REPLY_TAG,
+        CONFIRM_TAG,
+        MESSAGE_TAG,
+        PREKEY_TAG,
+        RATCHET_TAG,
+    ];
+
+    /// A ratchet message in `group` (values need not be valid: only syntax is checked here).
+    fn ratchet_message(group: Group, counter: u32, ciphertext_len: usize) -> RatchetMessage {
+        RatchetMessage {
+            header: RatchetHeader {
+                ratchet_key: vec![0x44; group.byte_len()],
+                previous_chain_len: 3,
+                counter,
+            },
+            ciphertext: vec![0x55; ciphertext_len],
+        }
+    }
+
+    /// A first message in `group`, with or without a one-time prekey.
+    fn prekey_message(group: Group, one_time_prekey_id: Option<u32>, len: usize) -> PrekeyMessage {
+        PrekeyMessage {
+            group,
+            identity_dh: vec![0x11; group.byte_len()],
+            identity_dh_signature: [0x22; SIGNATURE_LEN],
+            ephemeral: vec![0x33; group.byte_len()],
+            signed_prekey_id: 7,
+            one_time_prekey_id,
+            message: ratchet_message(group, 0, len),
+        }
+    }
 
     fn examples() -> Vec<Payload> {
         let session_id = SessionId([0xA5; SESSION_ID_LEN]);
@@ -249,6 +342,10 @@ mod tests {
                 counter: 42,
                 ciphertext: vec![0x9A; 40],
             }),
+            Payload::Prekey(prekey_message(Group::Ffdhe3072, Some(9), 40)),
+            Payload::Prekey(prekey_message(Group::Ffdhe2048, None, TAG_LEN)),
+            Payload::Ratchet(ratchet_message(Group::Ffdhe2048, 5, 40)),
+            Payload::Ratchet(ratchet_message(Group::Ffdhe3072, 0, TAG_LEN)),
         ]
     }
 
@@ -284,6 +381,57 @@ mod tests {
         assert_eq!(tokens[3], BASE64.encode([0x9A; 40]));
         assert!(examples()[0].to_string().starts_with("DH-INIT pa"));
         assert!(examples()[0].to_string().contains(" ffdhe3072 "));
+        let message = ratchet_message(Group::Ffdhe2048, 5, 40);
+        let mut binary = (264u64).to_be_bytes().to_vec();
+        binary.extend_from_slice(&message.header.to_bytes());
+        binary.extend_from_slice(&40u64.to_be_bytes());
+        binary.extend_from_slice(&[0x55; 40]);
+        assert_eq!(
+            Payload::Ratchet(message).to_string(),
+            format!("RATCHET {}", BASE64.encode(binary))
+        );
+        let first = prekey_message(Group::Ffdhe3072, Some(9), 40);
+        assert_eq!(
+            Payload::Prekey(first.clone()).to_string(),
+            format!("X3DH {}", BASE64.encode(first.to_bytes()))
+        );
+    }
+
+    #[test]
+    fn broken_offline_payloads_are_malformed() {
+        let good = prekey_message(Group::Ffdhe2048, Some(1), 40).to_bytes();
+        let ratchet = |header: &[u8], ciphertext: &[u8], extra: &[u8]| {
+            let mut bytes = encode_fields(&[header, ciphertext]);
+            bytes.extend_from_slice(extra);
+            format!("RATCHET {}", BASE64.encode(bytes))
+        };
+        let header = ratchet_message(Group::Ffdhe2048, 1, 16).header.to_bytes();
+        let broken = [
+            "X3DH".to_owned(),
+            "RATCHET".to_owned(),
+            "X3DH AAAA".to_owned(),
+            format!("X3DH {}", BASE64.encode(&good[..good.len() - 1])),
+            format!("X3DH {} x", BASE64.encode(&good)),
+            format!("X3DH {}", BASE64.encode(&good).replace('=', "")),
+            format!(
+                "X3DH {}",
+                BASE64.encode(prekey_message(Group::Ffdhe2048, None, 15).to_bytes())
+            ),
+            ratchet(&header, &[0; 15], &[]),
+            ratchet(&header, &[0; MAX_CIPHERTEXT_LEN + 1], &[]),
+            ratchet(&header, &[0; 16], &[0]),
+            ratchet(&header[1..], &[0; 16], &[]),
+            ratchet(&[], &[0; 16], &[]),
+            format!("RATCHET {}", "A".repeat(MAX_PAYLOAD_LEN)),
+        ];
+        for line in &broken {
+            assert!(
+                matches!(Payload::parse(line), Err(E2eError::Malformed(_))),
+                "accepted {}",
+                &line[..line.len().min(80)]
+            );
+        }
+        assert!(Payload::parse(&ratchet(&header, &[0; 16], &[])).is_ok());
     }
 
     #[test]
@@ -362,13 +510,43 @@ mod tests {
         let line = longest.to_string();
         assert!(line.len() <= MAX_PAYLOAD_LEN, "{} bytes", line.len());
         assert_eq!(Payload::parse(&line), Ok(longest));
+        let largest_group = Group::ALL.into_iter().max_by_key(|group| group.byte_len());
+        let largest_group = largest_group.expect("groups");
+        for longest in [
+            Payload::Prekey(prekey_message(
+                largest_group,
+                Some(u32::MAX),
+                MAX_CIPHERTEXT_LEN,
+            )),
+            Payload::Ratchet(ratchet_message(largest_group, u32::MAX, MAX_CIPHERTEXT_LEN)),
+        ] {
+            let line = longest.to_string();
+            assert!(line.len() <= MAX_PAYLOAD_LEN, "{} bytes", line.len());
+            assert_eq!(Payload::parse(&line), Ok(longest));
+        }
     }
 
     fn any_payload() -> impl Strategy<Value = Payload> {
         let session_id = any::<[u8; SESSION_ID_LEN]>().prop_map(SessionId);
         let public_value = prop::collection::vec(any::<u8>(), 1..=MAX_PUBLIC_VALUE_LEN);
         let group = prop::sample::select(Group::ALL.to_vec());
+        let ciphertext_len = TAG_LEN..=MAX_CIPHERTEXT_LEN;
+        let offline = (
+            group.clone(),
+            any::<Option<u32>>(),
+            any::<u32>(),
+            ciphertext_len,
+            any::<bool>(),
+        )
+            .prop_map(|(group, opk, counter, len, first)| {
+                if first {
+                    Payload::Prekey(prekey_message(group, opk, len))
+                } else {
+                    Payload::Ratchet(ratchet_message(group, counter, len))
+                }
+            });
         prop_oneof![
+            offline,
             (session_id.clone(), group, public_value.clone()).prop_map(
                 |(session_id, group, y_i)| Payload::Init(Init {
                     session_id,
@@ -428,7 +606,7 @@ mod tests {
 
         #[test]
         fn near_miss_payloads_never_panic(
-            line in "(DH-INIT|DH-REPLY|DH-CONFIRM|E2E)( [A-Za-z0-9+/]{21}[AQgw]==| ffdhe(2048|3072)| [0-9]{1,21}| [A-Za-z0-9+/=]{0,90}){0,5}"
+            line in "(DH-INIT|DH-REPLY|DH-CONFIRM|E2E|X3DH|RATCHET)( [A-Za-z0-9+/]{21}[AQgw]==| ffdhe(2048|3072)| [0-9]{1,21}| [A-Za-z0-9+/=]{0,90}){0,5}"
         ) {
             check_parse(&line)?;
         }

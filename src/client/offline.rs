@@ -1,0 +1,818 @@
+//! Offline delivery on the client: private messages to users who are not online, and the
+//! ones that waited for us (`report/protocol.md` §11.10). The keys and sessions live in the
+//! [`Mailbox`]; this is the protocol around it: which frames to send when, what to show.
+//!
+//! Like the end-to-end layer it does no I/O: each call returns [`Step`]s for the chat to carry
+//! out (frames to send in order, lines to show). Pinned keys stay the end-to-end layer's
+//! ([`EndToEnd::offline_key`]), so the pin rules are the same as for a live exchange.
+//!
+//! Rules it keeps:
+//! * Nothing is sent or opened under a key that is not pinned: a first message waits for both
+//!   the peer's identity key (`GETKEY`, checked against the pin) and their prekey bundle
+//!   (`BUNDLE`, whose signatures the library checks against that key); mail from someone with
+//!   no pinned key waits for `GETKEY` the same way.
+//! * A `MAIL` is acknowledged only once the mailbox saved what opening it changed; one that
+//!   cannot be opened is acknowledged too (after saying why), so it does not come back at
+//!   every login; one already processed is only acknowledged again.
+//! * Each final `STATUS` (delivered, expired, refused) is shown, then acknowledged.
+
+use std::collections::HashMap;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+
+use crate::client::end_to_end::{Action, EndToEnd, Notice};
+use crate::client::mailbox::{Mailbox, REFILL_BELOW};
+use crate::e2e::{E2eError, IdentityPublicKey, PrekeyBundle, Trust};
+use crate::protocol::{DeliveryState, MailboxLimits, OneTimePrekey, PrekeyList, Refusal, Request};
+
+/// Characters of a sent text kept (in memory only) to tell the user which message a
+/// `STATUS` is about.
+const PREVIEW_CHARS: usize = 24;
+
+/// Something the chat must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Send this frame (already encoded by `protocol`).
+    Frame(String),
+    /// Send this `SEND` frame: a private message of ours, shown as sent once written.
+    Sent {
+        /// The frame.
+        frame: String,
+        /// The recipient.
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// Show a line the end-to-end layer produced (pins, warnings).
+    Show(Notice),
+    /// A private message that waited on the server for us.
+    Received {
+        /// The sender.
+        from: String,
+        /// The text.
+        text: String,
+        /// How far the sender's key is trusted.
+        trust: Trust,
+        /// When the server queued it, unix seconds.
+        time: u64,
+    },
+    /// What happened to a message of ours: `to <to>: <state>`.
+    Delivery {
+        /// The recipient.
+        to: String,
+        /// The state, in words.
+        state: String,
+    },
+}
+
+/// What a first message to one peer waits for.
+#[derive(Default)]
+struct Starting {
+    /// The texts typed, oldest first.
+    texts: Vec<String>,
+    /// Their identity key, once the server gave it and the pin rules passed.
+    key: Option<IdentityPublicKey>,
+    /// Their bundle, once the server gave it.
+    bundle: Option<PrekeyBundle>,
+}
+
+/// A `MAIL` waiting for its sender's identity key.
+struct Held {
+    /// The server's id.
+    id: u64,
+    /// When it was queued.
+    time: u64,
+    /// The payload.
+    payload: String,
+}
+
+/// Offline delivery for one logged-in user.
+pub struct Offline {
+    /// Keys, sessions, processed ids, unresolved refs (on disk).
+    mailbox: Mailbox,
+    /// The server's queue limits when this connection opted in; `None` while the server
+    /// does not offer offline delivery (then nothing here sends a frame).
+    limits: Option<MailboxLimits>,
+    /// Whether offline delivery was on when the user was last told (they are told when it
+    /// changes, not at every reconnect).
+    told: Option<bool>,
+    /// Whether `PREKEYS` arrived on this connection (else the server holds none of ours).
+    prekeys_reported: bool,
+    /// First messages waiting for a key and a bundle, per peer.
+    starting: HashMap<String, Starting>,
+    /// Mail waiting for its sender's key, per sender, in the order received.
+    held: HashMap<String, Vec<Held>>,
+    /// The start of each unresolved message's text, by ref (this run only).
+    previews: HashMap<String, String>,
+}
+
+impl Offline {
+    /// Offline delivery over `mailbox`, off until [`Offline::connected`] says otherwise.
+    pub fn new(mailbox: Mailbox) -> Offline {
+        Offline {
+            mailbox,
+            limits: None,
+            told: None,
+            prekeys_reported: false,
+            starting: HashMap::new(),
+            held: HashMap::new(),
+            previews: HashMap::new(),
+        }
+    }
+
+    /// A new connection is logged in; `limits` is `Some` when it opted in (`OK MAILBOX`).
+    /// Publishes the signed-prekey record (the server then says how many one-time prekeys
+    /// it holds, or nothing when none).
+    pub fn connected(&mut self, limits: Option<MailboxLimits>) -> Vec<Step> {
+        self.limits = limits;
+        self.prekeys_reported = false;
+        let tell = self.told.replace(limits.is_some()) != Some(limits.is_some());
+        let Some(limits) = limits else {
+            if !tell {
+                return Vec::new();
+            }
+            return vec![info(
+                "this server does not offer offline delivery: private messages reach only \
+                 users who are online",
+            )];
+        };
+        let record = BASE64.encode(self.mailbox.bundle_record().to_bytes());
+        let mut steps = vec![Step::Frame(
+            Request::SetPrekey { record: &record }.to_string(),
+        )];
+        if tell {
+            steps.push(info(&format!(
+                "offline delivery is on: private messages to users who are offline wait on the \
+                 server (end-to-end encrypted) for up to {} days",
+                limits.ttl_seconds / 86_400
+            )));
+        }
+        steps
+    }
+
+    /// The connection is gone: returns the texts that waited for a first message, as
+    /// `(peer, text)` in the order typed, for the caller to send again once reconnected.
+    /// Held mail is dropped: it was not acknowledged, so the server sends it again.
+    pub fn connection_lost(&mut self) -> Vec<(String, String)> {
+        self.held.clear();
+        let mut peers: Vec<String> = self.starting.keys().cloned().collect();
+        peers.sort();
+        let mut waiting = Vec::new();
+        for peer in peers {
+            if let Some(starting) = self.starting.remove(&peer) {
+                waiting.extend(starting.texts.into_iter().map(|text| (peer.clone(), text)));
+            }
+        }
+        waiting
+    }
+
+    /// Whether offline delivery is on for this connection.
+    pub fn is_on(&self) -> bool {
+        self.limits.is_some()
+    }
+
+    /// Whether a message to `to` should go by offline delivery now: there is an offline
+    /// session with them (and the caller has no live one).
+    pub fn has_session(&self, to: &str) -> bool {
+        self.is_on() && self.mailbox.has_session(to)
+    }
+
+    /// The user's texts for `to`, who is offline (or reached by an offline session).
+    pub fn send(&mut self, to: &str, texts: Vec<String>) -> Vec<Step> {
+        if texts.is_empty() {
+            return Vec::new();
+        }
+        if !self.is_on() {
+            return vec![warn(&format!(
+                "{to} is offline and this server has no offline delivery; {} message(s) not sent",
+                texts.len()
+            ))];
+        }
+        if self.mailbox.has_session(to) {
+            return texts
+                .into_iter()
+                .flat_map(|text| self.seal(to, &text))
+                .collect();
+        }
+        let waiting = self.starting.entry(to.to_owned()).or_default();
+        let first = waiting.texts.is_empty();
+        waiting.texts.extend(texts);
+        if !first {
+            return Vec::new();
+        }
+        vec![
+            info(&format!(
+                "{to} is offline: fetching their prekeys for offline delivery (end-to-end \
+                 encrypted; the server keeps it until {to}'s client fetches it)"
+            )),
+            Step::Frame(Request::GetKey { user: to }.to_string()),
+            Step::Frame(Request::Bundle { user: to }.to_string()),
+        ]
+    }
+
+    /// Whether a `GETKEY` answer for `user` is ours.
+    pub fn wants_key(&self, user: &str) -> bool {
+        self.starting.get(user).is_some_and(|s| s.key.is_none()) || self.held.contains_key(user)
+    }
+
+    /// The server gave `key` (base64) for `user`, who is the peer of a first message or the
+    /// sender of held mail.
+    pub fn key_arrived(&mut self, user: &str, key: &str, secure: &mut EndToEnd) -> Vec<Step> {
+        let mut no_texts = Vec::new();
+        let waiting = self
+            .starting
+            .get_mut(user)
+            .map_or(&mut no_texts, |starting| &mut starting.texts);
+        let checked = IdentityPublicKey::from_base64(key)
+            .map_err(|e| {
+                vec![warning_action(&format!(
+                    "{user}: unusable key from the server: {e}"
+                ))]
+            })
+            .and_then(|key| {
+                secure
+                    .offline_key(user, &key, waiting)
+                    .map(|shown| (key, shown))
+            });
+        let (key, shown) = match checked {
+            Ok(found) => found,
+            Err(shown) => {
+                let mut steps = shown_steps(shown);
+                steps.extend(self.give_up(user, "their identity key cannot be used"));
+                return steps;
+            }
+        };
+        let mut steps = shown_steps(shown);
+        for held in self.held.remove(user).unwrap_or_default() {
+            steps.extend(self.open(held, user, key, secure.trust(user)));
+        }
+        if let Some(waiting) = self.starting.get_mut(user) {
+            waiting.key = Some(key);
+            steps.extend(self.start(user));
+        }
+        steps
+    }
+
+    /// The server has no key for `user` (or no such user).
+    pub fn key_unavailable(&mut self, user: &str, reason: &str) -> Vec<Step> {
+        self.give_up(user, reason)
+    }
+
+    /// `BUNDLE <user> <record> <opk>`.
+    pub fn bundle_arrived(
+        &mut self,
+        user: &str,
+        record: &str,
+        one_time: Option<&OneTimePrekey>,
+    ) -> Vec<Step> {
+        if !self.starting.contains_key(user) {
+            return Vec::new(); // nobody asked
+        }
+        let parsed = BASE64
+            .decode(record)
+            .map_err(|_| E2eError::Malformed("the record is not base64".to_owned()))
+            .and_then(|bytes| PrekeyBundle::from_bytes(&bytes))
+            .and_then(|mut bundle| {
+                bundle.one_time_prekey = match one_time {
+                    Some(key) => Some((
+                        key.id,
+                        BASE64.decode(&key.key).map_err(|_| {
+                            E2eError::Malformed("the one-time prekey is not base64".to_owned())
+                        })?,
+                    )),
+                    None => None,
+                };
+                Ok(bundle)
+            });
+        let bundle = match parsed {
+            Ok(bundle) => bundle,
+            Err(e) => return self.give_up(user, &format!("unusable prekeys: {e}")),
+        };
+        let mut steps = Vec::new();
+        if bundle.one_time_prekey.is_none() {
+            steps.push(info(&format!(
+                "{user} has no one-time prekeys left on the server: the first message is \
+                 protected by their signed prekey only (weaker if that key is stolen later)"
+            )));
+        }
+        if let Some(waiting) = self.starting.get_mut(user) {
+            waiting.bundle = Some(bundle);
+        }
+        steps.extend(self.start(user));
+        steps
+    }
+
+    /// The server refused `BUNDLE user` (no such user, no prekeys, rate limited).
+    pub fn bundle_unavailable(&mut self, user: &str, reason: &str) -> Vec<Step> {
+        self.give_up(user, reason)
+    }
+
+    /// Seals the first message once both the key and the bundle are there, then the rest.
+    fn start(&mut self, to: &str) -> Vec<Step> {
+        let ready = self
+            .starting
+            .get(to)
+            .is_some_and(|s| s.key.is_some() && s.bundle.is_some());
+        if !ready {
+            return Vec::new();
+        }
+        let Some(Starting {
+            texts,
+            key: Some(key),
+            bundle: Some(bundle),
+        }) = self.starting.remove(to)
+        else {
+            return Vec::new();
+        };
+        let mut texts = texts.into_iter();
+        let Some(first) = texts.next() else {
+            return Vec::new();
+        };
+        let mut steps = match self.mailbox.seal_first(to, key, &bundle, &first) {
+            Ok(payload) => self.queue(to, first, &payload),
+            Err(e) => {
+                return vec![warn(&format!(
+                    "{to}: offline delivery could not start ({e}); {} message(s) not sent",
+                    texts.len() + 1
+                ))]
+            }
+        };
+        for text in texts {
+            steps.extend(self.seal(to, &text));
+        }
+        steps
+    }
+
+    /// Seals `text` in the session with `to` and queues it.
+    fn seal(&mut self, to: &str, text: &str) -> Vec<Step> {
+        match self.mailbox.seal(to, text) {
+            Ok(payload) => self.queue(to, text.to_owned(), &payload),
+            Err(e) => vec![warn(&format!("{to}: message not sent: {e}"))],
+        }
+    }
+
+    /// A `SEND` of `payload` under a fresh ref.
+    fn queue(&mut self, to: &str, text: String, payload: &str) -> Vec<Step> {
+        let reference = match self.mailbox.remember_sent(to) {
+            Ok(reference) => reference,
+            Err(e) => return vec![warn(&format!("{to}: message not sent: {e}"))],
+        };
+        self.previews.insert(
+            reference.clone(),
+            text.chars().take(PREVIEW_CHARS).collect(),
+        );
+        let frame = Request::Send {
+            to,
+            reference: &reference,
+            payload,
+        }
+        .to_string();
+        vec![Step::Sent {
+            frame,
+            to: to.to_owned(),
+            text,
+        }]
+    }
+
+    /// Drops what waited for `user` (a first message, held mail) and says so.
+    fn give_up(&mut self, user: &str, reason: &str) -> Vec<Step> {
+        let mut steps = Vec::new();
+        if let Some(waiting) = self.starting.remove(user).filter(|w| !w.texts.is_empty()) {
+            steps.push(warn(&format!(
+                "{user}: offline delivery not possible ({reason}); {} message(s) not sent",
+                waiting.texts.len()
+            )));
+        }
+        for held in self.held.remove(user).unwrap_or_default() {
+            steps.push(warn(&format!(
+                "{user}: a message they sent while you were offline cannot be read: their \
+                 identity key is not usable ({reason}); it was discarded"
+            )));
+            steps.push(Step::Frame(Request::Ack { id: held.id }.to_string()));
+        }
+        steps
+    }
+
+    /// `MAIL <id> <sender> <time> <payload>`.
+    pub fn mail(
+        &mut self,
+        id: u64,
+        sender: &str,
+        time: u64,
+        payload: String,
+        secure: &EndToEnd,
+    ) -> Vec<Step> {
+        if self.mailbox.is_processed(id) {
+            return vec![Step::Frame(Request::Ack { id }.to_string())];
+        }
+        let held = Held { id, time, payload };
+        if let Some(key) = secure.pinned_key(sender) {
+            if !self.held.contains_key(sender) {
+                return self.open(held, sender, key, secure.trust(sender));
+            }
+        }
+        let queue = self.held.entry(sender.to_owned()).or_default();
+        queue.push(held);
+        if queue.len() > 1 {
+            return Vec::new();
+        }
+        vec![Step::Frame(Request::GetKey { user: sender }.to_string())]
+    }
+
+    /// Opens held mail from `sender` under their pinned `key`, and acknowledges it.
+    fn open(
+        &mut self,
+        held: Held,
+        sender: &str,
+        key: IdentityPublicKey,
+        trust: Trust,
+    ) -> Vec<Step> {
+        let ack = Step::Frame(Request::Ack { id: held.id }.to_string());
+        match self.mailbox.open(held.id, sender, key, &held.payload) {
+            Ok(Ok(text)) => vec![
+                Step::Received {
+                    from: sender.to_owned(),
+                    text,
+                    trust,
+                    time: held.time,
+                },
+                ack,
+            ],
+            Ok(Err(e)) => vec![
+                warn(&format!(
+                    "{sender}: a message they sent while you were offline could not be read: \
+                     {e}. It was discarded; ask {sender} to send it again (a new offline \
+                     session starts when you next write to them)"
+                )),
+                ack,
+            ],
+            Err(e) => vec![warn(&format!(
+                "{sender}: a message they sent while you were offline was not acknowledged, \
+                 so it comes again at your next login: {e}"
+            ))],
+        }
+    }
+
+    /// `STATUS <ref> <state> <user>`: shows it, and acknowledges a final one.
+    pub fn status(&mut self, reference: &str, state: DeliveryState, user: &str) -> Vec<Step> {
+        if !self.is_on() {
+            return Vec::new();
+        }
+        let words = match state {
+            DeliveryState::Queued { .. } => "queued (offline delivery)".to_owned(),
+            DeliveryState::Delivered => "delivered".to_owned(),
+            DeliveryState::Expired => {
+                "expired: not fetched before the server's time limit, NOT delivered".to_owned()
+            }
+            DeliveryState::Refused(Refusal::Quota) => {
+                format!("refused: quota ({user}'s offline queue is full), NOT delivered")
+            }
+            DeliveryState::Refused(reason) => format!("refused: {}", reason.as_str()),
+        };
+        let shown = match self.previews.get(reference) {
+            Some(preview) => format!("{words} (\"{preview}\")"),
+            None => words,
+        };
+        let mut steps = vec![Step::Delivery {
+            to: user.to_owned(),
+            state: shown,
+        }];
+        if !matches!(state, DeliveryState::Queued { .. }) {
+            self.previews.remove(reference);
+            if let Err(e) = self.mailbox.resolved(reference) {
+                steps.push(warn(&e.to_string()));
+            }
+            steps.push(Step::Frame(Request::AckStatus { reference }.to_string()));
+        }
+        steps
+    }
+
+    /// `PREKEYS n`: tops the server's one-time prekeys up when they run low.
+    pub fn prekeys(&mut self, on_server: usize, max_frame: usize) -> Vec<Step> {
+        self.prekeys_reported = true;
+        if on_server >= REFILL_BELOW || !self.is_on() {
+            return Vec::new();
+        }
+        self.refill(on_server, max_frame)
+    }
+
+    /// `OK SETPREKEY`: when the server reported no prekeys of ours, it holds none: fill up.
+    pub fn record_stored(&mut self, max_frame: usize) -> Vec<Step> {
+        if self.prekeys_reported || !self.is_on() {
+            return Vec::new();
+        }
+        self.prekeys_reported = true;
+        self.refill(0, max_frame)
+    }
+
+    /// New one-time prekeys, in `ADDPREKEYS` frames of at most `max_frame` bytes.
+    fn refill(&mut self, on_server: usize, max_frame: usize) -> Vec<Step> {
+        let fresh = match self.mailbox.refill(on_server) {
+            Ok(fresh) => fresh,
+            Err(e) => return vec![warn(&format!("could not make new prekeys: {e}"))],
+        };
+        let items: Vec<(u32, String)> = fresh
+            .into_iter()
+            .map(|(id, key)| (id, BASE64.encode(key)))
+            .collect();
+        let mut steps = Vec::new();
+        let mut batch: Vec<(u32, &str)> = Vec::new();
+        let mut length = "ADDPREKEYS".len() + 1;
+        for (id, key) in &items {
+            let item = id.to_string().len() + 1 + key.len() + 1;
+            if !batch.is_empty() && length + item > max_frame {
+                steps.extend(add_prekeys(&batch));
+                batch.clear();
+                length = "ADDPREKEYS".len() + 1;
+            }
+            batch.push((*id, key));
+            length += item;
+        }
+        steps.extend(add_prekeys(&batch));
+        steps
+    }
+}
+
+/// One `ADDPREKEYS` frame for `batch`, if it holds any.
+fn add_prekeys(batch: &[(u32, &str)]) -> Option<Step> {
+    let items = PrekeyList::join(batch.iter().copied());
+    let prekeys = PrekeyList::parse(&items).ok()?;
+    Some(Step::Frame(Request::AddPrekeys { prekeys }.to_string()))
+}
+
+/// The end-to-end layer's actions as steps (it only shows lines here).
+fn shown_steps(actions: Vec<Action>) -> Vec<Step> {
+    actions
+        .into_iter()
+        .filter_map(|action| match action {
+            Action::Show(notice) => Some(Step::Show(notice)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn info(text: &str) -> Step {
+    Step::Show(Notice::Info(text.to_owned()))
+}
+
+fn warn(text: &str) -> Step {
+    Step::Show(Notice::Warning(text.to_owned()))
+}
+
+fn warning_action(text: &str) -> Action {
+    Action::Show(Notice::Warning(text.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::mailbox::{MAILBOX_FILE, ONE_TIME_PREKEY_TARGET};
+    use crate::e2e::{Group, IdentityKey, PinStore};
+
+    const LIMITS: MailboxLimits = MailboxLimits {
+        ttl_seconds: 14 * 86_400,
+        max_messages: 1_000,
+        max_bytes: 4 << 20,
+    };
+
+    /// One user's client state in a temporary directory, restartable.
+    struct Client {
+        name: &'static str,
+        seed: u8,
+        dir: tempfile::TempDir,
+    }
+
+    impl Client {
+        fn new(name: &'static str, seed: u8) -> Client {
+            Client {
+                name,
+                seed,
+                dir: tempfile::tempdir().expect("dir"),
+            }
+        }
+
+        fn identity(&self) -> IdentityKey {
+            IdentityKey::from_fixed_seed(&[self.seed; 32]).expect("key")
+        }
+
+        /// The client as it starts: state read back from disk, logged in and opted in.
+        fn start(&self) -> (Offline, EndToEnd) {
+            let identity = self.identity();
+            let (mailbox, problem) = Mailbox::load_or_create(
+                &self.dir.path().join(MAILBOX_FILE),
+                &identity,
+                self.name,
+                Group::Ffdhe2048,
+                1_800_000_000,
+            )
+            .expect("mailbox");
+            assert_eq!(problem, None);
+            let pins = PinStore::open(&self.dir.path().join("pins")).expect("pins");
+            let secure = EndToEnd::new(self.name, identity, pins, Group::Ffdhe2048, false);
+            let mut offline = Offline::new(mailbox);
+            let steps = offline.connected(Some(LIMITS));
+            assert!(matches!(&steps[0], Step::Frame(f) if f.starts_with("SETPREKEY ")));
+            (offline, secure)
+        }
+    }
+
+    /// The frames among `steps`, sent or not.
+    fn frames(steps: &[Step]) -> Vec<String> {
+        steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Frame(frame) | Step::Sent { frame, .. } => Some(frame.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn three_messages_to_an_offline_user_are_read_in_order_after_a_restart() {
+        let (alice, bob) = (Client::new("alice", 1), Client::new("bob", 2));
+        // Bob's first login publishes his record and, with none on the server, 100 keys.
+        let (mut bob_offline, _) = bob.start();
+        let record = BASE64.encode(bob_offline.mailbox.bundle_record().to_bytes());
+        let added = frames(&bob_offline.record_stored(4096));
+        assert!(
+            added.len() > 1 && added.iter().all(|f| f.len() <= 4096),
+            "{added:?}"
+        );
+        let first_key = match Request::parse(&added[0]) {
+            Ok(Request::AddPrekeys { prekeys }) => {
+                prekeys.iter().next().map(|(id, key)| OneTimePrekey {
+                    id,
+                    key: key.to_owned(),
+                })
+            }
+            other => panic!("{other:?}"),
+        };
+        let count: usize = added.iter().map(|f| f.split(' ').count() - 1).sum();
+        assert_eq!(count, ONE_TIME_PREKEY_TARGET);
+        assert!(bob_offline.prekeys(60, 4096).is_empty());
+
+        // Alice writes three messages while Bob is offline.
+        let (mut offline, mut secure) = alice.start();
+        let texts = ["one", "two", "three"].map(str::to_owned).to_vec();
+        assert_eq!(
+            frames(&offline.send("bob", texts)),
+            ["GETKEY bob", "BUNDLE bob"]
+        );
+        let key = bob.identity().public_key().to_base64();
+        let mut steps = offline.key_arrived("bob", &key, &mut secure);
+        assert!(frames(&steps).is_empty());
+        steps.extend(offline.bundle_arrived("bob", &record, first_key.as_ref()));
+        let sent = frames(&steps);
+        assert_eq!(sent.len(), 3, "{steps:?}");
+        let mut refs = Vec::new();
+        let mut payloads = Vec::new();
+        for frame in &sent {
+            let Ok(Request::Send {
+                to,
+                reference,
+                payload,
+            }) = Request::parse(frame)
+            else {
+                panic!("{frame}");
+            };
+            assert_eq!(to, "bob");
+            refs.push(reference.to_owned());
+            payloads.push(payload.to_owned());
+        }
+        assert!(payloads[0].starts_with("X3DH ") && payloads[2].starts_with("RATCHET "));
+
+        // Bob's client starts again (state from disk) and gets the mail.
+        let (mut bob_offline, mut bob_secure) = bob.start();
+        let mut steps = Vec::new();
+        for (id, payload) in payloads.iter().enumerate() {
+            steps.extend(bob_offline.mail(
+                id as u64 + 1,
+                "alice",
+                1_800_000_000,
+                payload.clone(),
+                &bob_secure,
+            ));
+        }
+        assert_eq!(
+            frames(&steps),
+            ["GETKEY alice"],
+            "held until the key is pinned"
+        );
+        let key = alice.identity().public_key().to_base64();
+        let steps = bob_offline.key_arrived("alice", &key, &mut bob_secure);
+        let read: Vec<&str> = steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Received {
+                    from, text, trust, ..
+                } => {
+                    assert_eq!((from.as_str(), *trust), ("alice", Trust::FirstUse));
+                    Some(text.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(read, ["one", "two", "three"]);
+        assert_eq!(frames(&steps), ["ACK 1", "ACK 2", "ACK 3"]);
+        // A mail sent again after the restart is only acknowledged again.
+        let (mut bob_offline, bob_secure) = bob.start();
+        let again = bob_offline.mail(2, "alice", 1_800_000_000, payloads[1].clone(), &bob_secure);
+        assert_eq!(again, [Step::Frame("ACK 2".to_owned())]);
+
+        // Alice sees each delivered, by its text, and acknowledges the receipts.
+        for (reference, text) in refs.iter().zip(["one", "two", "three"]) {
+            let steps = offline.status(reference, DeliveryState::Delivered, "bob");
+            assert_eq!(
+                steps,
+                [
+                    Step::Delivery {
+                        to: "bob".to_owned(),
+                        state: format!("delivered (\"{text}\")"),
+                    },
+                    Step::Frame(format!("ACKSTATUS {reference}")),
+                ]
+            );
+        }
+        // Her next message goes in the same session: no key or bundle fetched.
+        let next = frames(&offline.send("bob", vec!["four".to_owned()]));
+        assert!(next.len() == 1 && next[0].contains(" RATCHET "), "{next:?}");
+    }
+
+    #[test]
+    fn a_changed_key_holds_the_texts_until_accept() {
+        let (alice, bob, mallory) = (
+            Client::new("alice", 1),
+            Client::new("bob", 2),
+            Client::new("mallory", 3),
+        );
+        let (mut offline, mut secure) = alice.start();
+        let mut none = Vec::new();
+        let bob_key = bob.identity().public_key();
+        assert!(secure.offline_key("bob", &bob_key, &mut none).is_ok());
+        offline.send("bob", vec!["one".to_owned(), "two".to_owned()]);
+        let other = mallory.identity().public_key().to_base64();
+        let steps = offline.key_arrived("bob", &other, &mut secure);
+        assert!(frames(&steps).is_empty(), "{steps:?}");
+        assert!(matches!(
+            &steps[..],
+            [Step::Show(Notice::Warning(text))] if text.contains("IDENTITY KEY HAS CHANGED")
+        ));
+        assert_eq!(secure.waiting(), 2, "held, not dropped");
+        assert_eq!(secure.trust_words("bob"), "KEY CHANGED");
+    }
+
+    #[test]
+    fn a_bundle_signed_by_another_key_sends_nothing() {
+        let (alice, bob, mallory) = (
+            Client::new("alice", 1),
+            Client::new("bob", 2),
+            Client::new("mallory", 3),
+        );
+        let (mallory_offline, _) = mallory.start();
+        let forged = BASE64.encode(mallory_offline.mailbox.bundle_record().to_bytes());
+        let (mut offline, mut secure) = alice.start();
+        offline.send("bob", vec!["secret".to_owned()]);
+        let key = bob.identity().public_key().to_base64();
+        let mut steps = offline.key_arrived("bob", &key, &mut secure);
+        steps.extend(offline.bundle_arrived("bob", &forged, None));
+        assert!(frames(&steps).is_empty(), "{steps:?}");
+        assert!(steps.iter().any(|step| matches!(
+            step,
+            Step::Show(Notice::Warning(text)) if text.contains("1 message(s) not sent")
+        )));
+    }
+
+    #[test]
+    fn final_states_are_shown_then_acknowledged_and_a_server_without_mailbox_is_said_once() {
+        let alice = Client::new("alice", 1);
+        let (mut offline, _) = alice.start();
+        let steps = offline.status("r1", DeliveryState::Refused(Refusal::Quota), "bob");
+        assert!(
+            matches!(&steps[0], Step::Delivery { state, .. } if state.starts_with("refused: quota"))
+        );
+        assert_eq!(steps[1], Step::Frame("ACKSTATUS r1".to_owned()));
+        let queued = offline.status("r2", DeliveryState::Queued { id: 7 }, "bob");
+        assert_eq!(
+            queued,
+            [Step::Delivery {
+                to: "bob".to_owned(),
+                state: "queued (offline delivery)".to_owned()
+            }]
+        );
+        offline.send("bob", vec!["a".to_owned(), "b".to_owned()]);
+        assert!(!offline.has_session("bob"));
+        let waiting = offline.connection_lost();
+        assert_eq!(
+            waiting,
+            [
+                ("bob".to_owned(), "a".to_owned()),
+                ("bob".to_owned(), "b".to_owned())
+            ]
+        );
+        assert!(!offline.wants_key("bob"));
+        assert_eq!(offline.connected(None).len(), 1);
+        assert!(offline.connected(None).is_empty());
+        assert!(frames(&offline.send("bob", vec!["hi".to_owned()])).is_empty());
+    }
+}
