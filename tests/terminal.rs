@@ -1146,7 +1146,36 @@ fn messages_to_an_offline_user_wait_on_the_server_and_are_read_in_order_after_a_
     // Bob's client starts again: keys and sessions come back from its mailbox file.
     let mut bob = Terminal::spawn("bob", &server, bob_home.path());
     bob.menu_login("bob", PASSWORD, false);
-    // (Logging in waits for the prompt, so the mail may already be in the transcript.)
+    // Alice is a stranger to bob: her mail is a message request, read only once he accepts,
+    // and not one text of it is on his screen before that.
+    // (Logging in waits for the prompt, so the notice may already be in the transcript.)
+    let deadline = Instant::now() + TIMEOUT;
+    while !format!("{}{}", bob.transcript, bob.pending)
+        .contains("message request: alice wrote to you while you were offline")
+    {
+        if Instant::now() > deadline {
+            bob.fail("the message request");
+        }
+        bob.pull();
+        thread::sleep(POLL);
+    }
+    thread::sleep(Duration::from_millis(300));
+    bob.pull();
+    alice.pull();
+    let (bob_saw, alice_saw) = (
+        format!("{}{}", bob.transcript, bob.pending),
+        format!("{}{}", alice.transcript, alice.pending),
+    );
+    for text in texts {
+        assert!(!bob_saw.contains(text), "{bob_saw}");
+        assert!(
+            !alice_saw.contains(&format!("to bob: delivered (\"{text}\")")),
+            "{alice_saw}"
+        );
+    }
+    bob.send_line("/accept alice");
+    // (The messages follow the prompt's echo; the transcript and what is pending are read
+    // together below.)
     let label = regex::escape(&offline_label(Trust::FirstUse));
     let in_order = Regex::new(&format!(
         r"(?s)alice -> \(you\) {label} sent \d\d:\d\d: {}\r?\n.*{label} sent \d\d:\d\d: {}\r?\n.*{label} sent \d\d:\d\d: {}\r?\n",

@@ -277,8 +277,16 @@ impl Chat {
                 self.apply(actions)?;
             }
             Input::Accept(user) => {
-                let actions = self.secure.accept(&user);
-                self.apply(actions)?;
+                // Mail that waited as a message request, and whatever waits in the live
+                // layer; the live layer answers "nothing waiting" only if neither did.
+                let mail = self.offline.accept(&user);
+                if mail.is_none() || self.secure.awaits_accept(&user) {
+                    let actions = self.secure.accept(&user);
+                    self.apply(actions)?;
+                }
+                if let Some(steps) = mail {
+                    self.carry(steps);
+                }
             }
             Input::Explain(Some(user)) => {
                 let actions = self.secure.explain(&user);

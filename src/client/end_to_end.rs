@@ -597,6 +597,31 @@ impl EndToEnd {
             .unwrap_or_default()
     }
 
+    /// Whether `user` is someone this user has never talked to: no pinned key, no session,
+    /// nothing typed for them, no exchange under way. What a stranger starts — a key
+    /// exchange or mail that waited on the server — is a message request.
+    pub fn is_stranger(&self, user: &str) -> bool {
+        self.pins.pinned_key(user).is_none()
+            && self.peers.get(user).is_none_or(|peer| {
+                peer.session.is_none()
+                    && peer.queued.is_empty()
+                    && matches!(peer.exchange, Exchange::Idle)
+            })
+    }
+
+    /// Whether something from `user` waits for `/accept` here (a message request, a
+    /// look-alike first contact, a changed key).
+    pub fn awaits_accept(&self, user: &str) -> bool {
+        self.peers.get(user).is_some_and(|peer| {
+            matches!(
+                peer.exchange,
+                Exchange::Requested { .. }
+                    | Exchange::LooksLike { .. }
+                    | Exchange::KeyChanged { .. }
+            )
+        })
+    }
+
     /// `user`'s pinned identity key, if any.
     pub fn pinned_key(&self, user: &str) -> Option<IdentityPublicKey> {
         self.pins.pinned_key(user)
@@ -889,7 +914,9 @@ impl EndToEnd {
     /// stranger's is held as a message request; a contact's is answered within the budgets.
     fn init_arrived(&mut self, from: &str, init: Init) -> Vec<Action> {
         let me_first = self.me.as_str() < from;
-        let pinned = self.pins.pinned_key(from).is_some();
+        // Taken before the match below, which changes nothing on the paths that reach the
+        // check.
+        let stranger = self.is_stranger(from);
         let now = Instant::now();
         let peer = self.peer(from);
         match &mut peer.exchange {
@@ -914,10 +941,6 @@ impl EndToEnd {
             }
             _ => {}
         }
-        let stranger = !pinned
-            && peer.session.is_none()
-            && peer.queued.is_empty()
-            && matches!(peer.exchange, Exchange::Idle);
         if stranger {
             peer.exchange = Exchange::Requested { init };
             if std::mem::replace(&mut peer.request_shown, true) {

@@ -11,6 +11,11 @@
 //!   the peer's identity key (`GETKEY`, checked against the pin) and their prekey bundle
 //!   (`BUNDLE`, whose signatures the library checks against that key); mail from someone with
 //!   no pinned key waits for `GETKEY` the same way.
+//! * Mail from a stranger (nobody this user has talked to: [`EndToEnd::is_stranger`]) is a
+//!   *message request*, as a stranger's live key exchange is: the user is told once who
+//!   wrote and how many messages wait, and nothing is fetched, computed, pinned, shown or
+//!   acknowledged until `/accept` — so strangers' mail costs this client nothing, and what
+//!   is never accepted stays on the server until it expires (its sender then sees `expired`).
 //! * A `MAIL` is acknowledged only once the mailbox saved what opening it changed; one that
 //!   cannot be opened is acknowledged too (after saying why), so it does not come back at
 //!   every login; one already processed is only acknowledged again.
@@ -103,6 +108,9 @@ pub struct Offline {
     starting: HashMap<String, Starting>,
     /// Mail waiting for its sender's key, per sender, in the order received.
     held: HashMap<String, Vec<Held>>,
+    /// Mail from strangers waiting for `/accept`, per sender, in the order received (this
+    /// connection only: it was not acknowledged, so the server sends it again).
+    requests: HashMap<String, Vec<Held>>,
     /// The start of each unresolved message's text, by ref (this run only).
     previews: HashMap<String, String>,
 }
@@ -117,6 +125,7 @@ impl Offline {
             prekeys_reported: false,
             starting: HashMap::new(),
             held: HashMap::new(),
+            requests: HashMap::new(),
             previews: HashMap::new(),
         }
     }
@@ -156,6 +165,7 @@ impl Offline {
     /// Held mail is dropped: it was not acknowledged, so the server sends it again.
     pub fn connection_lost(&mut self) -> Vec<(String, String)> {
         self.held.clear();
+        self.requests.clear();
         let mut peers: Vec<String> = self.starting.keys().cloned().collect();
         peers.sort();
         let mut waiting = Vec::new();
@@ -407,6 +417,21 @@ impl Offline {
             return vec![Step::Frame(Request::Ack { id }.to_string())];
         }
         let held = Held { id, time, payload };
+        if secure.is_stranger(sender) && !self.starting.contains_key(sender) {
+            let waiting = self.requests.entry(sender.to_owned()).or_default();
+            if waiting.iter().any(|request| request.id == id) {
+                return Vec::new();
+            }
+            waiting.push(held);
+            if waiting.len() > 1 {
+                return Vec::new(); // told at the first one
+            }
+            return vec![info(&format!(
+                "message request: {sender} wrote to you while you were offline; nothing was \
+                 read. /accept {sender} to read what they sent, or ignore it (it expires on \
+                 the server)"
+            ))];
+        }
         if let Some(key) = secure.pinned_key(sender) {
             if !self.held.contains_key(sender) {
                 return self.open(held, sender, key, secure.trust(sender));
@@ -418,6 +443,23 @@ impl Offline {
             return Vec::new();
         }
         vec![Step::Frame(Request::GetKey { user: sender }.to_string())]
+    }
+
+    /// `/accept USER`: reads the mail `user` sent as a message request, once their key is
+    /// fetched and pinned by the usual rules. `None` when no mail from them waits.
+    pub fn accept(&mut self, user: &str) -> Option<Vec<Step>> {
+        let requests = self.requests.remove(user)?;
+        let count = requests.len();
+        self.held
+            .entry(user.to_owned())
+            .or_default()
+            .extend(requests);
+        Some(vec![
+            info(&format!(
+                "{user}: request accepted; reading {count} message(s) they sent while you were offline"
+            )),
+            Step::Frame(Request::GetKey { user }.to_string()),
+        ])
     }
 
     /// Opens held mail from `sender` under their pinned `key`, and acknowledges it.
@@ -694,8 +736,21 @@ mod tests {
                 &bob_secure,
             ));
         }
+        // Alice is a stranger to Bob: a message request, told once, nothing fetched,
+        // opened or acknowledged until he accepts.
+        assert!(frames(&steps).is_empty(), "{steps:?}");
+        assert!(
+            matches!(&steps[..], [Step::Show(Notice::Info(text))]
+                if text.starts_with("message request: alice wrote to you")),
+            "{steps:?}"
+        );
+        assert!(bob_offline
+            .mail(1, "alice", 1_800_000_000, payloads[0].clone(), &bob_secure)
+            .is_empty());
+        assert_eq!(bob_offline.accept("mallory"), None);
+        let accepted = bob_offline.accept("alice").expect("waiting");
         assert_eq!(
-            frames(&steps),
+            frames(&accepted),
             ["GETKEY alice"],
             "held until the key is pinned"
         );
