@@ -686,6 +686,12 @@ impl Chat {
                 let steps = self.offline.record_stored(self.max_frame);
                 self.carry(steps);
             }
+            Command::AddPrekeys => {
+                if let Ok(on_server) = detail.trim().parse::<usize>() {
+                    let steps = self.offline.prekeys_added(on_server, self.max_frame);
+                    self.carry(steps);
+                }
+            }
             _ => {}
         }
         Ok(())

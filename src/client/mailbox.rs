@@ -161,7 +161,7 @@ impl Mailbox {
     }
 
     /// The group of my keys (and of every conversation I answer).
-    fn group(&self) -> Group {
+    pub fn group(&self) -> Group {
         self.bundle_record().group
     }
 
@@ -170,12 +170,20 @@ impl Mailbox {
         PrekeyBundle::new(&self.identity_dh, &self.signed_prekey, None)
     }
 
-    /// New one-time prekeys so that the server, holding `on_server`, holds
-    /// [`ONE_TIME_PREKEY_TARGET`]: `(id, public value)` for `ADDPREKEYS`, secrets saved first.
-    pub fn refill(&mut self, on_server: usize) -> Result<Vec<(u32, Vec<u8>)>, E2eError> {
+    /// New one-time prekeys towards [`ONE_TIME_PREKEY_TARGET`] on the server, which holds
+    /// `on_server`, and at most `at_most` of them: `(id, public value)` for `ADDPREKEYS`,
+    /// secrets saved first.
+    pub fn refill(
+        &mut self,
+        on_server: usize,
+        at_most: usize,
+    ) -> Result<Vec<(u32, Vec<u8>)>, E2eError> {
         let group = self.group();
         let mut published = Vec::new();
-        for _ in on_server..ONE_TIME_PREKEY_TARGET {
+        let wanted = ONE_TIME_PREKEY_TARGET
+            .saturating_sub(on_server)
+            .min(at_most);
+        for _ in 0..wanted {
             let id = self.next_one_time_id;
             self.next_one_time_id = id.wrapping_add(1);
             let key = OneTimePrekey::generate(id, group)?;
@@ -543,8 +551,13 @@ mod tests {
     /// Bob's bundle as the server would hand it out: the record and his first one-time prekey.
     fn bundle_of(bob: &User) -> PrekeyBundle {
         let mut mailbox = bob.mailbox();
-        let published = mailbox.refill(0).expect("refill");
-        assert_eq!(published.len(), ONE_TIME_PREKEY_TARGET);
+        let published = mailbox.refill(0, 7).expect("refill");
+        assert_eq!(published.len(), 7, "at most as many as asked");
+        assert_eq!(
+            mailbox.refill(90, usize::MAX).expect("refill").len(),
+            ONE_TIME_PREKEY_TARGET - 90,
+            "never past the target"
+        );
         let mut bundle = bob.mailbox().bundle_record();
         assert_eq!(bundle.one_time_prekey, None);
         bundle.one_time_prekey = published.into_iter().next();
@@ -721,7 +734,7 @@ mod tests {
     fn debug_output_holds_no_key_material() {
         let bob = User::new("bob", 2);
         let mut mailbox = bob.mailbox();
-        mailbox.refill(95).expect("refill");
+        mailbox.refill(95, usize::MAX).expect("refill");
         let shown = format!("{mailbox:?}");
         assert!(shown.contains("one_time_prekeys: 5"), "{shown}");
         assert!(shown.len() < 300, "{shown}");

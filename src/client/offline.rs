@@ -31,6 +31,9 @@ use crate::client::mailbox::{Mailbox, REFILL_BELOW};
 use crate::e2e::{E2eError, IdentityPublicKey, PrekeyBundle, Trust};
 use crate::protocol::{DeliveryState, MailboxLimits, OneTimePrekey, PrekeyList, Refusal, Request};
 
+/// One-time prekeys made per refill step (one `ADDPREKEYS` frame).
+const REFILL_STEP: usize = 20;
+
 /// Characters of a sent text kept (in memory only) to tell the user which message a
 /// `STATUS` is about.
 const PREVIEW_CHARS: usize = 24;
@@ -549,8 +552,26 @@ impl Offline {
     }
 
     /// New one-time prekeys, in `ADDPREKEYS` frames of at most `max_frame` bytes.
+    /// `OK ADDPREKEYS n`: the server holds `n` one-time prekeys; goes on refilling, one
+    /// frame at a time, until it holds the target.
+    pub fn prekeys_added(&mut self, on_server: usize, max_frame: usize) -> Vec<Step> {
+        if !self.is_on() {
+            return Vec::new();
+        }
+        self.refill(on_server, max_frame)
+    }
+
+    /// One `ADDPREKEYS` frame of new one-time prekeys (as many as fit in `max_frame`, at most
+    /// [`REFILL_STEP`]), while the server holds fewer than the target; its `OK ADDPREKEYS`
+    /// brings the next. A refill in steps keeps the client answering its user: making 100
+    /// keys at once froze it for about a second in a debug build.
     fn refill(&mut self, on_server: usize, max_frame: usize) -> Vec<Step> {
-        let fresh = match self.mailbox.refill(on_server) {
+        let key_len = BASE64
+            .encode(vec![0; self.mailbox.group().byte_len()])
+            .len();
+        let item_len = u32::MAX.to_string().len() + 1 + key_len + 1;
+        let fits = max_frame.saturating_sub("ADDPREKEYS".len()) / item_len;
+        let fresh = match self.mailbox.refill(on_server, fits.clamp(1, REFILL_STEP)) {
             Ok(fresh) => fresh,
             Err(e) => return vec![warn(&format!("could not make new prekeys: {e}"))],
         };
@@ -558,21 +579,8 @@ impl Offline {
             .into_iter()
             .map(|(id, key)| (id, BASE64.encode(key)))
             .collect();
-        let mut steps = Vec::new();
-        let mut batch: Vec<(u32, &str)> = Vec::new();
-        let mut length = "ADDPREKEYS".len() + 1;
-        for (id, key) in &items {
-            let item = id.to_string().len() + 1 + key.len() + 1;
-            if !batch.is_empty() && length + item > max_frame {
-                steps.extend(add_prekeys(&batch));
-                batch.clear();
-                length = "ADDPREKEYS".len() + 1;
-            }
-            batch.push((*id, key));
-            length += item;
-        }
-        steps.extend(add_prekeys(&batch));
-        steps
+        let batch: Vec<(u32, &str)> = items.iter().map(|(id, key)| (*id, key.as_str())).collect();
+        add_prekeys(&batch).into_iter().collect()
     }
 }
 
@@ -676,11 +684,16 @@ mod tests {
         // Bob's first login publishes his record and, with none on the server, 100 keys.
         let (mut bob_offline, _) = bob.start();
         let record = BASE64.encode(bob_offline.mailbox.bundle_record().to_bytes());
-        let added = frames(&bob_offline.record_stored(4096));
-        assert!(
-            added.len() > 1 && added.iter().all(|f| f.len() <= 4096),
-            "{added:?}"
-        );
+        // One frame at a time, each under the frame limit; the server's count brings the next.
+        let mut added = Vec::new();
+        let mut step = frames(&bob_offline.record_stored(4096));
+        while !step.is_empty() {
+            assert!(step.len() == 1 && step[0].len() <= 4096, "{step:?}");
+            added.extend(step);
+            let on_server: usize = added.iter().map(|f| f.split(' ').count() - 1).sum();
+            step = frames(&bob_offline.prekeys_added(on_server, 4096));
+        }
+        assert!(added.len() > 1, "{added:?}");
         let first_key = match Request::parse(&added[0]) {
             Ok(Request::AddPrekeys { prekeys }) => {
                 prekeys.iter().next().map(|(id, key)| OneTimePrekey {
