@@ -490,3 +490,84 @@ fn kill_9_while_acknowledgements_are_stored_loses_nothing_and_repeats_nothing_ac
         .collect();
     assert_eq!(delivered.len() + unique.len(), MESSAGES);
 }
+
+/// The end-to-end durability claim, at the wire: alice sends 1,000 messages to
+/// offline bob and the server is killed with `kill -9` at a random point among them. Alice
+/// then sends again, byte for byte with the same references, every message the server had
+/// not confirmed (`STATUS … queued`) — what the reference client does from its mailbox file
+/// at its next connection — and one it had confirmed, as a client that died before saving the
+/// confirmation would. Bob logs in: all 1,000 arrive, each exactly once, in the order sent;
+/// none is lost, whichever SEND the kill cut, and none is stored twice.
+#[test]
+fn kill_9_at_a_random_point_among_1000_sends_loses_none_and_a_resend_is_stored_once() {
+    const MESSAGES: usize = 1_000;
+    let kill_after = rand::random_range(1..MESSAGES - 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::spawn(dir.path(), &[]);
+    server.connect().register_ok("alice");
+    server.connect().register_ok("bob");
+
+    let frames: Vec<(String, String)> = (0..MESSAGES)
+        .map(|i| (format!("r{i}"), format!("RATCHET message-{i}")))
+        .collect();
+    let confirmed = Arc::new(Mutex::new(HashSet::new()));
+    let mut alice = mailbox_login(|| server.connect(), "alice");
+    let sender = {
+        let (frames, confirmed) = (frames.clone(), confirmed.clone());
+        thread::spawn(move || {
+            for (reference, payload) in frames {
+                if alice
+                    .link
+                    .send_line(&format!("SEND bob {reference} {payload}"))
+                    .is_err()
+                {
+                    return;
+                }
+                match alice.reader.recv_timeout(Duration::from_secs(5)) {
+                    Ok(Some(ServerLine::Status {
+                        reference: r,
+                        state: DeliveryState::Queued { .. },
+                        ..
+                    })) if r == reference => {
+                        confirmed.lock().unwrap().insert(reference);
+                    }
+                    _ => return,
+                }
+            }
+        })
+    };
+    while confirmed.lock().unwrap().len() < kill_after {
+        thread::sleep(Duration::from_millis(1));
+    }
+    server.kill9();
+    sender.join().unwrap();
+    let confirmed = confirmed.lock().unwrap().clone();
+    assert!(confirmed.len() < MESSAGES, "killed before the last was confirmed");
+
+    let server = ServerProcess::spawn(dir.path(), &[]);
+    let mut alice = mailbox_login(|| server.connect(), "alice");
+    // Also the last confirmed one, as a client that died before saving its confirmation
+    // would: the server must not store it twice.
+    let last_confirmed = confirmed.len() - 1;
+    let mut again = 0;
+    for (i, (reference, payload)) in frames.iter().enumerate() {
+        if i == last_confirmed || !confirmed.contains(reference) {
+            send_queued(&mut alice, "bob", reference, payload);
+            again += 1;
+        }
+    }
+    assert_eq!(again, MESSAGES - confirmed.len() + 1);
+
+    let mut bob = mailbox_login(|| server.connect(), "bob");
+    let delivered = mail(&lines_until_pong(&mut bob, "after"));
+    let payloads: Vec<&str> = delivered.iter().map(|(_, p)| p.as_str()).collect();
+    let expected: Vec<&str> = frames.iter().map(|(_, p)| p.as_str()).collect();
+    assert_eq!(
+        payloads.len(),
+        MESSAGES,
+        "killed after {kill_after} confirmations: {} of {MESSAGES} delivered",
+        payloads.len()
+    );
+    assert_eq!(payloads, expected, "each once, in the order sent");
+    assert!(delivered.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
+}

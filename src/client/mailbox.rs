@@ -94,9 +94,21 @@ pub struct Mailbox {
     sessions: HashMap<String, Vec<u8>>,
     /// `MAIL` ids already processed, oldest first. Invariant: at most [`MAX_PROCESSED`].
     processed: VecDeque<u64>,
-    /// My sent messages not yet resolved: ref → recipient. Invariant: at most
-    /// [`MAX_UNRESOLVED`].
-    unresolved: BTreeMap<String, String>,
+    /// My sent messages not yet resolved, oldest first. Invariant: at most
+    /// [`MAX_UNRESOLVED`], each reference once.
+    unresolved: VecDeque<Sent>,
+}
+
+/// One of my offline messages on its way.
+struct Sent {
+    /// Its `SEND` reference.
+    reference: String,
+    /// The recipient.
+    peer: String,
+    /// The sealed payload, kept until the server confirms it stored the message (`STATUS …
+    /// queued`): a `SEND` cut off by a broken connection or a server crash is sent again,
+    /// byte for byte, and the server stores a re-sent reference once. `None` once confirmed.
+    payload: Option<String>,
 }
 
 impl Mailbox {
@@ -156,7 +168,7 @@ impl Mailbox {
             one_time_prekeys: BTreeMap::new(),
             sessions: HashMap::new(),
             processed: VecDeque::new(),
-            unresolved: BTreeMap::new(),
+            unresolved: VecDeque::new(),
         })
     }
 
@@ -316,26 +328,53 @@ impl Mailbox {
     }
 
     /// A fresh reference for `SEND` (16 random hex digits), remembered with its recipient
-    /// until resolved.
-    pub fn remember_sent(&mut self, peer: &str) -> Result<String, E2eError> {
+    /// and `payload` (saved before the frame goes out) until resolved.
+    pub fn remember_sent(&mut self, peer: &str, payload: &str) -> Result<String, E2eError> {
         let random = SessionId::random()?.0;
         let reference: String = random[..8].iter().map(|b| format!("{b:02x}")).collect();
-        self.unresolved.insert(reference.clone(), peer.to_owned());
+        self.unresolved.push_back(Sent {
+            reference: reference.clone(),
+            peer: peer.to_owned(),
+            payload: Some(payload.to_owned()),
+        });
         while self.unresolved.len() > MAX_UNRESOLVED {
-            self.unresolved.pop_first();
+            self.unresolved.pop_front();
         }
         self.save()?;
         Ok(reference)
     }
 
-    /// The recipient of my unresolved message `reference`, if it is mine.
-    pub fn sent_to(&self, reference: &str) -> Option<&str> {
-        self.unresolved.get(reference).map(String::as_str)
+    /// The server stored my message `reference` (`STATUS … queued`): its payload is no
+    /// longer needed.
+    pub fn confirmed(&mut self, reference: &str) -> Result<(), E2eError> {
+        let sent = self
+            .unresolved
+            .iter_mut()
+            .find(|sent| sent.reference == reference);
+        if let Some(sent) = sent.filter(|sent| sent.payload.is_some()) {
+            sent.payload = None;
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// My messages the server has not confirmed storing, oldest first, as
+    /// `(reference, recipient, payload)`: to be sent again on the next connection.
+    pub fn unconfirmed(&self) -> Vec<(String, String, String)> {
+        self.unresolved
+            .iter()
+            .filter_map(|sent| {
+                let payload = sent.payload.clone()?;
+                Some((sent.reference.clone(), sent.peer.clone(), payload))
+            })
+            .collect()
     }
 
     /// My message `reference` reached a final state: forget it.
     pub fn resolved(&mut self, reference: &str) -> Result<(), E2eError> {
-        if self.unresolved.remove(reference).is_some() {
+        let before = self.unresolved.len();
+        self.unresolved.retain(|sent| sent.reference != reference);
+        if self.unresolved.len() != before {
             self.save()?;
         }
         Ok(())
@@ -389,9 +428,10 @@ impl Mailbox {
         fields.push(count(self.processed.len()));
         fields.extend(self.processed.iter().map(|id| id.to_be_bytes().to_vec()));
         fields.push(count(self.unresolved.len()));
-        for (reference, peer) in &self.unresolved {
-            fields.push(reference.as_bytes().to_vec());
-            fields.push(peer.as_bytes().to_vec());
+        for sent in &self.unresolved {
+            fields.push(sent.reference.as_bytes().to_vec());
+            fields.push(sent.peer.as_bytes().to_vec());
+            fields.push(sent.payload.as_deref().unwrap_or("").as_bytes().to_vec());
         }
         let slices: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
         encode_fields(&slices)
@@ -430,11 +470,16 @@ impl Mailbox {
         for _ in 0..bounded(&mut fields, MAX_PROCESSED)? {
             processed.push_back(u64::from_be_bytes(fields.array()?));
         }
-        let mut unresolved = BTreeMap::new();
+        let mut unresolved = VecDeque::new();
         for _ in 0..bounded(&mut fields, MAX_UNRESOLVED)? {
             let reference = utf8(&mut fields)?;
             let peer = utf8(&mut fields)?;
-            unresolved.insert(reference, peer);
+            let payload = Some(utf8(&mut fields)?).filter(|payload| !payload.is_empty());
+            unresolved.push_back(Sent {
+                reference,
+                peer,
+                payload,
+            });
         }
         fields.finish()?;
         Ok(Mailbox {
@@ -721,13 +766,34 @@ mod tests {
     }
 
     #[test]
-    fn sent_references_are_remembered_until_resolved() {
+    fn sent_messages_are_kept_until_confirmed_and_remembered_until_resolved() {
         let alice = User::new("alice", 1);
-        let reference = alice.mailbox().remember_sent("bob").expect("ref");
-        assert_eq!(reference.len(), 16);
-        assert_eq!(alice.mailbox().sent_to(&reference), Some("bob"));
-        alice.mailbox().resolved(&reference).expect("resolved");
-        assert_eq!(alice.mailbox().sent_to(&reference), None);
+        let first = alice
+            .mailbox()
+            .remember_sent("bob", "RATCHET one")
+            .expect("ref");
+        let second = alice
+            .mailbox()
+            .remember_sent("carol", "RATCHET two")
+            .expect("ref");
+        assert_eq!(first.len(), 16);
+        // After a restart, both wait to be sent again, oldest first.
+        assert_eq!(
+            alice.mailbox().unconfirmed(),
+            [
+                (first.clone(), "bob".to_owned(), "RATCHET one".to_owned()),
+                (second.clone(), "carol".to_owned(), "RATCHET two".to_owned()),
+            ]
+        );
+        alice.mailbox().confirmed(&first).expect("confirmed");
+        assert_eq!(
+            alice.mailbox().unconfirmed(),
+            [(second.clone(), "carol".to_owned(), "RATCHET two".to_owned())]
+        );
+        alice.mailbox().resolved(&second).expect("resolved");
+        assert!(alice.mailbox().unconfirmed().is_empty());
+        let shown = format!("{:?}", alice.mailbox());
+        assert!(shown.contains("unresolved: 1"), "{shown}");
     }
 
     #[test]

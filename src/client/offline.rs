@@ -160,6 +160,24 @@ impl Offline {
                 limits.ttl_seconds / 86_400
             )));
         }
+        let unconfirmed = self.mailbox.unconfirmed();
+        if !unconfirmed.is_empty() {
+            steps.push(info(&format!(
+                "sending again {} offline message(s) the server had not confirmed storing (it \
+                 stores each once)",
+                unconfirmed.len()
+            )));
+        }
+        for (reference, to, payload) in &unconfirmed {
+            steps.push(Step::Frame(
+                Request::Send {
+                    to,
+                    reference,
+                    payload,
+                }
+                .to_string(),
+            ));
+        }
         steps
     }
 
@@ -367,7 +385,7 @@ impl Offline {
 
     /// A `SEND` of `payload` under a fresh ref.
     fn queue(&mut self, to: &str, text: String, payload: &str) -> Vec<Step> {
-        let reference = match self.mailbox.remember_sent(to) {
+        let reference = match self.mailbox.remember_sent(to, payload) {
             Ok(reference) => reference,
             Err(e) => return vec![warn(&format!("{to}: message not sent: {e}"))],
         };
@@ -523,7 +541,11 @@ impl Offline {
             to: user.to_owned(),
             state: shown,
         }];
-        if !matches!(state, DeliveryState::Queued { .. }) {
+        if matches!(state, DeliveryState::Queued { .. }) {
+            if let Err(e) = self.mailbox.confirmed(reference) {
+                steps.push(warn(&e.to_string()));
+            }
+        } else {
             self.previews.remove(reference);
             if let Err(e) = self.mailbox.resolved(reference) {
                 steps.push(warn(&e.to_string()));
@@ -648,6 +670,13 @@ mod tests {
 
         /// The client as it starts: state read back from disk, logged in and opted in.
         fn start(&self) -> (Offline, EndToEnd) {
+            let (offline, secure, steps) = self.start_with_steps();
+            assert!(matches!(&steps[0], Step::Frame(f) if f.starts_with("SETPREKEY ")));
+            (offline, secure)
+        }
+
+        /// [`Client::start`], with what connecting asked to send and show.
+        fn start_with_steps(&self) -> (Offline, EndToEnd, Vec<Step>) {
             let identity = self.identity();
             let (mailbox, problem) = Mailbox::load_or_create(
                 &self.dir.path().join(MAILBOX_FILE),
@@ -662,8 +691,7 @@ mod tests {
             let secure = EndToEnd::new(self.name, identity, pins, Group::Ffdhe2048, false);
             let mut offline = Offline::new(mailbox);
             let steps = offline.connected(Some(LIMITS));
-            assert!(matches!(&steps[0], Step::Frame(f) if f.starts_with("SETPREKEY ")));
-            (offline, secure)
+            (offline, secure, steps)
         }
     }
 
@@ -736,6 +764,18 @@ mod tests {
             payloads.push(payload.to_owned());
         }
         assert!(payloads[0].starts_with("X3DH ") && payloads[2].starts_with("RATCHET "));
+
+        // The connection broke before the server confirmed any: the client, started again,
+        // sends the same three frames, byte for byte, in order (the server stores a re-sent
+        // reference once). Once confirmed, nothing is sent again.
+        let (_, _, steps) = alice.start_with_steps();
+        assert_eq!(frames(&steps)[1..], sent[..], "{steps:?}");
+        for (reference, frame) in refs.iter().zip(&sent) {
+            let steps = offline.status(reference, DeliveryState::Queued { id: 1 }, "bob");
+            assert!(frames(&steps).is_empty(), "{frame}: {steps:?}");
+        }
+        let (_, _, steps) = alice.start_with_steps();
+        assert_eq!(frames(&steps).len(), 1, "only SETPREKEY: {steps:?}");
 
         // Bob's client starts again (state from disk) and gets the mail.
         let (mut bob_offline, mut bob_secure) = bob.start();

@@ -111,11 +111,16 @@ fn mail_line(mail: &StoredMail) -> Line {
 fn status_line(receipt: &Receipt) -> ServerLine {
     ServerLine::Status {
         reference: receipt.reference.clone(),
-        state: match receipt.outcome {
-            Outcome::Delivered => DeliveryState::Delivered,
-            Outcome::Expired => DeliveryState::Expired,
-        },
+        state: final_state(receipt.outcome),
         user: receipt.recipient.clone(),
+    }
+}
+
+/// The final `STATUS` state of a stored outcome.
+pub(super) fn final_state(outcome: Outcome) -> DeliveryState {
+    match outcome {
+        Outcome::Delivered => DeliveryState::Delivered,
+        Outcome::Expired => DeliveryState::Expired,
     }
 }
 

@@ -558,8 +558,11 @@ impl RequestHandler {
         let stored = self
             .store()
             .enqueue(user, recipient.as_str(), reference, payload, now, quota);
-        let state = match stored {
-            Ok(Enqueued::Queued(id)) => DeliveryState::Queued { id },
+        let state = match &stored {
+            Ok(Enqueued::Queued(id) | Enqueued::AlreadyQueued(id)) => {
+                DeliveryState::Queued { id: *id }
+            }
+            Ok(Enqueued::Resolved(outcome)) => mailbox::final_state(*outcome),
             Ok(Enqueued::NoSuchUser) => DeliveryState::Refused(Refusal::NoSuchUser),
             Ok(Enqueued::Quota) => DeliveryState::Refused(Refusal::Quota),
             Err(e) => {
@@ -568,7 +571,7 @@ impl RequestHandler {
             }
         };
         let step = self.reply(status(state, recipient.as_str()));
-        if let DeliveryState::Queued { id } = state {
+        if let Ok(Enqueued::Queued(id)) = stored {
             let mail = StoredMail {
                 id,
                 sender: user.to_string(),

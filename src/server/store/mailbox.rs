@@ -55,6 +55,7 @@ pub(super) const SCHEMA_V3: &str = "
     );
     CREATE INDEX IF NOT EXISTS mail_queue_by_recipient ON mail_queue (recipient, id);
     CREATE INDEX IF NOT EXISTS mail_queue_by_age ON mail_queue (queued_at);
+    CREATE INDEX IF NOT EXISTS mail_queue_by_ref ON mail_queue (sender, ref);
     CREATE TABLE IF NOT EXISTS receipts (
         id        INTEGER PRIMARY KEY AUTOINCREMENT,
         sender    TEXT NOT NULL,
@@ -65,6 +66,7 @@ pub(super) const SCHEMA_V3: &str = "
         time      INTEGER NOT NULL
     );
     CREATE INDEX IF NOT EXISTS receipts_by_sender ON receipts (sender, id);
+    CREATE INDEX IF NOT EXISTS receipts_by_ref ON receipts (sender, ref);
 ";
 
 /// A recipient's queue bounds (`--queue-max`, `--queue-max-bytes`).
@@ -81,6 +83,12 @@ pub(in crate::server) struct Quota {
 pub(in crate::server) enum Enqueued {
     /// Stored (committed) with this id.
     Queued(u64),
+    /// An earlier `SEND` of the same sender and reference is still queued with this id (a
+    /// re-send after a broken connection): nothing stored, so it is delivered once.
+    AlreadyQueued(u64),
+    /// An earlier `SEND` of the same sender and reference was already resolved and its
+    /// receipt is not yet acknowledged: nothing stored; the answer is that outcome.
+    Resolved(Outcome),
     /// No account has that name; nothing stored.
     NoSuchUser,
     /// The recipient's queue is full; nothing stored.
@@ -114,6 +122,14 @@ impl Outcome {
         match self {
             Outcome::Delivered => "delivered",
             Outcome::Expired => "expired",
+        }
+    }
+
+    /// The outcome stored as `state` (only [`Outcome::as_str`] writes it).
+    fn from_stored(state: &str) -> Outcome {
+        match state {
+            "delivered" => Outcome::Delivered,
+            _ => Outcome::Expired,
         }
     }
 }
@@ -263,6 +279,27 @@ impl Store {
             let tx = write_transaction(conn)?;
             if !account_exists(&tx, recipient)? {
                 return Ok(Enqueued::NoSuchUser);
+            }
+            // A re-sent message (same sender and reference) is stored once.
+            let queued: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM mail_queue WHERE sender = ?1 AND ref = ?2",
+                    params![sender.as_str(), reference],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(id) = queued {
+                return Ok(Enqueued::AlreadyQueued(id as u64));
+            }
+            let resolved: Option<String> = tx
+                .query_row(
+                    "SELECT state FROM receipts WHERE sender = ?1 AND ref = ?2",
+                    params![sender.as_str(), reference],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(state) = resolved {
+                return Ok(Enqueued::Resolved(Outcome::from_stored(&state)));
             }
             let (count, bytes): (i64, i64) = tx.query_row(
                 "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM mail_queue WHERE recipient = ?1",
@@ -467,10 +504,7 @@ fn receipts_for(conn: &Connection, sender: &UserName) -> rusqlite::Result<Vec<Re
             sender: sender.to_string(),
             reference: row.get(1)?,
             recipient: row.get(2)?,
-            outcome: match state.as_str() {
-                "delivered" => Outcome::Delivered,
-                _ => Outcome::Expired,
-            },
+            outcome: Outcome::from_stored(&state),
         })
     })?;
     rows.collect()
@@ -643,6 +677,42 @@ mod tests {
             panic!("not queued");
         };
         assert!(third > second);
+    }
+
+    #[test]
+    fn a_resent_reference_is_stored_once_and_answered_with_its_state() {
+        let (_dir, store) = store_with(&["alice", "bob"]);
+        let (alice, bob) = (name("alice"), name("bob"));
+        let quota = Quota {
+            messages: 10,
+            bytes: 1_000,
+        };
+        let Enqueued::Queued(id) = store.enqueue(&alice, "bob", "r1", "one", 1, quota).unwrap()
+        else {
+            panic!("not queued");
+        };
+        assert_eq!(
+            store.enqueue(&alice, "bob", "r1", "one", 2, quota).unwrap(),
+            Enqueued::AlreadyQueued(id)
+        );
+        assert_eq!(store.backlog(&bob).unwrap().mail.len(), 1, "stored once");
+        assert!(store.ack(&bob, id, 3).unwrap().is_some());
+        assert_eq!(
+            store.enqueue(&alice, "bob", "r1", "one", 4, quota).unwrap(),
+            Enqueued::Resolved(Outcome::Delivered)
+        );
+        assert!(store.backlog(&bob).unwrap().mail.is_empty(), "not queued again");
+        // Once alice acknowledged the receipt, the reference is free again.
+        store.delete_receipts(&alice, "r1").unwrap();
+        assert!(matches!(
+            store.enqueue(&alice, "bob", "r1", "two", 5, quota).unwrap(),
+            Enqueued::Queued(new) if new != id
+        ));
+        // Another sender's reference is another message.
+        assert!(matches!(
+            store.enqueue(&bob, "alice", "r1", "three", 6, quota).unwrap(),
+            Enqueued::Queued(_)
+        ));
     }
 
     #[test]
