@@ -542,7 +542,10 @@ fn kill_9_at_a_random_point_among_1000_sends_loses_none_and_a_resend_is_stored_o
     server.kill9();
     sender.join().unwrap();
     let confirmed = confirmed.lock().unwrap().clone();
-    assert!(confirmed.len() < MESSAGES, "killed before the last was confirmed");
+    assert!(
+        confirmed.len() < MESSAGES,
+        "killed before the last was confirmed"
+    );
 
     let server = ServerProcess::spawn(dir.path(), &[]);
     let mut alice = mailbox_login(|| server.connect(), "alice");
@@ -569,5 +572,8 @@ fn kill_9_at_a_random_point_among_1000_sends_loses_none_and_a_resend_is_stored_o
         payloads.len()
     );
     assert_eq!(payloads, expected, "each once, in the order sent");
-    assert!(delivered.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
+    assert!(
+        delivered.windows(2).all(|w| w[0].0 < w[1].0),
+        "ids increase"
+    );
 }

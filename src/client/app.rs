@@ -34,6 +34,8 @@ pub const MAX_WAITING: usize = 100;
 
 /// Where `/dh-practice` writes its script: the current directory, where the user runs it.
 const PRACTICE_FILE: &str = "dh-practice.py";
+/// Where `/dh-offline` writes its script, beside `/dh-practice`'s.
+const OFFLINE_PRACTICE_FILE: &str = "dh-offline.py";
 
 /// A paste that leaves this many frames waiting gets a progress line.
 const PROGRESS_FROM: usize = 20;
@@ -263,6 +265,7 @@ impl Chat {
             Input::Exit if self.talking_to.is_some() => self.back_to_the_room(),
             Input::Help => self.screen.print(HELP),
             Input::Practice => self.practice(),
+            Input::OfflinePractice => self.offline_practice(),
             Input::Quit | Input::Exit => return Ok(self.quit()),
             _ if !self.is_connected() => self
                 .screen
@@ -307,16 +310,49 @@ impl Chat {
             Ok(script) => script,
             Err(e) => return self.screen.warn(&format!("practice exchange failed: {e}")),
         };
-        match std::fs::write(PRACTICE_FILE, &script) {
-            Ok(()) => self.screen.info(&format!(
+        self.write_script(
+            PRACTICE_FILE,
+            &script,
+            &format!(
                 "a practice exchange in {} (throwaway values, used for nothing else) is in \
                  {PRACTICE_FILE}: p, g, both secret exponents, both public values and the \
-                 shared secret in full. Check them with: python3 {PRACTICE_FILE}",
+                 shared secret in full.",
                 self.secure.group().name()
-            )),
-            Err(e) => self
+            ),
+        );
+    }
+
+    /// `/dh-offline`: tells a throwaway offline session step by step (X3DH, the first message
+    /// key, one ratchet step), values abbreviated, and writes every value in full as a Python
+    /// script that checks each equation. Its secrets belong to no session.
+    fn offline_practice(&self) {
+        let practice = match crate::e2e::practice_offline_session(self.secure.group()) {
+            Ok(practice) => practice,
+            Err(e) => {
+                return self
+                    .screen
+                    .warn(&format!("practice offline session failed: {e}"))
+            }
+        };
+        self.screen.print(&practice.narration.join("\n"));
+        self.write_script(
+            OFFLINE_PRACTICE_FILE,
+            &practice.script,
+            &format!(
+                "the same session, every value in full, is in {OFFLINE_PRACTICE_FILE}: it \
+                 checks that DH1..DH4 combine into SK and that the ratchet step changes the \
+                 root key."
+            ),
+        );
+    }
+
+    /// Writes a practice `script` to `file` and says what is in it (`what`) and how to run it.
+    fn write_script(&self, file: &str, script: &str, what: &str) {
+        match std::fs::write(file, script) {
+            Ok(()) => self
                 .screen
-                .warn(&format!("cannot write {PRACTICE_FILE}: {e}")),
+                .info(&format!("{what} Check them with: python3 {file}")),
+            Err(e) => self.screen.warn(&format!("cannot write {file}: {e}")),
         }
     }
 

@@ -34,6 +34,9 @@ pub enum Input {
     /// `/dh-practice`: a throwaway exchange with every value written out, for checking
     /// `pow(g, x, p)` by hand.
     Practice,
+    /// `/dh-offline`: a throwaway offline session (prekeys, first message, a reply with one
+    /// ratchet step) told step by step, every value in full in a script.
+    OfflinePractice,
     /// `/help`.
     Help,
     /// `/quit` or `/exit`: leave the program.
@@ -57,10 +60,12 @@ commands:
   /fingerprint [USER]  your key fingerprint, or the safety number you share with USER
   /verify USER       mark USER's key as verified (after comparing safety numbers)
   /dh USER           show a fresh Diffie-Hellman exchange with USER step by step (live
-                     exchanges only; offline messages use prekeys, not shown step by step)
+                     exchanges only; /dh-offline shows how offline messages are protected)
   /dh                explain every exchange from now on (so a classmate's /dh shows here too)
   /dh-practice       write a throwaway exchange, every value in full, to dh-practice.py
                      (run it with python3 to check g^x mod p and the shared secret)
+  /dh-offline        walk through a throwaway offline session: prekey bundle, DH1..DH4, SK,
+                     the first message key and one ratchet step; every value in dh-offline.py
   /accept USER       answer USER's message request, or accept a look-alike name or a
                      changed key after the warning about it
   //TEXT             send TEXT with its leading slash, as text
@@ -129,6 +134,7 @@ pub fn parse(line: &str) -> Result<Input, String> {
         "accept" => user_arg("/accept USER").map(Input::Accept),
         "dh" => Ok(Input::Explain(optional_user())),
         "dh-practice" => Ok(Input::Practice),
+        "dh-offline" => Ok(Input::OfflinePractice),
         "help" | "?" => Ok(Input::Help),
         "quit" | "exit" => Ok(Input::Quit),
         other => Err(format!(
@@ -165,6 +171,7 @@ mod tests {
         assert_eq!(parse("/dh bob"), Ok(Input::Explain(Some("bob".into()))));
         assert_eq!(parse("/dh"), Ok(Input::Explain(None)));
         assert_eq!(parse("/dh-practice"), Ok(Input::Practice));
+        assert_eq!(parse("/dh-offline"), Ok(Input::OfflinePractice));
         assert_eq!(parse("/quit"), Ok(Input::Quit));
         assert_eq!(parse("exit"), Ok(Input::Exit));
         assert_eq!(parse("/help"), Ok(Input::Help));

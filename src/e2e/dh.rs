@@ -202,13 +202,19 @@ impl PublicValue {
     /// A short form for people: first and last 8 hex digits and the length, e.g.
     /// `0x9A3F21C4…77E0B1D2 (3071 bits)`. Public values are not secret; this is for readability.
     pub fn summary(&self) -> String {
-        let hex = self.value.to_str_radix(16).to_uppercase();
-        let short = match (hex.get(..8), hex.get(hex.len().saturating_sub(8)..)) {
-            (Some(head), Some(tail)) if hex.len() > 16 => format!("{head}…{tail}"),
-            _ => hex.clone(),
-        };
-        format!("0x{short} ({} bits)", self.value.bits())
+        abbreviated(&self.value)
     }
+}
+
+/// `value` for people: first and last 8 hex digits and the length in bits (see
+/// [`PublicValue::summary`]).
+pub(super) fn abbreviated(value: &BigUint) -> String {
+    let hex = value.to_str_radix(16).to_uppercase();
+    let short = match (hex.get(..8), hex.get(hex.len().saturating_sub(8)..)) {
+        (Some(head), Some(tail)) if hex.len() > 16 => format!("{head}…{tail}"),
+        _ => hex.clone(),
+    };
+    format!("0x{short} ({} bits)", value.bits())
 }
 
 impl fmt::Debug for PublicValue {

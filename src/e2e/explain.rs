@@ -257,7 +257,7 @@ impl fmt::Display for Explanation {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use aws_lc_rs::digest::{digest, SHA256};
     use aws_lc_rs::hmac;
     use base64::engine::general_purpose::STANDARD as BASE64;
@@ -270,14 +270,14 @@ mod tests {
     use super::*;
 
     /// HMAC-SHA256(key, data): HKDF's extract, and its expand for one 32-byte block.
-    fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    pub(in crate::e2e) fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
         hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
             .as_ref()
             .to_vec()
     }
 
     /// A random exponent of the form `EphemeralSecret::generate` makes.
-    fn random_exponent(group: Group) -> Vec<u8> {
+    pub(in crate::e2e) fn random_exponent(group: Group) -> Vec<u8> {
         let mut exponent = vec![0u8; group.exponent_bits() / 8];
         fill_random(&mut exponent).expect("rng");
         exponent[0] |= 0x80;
@@ -286,7 +286,7 @@ mod tests {
 
     /// Every way a secret could be written into text: decimal, hex in both cases, the hex
     /// groups used for fingerprints, base64.
-    fn written_forms(secret: &[u8]) -> Vec<String> {
+    pub(in crate::e2e) fn written_forms(secret: &[u8]) -> Vec<String> {
         let hex = secret
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -302,7 +302,7 @@ mod tests {
 
     /// Whether `text` holds any 16-character piece of `form` (pieces start every 8 characters,
     /// so any leaked run of 24 characters or more is caught).
-    fn leaks(text: &str, form: &str) -> bool {
+    pub(in crate::e2e) fn leaks(text: &str, form: &str) -> bool {
         let chars: Vec<char> = form.chars().collect();
         (0..chars.len().saturating_sub(16))
             .step_by(8)

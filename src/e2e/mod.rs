@@ -77,6 +77,7 @@ mod group;
 mod handshake;
 mod identity;
 mod kdf;
+mod offline_practice;
 mod pow2;
 mod practice;
 mod prekeys;
@@ -95,6 +96,7 @@ pub use explain::Explanation;
 pub use group::{Group, GENERATOR};
 pub use handshake::{Confirm, Init, Initiator, Reply, Responder, Session};
 pub use identity::{safety_number, IdentityKey, IdentityPublicKey, SIGNATURE_LEN};
+pub use offline_practice::{practice_offline_session, OfflinePractice};
 pub use practice::practice_exchange;
 pub use prekeys::{
     initiate, initiate_using, respond, respond_using, IdentityDhKey, OneTimePrekey, Party,

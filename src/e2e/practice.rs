@@ -24,7 +24,6 @@ pub fn practice_exchange(group: Group) -> Result<String, E2eError> {
             "the two sides of a practice exchange disagree".into(),
         ));
     }
-    let hex = |bytes: &[u8]| format!("0x{}", BigUint::from_bytes_be(bytes).to_str_radix(16));
     Ok(format!(
         "# A practice Diffie-Hellman exchange in {name} ({bits}-bit safe prime p, g = {g}).\n\
          # Throwaway values: they protect nothing and were used for nothing else.\n\
@@ -53,12 +52,17 @@ pub fn practice_exchange(group: Group) -> Result<String, E2eError> {
     ))
 }
 
+/// `bytes` as one number in full, in Python's hex notation.
+pub(super) fn hex(bytes: &[u8]) -> String {
+    format!("0x{}", BigUint::from_bytes_be(bytes).to_str_radix(16))
+}
+
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// The value assigned to `name` in the script, as a number.
-    fn value(script: &str, name: &str) -> BigUint {
+    pub(in crate::e2e) fn value(script: &str, name: &str) -> BigUint {
         let line = script
             .lines()
             .find(|line| line.starts_with(&format!("{name} = 0x")))

@@ -62,7 +62,7 @@ const IDENTITY_DH_LABEL: &[u8] = b"securechat/x3dh/identity-dh/v1";
 /// Label of the signature on a signed prekey.
 const SIGNED_PREKEY_LABEL: &[u8] = b"securechat/x3dh/signed-prekey/v1";
 /// Start of the `info` of the HKDF that makes `SK`; the group name follows.
-const AGREEMENT_INFO: &str = "securechat/x3dh/v1 ";
+pub(super) const AGREEMENT_INFO: &str = "securechat/x3dh/v1 ";
 /// First field of `AD`.
 const ASSOCIATED_DATA_LABEL: &[u8] = b"securechat/x3dh/ad/v1";
 /// First field of an encoded [`PrekeyBundle`].
@@ -656,7 +656,10 @@ fn signed_prekey_statement(user: &str, id: u32, prekey: &[u8], group: Group) -> 
 }
 
 /// `SK` from the Diffie–Hellman outputs, in order (see the module docs).
-fn agreement_key(group: Group, dh_outputs: &[super::SharedSecret]) -> Result<SecretKey, E2eError> {
+pub(super) fn agreement_key(
+    group: Group,
+    dh_outputs: &[super::SharedSecret],
+) -> Result<SecretKey, E2eError> {
     let mut input: Vec<u8> = dh_outputs
         .iter()
         .flat_map(|output| output.as_bytes().iter().copied())
@@ -669,7 +672,7 @@ fn agreement_key(group: Group, dh_outputs: &[super::SharedSecret]) -> Result<Sec
 }
 
 /// `AD`, initiator first.
-fn associated_data(
+pub(super) fn associated_data(
     initiator: &Party<'_>,
     initiator_dh: &[u8],
     responder: &Party<'_>,

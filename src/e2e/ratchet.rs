@@ -51,11 +51,11 @@ pub const MAX_SKIP: u32 = 1_000;
 pub const MAX_SKIPPED_KEYS: usize = 2_000;
 
 /// `info` of KDF_RK: names the protocol, its version and the step.
-const ROOT_INFO: &[u8] = b"securechat/ratchet/v1 root";
+pub(super) const ROOT_INFO: &[u8] = b"securechat/ratchet/v1 root";
 /// `info` of the HKDF that turns a message key into a cipher key and nonce.
 const MESSAGE_INFO: &[u8] = b"securechat/ratchet/v1 message";
 /// KDF_CK's input for the message key (Signal's recommended constant).
-const MESSAGE_KEY_STEP: &[u8] = &[0x01];
+pub(super) const MESSAGE_KEY_STEP: &[u8] = &[0x01];
 /// KDF_CK's input for the next chain key.
 const CHAIN_KEY_STEP: &[u8] = &[0x02];
 /// First field of a saved state: names the format and its version.
@@ -468,7 +468,7 @@ impl fmt::Debug for Ratchet {
 }
 
 /// KDF_RK: a new root key and a new chain key from the root key and a Diffie–Hellman output.
-fn kdf_rk(
+pub(super) fn kdf_rk(
     root_key: &SecretKey,
     dh_out: &super::SharedSecret,
 ) -> Result<(SecretKey, SecretKey), E2eError> {
@@ -480,7 +480,7 @@ fn kdf_rk(
 }
 
 /// KDF_CK: (next chain key, message key).
-fn kdf_ck(chain_key: &SecretKey) -> (SecretKey, SecretKey) {
+pub(super) fn kdf_ck(chain_key: &SecretKey) -> (SecretKey, SecretKey) {
     (
         hmac_sha256(chain_key, CHAIN_KEY_STEP),
         hmac_sha256(chain_key, MESSAGE_KEY_STEP),
@@ -563,7 +563,9 @@ fn seal(
     Ok(data)
 }
 
-fn open(
+/// Opens `message` with `message_key` under the session's `associated_data`: the text, or
+/// [`E2eError::Tampered`] when it does not authenticate.
+pub(super) fn open(
     message_key: &SecretKey,
     associated_data: &[u8],
     message: &RatchetMessage,

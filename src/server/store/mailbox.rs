@@ -701,7 +701,10 @@ mod tests {
             store.enqueue(&alice, "bob", "r1", "one", 4, quota).unwrap(),
             Enqueued::Resolved(Outcome::Delivered)
         );
-        assert!(store.backlog(&bob).unwrap().mail.is_empty(), "not queued again");
+        assert!(
+            store.backlog(&bob).unwrap().mail.is_empty(),
+            "not queued again"
+        );
         // Once alice acknowledged the receipt, the reference is free again.
         store.delete_receipts(&alice, "r1").unwrap();
         assert!(matches!(
@@ -710,7 +713,9 @@ mod tests {
         ));
         // Another sender's reference is another message.
         assert!(matches!(
-            store.enqueue(&bob, "alice", "r1", "three", 6, quota).unwrap(),
+            store
+                .enqueue(&bob, "alice", "r1", "three", 6, quota)
+                .unwrap(),
             Enqueued::Queued(_)
         ));
     }
