@@ -275,10 +275,11 @@ impl Conn {
     pub fn mailbox(&mut self) -> Result<MailboxLimits> {
         let reply = self.request("MAILBOX")?;
         match ServerLine::parse(&reply) {
-            Ok(ServerLine::Ok { command, detail }) if command == Command::Mailbox => {
-                MailboxLimits::from_detail(&detail)
-                    .ok_or_else(|| Error::Protocol(format!("bad OK MAILBOX limits: {reply}")))
-            }
+            Ok(ServerLine::Ok {
+                command: Command::Mailbox,
+                detail,
+            }) => MailboxLimits::from_detail(&detail)
+                .ok_or_else(|| Error::Protocol(format!("bad OK MAILBOX limits: {reply}"))),
             _ => Err(Error::Protocol(format!("MAILBOX failed: {reply}"))),
         }
     }

@@ -27,7 +27,8 @@
 //!   (`SEND`, `--offline-size` bytes each) for each of `--offline-users N` users who are
 //!   offline, then all N log in at once (`MAILBOX`, `LOGIN`) and `ACK` their mail: enqueue
 //!   rate (each message a durable commit), drain time, delivery rate, per-user drain time;
-//!   lost, duplicated or reordered mail must be 0 (see `bench/src/offline.rs`).
+//!   lost, duplicated or reordered mail must be 0; the senders' `delivered` statuses are
+//!   counted, not required (see `bench/src/offline.rs`).
 //! * `--dh`: the cost of one end-to-end key agreement per group, beside `openssl speed`
 //!   (no server; see `bench/src/dh.rs`).
 //! * `--soak SECONDS`: `--clients` clients doing random actions; errors and lost private
@@ -788,23 +789,11 @@ fn failures(report: &Report) -> Vec<String> {
     }
     if let Some(o) = &report.offline {
         let total = o.users as u64 * o.messages_per_user;
-        if o.lost > 0
-            || o.duplicated > 0
-            || o.reordered > 0
-            || o.errors > 0
-            || o.queued != total
-            || o.delivered_statuses != o.queued
-        {
+        if o.lost > 0 || o.duplicated > 0 || o.reordered > 0 || o.errors > 0 || o.queued != total {
             out.push(format!(
-                "offline: queued {} of {total}, lost {}, duplicated {}, reordered {}, senders \
-                 told delivered {}, errors {} {:?}",
-                o.queued,
-                o.lost,
-                o.duplicated,
-                o.reordered,
-                o.delivered_statuses,
-                o.errors,
-                o.error_samples
+                "offline: queued {} of {total}, lost {}, duplicated {}, reordered {}, errors \
+                 {} {:?}",
+                o.queued, o.lost, o.duplicated, o.reordered, o.errors, o.error_samples
             ));
         }
     }

@@ -19,7 +19,10 @@
 //! Reported: enqueue rate, drain time (release → last recipient drained), delivery rate,
 //! per-recipient drain time percentiles, login times, and CPU in both phases. Checked
 //! (failing the run, never on speed): every recipient got exactly the ids queued for it, in
-//! increasing order, each payload its own; every sender saw every `delivered`.
+//! increasing order, each payload its own. The senders' `delivered` statuses are counted
+//! but not required: the server drops an `ACK` whose commit cannot get SQLite's write lock
+//! within its busy timeout (logged; the message stays queued and comes again at the next
+//! login, so nothing is lost), and a big drain can make that happen.
 
 use std::sync::RwLock;
 use std::thread;
@@ -201,13 +204,13 @@ pub fn run(target: &Target, cfg: &OfflineConfig) -> Result<OfflineResult> {
         let recipients: Vec<_> = connected
             .conns
             .into_iter()
-            .zip(&users)
-            .map(|(conn, user)| {
+            .zip(users.iter().enumerate())
+            .map(|(conn, recipient)| {
                 let gate = &gate;
                 thread::Builder::new()
                     .name("bench-offline".into())
                     .stack_size(SETUP_STACK_BYTES)
-                    .spawn_scoped(scope, move || drain(conn, user, gate, cfg))
+                    .spawn_scoped(scope, move || drain(conn, recipient, gate, cfg))
             })
             .collect();
         let before = CpuSnapshot::take(target);
@@ -408,12 +411,12 @@ fn count_delivered(conn: &mut Conn, count: u64) -> u64 {
     delivered
 }
 
-/// One recipient on its open connection: waits at the gate, then `MAILBOX` + `LOGIN`,
-/// reads and acknowledges its mail until it holds `cfg.messages`, and a `PING` round trip
-/// after. Returns what it saw and when it was drained.
+/// One recipient (its index and name) on its open connection: waits at the gate, then
+/// `MAILBOX` + `LOGIN`, reads and acknowledges its mail until it holds `cfg.messages`, and a
+/// `PING` round trip after. Returns what it saw and when it was drained.
 fn drain(
     mut conn: Conn,
-    user: &str,
+    (index, user): (usize, &String),
     gate: &RwLock<()>,
     cfg: &OfflineConfig,
 ) -> Result<(Drained, Instant)> {
@@ -433,18 +436,14 @@ fn drain(
     let mut done_at = None;
     let mut logged_in = false;
     let mut pong = false;
-    let own = format!("{PAYLOAD_WORD} r");
+    let own = format!("{PAYLOAD_WORD} r{index}n");
     let mut acks = Vec::new();
     while !pong {
         acks.clear();
         let read = conn.read_lines(|line| match ServerLine::parse(line) {
             Ok(ServerLine::Mail { id, payload, .. }) => {
                 d.ids.push(id);
-                let mine = payload
-                    .strip_prefix(&own)
-                    .and_then(|rest| rest.split_once('n'))
-                    .is_some_and(|(u, _)| user.ends_with(&format!("m{u}")));
-                if !mine {
+                if !payload.starts_with(&own) {
                     d.foreign += 1;
                 }
                 acks.extend_from_slice(format!("{}\n", Request::Ack { id }).as_bytes());

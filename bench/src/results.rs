@@ -350,7 +350,8 @@ pub struct OfflineResult {
     pub drain_ms: Percentiles,
     /// CPU used while draining (per message delivered, `ACK` commits included).
     pub drain_cpu: CpuUse,
-    /// `STATUS … delivered` lines the senders received (should be `queued`).
+    /// `STATUS … delivered` lines the senders received within `--stall` of the last one
+    /// (`queued` unless the server dropped an `ACK`; counted, not required).
     pub delivered_statuses: u64,
     /// Queued messages never received. Must be 0.
     pub lost: u64,
