@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use securechat::protocol::frame::LineBuffer;
+use securechat::protocol::{Command, MailboxLimits, ServerLine};
 use securechat::tls::stream::{ReadOutcome, TlsStream};
 use securechat::{Error, Result};
 
@@ -269,6 +270,20 @@ impl Conn {
         }
     }
 
+    /// `MAILBOX` (the offline-delivery opt-in, before `LOGIN`), expecting
+    /// `OK MAILBOX <ttl> <max-messages> <max-bytes>`; returns the server's queue limits.
+    pub fn mailbox(&mut self) -> Result<MailboxLimits> {
+        let reply = self.request("MAILBOX")?;
+        match ServerLine::parse(&reply) {
+            Ok(ServerLine::Ok {
+                command: Command::Mailbox,
+                detail,
+            }) => MailboxLimits::from_detail(&detail)
+                .ok_or_else(|| Error::Protocol(format!("bad OK MAILBOX limits: {reply}"))),
+            _ => Err(Error::Protocol(format!("MAILBOX failed: {reply}"))),
+        }
+    }
+
     /// `LOGIN`, expecting `OK LOGIN <user>`.
     pub fn login(&mut self, user: &str) -> Result<()> {
         let reply = self.request(&format!("LOGIN {user} {PASSWORD}"))?;
@@ -303,6 +318,10 @@ pub enum Setup {
     RegisterAndLogin,
     /// `REGISTER` only (an existing account is fine), then close: `--prepare-accounts`.
     RegisterOnly,
+    /// `REGISTER`, `MAILBOX` (the offline-delivery opt-in), then `LOGIN`: `--offline`.
+    RegisterMailboxAndLogin,
+    /// Nothing after the greeting: `--offline`'s recipients, who log in all at once later.
+    ConnectOnly,
 }
 
 /// Connections [`open_many`] opened, and what it took.
@@ -399,6 +418,16 @@ fn open_one(target: &Target, name: &str, setup: Setup) -> Result<(Conn, Timing)>
     let t0 = Instant::now();
     let mut conn = Conn::connect(target)?;
     let connected = t0.elapsed();
+    if setup == Setup::ConnectOnly {
+        let connect_login = connected.as_nanos() as u64;
+        return Ok((
+            conn,
+            Timing {
+                connect_login,
+                register: 0,
+            },
+        ));
+    }
     let t1 = Instant::now();
     conn.register(name, setup == Setup::RegisterOnly)?;
     let register = t1.elapsed().as_nanos() as u64;
@@ -414,6 +443,9 @@ fn open_one(target: &Target, name: &str, setup: Setup) -> Result<(Conn, Timing)>
         ));
     }
     let t2 = Instant::now();
+    if setup == Setup::RegisterMailboxAndLogin {
+        conn.mailbox()?;
+    }
     conn.login(name)?;
     let connect_login = (connected + t2.elapsed()).as_nanos() as u64;
     Ok((

@@ -13,6 +13,7 @@
 //! * [`pairs`]: sender/receiver pairs, flood or fixed rate (`--flood`, `--rate`, `--sweep`).
 //! * [`idle`]: memory per idle logged-in connection (`--idle`).
 //! * [`storm`]: a login storm during steady chat (`--storm`).
+//! * [`offline`]: queued mail drained by many users logging in at once (`--offline`).
 //! * [`soak`]: many clients doing random things, checked end to end (`--soak`).
 //! * [`dh`]: the cost of one end-to-end key agreement, beside `openssl speed` (`--dh`).
 //! * [`results`]: what a run measured, as written to its JSON file.
@@ -26,6 +27,7 @@
 pub mod clients;
 pub mod dh;
 pub mod idle;
+pub mod offline;
 pub mod pairs;
 pub mod peers;
 pub mod render;

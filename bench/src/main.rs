@@ -23,6 +23,12 @@
 //!   window, N clients log in at once. Latency p50/p99 quiet vs storm, their ratio, and
 //!   the storm's login times. Its server uses the production bcrypt cost (12) and bcrypt
 //!   pool; all accounts are registered before anything is measured (see `bench/src/storm.rs`).
+//! * `--offline`: `--offline-senders` accounts queue `--offline-messages M` messages
+//!   (`SEND`, `--offline-size` bytes each) for each of `--offline-users N` users who are
+//!   offline, then all N log in at once (`MAILBOX`, `LOGIN`) and `ACK` their mail: enqueue
+//!   rate (each message a durable commit), drain time, delivery rate, per-user drain time;
+//!   lost, duplicated or reordered mail must be 0; the senders' `delivered` statuses are
+//!   counted, not required (see `bench/src/offline.rs`).
 //! * `--dh`: the cost of one end-to-end key agreement per group, beside `openssl speed`
 //!   (no server; see `bench/src/dh.rs`).
 //! * `--soak SECONDS`: `--clients` clients doing random actions; errors and lost private
@@ -66,6 +72,7 @@ use clap::Parser;
 use securechat::{Error, Result};
 
 use bench::clients::{open_many, Setup, PASSWORD};
+use bench::offline::OfflineConfig;
 use bench::pairs::PairsConfig;
 use bench::results::{self, Machine, PairsResult, Report, ServerInfo};
 use bench::soak::SoakConfig;
@@ -74,7 +81,7 @@ use bench::target::{
     ChildSettings, External, Target, BENCH_BCRYPT_COST, BENCH_MAX_CONNECTIONS,
     PRODUCTION_BCRYPT_COST,
 };
-use bench::{dh, idle, pairs, render, soak, storm, table, target};
+use bench::{dh, idle, offline, pairs, render, soak, storm, table, target};
 
 /// Pairs counts of the `--figures` throughput sweep (unless `--sweep` is given).
 const FIGURE_SWEEP: &[usize] = &[1, 10, 50, 100, 500];
@@ -131,6 +138,22 @@ struct Args {
     /// Length of --storm's quiet window (before the storm), seconds.
     #[arg(long, default_value_t = 10.0)]
     storm_quiet: f64,
+    /// Offline mail: users with queued messages log in at once and drain their mailboxes.
+    #[arg(long)]
+    offline: bool,
+    /// Users (recipients) for --offline.
+    #[arg(long, default_value_t = 50)]
+    offline_users: usize,
+    /// Messages queued per user for --offline (the server's default quota is 1000 per user).
+    #[arg(long, default_value_t = 100)]
+    offline_messages: u64,
+    /// Sender accounts for --offline, sharing the users between them.
+    #[arg(long, default_value_t = 4)]
+    offline_senders: usize,
+    /// Payload bytes per --offline message (at least 32; the default is about a short
+    /// sealed text).
+    #[arg(long, default_value_t = 200)]
+    offline_size: usize,
     /// Time one end-to-end key agreement per DH group (and compare with openssl speed).
     #[arg(long)]
     dh: bool,
@@ -156,7 +179,7 @@ struct Args {
     /// Payload bytes per message (`<seq>:<send ns>:` padded with `x`).
     #[arg(long, default_value_t = 50)]
     size: usize,
-    /// Most messages a sender packs into one TLS write.
+    /// Most messages a sender packs into one TLS write (for --offline: `SEND`s per write).
     #[arg(long, default_value_t = 64)]
     batch: usize,
     /// Most messages in flight per pair (0 = open loop). 1000 lines (~75 KiB) can never fill
@@ -263,6 +286,7 @@ fn run(args: Args) -> Result<bool> {
             && idle.is_none()
             && args.soak.is_none()
             && args.storm.is_none()
+            && !args.offline
             && !args.dh);
     // `--idle N --rate R`: the rate runs happen in the idle phase, with and without the
     // idle connections (with --figures they stay separate: the figure wants plain runs).
@@ -290,6 +314,7 @@ fn run(args: Args) -> Result<bool> {
             (!sweep.is_empty(), "sweep"),
             (idle.is_some(), "idle"),
             (args.storm.is_some(), "storm"),
+            (args.offline, "offline"),
             (args.dh, "dh"),
             (args.soak.is_some(), "soak"),
         ] {
@@ -395,6 +420,28 @@ fn run(args: Args) -> Result<bool> {
             result.login_ms.max
         );
         bench.report.storm = Some(result);
+    }
+    if args.offline {
+        let cfg = OfflineConfig {
+            users: args.offline_users.max(1),
+            messages: args.offline_messages.max(1),
+            senders: args.offline_senders.clamp(1, args.offline_users.max(1)),
+            size: args.offline_size,
+            batch: args.batch.max(1),
+            concurrency: args.connect_concurrency,
+            stall: Duration::from_secs_f64(args.stall.max(0.1)),
+            tag: bench.next_tag(),
+        };
+        let result = bench.with_target(|t| offline::run(t, &cfg))?;
+        eprintln!(
+            "  drained {} msgs in {:.2} s ({:.0} msgs/s), per user p50 {:.0} ms p99 {:.0} ms",
+            result.delivered,
+            result.drain_seconds,
+            result.delivery_msgs_per_s,
+            result.drain_ms.p50,
+            result.drain_ms.p99
+        );
+        bench.report.offline = Some(result);
     }
     if args.dh {
         bench.report.dh = Some(dh::run(args.dh_runs, args.openssl_seconds)?);
@@ -739,6 +786,16 @@ fn failures(report: &Report) -> Vec<String> {
             "storm: {} of {} clients failed to log in {:?}",
             s.login_errors, s.clients, s.login_error_samples
         ));
+    }
+    if let Some(o) = &report.offline {
+        let total = o.users as u64 * o.messages_per_user;
+        if o.lost > 0 || o.duplicated > 0 || o.reordered > 0 || o.errors > 0 || o.queued != total {
+            out.push(format!(
+                "offline: queued {} of {total}, lost {}, duplicated {}, reordered {}, errors \
+                 {} {:?}",
+                o.queued, o.lost, o.duplicated, o.reordered, o.errors, o.error_samples
+            ));
+        }
     }
     if let Some(s) = &report.soak {
         if s.lost > 0 || s.reordered > 0 || s.errors > 0 {

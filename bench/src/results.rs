@@ -52,6 +52,9 @@ pub struct Report {
     /// `--dh`: the cost of one end-to-end key agreement, per group.
     #[serde(default)]
     pub dh: Option<DhReport>,
+    /// `--offline`: queued mail enqueued, then drained by its recipients logging in at once.
+    #[serde(default)]
+    pub offline: Option<OfflineResult>,
 }
 
 /// The server under load.
@@ -309,6 +312,57 @@ pub struct StormResult {
     pub login_error_samples: Vec<String>,
     /// The pairs' whole run (loss, reordering and errors are checked on it).
     pub run: PairsResult,
+}
+
+/// `--offline`: senders queue M messages for each of N offline users (each a durable
+/// commit), then all N log in at once and drain their mailboxes (see `bench/src/offline.rs`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OfflineResult {
+    /// Recipients (N), registered and opted in beforehand.
+    pub users: usize,
+    /// Messages queued per recipient (M).
+    pub messages_per_user: u64,
+    /// Sender accounts sharing the recipients.
+    pub senders: usize,
+    /// Payload bytes per message.
+    pub payload_bytes: usize,
+    /// Registering and opting in the recipients beforehand took this long (set-up), seconds.
+    pub register_seconds: f64,
+    /// `STATUS … queued` replies received (N x M unless a `SEND` failed).
+    pub queued: u64,
+    /// From the first `SEND` to the last `STATUS … queued`, seconds.
+    pub enqueue_seconds: f64,
+    /// `queued / enqueue_seconds`: durable commits per second.
+    pub enqueue_msgs_per_s: f64,
+    /// CPU used while enqueueing (per message queued).
+    pub enqueue_cpu: CpuUse,
+    /// Recipients that received all their M messages.
+    pub drained_users: usize,
+    /// Distinct queued messages the recipients received (must be `queued`).
+    pub delivered: u64,
+    /// From the release of the N logins to the last recipient holding all M, seconds.
+    pub drain_seconds: f64,
+    /// `delivered / drain_seconds`.
+    pub delivery_msgs_per_s: f64,
+    /// Per recipient, from its `MAILBOX` + `LOGIN` write to `OK LOGIN`.
+    pub login_ms: Percentiles,
+    /// Per recipient, from its `MAILBOX` + `LOGIN` write to its M-th `MAIL`.
+    pub drain_ms: Percentiles,
+    /// CPU used while draining (per message delivered, `ACK` commits included).
+    pub drain_cpu: CpuUse,
+    /// `STATUS … delivered` lines the senders received within `--stall` of the last one
+    /// (`queued` unless the server dropped an `ACK`; counted, not required).
+    pub delivered_statuses: u64,
+    /// Queued messages never received. Must be 0.
+    pub lost: u64,
+    /// `MAIL` lines repeating an id already received on the same connection. Must be 0.
+    pub duplicated: u64,
+    /// `MAIL` ids not above the one before on the same connection. Must be 0.
+    pub reordered: u64,
+    /// Failed `SEND`s, unexpected lines, stalled or failed recipients. Must be 0.
+    pub errors: u64,
+    /// The first few errors, verbatim.
+    pub error_samples: Vec<String>,
 }
 
 /// `--dh`: end-to-end key agreement cost.

@@ -1,5 +1,5 @@
 //! The bench's human-readable output: one table of every pairs run, then a summary per
-//! phase (idle memory, soak, login storm, key agreement). The JSON file carries the same
+//! phase (idle memory, soak, login storm, offline mail, key agreement). The JSON file carries the same
 //! numbers in full.
 
 use crate::results::{self, PairsResult, Report};
@@ -104,6 +104,9 @@ pub fn print(report: &Report) {
     if let Some(s) = &report.storm {
         print_storm(s);
     }
+    if let Some(o) = &report.offline {
+        print_offline(o);
+    }
     if let Some(d) = &report.dh {
         print_dh(d);
     }
@@ -143,6 +146,58 @@ pub fn print(report: &Report) {
             opt(s.server_cores, 2)
         );
     }
+}
+
+/// The `--offline` summary.
+fn print_offline(o: &results::OfflineResult) {
+    println!(
+        "\noffline: {} senders queue {} users x {} messages ({} bytes each), then the {} users \
+         log in at once",
+        o.senders, o.users, o.messages_per_user, o.payload_bytes, o.users
+    );
+    println!(
+        "      {:<8} {:>9} {:>9} {:>10} {:>12} {:>12}",
+        "phase", "messages", "seconds", "msgs/s", "server cores", "server us/msg"
+    );
+    for (name, messages, seconds, rate, cpu) in [
+        (
+            "enqueue",
+            o.queued,
+            o.enqueue_seconds,
+            o.enqueue_msgs_per_s,
+            &o.enqueue_cpu,
+        ),
+        (
+            "drain",
+            o.delivered,
+            o.drain_seconds,
+            o.delivery_msgs_per_s,
+            &o.drain_cpu,
+        ),
+    ] {
+        println!(
+            "      {name:<8} {messages:>9} {seconds:>9.2} {rate:>10.0} {:>12} {:>12}",
+            opt(cpu.server_cores, 2),
+            opt(cpu.server_us_per_msg, 0)
+        );
+    }
+    println!(
+        "      per user: login p50 {:.0} ms p99 {:.0} ms; drained p50 {:.0} ms p99 {:.0} ms max {:.0} ms",
+        o.login_ms.p50, o.login_ms.p99, o.drain_ms.p50, o.drain_ms.p99, o.drain_ms.max
+    );
+    println!(
+        "      drained users {}/{}; delivered {} lost {} duplicated {} reordered {}; senders told \
+         delivered {}; errors {} {:?}",
+        o.drained_users,
+        o.users,
+        o.delivered,
+        o.lost,
+        o.duplicated,
+        o.reordered,
+        o.delivered_statuses,
+        o.errors,
+        o.error_samples
+    );
 }
 
 /// The `--storm` summary.

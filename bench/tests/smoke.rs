@@ -217,3 +217,31 @@ fn storm_and_dh_report_their_numbers() {
         }
     }
 }
+
+#[test]
+fn offline_mail_is_drained_complete_in_order_and_acknowledged() {
+    let v = run_bench(&[
+        "--offline",
+        "--offline-users",
+        "3",
+        "--offline-messages",
+        "5",
+        "--offline-senders",
+        "2",
+    ]);
+    assert_eq!(v["mode"], "offline");
+    let o = &v["offline"];
+    assert_eq!(num(o, "errors"), 0.0, "{}", o["error_samples"]);
+    assert_eq!(num(o, "queued"), 15.0, "3 users x 5 messages: {o}");
+    assert_eq!(num(o, "delivered"), 15.0, "{o}");
+    assert_eq!(num(o, "drained_users"), 3.0, "{o}");
+    assert_eq!(num(o, "lost"), 0.0);
+    assert_eq!(num(o, "duplicated"), 0.0);
+    assert_eq!(num(o, "reordered"), 0.0);
+    assert_eq!(num(o, "delivered_statuses"), 15.0, "{o}");
+    assert!(num(o, "enqueue_msgs_per_s") > 0.0, "{o}");
+    assert!(num(o, "delivery_msgs_per_s") > 0.0, "{o}");
+    assert!(num(o, "drain_ms.max") >= num(o, "drain_ms.p50"), "{o}");
+    assert!(num(o, "login_ms.p50") > 0.0, "{o}");
+    assert!(num(o, "enqueue_cpu.window_s") > 0.0, "{o}");
+}
