@@ -310,6 +310,24 @@ impl Terminal {
         self.wait_exit()
     }
 
+    /// Everything read so far, matched or not: for what may already have been passed over
+    /// by an earlier `expect` (logging in waits for the prompt).
+    fn seen(&mut self) -> String {
+        self.pull();
+        format!("{}{}", self.transcript, self.pending)
+    }
+
+    /// Waits until everything read so far satisfies `done`, or fails naming `what`.
+    fn wait_until(&mut self, what: &str, done: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !done(&self.seen()) {
+            if Instant::now() > deadline {
+                self.fail(what);
+            }
+            thread::sleep(POLL);
+        }
+    }
+
     fn fail(&mut self, what: &str) -> ! {
         self.pull();
         panic!(
@@ -873,20 +891,27 @@ fn a_half_typed_line_survives_a_hundred_incoming_messages_and_edits_are_sent_as_
     assert!(!kept.contains(PASSWORD), "{kept}");
 }
 
-#[test]
-fn after_kill_9_and_a_restart_the_client_reconnects_with_the_typed_line_intact() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts the real server binary, each time on the same port and data directory: a
+/// restart after `kill -9` is the same server to its clients (whose key directories are
+/// per address).
+fn same_port_server(dir: &Path) -> impl Fn() -> ServerProcess + '_ {
     let port = common::free_port();
-    let start = || {
+    move || {
         let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
         command.args(common::server_args(
             port,
-            &dir.path().join("data"),
-            &dir.path().join("certs"),
+            &dir.join("data"),
+            &dir.join("certs"),
         ));
-        let ca = dir.path().join("certs").join(securechat::tls::DEV_CA_CERT);
-        ServerProcess::start(&mut command, port, ca, dir.path())
-    };
+        let ca = dir.join("certs").join(securechat::tls::DEV_CA_CERT);
+        ServerProcess::start(&mut command, port, ca, dir)
+    }
+}
+
+#[test]
+fn after_kill_9_and_a_restart_the_client_reconnects_with_the_typed_line_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = same_port_server(dir.path());
     let mut server = start();
     let home = tempfile::tempdir().unwrap();
     let mut alice = Terminal::spawn_at(
@@ -1119,6 +1144,16 @@ fn a_200_line_paste_into_the_input_line_is_delivered_in_order_with_progress_show
     assert_eq!(alice.quit(), 0);
 }
 
+/// Matches the three `texts` from alice shown in order as offline mail (from first use).
+fn three_offline_messages_in_order(texts: &[&str; 3]) -> Regex {
+    let label = regex::escape(&offline_label(Trust::FirstUse));
+    Regex::new(&format!(
+        r"(?s)alice -> \(you\) {label} sent \d\d:\d\d: {}\r?\n.*{label} sent \d\d:\d\d: {}\r?\n.*{label} sent \d\d:\d\d: {}\r?\n",
+        texts[0], texts[1], texts[2]
+    ))
+    .unwrap()
+}
+
 #[test]
 fn messages_to_an_offline_user_wait_on_the_server_and_are_read_in_order_after_a_restart() {
     let server = TestServer::start();
@@ -1148,24 +1183,11 @@ fn messages_to_an_offline_user_wait_on_the_server_and_are_read_in_order_after_a_
     bob.menu_login("bob", PASSWORD, false);
     // Alice is a stranger to bob: her mail is a message request, read only once he accepts,
     // and not one text of it is on his screen before that.
-    // (Logging in waits for the prompt, so the notice may already be in the transcript.)
-    let deadline = Instant::now() + TIMEOUT;
-    while !format!("{}{}", bob.transcript, bob.pending)
-        .contains("message request: alice wrote to you while you were offline")
-    {
-        if Instant::now() > deadline {
-            bob.fail("the message request");
-        }
-        bob.pull();
-        thread::sleep(POLL);
-    }
+    bob.wait_until("the message request", |seen| {
+        seen.contains("message request: alice wrote to you while you were offline")
+    });
     thread::sleep(Duration::from_millis(300));
-    bob.pull();
-    alice.pull();
-    let (bob_saw, alice_saw) = (
-        format!("{}{}", bob.transcript, bob.pending),
-        format!("{}{}", alice.transcript, alice.pending),
-    );
+    let (bob_saw, alice_saw) = (bob.seen(), alice.seen());
     for text in texts {
         assert!(!bob_saw.contains(text), "{bob_saw}");
         assert!(
@@ -1174,22 +1196,10 @@ fn messages_to_an_offline_user_wait_on_the_server_and_are_read_in_order_after_a_
         );
     }
     bob.send_line("/accept alice");
-    // (The messages follow the prompt's echo; the transcript and what is pending are read
-    // together below.)
-    let label = regex::escape(&offline_label(Trust::FirstUse));
-    let in_order = Regex::new(&format!(
-        r"(?s)alice -> \(you\) {label} sent \d\d:\d\d: {}\r?\n.*{label} sent \d\d:\d\d: {}\r?\n.*{label} sent \d\d:\d\d: {}\r?\n",
-        texts[0], texts[1], texts[2]
-    ))
-    .unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    while !in_order.is_match(&format!("{}{}", bob.transcript, bob.pending)) {
-        if Instant::now() > deadline {
-            bob.fail("the three messages, in order");
-        }
-        bob.pull();
-        thread::sleep(POLL);
-    }
+    let in_order = three_offline_messages_in_order(&texts);
+    bob.wait_until("the three messages, in order", |seen| {
+        in_order.is_match(seen)
+    });
     for text in texts {
         alice.expect(&format!("to bob: delivered (\"{text}\")"));
     }
@@ -1204,6 +1214,64 @@ fn messages_to_an_offline_user_wait_on_the_server_and_are_read_in_order_after_a_
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(alice.quit(), 0);
+    assert_eq!(bob.quit(), 0);
+}
+
+/// The issue's scenario with every part real: alice writes to offline bob and quits; the
+/// server binary is killed with `kill -9` and started again on the same database; bob's
+/// client starts again from its mailbox file, accepts the message request and reads all three
+/// in order; alice's client, started again too, learns at login that each was delivered.
+#[test]
+fn offline_messages_survive_kill_9_of_the_server_and_restarts_of_both_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = same_port_server(dir.path());
+    let mut server = start();
+    let (address, ca) = (server.address(), server.ca.clone());
+    let (alice_home, bob_home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let client =
+        |name: &str, home: &Path| Terminal::spawn_at(name, &address, &ca, home, RUN_WITH_ECHO);
+    let mut bob = client("bob", bob_home.path());
+    bob.menu_login("bob", PASSWORD, true);
+    thread::sleep(Duration::from_millis(500)); // the one-time prekeys go out at the frame rate
+    assert_eq!(bob.quit(), 0);
+
+    let texts = [
+        "before the crash 1",
+        "before the crash 2",
+        "before the crash 3",
+    ];
+    let mut alice = client("alice", alice_home.path());
+    alice.menu_login("alice", PASSWORD, true);
+    for text in texts {
+        alice.send_line(&format!("/msg bob {text}"));
+        alice.expect(&format!("to bob: queued (offline delivery) (\"{text}\")"));
+    }
+    assert_eq!(alice.quit(), 0);
+
+    server.kill9();
+    let _server = start();
+
+    let mut bob = client("bob", bob_home.path());
+    bob.menu_login("bob", PASSWORD, false);
+    bob.wait_until("the message request", |seen| {
+        seen.contains("message request: alice wrote to you while you were offline")
+    });
+    bob.send_line("/accept alice");
+    let in_order = three_offline_messages_in_order(&texts);
+    bob.wait_until("the three messages, in order", |seen| {
+        in_order.is_match(seen)
+    });
+    let shown = bob.seen();
+    for text in texts {
+        assert_eq!(shown.matches(text).count(), 1, "each once: {shown}");
+    }
+
+    let mut alice = client("alice", alice_home.path());
+    alice.menu_login("alice", PASSWORD, false);
+    alice.wait_until("three delivered receipts", |seen| {
+        seen.matches("to bob: delivered").count() == 3
+    });
     assert_eq!(alice.quit(), 0);
     assert_eq!(bob.quit(), 0);
 }
