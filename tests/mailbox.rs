@@ -577,3 +577,39 @@ fn kill_9_at_a_random_point_among_1000_sends_loses_none_and_a_resend_is_stored_o
         "ids increase"
     );
 }
+
+/// `ACK <id> unreadable`: the message is gone from the queue as with a plain `ACK`, and its
+/// sender is told `unreadable` (live, and until `ACKSTATUS`), so its client can start a new
+/// session and send the text again; a re-send of the same reference is answered the same.
+#[test]
+fn a_message_acknowledged_as_unreadable_tells_its_sender_so() {
+    let server = TestServer::start();
+    server.connect().register_ok("alice");
+    server.connect().register_ok("bob");
+    let mut alice = mailbox_login(|| server.connect(), "alice");
+    let id = send_queued(&mut alice, "bob", "lost", "RATCHET garbled");
+    let mut bob = mailbox_login(|| server.connect(), "bob");
+    assert_eq!(mail(&lines_until_pong(&mut bob, "1")).len(), 1);
+    bob.send(&format!("ACK {id} unreadable"));
+    assert_eq!(
+        alice.recv(),
+        status("lost", DeliveryState::Unreadable, "bob")
+    );
+    assert!(mail(&lines_until_pong(&mut bob, "2")).is_empty());
+    drop(bob);
+    let mut bob = mailbox_login(|| server.connect(), "bob");
+    assert!(
+        mail(&lines_until_pong(&mut bob, "3")).is_empty(),
+        "not replayed"
+    );
+    assert_eq!(
+        alice.request("SEND bob lost RATCHET garbled"),
+        status("lost", DeliveryState::Unreadable, "bob")
+    );
+    drop(alice);
+    let mut alice = mailbox_login(|| server.connect(), "alice");
+    assert_eq!(
+        lines_until_pong(&mut alice, "4"),
+        [status("lost", DeliveryState::Unreadable, "bob")]
+    );
+}

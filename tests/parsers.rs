@@ -229,6 +229,7 @@ fn delivery_state() -> impl Strategy<Value = DeliveryState> {
         any::<u64>().prop_map(|id| DeliveryState::Queued { id }),
         Just(DeliveryState::Delivered),
         Just(DeliveryState::Expired),
+        Just(DeliveryState::Unreadable),
         prop::sample::select(Refusal::ALL.to_vec()).prop_map(DeliveryState::Refused),
     ]
 }
@@ -341,7 +342,10 @@ proptest! {
             },
             12 => Request::Bundle { user: &a },
             13 => Request::Send { to: &a, reference: &reference, payload: &tail },
-            14 => Request::Ack { id },
+            14 => Request::Ack {
+                id,
+                unreadable: id % 2 == 0,
+            },
             15 => Request::AckStatus { reference: &reference },
             _ => Request::GetKey { user: &a },
         };

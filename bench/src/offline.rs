@@ -446,7 +446,16 @@ fn drain(
                 if !payload.starts_with(&own) {
                     d.foreign += 1;
                 }
-                acks.extend_from_slice(format!("{}\n", Request::Ack { id }).as_bytes());
+                acks.extend_from_slice(
+                    format!(
+                        "{}\n",
+                        Request::Ack {
+                            id,
+                            unreadable: false,
+                        }
+                    )
+                    .as_bytes(),
+                );
             }
             Ok(ServerLine::Ok { .. }) if line.starts_with("OK LOGIN") => {
                 logged_in = true;

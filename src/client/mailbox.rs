@@ -214,6 +214,15 @@ impl Mailbox {
         self.sessions.contains_key(peer)
     }
 
+    /// Forgets my session with `peer` (their client could not read what it sealed): the next
+    /// message to them starts a new one from their prekeys.
+    pub fn forget_session(&mut self, peer: &str) -> Result<(), E2eError> {
+        if self.sessions.remove(peer).is_some() {
+            self.save()?;
+        }
+        Ok(())
+    }
+
     /// Starts a session with `peer` from their `bundle` (checked against `pinned`, their pinned
     /// identity key) and seals `text` as its first message: an `X3DH` payload.
     pub fn seal_first(

@@ -21,7 +21,7 @@
 //!   every login; one already processed is only acknowledged again.
 //! * Each final `STATUS` (delivered, expired, refused) is shown, then acknowledged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -85,6 +85,14 @@ struct Starting {
     bundle: Option<PrekeyBundle>,
 }
 
+/// One of my messages waiting for its final state.
+struct Sending {
+    /// What the user typed.
+    text: String,
+    /// Already a second try after an `unreadable`: not sent again.
+    retry: bool,
+}
+
 /// A `MAIL` waiting for its sender's identity key.
 struct Held {
     /// The server's id.
@@ -114,8 +122,12 @@ pub struct Offline {
     /// Mail from strangers waiting for `/accept`, per sender, in the order received (this
     /// connection only: it was not acknowledged, so the server sends it again).
     requests: HashMap<String, Vec<Held>>,
-    /// The start of each unresolved message's text, by ref (this run only).
-    previews: HashMap<String, String>,
+    /// Each unresolved message's text, by ref (this run only, never on disk): shown with its
+    /// state, and sent again once in a new session if the recipient could not read it.
+    texts: HashMap<String, Sending>,
+    /// Texts being sent again after an `unreadable` (peer, text): their new refs get no
+    /// second try.
+    retrying: HashSet<(String, String)>,
 }
 
 impl Offline {
@@ -129,7 +141,8 @@ impl Offline {
             starting: HashMap::new(),
             held: HashMap::new(),
             requests: HashMap::new(),
-            previews: HashMap::new(),
+            texts: HashMap::new(),
+            retrying: HashSet::new(),
         }
     }
 
@@ -389,9 +402,13 @@ impl Offline {
             Ok(reference) => reference,
             Err(e) => return vec![warn(&format!("{to}: message not sent: {e}"))],
         };
-        self.previews.insert(
+        let retry = self.retrying.remove(&(to.to_owned(), text.clone()));
+        self.texts.insert(
             reference.clone(),
-            text.chars().take(PREVIEW_CHARS).collect(),
+            Sending {
+                text: text.clone(),
+                retry,
+            },
         );
         let frame = Request::Send {
             to,
@@ -420,7 +437,13 @@ impl Offline {
                 "{user}: a message they sent while you were offline cannot be read: their \
                  identity key is not usable ({reason}); it was discarded"
             )));
-            steps.push(Step::Frame(Request::Ack { id: held.id }.to_string()));
+            steps.push(Step::Frame(
+                Request::Ack {
+                    id: held.id,
+                    unreadable: true,
+                }
+                .to_string(),
+            ));
         }
         steps
     }
@@ -435,7 +458,13 @@ impl Offline {
         secure: &EndToEnd,
     ) -> Vec<Step> {
         if self.mailbox.is_processed(id) {
-            return vec![Step::Frame(Request::Ack { id }.to_string())];
+            return vec![Step::Frame(
+                Request::Ack {
+                    id,
+                    unreadable: false,
+                }
+                .to_string(),
+            )];
         }
         let held = Held { id, time, payload };
         if secure.is_stranger(sender) && !self.starting.contains_key(sender) {
@@ -491,7 +520,15 @@ impl Offline {
         key: IdentityPublicKey,
         trust: Trust,
     ) -> Vec<Step> {
-        let ack = Step::Frame(Request::Ack { id: held.id }.to_string());
+        let ack = |unreadable| {
+            Step::Frame(
+                Request::Ack {
+                    id: held.id,
+                    unreadable,
+                }
+                .to_string(),
+            )
+        };
         match self.mailbox.open(held.id, sender, key, &held.payload) {
             Ok(Ok(text)) => vec![
                 Step::Received {
@@ -500,15 +537,15 @@ impl Offline {
                     trust,
                     time: held.time,
                 },
-                ack,
+                ack(false),
             ],
             Ok(Err(e)) => vec![
                 warn(&format!(
                     "{sender}: a message they sent while you were offline could not be read: \
-                     {e}. It was discarded; ask {sender} to send it again (a new offline \
-                     session starts when you next write to them)"
+                     {e}. {sender}'s client is told, and sends it again in a new session if it \
+                     still has the text"
                 )),
-                ack,
+                ack(true),
             ],
             Err(e) => vec![warn(&format!(
                 "{sender}: a message they sent while you were offline was not acknowledged, \
@@ -532,9 +569,15 @@ impl Offline {
                 format!("refused: quota ({user}'s offline queue is full), NOT delivered")
             }
             DeliveryState::Refused(reason) => format!("refused: {}", reason.as_str()),
+            DeliveryState::Unreadable => {
+                format!("NOT readable by {user}'s client (it lost or damaged its offline session)")
+            }
         };
-        let shown = match self.previews.get(reference) {
-            Some(preview) => format!("{words} (\"{preview}\")"),
+        let shown = match self.texts.get(reference) {
+            Some(sending) => {
+                let preview: String = sending.text.chars().take(PREVIEW_CHARS).collect();
+                format!("{words} (\"{preview}\")")
+            }
             None => words,
         };
         let mut steps = vec![Step::Delivery {
@@ -546,11 +589,42 @@ impl Offline {
                 steps.push(warn(&e.to_string()));
             }
         } else {
-            self.previews.remove(reference);
+            let sending = self.texts.remove(reference);
             if let Err(e) = self.mailbox.resolved(reference) {
                 steps.push(warn(&e.to_string()));
             }
             steps.push(Step::Frame(Request::AckStatus { reference }.to_string()));
+            if state == DeliveryState::Unreadable {
+                steps.extend(self.send_again(user, sending));
+            }
+        }
+        steps
+    }
+
+    /// `user`'s client could not read a message of ours: our session with them is
+    /// forgotten, and the text (if this run still has it) goes again, once, in a new session
+    /// from their prekeys.
+    fn send_again(&mut self, user: &str, sending: Option<Sending>) -> Vec<Step> {
+        let mut steps = Vec::new();
+        if let Err(e) = self.mailbox.forget_session(user) {
+            steps.push(warn(&e.to_string()));
+        }
+        match sending {
+            Some(Sending { text, retry: false }) => {
+                steps.push(info(&format!(
+                    "{user}: sending it again in a new end-to-end session"
+                )));
+                self.retrying.insert((user.to_owned(), text.clone()));
+                steps.extend(self.send(user, vec![text]));
+            }
+            Some(Sending { retry: true, .. }) => steps.push(warn(&format!(
+                "{user}: their client could not read it a second time, in a new session; it is \
+                 not sent again. Ask {user} whether their client lost its keys"
+            ))),
+            None => steps.push(warn(&format!(
+                "{user}: this client no longer has the text (it was restarted since); send it \
+                 again if it matters. The next message starts a new session"
+            ))),
         }
         steps
     }
@@ -868,6 +942,82 @@ mod tests {
         ));
         assert_eq!(secure.waiting(), 2, "held, not dropped");
         assert_eq!(secure.trust_words("bob"), "KEY CHANGED");
+    }
+
+    /// The single `SEND` among `steps`: (ref, payload).
+    fn one_send(steps: &[Step]) -> (String, String) {
+        let sent: Vec<(String, String)> = frames(steps)
+            .iter()
+            .filter_map(|frame| match Request::parse(frame) {
+                Ok(Request::Send {
+                    reference, payload, ..
+                }) => Some((reference.to_owned(), payload.to_owned())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent.len(), 1, "{steps:?}");
+        sent[0].clone()
+    }
+
+    #[test]
+    fn a_message_the_recipient_cannot_read_is_sent_again_once_in_a_new_session() {
+        let (alice, bob) = (Client::new("alice", 1), Client::new("bob", 2));
+        let (bob_offline, _) = bob.start();
+        let record = BASE64.encode(bob_offline.mailbox.bundle_record().to_bytes());
+        let bob_key = bob.identity().public_key().to_base64();
+        let (mut offline, mut secure) = alice.start();
+        let mut start = |offline: &mut Offline, text: &str| {
+            let asked = frames(&offline.send("bob", vec![text.to_owned()]));
+            assert_eq!(asked, ["GETKEY bob", "BUNDLE bob"]);
+            let mut steps = offline.key_arrived("bob", &bob_key, &mut secure);
+            steps.extend(offline.bundle_arrived("bob", &record, None));
+            one_send(&steps)
+        };
+        let (first_ref, first) = start(&mut offline, "please read me");
+        assert!(first.starts_with("X3DH "));
+
+        // Bob's client lost its state: a fresh mailbox cannot open the message. It says so
+        // and acknowledges it as unreadable, so it does not come back.
+        std::fs::remove_file(bob.dir.path().join(MAILBOX_FILE)).expect("lose bob's state");
+        let (mut bob_offline, mut bob_secure) = bob.start();
+        bob_secure
+            .offline_key("alice", &alice.identity().public_key(), &mut Vec::new())
+            .expect("pin alice");
+        let steps = bob_offline.mail(7, "alice", 1_800_000_000, first, &bob_secure);
+        assert_eq!(frames(&steps), ["ACK 7 unreadable"], "{steps:?}");
+
+        // Alice is told, forgets her session, and sends the text again from bob's prekeys.
+        let steps = offline.status(&first_ref, DeliveryState::Unreadable, "bob");
+        assert_eq!(
+            frames(&steps),
+            [
+                format!("ACKSTATUS {first_ref}"),
+                "GETKEY bob".to_owned(),
+                "BUNDLE bob".to_owned()
+            ]
+        );
+        assert!(
+            !offline.mailbox.has_session("bob"),
+            "the session is forgotten"
+        );
+        let mut steps = offline.key_arrived("bob", &bob_key, &mut secure);
+        let record = BASE64.encode(bob_offline.mailbox.bundle_record().to_bytes());
+        steps.extend(offline.bundle_arrived("bob", &record, None));
+        let (second_ref, second) = one_send(&steps);
+        assert_ne!(second_ref, first_ref);
+        let opened = bob_offline.mail(8, "alice", 1_800_000_001, second, &bob_secure);
+        assert!(
+            opened.iter().any(|step| matches!(
+                step,
+                Step::Received { text, .. } if text == "please read me"
+            )),
+            "{opened:?}"
+        );
+        assert_eq!(frames(&opened), ["ACK 8"]);
+
+        // Had the second try failed too, nothing would be sent a third time.
+        let steps = offline.status(&second_ref, DeliveryState::Unreadable, "bob");
+        assert_eq!(frames(&steps), [format!("ACKSTATUS {second_ref}")]);
     }
 
     #[test]

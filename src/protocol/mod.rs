@@ -97,10 +97,15 @@ pub enum Request<'a> {
         /// Opaque to the server, to the end of the line.
         payload: &'a str,
     },
-    /// `ACK <id>`: the recipient has durably processed `MAIL <id>`; the server forgets it.
+    /// `ACK <id> [unreadable]`: the recipient has durably processed `MAIL <id>`; the server
+    /// forgets it and tells the sender `delivered`, or `unreadable` when the recipient's
+    /// client could not open it (so the sender's client can start a new session and send it
+    /// again).
     Ack {
         /// The server's message id, from the `MAIL` line.
         id: u64,
+        /// The recipient's client could not open it.
+        unreadable: bool,
     },
     /// `ACKSTATUS <ref>`: the sender has seen the stored `STATUS` lines for `ref`; the server
     /// forgets them.
@@ -238,6 +243,9 @@ pub enum DeliveryState {
     Delivered,
     /// `expired`: its time to live passed before the recipient acknowledged it.
     Expired,
+    /// `unreadable`: the recipient's client received it but could not open it (it lost or
+    /// damaged its offline session, or the payload was not the sender's).
+    Unreadable,
     /// `refused <reason>`: nothing was stored.
     Refused(Refusal),
 }
@@ -396,15 +404,30 @@ impl<'a> Request<'a> {
                     payload,
                 }
             }
-            Command::Ack => Request::Ack {
-                id: one_word(rest, "the message id")?.parse().map_err(|_| {
-                    ProtocolError::new(
-                        command,
-                        ErrorCode::BadFrame,
-                        format!("usage: {}; the id is not a number", command.usage()),
-                    )
-                })?,
-            },
+            Command::Ack => {
+                let (id, flag) = split_word(rest);
+                let unreadable = match flag {
+                    "" => false,
+                    "unreadable" => true,
+                    _ => {
+                        return Err(ProtocolError::new(
+                            command,
+                            ErrorCode::BadFrame,
+                            format!("usage: {}; unexpected text after the id", command.usage()),
+                        ))
+                    }
+                };
+                Request::Ack {
+                    id: one_word(id, "the message id")?.parse().map_err(|_| {
+                        ProtocolError::new(
+                            command,
+                            ErrorCode::BadFrame,
+                            format!("usage: {}; the id is not a number", command.usage()),
+                        )
+                    })?,
+                    unreadable,
+                }
+            }
             Command::AckStatus => {
                 let reference = one_word(rest, "the reference")?;
                 if !valid_reference(reference) {
@@ -464,7 +487,14 @@ impl fmt::Display for Request<'_> {
                 reference,
                 payload,
             } => write!(f, "{verb} {to} {reference} {payload}"),
-            Request::Ack { id } => write!(f, "{verb} {id}"),
+            Request::Ack {
+                id,
+                unreadable: false,
+            } => write!(f, "{verb} {id}"),
+            Request::Ack {
+                id,
+                unreadable: true,
+            } => write!(f, "{verb} {id} unreadable"),
             Request::AckStatus { reference } => write!(f, "{verb} {reference}"),
         }
     }
@@ -572,7 +602,7 @@ impl Command {
             Command::AddPrekeys => "ADDPREKEYS <id>:<base64 key> [<id>:<base64 key> ...]",
             Command::Bundle => "BUNDLE <user>",
             Command::Send => "SEND <user> <ref> <payload>",
-            Command::Ack => "ACK <id>",
+            Command::Ack => "ACK <id> [unreadable]",
             Command::AckStatus => "ACKSTATUS <ref>",
         }
     }
@@ -1014,6 +1044,7 @@ impl ServerLine {
                     // A detail the spec does not define for these states is ignored.
                     ("delivered", _) => DeliveryState::Delivered,
                     ("expired", _) => DeliveryState::Expired,
+                    ("unreadable", _) => DeliveryState::Unreadable,
                     ("refused", Some(reason)) => {
                         DeliveryState::Refused(Refusal::from_wire(reason).ok_or_else(|| {
                             BadServerLine::new(line, "STATUS refused for an unknown reason")
@@ -1099,6 +1130,7 @@ impl ServerLine {
                     DeliveryState::Queued { id } => ("queued", id.to_string()),
                     DeliveryState::Delivered => ("delivered", String::new()),
                     DeliveryState::Expired => ("expired", String::new()),
+                    DeliveryState::Unreadable => ("unreadable", String::new()),
                     DeliveryState::Refused(reason) => ("refused", reason.as_str().to_owned()),
                 };
                 write_words(&mut out, &["STATUS", reference, state, user, &detail]);
@@ -1317,7 +1349,21 @@ mod tests {
                 payload: "RATCHET a b"
             })
         );
-        assert_eq!(Request::parse("ACK 42"), Ok(Request::Ack { id: 42 }));
+        assert_eq!(
+            Request::parse("ACK 42"),
+            Ok(Request::Ack {
+                id: 42,
+                unreadable: false
+            })
+        );
+        assert_eq!(
+            Request::parse("ACK 42 unreadable"),
+            Ok(Request::Ack {
+                id: 42,
+                unreadable: true
+            })
+        );
+        assert!(Request::parse("ACK 42 unread").is_err());
         assert_eq!(
             Request::parse("ACKSTATUS r1"),
             Ok(Request::AckStatus { reference: "r1" })

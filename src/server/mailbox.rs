@@ -121,6 +121,7 @@ pub(super) fn final_state(outcome: Outcome) -> DeliveryState {
     match outcome {
         Outcome::Delivered => DeliveryState::Delivered,
         Outcome::Expired => DeliveryState::Expired,
+        Outcome::Unreadable => DeliveryState::Unreadable,
     }
 }
 

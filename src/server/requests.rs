@@ -19,7 +19,7 @@ use super::history::unix_now;
 use super::mailbox::{self, Notice, BUNDLE_FETCHES_PER_MINUTE, PREKEY_REFILL_MARK};
 use super::outbox::{Line, Outbox};
 use super::router::{room_line, ConnId, Direct, Event, Routed};
-use super::store::{BundleLookup, Enqueued, KeyLookup, Quota, Store, StoredMail};
+use super::store::{BundleLookup, Enqueued, KeyLookup, Outcome, Quota, Store, StoredMail};
 use super::throttle::AddressPrefix;
 use crate::protocol::frame::{FrameError, LineBuffer};
 use crate::protocol::name::{is_canonical_username, normalize_username, UserName};
@@ -425,7 +425,7 @@ impl RequestHandler {
                 reference,
                 payload,
             } => return self.send_mail(user, to, reference, payload),
-            Request::Ack { id } => self.ack(user, id),
+            Request::Ack { id, unreadable } => self.ack(user, id, unreadable),
             Request::AckStatus { reference } => {
                 if let Err(e) = self.store().delete_receipts(user, reference) {
                     log::error!("conn#{}: receipts not deleted: {e}", self.id);
@@ -585,8 +585,13 @@ impl RequestHandler {
 
     /// `ACK`: deletes the message and records its receipt (one transaction), then hands
     /// the router the sender's `STATUS … delivered`. No reply, whatever happened.
-    fn ack(&mut self, user: &UserName, id: u64) {
-        match self.store().ack(user, id, unix_now()) {
+    fn ack(&mut self, user: &UserName, id: u64, unreadable: bool) {
+        let outcome = if unreadable {
+            Outcome::Unreadable
+        } else {
+            Outcome::Delivered
+        };
+        match self.store().ack(user, id, outcome, unix_now()) {
             Ok(Some(receipt)) => {
                 if let Some(notice) = Notice::receipt(&receipt) {
                     self.route(Routed::Notice(notice));

@@ -115,6 +115,8 @@ pub(in crate::server) enum Outcome {
     Delivered,
     /// Its time to live passed first.
     Expired,
+    /// The recipient's client acknowledged it as one it could not open.
+    Unreadable,
 }
 
 impl Outcome {
@@ -122,6 +124,7 @@ impl Outcome {
         match self {
             Outcome::Delivered => "delivered",
             Outcome::Expired => "expired",
+            Outcome::Unreadable => "unreadable",
         }
     }
 
@@ -129,6 +132,7 @@ impl Outcome {
     fn from_stored(state: &str) -> Outcome {
         match state {
             "delivered" => Outcome::Delivered,
+            "unreadable" => Outcome::Unreadable,
             _ => Outcome::Expired,
         }
     }
@@ -336,6 +340,7 @@ impl Store {
         &self,
         recipient: &UserName,
         id: u64,
+        outcome: Outcome,
         now: u64,
     ) -> Result<Option<Receipt>> {
         self.with_connection(|conn| {
@@ -353,7 +358,7 @@ impl Store {
                     sender,
                     reference,
                     recipient.to_string(),
-                    Outcome::Delivered,
+                    outcome,
                     now,
                 )?),
                 None => None,
@@ -644,8 +649,14 @@ mod tests {
             Enqueued::NoSuchUser
         );
         // Someone else's ACK does nothing.
-        assert_eq!(store.ack(&alice, first, 300).unwrap(), None);
-        let receipt = store.ack(&bob, first, 300).unwrap().unwrap();
+        assert_eq!(
+            store.ack(&alice, first, Outcome::Delivered, 300).unwrap(),
+            None
+        );
+        let receipt = store
+            .ack(&bob, first, Outcome::Delivered, 300)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (
                 receipt.sender.as_str(),
@@ -654,7 +665,11 @@ mod tests {
             ),
             ("alice", "r1", Outcome::Delivered)
         );
-        assert_eq!(store.ack(&bob, first, 300).unwrap(), None, "idempotent");
+        assert_eq!(
+            store.ack(&bob, first, Outcome::Delivered, 300).unwrap(),
+            None,
+            "idempotent"
+        );
         // Expiry: only what is at least ttl old.
         assert!(store.expire(250, 100).unwrap().is_empty());
         let expired = store.expire(300, 100).unwrap();
@@ -696,7 +711,10 @@ mod tests {
             Enqueued::AlreadyQueued(id)
         );
         assert_eq!(store.backlog(&bob).unwrap().mail.len(), 1, "stored once");
-        assert!(store.ack(&bob, id, 3).unwrap().is_some());
+        assert!(store
+            .ack(&bob, id, Outcome::Delivered, 3)
+            .unwrap()
+            .is_some());
         assert_eq!(
             store.enqueue(&alice, "bob", "r1", "one", 4, quota).unwrap(),
             Enqueued::Resolved(Outcome::Delivered)
