@@ -66,6 +66,15 @@ impl Telling {
             .push_str(&format!("{name} = {}  # {meaning}\n", hex(bytes)));
     }
 
+    /// A throwaway key pair: its exponent `secret` and `public = g^secret mod p`, both shown,
+    /// and the script's check that one is `g` to the other.
+    fn pair(&mut self, names: (&str, &str), pair: &Pair, meanings: (&str, &str)) {
+        let (secret, public) = names;
+        self.value(secret, pair.secret.exponent_bytes(), meanings.0);
+        self.value(public, &pair.public.to_bytes(), meanings.1);
+        self.check(&format!("assert pow(g, {secret}, p) == {public}"));
+    }
+
     /// A line of Python only (an `assert`).
     fn check(&mut self, python: &str) {
         self.script.push_str(python);
@@ -216,55 +225,40 @@ pub fn practice_offline_session(group: Group) -> Result<OfflinePractice, E2eErro
         "1. bob published a prekey bundle: IK_B (identity DH key) and SPK_B (signed prekey), \
          each signed with his Ed25519 key, and one one-time prekey OPK_B.",
     );
-    t.value(
-        "ik_b",
-        ik_b.secret.exponent_bytes(),
-        "bob's identity DH secret",
+    t.pair(
+        ("ik_b", "IK_B"),
+        &ik_b,
+        ("bob's identity DH secret", "IK_B = g^ik_b mod p"),
     );
-    t.value("IK_B", &ik_b.public.to_bytes(), "IK_B = g^ik_b mod p");
-    t.value(
-        "spk_b",
-        spk_b.secret.exponent_bytes(),
-        "bob's signed prekey secret",
+    t.pair(
+        ("spk_b", "SPK_B"),
+        &spk_b,
+        ("bob's signed prekey secret", "SPK_B = g^spk_b mod p"),
     );
-    t.value("SPK_B", &spk_b.public.to_bytes(), "SPK_B = g^spk_b mod p");
-    t.value(
-        "opk_b",
-        opk_b.secret.exponent_bytes(),
-        "bob's one-time prekey secret",
+    t.pair(
+        ("opk_b", "OPK_B"),
+        &opk_b,
+        ("bob's one-time prekey secret", "OPK_B = g^opk_b mod p"),
     );
-    t.value("OPK_B", &opk_b.public.to_bytes(), "OPK_B = g^opk_b mod p");
     t.say(&format!(
         "2. alice fetched the bundle and checked both signatures with bob's Ed25519 key {} \
          (in a real session, the key her client pinned for him), and every value (1 < Y < p-1, in the order-q subgroup). Had the server no OPK_B left, \
          the agreement would use DH1..DH3 only.",
         bob.public_key().fingerprint()
     ));
-    t.value(
-        "ik_a",
-        ik_a.secret.exponent_bytes(),
-        "alice's identity DH secret",
-    );
-    t.value("IK_A", &ik_a.public.to_bytes(), "IK_A = g^ik_a mod p");
-    t.value(
-        "ek_a",
-        ek_a.secret.exponent_bytes(),
-        "alice's ephemeral secret, for this session only",
-    );
-    t.value(
-        "EK_A",
-        &ek_a.public.to_bytes(),
-        "EK_A = g^ek_a mod p, sent in the first message",
-    );
-    for (name, public) in [
-        ("ik_b", "IK_B"),
-        ("spk_b", "SPK_B"),
-        ("opk_b", "OPK_B"),
+    t.pair(
         ("ik_a", "IK_A"),
+        &ik_a,
+        ("alice's identity DH secret", "IK_A = g^ik_a mod p"),
+    );
+    t.pair(
         ("ek_a", "EK_A"),
-    ] {
-        t.check(&format!("assert pow(g, {name}, p) == {public}"));
-    }
+        &ek_a,
+        (
+            "alice's ephemeral secret, for this session only",
+            "EK_A = g^ek_a mod p, sent in the first message",
+        ),
+    );
     t.say(
         "3. Four Diffie-Hellman values; alice computes each with her secret, bob with his, \
          and both get the same numbers.",
@@ -322,20 +316,17 @@ pub fn practice_offline_session(group: Group) -> Result<OfflinePractice, E2eErro
          SK, info = \"{root_info}\") gives the root key RK1 and her sending chain key CK_A; \
          KDF_CK gives the first message key MK_A0 = HMAC(CK_A, 0x01)."
     ));
-    t.value(
-        "ratchet_a",
-        ratchet_a.secret.exponent_bytes(),
-        "alice's ratchet secret",
-    );
-    t.value(
-        "Y_A",
-        &ratchet_a.public.to_bytes(),
-        "Y_A = g^ratchet_a mod p, in every header she sends",
+    t.pair(
+        ("ratchet_a", "Y_A"),
+        &ratchet_a,
+        (
+            "alice's ratchet secret",
+            "Y_A = g^ratchet_a mod p, in every header she sends",
+        ),
     );
     t.value("RK1", &root_1.0, "root key after the first step");
     t.value("CK_A", &chain_a.0, "alice's sending chain key");
     t.value("MK_A0", &message_key_a.0, "the key of message 0");
-    t.check("assert pow(g, ratchet_a, p) == Y_A");
     t.check(&format!(
         "out = hkdf(b(SK, 32), b(pow(SPK_B, ratchet_a, p)), b'{root_info}', 64)\n\
          assert out == hkdf(b(SK, 32), b(pow(Y_A, spk_b, p)), b'{root_info}', 64)  # bob's side\n\
@@ -352,15 +343,13 @@ pub fn practice_offline_session(group: Group) -> Result<OfflinePractice, E2eErro
         "7. bob replies: a Diffie-Hellman ratchet step. A fresh ratchet key pair, and \
          KDF_RK(RK1, DH(ratchet_b, Y_A)) gives the new root key RK2 and his sending chain CK_B.",
     );
-    t.value(
-        "ratchet_b",
-        ratchet_b.secret.exponent_bytes(),
-        "bob's fresh ratchet secret",
-    );
-    t.value(
-        "Y_B",
-        &ratchet_b.public.to_bytes(),
-        "Y_B = g^ratchet_b mod p, in his reply's header",
+    t.pair(
+        ("ratchet_b", "Y_B"),
+        &ratchet_b,
+        (
+            "bob's fresh ratchet secret",
+            "Y_B = g^ratchet_b mod p, in his reply's header",
+        ),
     );
     t.value(
         "RK2",
@@ -369,7 +358,6 @@ pub fn practice_offline_session(group: Group) -> Result<OfflinePractice, E2eErro
     );
     t.value("CK_B", &chain_b.0, "bob's sending chain key");
     t.value("MK_B0", &message_key_b.0, "the key of his reply");
-    t.check("assert pow(g, ratchet_b, p) == Y_B");
     t.check(&format!(
         "out = hkdf(b(RK1, 32), b(pow(Y_A, ratchet_b, p)), b'{root_info}', 64)\n\
          assert out == hkdf(b(RK1, 32), b(pow(Y_B, ratchet_a, p)), b'{root_info}', 64)  # alice's side\n\
