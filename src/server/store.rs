@@ -39,6 +39,20 @@ use crate::sync;
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "securechat.db";
 
+/// The schema of version 1 (accounts), run by `migrate` for a new database. Frozen: a
+/// change is a new version with its own step.
+const SCHEMA_V1: &str = "
+    CREATE TABLE IF NOT EXISTS accounts (
+        id             INTEGER PRIMARY KEY,
+        username       TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        password_hash  TEXT NOT NULL,
+        identity_key   TEXT,
+        created_at     INTEGER NOT NULL,
+        last_login_at  INTEGER,
+        key_updated_at INTEGER
+    );
+";
+
 /// Schema version stored in `PRAGMA user_version`; bump with a migration step.
 const SCHEMA_VERSION: i64 = 3;
 
@@ -360,20 +374,9 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         )));
     }
     if version < 1 {
-        conn.execute_batch(
-            "BEGIN;
-             CREATE TABLE IF NOT EXISTS accounts (
-                 id             INTEGER PRIMARY KEY,
-                 username       TEXT NOT NULL UNIQUE COLLATE NOCASE,
-                 password_hash  TEXT NOT NULL,
-                 identity_key   TEXT,
-                 created_at     INTEGER NOT NULL,
-                 last_login_at  INTEGER,
-                 key_updated_at INTEGER
-             );
-             PRAGMA user_version = 1;
-             COMMIT;",
-        )?;
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
+        ))?;
     }
     if version < 2 {
         // The last room lines (the server keeps `--room-history` of them).
@@ -500,20 +503,12 @@ mod tests {
         {
             // The schema as version 1 of the server created it, with one account.
             let old = Connection::open(&path).unwrap();
-            old.execute_batch(
-                "CREATE TABLE accounts (
-                     id             INTEGER PRIMARY KEY,
-                     username       TEXT NOT NULL UNIQUE COLLATE NOCASE,
-                     password_hash  TEXT NOT NULL,
-                     identity_key   TEXT,
-                     created_at     INTEGER NOT NULL,
-                     last_login_at  INTEGER,
-                     key_updated_at INTEGER
-                 );
+            old.execute_batch(&format!(
+                "{SCHEMA_V1}
                  INSERT INTO accounts (username, password_hash, identity_key, created_at)
                      VALUES ('alice', 'old-hash', 'old-key', 1);
-                 PRAGMA user_version = 1;",
-            )
+                 PRAGMA user_version = 1;"
+            ))
             .unwrap();
         }
         let store = Store::open(&data).unwrap();
