@@ -808,6 +808,10 @@ mod tests {
         let count: usize = added.iter().map(|f| f.split(' ').count() - 1).sum();
         assert_eq!(count, ONE_TIME_PREKEY_TARGET);
         assert!(bob_offline.prekeys(60, 4096).is_empty());
+        // However large the frame limit, one step makes at most REFILL_STEP keys.
+        let step = frames(&bob_offline.prekeys_added(0, 1 << 20));
+        assert_eq!(step.len(), 1);
+        assert_eq!(step[0].split(' ').count() - 1, REFILL_STEP);
 
         // Alice writes three messages while Bob is offline.
         let (mut offline, mut secure) = alice.start();
