@@ -613,3 +613,31 @@ fn a_message_acknowledged_as_unreadable_tells_its_sender_so() {
         [status("lost", DeliveryState::Unreadable, "bob")]
     );
 }
+
+/// The size bounds on what a client may store: a prekey record of at most 4,096 bytes and
+/// one-time prekeys of at most 512, each as base64; anything else is `bad-key` and nothing
+/// of the frame is stored.
+#[test]
+fn prekey_records_and_one_time_prekeys_are_bounded_in_size() {
+    use base64::Engine as _;
+    let b64 = |len: usize| base64::engine::general_purpose::STANDARD.encode(vec![7u8; len]);
+    let server = TestServer::start();
+    server.connect().register_ok("bob");
+    let mut bob = mailbox_login(|| server.connect(), "bob");
+    assert_eq!(
+        bob.request(&format!("SETPREKEY {}", b64(4096))),
+        ok("SETPREKEY", "")
+    );
+    for bad in [b64(4097), "not*base64".to_owned()] {
+        let reply = bob.request(&format!("SETPREKEY {bad}"));
+        assert_eq!(err_code(&reply).0, "SETPREKEY");
+        assert_eq!(err_code(&reply).1, "bad-key");
+    }
+    let reply = bob.request(&format!("ADDPREKEYS 1:{} 2:{}", b64(512), b64(513)));
+    assert_eq!(err_code(&reply).1, "bad-key");
+    assert_eq!(
+        bob.request(&format!("ADDPREKEYS 1:{}", b64(512))),
+        ok("ADDPREKEYS", "1"),
+        "nothing of the refused frame was stored"
+    );
+}
