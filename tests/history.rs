@@ -289,3 +289,20 @@ fn a_version_1_database_is_upgraded_at_start_and_its_accounts_still_log_in() {
         "upgraded through every step, to the mailbox's schema"
     );
 }
+
+/// `--room-history` is capped at `MAX_ROOM_HISTORY` (the router keeps that many lines in
+/// memory): a larger value is refused at start with a message naming the flag.
+#[test]
+fn a_room_history_over_the_cap_is_refused_at_start() {
+    let too_many = (securechat::server::MAX_ROOM_HISTORY + 1).to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--room-history", &too_many])
+        .output()
+        .expect("run the server");
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("--room-history") && said.contains(&too_many),
+        "{said}"
+    );
+}
