@@ -1201,7 +1201,8 @@ fn info(text: &str) -> Action {
     Action::Show(Notice::Info(text.to_owned()))
 }
 
-fn warn(text: &str) -> Action {
+/// A warning to show (offline delivery's key checks use it too).
+pub(super) fn warn(text: &str) -> Action {
     Action::Show(Notice::Warning(text.to_owned()))
 }
 

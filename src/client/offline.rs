@@ -26,7 +26,7 @@ use std::collections::{HashMap, HashSet};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
-use crate::client::end_to_end::{Action, EndToEnd, Notice};
+use crate::client::end_to_end::{self, Action, EndToEnd, Notice};
 use crate::client::mailbox::{Mailbox, REFILL_BELOW};
 use crate::e2e::{E2eError, IdentityPublicKey, PrekeyBundle, Trust};
 use crate::protocol::{DeliveryState, MailboxLimits, OneTimePrekey, PrekeyList, Refusal, Request};
@@ -270,7 +270,7 @@ impl Offline {
             .map_or(&mut no_texts, |starting| &mut starting.texts);
         let checked = IdentityPublicKey::from_base64(key)
             .map_err(|e| {
-                vec![warning_action(&format!(
+                vec![end_to_end::warn(&format!(
                     "{user}: unusable key from the server: {e}"
                 ))]
             })
@@ -704,10 +704,6 @@ fn info(text: &str) -> Step {
 
 fn warn(text: &str) -> Step {
     Step::Show(Notice::Warning(text.to_owned()))
-}
-
-fn warning_action(text: &str) -> Action {
-    Action::Show(Notice::Warning(text.to_owned()))
 }
 
 #[cfg(test)]
