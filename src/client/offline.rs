@@ -425,6 +425,7 @@ impl Offline {
 
     /// Drops what waited for `user` (a first message, held mail) and says so.
     fn give_up(&mut self, user: &str, reason: &str) -> Vec<Step> {
+        self.retrying.retain(|(peer, _)| peer != user);
         let mut steps = Vec::new();
         if let Some(waiting) = self.starting.remove(user).filter(|w| !w.texts.is_empty()) {
             steps.push(warn(&format!(
