@@ -71,6 +71,29 @@ pub(super) mod tests {
         BigUint::parse_bytes(digits.as_bytes(), 16).unwrap()
     }
 
+    /// Runs `script` with python3: every assert in it must pass. python3 is part of the
+    /// test environment (CI's TLS scan needs it too): a machine without it fails here
+    /// rather than skipping the check.
+    pub(in crate::e2e) fn passes_in_python(script: &str) {
+        let run = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("python3 runs the script (install python3 to run this test)");
+        let said = String::from_utf8_lossy(&run.stdout);
+        assert!(
+            run.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(said.contains("all checks passed"), "{said}");
+    }
+
+    #[test]
+    fn the_script_passes_in_python() {
+        passes_in_python(&practice_exchange(Group::Ffdhe2048).expect("practice"));
+    }
+
     #[test]
     fn the_practice_values_satisfy_every_equation_the_script_checks() {
         for group in [Group::Ffdhe2048, Group::Ffdhe3072] {
