@@ -258,7 +258,7 @@ fn an_expired_message_becomes_an_expired_receipt_and_is_not_delivered() {
 
 /// `owner` stores a record and `n` one-time prekeys (ids 1..=n).
 fn publish_prekeys(client: &mut TestClient, n: u32) {
-    assert_eq!(client.request("SETPREKEY UkVDT1JE"), ok("SETPREKEY", ""));
+    assert_eq!(client.request("SETPREKEY UkVDT1JE"), ok("SETPREKEY", "0"));
     let items: Vec<String> = (1..=n).map(|i| format!("{i}:T1BL{i:04}")).collect();
     assert_eq!(
         client.request(&format!("ADDPREKEYS {}", items.join(" "))),
@@ -626,7 +626,7 @@ fn prekey_records_and_one_time_prekeys_are_bounded_in_size() {
     let mut bob = mailbox_login(|| server.connect(), "bob");
     assert_eq!(
         bob.request(&format!("SETPREKEY {}", b64(4096))),
-        ok("SETPREKEY", "")
+        ok("SETPREKEY", "0")
     );
     for bad in [b64(4097), "not*base64".to_owned()] {
         let reply = bob.request(&format!("SETPREKEY {bad}"));
@@ -639,5 +639,55 @@ fn prekey_records_and_one_time_prekeys_are_bounded_in_size() {
         bob.request(&format!("ADDPREKEYS 1:{}", b64(512))),
         ok("ADDPREKEYS", "1"),
         "nothing of the refused frame was stored"
+    );
+}
+
+/// A client that lost its mailbox file publishes a record with a new identity DH key: the
+/// one-time prekeys its old mailbox left on the server are void (nobody holds their
+/// secrets), so the server deletes them with the record's replacement and says `OK
+/// SETPREKEY 0`; the new keys, with the same ids as the old ones, are stored and handed
+/// out. A weekly rotation (same identity DH key, new signed prekey) keeps them.
+#[test]
+fn a_new_mailbox_voids_the_one_time_prekeys_its_lost_predecessor_left() {
+    use base64::Engine as _;
+    use securechat::e2e::{Group, IdentityDhKey, IdentityKey, PrekeyBundle, SignedPrekey};
+    let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let group = Group::Ffdhe2048;
+    let identity = IdentityKey::generate().unwrap();
+    let record = |dh: &IdentityDhKey, spk: u32| {
+        let signed = SignedPrekey::generate(&identity, "bob", spk, group).unwrap();
+        b64(PrekeyBundle::new(dh, &signed, None).to_bytes())
+    };
+    let first_dh = IdentityDhKey::generate(&identity, "bob", group).unwrap();
+    let server = TestServer::start();
+    server.connect().register_ok("bob");
+    server.connect().register_ok("alice");
+    let mut bob = mailbox_login(|| server.connect(), "bob");
+    let mut alice = mailbox_login(|| server.connect(), "alice");
+    let set = |bob: &mut TestClient, record: &str| bob.request(&format!("SETPREKEY {record}"));
+    assert_eq!(set(&mut bob, &record(&first_dh, 1)), ok("SETPREKEY", "0"));
+    assert_eq!(
+        bob.request("ADDPREKEYS 1:T0xEMQ== 2:T0xEMg== 3:T0xEMw=="),
+        ok("ADDPREKEYS", "3")
+    );
+    // Rotation: the same mailbox, its one-time prekeys kept.
+    assert_eq!(set(&mut bob, &record(&first_dh, 2)), ok("SETPREKEY", "3"));
+    // A new mailbox: the old one-time prekeys are void.
+    let second_dh = IdentityDhKey::generate(&identity, "bob", group).unwrap();
+    let second = record(&second_dh, 1);
+    assert_eq!(set(&mut bob, &second), ok("SETPREKEY", "0"));
+    let fetch = |alice: &mut TestClient| match alice.request("BUNDLE bob") {
+        ServerLine::Bundle {
+            record, one_time, ..
+        } => (record, one_time.map(|k| (k.id, k.key))),
+        other => panic!("expected BUNDLE, got {other:?}"),
+    };
+    assert_eq!(fetch(&mut alice), (second.clone(), None));
+    // Bob is told he has none left, as after any fetch that leaves him short.
+    assert_eq!(bob.recv(), ServerLine::Prekeys { count: 0 });
+    assert_eq!(bob.request("ADDPREKEYS 1:TkVXMQ=="), ok("ADDPREKEYS", "1"));
+    assert_eq!(
+        fetch(&mut alice),
+        (second, Some((1, "TkVXMQ==".to_owned())))
     );
 }

@@ -719,7 +719,8 @@ impl Chat {
                 self.apply(actions)?;
             }
             Command::SetPrekey => {
-                let steps = self.offline.record_stored(self.max_frame);
+                let on_server = detail.trim().parse::<usize>().ok();
+                let steps = self.offline.record_stored(on_server, self.max_frame);
                 self.carry(steps);
             }
             Command::AddPrekeys => {

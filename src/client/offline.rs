@@ -639,13 +639,16 @@ impl Offline {
         self.refill(on_server, max_frame)
     }
 
-    /// `OK SETPREKEY`: when the server reported no prekeys of ours, it holds none: fill up.
-    pub fn record_stored(&mut self, max_frame: usize) -> Vec<Step> {
-        if self.prekeys_reported || !self.is_on() {
-            return Vec::new();
-        }
-        self.prekeys_reported = true;
-        self.refill(0, max_frame)
+    /// `OK SETPREKEY <n>`: the server holds `n` one-time prekeys of ours (none after a new
+    /// mailbox's record replaced an old one's: those were void); tops them up when low. A
+    /// server that gives no count holds none unless it reported some (`PREKEYS`).
+    pub fn record_stored(&mut self, on_server: Option<usize>, max_frame: usize) -> Vec<Step> {
+        let on_server = match on_server {
+            Some(n) => n,
+            None if self.prekeys_reported => return Vec::new(),
+            None => 0,
+        };
+        self.prekeys(on_server, max_frame)
     }
 
     /// New one-time prekeys, in `ADDPREKEYS` frames of at most `max_frame` bytes.
@@ -785,7 +788,7 @@ mod tests {
         let record = BASE64.encode(bob_offline.mailbox.bundle_record().to_bytes());
         // One frame at a time, each under the frame limit; the server's count brings the next.
         let mut added = Vec::new();
-        let mut step = frames(&bob_offline.record_stored(4096));
+        let mut step = frames(&bob_offline.record_stored(Some(0), 4096));
         while !step.is_empty() {
             assert!(step.len() == 1 && step[0].len() <= 4096, "{step:?}");
             added.extend(step);

@@ -21,6 +21,7 @@ use super::outbox::{Line, Outbox};
 use super::router::{room_line, ConnId, Direct, Event, Routed};
 use super::store::{BundleLookup, Enqueued, KeyLookup, Outcome, Quota, Store, StoredMail};
 use super::throttle::AddressPrefix;
+use crate::e2e::PrekeyBundle;
 use crate::protocol::frame::{FrameError, LineBuffer};
 use crate::protocol::name::{is_canonical_username, normalize_username, UserName};
 use crate::protocol::{
@@ -612,10 +613,11 @@ impl RequestHandler {
                 format!("a prekey record is base64 of at most {MAX_PREKEY_RECORD_BYTES} bytes"),
             ));
         }
-        match self.store().set_signed_prekey(user, record) {
-            Ok(()) => self.reply(ServerLine::Ok {
+        let same_mailbox = |previous: &str| same_mailbox(previous, record);
+        match self.store().set_signed_prekey(user, record, &same_mailbox) {
+            Ok(one_time) => self.reply(ServerLine::Ok {
                 command,
-                detail: String::new(),
+                detail: one_time.to_string(),
             }),
             Err(e) => {
                 log::error!("conn#{}: prekey record not stored: {e}", self.id);
@@ -845,6 +847,21 @@ fn no_such_user(command: Command, name: &str) -> ProtocolError {
         ErrorCode::NoSuchUser,
         format!("{} no such user", crate::protocol::truncate(name, 32)),
     )
+}
+
+/// Whether two signed-prekey records (base64) come from the same client mailbox: the same
+/// record, or two that name the same identity DH key (a rotated signed prekey). The server
+/// reads no other part of a record; one that is not a bundle matches only itself.
+fn same_mailbox(previous: &str, record: &str) -> bool {
+    let identity_dh = |record: &str| {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(record)
+            .ok()?;
+        let bundle = PrekeyBundle::from_bytes(&bytes).ok()?;
+        Some((bundle.group, bundle.identity_dh))
+    };
+    previous == record
+        || matches!((identity_dh(previous), identity_dh(record)), (Some(a), Some(b)) if a == b)
 }
 
 #[cfg(test)]

@@ -188,15 +188,40 @@ pub(in crate::server) struct Backlog {
 }
 
 impl Store {
-    /// Stores `user`'s signed-prekey record (base64), replacing the previous one.
-    pub(in crate::server) fn set_signed_prekey(&self, user: &UserName, record: &str) -> Result<()> {
+    /// Stores `user`'s signed-prekey record (base64), replacing the previous one, and
+    /// returns how many one-time prekeys the user has now. When a previous record exists and
+    /// `same_mailbox(previous)` is false, the record starts a new mailbox (the client lost
+    /// or replaced its keys): the one-time prekeys stored before are void — no client holds
+    /// their secrets — and are deleted in the same transaction, so none is handed out again.
+    pub(in crate::server) fn set_signed_prekey(
+        &self,
+        user: &UserName,
+        record: &str,
+        same_mailbox: &dyn Fn(&str) -> bool,
+    ) -> Result<u64> {
         self.with_connection(|conn| {
-            conn.execute(
+            let tx = write_transaction(conn)?;
+            let previous: Option<String> = tx
+                .query_row(
+                    "SELECT record FROM signed_prekeys WHERE username = ?1",
+                    [user.as_str()],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if previous.is_some_and(|previous| !same_mailbox(&previous)) {
+                tx.execute(
+                    "DELETE FROM one_time_prekeys WHERE username = ?1",
+                    [user.as_str()],
+                )?;
+            }
+            tx.execute(
                 "INSERT INTO signed_prekeys (username, record, updated_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (username) DO UPDATE SET record = ?2, updated_at = ?3",
                 params![user.as_str(), record, super::unix_now()],
-            )
-            .map(drop)
+            )?;
+            let count = one_time_count(&tx, user)?;
+            tx.commit()?;
+            Ok(count)
         })
     }
 
@@ -573,12 +598,52 @@ mod tests {
     };
 
     #[test]
+    fn a_record_from_another_mailbox_voids_the_one_time_prekeys_stored_before_it() {
+        let (_dir, store) = store_with(&["bob"]);
+        let bob = name("bob");
+        let same_as_first = |previous: &str| previous == "first";
+        assert_eq!(
+            store
+                .set_signed_prekey(&bob, "first", &same_as_first)
+                .unwrap(),
+            0
+        );
+        let added = store.add_one_time_prekeys(&bob, (1..=5).map(|i| (i, format!("old{i}"))));
+        assert_eq!(added.unwrap(), 5);
+        // The same mailbox (a rotated signed prekey): its one-time prekeys stay.
+        assert_eq!(
+            store
+                .set_signed_prekey(&bob, "rotated", &same_as_first)
+                .unwrap(),
+            5
+        );
+        // Another mailbox: they are deleted with the record's replacement.
+        assert_eq!(store.set_signed_prekey(&bob, "new", &|_| false).unwrap(), 0);
+        let BundleLookup::Found {
+            record,
+            one_time,
+            left,
+        } = store.take_bundle(&bob).unwrap()
+        else {
+            panic!("record gone");
+        };
+        assert_eq!((record.as_str(), one_time, left), ("new", None, 0));
+        // The new mailbox's keys, with the same ids as the void ones, are stored and served.
+        let added = store.add_one_time_prekeys(&bob, (1..=2).map(|i| (i, format!("new{i}"))));
+        assert_eq!(added.unwrap(), 2);
+        let BundleLookup::Found { one_time, .. } = store.take_bundle(&bob).unwrap() else {
+            panic!("record gone");
+        };
+        assert_eq!(one_time, Some((1, "new1".to_owned())));
+    }
+
+    #[test]
     fn one_time_prekeys_are_taken_once_by_concurrent_fetchers_on_the_database_file() {
         const THREADS: usize = 12;
         const EACH: usize = 10;
         let (_dir, store) = store_with(&["bob"]);
         let bob = name("bob");
-        store.set_signed_prekey(&bob, "rec").unwrap();
+        assert_eq!(store.set_signed_prekey(&bob, "rec", &|_| true).unwrap(), 0);
         let added = store
             .add_one_time_prekeys(&bob, (1..=250).map(|i| (i, format!("k{i}"))))
             .unwrap();
