@@ -14,6 +14,8 @@
 //!   first contact and runs its own exchange with each side, the attack that works until the
 //!   users compare safety numbers (`cargo test --test e2e first_contact -- --nocapture`
 //!   narrates it).
+//! - `stolen_mailbox.rs`: offline delivery's mailbox file copied from a client, against
+//!   the payloads the server relayed (forward secrecy and healing on the real file).
 
 mod binaries;
 #[path = "../common/mod.rs"]
@@ -21,6 +23,7 @@ mod common;
 mod first_contact;
 mod party;
 mod relay;
+mod stolen_mailbox;
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
