@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::protocol::name::{BadUserName, UserName};
-use crate::server::store::{Created, Store};
+use crate::server::store::{Created, Storage};
 use crate::server::throttle::{AddressPrefix, ThrottlePolicy, Throttled};
 
 use crate::password::{password_problems, BCRYPT_MAX_PASSWORD_BYTES};
@@ -90,7 +90,7 @@ enum HashError {
 /// Registration and login, with bounded bcrypt concurrency.
 pub(super) struct Accounts {
     /// Where accounts live (shared with the room history's writer).
-    store: Arc<Store>,
+    store: Arc<dyn Storage>,
     /// bcrypt work factor for new hashes (each step doubles the cost).
     cost: u32,
     /// A hash of a random password at `cost`, verified for unknown users so that a login
@@ -105,7 +105,7 @@ impl Accounts {
     /// bcrypt computations (the number of CPU cores is a good value: the pool runs at low
     /// priority, so chat traffic still gets the CPU it needs); `policy` bounds the queue.
     pub(super) fn new(
-        store: Arc<Store>,
+        store: Arc<dyn Storage>,
         cost: u32,
         max_concurrent: usize,
         policy: &ThrottlePolicy,
@@ -130,8 +130,8 @@ impl Accounts {
     }
 
     /// The underlying store (identity keys, counters).
-    pub(super) fn store(&self) -> &Store {
-        &self.store
+    pub(super) fn store(&self) -> &dyn Storage {
+        &*self.store
     }
 
     /// Creates an account after checking the rules. Returns the canonical user name.
@@ -471,7 +471,7 @@ mod tests {
 
     fn accounts() -> (tempfile::TempDir, Accounts) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("data")).unwrap();
+        let store = crate::server::store::SqliteStore::open(&dir.path().join("data")).unwrap();
         (
             dir,
             Accounts::new(Arc::new(store), 4, 2, &ThrottlePolicy::default()).unwrap(),

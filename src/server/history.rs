@@ -27,7 +27,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::outbox::{Line, TextFrame};
-use super::store::Store;
+use super::store::Storage;
 use crate::error::Result;
 use crate::protocol;
 use crate::protocol::name::UserName;
@@ -181,16 +181,16 @@ pub(super) struct HistoryWriter {
 }
 
 /// Starts the writer that stores room lines in `store`, keeping the last `keep`.
-pub(super) fn start_writer(store: Arc<Store>, keep: usize) -> Result<HistoryWriter> {
+pub(super) fn start_writer(store: Arc<dyn Storage>, keep: usize) -> Result<HistoryWriter> {
     let (sender, receiver) = crossbeam_channel::bounded(WRITER_QUEUE_LINES);
     let thread = thread::Builder::new()
         .name("history".into())
-        .spawn(move || write_loop(&store, keep, &receiver))?;
+        .spawn(move || write_loop(&*store, keep, &receiver))?;
     Ok(HistoryWriter { thread, sender })
 }
 
 /// Stores every line waiting, in one transaction per wake-up, until the router is gone.
-fn write_loop(store: &Store, keep: usize, receiver: &Receiver<HistoryLine>) {
+fn write_loop(store: &dyn Storage, keep: usize, receiver: &Receiver<HistoryLine>) {
     let mut batch = Vec::new();
     while let Ok(first) = receiver.recv() {
         batch.push(first);

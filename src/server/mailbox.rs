@@ -18,7 +18,7 @@
 //! read is in the backlog; one committed after it was sent to the router after the login
 //! event (the channel is FIFO), so the router held it. When the backlog arrives the router
 //! sends it, then the held notices whose ids it did not cover (ids only grow: see
-//! `store/mailbox.rs`), and from then on skips any `MAIL` or receipt with an id the
+//! `store/mod.rs`), and from then on skips any `MAIL` or receipt with an id the
 //! backlog covered. Clients still de-duplicate by id (a `MAIL` is sent again at every
 //! login until acknowledged).
 
@@ -31,7 +31,7 @@ use crossbeam_channel::{RecvTimeoutError, Sender};
 use super::history::unix_now;
 use super::outbox::Line;
 use super::router::{Event, RouterHandle};
-use super::store::{Backlog, Outcome, Receipt, Store, StoredMail};
+use super::store::{Backlog, Outcome, Receipt, Storage, StoredMail};
 use crate::error::Result;
 use crate::protocol::name::UserName;
 use crate::protocol::{self, DeliveryState, ServerLine};
@@ -147,7 +147,7 @@ pub(super) fn backlog_lines(backlog: &Backlog) -> (Vec<Line>, usize) {
 
 /// Expires what is older than `ttl` and hands the receipts to the router for senders who
 /// are online. Errors are logged: expiry is retried at the next login or period.
-pub(super) fn expire(store: &Store, ttl: Duration, router: &RouterHandle) {
+pub(super) fn expire(store: &dyn Storage, ttl: Duration, router: &RouterHandle) {
     match store.expire(unix_now(), ttl.as_secs()) {
         Ok(receipts) if receipts.is_empty() => {}
         Ok(receipts) => {
@@ -170,7 +170,7 @@ pub(super) struct Expiry {
 /// Starts the thread that expires old messages every [`EXPIRY_PERIOD`] (or every `ttl`,
 /// if shorter), off the router's path.
 pub(super) fn start_expiry(
-    store: Arc<Store>,
+    store: Arc<dyn Storage>,
     ttl: Duration,
     router: RouterHandle,
 ) -> Result<Expiry> {
@@ -180,7 +180,7 @@ pub(super) fn start_expiry(
         .name("mailbox-expiry".into())
         .spawn(move || {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
-                expire(&store, ttl, &router);
+                expire(&*store, ttl, &router);
             }
         })?;
     Ok(Expiry { thread, stop })

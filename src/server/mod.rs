@@ -12,7 +12,8 @@
 //! | `outbox.rs` | a client's outbound queue (a priority part bounded in bytes, a small room part that skips), and the writer loop that drains it |
 //! | `history.rs` | the room's last lines: kept by the router, stored by a writer thread, replayed at login |
 //! | `mailbox.rs` | offline delivery: what readers hand the router after their database writes, the login backlog, expiry |
-//! | `accounts.rs`, `throttle.rs`, `store.rs` | accounts (bcrypt), brute-force defences, the SQLite store |
+//! | `accounts.rs`, `throttle.rs` | accounts (bcrypt), brute-force defences |
+//! | `store/` | the storage interface (`mod.rs`: the trait and what a backend guarantees; `conformance.rs`: its tests) and its SQLite backend (`sqlite.rs`, `sqlite/mailbox.rs`) |
 //!
 //! # Threads, sockets and locks
 //!
@@ -95,7 +96,7 @@ use self::accounts::Accounts;
 use self::admission::Context;
 use self::history::RoomHistory;
 use self::router::{Event, Router, RouterLimits};
-use self::store::Store;
+use self::store::{SqliteStore, Storage};
 use crate::error::{Error, Result};
 use crate::sync;
 
@@ -168,7 +169,8 @@ impl Server {
     /// Opens the database, binds the listener and starts the accept loop and the router.
     pub fn start(mut config: Config) -> Result<Server> {
         limits::fit_to_kernel(&mut config.limits);
-        let store = Arc::new(Store::open(&config.data_dir)?);
+        // The one place the storage backend is chosen.
+        let store: Arc<dyn Storage> = Arc::new(SqliteStore::open(&config.data_dir)?);
         match store.account_count() {
             Ok(n) => log::info!("database: {n} accounts"),
             Err(e) => log::warn!("database: cannot count the accounts: {e}"),
@@ -218,7 +220,7 @@ impl Server {
             .spawn(move || Router::new(router_limits, history).run(inbox))?;
         // Expiry: once now (what fell due while the server was down), then periodically.
         let ttl = config.limits.queue_ttl;
-        mailbox::expire(&store, ttl, &router_handle);
+        mailbox::expire(&*store, ttl, &router_handle);
         let expiry = match mailbox::start_expiry(store, ttl, router_handle.clone()) {
             Ok(expiry) => expiry,
             Err(e) => {

@@ -19,7 +19,7 @@ use super::history::unix_now;
 use super::mailbox::{self, Notice, BUNDLE_FETCHES_PER_MINUTE, PREKEY_REFILL_MARK};
 use super::outbox::{Line, Outbox};
 use super::router::{room_line, ConnId, Direct, Event, Routed};
-use super::store::{BundleLookup, Enqueued, KeyLookup, Outcome, Quota, Store, StoredMail};
+use super::store::{BundleLookup, Enqueued, KeyLookup, Outcome, Quota, Storage, StoredMail};
 use super::throttle::AddressPrefix;
 use crate::e2e::PrekeyBundle;
 use crate::protocol::frame::{FrameError, LineBuffer};
@@ -497,7 +497,7 @@ impl RequestHandler {
         }
     }
 
-    fn store(&self) -> &Store {
+    fn store(&self) -> &dyn Storage {
         self.context.accounts.store()
     }
 
@@ -640,8 +640,8 @@ impl RequestHandler {
                 ),
             ));
         }
-        let items = prekeys.iter().map(|(id, key)| (id, key.to_owned()));
-        match self.store().add_one_time_prekeys(user, items) {
+        let items: Vec<(u32, &str)> = prekeys.iter().collect();
+        match self.store().add_one_time_prekeys(user, &items) {
             Ok(count) => self.reply(ServerLine::Ok {
                 command,
                 detail: count.to_string(),

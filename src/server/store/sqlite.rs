@@ -1,11 +1,10 @@
-//! Account storage and the room's history: an embedded SQLite database in the server's
-//! data directory.
+//! The SQLite backend of [`Storage`]: an embedded database file in the server's data
+//! directory, holding the accounts, the room's history and (`sqlite/mailbox.rs`) offline
+//! delivery's tables.
 //!
-//! Durability is the point: a registration the server acknowledged must survive a restart,
-//! a `kill -9` and a power cut, so the database runs in WAL mode with `synchronous=FULL`
-//! (each commit is on disk before `OK REGISTER` is sent). Nothing is deleted on disconnect.
-//! A database that fails its integrity check at start is reported and left alone, never
-//! replaced.
+//! Durability: the database runs in WAL mode with `synchronous=FULL`, so each commit is on
+//! disk before the call returns. A database that fails its integrity check at start is
+//! reported and left alone, never replaced.
 //!
 //! The files are private, as keys are: the data directory is created 0700 and the database
 //! 0600 before SQLite opens it (SQLite gives its `-wal` and `-shm` files the database's
@@ -14,15 +13,14 @@
 //!
 //! The schema is versioned (`PRAGMA user_version`) and upgraded in place at start, one
 //! step per version, each in its own transaction: version 1 holds the accounts, version 2
-//! adds the room history, version 3 offline delivery's tables (`store/mailbox.rs`: prekeys,
-//! the message queue, receipts). A database from a newer server is refused, never downgraded.
+//! adds the room history, version 3 offline delivery's tables (prekeys, the message queue,
+//! receipts). A database from a newer server is refused, never downgraded.
 //!
 //! Connections are pooled: SQLite connections are not `Sync`, and the threads that need one
-//! (bcrypt workers and client readers) are many. The pool keeps a few open connections and opens more on demand.
+//! (bcrypt workers and client readers) are many. The pool keeps a few open connections and
+//! opens more on demand.
 
 mod mailbox;
-
-pub(super) use mailbox::{Backlog, BundleLookup, Enqueued, Outcome, Quota, Receipt, StoredMail};
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -30,10 +28,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::history::HistoryLine;
+use super::{
+    Backlog, BundleLookup, Created, Enqueued, KeyLookup, Outcome, Quota, Receipt, Storage,
+};
 use crate::error::{Error, Result};
 use crate::files;
 use crate::protocol::name::UserName;
+use crate::server::history::HistoryLine;
 use crate::sync;
 
 /// File name of the database inside the data directory.
@@ -63,38 +64,18 @@ const MAX_IDLE_CONNECTIONS: usize = 8;
 /// How long a writer waits for another writer's lock before failing the request.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The account database.
-pub(super) struct Store {
+/// The SQLite database: where to open connections, and the idle ones.
+pub(in crate::server) struct SqliteStore {
     /// Path of the database file, for opening pooled connections.
     path: PathBuf,
     /// Idle connections ready for reuse.
     idle: Mutex<Vec<Connection>>,
 }
 
-/// What a key look-up found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum KeyLookup {
-    /// No account has that name.
-    NoSuchUser,
-    /// The account exists and has published no identity key yet.
-    NoKey,
-    /// The account's identity public key, base64.
-    Key(String),
-}
-
-/// What `create_account` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Created {
-    /// The account is stored.
-    Yes,
-    /// An account with that name (ignoring case) already exists; nothing changed.
-    AlreadyExists,
-}
-
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the database in `data_dir`, checks its integrity and
     /// brings the schema up to date. A corrupt or foreign file is an error, never replaced.
-    pub(super) fn open(data_dir: &Path) -> Result<Store> {
+    pub(in crate::server) fn open(data_dir: &Path) -> Result<SqliteStore> {
         files::create_private_dir(data_dir).map_err(|e| {
             Error::Config(format!(
                 "cannot create data directory {}: {e}",
@@ -123,7 +104,7 @@ impl Store {
                 refuse_unless_private(&file)?;
             }
         }
-        let store = Store {
+        let store = SqliteStore {
             idle: Mutex::new(Vec::new()),
             path,
         };
@@ -141,138 +122,6 @@ impl Store {
         migrate(&conn).map_err(|e| store.unusable(e))?;
         store.put_back(conn);
         Ok(store)
-    }
-
-    /// Stores a new account. The commit is durable when this returns `Ok(Created::Yes)`.
-    pub(super) fn create_account(&self, user: &UserName, password_hash: &str) -> Result<Created> {
-        self.with_connection(|conn| {
-            let inserted = conn.execute(
-                "INSERT INTO accounts (username, password_hash, created_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (username) DO NOTHING",
-                params![user.as_str(), password_hash, unix_now()],
-            )?;
-            Ok(if inserted == 1 {
-                Created::Yes
-            } else {
-                Created::AlreadyExists
-            })
-        })
-    }
-
-    /// The bcrypt hash of `user`'s password, or `None` if there is no such account.
-    pub(super) fn password_hash(&self, user: &UserName) -> Result<Option<String>> {
-        self.with_connection(|conn| {
-            conn.query_row(
-                "SELECT password_hash FROM accounts WHERE username = ?1",
-                [user.as_str()],
-                |row| row.get(0),
-            )
-            .optional()
-        })
-    }
-
-    /// Notes a successful login (for the operator; nothing depends on it).
-    pub(super) fn record_login(&self, user: &UserName) -> Result<()> {
-        self.with_connection(|conn| {
-            conn.execute(
-                "UPDATE accounts SET last_login_at = ?2 WHERE username = ?1",
-                params![user.as_str(), unix_now()],
-            )
-            .map(drop)
-        })
-    }
-
-    /// Replaces `user`'s identity public key (base64). Returns `false` if no such account.
-    pub(super) fn set_identity_key(&self, user: &UserName, key: &str) -> Result<bool> {
-        self.with_connection(|conn| {
-            let changed = conn.execute(
-                "UPDATE accounts SET identity_key = ?2, key_updated_at = ?3 WHERE username = ?1",
-                params![user.as_str(), key, unix_now()],
-            )?;
-            Ok(changed == 1)
-        })
-    }
-
-    /// `user`'s identity public key (base64), if the account exists and has published one.
-    pub(super) fn identity_key(&self, user: &UserName) -> Result<KeyLookup> {
-        let found: Option<Option<String>> = self.with_connection(|conn| {
-            conn.query_row(
-                "SELECT identity_key FROM accounts WHERE username = ?1",
-                [user.as_str()],
-                |row| row.get(0),
-            )
-            .optional()
-        })?;
-        Ok(match found {
-            None => KeyLookup::NoSuchUser,
-            Some(None) => KeyLookup::NoKey,
-            Some(Some(key)) => KeyLookup::Key(key),
-        })
-    }
-
-    /// Number of accounts (for the start-up log line).
-    pub(super) fn account_count(&self) -> Result<i64> {
-        self.with_connection(|conn| {
-            conn.query_row("SELECT COUNT(*) FROM accounts", [], |row| row.get(0))
-        })
-    }
-
-    /// Appends room lines (oldest first) and keeps only the last `keep` rows, in one
-    /// transaction: the table never holds more than `keep` lines once it commits.
-    pub(super) fn append_room_history(&self, lines: &[HistoryLine], keep: usize) -> Result<()> {
-        self.with_connection(|conn| {
-            let tx = conn.unchecked_transaction()?;
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO room_history (sent_at, sender, text) VALUES (?1, ?2, ?3)",
-                )?;
-                for line in lines {
-                    insert.execute(params![
-                        unix_seconds(line.time()),
-                        line.sender().as_str(),
-                        line.text()
-                    ])?;
-                }
-            }
-            trim_room_history(&tx, keep)?;
-            tx.commit()
-        })
-    }
-
-    /// Deletes all but the last `keep` room lines (at start, so that a lowered limit, or
-    /// 0, takes effect on what was stored before).
-    pub(super) fn trim_room_history(&self, keep: usize) -> Result<()> {
-        self.with_connection(|conn| trim_room_history(conn, keep))
-    }
-
-    /// The last `last` room lines, oldest first. A row whose sender breaks the user-name
-    /// rule (the file was edited by hand) is left out with a warning.
-    pub(super) fn room_history(&self, last: usize) -> Result<Vec<HistoryLine>> {
-        let rows: Vec<(i64, String, String)> = self.with_connection(|conn| {
-            let mut select = conn.prepare(
-                "SELECT sent_at, sender, text FROM
-                     (SELECT id, sent_at, sender, text FROM room_history ORDER BY id DESC LIMIT ?1)
-                 ORDER BY id",
-            )?;
-            let rows = select.query_map([sql_count(last)], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-            })?;
-            rows.collect()
-        })?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(time, sender, text)| match UserName::parse(&sender) {
-                Ok(sender) => Some(HistoryLine::new(
-                    u64::try_from(time).unwrap_or(0),
-                    sender,
-                    &text,
-                )),
-                Err(_) => {
-                    log::warn!("room history: a stored line with a malformed sender was skipped");
-                    None
-                }
-            })
-            .collect())
     }
 
     /// Runs `f` on a pooled connection.
@@ -310,6 +159,185 @@ impl Store {
              move it away; it is never replaced automatically.",
             self.path.display()
         ))
+    }
+}
+
+/// Each method runs on a pooled connection; those that write more than one row run in
+/// one transaction.
+impl Storage for SqliteStore {
+    fn create_account(&self, user: &UserName, password_hash: &str) -> Result<Created> {
+        self.with_connection(|conn| {
+            let inserted = conn.execute(
+                "INSERT INTO accounts (username, password_hash, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (username) DO NOTHING",
+                params![user.as_str(), password_hash, unix_now()],
+            )?;
+            Ok(if inserted == 1 {
+                Created::Yes
+            } else {
+                Created::AlreadyExists
+            })
+        })
+    }
+
+    fn password_hash(&self, user: &UserName) -> Result<Option<String>> {
+        self.with_connection(|conn| {
+            conn.query_row(
+                "SELECT password_hash FROM accounts WHERE username = ?1",
+                [user.as_str()],
+                |row| row.get(0),
+            )
+            .optional()
+        })
+    }
+
+    fn record_login(&self, user: &UserName) -> Result<()> {
+        self.with_connection(|conn| {
+            conn.execute(
+                "UPDATE accounts SET last_login_at = ?2 WHERE username = ?1",
+                params![user.as_str(), unix_now()],
+            )
+            .map(drop)
+        })
+    }
+
+    fn set_identity_key(&self, user: &UserName, key: &str) -> Result<bool> {
+        self.with_connection(|conn| {
+            let changed = conn.execute(
+                "UPDATE accounts SET identity_key = ?2, key_updated_at = ?3 WHERE username = ?1",
+                params![user.as_str(), key, unix_now()],
+            )?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn identity_key(&self, user: &UserName) -> Result<KeyLookup> {
+        let found: Option<Option<String>> = self.with_connection(|conn| {
+            conn.query_row(
+                "SELECT identity_key FROM accounts WHERE username = ?1",
+                [user.as_str()],
+                |row| row.get(0),
+            )
+            .optional()
+        })?;
+        Ok(match found {
+            None => KeyLookup::NoSuchUser,
+            Some(None) => KeyLookup::NoKey,
+            Some(Some(key)) => KeyLookup::Key(key),
+        })
+    }
+
+    fn account_count(&self) -> Result<i64> {
+        self.with_connection(|conn| {
+            conn.query_row("SELECT COUNT(*) FROM accounts", [], |row| row.get(0))
+        })
+    }
+
+    fn append_room_history(&self, lines: &[HistoryLine], keep: usize) -> Result<()> {
+        self.with_connection(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO room_history (sent_at, sender, text) VALUES (?1, ?2, ?3)",
+                )?;
+                for line in lines {
+                    insert.execute(params![
+                        unix_seconds(line.time()),
+                        line.sender().as_str(),
+                        line.text()
+                    ])?;
+                }
+            }
+            trim_room_history(&tx, keep)?;
+            tx.commit()
+        })
+    }
+
+    fn trim_room_history(&self, keep: usize) -> Result<()> {
+        self.with_connection(|conn| trim_room_history(conn, keep))
+    }
+
+    /// A row whose sender breaks the user-name rule (the file was edited by hand) is left
+    /// out with a warning.
+    fn room_history(&self, last: usize) -> Result<Vec<HistoryLine>> {
+        let rows: Vec<(i64, String, String)> = self.with_connection(|conn| {
+            let mut select = conn.prepare(
+                "SELECT sent_at, sender, text FROM
+                     (SELECT id, sent_at, sender, text FROM room_history ORDER BY id DESC LIMIT ?1)
+                 ORDER BY id",
+            )?;
+            let rows = select.query_map([sql_count(last)], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?;
+            rows.collect()
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(time, sender, text)| match UserName::parse(&sender) {
+                Ok(sender) => Some(HistoryLine::new(
+                    u64::try_from(time).unwrap_or(0),
+                    sender,
+                    &text,
+                )),
+                Err(_) => {
+                    log::warn!("room history: a stored line with a malformed sender was skipped");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    fn set_signed_prekey(
+        &self,
+        user: &UserName,
+        record: &str,
+        same_mailbox: &dyn Fn(&str) -> bool,
+    ) -> Result<u64> {
+        self.with_connection(|conn| mailbox::set_signed_prekey(conn, user, record, same_mailbox))
+    }
+
+    fn add_one_time_prekeys(&self, user: &UserName, prekeys: &[(u32, &str)]) -> Result<u64> {
+        self.with_connection(|conn| mailbox::add_one_time_prekeys(conn, user, prekeys))
+    }
+
+    fn take_bundle(&self, owner: &UserName) -> Result<BundleLookup> {
+        self.with_connection(|conn| mailbox::take_bundle(conn, owner))
+    }
+
+    fn enqueue(
+        &self,
+        sender: &UserName,
+        recipient: &str,
+        reference: &str,
+        payload: &str,
+        now: u64,
+        quota: Quota,
+    ) -> Result<Enqueued> {
+        self.with_connection(|conn| {
+            mailbox::enqueue(conn, sender, recipient, reference, payload, now, quota)
+        })
+    }
+
+    fn ack(
+        &self,
+        recipient: &UserName,
+        id: u64,
+        outcome: Outcome,
+        now: u64,
+    ) -> Result<Option<Receipt>> {
+        self.with_connection(|conn| mailbox::ack(conn, recipient, id, outcome, now))
+    }
+
+    fn expire(&self, now: u64, ttl_seconds: u64) -> Result<Vec<Receipt>> {
+        self.with_connection(|conn| mailbox::expire(conn, now, ttl_seconds))
+    }
+
+    fn backlog(&self, user: &UserName) -> Result<Backlog> {
+        self.with_connection(|conn| mailbox::backlog(conn, user))
+    }
+
+    fn delete_receipts(&self, sender: &UserName, reference: &str) -> Result<()> {
+        self.with_connection(|conn| mailbox::delete_receipts(conn, sender, reference))
     }
 }
 
@@ -411,6 +439,7 @@ fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::store::conformance::lines;
 
     fn name(user: &str) -> UserName {
         UserName::parse(user).unwrap()
@@ -424,74 +453,61 @@ mod tests {
     }
 
     #[test]
-    fn accounts_persist_across_reopen_and_names_ignore_case() {
+    fn accounts_and_room_history_persist_across_reopen() {
         let (_dir, data) = data_dir();
         {
-            let store = Store::open(&data).unwrap();
+            let store = SqliteStore::open(&data).unwrap();
             assert_eq!(
                 store.create_account(&name("alice"), "h1").unwrap(),
                 Created::Yes
             );
-            assert_eq!(
-                store.create_account(&name("ALICE"), "h2").unwrap(),
-                Created::AlreadyExists
-            );
             assert!(store.set_identity_key(&name("alice"), "k").unwrap());
-            assert!(!store.set_identity_key(&name("nobody"), "k").unwrap());
-        }
-        let store = Store::open(&data).unwrap();
-        assert_eq!(
-            store.password_hash(&name("alice")).unwrap().as_deref(),
-            Some("h1")
-        );
-        assert_eq!(store.password_hash(&name("bob")).unwrap(), None);
-        assert_eq!(
-            store.identity_key(&name("alice")).unwrap(),
-            KeyLookup::Key("k".to_owned())
-        );
-        assert_eq!(
-            store.identity_key(&name("bob")).unwrap(),
-            KeyLookup::NoSuchUser
-        );
-        assert_eq!(store.account_count().unwrap(), 1);
-    }
-
-    fn lines(store: &Store) -> Vec<(u64, String, String)> {
-        store
-            .room_history(usize::MAX)
-            .unwrap()
-            .iter()
-            .map(|l| (l.time(), l.sender().to_string(), l.text().to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn room_history_keeps_the_last_lines_in_order_across_reopen() {
-        let (_dir, data) = data_dir();
-        {
-            let store = Store::open(&data).unwrap();
             let batch: Vec<HistoryLine> = (1..=5)
                 .map(|i| HistoryLine::new(1000 + i, name("alice"), &format!("line {i}")))
                 .collect();
             store.append_room_history(&batch[..2], 3).unwrap();
             store.append_room_history(&batch[2..], 3).unwrap();
         }
-        let store = Store::open(&data).unwrap();
+        let store = SqliteStore::open(&data).unwrap();
+        assert_eq!(
+            store.password_hash(&name("alice")).unwrap().as_deref(),
+            Some("h1")
+        );
+        assert_eq!(
+            store.identity_key(&name("alice")).unwrap(),
+            KeyLookup::Key("k".to_owned())
+        );
+        assert_eq!(store.account_count().unwrap(), 1);
         let expected: Vec<(u64, String, String)> = (3..=5)
             .map(|i| (1000 + i, "alice".to_owned(), format!("line {i}")))
             .collect();
-        assert_eq!(lines(&store), expected);
-        let last_two: Vec<String> = store
-            .room_history(2)
-            .unwrap()
-            .iter()
-            .map(|l| l.text().to_owned())
-            .collect();
-        assert_eq!(last_two, ["line 4", "line 5"]);
-        store.trim_room_history(1).unwrap();
-        assert_eq!(lines(&store), expected[2..]);
-        store.trim_room_history(0).unwrap();
-        assert!(lines(&store).is_empty());
+        assert_eq!(lines(&store, usize::MAX), expected);
+    }
+
+    #[test]
+    fn the_pool_opens_connections_on_demand_and_keeps_a_few_idle() {
+        const AT_ONCE: usize = MAX_IDLE_CONNECTIONS + 4;
+        let (_dir, data) = data_dir();
+        let store = SqliteStore::open(&data).unwrap();
+        let barrier = std::sync::Barrier::new(AT_ONCE);
+        let counts: Vec<i64> = std::thread::scope(|scope| {
+            let users: Vec<_> = (0..AT_ONCE)
+                .map(|_| {
+                    scope.spawn(|| {
+                        store
+                            .with_connection(|conn| {
+                                // Every thread holds its connection until all have one.
+                                barrier.wait();
+                                conn.query_row("SELECT COUNT(*) FROM accounts", [], |r| r.get(0))
+                            })
+                            .unwrap()
+                    })
+                })
+                .collect();
+            users.into_iter().map(|u| u.join().unwrap()).collect()
+        });
+        assert_eq!(counts, [0; AT_ONCE]);
+        assert_eq!(sync::lock(&store.idle).len(), MAX_IDLE_CONNECTIONS);
     }
 
     #[test]
@@ -511,7 +527,7 @@ mod tests {
             ))
             .unwrap();
         }
-        let store = Store::open(&data).unwrap();
+        let store = SqliteStore::open(&data).unwrap();
         let version: i64 = store
             .with_connection(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
             .unwrap();
@@ -525,13 +541,13 @@ mod tests {
             KeyLookup::Key("old-key".to_owned())
         );
         assert_eq!(store.account_count().unwrap(), 1);
-        assert!(lines(&store).is_empty());
+        assert!(lines(&store, usize::MAX).is_empty());
         let line = HistoryLine::new(7, name("alice"), "after the upgrade");
         store.append_room_history(&[line], 10).unwrap();
         drop(store);
-        let store = Store::open(&data).unwrap();
+        let store = SqliteStore::open(&data).unwrap();
         assert_eq!(
-            lines(&store),
+            lines(&store, usize::MAX),
             [(7, "alice".to_owned(), "after the upgrade".to_owned())]
         );
     }
@@ -541,7 +557,7 @@ mod tests {
         let (_dir, data) = data_dir();
         {
             // A version-2 file as the previous server left it, with an account and a line.
-            let store = Store::open(&data).unwrap();
+            let store = SqliteStore::open(&data).unwrap();
             store.create_account(&name("alice"), "hash").unwrap();
             store.create_account(&name("bob"), "hash").unwrap();
             let line = HistoryLine::new(7, name("alice"), "before");
@@ -556,12 +572,12 @@ mod tests {
                 })
                 .unwrap();
         }
-        let store = Store::open(&data).unwrap();
+        let store = SqliteStore::open(&data).unwrap();
         let version: i64 = store
             .with_connection(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
-        assert_eq!(lines(&store).len(), 1);
+        assert_eq!(lines(&store, usize::MAX).len(), 1);
         assert_eq!(store.account_count().unwrap(), 2);
         let quota = Quota {
             messages: 10,
@@ -572,19 +588,22 @@ mod tests {
             .unwrap();
         assert!(matches!(queued, Enqueued::Queued(_)));
         drop(store);
-        let store = Store::open(&data).unwrap();
+        let store = SqliteStore::open(&data).unwrap();
         assert_eq!(store.backlog(&name("bob")).unwrap().mail.len(), 1);
     }
 
     #[test]
     fn a_database_from_a_newer_server_is_refused() {
         let (_dir, data) = data_dir();
-        drop(Store::open(&data).unwrap());
+        drop(SqliteStore::open(&data).unwrap());
         let conn = Connection::open(data.join(DB_FILE)).unwrap();
         conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .unwrap();
         drop(conn);
-        let err = Store::open(&data).err().expect("must fail").to_string();
+        let err = SqliteStore::open(&data)
+            .err()
+            .expect("must fail")
+            .to_string();
         assert!(err.contains("newer than this server"), "{err}");
     }
 
@@ -595,7 +614,10 @@ mod tests {
         let path = data.join(DB_FILE);
         let garbage = b"this is not an SQLite database, and must not be overwritten".repeat(100);
         files::write_new_file(&path, &garbage).unwrap();
-        let err = Store::open(&data).err().expect("must fail").to_string();
+        let err = SqliteStore::open(&data)
+            .err()
+            .expect("must fail")
+            .to_string();
         assert!(err.contains("never replaced"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), garbage);
     }
