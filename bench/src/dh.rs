@@ -18,7 +18,7 @@
 //!
 //! Key generation's `g^x` is also timed two ways, in rounds with fresh exponents: num-bigint's
 //! generic `modpow` (the path before) and `Group::generator_power`, the g = 2 path the
-//! library uses (squarings and doublings, `src/e2e/pow2.rs`), each checked against the other.
+//! library uses (squarings and doublings, `src/e2e/montgomery.rs`), each checked against the other.
 //! OpenSSL's key generation is the same constant-time exponentiation as its derive (it does
 //! not special-case g = 2 for a secret exponent), so its `ffdh` op stands in for it.
 
@@ -34,7 +34,7 @@ use securechat::e2e::{
 use securechat::{Error, Result};
 
 use crate::results::{
-    DhGroupResult, DhParts, DhReport, KeygenPaths, KeygenRound, OpensslDh, Percentiles,
+    DhGroupResult, DhParts, DhReport, OpensslDh, Percentiles, PowerPaths, PowerRound,
 };
 
 /// Exponentiations in one agreement: per side key generation and shared secret (the
@@ -44,11 +44,11 @@ const MODEXPS_PER_AGREEMENT: u32 = 4;
 /// Untimed agreements first (tables parsed, caches warm).
 const WARM_UP_RUNS: usize = 2;
 
-/// Rounds of the key generation comparison: their spread shows how steady the machine was.
-const KEYGEN_ROUNDS: usize = 5;
+/// Rounds of each exponentiation comparison: their spread shows how steady the machine was.
+const POWER_ROUNDS: usize = 5;
 
-/// Fresh exponents per round of the key generation comparison (each timed both ways).
-const KEYGEN_EXPONENTS: usize = 40;
+/// Fresh exponents per round of each exponentiation comparison (each timed both ways).
+const POWER_EXPONENTS: usize = 40;
 
 /// Times `runs` agreements per group, the parts alone, and `openssl speed` (for
 /// `openssl_seconds` per group; 0 skips it) if openssl is installed.
@@ -77,10 +77,13 @@ pub fn run(runs: usize, openssl_seconds: u32) -> Result<DhReport> {
         let agreements_per_s = 1e3 / mean_ms.max(1e-9);
         let parts_ms = parts(group, &alice, runs)?;
         eprintln!(
-            "dh: {} keygen, modpow vs g = 2 path, {KEYGEN_ROUNDS} x {KEYGEN_EXPONENTS} exponents",
+            "dh: {} g^x and Y^x, modpow vs the library, {POWER_ROUNDS} x {POWER_EXPONENTS} exponents",
             group.name()
         );
-        let keygen_paths = keygen_paths(group)?;
+        let g = BigUint::from(GENERATOR);
+        let keygen_paths =
+            power_paths(group, "g^x", |_| g.clone(), |_, x| group.generator_power(x))?;
+        let secret_paths = power_paths(group, "Y^x", random_value, |y, x| group.power(y, x))?;
         let openssl = openssl_version.as_ref().and_then(|version| {
             eprintln!(
                 "dh: openssl speed -seconds {openssl_seconds} {}",
@@ -108,6 +111,7 @@ pub fn run(runs: usize, openssl_seconds: u32) -> Result<DhReport> {
             parts_ms,
             openssl,
             keygen_paths,
+            secret_paths,
         });
     }
     Ok(DhReport { runs, groups })
@@ -170,41 +174,53 @@ fn parts(group: Group, key: &IdentityKey, runs: usize) -> Result<DhParts> {
     })
 }
 
-/// Key generation's `g^x mod p` by `modpow` and by `Group::generator_power`, in
-/// [`KEYGEN_ROUNDS`] rounds of [`KEYGEN_EXPONENTS`] fresh exponents, alternating path by
+/// One exponentiation by `modpow` and by the library's `path`, in [`POWER_ROUNDS`] rounds
+/// of [`POWER_EXPONENTS`] fresh exponents (and bases from `base`), alternating path by
 /// exponent. An error if the two ever disagree.
-fn keygen_paths(group: Group) -> Result<KeygenPaths> {
-    let g = BigUint::from(GENERATOR);
+fn power_paths(
+    group: Group,
+    what: &str,
+    base: impl Fn(Group) -> BigUint,
+    path: impl Fn(&BigUint, &[u8]) -> BigUint,
+) -> Result<PowerPaths> {
     let mut exponent = vec![0u8; group.exponent_bits() / 8];
-    let mut rounds = Vec::with_capacity(KEYGEN_ROUNDS);
-    for _ in 0..KEYGEN_ROUNDS {
-        let mut modpow_nanos = Vec::with_capacity(KEYGEN_EXPONENTS);
-        let mut pow2_nanos = Vec::with_capacity(KEYGEN_EXPONENTS);
-        for _ in 0..KEYGEN_EXPONENTS {
+    let mut rounds = Vec::with_capacity(POWER_ROUNDS);
+    for _ in 0..POWER_ROUNDS {
+        let mut modpow_nanos = Vec::with_capacity(POWER_EXPONENTS);
+        let mut library_nanos = Vec::with_capacity(POWER_EXPONENTS);
+        for _ in 0..POWER_EXPONENTS {
             rand::rng().fill_bytes(&mut exponent);
             exponent[0] |= 0x80;
+            let b = base(group);
             let t = Instant::now();
-            let generic = g.modpow(&BigUint::from_bytes_be(&exponent), group.prime());
+            let generic = b.modpow(&BigUint::from_bytes_be(&exponent), group.prime());
             modpow_nanos.push(t.elapsed().as_nanos() as u64);
             let t = Instant::now();
-            let fast = group.generator_power(&exponent);
-            pow2_nanos.push(t.elapsed().as_nanos() as u64);
-            if generic != fast {
+            let library = path(&b, &exponent);
+            library_nanos.push(t.elapsed().as_nanos() as u64);
+            if generic != library {
                 return Err(Error::Protocol(format!(
-                    "{}: generator_power and modpow disagree on g^x",
+                    "{}: the library and modpow disagree on {what}",
                     group.name()
                 )));
             }
         }
-        rounds.push(KeygenRound {
+        rounds.push(PowerRound {
             modpow_ms: median_ms(modpow_nanos),
-            pow2_ms: median_ms(pow2_nanos),
+            library_ms: median_ms(library_nanos),
         });
     }
-    Ok(KeygenPaths {
-        exponents_per_round: KEYGEN_EXPONENTS,
+    Ok(PowerPaths {
+        exponents_per_round: POWER_EXPONENTS,
         rounds,
     })
+}
+
+/// A random number below the group's prime: a peer's public value, for timing `Y^x`.
+fn random_value(group: Group) -> BigUint {
+    let mut bytes = vec![0u8; group.byte_len()];
+    rand::rng().fill_bytes(&mut bytes);
+    BigUint::from_bytes_be(&bytes) % group.prime()
 }
 
 /// The median of some timings in nanoseconds, in milliseconds.

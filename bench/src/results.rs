@@ -398,30 +398,35 @@ pub struct DhGroupResult {
     /// `openssl speed` for the same group (`None` if openssl is missing or failed).
     pub openssl: Option<OpensslDh>,
     /// Key generation's `g^x` by the generic `modpow` and by the g = 2 path the library uses
-    /// (`src/e2e/pow2.rs`), timed side by side.
+    /// (`Group::generator_power`, `src/e2e/montgomery.rs`), timed side by side.
     #[serde(default)]
-    pub keygen_paths: KeygenPaths,
+    pub keygen_paths: PowerPaths,
+    /// The shared secret's `Y^x` by `modpow` and by the library's windowed Montgomery
+    /// path (`Group::power`), timed side by side (absent from runs before it existed).
+    #[serde(default)]
+    pub secret_paths: PowerPaths,
 }
 
-/// `g^x mod p` two ways, in rounds: each round draws fresh random exponents of the group's
-/// length (top bit set, as key generation makes them) and times both paths on each
-/// exponent in turn, so both see the same machine.
+/// One exponentiation two ways, in rounds: each round draws fresh random exponents of the
+/// group's length (top bit set, as key generation makes them) — and for `Y^x` a fresh
+/// random base — and times both paths on each in turn, so both see the same machine.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct KeygenPaths {
+pub struct PowerPaths {
     /// Exponents per round.
     pub exponents_per_round: usize,
     /// One entry per round.
-    pub rounds: Vec<KeygenRound>,
+    pub rounds: Vec<PowerRound>,
 }
 
-/// One round of [`KeygenPaths`]: medians over its exponents, milliseconds.
+/// One round of [`PowerPaths`]: medians over its exponents, milliseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct KeygenRound {
-    /// num-bigint's `BigUint::from(2).modpow(x, p)` (Montgomery, 4-bit window): the path
-    /// key generation took before.
+pub struct PowerRound {
+    /// num-bigint's `modpow` (Montgomery, 4-bit window): the path taken before.
     pub modpow_ms: f64,
-    /// `Group::generator_power`: Montgomery squarings and doublings.
-    pub pow2_ms: f64,
+    /// The library's path: `Group::generator_power` (squarings and doublings) for `g^x`,
+    /// `Group::power` (dedicated squarings, masked window) for `Y^x`.
+    #[serde(alias = "pow2_ms")]
+    pub library_ms: f64,
 }
 
 /// The parts of an agreement, timed alone (medians, milliseconds).

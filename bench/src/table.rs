@@ -323,52 +323,80 @@ fn print_dh(d: &results::DhReport) {
     } else {
         println!("      (no openssl figure: openssl not installed, or --openssl-seconds 0)");
     }
-    print_keygen_paths(d);
+    print_power_paths(d);
 }
 
-/// The `--dh` key generation comparison: per group, the range over rounds of each path's
-/// median, of their ratio, and OpenSSL's op (its keygen is the same exponentiation as its
-/// derive) beside the g = 2 path.
-fn print_keygen_paths(d: &results::DhReport) {
+/// Which of a group's [`results::PowerPaths`] a table shows.
+type PathsOf = fn(&results::DhGroupResult) -> &results::PowerPaths;
+
+/// The `--dh` exponentiation comparisons: per group, the range over rounds of each path's
+/// median, of their ratio, and OpenSSL's op beside the library's path (its key generation
+/// is the same constant-time exponentiation as its derive).
+fn print_power_paths(d: &results::DhReport) {
     let Some(first) = d.groups.first() else {
         return;
     };
-    println!(
-        "\ndh keygen g^x: num-bigint modpow vs the g = 2 path (src/e2e/pow2.rs), {} rounds x \
-         {} fresh exponents, per-round medians as min-max",
-        first.keygen_paths.rounds.len(),
-        first.keygen_paths.exponents_per_round
-    );
-    println!(
-        "{:<10} {:>5} {:>15} {:>15} {:>13} {:>12} {:>13}",
-        "group", "x bits", "modpow ms", "g=2 ms", "modpow/g=2", "openssl ms", "g=2/openssl"
-    );
-    let range = |values: &[f64], decimals: usize| -> String {
-        if values.is_empty() {
-            return "-".into();
+    let tables: [(&str, &str, PathsOf); 2] = [
+        (
+            "dh keygen g^x: num-bigint modpow vs the g = 2 path (Group::generator_power)",
+            "g=2",
+            |g| &g.keygen_paths,
+        ),
+        (
+            "dh secret Y^x: num-bigint modpow vs the masked-window path (Group::power)",
+            "lib",
+            |g| &g.secret_paths,
+        ),
+    ];
+    for (title, name, paths) in tables {
+        if paths(first).rounds.is_empty() {
+            continue;
         }
-        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        format!("{min:.decimals$}-{max:.decimals$}")
-    };
-    for g in &d.groups {
-        let rounds = &g.keygen_paths.rounds;
-        let modpow: Vec<f64> = rounds.iter().map(|r| r.modpow_ms).collect();
-        let pow2: Vec<f64> = rounds.iter().map(|r| r.pow2_ms).collect();
-        let speedup: Vec<f64> = rounds.iter().map(|r| r.modpow_ms / r.pow2_ms).collect();
-        let openssl_ms = g.openssl.as_ref().map(|o| 1e3 / o.op_per_s);
-        let vs_openssl: Vec<f64> = openssl_ms
-            .map(|ms| pow2.iter().map(|p| p / ms).collect())
-            .unwrap_or_default();
+        println!(
+            "\n{title}, src/e2e/montgomery.rs, {} rounds x {} fresh exponents, per-round medians as \
+             min-max",
+            paths(first).rounds.len(),
+            paths(first).exponents_per_round
+        );
         println!(
             "{:<10} {:>5} {:>15} {:>15} {:>13} {:>12} {:>13}",
-            g.group,
-            g.exponent_bits,
-            range(&modpow, 3),
-            range(&pow2, 3),
-            range(&speedup, 2),
-            opt(openssl_ms, 3),
-            range(&vs_openssl, 2),
+            "group",
+            "x bits",
+            "modpow ms",
+            format!("{name} ms"),
+            format!("modpow/{name}"),
+            "openssl ms",
+            format!("{name}/openssl")
         );
+        for g in &d.groups {
+            let rounds = &paths(g).rounds;
+            let modpow: Vec<f64> = rounds.iter().map(|r| r.modpow_ms).collect();
+            let library: Vec<f64> = rounds.iter().map(|r| r.library_ms).collect();
+            let speedup: Vec<f64> = rounds.iter().map(|r| r.modpow_ms / r.library_ms).collect();
+            let openssl_ms = g.openssl.as_ref().map(|o| 1e3 / o.op_per_s);
+            let vs_openssl: Vec<f64> = openssl_ms
+                .map(|ms| library.iter().map(|p| p / ms).collect())
+                .unwrap_or_default();
+            println!(
+                "{:<10} {:>5} {:>15} {:>15} {:>13} {:>12} {:>13}",
+                g.group,
+                g.exponent_bits,
+                min_max(&modpow, 3),
+                min_max(&library, 3),
+                min_max(&speedup, 2),
+                opt(openssl_ms, 3),
+                min_max(&vs_openssl, 2),
+            );
+        }
     }
+}
+
+/// `min-max` of `values` with `decimals`, or `-` when there are none.
+fn min_max(values: &[f64], decimals: usize) -> String {
+    if values.is_empty() {
+        return "-".into();
+    }
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.decimals$}-{max:.decimals$}")
 }

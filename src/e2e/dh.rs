@@ -7,10 +7,10 @@
 //! discrete logarithm to get `g^(xy)`. Both secrets are *ephemeral*: made for one exchange and
 //! wiped when dropped.
 //!
-//! Wiping is best effort: we overwrite the bytes we own, but `num-bigint` makes temporary copies
-//! during arithmetic that we cannot reach, and it is not constant-time. (`g^x` is computed by
-//! `pow2.rs` straight from the exponent's bytes, without such copies and with no branch on its
-//! bits; `Y^x` is num-bigint's `modpow`.)
+//! Wiping is best effort: we overwrite the bytes we own, but the Montgomery arithmetic's
+//! scratch limbs and `num-bigint`'s temporaries hold intermediate values we do not wipe. Both
+//! exponentiations (`g^x` and `Y^x`) are computed by `montgomery.rs` straight from the exponent's
+//! bytes, with no `BigUint` copy of the secret and no branch or table index on its bits.
 
 use std::fmt;
 use std::hint::black_box;
@@ -83,7 +83,7 @@ impl EphemeralSecret {
             return Err(E2eError::InvalidPublicValue(OTHER_GROUP));
         }
         let p = self.group.prime();
-        let z = peer.value.modpow(&self.exponent_number(), p);
+        let z = self.group.power(&peer.value, &self.exponent);
         // Unreachable for a validated Y (its order is q, and 1 < x < q), but cheap to confirm:
         // a secret of 1 or p-1 would be known to everyone.
         if z == BigUint::from(1u32) || z == p - 1u32 {
@@ -107,6 +107,7 @@ impl EphemeralSecret {
         &self.exponent
     }
 
+    #[cfg(test)]
     fn exponent_number(&self) -> BigUint {
         BigUint::from_bytes_be(&self.exponent)
     }

@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 
 use num_bigint::BigUint;
 
-use super::pow2::pow2_mod;
+use super::montgomery::{pow2_mod, pow_mod};
 
 /// A finite-field Diffie–Hellman group from RFC 7919: safe prime `p = 2q + 1`, generator 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -62,10 +62,17 @@ impl Group {
     }
 
     /// `g^x mod p` for the big-endian exponent `x`: key generation's exponentiation. Since
-    /// g = 2 it takes squarings and doublings instead of general multiplications (`pow2.rs`),
+    /// g = 2 it takes squarings and doublings instead of general multiplications (`montgomery.rs`),
     /// about 1.7 times as fast as `modpow` here (`report/performance.md` §8.2).
     pub fn generator_power(self, exponent: &[u8]) -> BigUint {
         pow2_mod(exponent, self.prime())
+    }
+
+    /// `Y^x mod p` for a public `base` `Y` and the big-endian secret exponent `x`: the shared
+    /// secret's exponentiation, on the same Montgomery arithmetic with a 4-bit window read
+    /// by a masked scan (`montgomery.rs`, measured in `report/performance.md` §8.3).
+    pub fn power(self, base: &BigUint, exponent: &[u8]) -> BigUint {
+        pow_mod(base, exponent, self.prime())
     }
 
     /// Bytes in `p`, and so in every encoded public value and shared secret (fixed width).

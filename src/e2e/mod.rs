@@ -26,7 +26,7 @@
 //! | --- | --- |
 //! | `group.rs` | the RFC 7919 primes, generator, exponent sizes |
 //! | `dh.rs` | secret exponents, public values and their validation, the shared secret |
-//! | `pow2.rs` | `2^x mod p` for key generation: Montgomery squarings and doublings |
+//! | `montgomery.rs` | the exponentiations with a secret exponent: `2^x mod p` (key generation) and `Y^x mod p` (shared secrets), Montgomery arithmetic on 64-bit limbs |
 //! | `identity.rs` | Ed25519 identity keys, the key file, fingerprints and safety numbers |
 //! | `kdf.rs` | HKDF: shared secret + transcript → two message keys and a secret fingerprint |
 //! | `aead.rs` | sealing/opening messages: counters, nonces, addressing, replay checks |
@@ -77,8 +77,8 @@ mod group;
 mod handshake;
 mod identity;
 mod kdf;
+mod montgomery;
 mod offline_practice;
-mod pow2;
 mod practice;
 mod prekeys;
 mod ratchet;

@@ -1,25 +1,35 @@
-//! `2^x mod p`: key generation's exponentiation, specialised for the generator g = 2.
+//! The exponentiations with a secret exponent, on Montgomery arithmetic over 64-bit limbs:
+//! `2^x mod p` for key generation ([`pow2_mod`]) and `Y^x mod p` for shared secrets
+//! ([`pow_mod`]). Measured against num-bigint's `modpow` in `report/performance.md` §8.2
+//! and §8.3 (`bench --dh`).
 //!
-//! A general `modpow` (num-bigint's: Montgomery multiplication with a 4-bit window) spends,
-//! per 4 exponent bits, 4 squarings and 1 multiplication by a table entry. With g = 2 the
-//! multiplication is a doubling: shift left one bit and subtract p if the result is not
-//! below p, a linear-time step instead of a quadratic one. So left to right over the
-//! exponent's bits: square, then double if the bit is 1. The squaring is Montgomery's, on
-//! 64-bit limbs, with the product computed as a square (each cross product `a_i a_j` once,
-//! then doubled: about 1.5 n² word multiplications against 2 n² for a general Montgomery
-//! product). Doubling works unchanged on Montgomery forms: `2 (a R) = (2a) R mod p`.
-//! Measured against `modpow` in `report/performance.md` §8.2 (`bench --dh`).
+//! *Squaring* is Montgomery's with the product computed as a square (each cross product
+//! `a_i a_j` once, then doubled: about 1.5 n² word multiplications against 2 n² for a
+//! general Montgomery product); most of either exponentiation is squarings.
+//!
+//! *`2^x`*: a general `modpow` (num-bigint's: Montgomery multiplication with a 4-bit window)
+//! spends, per 4 exponent bits, 4 squarings and 1 multiplication by a table entry. With
+//! g = 2 the multiplication is a doubling: shift left one bit and subtract p if the result
+//! is not below p, a linear-time step instead of a quadratic one. So left to right over the
+//! exponent's bits: square, then double if the bit is 1. Doubling works unchanged on
+//! Montgomery forms: `2 (a R) = (2a) R mod p`.
+//!
+//! *`Y^x`*: the same 4-bit window as `modpow` (4 squarings, then one multiplication by
+//! `Y^w` from a table of 16), with the dedicated squaring, and the table entry read by a
+//! masked scan of all 16 rather than by index.
 //!
 //! *Timing.* The sequence of operations depends only on the exponent's length in bytes,
-//! not on its bits: every bit costs one squaring and one doubling, and the doubling's
-//! result is kept or dropped with a mask built from the bit; the "subtract p if not below
-//! p" steps are masked too, no branch or memory address depends on a secret. That is a
-//! property of this source, not a guarantee: the compiler may reintroduce a branch, and
-//! 64-bit multiplication is constant-time on the x86-64 and AArch64 cores we know of but
-//! not on every CPU. It is still no worse than before: num-bigint's `modpow` chooses its
-//! table entry by exponent bits (a secret-dependent memory address) and ends with a
-//! conditional subtraction. The setup (`R mod p` by a division) and the conversion back to
-//! a `BigUint` touch only `p` and the public result.
+//! not on its bits: in `2^x` every bit costs one squaring and one doubling, and the
+//! doubling's result is kept or dropped with a mask built from the bit; in `Y^x` every
+//! window costs four squarings, a scan of the whole table and one multiplication (a zero
+//! window multiplies by 1). The "subtract p if not below p" steps are masked too; no branch
+//! or memory address depends on a secret. That is a property of this source, not a
+//! guarantee: the compiler may reintroduce a branch, and 64-bit multiplication is
+//! constant-time on the x86-64 and AArch64 cores we know of but not on every CPU. It is
+//! still no worse than before: num-bigint's `modpow` chooses its table entry by exponent
+//! bits (a secret-dependent memory address) and ends with a conditional subtraction. The
+//! setup (`R mod p` and `Y R mod p` by divisions) and the conversion back to a `BigUint`
+//! touch only `p`, the public `Y` and the result.
 
 use num_bigint::BigUint;
 
@@ -45,12 +55,56 @@ pub(super) fn pow2_mod(exponent: &[u8], p: &BigUint) -> BigUint {
             *a = (r & take) | (*a & !take);
         }
     }
-    // Out of Montgomery form: acc R / R.
-    wide.fill(0);
-    wide[..n].copy_from_slice(&acc);
-    modulus.reduce(&mut wide, &mut acc);
-    let bytes: Vec<u8> = acc.iter().flat_map(|limb| limb.to_le_bytes()).collect();
-    BigUint::from_bytes_le(&bytes)
+    modulus.out_of_form(&mut acc, &mut wide)
+}
+
+/// Bits of exponent per table multiplication in [`pow_mod`]: 16 table entries, and per 4
+/// bits 4 squarings and 1 multiplication (the window num-bigint's `modpow` uses for
+/// exponents of this length).
+const WINDOW_BITS: usize = 4;
+
+/// `base^x mod p` for the big-endian exponent `x` (secret), a public `base` and an odd
+/// modulus `p > 1`: the shared secret `Y^x`. Left to right over the exponent, 4 bits at a
+/// time: 4 squarings, then one Montgomery multiplication by the table entry `base^w`,
+/// where `w` is those 4 bits. The entry is read by a masked scan of the whole table, so no
+/// memory address depends on the exponent (num-bigint's `modpow` indexes its table by it),
+/// and a window of zero bits multiplies by 1 like any other.
+pub(super) fn pow_mod(base: &BigUint, exponent: &[u8], p: &BigUint) -> BigUint {
+    let modulus = Modulus::new(p);
+    let n = modulus.limbs.len();
+    // The table in Montgomery form: base^0 .. base^15, each times R. `base` is public.
+    let mut in_form = (((base % p) << (64 * n)) % p).to_u64_digits();
+    in_form.resize(n, 0);
+    let mut wide = vec![0u64; 2 * n];
+    let mut table = vec![modulus.one.clone()];
+    for w in 1..1 << WINDOW_BITS {
+        let mut next = vec![0u64; n];
+        multiply(&table[w - 1], &in_form, &mut wide);
+        modulus.reduce(&mut wide, &mut next);
+        table.push(next);
+    }
+    let mut acc = modulus.one.clone();
+    let mut entry = vec![0u64; n];
+    let windows = exponent
+        .iter()
+        .flat_map(|byte| [usize::from(byte >> 4), usize::from(byte & 0x0F)]);
+    for window in windows {
+        for _ in 0..WINDOW_BITS {
+            square(&acc, &mut wide);
+            modulus.reduce(&mut wide, &mut acc);
+        }
+        entry.fill(0);
+        for (w, value) in table.iter().enumerate() {
+            // All ones when w is the window, else zero: no branch, no secret index.
+            let take = 0u64.wrapping_sub(u64::from(w == window));
+            for (e, &v) in entry.iter_mut().zip(value) {
+                *e |= v & take;
+            }
+        }
+        multiply(&acc, &entry, &mut wide);
+        modulus.reduce(&mut wide, &mut acc);
+    }
+    modulus.out_of_form(&mut acc, &mut wide)
 }
 
 /// An odd modulus `p` of n 64-bit limbs, with what Montgomery reduction needs (R = 2^(64 n)).
@@ -109,6 +163,16 @@ impl Modulus {
         self.subtract_if_not_below(&t[n..], extra, out);
     }
 
+    /// The number whose Montgomery form is `a` (`a R / R`); `wide` is 2n limbs of scratch.
+    fn out_of_form(&self, a: &mut [u64], wide: &mut [u64]) -> BigUint {
+        let n = self.limbs.len();
+        wide.fill(0);
+        wide[..n].copy_from_slice(a);
+        self.reduce(wide, a);
+        let bytes: Vec<u8> = a.iter().flat_map(|limb| limb.to_le_bytes()).collect();
+        BigUint::from_bytes_le(&bytes)
+    }
+
     /// `out = 2a mod p` for `a < p`, with `scratch` for the shifted value.
     fn double(&self, a: &[u64], scratch: &mut [u64], out: &mut [u64]) {
         let mut top = 0u64;
@@ -134,6 +198,21 @@ impl Modulus {
         for (o, &v) in out.iter_mut().zip(value) {
             *o = (v & keep) | (*o & !keep);
         }
+    }
+}
+
+/// `t = a b` (2n limbs for n-limb `a` and `b`), schoolbook.
+fn multiply(a: &[u64], b: &[u64], t: &mut [u64]) {
+    let n = a.len();
+    t.fill(0);
+    for (i, &ai) in a.iter().enumerate() {
+        let mut carry = 0u64;
+        for (tj, &bj) in t[i..i + n].iter_mut().zip(b) {
+            let s = u128::from(*tj) + u128::from(ai) * u128::from(bj) + u128::from(carry);
+            *tj = s as u64;
+            carry = (s >> 64) as u64;
+        }
+        t[i + n] = carry;
     }
 }
 
@@ -232,6 +311,65 @@ mod tests {
             check(&random_exponent(group.byte_len(), false), group.prime());
             let q_bytes = group.subgroup_order().to_bytes_be();
             assert_eq!(pow2_mod(&q_bytes, group.prime()), BigUint::from(1u32));
+        }
+    }
+
+    fn check_general(base: &BigUint, exponent: &[u8], p: &BigUint) {
+        let expected = base.modpow(&BigUint::from_bytes_be(exponent), p);
+        assert_eq!(
+            pow_mod(base, exponent, p),
+            expected,
+            "{base}^{} mod a {}-bit p",
+            BigUint::from_bytes_be(exponent),
+            p.bits()
+        );
+    }
+
+    #[test]
+    fn the_general_power_agrees_with_modpow_in_both_groups() {
+        for group in Group::ALL {
+            let p = group.prime();
+            let len = group.exponent_bits() / 8;
+            let minus_one = p - 1u32;
+            let random_base =
+                || BigUint::from_bytes_be(&random_exponent(group.byte_len(), false)) % p;
+            for _ in 0..30 {
+                check_general(&random_base(), &random_exponent(len, true), p);
+            }
+            for base in [
+                BigUint::from(0u32),
+                BigUint::from(1u32),
+                BigUint::from(2u32),
+                minus_one,
+            ] {
+                for x in [vec![0u8; len], vec![0xFF; len], Vec::new(), vec![0x80]] {
+                    check_general(&base, &x, p);
+                }
+            }
+            // A base at or past p is reduced first; a full-size exponent.
+            check_general(&(p + 5u32), &random_exponent(len, true), p);
+            check_general(&random_base(), &random_exponent(group.byte_len(), false), p);
+            // Every window value occurs: 0x01 23 .. EF.
+            let every: Vec<u8> = (0..16u8).map(|i| i * 0x11).collect();
+            check_general(&random_base(), &every, p);
+        }
+    }
+
+    #[test]
+    fn the_general_power_agrees_with_modpow_for_other_odd_moduli() {
+        let mut random = BigUint::from_bytes_be(&random_exponent(100, false));
+        random.set_bit(0, true);
+        random.set_bit(799, true);
+        for p in [
+            BigUint::from(3u32),
+            BigUint::from(u64::MAX),
+            (BigUint::from(1u32) << 130u32) + 27u32,
+            random,
+        ] {
+            let base = BigUint::from_bytes_be(&random_exponent(120, false));
+            for len in [0, 1, 8, 33] {
+                check_general(&base, &random_exponent(len, false), &p);
+            }
         }
     }
 
