@@ -207,13 +207,13 @@ fn storm_and_dh_report_their_numbers() {
         assert!(num(g, "agreements_per_s") > 0.0, "{g}");
         assert!(num(g, "parts_ms.validate_ms") > 0.0, "{g}");
         assert!(g["openssl"].is_null(), "--openssl-seconds 0 skips openssl");
-        let rounds = g["keygen_paths"]["rounds"]
-            .as_array()
-            .expect("keygen rounds");
-        assert!(!rounds.is_empty(), "{g}");
-        for round in rounds {
-            assert!(num(round, "modpow_ms") > 0.0, "{g}");
-            assert!(num(round, "pow2_ms") > 0.0, "{g}");
+        for paths in ["keygen_paths", "secret_paths"] {
+            let rounds = g[paths]["rounds"].as_array().expect(paths);
+            assert!(!rounds.is_empty(), "{paths}: {g}");
+            for round in rounds {
+                assert!(num(round, "modpow_ms") > 0.0, "{g}");
+                assert!(num(round, "library_ms") > 0.0, "{g}");
+            }
         }
     }
 }
