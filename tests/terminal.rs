@@ -1275,3 +1275,140 @@ fn offline_messages_survive_kill_9_of_the_server_and_restarts_of_both_clients() 
     assert_eq!(alice.quit(), 0);
     assert_eq!(bob.quit(), 0);
 }
+
+/// bob registers (his client publishes its prekeys) and leaves: offline from then on.
+fn bob_registers_and_leaves(server: &TestServer, home: &Path) {
+    let mut bob = Terminal::spawn("bob", server, home);
+    bob.menu_login("bob", PASSWORD, true);
+    thread::sleep(Duration::from_millis(500)); // the one-time prekeys go out at the frame rate
+    assert_eq!(bob.quit(), 0);
+}
+
+/// Waits until the screen (as the terminal shows it) holds a row containing `words`.
+fn wait_on_screen(terminal: &mut Terminal, words: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !terminal.rows().iter().any(|row| row.contains(words)) {
+        if Instant::now() > deadline {
+            let rows = terminal.rows().join("\n");
+            terminal.fail(&format!("{words:?} is not on the screen:\n{rows}"));
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// The recovery path end to end, with a restart of the sender's client in it: alice queues
+/// a message for offline bob and quits; bob loses his keys (his mailbox file is deleted),
+/// logs in and accepts alice's message request, and his client acknowledges the message as
+/// unreadable; alice's client, started again, is told at login, says on her screen that bob
+/// could not read it and that it is sent again, and sends it (the text came from her mailbox
+/// file) in a new session, which bob's fresh keys open.
+#[test]
+fn a_message_bob_could_not_read_after_losing_his_keys_is_sent_again_by_alices_restarted_client() {
+    let server = TestServer::start();
+    let (alice_home, bob_home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    bob_registers_and_leaves(&server, bob_home.path());
+
+    let text = "read me after the loss";
+    let mut alice = Terminal::spawn("alice", &server, alice_home.path());
+    alice.menu_login("alice", PASSWORD, true);
+    alice.send_line(&format!("/msg bob {text}"));
+    alice.expect(&format!("to bob: queued (offline delivery) (\"{text}\")"));
+    assert_eq!(alice.quit(), 0);
+
+    // bob "lost his keys".
+    fs::remove_file(user_dir(bob_home.path(), &server, "bob").join("mailbox"))
+        .expect("delete bob's mailbox file");
+    let mut bob = Terminal::spawn("bob", &server, bob_home.path());
+    bob.menu_login("bob", PASSWORD, false);
+    bob.wait_until("the message request", |seen| {
+        seen.contains("message request: alice wrote to you while you were offline")
+    });
+    bob.send_line("/accept alice");
+    bob.expect("alice: a message they sent while you were offline could not be read");
+    thread::sleep(Duration::from_millis(500)); // his new one-time prekeys go out
+
+    let mut alice = Terminal::spawn("alice", &server, alice_home.path());
+    alice.menu_login("alice", PASSWORD, false);
+    wait_on_screen(
+        &mut alice,
+        &format!("to bob: NOT readable by bob's client (it lost or damaged its offline session) (\"{text}\")"),
+    );
+    wait_on_screen(
+        &mut alice,
+        "bob: sending it again in a new end-to-end session",
+    );
+
+    // bob, online, reads it at once, under alice's key pinned when he accepted.
+    let read = Regex::new(&format!(
+        r"alice -> \(you\) {} sent \d\d:\d\d: {text}",
+        regex::escape(&offline_label(Trust::FirstUse))
+    ))
+    .unwrap();
+    bob.wait_until("the message sent again", |seen| read.is_match(seen));
+    alice.wait_until("the message sent again, delivered", |seen| {
+        seen.contains(&format!("to bob: delivered (\"{text}\")"))
+    });
+    let alice_saw = alice.seen();
+    assert!(
+        alice_saw.contains("the new session starts from their current signed prekey only"),
+        "{alice_saw}"
+    );
+    assert!(!alice_saw.contains("no longer has the text"), "{alice_saw}");
+    assert_eq!(
+        alice_saw.matches("sending it again").count(),
+        1,
+        "once: {alice_saw}"
+    );
+    assert_eq!(bob.seen().matches(text).count(), 1, "{}", bob.transcript);
+    assert_eq!(alice.quit(), 0);
+    assert_eq!(bob.quit(), 0);
+}
+
+/// A full offline queue refuses the second message, and the sender's screen says which one
+/// was NOT delivered.
+#[test]
+fn a_message_refused_for_quota_is_shown_as_not_delivered_on_the_senders_screen() {
+    let mut limits = common::test_limits();
+    limits.queue_max = 1;
+    let server = TestServer::with_limits(limits);
+    let (alice_home, bob_home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    bob_registers_and_leaves(&server, bob_home.path());
+
+    let mut alice = Terminal::spawn("alice", &server, alice_home.path());
+    alice.menu_login("alice", PASSWORD, true);
+    alice.send_line("/msg bob the first fits");
+    alice.expect("to bob: queued (offline delivery) (\"the first fits\")");
+    alice.send_line("/msg bob the second does not");
+    wait_on_screen(
+        &mut alice,
+        "to bob: refused: quota (bob's offline queue is full), NOT delivered (\"the second does not\")",
+    );
+    assert_eq!(alice.quit(), 0);
+}
+
+/// A message not fetched within the server's time limit (`--queue-ttl`, here 1 second, the
+/// least it takes) expires; the sender, whose client was restarted meanwhile, is told at
+/// login, on screen, with the text from its mailbox file.
+#[test]
+fn an_expired_message_is_shown_as_not_delivered_on_the_restarted_senders_screen() {
+    let mut limits = common::test_limits();
+    limits.queue_ttl = Duration::from_secs(1);
+    let server = TestServer::with_limits(limits);
+    let (alice_home, bob_home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    bob_registers_and_leaves(&server, bob_home.path());
+
+    let mut alice = Terminal::spawn("alice", &server, alice_home.path());
+    alice.menu_login("alice", PASSWORD, true);
+    alice.send_line("/msg bob too late for bob");
+    alice.expect("to bob: queued (offline delivery) (\"too late for bob\")");
+    assert_eq!(alice.quit(), 0);
+    thread::sleep(Duration::from_secs(3)); // past the time limit, and the expiry's next run
+
+    let mut alice = Terminal::spawn("alice", &server, alice_home.path());
+    alice.menu_login("alice", PASSWORD, false);
+    wait_on_screen(
+        &mut alice,
+        "to bob: expired: not fetched before the server's time limit, NOT delivered (\"too late for bob\")",
+    );
+    assert_eq!(alice.quit(), 0);
+}

@@ -9,13 +9,35 @@
 //! logged: `Debug` shows counts only. Layout, every field `F()`-framed (§11.1):
 //!
 //! ```text
-//! F("securechat/mailbox/v1") ‖ F(identity DH key) ‖ F(signed prekey) ‖ F(u64be created, unix s)
+//! F("securechat/mailbox/v2") ‖ F(identity DH key) ‖ F(signed prekey) ‖ F(u64be created, unix s)
 //! ‖ F(previous signed prekey, or empty) ‖ F(u32be next one-time id)
 //! ‖ F(u32be n) ‖ n × F(one-time prekey)
 //! ‖ F(u32be n) ‖ n × (F(peer) ‖ F(ratchet state))
 //! ‖ F(u32be n) ‖ n × F(u64be MAIL id processed)
-//! ‖ F(u32be n) ‖ n × (F(ref) ‖ F(peer))                       ; sent, not yet resolved
+//! ‖ F(u32be n) ‖ n × (F(ref) ‖ F(peer) ‖ F(u8 stage) ‖ F(u8 flags) ‖ F(text) ‖ F(payload))
 //! ```
+//!
+//! The last list is my sent messages not yet resolved, oldest first. `stage` is 0 while the
+//! server has not confirmed storing it (`payload` is then the sealed `SEND` payload, else
+//! empty), 1 once it is queued, 2 once it came back unreadable and waits to be sent again in
+//! a new session. `flags`: 1, it is already such a second try (never sent a third time); 2,
+//! `text` is the text typed (else empty: the record came from a v1 file).
+//!
+//! The first format, `securechat/mailbox/v1`, is still read (and written back as v2): the same
+//! up to the last list, whose entries were `F(ref) ‖ F(peer) ‖ F(payload, empty once
+//! queued)`, without the text. Its messages keep their state; only their texts are unknown.
+//!
+//! **Plaintext at rest, a stated trade-off.** Each message I sent by offline delivery is kept
+//! here *as typed*, with its recipient, until its final state (delivered, expired, refused, or
+//! unreadable and sent again), then deleted. That is what lets a restarted client still say
+//! which message a `STATUS` is about, and send it again in a new session when the recipient's
+//! client could not read it. The file is 0600 and already holds the secrets that open these
+//! conversations, so anyone who can read it gains little more; a user who wants no unsent
+//! text on disk waits until their messages are delivered. Bounded: [`MAX_UNRESOLVED`]
+//! messages of at most [`MAX_PLAINTEXT_LEN`] bytes each (sealing refuses longer texts), 8 MiB
+//! of text at the very worst. Past the bound the oldest message the server already stores
+//! is forgotten first (its final state is then shown without its text, and it cannot be sent
+//! again); the caller tells the user which ([`Mailbox::remember_sent`]).
 //!
 //! Rules it keeps:
 //! * Every change is saved before the call returns, so the caller acknowledges a `MAIL` (or
@@ -36,7 +58,7 @@ use std::path::{Path, PathBuf};
 use crate::e2e::{
     encode_fields, initiate, respond, E2eError, Fields, Group, IdentityDhKey, IdentityKey,
     IdentityPublicKey, OneTimePrekey, Party, Payload, PrekeyBundle, Ratchet, SessionId,
-    SignedPrekey,
+    SignedPrekey, MAX_PAYLOAD_LEN, MAX_PLAINTEXT_LEN,
 };
 use crate::files::write_atomically;
 
@@ -63,12 +85,21 @@ const MAX_ONE_TIME_PREKEYS: usize = 300;
 /// acknowledged, so this needs to cover one login's worth of mail at most.
 const MAX_PROCESSED: usize = 1_000;
 
-/// Sent messages remembered until the server reports them delivered, expired or refused; the
-/// server's own queue limit per recipient is 1,000 by default.
-const MAX_UNRESOLVED: usize = 1_000;
+/// Sent messages remembered until the server reports them delivered, expired, refused or
+/// unreadable; the server's own queue limit per recipient is 1,000 by default.
+pub const MAX_UNRESOLVED: usize = 1_000;
 
 /// First field of the file: names the format and its version.
-const FILE_LABEL: &[u8] = b"securechat/mailbox/v1";
+const FILE_LABEL: &[u8] = b"securechat/mailbox/v2";
+
+/// First field of a file in the first format, still read (see the module docs).
+const FILE_LABEL_V1: &[u8] = b"securechat/mailbox/v1";
+
+/// `flags` bit of a sent message: already a second try.
+const FLAG_RETRY: u8 = 1;
+
+/// `flags` bit of a sent message: its text is known.
+const FLAG_TEXT: u8 = 2;
 
 /// My offline-delivery state for one account on one server.
 pub struct Mailbox {
@@ -99,16 +130,76 @@ pub struct Mailbox {
     unresolved: VecDeque<Sent>,
 }
 
-/// One of my offline messages on its way.
-struct Sent {
+/// One of my offline messages on its way. No `Debug`: it holds what the user typed.
+pub struct Sent {
     /// Its `SEND` reference.
     reference: String,
     /// The recipient.
-    peer: String,
-    /// The sealed payload, kept until the server confirms it stored the message (`STATUS …
-    /// queued`): a `SEND` cut off by a broken connection or a server crash is sent again,
-    /// byte for byte, and the server stores a re-sent reference once. `None` once confirmed.
-    payload: Option<String>,
+    pub peer: String,
+    /// What the user typed: to show which message a `STATUS` is about, and to send it again
+    /// if the recipient's client cannot read it, after a restart too. `None` only for a
+    /// message remembered by a v1 file, which did not keep texts.
+    pub text: Option<String>,
+    /// Already a second try after an `unreadable`: not sent a third time.
+    pub retry: bool,
+    /// Where it is on its way.
+    stage: Stage,
+}
+
+/// Where one of my offline messages is on its way.
+enum Stage {
+    /// Sent, not yet confirmed stored (`STATUS … queued`), with its sealed payload: a `SEND`
+    /// cut off by a broken connection or a server crash is sent again, byte for byte, and the
+    /// server stores a re-sent reference once.
+    Unconfirmed(String),
+    /// The server stores it, until it is delivered or expires.
+    Queued,
+    /// The recipient's client could not read it: it waits to be sent again, once, in a new
+    /// session (its `unreadable` is already acknowledged, so only this record remembers it).
+    Resending,
+}
+
+impl Sent {
+    /// Whether it came back unreadable and waits to be sent again.
+    pub fn is_resending(&self) -> bool {
+        matches!(self.stage, Stage::Resending)
+    }
+
+    /// What is lost, in words, when the mailbox stops following it (to stay within
+    /// [`MAX_UNRESOLVED`]).
+    pub fn loss_if_forgotten(&self) -> &'static str {
+        match self.stage {
+            Stage::Queued => {
+                "its final state will be shown without its text, and it is not sent again if \
+                 their client cannot read it"
+            }
+            Stage::Unconfirmed(_) => {
+                "if the server did not get it, it is NOT sent again after a reconnect"
+            }
+            Stage::Resending => "it was waiting to be sent again, and is NOT sent",
+        }
+    }
+}
+
+impl Stage {
+    /// Its byte and its payload field in the file.
+    fn to_fields(&self) -> (u8, &str) {
+        match self {
+            Stage::Unconfirmed(payload) => (0, payload),
+            Stage::Queued => (1, ""),
+            Stage::Resending => (2, ""),
+        }
+    }
+
+    /// Reads [`Stage::to_fields`]'s form.
+    fn from_fields(byte: u8, payload: String) -> Option<Stage> {
+        match (byte, payload.is_empty()) {
+            (0, false) => Some(Stage::Unconfirmed(payload)),
+            (1, true) => Some(Stage::Queued),
+            (2, true) => Some(Stage::Resending),
+            _ => None,
+        }
+    }
 }
 
 impl Mailbox {
@@ -336,32 +427,56 @@ impl Mailbox {
         }
     }
 
-    /// A fresh reference for `SEND` (16 random hex digits), remembered with its recipient
-    /// and `payload` (saved before the frame goes out) until resolved.
-    pub fn remember_sent(&mut self, peer: &str, payload: &str) -> Result<String, E2eError> {
+    /// A fresh reference for `SEND` (16 random hex digits), remembered with its recipient,
+    /// the `text` typed and the sealed `payload` (saved before the frame goes out) until
+    /// resolved. When `text` is one that waits to be sent again to `peer` after an
+    /// `unreadable` ([`Mailbox::resend`]), this is that second try: it replaces the waiting
+    /// record, in the same save. The second value is the message forgotten to stay within
+    /// [`MAX_UNRESOLVED`], if one was, for the caller to tell the user: the oldest one the
+    /// server already stores, else the oldest of all.
+    pub fn remember_sent(
+        &mut self,
+        peer: &str,
+        text: &str,
+        payload: &str,
+    ) -> Result<(String, Option<Sent>), E2eError> {
         let random = SessionId::random()?.0;
         let reference: String = random[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let second_try = self.unresolved.iter().position(|sent| {
+            matches!(sent.stage, Stage::Resending)
+                && sent.peer == peer
+                && sent.text.as_deref() == Some(text)
+        });
+        if let Some(at) = second_try {
+            self.unresolved.remove(at);
+        }
         self.unresolved.push_back(Sent {
             reference: reference.clone(),
             peer: peer.to_owned(),
-            payload: Some(payload.to_owned()),
+            text: Some(text.to_owned()),
+            retry: second_try.is_some(),
+            stage: Stage::Unconfirmed(payload.to_owned()),
         });
-        while self.unresolved.len() > MAX_UNRESOLVED {
-            self.unresolved.pop_front();
+        let mut forgotten = None;
+        if self.unresolved.len() > MAX_UNRESOLVED {
+            let oldest_queued = self
+                .unresolved
+                .iter()
+                .position(|sent| matches!(sent.stage, Stage::Queued));
+            forgotten = self.unresolved.remove(oldest_queued.unwrap_or(0));
         }
         self.save()?;
-        Ok(reference)
+        Ok((reference, forgotten))
     }
 
     /// The server stored my message `reference` (`STATUS … queued`): its payload is no
     /// longer needed.
     pub fn confirmed(&mut self, reference: &str) -> Result<(), E2eError> {
-        let sent = self
-            .unresolved
-            .iter_mut()
-            .find(|sent| sent.reference == reference);
-        if let Some(sent) = sent.filter(|sent| sent.payload.is_some()) {
-            sent.payload = None;
+        let sent = self.unresolved.iter_mut().find(|sent| {
+            sent.reference == reference && matches!(sent.stage, Stage::Unconfirmed(_))
+        });
+        if let Some(sent) = sent {
+            sent.stage = Stage::Queued;
             self.save()?;
         }
         Ok(())
@@ -372,21 +487,76 @@ impl Mailbox {
     pub fn unconfirmed(&self) -> Vec<(String, String, String)> {
         self.unresolved
             .iter()
-            .filter_map(|sent| {
-                let payload = sent.payload.clone()?;
-                Some((sent.reference.clone(), sent.peer.clone(), payload))
+            .filter_map(|sent| match &sent.stage {
+                Stage::Unconfirmed(payload) => {
+                    Some((sent.reference.clone(), sent.peer.clone(), payload.clone()))
+                }
+                _ => None,
             })
             .collect()
     }
 
-    /// My message `reference` reached a final state: forget it.
-    pub fn resolved(&mut self, reference: &str) -> Result<(), E2eError> {
+    /// My unresolved message `reference`, if I still remember it.
+    pub fn sent(&self, reference: &str) -> Option<&Sent> {
+        self.unresolved
+            .iter()
+            .find(|sent| sent.reference == reference)
+    }
+
+    /// My message `reference` came back unreadable: unless it is already a second try, its
+    /// text is unknown or it already waits, it now waits to be sent again, once, in a new
+    /// session, and its text is returned for the caller to send. It waits in the file, so a
+    /// restart before it is sent again does not lose it ([`Mailbox::resending`]).
+    pub fn resend(&mut self, reference: &str) -> Result<Option<String>, E2eError> {
+        let sent = self.unresolved.iter_mut().find(|sent| {
+            sent.reference == reference
+                && !sent.retry
+                && sent.text.is_some()
+                && !matches!(sent.stage, Stage::Resending)
+        });
+        let Some(sent) = sent else {
+            return Ok(None);
+        };
+        sent.stage = Stage::Resending;
+        let text = sent.text.clone();
+        self.save()?;
+        Ok(text)
+    }
+
+    /// My messages waiting to be sent again after an `unreadable`, oldest first, as
+    /// `(recipient, text)`.
+    pub fn resending(&self) -> Vec<(String, String)> {
+        self.unresolved
+            .iter()
+            .filter(|sent| matches!(sent.stage, Stage::Resending))
+            .filter_map(|sent| Some((sent.peer.clone(), sent.text.clone()?)))
+            .collect()
+    }
+
+    /// Forgets my messages to `peer` waiting to be sent again: sending to `peer` failed
+    /// (the caller says so, counting them among the messages not sent).
+    pub fn stop_resending(&mut self, peer: &str) -> Result<(), E2eError> {
         let before = self.unresolved.len();
-        self.unresolved.retain(|sent| sent.reference != reference);
+        self.unresolved
+            .retain(|sent| !(matches!(sent.stage, Stage::Resending) && sent.peer == peer));
         if self.unresolved.len() != before {
             self.save()?;
         }
         Ok(())
+    }
+
+    /// My message `reference` reached a final state: forgets it, and returns it.
+    pub fn resolved(&mut self, reference: &str) -> Result<Option<Sent>, E2eError> {
+        let Some(at) = self
+            .unresolved
+            .iter()
+            .position(|sent| sent.reference == reference)
+        else {
+            return Ok(None);
+        };
+        let sent = self.unresolved.remove(at);
+        self.save()?;
+        Ok(sent)
     }
 
     /// My session with `peer`, decoded from its saved form.
@@ -438,9 +608,20 @@ impl Mailbox {
         fields.extend(self.processed.iter().map(|id| id.to_be_bytes().to_vec()));
         fields.push(count(self.unresolved.len()));
         for sent in &self.unresolved {
+            let (stage, payload) = sent.stage.to_fields();
+            let mut flags = 0;
+            if sent.retry {
+                flags |= FLAG_RETRY;
+            }
+            if sent.text.is_some() {
+                flags |= FLAG_TEXT;
+            }
             fields.push(sent.reference.as_bytes().to_vec());
             fields.push(sent.peer.as_bytes().to_vec());
-            fields.push(sent.payload.as_deref().unwrap_or("").as_bytes().to_vec());
+            fields.push(vec![stage]);
+            fields.push(vec![flags]);
+            fields.push(sent.text.as_deref().unwrap_or("").as_bytes().to_vec());
+            fields.push(payload.as_bytes().to_vec());
         }
         let slices: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
         encode_fields(&slices)
@@ -454,9 +635,11 @@ impl Mailbox {
         bytes: &[u8],
     ) -> Result<Mailbox, E2eError> {
         let mut fields = Fields::new(bytes, "offline mailbox", E2eError::State);
-        if fields.next()? != FILE_LABEL {
-            return Err(fields.fail("not a mailbox, or saved by another version"));
-        }
+        let first_format = match fields.next()? {
+            FILE_LABEL => false,
+            FILE_LABEL_V1 => true,
+            _ => return Err(fields.fail("not a mailbox, or saved by another version")),
+        };
         let identity_dh = IdentityDhKey::from_bytes(fields.next()?, identity, me)?;
         let signed_prekey = SignedPrekey::from_bytes(fields.next()?, identity, me)?;
         let signed_prekey_created = u64::from_be_bytes(fields.array()?);
@@ -481,14 +664,12 @@ impl Mailbox {
         }
         let mut unresolved = VecDeque::new();
         for _ in 0..bounded(&mut fields, MAX_UNRESOLVED)? {
-            let reference = utf8(&mut fields)?;
-            let peer = utf8(&mut fields)?;
-            let payload = Some(utf8(&mut fields)?).filter(|payload| !payload.is_empty());
-            unresolved.push_back(Sent {
-                reference,
-                peer,
-                payload,
-            });
+            let sent = if first_format {
+                sent_v1(&mut fields)?
+            } else {
+                sent_v2(&mut fields)?
+            };
+            unresolved.push_back(sent);
         }
         fields.finish()?;
         Ok(Mailbox {
@@ -541,6 +722,50 @@ fn count(n: usize) -> Vec<u8> {
 fn utf8(fields: &mut Fields<'_>) -> Result<String, E2eError> {
     let raw = fields.next()?;
     String::from_utf8(raw.to_vec()).map_err(|_| fields.fail("a name is not UTF-8"))
+}
+
+/// One sent message in the current format (see the module docs).
+fn sent_v2(fields: &mut Fields<'_>) -> Result<Sent, E2eError> {
+    let reference = utf8(fields)?;
+    let peer = utf8(fields)?;
+    let [stage] = fields.array()?;
+    let [flags] = fields.array()?;
+    let text = utf8(fields)?;
+    let payload = utf8(fields)?;
+    if flags & !(FLAG_RETRY | FLAG_TEXT) != 0
+        || (flags & FLAG_TEXT == 0 && !text.is_empty())
+        || text.len() > MAX_PLAINTEXT_LEN
+        || payload.len() > MAX_PAYLOAD_LEN
+    {
+        return Err(fields.fail("a sent message's record is not valid"));
+    }
+    let stage = Stage::from_fields(stage, payload)
+        .ok_or_else(|| fields.fail("a sent message's stage is not valid"))?;
+    Ok(Sent {
+        reference,
+        peer,
+        text: Some(text).filter(|_| flags & FLAG_TEXT != 0),
+        retry: flags & FLAG_RETRY != 0,
+        stage,
+    })
+}
+
+/// One sent message in the first format: no text, and an empty payload once queued.
+fn sent_v1(fields: &mut Fields<'_>) -> Result<Sent, E2eError> {
+    let reference = utf8(fields)?;
+    let peer = utf8(fields)?;
+    let payload = utf8(fields)?;
+    Ok(Sent {
+        reference,
+        peer,
+        text: None,
+        retry: false,
+        stage: if payload.is_empty() {
+            Stage::Queued
+        } else {
+            Stage::Unconfirmed(payload)
+        },
+    })
 }
 
 /// A count field, refused above `max`.
@@ -774,17 +999,25 @@ mod tests {
         assert_eq!(bob.mailbox().bundle_record(), mailbox.bundle_record());
     }
 
+    impl Mailbox {
+        /// [`Mailbox::remember_sent`] where nothing is forgotten: the reference.
+        fn remember(&mut self, peer: &str, text: &str, payload: &str) -> String {
+            let (reference, forgotten) = self.remember_sent(peer, text, payload).expect("ref");
+            assert!(forgotten.is_none());
+            reference
+        }
+
+        /// The text kept for `reference`.
+        fn text_of(&self, reference: &str) -> Option<&str> {
+            self.sent(reference)?.text.as_deref()
+        }
+    }
+
     #[test]
     fn sent_messages_are_kept_until_confirmed_and_remembered_until_resolved() {
         let alice = User::new("alice", 1);
-        let first = alice
-            .mailbox()
-            .remember_sent("bob", "RATCHET one")
-            .expect("ref");
-        let second = alice
-            .mailbox()
-            .remember_sent("carol", "RATCHET two")
-            .expect("ref");
+        let first = alice.mailbox().remember("bob", "a secret", "RATCHET one");
+        let second = alice.mailbox().remember("carol", "two", "RATCHET two");
         assert_eq!(first.len(), 16);
         // After a restart, both wait to be sent again, oldest first.
         assert_eq!(
@@ -799,10 +1032,177 @@ mod tests {
             alice.mailbox().unconfirmed(),
             [(second.clone(), "carol".to_owned(), "RATCHET two".to_owned())]
         );
-        alice.mailbox().resolved(&second).expect("resolved");
+        // The text stays, across restarts, until the final state; then it is gone.
+        assert_eq!(alice.mailbox().text_of(&first), Some("a secret"));
+        let resolved = alice.mailbox().resolved(&second).expect("resolved");
+        assert_eq!(resolved.and_then(|sent| sent.text).as_deref(), Some("two"));
+        assert!(alice.mailbox().sent(&second).is_none());
         assert!(alice.mailbox().unconfirmed().is_empty());
         let shown = format!("{:?}", alice.mailbox());
         assert!(shown.contains("unresolved: 1"), "{shown}");
+        assert!(!shown.contains("secret"), "no text in Debug: {shown}");
+    }
+
+    #[test]
+    fn an_unreadable_message_waits_on_disk_to_be_sent_again_once() {
+        let alice = User::new("alice", 1);
+        let first = alice.mailbox().remember("bob", "read me", "X3DH one");
+        alice.mailbox().confirmed(&first).expect("confirmed");
+        // Unreadable: it waits to be sent again, and still does after a restart.
+        assert_eq!(
+            alice.mailbox().resend(&first).expect("saved").as_deref(),
+            Some("read me")
+        );
+        assert!(alice.mailbox().sent(&first).is_some_and(Sent::is_resending));
+        assert_eq!(alice.mailbox().resend(&first).expect("saved"), None, "once");
+        assert_eq!(
+            alice.mailbox().resending(),
+            [("bob".to_owned(), "read me".to_owned())]
+        );
+        // Sent again: that record is replaced by the second try, in the same save.
+        let second = alice.mailbox().remember("bob", "read me", "X3DH two");
+        assert!(alice.mailbox().resending().is_empty());
+        assert!(alice.mailbox().sent(&first).is_none());
+        assert!(alice.mailbox().sent(&second).is_some_and(|sent| sent.retry));
+        // The second try is never sent a third time, after a restart too.
+        alice.mailbox().confirmed(&second).expect("confirmed");
+        assert_eq!(alice.mailbox().resend(&second).expect("saved"), None);
+        let resolved = alice.mailbox().resolved(&second).expect("saved");
+        assert!(resolved.is_some_and(|sent| sent.retry));
+        // Giving up on a peer forgets what waited to be sent again to them, and only that.
+        let to_bob = alice.mailbox().remember("bob", "b", "X3DH b");
+        let to_carol = alice.mailbox().remember("carol", "c", "X3DH c");
+        for reference in [&to_bob, &to_carol] {
+            alice.mailbox().resend(reference).expect("saved");
+        }
+        alice.mailbox().stop_resending("bob").expect("saved");
+        assert_eq!(
+            alice.mailbox().resending(),
+            [("carol".to_owned(), "c".to_owned())]
+        );
+    }
+
+    #[test]
+    fn past_the_bound_the_oldest_queued_message_is_forgotten_and_returned() {
+        let alice = User::new("alice", 1);
+        let mut mailbox = alice.mailbox();
+        let unconfirmed = mailbox.remember("bob", "not yet stored", "RATCHET a");
+        let queued = mailbox.remember("bob", "stored", "RATCHET b");
+        mailbox.confirmed(&queued).expect("confirmed");
+        while mailbox.unresolved.len() < MAX_UNRESOLVED {
+            mailbox.unresolved.push_back(Sent {
+                reference: format!("{:016x}", mailbox.unresolved.len()),
+                peer: "carol".to_owned(),
+                text: Some("filler".to_owned()),
+                retry: false,
+                stage: Stage::Unconfirmed("RATCHET filler".to_owned()),
+            });
+        }
+        let (_, forgotten) = mailbox
+            .remember_sent("bob", "one too many", "RATCHET c")
+            .expect("saved");
+        let forgotten = forgotten.expect("one is forgotten");
+        assert_eq!(forgotten.text.as_deref(), Some("stored"), "the queued one");
+        assert!(forgotten.loss_if_forgotten().contains("without its text"));
+        assert_eq!(mailbox.unresolved.len(), MAX_UNRESOLVED);
+        // The file holds the bound, and reads back.
+        let again = alice.mailbox();
+        assert_eq!(again.unresolved.len(), MAX_UNRESOLVED);
+        assert_eq!(again.text_of(&unconfirmed), Some("not yet stored"));
+        // With none queued, the oldest of all goes, and that is said too.
+        let mut mailbox = again;
+        let (_, forgotten) = mailbox
+            .remember_sent("bob", "and another", "RATCHET d")
+            .expect("saved");
+        let forgotten = forgotten.expect("one is forgotten");
+        assert_eq!(forgotten.text.as_deref(), Some("not yet stored"));
+        assert!(forgotten.loss_if_forgotten().contains("NOT sent again"));
+    }
+
+    #[test]
+    fn a_record_with_a_text_longer_than_a_message_is_refused() {
+        let alice = User::new("alice", 1);
+        let mut mailbox = alice.mailbox();
+        let long = "x".repeat(MAX_PLAINTEXT_LEN + 1);
+        mailbox.remember("bob", &long, "RATCHET long");
+        let (_, problem) =
+            Mailbox::load_or_create(&alice.path, &alice.identity, "alice", Group::Ffdhe2048, NOW)
+                .expect("fresh");
+        let problem = problem.expect("a problem is reported");
+        assert!(problem.contains("not valid"), "{problem}");
+    }
+
+    /// The values of `tests/vectors/mailbox-v1.txt`, by name.
+    fn v1_vector() -> HashMap<String, String> {
+        include_str!("../../tests/vectors/mailbox-v1.txt")
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split_once(' '))
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_mailbox_file_in_the_first_format_loads_with_its_keys_sessions_and_messages() {
+        use base64::Engine as _;
+        let vector = v1_vector();
+        let file = |name: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(&vector[name])
+                .expect("base64")
+        };
+        let (alice, bob) = (User::new("alice", 1), User::new("bob", 2));
+        std::fs::write(&alice.path, file("alice")).expect("write");
+        std::fs::write(&bob.path, file("bob")).expect("write");
+
+        // Loading it (no problem reported) keeps the keys: the same record is published.
+        let mut mailbox = alice.mailbox();
+        let record = base64::engine::general_purpose::STANDARD
+            .decode(&vector["record"])
+            .expect("base64");
+        assert_eq!(mailbox.bundle_record().to_bytes(), record);
+        assert_eq!(mailbox.one_time_prekeys.len(), 3);
+        assert!(mailbox.is_processed(5));
+        // The messages keep their state; their texts were never saved.
+        let (confirmed, unconfirmed) = (&vector["confirmed"], &vector["unconfirmed"]);
+        assert_eq!(
+            mailbox.unconfirmed(),
+            [(
+                unconfirmed.clone(),
+                "bob".to_owned(),
+                vector["second"].clone()
+            )]
+        );
+        assert!(mailbox
+            .sent(confirmed)
+            .is_some_and(|sent| sent.text.is_none()));
+        assert_eq!(mailbox.resend(confirmed).expect("saved"), None, "no text");
+        // The session goes on: bob (his file in the first format too) reads it all.
+        let third = mailbox.seal("bob", "three").expect("sealed");
+        let mut bob_mailbox = bob.mailbox();
+        for (id, payload, text) in [
+            (1, vector["first"].as_str(), "one"),
+            (2, vector["second"].as_str(), "two"),
+            (3, third.as_str(), "three"),
+        ] {
+            assert_eq!(
+                bob_mailbox.open_ok(id, "alice", alice.key(), payload),
+                Ok(text.to_owned())
+            );
+        }
+        // It was written back in the current format, and reads back the same.
+        let saved = std::fs::read(&alice.path).expect("read");
+        assert!(contains(&saved, FILE_LABEL));
+        let again = alice.mailbox();
+        assert_eq!(again.bundle_record().to_bytes(), record);
+        assert_eq!(again.unresolved.len(), 2);
+    }
+
+    /// Whether `needle` occurs in `haystack`.
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
     }
 
     #[test]

@@ -19,23 +19,26 @@
 //! * A `MAIL` is acknowledged only once the mailbox saved what opening it changed; one that
 //!   cannot be opened is acknowledged too (after saying why), so it does not come back at
 //!   every login; one already processed is only acknowledged again.
-//! * Each final `STATUS` (delivered, expired, refused) is shown, then acknowledged.
+//! * Each final `STATUS` (delivered, expired, refused, unreadable) is shown, then
+//!   acknowledged. The text of each message on its way is the [`Mailbox`]'s (on disk, until
+//!   its final state), so a restarted client still says which message a `STATUS` is about,
+//!   and still sends a message again, once, in a new session when the recipient's client
+//!   could not read it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
 use crate::client::end_to_end::{self, Action, EndToEnd, Notice};
-use crate::client::mailbox::{Mailbox, REFILL_BELOW};
+use crate::client::mailbox::{Mailbox, Sent, MAX_UNRESOLVED, REFILL_BELOW};
 use crate::e2e::{E2eError, IdentityPublicKey, PrekeyBundle, Trust};
 use crate::protocol::{DeliveryState, MailboxLimits, OneTimePrekey, PrekeyList, Refusal, Request};
 
 /// One-time prekeys made per refill step (one `ADDPREKEYS` frame).
 const REFILL_STEP: usize = 20;
 
-/// Characters of a sent text kept (in memory only) to tell the user which message a
-/// `STATUS` is about.
+/// Characters of a sent text shown to tell the user which message a `STATUS` is about.
 const PREVIEW_CHARS: usize = 24;
 
 /// Something the chat must do.
@@ -85,14 +88,6 @@ struct Starting {
     bundle: Option<PrekeyBundle>,
 }
 
-/// One of my messages waiting for its final state.
-struct Sending {
-    /// What the user typed.
-    text: String,
-    /// Already a second try after an `unreadable`: not sent again.
-    retry: bool,
-}
-
 /// A `MAIL` waiting for its sender's identity key.
 struct Held {
     /// The server's id.
@@ -105,7 +100,7 @@ struct Held {
 
 /// Offline delivery for one logged-in user.
 pub struct Offline {
-    /// Keys, sessions, processed ids, unresolved refs (on disk).
+    /// Keys, sessions, processed ids, and my unresolved messages with their texts (on disk).
     mailbox: Mailbox,
     /// The server's queue limits when this connection opted in; `None` while the server
     /// does not offer offline delivery (then nothing here sends a frame).
@@ -122,12 +117,6 @@ pub struct Offline {
     /// Mail from strangers waiting for `/accept`, per sender, in the order received (this
     /// connection only: it was not acknowledged, so the server sends it again).
     requests: HashMap<String, Vec<Held>>,
-    /// Each unresolved message's text, by ref (this run only, never on disk): shown with its
-    /// state, and sent again once in a new session if the recipient could not read it.
-    texts: HashMap<String, Sending>,
-    /// Texts being sent again after an `unreadable` (peer, text): their new refs get no
-    /// second try.
-    retrying: HashSet<(String, String)>,
 }
 
 impl Offline {
@@ -141,8 +130,6 @@ impl Offline {
             starting: HashMap::new(),
             held: HashMap::new(),
             requests: HashMap::new(),
-            texts: HashMap::new(),
-            retrying: HashSet::new(),
         }
     }
 
@@ -191,21 +178,50 @@ impl Offline {
                 .to_string(),
             ));
         }
+        let resending = self.mailbox.resending();
+        if !resending.is_empty() {
+            steps.push(info(&format!(
+                "sending again, in a new end-to-end session, {} offline message(s) their \
+                 recipient's client could not read",
+                resending.len()
+            )));
+        }
+        let mut by_peer: Vec<(String, Vec<String>)> = Vec::new();
+        for (peer, text) in resending {
+            match by_peer.iter_mut().find(|(known, _)| *known == peer) {
+                Some((_, texts)) => texts.push(text),
+                None => by_peer.push((peer, vec![text])),
+            }
+        }
+        for (peer, texts) in by_peer {
+            steps.extend(self.send(&peer, texts));
+        }
         steps
     }
 
     /// The connection is gone: returns the texts that waited for a first message, as
     /// `(peer, text)` in the order typed, for the caller to send again once reconnected.
-    /// Held mail is dropped: it was not acknowledged, so the server sends it again.
+    /// Texts being sent again after an `unreadable` are left out: they wait in the mailbox,
+    /// and [`Offline::connected`] sends them. Held mail is dropped: it was not acknowledged,
+    /// so the server sends it again.
     pub fn connection_lost(&mut self) -> Vec<(String, String)> {
         self.held.clear();
         self.requests.clear();
+        let mut resending = self.mailbox.resending();
         let mut peers: Vec<String> = self.starting.keys().cloned().collect();
         peers.sort();
         let mut waiting = Vec::new();
         for peer in peers {
-            if let Some(starting) = self.starting.remove(&peer) {
-                waiting.extend(starting.texts.into_iter().map(|text| (peer.clone(), text)));
+            for text in self.starting.remove(&peer).unwrap_or_default().texts {
+                let again = resending
+                    .iter()
+                    .position(|(to, resent)| *to == peer && *resent == text);
+                match again {
+                    Some(at) => {
+                        resending.swap_remove(at);
+                    }
+                    None => waiting.push((peer.clone(), text)),
+                }
             }
         }
         waiting
@@ -329,12 +345,27 @@ impl Offline {
                 };
                 Ok(bundle)
             });
-        let bundle = match parsed {
+        let mut bundle = match parsed {
             Ok(bundle) => bundle,
             Err(e) => return self.give_up(user, &format!("unusable prekeys: {e}")),
         };
         let mut steps = Vec::new();
-        if bundle.one_time_prekey.is_none() {
+        let lost_state = self
+            .mailbox
+            .resending()
+            .iter()
+            .any(|(peer, _)| peer == user);
+        if lost_state && bundle.one_time_prekey.take().is_some() {
+            // A client that lost its state may not hold the one-time prekey handed out: the
+            // server voids the old ones when a new mailbox publishes its record (protocol.md
+            // §6.13), but not when the same mailbox was rolled back (a restored backup), and
+            // the second try is the last one.
+            steps.push(info(&format!(
+                "{user}'s client lost its offline state, so the one-time prekey the server \
+                 handed out may be one it no longer has: the new session starts from their \
+                 current signed prekey only (weaker if that key is stolen later)"
+            )));
+        } else if bundle.one_time_prekey.is_none() {
             steps.push(info(&format!(
                 "{user} has no one-time prekeys left on the server: the first message is \
                  protected by their signed prekey only (weaker if that key is stolen later)"
@@ -376,10 +407,12 @@ impl Offline {
         let mut steps = match self.mailbox.seal_first(to, key, &bundle, &first) {
             Ok(payload) => self.queue(to, first, &payload),
             Err(e) => {
-                return vec![warn(&format!(
+                let mut steps = vec![warn(&format!(
                     "{to}: offline delivery could not start ({e}); {} message(s) not sent",
                     texts.len() + 1
-                ))]
+                ))];
+                steps.extend(self.stop_resending(to));
+                return steps;
             }
         };
         for text in texts {
@@ -398,40 +431,45 @@ impl Offline {
 
     /// A `SEND` of `payload` under a fresh ref.
     fn queue(&mut self, to: &str, text: String, payload: &str) -> Vec<Step> {
-        let reference = match self.mailbox.remember_sent(to, payload) {
-            Ok(reference) => reference,
+        let (reference, forgotten) = match self.mailbox.remember_sent(to, &text, payload) {
+            Ok(remembered) => remembered,
             Err(e) => return vec![warn(&format!("{to}: message not sent: {e}"))],
         };
-        let retry = self.retrying.remove(&(to.to_owned(), text.clone()));
-        self.texts.insert(
-            reference.clone(),
-            Sending {
-                text: text.clone(),
-                retry,
-            },
-        );
         let frame = Request::Send {
             to,
             reference: &reference,
             payload,
         }
         .to_string();
-        vec![Step::Sent {
+        let mut steps = vec![Step::Sent {
             frame,
             to: to.to_owned(),
             text,
-        }]
+        }];
+        if let Some(sent) = forgotten {
+            steps.push(warn(&forgotten_words(&sent)));
+        }
+        steps
+    }
+
+    /// Forgets the texts to `user` waiting to be sent again after an `unreadable`: the
+    /// caller has just said that what waited for `user` is not sent.
+    fn stop_resending(&mut self, user: &str) -> Option<Step> {
+        self.mailbox
+            .stop_resending(user)
+            .err()
+            .map(|e| warn(&e.to_string()))
     }
 
     /// Drops what waited for `user` (a first message, held mail) and says so.
     fn give_up(&mut self, user: &str, reason: &str) -> Vec<Step> {
-        self.retrying.retain(|(peer, _)| peer != user);
         let mut steps = Vec::new();
         if let Some(waiting) = self.starting.remove(user).filter(|w| !w.texts.is_empty()) {
             steps.push(warn(&format!(
                 "{user}: offline delivery not possible ({reason}); {} message(s) not sent",
                 waiting.texts.len()
             )));
+            steps.extend(self.stop_resending(user));
         }
         for held in self.held.remove(user).unwrap_or_default() {
             steps.push(warn(&format!(
@@ -574,59 +612,82 @@ impl Offline {
                 format!("NOT readable by {user}'s client (it lost or damaged its offline session)")
             }
         };
-        let shown = match self.texts.get(reference) {
-            Some(sending) => {
-                let preview: String = sending.text.chars().take(PREVIEW_CHARS).collect();
-                format!("{words} (\"{preview}\")")
-            }
+        let shown = match self
+            .mailbox
+            .sent(reference)
+            .and_then(|sent| sent.text.as_deref())
+        {
+            Some(text) => format!("{words} (\"{}\")", preview(text)),
             None => words,
         };
         let mut steps = vec![Step::Delivery {
             to: user.to_owned(),
             state: shown,
         }];
-        if matches!(state, DeliveryState::Queued { .. }) {
-            if let Err(e) = self.mailbox.confirmed(reference) {
-                steps.push(warn(&e.to_string()));
+        match state {
+            DeliveryState::Queued { .. } => {
+                if let Err(e) = self.mailbox.confirmed(reference) {
+                    steps.push(warn(&e.to_string()));
+                }
             }
-        } else {
-            let sending = self.texts.remove(reference);
-            if let Err(e) = self.mailbox.resolved(reference) {
-                steps.push(warn(&e.to_string()));
-            }
-            steps.push(Step::Frame(Request::AckStatus { reference }.to_string()));
-            if state == DeliveryState::Unreadable {
-                steps.extend(self.send_again(user, sending));
+            DeliveryState::Unreadable => steps.extend(self.send_again(reference, user)),
+            _ => {
+                if let Err(e) = self.mailbox.resolved(reference) {
+                    steps.push(warn(&e.to_string()));
+                }
+                steps.push(Step::Frame(Request::AckStatus { reference }.to_string()));
             }
         }
         steps
     }
 
-    /// `user`'s client could not read a message of ours: our session with them is
-    /// forgotten, and the text (if this run still has it) goes again, once, in a new session
-    /// from their prekeys.
-    fn send_again(&mut self, user: &str, sending: Option<Sending>) -> Vec<Step> {
+    /// `user`'s client could not read my message `reference`: my session with them is
+    /// forgotten, and the text goes again, once, in a new session from their prekeys. The
+    /// receipt is acknowledged once the mailbox saved that the text waits to be sent again,
+    /// so it is not lost by a restart in between.
+    fn send_again(&mut self, reference: &str, user: &str) -> Vec<Step> {
         let mut steps = Vec::new();
         if let Err(e) = self.mailbox.forget_session(user) {
             steps.push(warn(&e.to_string()));
         }
-        match sending {
-            Some(Sending { text, retry: false }) => {
+        let ack = Step::Frame(Request::AckStatus { reference }.to_string());
+        if self.mailbox.sent(reference).is_some_and(Sent::is_resending) {
+            // Said again by the server (our receipt was lost): already on its way.
+            steps.push(ack);
+            return steps;
+        }
+        match self.mailbox.resend(reference) {
+            Ok(Some(text)) => {
+                steps.push(ack);
                 steps.push(info(&format!(
                     "{user}: sending it again in a new end-to-end session"
                 )));
-                self.retrying.insert((user.to_owned(), text.clone()));
                 steps.extend(self.send(user, vec![text]));
+                return steps;
             }
-            Some(Sending { retry: true, .. }) => steps.push(warn(&format!(
-                "{user}: their client could not read it a second time, in a new session; it is \
-                 not sent again. Ask {user} whether their client lost its keys"
-            ))),
-            None => steps.push(warn(&format!(
-                "{user}: this client no longer has the text (it was restarted since); send it \
-                 again if it matters. The next message starts a new session"
-            ))),
+            Ok(None) => {}
+            Err(e) => {
+                steps.push(warn(&format!(
+                    "{user}: {e}; the server says it again at the next login, and it is sent \
+                     again then"
+                )));
+                return steps;
+            }
         }
+        steps.push(ack);
+        let resolved = self.mailbox.resolved(reference);
+        steps.push(warn(&match resolved {
+            Ok(Some(Sent { retry: true, .. })) => format!(
+                "{user}: their client could not read it a second time, in a new session; it \
+                 is not sent again. Ask {user} whether their client lost its keys"
+            ),
+            Ok(_) => format!(
+                "{user}: this client no longer has the text (its offline mailbox was replaced, \
+                 saved by an older version, or held more than {MAX_UNRESOLVED} messages); send \
+                 it again if it matters. The next message starts a new session"
+            ),
+            Err(e) => e.to_string(),
+        }));
         steps
     }
 
@@ -700,6 +761,25 @@ fn shown_steps(actions: Vec<Action>) -> Vec<Step> {
             _ => None,
         })
         .collect()
+}
+
+/// The start of a sent text, to say which message a line is about.
+fn preview(text: &str) -> String {
+    text.chars().take(PREVIEW_CHARS).collect()
+}
+
+/// What the user is told when the mailbox forgot `sent` to stay within its bound.
+fn forgotten_words(sent: &Sent) -> String {
+    let which = match &sent.text {
+        Some(text) => format!("\"{}\"", preview(text)),
+        None => "an older message".to_owned(),
+    };
+    format!(
+        "{}: more than {MAX_UNRESOLVED} offline messages are on their way, so this client \
+         stopped following the oldest, {which}: {}",
+        sent.peer,
+        sent.loss_if_forgotten()
+    )
 }
 
 fn info(text: &str) -> Step {
@@ -1022,6 +1102,225 @@ mod tests {
         // Had the second try failed too, nothing would be sent a third time.
         let steps = offline.status(&second_ref, DeliveryState::Unreadable, "bob");
         assert_eq!(frames(&steps), [format!("ACKSTATUS {second_ref}")]);
+    }
+
+    /// Whether `steps` show `words` (a line, or a delivery state).
+    fn shows(steps: &[Step], words: &str) -> bool {
+        steps.iter().any(|step| match step {
+            Step::Show(Notice::Info(text) | Notice::Warning(text)) => text.contains(words),
+            Step::Delivery { state, .. } => state.contains(words),
+            _ => false,
+        })
+    }
+
+    /// Alice's client, with no session with bob yet, sends `text` to offline bob as a first
+    /// message from his published `record`: (ref, payload).
+    fn first_message(
+        offline: &mut Offline,
+        secure: &mut EndToEnd,
+        bob: &Client,
+        record: &str,
+        text: &str,
+    ) -> (String, String) {
+        let asked = frames(&offline.send("bob", vec![text.to_owned()]));
+        assert_eq!(asked, ["GETKEY bob", "BUNDLE bob"]);
+        let key = bob.identity().public_key().to_base64();
+        let mut steps = offline.key_arrived("bob", &key, secure);
+        steps.extend(offline.bundle_arrived("bob", record, None));
+        let (reference, payload) = one_send(&steps);
+        assert!(payload.starts_with("X3DH "), "{payload}");
+        (reference, payload)
+    }
+
+    /// Bob's record as his client publishes it.
+    fn record_of(offline: &Offline) -> String {
+        BASE64.encode(offline.mailbox.bundle_record().to_bytes())
+    }
+
+    #[test]
+    fn previews_survive_a_restart_of_the_sender() {
+        let (alice, bob) = (Client::new("alice", 1), Client::new("bob", 2));
+        let record = record_of(&bob.start().0);
+        let (mut offline, mut secure) = alice.start();
+        let (reference, _) = first_message(
+            &mut offline,
+            &mut secure,
+            &bob,
+            &record,
+            "the meeting is at 10",
+        );
+        let (mut offline, _) = alice.start();
+        let queued = offline.status(&reference, DeliveryState::Queued { id: 3 }, "bob");
+        assert!(
+            shows(
+                &queued,
+                "queued (offline delivery) (\"the meeting is at 10\")"
+            ),
+            "{queued:?}"
+        );
+        let (mut offline, _) = alice.start();
+        let expired = offline.status(&reference, DeliveryState::Expired, "bob");
+        assert!(
+            shows(&expired, "NOT delivered (\"the meeting is at 10\")"),
+            "{expired:?}"
+        );
+        assert_eq!(frames(&expired), [format!("ACKSTATUS {reference}")]);
+        // Final: the text is gone from the file.
+        let (offline, _) = alice.start();
+        assert!(offline.mailbox.sent(&reference).is_none());
+    }
+
+    #[test]
+    fn after_restarts_of_the_sender_an_unreadable_message_is_sent_again_once_and_opens() {
+        let (alice, bob) = (Client::new("alice", 1), Client::new("bob", 2));
+        let (mut bob_old, _) = bob.start();
+        let record = record_of(&bob_old);
+        // One-time prekeys bob published before he lost his state: the server keeps them.
+        let stale = match frames(&bob_old.record_stored(Some(0), 4096))
+            .first()
+            .map(|f| Request::parse(f))
+        {
+            Some(Ok(Request::AddPrekeys { prekeys })) => {
+                prekeys.iter().next().map(|(id, key)| OneTimePrekey {
+                    id,
+                    key: key.to_owned(),
+                })
+            }
+            other => panic!("{other:?}"),
+        };
+        let (mut offline, mut secure) = alice.start();
+        let (first_ref, first) =
+            first_message(&mut offline, &mut secure, &bob, &record, "please read me");
+        offline.status(&first_ref, DeliveryState::Queued { id: 7 }, "bob");
+
+        // Bob loses his mailbox file; his fresh client cannot open it and says so.
+        std::fs::remove_file(bob.dir.path().join(MAILBOX_FILE)).expect("lose bob's state");
+        let (mut bob_offline, mut bob_secure) = bob.start();
+        bob_secure
+            .offline_key("alice", &alice.identity().public_key(), &mut Vec::new())
+            .expect("pin alice");
+        let steps = bob_offline.mail(7, "alice", 1_800_000_000, first, &bob_secure);
+        assert_eq!(frames(&steps), ["ACK 7 unreadable"], "{steps:?}");
+
+        // Alice's client was restarted since it sent the message: it still has the text.
+        let (mut offline, _) = alice.start();
+        let steps = offline.status(&first_ref, DeliveryState::Unreadable, "bob");
+        assert!(
+            shows(&steps, "NOT readable by bob's client") && shows(&steps, "(\"please read me\")"),
+            "{steps:?}"
+        );
+        assert!(shows(
+            &steps,
+            "sending it again in a new end-to-end session"
+        ));
+        assert_eq!(
+            frames(&steps),
+            [
+                format!("ACKSTATUS {first_ref}"),
+                "GETKEY bob".to_owned(),
+                "BUNDLE bob".to_owned()
+            ]
+        );
+        assert!(
+            !offline.mailbox.has_session("bob"),
+            "the session is forgotten"
+        );
+
+        // It is restarted again before bob's prekeys arrived: the text waited in the file,
+        // and goes now, once.
+        let (mut offline, mut secure, steps) = alice.start_with_steps();
+        assert!(shows(
+            &steps,
+            "sending again, in a new end-to-end session, 1 offline"
+        ));
+        assert_eq!(
+            frames(&steps)[1..],
+            ["GETKEY bob", "BUNDLE bob"],
+            "{steps:?}"
+        );
+        // The server says `unreadable` again (alice's receipt was lost): nothing more goes.
+        let again = offline.status(&first_ref, DeliveryState::Unreadable, "bob");
+        assert_eq!(
+            frames(&again),
+            [format!("ACKSTATUS {first_ref}")],
+            "{again:?}"
+        );
+        // The server hands out bob's new record with one of his old one-time prekeys, which
+        // his fresh mailbox does not hold: the new session starts without it.
+        let key = bob.identity().public_key().to_base64();
+        let mut steps = offline.key_arrived("bob", &key, &mut secure);
+        steps.extend(offline.bundle_arrived("bob", &record_of(&bob_offline), stale.as_ref()));
+        assert!(
+            shows(&steps, "bob's client lost its offline state"),
+            "{steps:?}"
+        );
+        let (second_ref, second) = one_send(&steps);
+        assert_ne!(second_ref, first_ref);
+        assert!(second.starts_with("X3DH "), "a new session: {second}");
+
+        // Bob, with his fresh mailbox, opens it.
+        let opened = bob_offline.mail(8, "alice", 1_800_000_001, second, &bob_secure);
+        assert!(
+            opened.iter().any(|step| matches!(
+                step,
+                Step::Received { text, .. } if text == "please read me"
+            )),
+            "{opened:?}"
+        );
+        assert_eq!(frames(&opened), ["ACK 8"]);
+
+        // Had the second try come back unreadable too, after yet another restart, it is not
+        // sent a third time, and that is said.
+        let (mut offline, _, steps) = alice.start_with_steps();
+        assert_eq!(
+            frames(&steps).len(),
+            2,
+            "SETPREKEY and the unconfirmed SEND: {steps:?}"
+        );
+        offline.status(&second_ref, DeliveryState::Queued { id: 8 }, "bob");
+        let (mut offline, _) = alice.start();
+        let steps = offline.status(&second_ref, DeliveryState::Unreadable, "bob");
+        assert_eq!(
+            frames(&steps),
+            [format!("ACKSTATUS {second_ref}")],
+            "{steps:?}"
+        );
+        assert!(
+            shows(&steps, "could not read it a second time"),
+            "{steps:?}"
+        );
+        let (offline, _) = alice.start();
+        assert!(offline.mailbox.resending().is_empty());
+        assert!(offline.mailbox.sent(&second_ref).is_none());
+    }
+
+    #[test]
+    fn a_text_waiting_to_be_sent_again_goes_once_after_a_reconnect() {
+        let (alice, bob) = (Client::new("alice", 1), Client::new("bob", 2));
+        let record = record_of(&bob.start().0);
+        let (mut offline, mut secure) = alice.start();
+        let (reference, _) = first_message(&mut offline, &mut secure, &bob, &record, "again");
+        offline.status(&reference, DeliveryState::Queued { id: 1 }, "bob");
+        offline.status(&reference, DeliveryState::Unreadable, "bob");
+        offline.send("bob", vec!["typed meanwhile".to_owned()]);
+        // The connection breaks while bob's prekeys are fetched: the caller gets back only
+        // what was typed; the mailbox's text is sent by the next connection.
+        assert_eq!(
+            offline.connection_lost(),
+            [("bob".to_owned(), "typed meanwhile".to_owned())]
+        );
+        let steps = offline.connected(Some(LIMITS));
+        assert_eq!(
+            frames(&steps)[1..],
+            ["GETKEY bob", "BUNDLE bob"],
+            "{steps:?}"
+        );
+        // bob's prekeys cannot be had: it is not sent, said, and not tried again.
+        let steps = offline.bundle_unavailable("bob", "no prekeys");
+        assert!(shows(&steps, "1 message(s) not sent"), "{steps:?}");
+        assert!(offline.mailbox.resending().is_empty());
+        let steps = offline.connected(Some(LIMITS));
+        assert_eq!(frames(&steps).len(), 1, "only SETPREKEY: {steps:?}");
     }
 
     #[test]
