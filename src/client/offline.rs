@@ -156,8 +156,8 @@ impl Offline {
         if tell {
             steps.push(info(&format!(
                 "offline delivery is on: private messages to users who are offline wait on the \
-                 server (end-to-end encrypted) for up to {} days",
-                limits.ttl_seconds / 86_400
+                 server (end-to-end encrypted) for up to {}",
+                time_to_live(limits.ttl_seconds)
             )));
         }
         let unconfirmed = self.mailbox.unconfirmed();
@@ -745,6 +745,17 @@ impl Offline {
     }
 }
 
+/// The server's time to live in the largest whole unit that fits: "14 days", "1 hour",
+/// "30 seconds" (a test server's TTL is seconds; a day count would read "0 days").
+fn time_to_live(seconds: u64) -> String {
+    let (count, unit) = [(86_400, "day"), (3_600, "hour"), (60, "minute")]
+        .into_iter()
+        .find(|&(size, _)| seconds >= size)
+        .map_or((seconds, "second"), |(size, unit)| (seconds / size, unit));
+    let plural = if count == 1 { "" } else { "s" };
+    format!("{count} {unit}{plural}")
+}
+
 /// One `ADDPREKEYS` frame for `batch`, if it holds any.
 fn add_prekeys(batch: &[(u32, &str)]) -> Option<Step> {
     let items = PrekeyList::join(batch.iter().copied());
@@ -1127,6 +1138,11 @@ mod tests {
         let key = bob.identity().public_key().to_base64();
         let mut steps = offline.key_arrived("bob", &key, secure);
         steps.extend(offline.bundle_arrived("bob", record, None));
+        // The server had no one-time prekey of bob's to hand out: said, and sent anyway.
+        assert!(
+            shows(&steps, "bob has no one-time prekeys left on the server"),
+            "{steps:?}"
+        );
         let (reference, payload) = one_send(&steps);
         assert!(payload.starts_with("X3DH "), "{payload}");
         (reference, payload)
@@ -1321,6 +1337,15 @@ mod tests {
         assert!(offline.mailbox.resending().is_empty());
         let steps = offline.connected(Some(LIMITS));
         assert_eq!(frames(&steps).len(), 1, "only SETPREKEY: {steps:?}");
+    }
+
+    #[test]
+    fn the_time_to_live_is_said_in_its_largest_whole_unit() {
+        assert_eq!(time_to_live(14 * 86_400), "14 days");
+        assert_eq!(time_to_live(86_400 + 5), "1 day");
+        assert_eq!(time_to_live(7_200), "2 hours");
+        assert_eq!(time_to_live(90), "1 minute");
+        assert_eq!(time_to_live(1), "1 second");
     }
 
     #[test]
