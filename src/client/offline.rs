@@ -1083,18 +1083,7 @@ mod tests {
 
         // Alice is told, forgets her session, and sends the text again from bob's prekeys.
         let steps = offline.status(&first_ref, DeliveryState::Unreadable, "bob");
-        assert_eq!(
-            frames(&steps),
-            [
-                format!("ACKSTATUS {first_ref}"),
-                "GETKEY bob".to_owned(),
-                "BUNDLE bob".to_owned()
-            ]
-        );
-        assert!(
-            !offline.mailbox.has_session("bob"),
-            "the session is forgotten"
-        );
+        assert_sent_again(&offline, &steps, &first_ref);
         let mut steps = offline.key_arrived("bob", &bob_key, &mut secure);
         let record = BASE64.encode(bob_offline.mailbox.bundle_record().to_bytes());
         steps.extend(offline.bundle_arrived("bob", &record, None));
@@ -1146,6 +1135,23 @@ mod tests {
         let (reference, payload) = one_send(&steps);
         assert!(payload.starts_with("X3DH "), "{payload}");
         (reference, payload)
+    }
+
+    /// `unreadable` for `reference`, to bob: acknowledged, the session with bob forgotten,
+    /// and bob's key and prekeys asked for again to send the text in a new session.
+    fn assert_sent_again(offline: &Offline, steps: &[Step], reference: &str) {
+        assert_eq!(
+            frames(steps),
+            [
+                format!("ACKSTATUS {reference}"),
+                "GETKEY bob".to_owned(),
+                "BUNDLE bob".to_owned()
+            ]
+        );
+        assert!(
+            !offline.mailbox.has_session("bob"),
+            "the session is forgotten"
+        );
     }
 
     /// Bob's record as his client publishes it.
@@ -1229,18 +1235,7 @@ mod tests {
             &steps,
             "sending it again in a new end-to-end session"
         ));
-        assert_eq!(
-            frames(&steps),
-            [
-                format!("ACKSTATUS {first_ref}"),
-                "GETKEY bob".to_owned(),
-                "BUNDLE bob".to_owned()
-            ]
-        );
-        assert!(
-            !offline.mailbox.has_session("bob"),
-            "the session is forgotten"
-        );
+        assert_sent_again(&offline, &steps, &first_ref);
 
         // It is restarted again before bob's prekeys arrived: the text waited in the file,
         // and goes now, once.
