@@ -45,6 +45,11 @@ impl TokenBucket {
         self.refilled = now;
     }
 
+    /// Whether the bucket is full (as of the last refill): nothing taken is still owed.
+    pub fn is_full(&self) -> bool {
+        self.tokens >= self.burst
+    }
+
     /// How long after the last refill one token will be there (zero if one is now). The
     /// client paces itself with this to the limits the server announced.
     pub fn time_to_token(&self) -> Duration {

@@ -333,7 +333,7 @@ fn each_one_time_prekey_is_handed_out_once_under_concurrent_fetches() {
 }
 
 #[test]
-fn bundle_fetches_are_limited_per_connection_and_errors_name_the_user() {
+fn bundle_fetches_are_limited_per_account_across_its_connections_and_errors_name_the_user() {
     let server = TestServer::start();
     for user in ["alice", "bob", "carol"] {
         server.connect().register_ok(user);
@@ -362,6 +362,17 @@ fn bundle_fetches_are_limited_per_connection_and_errors_name_the_user() {
     let reply = alice.request("BUNDLE bob");
     assert_eq!(err_code(&reply).1, "rate-limited");
     assert!(err_code(&reply).2.starts_with("bob "));
+    // A new connection does not bring a new budget: it is the account's.
+    drop(alice);
+    let mut alice = mailbox_login(|| server.connect(), "alice");
+    let reply = alice.request("BUNDLE bob");
+    assert_eq!(err_code(&reply).1, "rate-limited");
+    // Another account's budget is its own.
+    let mut carol = mailbox_login(|| server.connect(), "carol");
+    assert!(matches!(
+        carol.request("BUNDLE bob"),
+        ServerLine::Bundle { .. }
+    ));
 }
 
 #[test]

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use super::accounts::Accounts;
 use super::limits::Limits;
+use super::mailbox::BundleBudgets;
 use super::outbox::{Line, Outbox};
 use super::router::{ConnId, RouterHandle};
 use super::throttle::{AddressPrefix, Throttle};
@@ -34,6 +35,8 @@ pub(super) struct Context {
     pub(super) tls: Arc<rustls::ServerConfig>,
     /// Failed-login and registration memory across connections.
     pub(super) throttle: Throttle,
+    /// Each account's `BUNDLE` budget, across its connections.
+    pub(super) bundle_budgets: BundleBudgets,
     /// Who is connected: admission counts and a handle on each queue for shutdown.
     connections: Mutex<Connections>,
     /// Signalled when a connection ends (shutdown waits on it).
@@ -132,6 +135,7 @@ impl Context {
     ) -> Context {
         Context {
             throttle: Throttle::new(limits.throttle.clone()),
+            bundle_budgets: BundleBudgets::default(),
             limits,
             accounts,
             router,

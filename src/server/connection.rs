@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use super::admission::{Admitted, Context};
 use super::limits::set_send_buffer;
-use super::mailbox::BUNDLE_FETCHES_PER_MINUTE;
 use super::outbox::{outbox, write_loop, Line};
 use super::requests::{RequestHandler, Step};
 use super::router::ConnId;
@@ -171,7 +170,6 @@ fn open_connection(
         user: None,
         wants_history: false,
         wants_mailbox: false,
-        bundle_bucket: TokenBucket::per_minute(BUNDLE_FETCHES_PER_MINUTE),
         login_deadline: accepted + limits.login_timeout,
         last_frame: Instant::now(),
         batch: Vec::new(),

@@ -22,9 +22,10 @@
 //! backlog covered. Clients still de-duplicate by id (a `MAIL` is sent again at every
 //! login until acknowledged).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
@@ -35,14 +36,48 @@ use super::store::{Backlog, Outcome, Receipt, Storage, StoredMail};
 use crate::error::Result;
 use crate::protocol::name::UserName;
 use crate::protocol::{self, DeliveryState, ServerLine};
+use crate::rate::TokenBucket;
+use crate::sync;
 
 /// A client's one-time prekeys below this after a fetch: it is sent `PREKEYS <n>` to
 /// refill (to about 100), so that fetches rarely find none.
 pub(super) const PREKEY_REFILL_MARK: u64 = 35;
 
-/// `BUNDLE` fetches one connection may make per minute, and at once. Each hands out one
-/// of the owner's one-time prekeys: without a bound, one client could drain anyone's.
+/// `BUNDLE` fetches one account may make per minute, and at once, across all its
+/// connections. Each hands out one of the owner's one-time prekeys: without a bound, one
+/// user could drain anyone's (and a bound per connection is reset by reconnecting).
 pub(super) const BUNDLE_FETCHES_PER_MINUTE: u32 = 30;
+
+/// Accounts with a budget remembered before full ones are forgotten: a full budget is the
+/// same as none, so forgetting it changes nothing, and memory stays bounded by the
+/// accounts that fetched in the last two minutes.
+const BUNDLE_BUDGETS_PRUNE_AT: usize = 1_024;
+
+/// The `BUNDLE` budget of each account that fetched recently, shared by its connections.
+#[derive(Default)]
+pub(super) struct BundleBudgets {
+    /// One bucket per requesting account; absent means full.
+    buckets: Mutex<HashMap<UserName, TokenBucket>>,
+}
+
+impl BundleBudgets {
+    /// Takes one fetch from `requester`'s budget; `false` if it is spent.
+    pub(super) fn take(&self, requester: &UserName) -> bool {
+        let now = Instant::now();
+        let mut buckets = sync::lock(&self.buckets);
+        if buckets.len() >= BUNDLE_BUDGETS_PRUNE_AT {
+            buckets.retain(|_, bucket| {
+                bucket.refill(now);
+                !bucket.is_full()
+            });
+        }
+        let bucket = buckets
+            .entry(requester.clone())
+            .or_insert_with(|| TokenBucket::per_minute(BUNDLE_FETCHES_PER_MINUTE));
+        bucket.refill(now);
+        bucket.take()
+    }
+}
 
 /// Most often expiry runs (it also runs at every login); a shorter TTL runs it as often
 /// as the TTL.

@@ -68,8 +68,6 @@ pub(super) struct RequestHandler {
     /// The client opted in to offline delivery (`MAILBOX`, before login): only then is it
     /// sent mailbox lines and may it use the mailbox requests.
     pub(super) wants_mailbox: bool,
-    /// Limits its `BUNDLE` fetches (each takes one of someone's one-time prekeys).
-    pub(super) bundle_bucket: TokenBucket,
     /// When an anonymous connection is dropped for not logging in.
     pub(super) login_deadline: Instant,
     /// When the last complete frame arrived; a logged-in client silent for longer than
@@ -420,7 +418,7 @@ impl RequestHandler {
             }
             Request::SetPrekey { record } => return self.set_prekey(user, record),
             Request::AddPrekeys { prekeys } => return self.add_prekeys(user, prekeys),
-            Request::Bundle { user: owner } => return self.bundle(owner),
+            Request::Bundle { user: owner } => return self.bundle(user, owner),
             Request::Send {
                 to,
                 reference,
@@ -654,12 +652,11 @@ impl RequestHandler {
     }
 
     /// `BUNDLE`: the owner's record and one one-time prekey (handed out once), within
-    /// this connection's fetch budget; tells the owner to refill when few are left.
-    fn bundle(&mut self, owner: &str) -> Step {
+    /// the requesting account's fetch budget; tells the owner to refill when few are left.
+    fn bundle(&mut self, requester: &UserName, owner: &str) -> Step {
         let command = Command::Bundle;
         let shown = crate::protocol::truncate(owner, 32);
-        self.bundle_bucket.refill(Instant::now());
-        if !self.bundle_bucket.take() {
+        if !self.context.bundle_budgets.take(requester) {
             return self.reply_error(&ProtocolError::new(
                 command,
                 ErrorCode::RateLimited,
