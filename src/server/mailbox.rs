@@ -56,20 +56,25 @@ const BUNDLE_BUDGETS_PRUNE_AT: usize = 1_024;
 /// The `BUNDLE` budget of each account that fetched recently, shared by its connections.
 #[derive(Default)]
 pub(super) struct BundleBudgets {
-    /// One bucket per requesting account; absent means full.
-    buckets: Mutex<HashMap<UserName, TokenBucket>>,
+    /// One bucket per requesting account (absent means full), and the size at which full
+    /// ones are next forgotten.
+    buckets: Mutex<(HashMap<UserName, TokenBucket>, usize)>,
 }
 
 impl BundleBudgets {
     /// Takes one fetch from `requester`'s budget; `false` if it is spent.
     pub(super) fn take(&self, requester: &UserName) -> bool {
         let now = Instant::now();
-        let mut buckets = sync::lock(&self.buckets);
-        if buckets.len() >= BUNDLE_BUDGETS_PRUNE_AT {
+        let mut guard = sync::lock(&self.buckets);
+        let (buckets, prune_at) = &mut *guard;
+        if buckets.len() >= (*prune_at).max(BUNDLE_BUDGETS_PRUNE_AT) {
             buckets.retain(|_, bucket| {
                 bucket.refill(now);
                 !bucket.is_full()
             });
+            // Many accounts fetching at once: not again until twice as many, so a take
+            // costs a scan only now and then.
+            *prune_at = 2 * buckets.len();
         }
         let bucket = buckets
             .entry(requester.clone())
