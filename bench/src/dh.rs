@@ -18,7 +18,7 @@
 //!
 //! Key generation's `g^x` is also timed two ways, in rounds with fresh exponents: num-bigint's
 //! generic `modpow` (the path before) and `Group::generator_power`, the g = 2 path the
-//! library uses (squarings and doublings, `src/e2e/montgomery.rs`), each checked against the other.
+//! library uses (squarings and doublings, `montgomery/src/lib.rs`), each checked against the other.
 //! OpenSSL's key generation is the same constant-time exponentiation as its derive (it does
 //! not special-case g = 2 for a secret exponent), so its `ffdh` op stands in for it.
 

@@ -398,7 +398,7 @@ pub struct DhGroupResult {
     /// `openssl speed` for the same group (`None` if openssl is missing or failed).
     pub openssl: Option<OpensslDh>,
     /// Key generation's `g^x` by the generic `modpow` and by the g = 2 path the library uses
-    /// (`Group::generator_power`, `src/e2e/montgomery.rs`), timed side by side.
+    /// (`Group::generator_power`, `montgomery/src/lib.rs`), timed side by side.
     #[serde(default)]
     pub keygen_paths: PowerPaths,
     /// The shared secret's `Y^x` by `modpow` and by the library's windowed Montgomery

@@ -353,7 +353,7 @@ fn print_power_paths(d: &results::DhReport) {
             continue;
         }
         println!(
-            "\n{title}, src/e2e/montgomery.rs, {} rounds x {} fresh exponents, per-round medians as \
+            "\n{title}, montgomery/src/lib.rs, {} rounds x {} fresh exponents, per-round medians as \
              min-max",
             paths(first).rounds.len(),
             paths(first).exponents_per_round

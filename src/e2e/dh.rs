@@ -9,7 +9,7 @@
 //!
 //! Wiping is best effort: we overwrite the bytes we own, but the Montgomery arithmetic's
 //! scratch limbs and `num-bigint`'s temporaries hold intermediate values we do not wipe. Both
-//! exponentiations (`g^x` and `Y^x`) are computed by `montgomery.rs` straight from the exponent's
+//! exponentiations (`g^x` and `Y^x`) are computed by the `montgomery` crate straight from the exponent's
 //! bytes, with no `BigUint` copy of the secret and no branch or table index on its bits.
 
 use std::fmt;

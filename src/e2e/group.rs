@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 
 use num_bigint::BigUint;
 
-use super::montgomery::{pow2_mod, pow_mod};
+use montgomery::{pow2_mod, pow_mod};
 
 /// A finite-field Diffie–Hellman group from RFC 7919: safe prime `p = 2q + 1`, generator 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -62,7 +62,7 @@ impl Group {
     }
 
     /// `g^x mod p` for the big-endian exponent `x`: key generation's exponentiation. Since
-    /// g = 2 it takes squarings and doublings instead of general multiplications (`montgomery.rs`),
+    /// g = 2 it takes squarings and doublings instead of general multiplications (`montgomery/src/lib.rs`),
     /// about 1.7 times as fast as `modpow` here (`report/performance.md` §8.2).
     pub fn generator_power(self, exponent: &[u8]) -> BigUint {
         pow2_mod(exponent, self.prime())
@@ -70,7 +70,7 @@ impl Group {
 
     /// `Y^x mod p` for a public `base` `Y` and the big-endian secret exponent `x`: the shared
     /// secret's exponentiation, on the same Montgomery arithmetic with a 4-bit window read
-    /// by a masked scan (`montgomery.rs`, measured in `report/performance.md` §8.3).
+    /// by a masked scan (`montgomery/src/lib.rs`, measured in `report/performance.md` §8.3).
     pub fn power(self, base: &BigUint, exponent: &[u8]) -> BigUint {
         pow_mod(base, exponent, self.prime())
     }
@@ -356,6 +356,46 @@ mod tests {
         assert_eq!(Group::from_name("FFDHE3072"), None);
         assert_eq!(Group::from_name("modp2048"), None);
         assert_eq!(Group::default(), Group::Ffdhe3072);
+    }
+
+    /// Exponents of the group's length: random with the top bit set (as key generation
+    /// makes them), and the edges.
+    fn exponents(group: Group) -> Vec<Vec<u8>> {
+        use rand::RngCore;
+        let len = group.exponent_bits() / 8;
+        let mut all: Vec<Vec<u8>> = (0..20)
+            .map(|_| {
+                let mut x = vec![0u8; len];
+                rand::rng().fill_bytes(&mut x);
+                x[0] |= 0x80;
+                x
+            })
+            .collect();
+        let mut top_bit_only = vec![0u8; len];
+        top_bit_only[0] = 0x80;
+        let mut one = vec![0u8; len];
+        one[len - 1] = 1;
+        all.extend([vec![0xFF; len], top_bit_only, one, Vec::new()]);
+        all
+    }
+
+    #[test]
+    fn both_exponentiations_agree_with_modpow_in_every_group() {
+        for group in Group::ALL {
+            let p = group.prime();
+            let g = BigUint::from(GENERATOR);
+            for x in exponents(group) {
+                let n = BigUint::from_bytes_be(&x);
+                let y = group.generator_power(&x);
+                assert_eq!(y, g.modpow(&n, p), "{} g^x", group.name());
+                // A public value as a peer would send it, raised to another exponent.
+                let z = group.power(&y, &x);
+                assert_eq!(z, y.modpow(&n, p), "{} Y^x", group.name());
+            }
+            let q = group.subgroup_order().to_bytes_be();
+            assert_eq!(group.generator_power(&q), BigUint::from(1u32), "g^q = 1");
+            assert_eq!(group.power(&(p - 1u32), &[2]), BigUint::from(1u32));
+        }
     }
 
     #[test]

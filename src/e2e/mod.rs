@@ -24,9 +24,8 @@
 //!
 //! | file | job |
 //! | --- | --- |
-//! | `group.rs` | the RFC 7919 primes, generator, exponent sizes |
+//! | `group.rs` | the RFC 7919 primes, generator, exponent sizes; the exponentiations with a secret exponent (`2^x`, `Y^x`), computed by the workspace's `montgomery` crate |
 //! | `dh.rs` | secret exponents, public values and their validation, the shared secret |
-//! | `montgomery.rs` | the exponentiations with a secret exponent: `2^x mod p` (key generation) and `Y^x mod p` (shared secrets), Montgomery arithmetic on 64-bit limbs |
 //! | `identity.rs` | Ed25519 identity keys, the key file, fingerprints and safety numbers |
 //! | `kdf.rs` | HKDF: shared secret + transcript → two message keys and a secret fingerprint |
 //! | `aead.rs` | sealing/opening messages: counters, nonces, addressing, replay checks |
@@ -77,7 +76,6 @@ mod group;
 mod handshake;
 mod identity;
 mod kdf;
-mod montgomery;
 mod offline_practice;
 mod practice;
 mod prekeys;

@@ -1,7 +1,13 @@
 //! The exponentiations with a secret exponent, on Montgomery arithmetic over 64-bit limbs:
 //! `2^x mod p` for key generation ([`pow2_mod`]) and `Y^x mod p` for shared secrets
-//! ([`pow_mod`]). Measured against num-bigint's `modpow` in `report/performance.md` §8.2
-//! and §8.3 (`bench --dh`).
+//! ([`pow_mod`]), used by securechat's end-to-end layer (`Group::generator_power` and
+//! `Group::power` in `src/e2e/group.rs`). Measured against num-bigint's `modpow` in
+//! `report/performance.md` §8.2 and §8.3 (`bench --dh`).
+//!
+//! A crate of its own so that debug builds can optimise it (`[profile.dev.package.montgomery]`
+//! in the workspace's `Cargo.toml`), as they do num-bigint: unoptimised limb arithmetic is
+//! about 13 times slower, and the tests run the real clients, whose every message in an
+//! offline conversation takes an exponentiation.
 //!
 //! *Squaring* is Montgomery's with the product computed as a square (each cross product
 //! `a_i a_j` once, then doubled: about 1.5 n² word multiplications against 2 n² for a
@@ -35,7 +41,7 @@ use num_bigint::BigUint;
 
 /// `2^x mod p` for the big-endian exponent `x`, for an odd modulus `p > 1` (the group
 /// primes). An empty exponent is 0, giving 1.
-pub(super) fn pow2_mod(exponent: &[u8], p: &BigUint) -> BigUint {
+pub fn pow2_mod(exponent: &[u8], p: &BigUint) -> BigUint {
     let modulus = Modulus::new(p);
     let n = modulus.limbs.len();
     let mut acc = modulus.one.clone();
@@ -69,7 +75,7 @@ const WINDOW_BITS: usize = 4;
 /// where `w` is those 4 bits. The entry is read by a masked scan of the whole table, so no
 /// memory address depends on the exponent (num-bigint's `modpow` indexes its table by it),
 /// and a window of zero bits multiplies by 1 like any other.
-pub(super) fn pow_mod(base: &BigUint, exponent: &[u8], p: &BigUint) -> BigUint {
+pub fn pow_mod(base: &BigUint, exponent: &[u8], p: &BigUint) -> BigUint {
     let modulus = Modulus::new(p);
     let n = modulus.limbs.len();
     // The table in Montgomery form: base^0 .. base^15, each times R. `base` is public.
@@ -252,7 +258,6 @@ fn square(a: &[u64], t: &mut [u64]) {
 mod tests {
     use rand::RngCore;
 
-    use super::super::Group;
     use super::*;
 
     fn check(exponent: &[u8], p: &BigUint) {
@@ -266,54 +271,6 @@ mod tests {
         );
     }
 
-    /// `len` random bytes, with the top bit set if `top_bit` (as key generation does).
-    fn random_exponent(len: usize, top_bit: bool) -> Vec<u8> {
-        let mut x = vec![0u8; len];
-        rand::rng().fill_bytes(&mut x);
-        if top_bit {
-            x[0] |= 0x80;
-        }
-        x
-    }
-
-    #[test]
-    fn agrees_with_modpow_on_random_exponents_of_the_real_length_in_both_groups() {
-        for group in Group::ALL {
-            let len = group.exponent_bits() / 8;
-            for _ in 0..100 {
-                check(&random_exponent(len, true), group.prime());
-            }
-        }
-    }
-
-    #[test]
-    fn agrees_with_modpow_on_edge_exponents_in_both_groups() {
-        for group in Group::ALL {
-            let len = group.exponent_bits() / 8;
-            let with_last = |byte: u8| {
-                let mut x = vec![0u8; len];
-                x[len - 1] = byte;
-                x
-            };
-            let mut top_bit_only = vec![0u8; len];
-            top_bit_only[0] = 0x80;
-            for x in [
-                with_last(0),
-                with_last(1),
-                with_last(2),
-                vec![0xFF; len],
-                top_bit_only,
-                Vec::new(),
-            ] {
-                check(&x, group.prime());
-            }
-            // Exponents longer than the group's: full-size ones reach 2^x mod p past p.
-            check(&random_exponent(group.byte_len(), false), group.prime());
-            let q_bytes = group.subgroup_order().to_bytes_be();
-            assert_eq!(pow2_mod(&q_bytes, group.prime()), BigUint::from(1u32));
-        }
-    }
-
     fn check_general(base: &BigUint, exponent: &[u8], p: &BigUint) {
         let expected = base.modpow(&BigUint::from_bytes_be(exponent), p);
         assert_eq!(
@@ -325,71 +282,69 @@ mod tests {
         );
     }
 
+    /// `len` random bytes, with the top bit set if `top_bit` (as key generation does).
+    fn random_exponent(len: usize, top_bit: bool) -> Vec<u8> {
+        let mut x = vec![0u8; len];
+        rand::rng().fill_bytes(&mut x);
+        if let Some(top) = x.first_mut().filter(|_| top_bit) {
+            *top |= 0x80;
+        }
+        x
+    }
+
+    /// One limb, a top limb with few bits (R mod p is then not R - p), random odd moduli of
+    /// 800 bits and of the RFC 7919 groups' sizes.
+    fn moduli() -> Vec<BigUint> {
+        let random_odd = |bits: u64| {
+            let mut p = BigUint::from_bytes_be(&random_exponent(bits.div_ceil(8) as usize, false));
+            p.set_bit(0, true);
+            p.set_bit(bits - 1, true);
+            p
+        };
+        vec![
+            BigUint::from(3u32),
+            BigUint::from(u64::MAX),
+            (BigUint::from(1u32) << 130u32) + 27u32,
+            random_odd(800),
+            random_odd(2048),
+            random_odd(3072),
+        ]
+    }
+
     #[test]
-    fn the_general_power_agrees_with_modpow_in_both_groups() {
-        for group in Group::ALL {
-            let p = group.prime();
-            let len = group.exponent_bits() / 8;
-            let minus_one = p - 1u32;
-            let random_base =
-                || BigUint::from_bytes_be(&random_exponent(group.byte_len(), false)) % p;
-            for _ in 0..30 {
+    fn the_power_of_two_agrees_with_modpow() {
+        for p in &moduli() {
+            for len in [0, 1, 8, 32, 33, 40] {
+                check(&random_exponent(len, false), p);
+                check(&random_exponent(len, true), p);
+            }
+            for x in [vec![0xFF; 40], vec![0x80], vec![0, 0, 2], vec![0; 40]] {
+                check(&x, p);
+            }
+        }
+    }
+
+    #[test]
+    fn the_general_power_agrees_with_modpow() {
+        for p in &moduli() {
+            let random_base = || BigUint::from_bytes_be(&random_exponent(400, false)) % p;
+            for len in [0, 1, 8, 33, 40] {
                 check_general(&random_base(), &random_exponent(len, true), p);
             }
             for base in [
                 BigUint::from(0u32),
                 BigUint::from(1u32),
                 BigUint::from(2u32),
-                minus_one,
+                p - 1u32,
+                p + 5u32,
             ] {
-                for x in [vec![0u8; len], vec![0xFF; len], Vec::new(), vec![0x80]] {
+                for x in [vec![0u8; 32], vec![0xFF; 32], Vec::new(), vec![0x80]] {
                     check_general(&base, &x, p);
                 }
             }
-            // A base at or past p is reduced first; a full-size exponent.
-            check_general(&(p + 5u32), &random_exponent(len, true), p);
-            check_general(&random_base(), &random_exponent(group.byte_len(), false), p);
             // Every window value occurs: 0x01 23 .. EF.
             let every: Vec<u8> = (0..16u8).map(|i| i * 0x11).collect();
             check_general(&random_base(), &every, p);
-        }
-    }
-
-    #[test]
-    fn the_general_power_agrees_with_modpow_for_other_odd_moduli() {
-        let mut random = BigUint::from_bytes_be(&random_exponent(100, false));
-        random.set_bit(0, true);
-        random.set_bit(799, true);
-        for p in [
-            BigUint::from(3u32),
-            BigUint::from(u64::MAX),
-            (BigUint::from(1u32) << 130u32) + 27u32,
-            random,
-        ] {
-            let base = BigUint::from_bytes_be(&random_exponent(120, false));
-            for len in [0, 1, 8, 33] {
-                check_general(&base, &random_exponent(len, false), &p);
-            }
-        }
-    }
-
-    #[test]
-    fn agrees_with_modpow_for_other_odd_moduli() {
-        // One limb, a top limb with few bits (R mod p is then not R - p), a random odd modulus.
-        let mut random = BigUint::from_bytes_be(&random_exponent(100, false));
-        random.set_bit(0, true);
-        random.set_bit(799, true);
-        let moduli = [
-            BigUint::from(3u32),
-            BigUint::from(u64::MAX),
-            (BigUint::from(1u32) << 130u32) + 27u32,
-            random,
-        ];
-        for p in &moduli {
-            for len in [0, 1, 8, 33] {
-                check(&random_exponent(len, false), p);
-            }
-            check(&[0xFF; 40], p);
         }
     }
 }
