@@ -386,6 +386,8 @@ fn look_alike_names_from_a_malicious_server_never_show_a_private_message_without
     for name in names {
         alice.type_line(&format!("/accept {name}"));
     }
+    // Typed ahead: processed before or just after the warning below appears, it is no
+    // answer to it (`CONSENT_DELAY`).
     alice.type_line("/accept b0b");
     alice.expect("b0b is NOT bob");
     alice.type_line("//done");

@@ -59,6 +59,12 @@ pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// answered `DH-INIT`s.
 pub const INIT_ANSWER_WINDOW: Duration = Duration::from_secs(10);
 
+/// How long after a security warning (a changed key, a look-alike name) an `/accept` of it
+/// is ignored: a line processed that soon was typed before the user could read the warning
+/// (type-ahead, or a paste), so it is no answer to it. Browsers do the same with the buttons
+/// of their security prompts (Firefox's `security.dialog_enable_delay`, 1,000 ms).
+pub const CONSENT_DELAY: Duration = Duration::from_secs(1);
+
 /// `DH-INIT`s answered per contact per [`INIT_ANSWER_WINDOW`]. A genuine peer starts one
 /// exchange at a time and restarts it rarely (a new `DH-INIT` replaces the one under way,
 /// so there is never more than one per peer); three leaves room for a restart and a retry.
@@ -152,6 +158,8 @@ enum Exchange {
         like: String,
         /// Their DH-INIT, to answer once accepted.
         init: Option<Init>,
+        /// When the user was warned: an `/accept` within [`CONSENT_DELAY`] does not count.
+        warned: Instant,
     },
     /// The server gave a key that differs from the pin: nothing happens until `/accept`.
     KeyChanged {
@@ -159,6 +167,8 @@ enum Exchange {
         key: IdentityPublicKey,
         /// The peer's DH-INIT, to answer once the key is accepted.
         init: Option<Init>,
+        /// When the user was warned: an `/accept` within [`CONSENT_DELAY`] does not count.
+        warned: Instant,
     },
     /// We sent DH-INIT and wait for DH-REPLY.
     Initiating {
@@ -449,7 +459,12 @@ impl EndToEnd {
                      pinned. Only if you know {user} is someone else you want to talk to, \
                      /accept {user}"
                 )));
-                self.peer(user).exchange = Exchange::LooksLike { key, like, init };
+                self.peer(user).exchange = Exchange::LooksLike {
+                    key,
+                    like,
+                    init,
+                    warned: Instant::now(),
+                };
                 return actions;
             }
             actions.extend(self.pin_first_contact(user, &key));
@@ -715,6 +730,17 @@ impl EndToEnd {
     /// (trust the new one).
     pub fn accept(&mut self, user: &str) -> Vec<Action> {
         let peer = self.peer(user);
+        if let Exchange::LooksLike { warned, .. } | Exchange::KeyChanged { warned, .. } =
+            peer.exchange
+        {
+            if warned.elapsed() < CONSENT_DELAY {
+                return vec![warn(&format!(
+                    "/accept {user} ignored: it came less than a second after the warning \
+                     above, so it was typed before you could read it. Read the warning; if you \
+                     still mean it, /accept {user} again"
+                ))];
+            }
+        }
         match std::mem::replace(&mut peer.exchange, Exchange::Idle) {
             Exchange::Requested { init } => {
                 peer.begin(Exchange::FetchingKey { init: Some(init) });
@@ -733,7 +759,7 @@ impl EndToEnd {
                 }
                 actions
             }
-            Exchange::KeyChanged { key, init } => {
+            Exchange::KeyChanged { key, init, .. } => {
                 if let Err(e) = self.pins.accept_new_key(user, &key) {
                     let dropped = self.peer(user).abandon_exchange();
                     return vec![warn(&not_sent(
@@ -899,7 +925,11 @@ impl EndToEnd {
         };
         peer.session = None;
         peer.previous_session = None;
-        peer.exchange = Exchange::KeyChanged { key, init };
+        peer.exchange = Exchange::KeyChanged {
+            key,
+            init,
+            warned: Instant::now(),
+        };
         warn(&format!(
             "{user}'s IDENTITY KEY HAS CHANGED (was {}, now {}). This happens when {user} \
              uses a new device, or when someone is intercepting. Messages to {user} are \
@@ -1274,5 +1304,49 @@ mod tests {
             accepted.contains(&Action::FetchKey("carol".into())),
             "{accepted:?}"
         );
+    }
+
+    #[test]
+    fn an_accept_typed_before_a_key_change_warning_could_be_read_is_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut alice, _, init) = alice_with_bob_pinned(dir.path());
+        assert!(alice
+            .payload_arrived("bob", &init)
+            .contains(&Action::FetchKey("bob".into())));
+        // The server gives another key for bob: the warning, and the exchange held.
+        let other = IdentityKey::generate().expect("key").public_key();
+        let warned = alice.key_arrived("bob", &other.to_base64());
+        assert!(
+            warned
+                .iter()
+                .any(|a| matches!(a, Action::Show(Notice::Warning(text))
+                if text.contains("IDENTITY KEY HAS CHANGED"))),
+            "{warned:?}"
+        );
+        // An /accept at once (typed ahead, or pasted) is no answer: nothing changes.
+        let early = alice.accept("bob");
+        assert!(
+            matches!(&early[..], [Action::Show(Notice::Warning(text))]
+                if text.contains("/accept bob ignored")),
+            "{early:?}"
+        );
+        assert!(alice.awaits_accept("bob"));
+        assert_eq!(
+            alice.pins.pinned_key("bob").map(|k| k == other),
+            Some(false)
+        );
+        // The same /accept once the warning could have been read takes the new key.
+        if let Exchange::KeyChanged { warned, .. } = &mut alice.peer("bob").exchange {
+            *warned -= CONSENT_DELAY;
+        }
+        let later = alice.accept("bob");
+        assert!(
+            later
+                .iter()
+                .any(|a| matches!(a, Action::Show(Notice::Info(text))
+                if text.contains("new key"))),
+            "{later:?}"
+        );
+        assert_eq!(alice.pins.pinned_key("bob"), Some(other));
     }
 }

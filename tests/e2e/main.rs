@@ -38,7 +38,7 @@ use regex::Regex;
 use rexpect::session::StreamSession;
 
 use common::{contains, files_under, ok, ServerProcess, TestClient, TestServer, PASSWORD, WAIT};
-use securechat::client::end_to_end::{Action, EndToEnd, Notice, EXCHANGE_TIMEOUT};
+use securechat::client::end_to_end::{Action, EndToEnd, Notice, CONSENT_DELAY, EXCHANGE_TIMEOUT};
 use securechat::client::screen::{private_label, ROOM_LABEL};
 use securechat::e2e::{
     safety_number, EphemeralSecret, Group, IdentityKey, IdentityPublicKey, Payload, PinStatus,

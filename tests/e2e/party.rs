@@ -249,6 +249,8 @@ fn a_substituted_key_for_a_pinned_contact_is_refused_and_nothing_is_sent() {
 
     // Even if alice wrongly accepts the substituted key, the real bob's signature does
     // not verify with it: the exchange fails and the held messages are not sent.
+    // The user reads the warning before answering it (an earlier /accept is ignored).
+    std::thread::sleep(CONSENT_DELAY);
     let actions = alice.secure.accept("bob");
     alice.apply(actions);
     run_until(&mut alice, &mut bob, "the signature failure", |a, _| {
@@ -353,6 +355,8 @@ fn a_false_first_contact_key_is_not_verified_when_the_real_one_is_served_for_com
 
     // The way out: alice accepts the key the server now gives (bob's real one), the
     // held message goes to bob, and the numbers, compared again, now verify that key.
+    // The user reads the warning before answering it (an earlier /accept is ignored).
+    std::thread::sleep(CONSENT_DELAY);
     let actions = alice.secure.accept("bob");
     alice.apply(actions);
     run_until(&mut alice, &mut bob, "the held message", |_, b| {

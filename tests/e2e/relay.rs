@@ -684,6 +684,8 @@ fn a_pin_that_cannot_be_saved_stops_the_exchange() {
     relay.type_text("alice", "bob", "held");
     relay.break_pin_saving("alice");
     let sent_before = relay.alice.sent.len();
+    // The user reads the warning before answering it (an earlier /accept is ignored).
+    std::thread::sleep(CONSENT_DELAY);
     relay.command("alice", |s| s.accept("bob"));
     relay.run(honest);
     assert_eq!(
