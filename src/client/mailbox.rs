@@ -496,6 +496,14 @@ impl Mailbox {
             .collect()
     }
 
+    /// Whether a second try (after an `unreadable`) to `peer` is on its way: sealed in a
+    /// session started after their client lost its state.
+    pub fn is_retrying(&self, peer: &str) -> bool {
+        self.unresolved
+            .iter()
+            .any(|sent| sent.peer == peer && sent.retry && !matches!(sent.stage, Stage::Resending))
+    }
+
     /// My unresolved message `reference`, if I still remember it.
     pub fn sent(&self, reference: &str) -> Option<&Sent> {
         self.unresolved

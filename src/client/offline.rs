@@ -646,11 +646,16 @@ impl Offline {
     /// receipt is acknowledged once the mailbox saved that the text waits to be sent again,
     /// so it is not lost by a restart in between.
     fn send_again(&mut self, reference: &str, user: &str) -> Vec<Step> {
+        let ack = Step::Frame(Request::AckStatus { reference }.to_string());
+        if self.mailbox.sent(reference).is_none() && self.mailbox.is_retrying(user) {
+            // Said again by the server after its second try was sealed (our receipt was
+            // lost): the session of that try is new and readable; keep it.
+            return vec![ack];
+        }
         let mut steps = Vec::new();
         if let Err(e) = self.mailbox.forget_session(user) {
             steps.push(warn(&e.to_string()));
         }
-        let ack = Step::Frame(Request::AckStatus { reference }.to_string());
         if self.mailbox.sent(reference).is_some_and(Sent::is_resending) {
             // Said again by the server (our receipt was lost): already on its way.
             steps.push(ack);
@@ -1268,6 +1273,15 @@ mod tests {
         let (second_ref, second) = one_send(&steps);
         assert_ne!(second_ref, first_ref);
         assert!(second.starts_with("X3DH "), "a new session: {second}");
+        // The server says `unreadable` for the first once more (alice's ACKSTATUS was lost):
+        // acknowledged, and the second try's session is kept.
+        let again = offline.status(&first_ref, DeliveryState::Unreadable, "bob");
+        assert_eq!(frames(&again), [format!("ACKSTATUS {first_ref}")]);
+        assert!(!shows(&again, "no longer has the text"), "{again:?}");
+        assert!(
+            offline.mailbox.has_session("bob"),
+            "the new session is kept"
+        );
 
         // Bob, with his fresh mailbox, opens it.
         let opened = bob_offline.mail(8, "alice", 1_800_000_001, second, &bob_secure);
