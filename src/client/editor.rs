@@ -19,8 +19,9 @@ use std::io::{self, BufRead, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::thread;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use rustyline::completion::Completer;
@@ -70,6 +71,46 @@ pub struct Input {
     /// True while the editor owns the terminal; cleared at exit, after which lines are
     /// printed directly.
     editing: Arc<AtomicBool>,
+    /// Rows for the printer thread, while the editor owns the terminal (`None` for plain
+    /// lines).
+    rows: Option<Sender<Row>>,
+}
+
+/// What the printer thread is handed.
+enum Row {
+    /// A row to print above the input line.
+    Text(String),
+    /// Everything handed before has been printed: say so.
+    Flushed(Sender<()>),
+}
+
+/// How long [`Input::finish`] waits for rows still on their way to the screen.
+const FLUSH_WAIT: Duration = Duration::from_millis(500);
+
+/// The printer thread: hands each row to the editor's external printer, in order.
+///
+/// It has its own thread because that printer can block: rustyline passes each row to the
+/// running `readline` through a channel of *one* slot, and a row sent in the instant after
+/// `readline` took the user's Enter (still in raw mode, no longer reading) waits in that
+/// slot until the next `readline`. A second row then blocks its sender until that next
+/// `readline` starts — which it does only once the chat has handled the line and sent the
+/// next prompt. Printing on the chat's own thread, that was a deadlock: the chat stopped,
+/// mid-way through a burst of lines, exactly when the user pressed Enter.
+fn print_rows(mut printer: impl ExternalPrinter, rows: &Receiver<Row>) {
+    for row in rows {
+        match row {
+            Row::Text(text) => {
+                if printer.print(format!("{text}\n")).is_err() {
+                    let mut out = io::stdout().lock();
+                    let _ = writeln!(out, "{text}");
+                    let _ = out.flush();
+                }
+            }
+            Row::Flushed(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
 }
 
 impl Input {
@@ -103,6 +144,7 @@ impl Input {
             prompts: None,
             screen: Screen::stdout(),
             editing: Arc::new(AtomicBool::new(false)),
+            rows: None,
         })
     }
 
@@ -127,15 +169,16 @@ impl Input {
             editor.load_history(path).map_err(editor_error)?;
         }
         let editing = Arc::new(AtomicBool::new(true));
-        let printer = Mutex::new(editor.create_external_printer().map_err(editor_error)?);
+        let printer = editor.create_external_printer().map_err(editor_error)?;
+        let (rows, to_print) = crossbeam_channel::unbounded();
+        thread::Builder::new()
+            .name("printer".into())
+            .spawn(move || print_rows(printer, &to_print))?;
         let screen = {
-            let editing = editing.clone();
+            let (editing, rows) = (editing.clone(), rows.clone());
             Screen::to_sink(Arc::new(move |text: &str| {
-                if editing.load(Ordering::SeqCst) {
-                    let mut printer = printer.lock().unwrap_or_else(PoisonError::into_inner);
-                    if printer.print(format!("{text}\n")).is_ok() {
-                        return;
-                    }
+                if editing.load(Ordering::SeqCst) && rows.send(Row::Text(text.to_owned())).is_ok() {
+                    return;
                 }
                 let mut out = io::stdout().lock();
                 let _ = writeln!(out, "{text}");
@@ -150,6 +193,7 @@ impl Input {
             prompts: Some(prompts),
             screen,
             editing,
+            rows: Some(rows),
         })
     }
 
@@ -174,6 +218,15 @@ impl Input {
     /// printed from now on goes straight to standard output, after the prompt line is
     /// cleared.
     pub fn finish(&self) {
+        if let Some(rows) = &self.rows {
+            // Rows handed to the printer go out before anything printed directly. (A row
+            // caught in the editor's slot, see `print_rows`, waits for a `readline` that
+            // will not come: hence the bound on the wait.)
+            let (done, flushed) = crossbeam_channel::bounded(1);
+            if rows.send(Row::Flushed(done)).is_ok() {
+                let _ = flushed.recv_timeout(FLUSH_WAIT);
+            }
+        }
         if self.editing.swap(false, Ordering::SeqCst) {
             let mut out = io::stdout().lock();
             let _ = write!(out, "\r\x1b[2K");
@@ -297,6 +350,7 @@ impl Helper for Completion {}
 mod tests {
     use super::*;
     use rustyline::history::DefaultHistory;
+    use std::sync::Mutex;
 
     fn complete(online: &[&str], line: &str) -> (usize, Vec<String>) {
         let helper = Completion {
