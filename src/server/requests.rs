@@ -21,7 +21,7 @@ use super::outbox::{Line, Outbox};
 use super::router::{room_line, ConnId, Direct, Event, Routed};
 use super::store::{BundleLookup, Enqueued, KeyLookup, Outcome, Quota, Storage, StoredMail};
 use super::throttle::AddressPrefix;
-use crate::e2e::PrekeyBundle;
+use crate::e2e::{Group, PrekeyBundle};
 use crate::protocol::frame::{FrameError, LineBuffer};
 use crate::protocol::name::{is_canonical_username, normalize_username, UserName};
 use crate::protocol::{
@@ -604,14 +604,21 @@ impl RequestHandler {
     fn set_prekey(&mut self, user: &UserName, record: &str) -> Step {
         let command = Command::SetPrekey;
         let decoded = base64::engine::general_purpose::STANDARD.decode(record);
-        if !matches!(&decoded, Ok(bytes) if bytes.len() <= MAX_PREKEY_RECORD_BYTES) {
-            return self.reply_error(&ProtocolError::new(
-                command,
-                ErrorCode::BadKey,
-                format!("a prekey record is base64 of at most {MAX_PREKEY_RECORD_BYTES} bytes"),
-            ));
-        }
-        let same_mailbox = |previous: &str| same_mailbox(previous, record);
+        let bytes = match decoded {
+            Ok(bytes) if bytes.len() <= MAX_PREKEY_RECORD_BYTES => bytes,
+            _ => {
+                return self.reply_error(&ProtocolError::new(
+                    command,
+                    ErrorCode::BadKey,
+                    format!("a prekey record is base64 of at most {MAX_PREKEY_RECORD_BYTES} bytes"),
+                ))
+            }
+        };
+        let mailbox_key = mailbox_key(&bytes);
+        let same_mailbox = |previous: &str| {
+            previous == record
+                || mailbox_key.is_some() && previous_mailbox_key(previous) == mailbox_key
+        };
         match self.store().set_signed_prekey(user, record, &same_mailbox) {
             Ok(one_time) => self.reply(ServerLine::Ok {
                 command,
@@ -846,19 +853,21 @@ fn no_such_user(command: Command, name: &str) -> ProtocolError {
     )
 }
 
-/// Whether two signed-prekey records (base64) come from the same client mailbox: the same
-/// record, or two that name the same identity DH key (a rotated signed prekey). The server
-/// reads no other part of a record; one that is not a bundle matches only itself.
-fn same_mailbox(previous: &str, record: &str) -> bool {
-    let identity_dh = |record: &str| {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(record)
-            .ok()?;
-        let bundle = PrekeyBundle::from_bytes(&bytes).ok()?;
-        Some((bundle.group, bundle.identity_dh))
-    };
-    previous == record
-        || matches!((identity_dh(previous), identity_dh(record)), (Some(a), Some(b)) if a == b)
+/// What identifies the client mailbox a signed-prekey record (decoded) comes from: its
+/// group and identity DH key. Two records from one mailbox (a rotated signed prekey) name
+/// the same; the server reads no other part of a record, and one that is not a bundle names
+/// none (it then matches only itself, byte for byte).
+fn mailbox_key(record: &[u8]) -> Option<(Group, Vec<u8>)> {
+    let bundle = PrekeyBundle::from_bytes(record).ok()?;
+    Some((bundle.group, bundle.identity_dh))
+}
+
+/// [`mailbox_key`] of a stored record (base64).
+fn previous_mailbox_key(record: &str) -> Option<(Group, Vec<u8>)> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(record)
+        .ok()?;
+    mailbox_key(&bytes)
 }
 
 #[cfg(test)]
