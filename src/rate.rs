@@ -30,11 +30,12 @@ impl TokenBucket {
         }
     }
 
-    /// A full bucket of `count` that refills `count` a minute (rates below one a second,
+    /// A bucket of `count`, full at `now`, that refills `count` a minute (rates below one a second,
     /// such as the server's `BUNDLE` budget).
-    pub fn per_minute(count: u32) -> TokenBucket {
+    pub fn per_minute(count: u32, now: Instant) -> TokenBucket {
         let mut bucket = TokenBucket::new(1, count);
         bucket.rate = f64::from(count) / 60.0;
+        bucket.refilled = now;
         bucket
     }
 

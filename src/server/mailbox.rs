@@ -56,29 +56,41 @@ const BUNDLE_BUDGETS_PRUNE_AT: usize = 1_024;
 /// The `BUNDLE` budget of each account that fetched recently, shared by its connections.
 #[derive(Default)]
 pub(super) struct BundleBudgets {
-    /// One bucket per requesting account (absent means full), and the size at which full
-    /// ones are next forgotten.
-    buckets: Mutex<(HashMap<UserName, TokenBucket>, usize)>,
+    /// The buckets, behind one lock (a fetch takes it briefly).
+    inner: Mutex<Budgets>,
+}
+
+/// [`BundleBudgets`]' state.
+#[derive(Default)]
+struct Budgets {
+    /// One bucket per requesting account; absent means full.
+    buckets: HashMap<UserName, TokenBucket>,
+    /// The size at which full buckets are next forgotten (at least
+    /// [`BUNDLE_BUDGETS_PRUNE_AT`]): twice what a pruning kept, so that many accounts
+    /// fetching at once make a scan only now and then, not at every fetch.
+    prune_at: usize,
 }
 
 impl BundleBudgets {
     /// Takes one fetch from `requester`'s budget; `false` if it is spent.
     pub(super) fn take(&self, requester: &UserName) -> bool {
-        let now = Instant::now();
-        let mut guard = sync::lock(&self.buckets);
-        let (buckets, prune_at) = &mut *guard;
-        if buckets.len() >= (*prune_at).max(BUNDLE_BUDGETS_PRUNE_AT) {
-            buckets.retain(|_, bucket| {
+        self.take_at(requester, Instant::now())
+    }
+
+    fn take_at(&self, requester: &UserName, now: Instant) -> bool {
+        let mut guard = sync::lock(&self.inner);
+        let budgets = &mut *guard;
+        if budgets.buckets.len() >= budgets.prune_at.max(BUNDLE_BUDGETS_PRUNE_AT) {
+            budgets.buckets.retain(|_, bucket| {
                 bucket.refill(now);
                 !bucket.is_full()
             });
-            // Many accounts fetching at once: not again until twice as many, so a take
-            // costs a scan only now and then.
-            *prune_at = 2 * buckets.len();
+            budgets.prune_at = 2 * budgets.buckets.len();
         }
-        let bucket = buckets
+        let bucket = budgets
+            .buckets
             .entry(requester.clone())
-            .or_insert_with(|| TokenBucket::per_minute(BUNDLE_FETCHES_PER_MINUTE));
+            .or_insert_with(|| TokenBucket::per_minute(BUNDLE_FETCHES_PER_MINUTE, now));
         bucket.refill(now);
         bucket.take()
     }
@@ -224,4 +236,53 @@ pub(super) fn start_expiry(
             }
         })?;
     Ok(Expiry { thread, stop })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(i: usize) -> UserName {
+        UserName::parse(&format!("user{i}")).expect("name")
+    }
+
+    #[test]
+    fn a_bundle_budget_is_spent_per_account_and_full_budgets_are_forgotten() {
+        let budgets = BundleBudgets::default();
+        let start = Instant::now();
+        let alice = name(0);
+        let taken = (0..40).filter(|_| budgets.take_at(&alice, start)).count();
+        assert_eq!(taken, BUNDLE_FETCHES_PER_MINUTE as usize);
+        // As many accounts as it takes to reach the pruning size, each fetching once.
+        for i in 1..BUNDLE_BUDGETS_PRUNE_AT {
+            assert!(budgets.take_at(&name(i), start));
+        }
+        let size = || sync::lock(&budgets.inner).buckets.len();
+        assert_eq!(size(), BUNDLE_BUDGETS_PRUNE_AT);
+        // A minute on, their buckets are full again: the next fetch forgets them, and
+        // alice, whose budget was refilled too, may fetch again.
+        let later = start + Duration::from_secs(61);
+        assert!(budgets.take_at(&name(BUNDLE_BUDGETS_PRUNE_AT), later));
+        assert_eq!(
+            size(),
+            1,
+            "only the account that just fetched is remembered"
+        );
+        assert!(budgets.take_at(&alice, later));
+    }
+
+    #[test]
+    fn budgets_still_spent_are_kept_and_pruning_waits_for_twice_as_many() {
+        let budgets = BundleBudgets::default();
+        let start = Instant::now();
+        for i in 0..BUNDLE_BUDGETS_PRUNE_AT {
+            assert!(budgets.take_at(&name(i), start));
+        }
+        // Within the minute nothing is full: the scan keeps all, and the next one waits.
+        let soon = start + Duration::from_secs(1);
+        assert!(budgets.take_at(&name(BUNDLE_BUDGETS_PRUNE_AT), soon));
+        let inner = sync::lock(&budgets.inner);
+        assert_eq!(inner.buckets.len(), BUNDLE_BUDGETS_PRUNE_AT + 1);
+        assert_eq!(inner.prune_at, 2 * BUNDLE_BUDGETS_PRUNE_AT);
+    }
 }
