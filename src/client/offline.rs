@@ -1378,6 +1378,35 @@ mod tests {
         )));
     }
 
+    /// How many one-time prekeys the `ADDPREKEYS` frames among `steps` publish.
+    fn published(steps: &[Step]) -> usize {
+        frames(steps)
+            .iter()
+            .filter_map(|f| f.strip_prefix("ADDPREKEYS "))
+            .map(|items| items.split(' ').count())
+            .sum()
+    }
+
+    #[test]
+    fn the_servers_prekey_count_decides_the_refill_and_without_one_prekeys_does() {
+        const FRAME: usize = 1 << 16;
+        let alice = Client::new("alice", 1);
+        let (mut offline, _) = alice.start();
+        offline.connected(Some(LIMITS));
+        // `OK SETPREKEY n`: refilled below the mark, not above it.
+        assert_eq!(
+            published(&offline.record_stored(Some(0), FRAME)),
+            REFILL_STEP
+        );
+        assert!(offline.record_stored(Some(REFILL_BELOW), FRAME).is_empty());
+        // A server that gives no count: none held unless `PREKEYS` said otherwise.
+        offline.connected(Some(LIMITS));
+        assert_eq!(published(&offline.record_stored(None, FRAME)), REFILL_STEP);
+        offline.connected(Some(LIMITS));
+        assert!(offline.prekeys(REFILL_BELOW, FRAME).is_empty());
+        assert!(offline.record_stored(None, FRAME).is_empty());
+    }
+
     #[test]
     fn final_states_are_shown_then_acknowledged_and_a_server_without_mailbox_is_said_once() {
         let alice = Client::new("alice", 1);
