@@ -31,9 +31,8 @@ const NOW: u64 = 1_800_000_000;
 struct Device {
     /// Their name.
     name: &'static str,
-    /// The identity key the client keeps beside the mailbox (a thief copies both).
-    identity: IdentityKey,
-    /// The identity key's seed, to make the thief's copy of it.
+    /// The seed of the identity key the client keeps beside the mailbox (a thief copies
+    /// both).
     seed: u8,
     /// Where the mailbox file is.
     path: PathBuf,
@@ -46,7 +45,6 @@ impl Device {
         let dir = tempfile::tempdir().expect("temp dir");
         Device {
             name,
-            identity: IdentityKey::from_fixed_seed(&[seed; 32]).expect("key"),
             seed,
             path: dir.path().join(MAILBOX_FILE),
             _dir: dir,
@@ -55,11 +53,16 @@ impl Device {
 
     /// The mailbox as the client loads it at start.
     fn mailbox(&self) -> Mailbox {
-        load(&self.path, &self.identity, self.name)
+        load(&self.path, &self.identity(), self.name)
+    }
+
+    /// The identity key.
+    fn identity(&self) -> IdentityKey {
+        IdentityKey::from_fixed_seed(&[self.seed; 32]).expect("key")
     }
 
     fn key(&self) -> IdentityPublicKey {
-        self.identity.public_key()
+        self.identity().public_key()
     }
 
     /// A copy of the device as it is now: the files a thief takes.
@@ -69,7 +72,6 @@ impl Device {
         std::fs::copy(&self.path, &path).expect("copy the mailbox file");
         Device {
             name: self.name,
-            identity: IdentityKey::from_fixed_seed(&[self.seed; 32]).expect("key"),
             seed: self.seed,
             path,
             _dir: dir,
