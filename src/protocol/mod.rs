@@ -259,11 +259,18 @@ pub enum Refusal {
     Quota,
     /// `self`: a message to oneself.
     ToSelf,
+    /// `no-such-server`: the recipient's server is not one this server is linked with.
+    NoSuchServer,
 }
 
 impl Refusal {
     /// Every reason.
-    pub const ALL: [Refusal; 3] = [Refusal::NoSuchUser, Refusal::Quota, Refusal::ToSelf];
+    pub const ALL: [Refusal; 4] = [
+        Refusal::NoSuchUser,
+        Refusal::Quota,
+        Refusal::ToSelf,
+        Refusal::NoSuchServer,
+    ];
 
     /// The reason as it appears on the wire.
     pub fn as_str(self) -> &'static str {
@@ -271,6 +278,7 @@ impl Refusal {
             Refusal::NoSuchUser => "no-such-user",
             Refusal::Quota => "quota",
             Refusal::ToSelf => "self",
+            Refusal::NoSuchServer => "no-such-server",
         }
     }
 
@@ -655,11 +663,14 @@ pub enum ErrorCode {
     /// `BUNDLE` for a user who has not stored a signed-prekey record (has not set up offline
     /// messages). The first word of the text is the user name.
     NoPrekeys,
+    /// The user named is on another server that this server is not linked with, or cannot
+    /// reach now. The first word of the text is the user's address.
+    Unreachable,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::BadFrame,
         ErrorCode::TooLong,
         ErrorCode::UnknownCommand,
@@ -678,6 +689,7 @@ impl ErrorCode {
         ErrorCode::Throttled,
         ErrorCode::Storage,
         ErrorCode::NoPrekeys,
+        ErrorCode::Unreachable,
     ];
 
     /// The code named `word` on the wire, if it is one.
@@ -706,6 +718,7 @@ impl ErrorCode {
             ErrorCode::Throttled => "throttled",
             ErrorCode::Storage => "storage",
             ErrorCode::NoPrekeys => "no-prekeys",
+            ErrorCode::Unreachable => "unreachable",
         }
     }
 }

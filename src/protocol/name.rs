@@ -1,5 +1,12 @@
 //! User names: the one rule every user name follows, checked in one place for the server
-//! and the client alike, and [`UserName`], a name that has passed it.
+//! and the client alike, and [`UserName`], a name that has passed it; server names
+//! ([`ServerName`]) and the full addresses (`user@server`) that name a user of another
+//! server in a federation.
+//!
+//! A bare name is a user of the server the client is connected to; `bob@chat.example` is
+//! `bob` of the server named `chat.example`. Both halves follow their rule and are lower
+//! case, so one address has one spelling: the screen, the pins and the safety numbers all
+//! key on it, and `bob@a.test` can never be taken for `bob@b.test` or for a local `bob`.
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -97,9 +104,199 @@ pub fn is_canonical_username(name: &str) -> bool {
         && !RESERVED_USERNAMES.contains(&name)
 }
 
+/// A server's name in a federation: a lower-case DNS name (`chat.example`, `localhost`),
+/// the name its federation certificate is checked against. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerName(Arc<str>);
+
+impl ServerName {
+    /// Lower-cases `name` and checks it against [`SERVER_NAME_RULE`].
+    pub fn parse(name: &str) -> Result<ServerName, BadServerName> {
+        let lower = name.to_ascii_lowercase();
+        if is_canonical_server_name(&lower) {
+            Ok(ServerName(Arc::from(lower)))
+        } else {
+            Err(BadServerName)
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ServerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Borrow<str> for ServerName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Human description of the server-name rule.
+pub const SERVER_NAME_RULE: &str = "a DNS name: labels of 1-63 letters, digits or hyphens \
+     (not first or last), separated by dots, at most 253 characters, the last label not all \
+     digits (an IP address is not a server name)";
+
+/// A server name that breaks the rule; says the rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadServerName;
+
+impl fmt::Display for BadServerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "server name must be {SERVER_NAME_RULE}")
+    }
+}
+
+impl std::error::Error for BadServerName {}
+
+/// Whether `name` already is a canonical server name: lower case and following
+/// [`SERVER_NAME_RULE`].
+pub fn is_canonical_server_name(name: &str) -> bool {
+    let label_ok = |label: &str| {
+        let bytes = label.as_bytes();
+        (1..=63).contains(&bytes.len())
+            && bytes
+                .iter()
+                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && bytes[0] != b'-'
+            && bytes[bytes.len() - 1] != b'-'
+    };
+    (1..=253).contains(&name.len())
+        && name.split('.').all(label_ok)
+        && name
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| !last.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A user named by a client or a peer: a bare name (a user of this server) or a full
+/// address `user@server`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Address {
+    /// The user's name on its own server.
+    pub user: UserName,
+    /// Its server; `None` for a bare name.
+    pub server: Option<ServerName>,
+}
+
+impl Address {
+    /// Lower-cases and checks `text`: `user` or `user@server`, each half following its rule.
+    pub fn parse(text: &str) -> Result<Address, BadAddress> {
+        let (user, server) = match text.split_once('@') {
+            Some((user, server)) => (user, Some(server)),
+            None => (text, None),
+        };
+        Ok(Address {
+            user: UserName::parse(user).map_err(|_| BadAddress)?,
+            server: server
+                .map(ServerName::parse)
+                .transpose()
+                .map_err(|_| BadAddress)?,
+        })
+    }
+
+    /// The address as seen from `home`: the bare name for a user of `home` (so that
+    /// `bob@home` and `bob` are one user), the full address otherwise.
+    pub fn relative_to(&self, home: &ServerName) -> Address {
+        match &self.server {
+            Some(server) if server == home => Address {
+                user: self.user.clone(),
+                server: None,
+            },
+            _ => self.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.server {
+            Some(server) => write!(f, "{}@{server}", self.user),
+            None => write!(f, "{}", self.user),
+        }
+    }
+}
+
+/// Text that is neither a user name nor `user@server`; says the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadAddress;
+
+impl fmt::Display for BadAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a user is NAME or NAME@SERVER: the name {USERNAME_RULE}; the server {SERVER_NAME_RULE}"
+        )
+    }
+}
+
+impl std::error::Error for BadAddress {}
+
+/// Whether `text` is a canonical address: a canonical user name, or one followed by `@`
+/// and a canonical server name. The client checks every name the server sends with it.
+pub fn is_canonical_address(text: &str) -> bool {
+    match text.split_once('@') {
+        Some((user, server)) => is_canonical_username(user) && is_canonical_server_name(server),
+        None => is_canonical_username(text),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_names_are_dns_names_in_lower_case() {
+        for good in ["localhost", "a.test", "chat-1.example.org", "x1.y2"] {
+            assert_eq!(ServerName::parse(good).unwrap().as_str(), good);
+        }
+        assert_eq!(ServerName::parse("Chat.Example").unwrap().as_str(), "chat.example");
+        for bad in [
+            "",
+            "a..b",
+            ".a",
+            "a.",
+            "-a.test",
+            "a-.test",
+            "a_b.test",
+            "127.0.0.1",
+            "10.0.0.1",
+            "a b",
+            "a@b",
+            "bоb.test",
+            &"a".repeat(64),
+        ] {
+            assert!(ServerName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn an_address_has_one_spelling_and_home_users_are_bare() {
+        let home = ServerName::parse("a.test").unwrap();
+        let bob = Address::parse("Bob@B.Test").unwrap();
+        assert_eq!(bob.to_string(), "bob@b.test");
+        assert!(is_canonical_address("bob@b.test"));
+        assert!(!is_canonical_address("Bob@b.test"));
+        assert!(!is_canonical_address("bob@b.test@c.test"));
+        assert!(!is_canonical_address("bob@"));
+        assert_eq!(bob.relative_to(&home), bob);
+        let local = Address::parse("bob@a.test").unwrap().relative_to(&home);
+        assert_eq!(local.to_string(), "bob");
+        assert_eq!(local, Address::parse("bob").unwrap());
+        assert_ne!(
+            Address::parse("bob@a.test").unwrap(),
+            Address::parse("bob@b.test").unwrap()
+        );
+        for bad in ["bob@", "@b.test", "bob@b.test@c.test", "bob@127.0.0.1", "you@b.test"] {
+            assert!(Address::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn user_names_are_lower_cased_and_checked() {
