@@ -8,6 +8,7 @@
 
 pub mod frame;
 pub mod name;
+pub mod peer;
 
 use std::fmt;
 use std::io::Write as _;
