@@ -17,7 +17,11 @@
 //! up from its working directory vouches for those names only, never for `example.com`,
 //! whoever holds `ca.key`. A CA without constraints (made by an older version) or made for
 //! other names is replaced by a new one, with a new key, at server start; the log says so.
+//!
+//! The server-to-server port has its own configurations, mutual authentication and a
+//! separate, unconstrained development federation CA: see [`federation`].
 
+pub mod federation;
 pub mod stream;
 
 use std::fs;
