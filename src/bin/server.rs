@@ -7,6 +7,11 @@
 //! server certificate in `certs/`, for `localhost`, `127.0.0.1`, `::1` and each `--hostname`;
 //! clients started from the same directory trust that CA for those names only.
 //! Stops cleanly on Ctrl-C or SIGTERM. `--help` lists every limit.
+//!
+//! Federation: `--name a.test --federation-listen 127.0.0.1:7101 --peers peers.conf` links
+//! this server with the servers in the peers file (see `securechat::server::federation::peers`);
+//! `--issue-federation-cert NAME` makes (or reuses) a development federation CA in
+//! `certs/federation/` and issues a certificate for NAME there, then exits.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +22,7 @@ use clap::Parser;
 
 use securechat::server::ThrottlePolicy;
 use securechat::server::{self, Config, Limits, Server};
+use securechat::protocol::name::ServerName;
 use securechat::{logging, tls};
 
 /// A TLS chat server with end-to-end encrypted private messages.
@@ -125,7 +131,41 @@ struct Args {
     /// for or run bcrypt at once; more are told to retry (0 = no limit).
     #[arg(long, default_value_t = ThrottlePolicy::default().logins_per_prefix)]
     logins_per_prefix: usize,
+    /// This server's name in a federation: its users are `user@NAME` to other servers,
+    /// and its federation certificate must be valid for it.
+    #[arg(long, default_value = "localhost")]
+    name: String,
+    /// Where the server-to-server port listens; with --peers, this server federates.
+    #[arg(long, requires = "peers")]
+    federation_listen: Option<SocketAddr>,
+    /// The peers file: one linked server per line, `name address ca-file`.
+    #[arg(long, requires = "federation_listen")]
+    peers: Option<PathBuf>,
+    /// This server's federation certificate chain (default: the development one for
+    /// --name in certs/federation/).
+    #[arg(long, requires = "federation_key")]
+    federation_cert: Option<PathBuf>,
+    /// Its private key.
+    #[arg(long, requires = "federation_cert")]
+    federation_key: Option<PathBuf>,
+    /// Do not share the public room with peers (this server's lines stay here, and peers'
+    /// lines are not shown).
+    #[arg(long)]
+    no_shared_room: bool,
+    /// Do not tell peers who is online here (`/list SERVER` from their users).
+    #[arg(long)]
+    no_shared_presence: bool,
+    /// Payload bytes queued for one peer while it is unreachable; more are refused.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    peer_queue_max_bytes: u64,
+    /// Issue a development federation certificate for NAME (and the federation CA, on
+    /// first use) in certs/federation/, then exit.
+    #[arg(long, value_name = "NAME")]
+    issue_federation_cert: Option<String>,
 }
+
+/// The development federation CA's directory, below --certs-dir.
+const FEDERATION_DIR: &str = "federation";
 
 fn main() -> ExitCode {
     logging::init();
@@ -144,7 +184,62 @@ fn real_path(path: &std::path::Path) -> std::path::PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// `--issue-federation-cert NAME`: issues, says where, and what to put in a peers file.
+fn issue_federation_cert(certs_dir: &std::path::Path, name: &str) -> securechat::Result<()> {
+    let name = ServerName::parse(name).map_err(|e| securechat::Error::Config(e.to_string()))?;
+    let dir = certs_dir.join(FEDERATION_DIR);
+    let files = tls::federation::issue_federation_certificate(&dir, &name)?;
+    println!(
+        "federation certificate for {name}: {} (key {})\ntrust anchor for peers files: {}",
+        real_path(&files.cert).display(),
+        real_path(&files.key).display(),
+        real_path(&files.ca).display()
+    );
+    Ok(())
+}
+
+/// The federation settings, if `--federation-listen` and `--peers` were given.
+fn federation(args: &Args) -> securechat::Result<Option<server::FederationConfig>> {
+    let (Some(listen), Some(peers)) = (args.federation_listen, &args.peers) else {
+        return Ok(None);
+    };
+    let name = ServerName::parse(&args.name).map_err(|e| securechat::Error::Config(e.to_string()))?;
+    let (cert, key) = match (&args.federation_cert, &args.federation_key) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        _ => {
+            let dir = args.certs_dir.join(FEDERATION_DIR);
+            let cert = dir.join(format!("{name}.pem"));
+            if !cert.exists() {
+                return Err(securechat::Error::Config(format!(
+                    "no federation certificate for {name}: run the server once with \
+                     --issue-federation-cert {name}, or give --federation-cert/--federation-key"
+                )));
+            }
+            (cert, dir.join(format!("{name}.key")))
+        }
+    };
+    let (chain, key) = tls::load_identity(&cert, &key)?;
+    let peers = server::federation::peers::load(peers)?;
+    if peers.iter().any(|p| p.name == name) {
+        return Err(securechat::Error::Config(format!("{name} lists itself as a peer")));
+    }
+    Ok(Some(server::FederationConfig {
+        name,
+        listen,
+        chain,
+        key,
+        peers,
+        share_room: !args.no_shared_room,
+        share_presence: !args.no_shared_presence,
+        queue_max_bytes: args.peer_queue_max_bytes,
+    }))
+}
+
 fn run(args: Args) -> securechat::Result<()> {
+    if let Some(name) = &args.issue_federation_cert {
+        return issue_federation_cert(&args.certs_dir, name);
+    }
+    let federation = federation(&args)?;
     let (cert, key) = match (args.cert, args.key) {
         (Some(cert), Some(key)) => (cert, key),
         _ => {
@@ -205,6 +300,7 @@ fn run(args: Args) -> securechat::Result<()> {
         tls: tls::server_config(chain, key)?,
         bcrypt_cost: args.bcrypt_cost,
         limits,
+        federation,
     })?;
     log::info!(
         "securechat listening on {} (TLS 1.3/1.2; data in {})",

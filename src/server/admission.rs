@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::federation::Federation;
 use super::accounts::Accounts;
 use super::limits::Limits;
 use super::mailbox::BundleBudgets;
@@ -37,6 +38,8 @@ pub(super) struct Context {
     pub(super) throttle: Throttle,
     /// Each account's `BUNDLE` budget, across its connections.
     pub(super) bundle_budgets: BundleBudgets,
+    /// Links to other servers, if this one federates.
+    pub(super) federation: Option<Arc<Federation>>,
     /// Who is connected: admission counts and a handle on each queue for shutdown.
     connections: Mutex<Connections>,
     /// Signalled when a connection ends (shutdown waits on it).
@@ -132,8 +135,10 @@ impl Context {
         accounts: Accounts,
         router: RouterHandle,
         tls: Arc<rustls::ServerConfig>,
+        federation: Option<Arc<Federation>>,
     ) -> Context {
         Context {
+            federation,
             throttle: Throttle::new(limits.throttle.clone()),
             bundle_budgets: BundleBudgets::default(),
             limits,

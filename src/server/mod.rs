@@ -70,17 +70,20 @@
 mod accounts;
 mod admission;
 mod connection;
+pub mod federation;
 mod history;
 mod limits;
 mod mailbox;
 #[cfg(test)]
 mod memory_socket;
 mod outbox;
+mod remote;
 mod requests;
 mod router;
 mod store;
 mod throttle;
 
+pub use federation::{FederationConfig, PeerConfig};
 pub use limits::{kernel_connection_ceiling, raise_open_file_limit, Limits, MAX_ROOM_HISTORY};
 pub use store::DB_FILE;
 pub use throttle::ThrottlePolicy;
@@ -96,7 +99,7 @@ use self::accounts::Accounts;
 use self::admission::Context;
 use self::history::RoomHistory;
 use self::router::{Event, Router, RouterLimits};
-use self::store::{SqliteStore, Storage};
+use self::store::{Quota, SqliteStore, Storage};
 use crate::error::{Error, Result};
 use crate::sync;
 
@@ -112,6 +115,8 @@ pub struct Config {
     pub bcrypt_cost: u32,
     /// Connection and resource limits.
     pub limits: Limits,
+    /// Links to servers of other names, if this server federates.
+    pub federation: Option<FederationConfig>,
 }
 
 /// A running server.
@@ -131,6 +136,8 @@ pub struct Server {
     history_writer: Option<JoinHandle<()>>,
     /// The thread expiring old mailbox messages; stopped before the router.
     expiry: Option<mailbox::Expiry>,
+    /// The federation's threads, if it federates; stopped before the router.
+    federation: Option<Arc<federation::Federation>>,
 }
 
 /// Asks a server to stop. Cheap to clone; safe to use from a signal handler thread.
@@ -213,17 +220,45 @@ impl Server {
             ),
             None => (None, RoomHistory::new(0, Vec::new(), None)),
         };
+        let federation = match config.federation.take() {
+            Some(federation) => Some(federation::Federation::start(
+                federation,
+                store.clone(),
+                router_handle.clone(),
+                config.limits.max_frame,
+                Quota {
+                    messages: config.limits.queue_max,
+                    bytes: config.limits.queue_max_bytes,
+                },
+            )?),
+            None => None,
+        };
         // If the router does not start, the history's sender is dropped with the closure
         // and the writer ends by itself.
-        let router = thread::Builder::new()
-            .name("router".into())
-            .spawn(move || Router::new(router_limits, history).run(inbox))?;
+        let router_federation = federation.clone();
+        let router = thread::Builder::new().name("router".into()).spawn(move || {
+            Router::new(router_limits, history)
+                .with_federation(router_federation)
+                .run(inbox)
+        });
+        let router = match router {
+            Ok(router) => router,
+            Err(e) => {
+                if let Some(federation) = &federation {
+                    federation.stop();
+                }
+                return Err(e.into());
+            }
+        };
         // Expiry: once now (what fell due while the server was down), then periodically.
         let ttl = config.limits.queue_ttl;
         mailbox::expire(&*store, ttl, &router_handle);
         let expiry = match mailbox::start_expiry(store, ttl, router_handle.clone()) {
             Ok(expiry) => expiry,
             Err(e) => {
+                if let Some(federation) = &federation {
+                    federation.stop();
+                }
                 let _ = router_handle.send(Event::Shutdown);
                 return Err(e);
             }
@@ -233,6 +268,7 @@ impl Server {
             accounts,
             router_handle,
             config.tls,
+            federation.clone(),
         ));
         let shutdown = ShutdownHandle {
             requested: Arc::new((Mutex::new(false), Condvar::new())),
@@ -247,6 +283,9 @@ impl Server {
         let acceptor = match acceptor {
             Ok(acceptor) => acceptor,
             Err(e) => {
+                if let Some(federation) = &federation {
+                    federation.stop();
+                }
                 let _ = context.router.send(Event::Shutdown);
                 return Err(e.into());
             }
@@ -259,12 +298,18 @@ impl Server {
             router: Some(router),
             history_writer,
             expiry: Some(expiry),
+            federation,
         })
     }
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The federation port's address, if this server federates.
+    pub fn federation_addr(&self) -> Option<SocketAddr> {
+        self.federation.as_ref().map(|f| f.listen_addr())
     }
 
     /// A handle that stops this server.
@@ -307,6 +352,9 @@ impl Server {
         if let Some(expiry) = self.expiry.take() {
             drop(expiry.stop);
             let _ = expiry.thread.join();
+        }
+        if let Some(federation) = self.federation.take() {
+            federation.stop();
         }
         let _ = context.router.send(Event::Shutdown);
         if let Some(router) = self.router.take() {

@@ -18,6 +18,7 @@ use super::admission::Context;
 use super::history::unix_now;
 use super::mailbox::{self, Notice, BUNDLE_FETCHES_PER_MINUTE, PREKEY_REFILL_MARK};
 use super::outbox::{Line, Outbox};
+use super::remote::Away;
 use super::router::{room_line, ConnId, Direct, Event, Routed};
 use super::store::{BundleLookup, Enqueued, KeyLookup, Outcome, Quota, Storage, StoredMail};
 use super::throttle::AddressPrefix;
@@ -387,6 +388,12 @@ impl RequestHandler {
             Request::List => self.route(Routed::List),
             Request::Say { text } => self.route(Routed::Room(room_line(user, text))),
             Request::Msg { to, payload } => {
+                let away = self.away(to);
+                let to = match &away {
+                    Some(Away::Home(user)) => user.as_str(),
+                    Some(away) => return self.remote_msg(away),
+                    None => to,
+                };
                 let to = match recipient(to) {
                     Ok(to) => to,
                     Err(error) => return self.reply_error(&error),
@@ -401,7 +408,18 @@ impl RequestHandler {
                 self.route(Routed::Direct(Direct::new(user, &to, payload)));
             }
             Request::SetKey { key } => return self.set_key(user, key),
-            Request::GetKey { user: wanted } => return self.get_key(wanted),
+            Request::GetKey { user: wanted } => match self.away(wanted) {
+                Some(Away::Peer { peer, address }) => return self.remote_get_key(&peer, &address),
+                Some(Away::Unlinked(address)) => {
+                    return self.reply_error(&ProtocolError::new(
+                        Command::GetKey,
+                        ErrorCode::Unreachable,
+                        format!("{address} is on a server this server is not linked with"),
+                    ))
+                }
+                Some(Away::Home(user)) => return self.get_key(user.as_str()),
+                None => return self.get_key(wanted),
+            },
             Request::SetPrekey { .. }
             | Request::AddPrekeys { .. }
             | Request::Bundle { .. }
@@ -423,7 +441,13 @@ impl RequestHandler {
                 to,
                 reference,
                 payload,
-            } => return self.send_mail(user, to, reference, payload),
+            } => match self.away(to) {
+                Some(Away::Home(local)) => {
+                    return self.send_mail(user, local.as_str(), reference, payload)
+                }
+                Some(away) => return self.remote_send(user, &away, reference, payload),
+                None => return self.send_mail(user, to, reference, payload),
+            },
             Request::Ack { id, unreadable } => self.ack(user, id, unreadable),
             Request::AckStatus { reference } => {
                 if let Err(e) = self.store().delete_receipts(user, reference) {
@@ -495,7 +519,7 @@ impl RequestHandler {
         }
     }
 
-    fn store(&self) -> &dyn Storage {
+    pub(super) fn store(&self) -> &dyn Storage {
         self.context.accounts.store()
     }
 
@@ -591,11 +615,15 @@ impl RequestHandler {
             Outcome::Delivered
         };
         match self.store().ack(user, id, outcome, unix_now()) {
-            Ok(Some(receipt)) => {
-                if let Some(notice) = Notice::receipt(&receipt) {
-                    self.route(Routed::Notice(notice));
+            Ok(Some(receipt)) => match Notice::receipt(&receipt) {
+                Some(notice) => self.route(Routed::Notice(notice)),
+                // The sender is a user of another server: its link forwards the receipt.
+                None => {
+                    if let Some(federation) = &self.context.federation {
+                        federation.receipt_for(&receipt.sender);
+                    }
                 }
-            }
+            },
             Ok(None) => {}
             Err(e) => log::error!("conn#{}: ACK {id} not stored: {e}", self.id),
         }
@@ -672,8 +700,22 @@ impl RequestHandler {
                 ),
             ));
         }
-        let Ok(owner) = UserName::parse(owner) else {
-            return self.reply_error(&no_such_user(command, owner));
+        let owner = match self.away(owner) {
+            Some(Away::Peer { peer, address }) => {
+                return self.remote_bundle(requester, &peer, &address)
+            }
+            Some(Away::Unlinked(address)) => {
+                return self.reply_error(&ProtocolError::new(
+                    command,
+                    ErrorCode::Unreachable,
+                    format!("{address} is on a server this server is not linked with"),
+                ))
+            }
+            Some(Away::Home(user)) => user,
+            None => match UserName::parse(owner) {
+                Ok(owner) => owner,
+                Err(_) => return self.reply_error(&no_such_user(command, owner)),
+            },
         };
         match self.store().take_bundle(&owner) {
             Ok(BundleLookup::Found {
@@ -719,12 +761,12 @@ impl RequestHandler {
         })
     }
 
-    fn reply_error(&mut self, error: &ProtocolError) -> Step {
+    pub(super) fn reply_error(&mut self, error: &ProtocolError) -> Step {
         self.reply(ServerLine::from(error.clone()))
     }
 
     /// Sends a reply: directly before login, through the router after it (to keep order).
-    fn reply(&mut self, line: ServerLine) -> Step {
+    pub(super) fn reply(&mut self, line: ServerLine) -> Step {
         let line = Line::from(&line);
         if self.user.is_some() {
             self.route(Routed::Reply(line));
@@ -743,7 +785,7 @@ impl RequestHandler {
     }
 
     /// Adds a request to the batch for the router.
-    fn route(&mut self, request: Routed) {
+    pub(super) fn route(&mut self, request: Routed) {
         if self.batch.capacity() == 0 {
             self.batch.reserve(self.batch_hint);
         }
@@ -835,7 +877,7 @@ fn busy_error(command: Command, busy: Busy) -> ProtocolError {
 }
 
 /// `ERR <command> storage …`: the request was not carried out.
-fn storage_error(command: Command) -> ProtocolError {
+pub(super) fn storage_error(command: Command) -> ProtocolError {
     ProtocolError::new(
         command,
         ErrorCode::Storage,

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::federation::Federation;
 use super::history::RoomHistory;
 use super::mailbox::{Notice, NoticeKind};
 use super::outbox::{ClientSocket, Line, Outbox, QueueFull, TextFrame};
@@ -97,6 +98,10 @@ pub(super) enum Event<S = TlsStream> {
         outbox: Outbox<S>,
         farewell: Option<Line>,
     },
+    /// A room line a peer server's user said (`ROOM user@server text`): to everyone here.
+    PeerRoom(TextFrame),
+    /// A peer asks who is online: the total and the names, sorted.
+    PeerList(Sender<(usize, Vec<String>)>),
     /// The server is stopping: exit (the server has already said goodbye to everyone).
     Shutdown,
 }
@@ -308,6 +313,8 @@ pub(super) struct Router<S = TlsStream> {
     exchanges_prune_at: usize,
     /// The room's last lines, replayed at login to clients that ask.
     history: RoomHistory,
+    /// Where this server's room lines go to other servers, if it federates.
+    federation: Option<Arc<Federation>>,
 }
 
 impl<S> Router<S> {
@@ -320,7 +327,14 @@ impl<S> Router<S> {
             exchanges: HashMap::default(),
             exchanges_prune_at: EXCHANGE_PRUNE_AT,
             history,
+            federation: None,
         }
+    }
+
+    /// Shares this server's room lines through `federation`.
+    pub(super) fn with_federation(mut self, federation: Option<Arc<Federation>>) -> Router<S> {
+        self.federation = federation;
+        self
     }
 
     /// Counts an exchange start from `from` to `to`; `Err(wait)` when the pair is over
@@ -419,6 +433,14 @@ impl<S: ClientSocket> Router<S> {
                     }
                 }
                 outbox.close();
+            }
+            Event::PeerRoom(line) => {
+                for client in self.online.values() {
+                    client.outbox.push_room(line.line());
+                }
+            }
+            Event::PeerList(answer) => {
+                let _ = answer.send(self.online_names());
             }
             Event::Shutdown => return false,
         }
@@ -547,11 +569,12 @@ impl<S: ClientSocket> Router<S> {
                 // After the fan-out, before the next event: a login handled next gets
                 // this line as history, one handled before got it live.
                 self.history.record(user, line.text());
+                if let Some(federation) = &self.federation {
+                    federation.share_room(user, line.text());
+                }
             }
             Routed::List => {
-                let mut names: Vec<&str> = self.online.keys().map(UserName::as_str).collect();
-                names.sort_unstable();
-                let total = names.len();
+                let (total, mut names) = self.online_names();
                 names.truncate(LIST_MAX_NAMES);
                 let reply = ServerLine::Ok {
                     command: Command::List,
@@ -562,6 +585,13 @@ impl<S: ClientSocket> Router<S> {
             Routed::Reply(line) => self.send(user, line),
             Routed::Notice(notice) => self.notice(notice),
         }
+    }
+
+    /// How many are online, and their names, sorted.
+    fn online_names(&self) -> (usize, Vec<String>) {
+        let mut names: Vec<String> = self.online.keys().map(ToString::to_string).collect();
+        names.sort_unstable();
+        (names.len(), names)
     }
 
     /// Delivers a private frame, or tells the sender the recipient is not online.

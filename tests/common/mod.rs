@@ -87,6 +87,7 @@ impl TestServer {
             ca: certs.ca,
             dir,
             limits,
+            federation: None,
             bcrypt_cost,
         }
     }
@@ -158,6 +159,7 @@ fn start_server(
         tls: tls::server_config(chain, key).unwrap(),
         bcrypt_cost,
         limits,
+        federation: None,
     })
     .expect("server starts")
 }

@@ -1,0 +1,466 @@
+//! The federation port: accepts peers' connections, proves who they are, and carries out
+//! their requests within the boundary rules.
+//!
+//! A connection's life: TLS with a client certificate (refused without one, or with one
+//! no configured peer's CA signed) → the peer's first frame `PEER 1 <name>` → this server
+//! checks that `name` is a configured peer and that the certificate chains to *that
+//! peer's* CA and is valid for `name` (`not-authorized` otherwise) → `OK PEER` → requests,
+//! each answered in order.
+//!
+//! The rules every request passes before it does anything ([`Session::check`]):
+//! - each user it speaks *for* (a sender, a requester, the recipient who produced a
+//!   receipt) is of the authenticated peer's domain: otherwise the link ends with
+//!   `ERR invalid-from` (a peer that lies about one sender is not trusted with the rest);
+//! - each user it speaks *to* is of this server: a `RELAY` for a third server is refused
+//!   for good (`RACK … refused no-such-server`), so servers never relay and loops cannot
+//!   form;
+//! - at most [`PEER_RATE`] frames a second (bursts of [`PEER_BURST`]): beyond it the
+//!   thread waits before reading on, so the peer's TCP window closes — nothing is dropped;
+//! - frames of at most the clients' frame limit; a longer one ends the link (`too-long`).
+
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::bounded;
+use rustls::ServerConnection;
+
+use super::peers::PeerConfig;
+use super::wire::{LinkDown, PeerStream};
+use super::{remote_room_line, Federation, Sockets};
+use crate::error::Result;
+use crate::protocol::frame::FrameError;
+use crate::protocol::name::{Address, ServerName, UserName};
+use crate::protocol::peer::{
+    LinkError, PeerReply, PeerRequest, ReceiptState, RelayOutcome, PEER_PROTOCOL_VERSION,
+};
+use crate::protocol::Refusal;
+use crate::rate::TokenBucket;
+use crate::server::history::unix_now;
+use crate::server::mailbox::{Notice, PREKEY_REFILL_MARK};
+use crate::server::router::{Event, RouterHandle, LIST_MAX_NAMES};
+use crate::server::store::{
+    BundleLookup, Enqueued, KeyLookup, Outcome, Quota, Storage, StoredMail,
+};
+
+/// Frames a second one peer link may send, on average.
+pub(super) const PEER_RATE: u32 = 2_000;
+
+/// The same, at once.
+pub(super) const PEER_BURST: u32 = 4_000;
+
+/// `BUNDLE` fetches a minute one peer may make for all its users together: each hands out
+/// one of our users' one-time prekeys.
+const PEER_BUNDLES_PER_MINUTE: u32 = 300;
+
+/// Links accepted at once (handshaking or up), across all peers: a few per peer is plenty
+/// (each direction is one connection), and strangers without a certificate hold a place
+/// only for the handshake's deadline.
+const MAX_LINKS: usize = 64;
+
+/// Deadline for the handshake and the `PEER` frame.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A link with no frame for this long is closed (the connector pings every 30 s).
+const IDLE_DEADLINE: Duration = Duration::from_secs(120);
+
+/// How long a `LIST` waits for the router.
+const LIST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What every accepted link shares.
+pub(super) struct Shared {
+    /// This server's name.
+    pub(super) home: ServerName,
+    /// The configured peers, by name.
+    pub(super) peers: HashMap<ServerName, PeerConfig>,
+    /// TLS for the port (client certificates required).
+    pub(super) tls: Arc<rustls::ServerConfig>,
+    /// Where relayed messages and receipts are stored.
+    pub(super) store: Arc<dyn Storage>,
+    /// Where their lines for online users go.
+    pub(super) router: RouterHandle,
+    /// To reset a connector's backoff when its peer connects (weak: the federation owns
+    /// this accept loop).
+    pub(super) federation: Weak<Federation>,
+    /// Live sockets, cut at shutdown.
+    pub(super) sockets: Arc<Sockets>,
+    /// Set when the server stops.
+    pub(super) stopping: Arc<AtomicBool>,
+    /// Whether peers' room lines are shown here.
+    pub(super) share_room: bool,
+    /// Whether peers may ask who is online.
+    pub(super) share_presence: bool,
+    /// Largest frame.
+    pub(super) max_frame: usize,
+    /// The bounds of a recipient's queue (the same for relayed messages as for local ones).
+    pub(super) quota: Quota,
+}
+
+/// Starts the accept loop.
+pub(super) fn start(listener: TcpListener, shared: Shared) -> Result<JoinHandle<()>> {
+    let shared = Arc::new(shared);
+    Ok(thread::Builder::new()
+        .name("peer-accept".into())
+        .spawn(move || accept_loop(listener, shared))?)
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut next = 0u64;
+    for socket in listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(socket) = socket else {
+            thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        if open.fetch_add(1, Ordering::SeqCst) >= MAX_LINKS {
+            open.fetch_sub(1, Ordering::SeqCst);
+            log::warn!("federation: link refused: {MAX_LINKS} already open");
+            continue;
+        }
+        next += 1;
+        let (shared, open) = (shared.clone(), open.clone());
+        let spawned = thread::Builder::new()
+            .name(format!("peer-in-{next}"))
+            .spawn(move || {
+                serve(&shared, socket);
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            log::error!("federation: cannot start a link thread: {e}");
+        }
+    }
+}
+
+/// Serves one accepted connection until it ends.
+fn serve(shared: &Shared, socket: TcpStream) {
+    let from = socket
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let socket_id = shared.sockets.add(&socket);
+    let ended = (|| {
+        socket.set_read_timeout(Some(HANDSHAKE_DEADLINE))?;
+        socket.set_write_timeout(Some(HANDSHAKE_DEADLINE))?;
+        let conn = ServerConnection::new(shared.tls.clone())
+            .map_err(|e| LinkDown::Io(e.to_string()))?;
+        let mut stream = PeerStream::handshake(conn, socket, shared.max_frame)?;
+        let peer = match authenticate(shared, &mut stream) {
+            Ok(peer) => peer,
+            Err((code, text)) => {
+                let _ = stream.write_line(&PeerReply::Error { code, text: text.clone() }.to_string());
+                stream.close();
+                return Err(LinkDown::Protocol(text));
+            }
+        };
+        log::info!("federation: {peer} connected from {from}");
+        if let Some(federation) = shared.federation.upgrade() {
+            federation.heard_from(&peer);
+        }
+        stream.set_read_timeout(IDLE_DEADLINE)?;
+        let mut session = Session {
+            shared,
+            peer,
+            bundles: TokenBucket::per_minute(PEER_BUNDLES_PER_MINUTE, Instant::now()),
+        };
+        session.run(&mut stream)
+    })();
+    shared.sockets.remove(socket_id);
+    match ended {
+        Ok(()) => {}
+        Err(why) => log::warn!("federation: link from {from} ended: {why}"),
+    }
+}
+
+/// Reads the `PEER` frame and checks the certificate against the name it claims.
+fn authenticate(
+    shared: &Shared,
+    stream: &mut PeerStream<ServerConnection>,
+) -> std::result::Result<ServerName, (LinkError, String)> {
+    let line = stream
+        .read_line()
+        .map_err(|e| (LinkError::BadFrame, format!("no PEER frame: {e}")))?;
+    let Ok(PeerRequest::Hello { version, name }) = PeerRequest::parse(&line) else {
+        return Err((LinkError::BadFrame, "the first frame must be PEER <version> <name>".into()));
+    };
+    if version != PEER_PROTOCOL_VERSION {
+        return Err((
+            LinkError::Version,
+            format!("this server speaks version {PEER_PROTOCOL_VERSION}"),
+        ));
+    }
+    let Some(peer) = shared.peers.get(&name) else {
+        return Err((LinkError::NotAuthorized, format!("{name} is not a peer of {}", shared.home)));
+    };
+    crate::tls::federation::check_peer_certificate(stream.peer_certificates(), &peer.roots, &name)
+        .map_err(|why| {
+            log::warn!("federation: a link claiming {name} refused: {why}");
+            (LinkError::NotAuthorized, format!("the certificate does not prove {name}"))
+        })?;
+    let welcome = PeerReply::Welcome {
+        name: shared.home.clone(),
+        room: shared.share_room,
+        list: shared.share_presence,
+    };
+    stream
+        .write_line(&welcome.to_string())
+        .map_err(|e| (LinkError::BadFrame, e.to_string()))?;
+    Ok(name)
+}
+
+/// One authenticated link.
+struct Session<'a> {
+    shared: &'a Shared,
+    /// Who the certificate proved.
+    peer: ServerName,
+    /// The peer's `BUNDLE` budget.
+    bundles: TokenBucket,
+}
+
+/// What a request's check decided.
+enum Verdict {
+    /// Carry it out.
+    Accept,
+    /// Answer this without doing anything.
+    Answer(PeerReply),
+    /// End the link with this error.
+    End(LinkError, String),
+}
+
+impl Session<'_> {
+    fn run(&mut self, stream: &mut PeerStream<ServerConnection>) -> std::result::Result<(), LinkDown> {
+        let mut pace = TokenBucket::new(PEER_RATE, PEER_BURST);
+        loop {
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                stream.close();
+                return Ok(());
+            }
+            let line = match stream.read_line() {
+                Ok(line) => line,
+                Err(LinkDown::Frame(e)) => {
+                    let code = match e {
+                        FrameError::TooLong { .. } => LinkError::TooLong,
+                        _ => LinkError::BadFrame,
+                    };
+                    return self.end(stream, code, e.to_string());
+                }
+                Err(LinkDown::TimedOut) => {
+                    return self.end(stream, LinkError::Timeout, "idle too long".into());
+                }
+                Err(e) => return Err(e),
+            };
+            pace.refill(Instant::now());
+            while !pace.take() {
+                thread::sleep(Duration::from_millis(5));
+                pace.refill(Instant::now());
+            }
+            let request = match PeerRequest::parse(&line) {
+                Ok(request) => request,
+                Err(e) => return self.end(stream, LinkError::BadFrame, e.to_string()),
+            };
+            let reply = match self.check(&request) {
+                Verdict::Accept => self.handle(request)?,
+                Verdict::Answer(reply) => Some(reply),
+                Verdict::End(code, text) => return self.end(stream, code, text),
+            };
+            if let Some(reply) = reply {
+                stream.write_line(&reply.to_string())?;
+            }
+        }
+    }
+
+    /// Sends `ERR` and ends the link.
+    fn end(
+        &self,
+        stream: &mut PeerStream<ServerConnection>,
+        code: LinkError,
+        text: String,
+    ) -> std::result::Result<(), LinkDown> {
+        log::warn!("federation: ending the link from {}: {} {text}", self.peer, code.as_str());
+        let _ = stream.write_line(&PeerReply::Error { code, text: text.clone() }.to_string());
+        stream.close();
+        Err(LinkDown::Protocol(format!("{} {text}", code.as_str())))
+    }
+
+    /// The boundary rules (see the module documentation).
+    fn check(&self, request: &PeerRequest) -> Verdict {
+        if let Some(speaker) = request.speaks_for() {
+            if speaker.server.as_ref() != Some(&self.peer) {
+                return Verdict::End(
+                    LinkError::InvalidFrom,
+                    format!("{speaker} is not a user of {}", self.peer),
+                );
+            }
+        }
+        if let Some(target) = request.speaks_to() {
+            if target.server.as_ref() != Some(&self.shared.home) {
+                let text = format!("{target} is not a user of {}", self.shared.home);
+                return Verdict::Answer(match request {
+                    PeerRequest::Relay { id, .. } | PeerRequest::Receipt { id, .. } => {
+                        PeerReply::Rack {
+                            id: *id,
+                            outcome: RelayOutcome::Refused(Refusal::NoSuchServer),
+                        }
+                    }
+                    PeerRequest::GetKey { qid, .. } | PeerRequest::Bundle { qid, .. } => {
+                        fail(*qid, "no-such-user", text)
+                    }
+                    _ => return Verdict::End(LinkError::BadFrame, text),
+                });
+            }
+        }
+        match request {
+            PeerRequest::Hello { .. } => {
+                Verdict::End(LinkError::BadFrame, "PEER was already said".into())
+            }
+            _ => Verdict::Accept,
+        }
+    }
+
+    /// Carries out an accepted request; `Err` (the link ends, nothing answered, the peer
+    /// sends it again later) when the store fails.
+    fn handle(&mut self, request: PeerRequest) -> std::result::Result<Option<PeerReply>, LinkDown> {
+        let store = &*self.shared.store;
+        let storage = |e: crate::error::Error| LinkDown::Io(format!("store: {e}"));
+        let reply = match request {
+            PeerRequest::Relay {
+                id,
+                sender,
+                recipient,
+                reference,
+                payload,
+            } => {
+                let sender_text = sender.to_string();
+                let now = unix_now();
+                let quota = self.shared.quota;
+                let stored = store
+                    .enqueue(&sender_text, recipient.user.as_str(), &reference, &payload, now, quota)
+                    .map_err(storage)?;
+                let outcome = match stored {
+                    Enqueued::Queued(mail_id) => {
+                        let mail = StoredMail {
+                            id: mail_id,
+                            sender: sender_text,
+                            time: now,
+                            payload,
+                        };
+                        let notice = Notice::mail(recipient.user, &mail);
+                        let _ = self.shared.router.send(Event::Notices(vec![notice]));
+                        RelayOutcome::Stored
+                    }
+                    Enqueued::AlreadyQueued(_) | Enqueued::Resolved(_) => RelayOutcome::Stored,
+                    Enqueued::NoSuchUser => RelayOutcome::Refused(Refusal::NoSuchUser),
+                    Enqueued::Quota => RelayOutcome::Refused(Refusal::Quota),
+                };
+                PeerReply::Rack { id, outcome }
+            }
+            PeerRequest::Receipt {
+                id,
+                sender,
+                reference,
+                recipient,
+                state,
+            } => {
+                let outcome = match state {
+                    ReceiptState::Delivered => Outcome::Delivered,
+                    ReceiptState::Expired => Outcome::Expired,
+                    ReceiptState::Unreadable => Outcome::Unreadable,
+                };
+                let stored = store
+                    .add_receipt(&sender.user, &reference, &recipient.to_string(), outcome, unix_now())
+                    .map_err(storage)?;
+                if let Some(notice) = stored.as_ref().and_then(Notice::receipt) {
+                    let _ = self.shared.router.send(Event::Notices(vec![notice]));
+                }
+                PeerReply::Rack {
+                    id,
+                    outcome: RelayOutcome::Stored,
+                }
+            }
+            PeerRequest::Room { sender, text } => {
+                if self.shared.share_room {
+                    let line = remote_room_line(&sender, &text);
+                    let _ = self.shared.router.send(Event::PeerRoom(line));
+                }
+                return Ok(None);
+            }
+            PeerRequest::GetKey { qid, user } => match store.identity_key(&user.user).map_err(storage)? {
+                KeyLookup::Key(key) => PeerReply::Key { qid, key },
+                KeyLookup::NoKey => fail(qid, "no-key", format!("{user} has not published an identity key yet")),
+                KeyLookup::NoSuchUser => fail(qid, "no-such-user", format!("{user} has no account")),
+            },
+            PeerRequest::Bundle { qid, user, .. } => self.bundle(qid, &user.user, &user)?,
+            PeerRequest::List { qid } => self.list(qid),
+            PeerRequest::Ping { token } => PeerReply::Pong { token },
+            PeerRequest::Hello { .. } => return Ok(None),
+        };
+        Ok(Some(reply))
+    }
+
+    fn bundle(&mut self, qid: u64, owner: &UserName, shown: &Address) -> std::result::Result<PeerReply, LinkDown> {
+        self.bundles.refill(Instant::now());
+        if !self.bundles.take() {
+            return Ok(fail(qid, "rate-limited", format!("{} more than {PEER_BUNDLES_PER_MINUTE} prekey fetches a minute", self.peer)));
+        }
+        let found = self
+            .shared
+            .store
+            .take_bundle(owner)
+            .map_err(|e| LinkDown::Io(format!("store: {e}")))?;
+        Ok(match found {
+            BundleLookup::Found {
+                record,
+                one_time,
+                left,
+            } => {
+                if left < PREKEY_REFILL_MARK {
+                    let notice = Notice::prekeys(owner.clone(), left);
+                    let _ = self.shared.router.send(Event::Notices(vec![notice]));
+                }
+                PeerReply::Bundle {
+                    qid,
+                    record,
+                    one_time: one_time
+                        .map(|(id, key)| format!("{id}:{key}"))
+                        .unwrap_or_else(|| "-".into()),
+                }
+            }
+            BundleLookup::NoRecord => fail(qid, "no-prekeys", format!("{shown} has not set up offline messages")),
+            BundleLookup::NoSuchUser => fail(qid, "no-such-user", format!("{shown} has no account")),
+        })
+    }
+
+    fn list(&self, qid: u64) -> PeerReply {
+        if !self.shared.share_presence {
+            return fail(qid, "not-shared", format!("{} does not share who is online", self.shared.home));
+        }
+        let (answer, reply) = bounded(1);
+        if self.shared.router.send(Event::PeerList(answer)).is_err() {
+            return fail(qid, "storage", "the server is stopping".into());
+        }
+        match reply.recv_timeout(LIST_DEADLINE) {
+            Ok((total, mut names)) => {
+                names.truncate(LIST_MAX_NAMES);
+                PeerReply::List {
+                    qid,
+                    total: total as u64,
+                    names,
+                }
+            }
+            Err(_) => fail(qid, "storage", "the server is busy".into()),
+        }
+    }
+}
+
+fn fail(qid: u64, code: &str, text: String) -> PeerReply {
+    PeerReply::Fail {
+        qid,
+        code: code.to_owned(),
+        text,
+    }
+}
