@@ -159,7 +159,7 @@ fn mail_line(mail: &StoredMail) -> Line {
     Line::Owned(out)
 }
 
-/// `STATUS <ref> delivered|expired <recipient>`.
+/// `STATUS <ref> delivered|expired|unreadable|refused <reason> <recipient>`.
 fn status_line(receipt: &Receipt) -> ServerLine {
     ServerLine::Status {
         reference: receipt.reference.clone(),
@@ -174,6 +174,7 @@ pub(super) fn final_state(outcome: Outcome) -> DeliveryState {
         Outcome::Delivered => DeliveryState::Delivered,
         Outcome::Expired => DeliveryState::Expired,
         Outcome::Unreadable => DeliveryState::Unreadable,
+        Outcome::Refused(reason) => DeliveryState::Refused(reason),
     }
 }
 

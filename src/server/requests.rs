@@ -578,9 +578,14 @@ impl RequestHandler {
             bytes: limits.queue_max_bytes,
         };
         let now = unix_now();
-        let stored = self
-            .store()
-            .enqueue(user, recipient.as_str(), reference, payload, now, quota);
+        let stored = self.store().enqueue(
+            user.as_str(),
+            recipient.as_str(),
+            reference,
+            payload,
+            now,
+            quota,
+        );
         let state = match &stored {
             Ok(Enqueued::Queued(id) | Enqueued::AlreadyQueued(id)) => {
                 DeliveryState::Queued { id: *id }

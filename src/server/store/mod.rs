@@ -4,8 +4,9 @@
 //! The rest of the server holds an `Arc<dyn Storage>` and never sees SQL; the backend is
 //! chosen once, where the server starts. Today's backend is [`SqliteStore`], an embedded
 //! SQLite database in the data directory (`sqlite.rs`, with offline delivery's tables in
-//! `sqlite/mailbox.rs`). A shared store for several machines serving one server name
-//! (PostgreSQL) is another implementation of the same trait.
+//! `sqlite/mailbox.rs` and federation's per-peer queues in `sqlite/peers.rs`). A shared
+//! store for several machines serving one server name (PostgreSQL) is another
+//! implementation of the same trait.
 //!
 //! **What every backend must guarantee** (each method's `///` gives its part):
 //! - *Durable before return.* A write that returned `Ok` survives a restart, a `kill -9`
@@ -20,7 +21,17 @@
 //!   deleted, so an id names one message for the life of the store; the router relies on
 //!   it to recognise a live `MAIL` or receipt a login's backlog already covered.
 //! - *Names are canonical.* Account names are unique ignoring case; every other name
-//!   handed in is an account's canonical name.
+//!   handed in is an account's canonical name, a linked server's canonical name, or the
+//!   canonical full address `user@server` of a user of a linked server (one `@`).
+//!
+//! **Federation.** A message from a local user to `user@peer` waits in `peer`'s outbound
+//! queue ([`Storage::enqueue_for_peer`]) until that server has taken it
+//! ([`Storage::peer_acked`]); its receipt comes back later ([`Storage::add_receipt`]) and
+//! is stored with the local ones. A message a peer relayed here is queued like a local one,
+//! with the full address as its sender ([`Storage::enqueue`]), and its receipt waits until
+//! the link hands it to that peer ([`Storage::peer_receipts`], [`Storage::forget_receipt`]).
+//! Every row is deleted only when the next hop has it, in the transaction that records
+//! what follows, so nothing acknowledged is lost.
 //!
 //! `conformance.rs` (tests only) checks these on a real backend; a new backend runs the
 //! whole suite with one line.
@@ -34,7 +45,8 @@ pub use sqlite::DB_FILE;
 
 use super::history::HistoryLine;
 use crate::error::Result;
-use crate::protocol::name::UserName;
+use crate::protocol::name::{ServerName, UserName};
+use crate::protocol::Refusal;
 
 /// The most one-time prekeys stored for one user; `ADDPREKEYS` beyond it are ignored.
 const MAX_ONE_TIME_PREKEYS: u64 = 200;
@@ -98,11 +110,14 @@ pub(super) trait Storage: Send + Sync {
     fn take_bundle(&self, owner: &UserName) -> Result<BundleLookup>;
 
     /// Stores a message from `sender` for `recipient` (a canonical name), committed before
-    /// it returns, unless:
+    /// it returns. `sender` is a local canonical user name, or the full address
+    /// `user@server` of a user of a linked server (a message that server relayed; its
+    /// receipt is then one of [`Storage::peer_receipts`]). Nothing is stored if:
     /// - the recipient has no account (`NoSuchUser`);
-    /// - a message with the same `sender` and `reference` is still queued
-    ///   (`AlreadyQueued`, its id) or has a receipt `sender` has not yet acknowledged
-    ///   (`Resolved`, its outcome): a re-send is stored once;
+    /// - a message with the same `sender` and `reference` is still queued, here or in a
+    ///   peer's queue (`AlreadyQueued`, its id in that queue), or has a receipt `sender` has
+    ///   not yet acknowledged (`Resolved`, its outcome): a re-send is stored once, and a
+    ///   relayed message re-sent by its server too;
     /// - the recipient's queue would then exceed `quota` in messages or payload bytes
     ///   (`Quota`), checked in the same transaction as the insert, so concurrent senders
     ///   cannot overshoot it.
@@ -111,7 +126,7 @@ pub(super) trait Storage: Send + Sync {
     /// before, and never reused.
     fn enqueue(
         &self,
-        sender: &UserName,
+        sender: &str,
         recipient: &str,
         reference: &str,
         payload: &str,
@@ -130,17 +145,94 @@ pub(super) trait Storage: Send + Sync {
         now: u64,
     ) -> Result<Option<Receipt>>;
 
-    /// Deletes every message queued `ttl_seconds` or more before `now` and records an
-    /// `Expired` receipt for each, in one transaction; returns the receipts, in the order
-    /// of the messages' ids.
+    /// Deletes every message queued `ttl_seconds` or more before `now`, for local users and
+    /// in every peer's queue (a peer that stays down does not keep a message forever), and
+    /// records an `Expired` receipt for each, in one transaction. A peer message's receipt
+    /// names its recipient by full address `user@peer`. Returns the receipts in the order
+    /// of their ids (local messages by id, then peer messages by id).
     fn expire(&self, now: u64, ttl_seconds: u64) -> Result<Vec<Receipt>>;
 
     /// What `user` is sent at login, read as one consistent snapshot.
     fn backlog(&self, user: &UserName) -> Result<Backlog>;
 
     /// `sender` has seen the receipts for `reference`: forgets them (the reference may
-    /// then name a new message).
+    /// then name a new message). Receipts about messages to other servers are among them.
     fn delete_receipts(&self, sender: &UserName, reference: &str) -> Result<()>;
+
+    /// Stores a message from local `sender` for `recipient@peer` in `peer`'s outbound
+    /// queue, committed before it returns, unless (nothing stored):
+    /// - a message with the same `sender` and `reference` is still queued, in any peer's
+    ///   queue or for a local user (`AlreadyQueued`, its id in that queue);
+    /// - it has a receipt `sender` has not yet acknowledged (`Resolved`, its outcome);
+    /// - the payload bytes queued for `peer` and this one would exceed `max_bytes`
+    ///   (`Quota`), checked in the same transaction as the insert, so concurrent senders
+    ///   cannot overshoot it. Each peer's queue is counted apart: one peer that is down
+    ///   does not stop messages to the others.
+    ///
+    /// Whether `peer` is linked, and `recipient` exists there, is not known here (the peer
+    /// answers, [`Storage::peer_acked`]). Only `Queued` stored anything; its id is larger
+    /// than every id this method handed out before, and never reused.
+    #[allow(clippy::too_many_arguments)] // each is a column of the stored row
+    #[allow(dead_code)] // until the federation link calls it
+    fn enqueue_for_peer(
+        &self,
+        sender: &UserName,
+        peer: &ServerName,
+        recipient: &UserName,
+        reference: &str,
+        payload: &str,
+        now: u64,
+        max_bytes: u64,
+    ) -> Result<Enqueued>;
+
+    /// The oldest `limit` messages queued for `peer` with ids above `after`, by id: what
+    /// the link sends next (`after` is the last id it sent on this connection).
+    #[allow(dead_code)] // until the federation link calls it
+    fn peer_queue(&self, peer: &ServerName, after: u64, limit: usize) -> Result<Vec<PeerMail>>;
+
+    /// `peer` took its message `id` (stored it, or refused it for good): deletes it and,
+    /// when `outcome` is `Some` (a refusal, say), records a receipt for its sender with that
+    /// outcome, naming the recipient `user@peer`, in the same transaction, and returns it.
+    /// `None`, and no receipt, when `outcome` is `None` (the receipt comes later, through
+    /// [`Storage::add_receipt`]) or when `peer` has no message `id` queued: a repeated
+    /// acknowledgement records nothing, and a peer cannot touch another peer's queue.
+    #[allow(dead_code)] // until the federation link calls it
+    fn peer_acked(
+        &self,
+        peer: &ServerName,
+        id: u64,
+        outcome: Option<Outcome>,
+        now: u64,
+    ) -> Result<Option<Receipt>>;
+
+    /// A receipt a peer forwarded about the message local `sender` sent as `reference` to
+    /// `recipient` (a full address `user@server`, the server being the peer that
+    /// forwarded it). In one transaction: deletes that message from the peer's queue if it
+    /// is still there (the peer resolved it, so it is never sent again), and records the
+    /// receipt, which is returned. `None`, nothing recorded, if an unacknowledged receipt
+    /// for `sender` and `reference` is already stored (a re-forwarded receipt is recorded
+    /// once), or if a message of `sender` with that `reference` is still queued for
+    /// another recipient (a server cannot resolve a message that is not its own). Its id
+    /// follows every receipt id handed out before.
+    #[allow(dead_code)] // until the federation link calls it
+    fn add_receipt(
+        &self,
+        sender: &UserName,
+        reference: &str,
+        recipient: &str,
+        outcome: Outcome,
+        now: u64,
+    ) -> Result<Option<Receipt>>;
+
+    /// The stored receipts whose sender is a user of `peer` (full address `user@peer`,
+    /// the server part equal to `peer`, not merely ending with it), with ids above
+    /// `after`, oldest first, at most `limit`: what this server owes that peer.
+    #[allow(dead_code)] // until the federation link calls it
+    fn peer_receipts(&self, peer: &ServerName, after: u64, limit: usize) -> Result<Vec<Receipt>>;
+
+    /// Deletes receipt `id` (the peer it was for took it). Nothing happens if it is gone.
+    #[allow(dead_code)] // until the federation link calls it
+    fn forget_receipt(&self, id: u64) -> Result<()>;
 }
 
 /// What a key look-up found.
@@ -185,8 +277,27 @@ pub(super) enum Enqueued {
     Resolved(Outcome),
     /// No account has that name; nothing stored.
     NoSuchUser,
-    /// The recipient's queue is full; nothing stored.
+    /// The recipient's queue (or, for a message to another server, that server's queue)
+    /// is full; nothing stored.
     Quota,
+}
+
+/// A message waiting in a peer's outbound queue, as the link relays it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(dead_code)] // until the federation link reads it
+pub(super) struct PeerMail {
+    /// Its id in the peer queues (the peer acknowledges it by this id).
+    pub(super) id: u64,
+    /// Who sent it: a local canonical name (the peer sees `sender@` this server).
+    pub(super) sender: String,
+    /// Who it is for: the user's bare name on the peer.
+    pub(super) recipient: String,
+    /// The sender's reference, which the peer's receipt names.
+    pub(super) reference: String,
+    /// When it was queued here, Unix seconds (expiry counts from it).
+    pub(super) time: u64,
+    /// The payload, as sent.
+    pub(super) payload: String,
 }
 
 /// One queued message, as replayed to its recipient.
@@ -194,7 +305,7 @@ pub(super) enum Enqueued {
 pub(super) struct StoredMail {
     /// Its id (the `MAIL` id).
     pub(super) id: u64,
-    /// Who sent it (a canonical name).
+    /// Who sent it (a canonical name, or `user@server` for a message a peer relayed).
     pub(super) sender: String,
     /// When it was queued, Unix seconds.
     pub(super) time: u64,
@@ -211,6 +322,9 @@ pub(super) enum Outcome {
     Expired,
     /// The recipient's client acknowledged it as one it could not open.
     Unreadable,
+    /// The recipient's server (a linked peer) refused it for good: no such user there,
+    /// or that user's queue is full.
+    Refused(Refusal),
 }
 
 /// A stored receipt.
@@ -218,11 +332,12 @@ pub(super) enum Outcome {
 pub(super) struct Receipt {
     /// Its id (increasing; the router skips live receipts already replayed at login).
     pub(super) id: u64,
-    /// Who sent the message, and is told.
+    /// Who sent the message, and is told: a local name, or `user@server` for a message a
+    /// peer relayed (the receipt is then forwarded to that peer).
     pub(super) sender: String,
     /// The sender's reference.
     pub(super) reference: String,
-    /// Who the message was for.
+    /// Who the message was for: a local name, or `user@server` for a message to a peer.
     pub(super) recipient: String,
     /// What happened.
     pub(super) outcome: Outcome,

@@ -14,13 +14,14 @@
 //! The schema is versioned (`PRAGMA user_version`) and upgraded in place at start, one
 //! step per version, each in its own transaction: version 1 holds the accounts, version 2
 //! adds the room history, version 3 offline delivery's tables (prekeys, the message queue,
-//! receipts). A database from a newer server is refused, never downgraded.
+//! receipts), version 4 federation's per-peer outbound queue (`sqlite/peers.rs`). A database from a newer server is refused, never downgraded.
 //!
 //! Connections are pooled: SQLite connections are not `Sync`, and the threads that need one
 //! (bcrypt workers and client readers) are many. The pool keeps a few open connections and
 //! opens more on demand.
 
 mod mailbox;
+mod peers;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -29,11 +30,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    Backlog, BundleLookup, Created, Enqueued, KeyLookup, Outcome, Quota, Receipt, Storage,
+    Backlog, BundleLookup, Created, Enqueued, KeyLookup, Outcome, PeerMail, Quota, Receipt, Storage,
 };
 use crate::error::{Error, Result};
 use crate::files;
-use crate::protocol::name::UserName;
+use crate::protocol::name::{ServerName, UserName};
 use crate::server::history::HistoryLine;
 use crate::sync;
 
@@ -55,7 +56,7 @@ const SCHEMA_V1: &str = "
 ";
 
 /// Schema version stored in `PRAGMA user_version`; bump with a migration step.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Idle connections kept for reuse. Most account operations run on the bounded bcrypt
 /// pool, so a handful covers the concurrency that actually occurs.
@@ -306,7 +307,7 @@ impl Storage for SqliteStore {
 
     fn enqueue(
         &self,
-        sender: &UserName,
+        sender: &str,
         recipient: &str,
         reference: &str,
         payload: &str,
@@ -338,6 +339,58 @@ impl Storage for SqliteStore {
 
     fn delete_receipts(&self, sender: &UserName, reference: &str) -> Result<()> {
         self.with_connection(|conn| mailbox::delete_receipts(conn, sender, reference))
+    }
+
+    fn enqueue_for_peer(
+        &self,
+        sender: &UserName,
+        peer: &ServerName,
+        recipient: &UserName,
+        reference: &str,
+        payload: &str,
+        now: u64,
+        max_bytes: u64,
+    ) -> Result<Enqueued> {
+        self.with_connection(|conn| {
+            peers::enqueue_for_peer(
+                conn, sender, peer, recipient, reference, payload, now, max_bytes,
+            )
+        })
+    }
+
+    fn peer_queue(&self, peer: &ServerName, after: u64, limit: usize) -> Result<Vec<PeerMail>> {
+        self.with_connection(|conn| peers::peer_queue(conn, peer, after, limit))
+    }
+
+    fn peer_acked(
+        &self,
+        peer: &ServerName,
+        id: u64,
+        outcome: Option<Outcome>,
+        now: u64,
+    ) -> Result<Option<Receipt>> {
+        self.with_connection(|conn| peers::peer_acked(conn, peer, id, outcome, now))
+    }
+
+    fn add_receipt(
+        &self,
+        sender: &UserName,
+        reference: &str,
+        recipient: &str,
+        outcome: Outcome,
+        now: u64,
+    ) -> Result<Option<Receipt>> {
+        self.with_connection(|conn| {
+            peers::add_receipt(conn, sender, reference, recipient, outcome, now)
+        })
+    }
+
+    fn peer_receipts(&self, peer: &ServerName, after: u64, limit: usize) -> Result<Vec<Receipt>> {
+        self.with_connection(|conn| peers::peer_receipts(conn, peer, after, limit))
+    }
+
+    fn forget_receipt(&self, id: u64) -> Result<()> {
+        self.with_connection(|conn| peers::forget_receipt(conn, id))
     }
 }
 
@@ -425,6 +478,13 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         conn.execute_batch(&format!(
             "BEGIN; {} PRAGMA user_version = 3; COMMIT;",
             mailbox::SCHEMA_V3
+        ))?;
+    }
+    if version < 4 {
+        // Federation: each linked server's outbound queue, and finding receipts owed to one.
+        conn.execute_batch(&format!(
+            "BEGIN; {} PRAGMA user_version = 4; COMMIT;",
+            peers::SCHEMA_V4
         ))?;
     }
     Ok(())
@@ -584,12 +644,95 @@ mod tests {
             bytes: 100,
         };
         let queued = store
-            .enqueue(&name("alice"), "bob", "r", "hello", 9, quota)
+            .enqueue("alice", "bob", "r", "hello", 9, quota)
             .unwrap();
         assert!(matches!(queued, Enqueued::Queued(_)));
         drop(store);
         let store = SqliteStore::open(&data).unwrap();
         assert_eq!(store.backlog(&name("bob")).unwrap().mail.len(), 1);
+    }
+
+    #[test]
+    fn a_version_3_database_is_upgraded_in_place_to_hold_the_peer_queues() {
+        let (_dir, data) = data_dir();
+        let (alice, bob) = (name("alice"), name("bob"));
+        let quota = Quota {
+            messages: 10,
+            bytes: 100,
+        };
+        let (waiting, receipt) = {
+            // A version-3 file as the previous server left it: an account, a queued
+            // message, a receipt.
+            let store = SqliteStore::open(&data).unwrap();
+            store.create_account(&alice, "hash").unwrap();
+            store.create_account(&bob, "hash").unwrap();
+            let Enqueued::Queued(sent) = store
+                .enqueue("alice", "bob", "r1", "one", 1, quota)
+                .unwrap()
+            else {
+                panic!("not queued")
+            };
+            let receipt = store.ack(&bob, sent, Outcome::Delivered, 2).unwrap();
+            let waiting = store
+                .enqueue("alice", "bob", "r2", "two", 3, quota)
+                .unwrap();
+            store
+                .with_connection(|c| {
+                    c.execute_batch(
+                        "DROP INDEX receipts_by_peer; DROP TABLE peer_queue;
+                         PRAGMA user_version = 3;",
+                    )
+                })
+                .unwrap();
+            (waiting, receipt)
+        };
+        let store = SqliteStore::open(&data).unwrap();
+        let version: i64 = store
+            .with_connection(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(store.account_count().unwrap(), 2);
+        let Enqueued::Queued(waiting) = waiting else {
+            panic!("not queued")
+        };
+        let mail: Vec<u64> = store
+            .backlog(&bob)
+            .unwrap()
+            .mail
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(mail, [waiting]);
+        assert_eq!(
+            store.backlog(&alice).unwrap().receipts,
+            receipt.into_iter().collect::<Vec<_>>()
+        );
+        let b = ServerName::parse("b.test").unwrap();
+        let queued = store
+            .enqueue_for_peer(&alice, &b, &bob, "r3", "three", 4, 100)
+            .unwrap();
+        assert!(matches!(queued, Enqueued::Queued(_)));
+        drop(store);
+        let store = SqliteStore::open(&data).unwrap();
+        assert_eq!(store.peer_queue(&b, 0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn receipts_owed_to_a_peer_are_found_by_their_index() {
+        let (_dir, data) = data_dir();
+        let store = SqliteStore::open(&data).unwrap();
+        let plan: Vec<String> = store
+            .with_connection(|c| {
+                let mut explain =
+                    c.prepare(&format!("EXPLAIN QUERY PLAN {}", peers::OWED_RECEIPTS))?;
+                let rows = explain.query_map(params!["a.test", 0, 10], |r| r.get(3))?;
+                rows.collect()
+            })
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains("receipts_by_peer")),
+            "{plan:?}"
+        );
     }
 
     #[test]

@@ -10,11 +10,15 @@
 //!   both read and then fail to upgrade: the second waits for the first (busy timeout);
 //! - message and receipt ids are `AUTOINCREMENT`: never reused, even after the newest row
 //!   is deleted, and the largest ever assigned is in `sqlite_sequence`.
+//!
+//! The receipts table also holds the receipts of messages to and from linked servers
+//! (`peers.rs`): a message's sender or recipient is then a full address `user@server`.
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
-use super::{sql_count, unix_now};
+use super::{peers, sql_count, unix_now};
 use crate::protocol::name::UserName;
+use crate::protocol::Refusal;
 use crate::server::store::{
     Backlog, BundleLookup, Enqueued, Outcome, Quota, Receipt, StoredMail, MAX_ONE_TIME_PREKEYS,
 };
@@ -155,7 +159,7 @@ pub(super) fn take_bundle(conn: &Connection, owner: &UserName) -> rusqlite::Resu
 /// insert are one write transaction.
 pub(super) fn enqueue(
     conn: &Connection,
-    sender: &UserName,
+    sender: &str,
     recipient: &str,
     reference: &str,
     payload: &str,
@@ -170,22 +174,18 @@ pub(super) fn enqueue(
     let queued: Option<i64> = tx
         .query_row(
             "SELECT id FROM mail_queue WHERE sender = ?1 AND ref = ?2",
-            params![sender.as_str(), reference],
+            params![sender, reference],
             |row| row.get(0),
         )
         .optional()?;
     if let Some(id) = queued {
         return Ok(Enqueued::AlreadyQueued(id as u64));
     }
-    let resolved: Option<String> = tx
-        .query_row(
-            "SELECT state FROM receipts WHERE sender = ?1 AND ref = ?2",
-            params![sender.as_str(), reference],
-            |row| row.get(0),
-        )
-        .optional()?;
-    if let Some(state) = resolved {
-        return Ok(Enqueued::Resolved(stored_outcome(&state)));
+    if let Some(id) = peers::queued_id(&tx, sender, reference)? {
+        return Ok(Enqueued::AlreadyQueued(id));
+    }
+    if let Some(outcome) = receipt_state(&tx, sender, reference)? {
+        return Ok(Enqueued::Resolved(outcome));
     }
     let (count, bytes): (i64, i64) = tx.query_row(
         "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM mail_queue WHERE recipient = ?1",
@@ -199,14 +199,7 @@ pub(super) fn enqueue(
     tx.execute(
         "INSERT INTO mail_queue (sender, recipient, ref, payload, queued_at, bytes)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            sender.as_str(),
-            recipient,
-            reference,
-            payload,
-            sql_u64(now),
-            len
-        ],
+        params![sender, recipient, reference, payload, sql_u64(now), len],
     )?;
     let id = tx.last_insert_rowid();
     tx.commit()?;
@@ -246,7 +239,7 @@ pub(super) fn ack(
 }
 
 /// See [`Storage::expire`](crate::server::store::Storage::expire): the deletes and the
-/// receipts are one write transaction.
+/// receipts, local messages' then peer messages', are one write transaction.
 pub(super) fn expire(
     conn: &Connection,
     now: u64,
@@ -267,12 +260,13 @@ pub(super) fn expire(
         rows.sort_unstable_by_key(|row| row.0);
         rows.into_iter().map(|(_, s, r, to)| (s, r, to)).collect()
     };
-    let receipts = expired
+    let mut receipts = expired
         .into_iter()
         .map(|(sender, reference, recipient)| {
             insert_receipt(&tx, sender, reference, recipient, Outcome::Expired, now)
         })
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    receipts.extend(peers::expire(&tx, cutoff, now)?);
     tx.commit()?;
     Ok(receipts)
 }
@@ -317,31 +311,57 @@ pub(super) fn delete_receipts(
     .map(drop)
 }
 
-/// How `outcome` is stored as a receipt's `state` (only this writes it).
-fn outcome_name(outcome: Outcome) -> &'static str {
+/// The prefix of a stored refusal's `state`, followed by the reason's wire name.
+const REFUSED_PREFIX: &str = "refused:";
+
+/// How `outcome` is stored as a receipt's `state` (only this writes it): the `STATUS`
+/// word, and for a refusal `refused:` and the reason as on the wire (`refused:quota`).
+fn outcome_name(outcome: Outcome) -> String {
     match outcome {
-        Outcome::Delivered => "delivered",
-        Outcome::Expired => "expired",
-        Outcome::Unreadable => "unreadable",
+        Outcome::Delivered => "delivered".to_owned(),
+        Outcome::Expired => "expired".to_owned(),
+        Outcome::Unreadable => "unreadable".to_owned(),
+        Outcome::Refused(reason) => format!("{REFUSED_PREFIX}{}", reason.as_str()),
     }
 }
 
-/// The outcome a receipt's stored `state` names (see [`outcome_name`]).
-fn stored_outcome(state: &str) -> Outcome {
+/// The outcome a receipt's stored `state` names (see [`outcome_name`]). A state no server
+/// writes (a file edited by hand) reads as `Expired`: the message is not delivered, and
+/// the sender is told so rather than nothing.
+pub(super) fn stored_outcome(state: &str) -> Outcome {
     match state {
         "delivered" => Outcome::Delivered,
         "unreadable" => Outcome::Unreadable,
-        _ => Outcome::Expired,
+        _ => state
+            .strip_prefix(REFUSED_PREFIX)
+            .and_then(Refusal::from_wire)
+            .map_or(Outcome::Expired, Outcome::Refused),
     }
 }
 
+/// The outcome of the receipt stored for `sender`'s `reference`, if one is (not yet
+/// acknowledged): such a reference still names that message.
+pub(super) fn receipt_state(
+    conn: &Connection,
+    sender: &str,
+    reference: &str,
+) -> rusqlite::Result<Option<Outcome>> {
+    conn.query_row(
+        "SELECT state FROM receipts WHERE sender = ?1 AND ref = ?2",
+        params![sender, reference],
+        |row| row.get::<_, String>(0),
+    )
+    .optional()
+    .map(|state| state.as_deref().map(stored_outcome))
+}
+
 /// A `u64` as SQLite's integer (the largest values are kept whole).
-fn sql_u64(n: u64) -> i64 {
+pub(super) fn sql_u64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// A transaction that takes the write lock at once (see the module documentation).
-fn write_transaction(conn: &Connection) -> rusqlite::Result<Transaction<'_>> {
+pub(super) fn write_transaction(conn: &Connection) -> rusqlite::Result<Transaction<'_>> {
     Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
 }
 
@@ -362,7 +382,8 @@ fn one_time_count(conn: &Connection, user: &UserName) -> rusqlite::Result<u64> {
     .map(|n| n as u64)
 }
 
-fn insert_receipt(
+/// Stores a receipt and returns it with its new id (larger than every receipt id before).
+pub(super) fn insert_receipt(
     conn: &Connection,
     sender: String,
     reference: String,
