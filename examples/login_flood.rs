@@ -40,6 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
             ..Limits::default()
         },
+        federation: None,
     })?;
     let client = tls::client_config(Some(&certs.ca))?;
     let connect = |from: IpAddr| -> Result<Stream, Box<dyn std::error::Error>> {

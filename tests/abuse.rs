@@ -234,6 +234,7 @@ fn refusal(server: &TestServer) -> String {
         tls: tls::server_config(chain, key).unwrap(),
         bcrypt_cost: 4,
         limits: test_limits(),
+        federation: None,
     });
     match started {
         Ok(running) => {

@@ -478,6 +478,7 @@ fn server_with_certificate(
         tls,
         bcrypt_cost: 4,
         limits: test_limits(),
+        federation: None,
     })
     .unwrap();
     (server, ca_path)

@@ -375,6 +375,7 @@ pub fn serve_child(dir: &Path, bcrypt_cost: u32) -> Result<()> {
         tls: tls::server_config(chain, key)?,
         bcrypt_cost,
         limits: bench_limits(),
+        federation: None,
     })?;
     println!("LISTENING {}", server.local_addr());
     // Blocks until the parent closes our stdin (or exits).

@@ -87,7 +87,6 @@ impl TestServer {
             ca: certs.ca,
             dir,
             limits,
-            federation: None,
             bcrypt_cost,
         }
     }

@@ -91,8 +91,6 @@ pub(super) enum Destination {
     Remote {
         /// The peer.
         peer: ServerName,
-        /// The user's name there.
-        user: UserName,
     },
     /// A user of a server this one is not linked with.
     Unlinked(Address),
@@ -266,10 +264,9 @@ impl Federation {
     pub(super) fn destination(&self, address: Address) -> Destination {
         match address.relative_to(&self.name).server {
             None => Destination::Local(address.user),
-            Some(server) if self.links.contains_key(&server) => Destination::Remote {
-                peer: server,
-                user: address.user,
-            },
+            Some(server) if self.links.contains_key(&server) => {
+                Destination::Remote { peer: server }
+            }
             Some(_) => Destination::Unlinked(address),
         }
     }

@@ -68,7 +68,7 @@ const READ_BYTES: usize = 16 * 1024;
 impl<C, S> PeerStream<C>
 where
     C: Deref<Target = ConnectionCommon<S>> + DerefMut,
-    S: SideData,
+    S: SideData + 'static,
 {
     /// Completes the TLS handshake on `socket` within its current timeouts.
     pub(super) fn handshake(

@@ -173,7 +173,6 @@ pub(super) trait Storage: Send + Sync {
     /// answers, [`Storage::peer_acked`]). Only `Queued` stored anything; its id is larger
     /// than every id this method handed out before, and never reused.
     #[allow(clippy::too_many_arguments)] // each is a column of the stored row
-    #[allow(dead_code)] // until the federation link calls it
     fn enqueue_for_peer(
         &self,
         sender: &UserName,
@@ -187,7 +186,6 @@ pub(super) trait Storage: Send + Sync {
 
     /// The oldest `limit` messages queued for `peer` with ids above `after`, by id: what
     /// the link sends next (`after` is the last id it sent on this connection).
-    #[allow(dead_code)] // until the federation link calls it
     fn peer_queue(&self, peer: &ServerName, after: u64, limit: usize) -> Result<Vec<PeerMail>>;
 
     /// `peer` took its message `id` (stored it, or refused it for good): deletes it and,
@@ -196,7 +194,6 @@ pub(super) trait Storage: Send + Sync {
     /// `None`, and no receipt, when `outcome` is `None` (the receipt comes later, through
     /// [`Storage::add_receipt`]) or when `peer` has no message `id` queued: a repeated
     /// acknowledgement records nothing, and a peer cannot touch another peer's queue.
-    #[allow(dead_code)] // until the federation link calls it
     fn peer_acked(
         &self,
         peer: &ServerName,
@@ -214,7 +211,6 @@ pub(super) trait Storage: Send + Sync {
     /// once), or if a message of `sender` with that `reference` is still queued for
     /// another recipient (a server cannot resolve a message that is not its own). Its id
     /// follows every receipt id handed out before.
-    #[allow(dead_code)] // until the federation link calls it
     fn add_receipt(
         &self,
         sender: &UserName,
@@ -227,11 +223,9 @@ pub(super) trait Storage: Send + Sync {
     /// The stored receipts whose sender is a user of `peer` (full address `user@peer`,
     /// the server part equal to `peer`, not merely ending with it), with ids above
     /// `after`, oldest first, at most `limit`: what this server owes that peer.
-    #[allow(dead_code)] // until the federation link calls it
     fn peer_receipts(&self, peer: &ServerName, after: u64, limit: usize) -> Result<Vec<Receipt>>;
 
     /// Deletes receipt `id` (the peer it was for took it). Nothing happens if it is gone.
-    #[allow(dead_code)] // until the federation link calls it
     fn forget_receipt(&self, id: u64) -> Result<()>;
 }
 
@@ -284,7 +278,6 @@ pub(super) enum Enqueued {
 
 /// A message waiting in a peer's outbound queue, as the link relays it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(dead_code)] // until the federation link reads it
 pub(super) struct PeerMail {
     /// Its id in the peer queues (the peer acknowledges it by this id).
     pub(super) id: u64,

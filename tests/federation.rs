@@ -1,0 +1,552 @@
+//! Federation: three real server binaries on one machine (`a.test`, `b.test`, `c.test`),
+//! linked over mutually authenticated TLS with a development federation CA, and a rogue
+//! peer that speaks the server-to-server protocol by hand.
+//!
+//! What is checked: messages and receipts cross every pair both ways, room lines and
+//! presence span the federation with full addresses, queued messages survive `kill -9` of
+//! either server and arrive once the peer returns (none lost, none duplicated), and every
+//! spoofing path a peer or a stranger could try is refused.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{free_port, server_args, ServerProcess, TestClient};
+use securechat::protocol::name::ServerName;
+use securechat::protocol::{DeliveryState, Refusal, ServerLine};
+use securechat::tls;
+
+/// One server of the test federation.
+struct Node {
+    name: String,
+    port: u16,
+    federation_port: u16,
+    dir: PathBuf,
+    process: Option<ServerProcess>,
+}
+
+/// Three (or more) linked servers sharing one certificates directory.
+struct Federation {
+    dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+}
+
+fn certs(dir: &Path) -> PathBuf {
+    dir.join("certs")
+}
+
+/// Where the development federation CA and its certificates are.
+fn federation_dir(dir: &Path) -> PathBuf {
+    certs(dir).join("federation")
+}
+
+impl Federation {
+    /// Issues a federation certificate for each name with the server binary itself, then
+    /// starts one server per name, each listing the others in its peers file.
+    fn start(names: &[&str]) -> Federation {
+        Federation::start_with(names, &[])
+    }
+
+    fn start_with(names: &[&str], extra: &[&str]) -> Federation {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for name in names {
+            let status = Command::new(env!("CARGO_BIN_EXE_server"))
+                .args(["--certs-dir", &certs(dir.path()).display().to_string()])
+                .args(["--issue-federation-cert", name])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("run the server");
+            assert!(status.success(), "issuing a federation certificate for {name}");
+        }
+        let mut nodes: Vec<Node> = names
+            .iter()
+            .map(|name| Node {
+                name: name.to_string(),
+                port: free_port(),
+                federation_port: free_port(),
+                dir: dir.path().join(name),
+                process: None,
+            })
+            .collect();
+        let ca = federation_dir(dir.path()).join(tls::federation::FEDERATION_CA_CERT);
+        for i in 0..nodes.len() {
+            std::fs::create_dir_all(&nodes[i].dir).unwrap();
+            let peers: String = nodes
+                .iter()
+                .filter(|other| other.name != nodes[i].name)
+                .map(|other| {
+                    format!(
+                        "{} 127.0.0.1:{} {}\n",
+                        other.name,
+                        other.federation_port,
+                        ca.display()
+                    )
+                })
+                .collect();
+            std::fs::write(nodes[i].dir.join("peers.conf"), peers).unwrap();
+        }
+        let mut federation = Federation { dir, nodes };
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        for i in 0..federation.nodes.len() {
+            federation.launch(i, &extra);
+        }
+        federation
+    }
+
+    /// Starts (or restarts) node `i` on its ports and data.
+    fn launch(&mut self, i: usize, extra: &[String]) {
+        let certs = certs(self.dir.path());
+        let node = &mut self.nodes[i];
+        let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
+        command
+            .args(server_args(node.port, &node.dir.join("data"), &certs))
+            .args(["--name", &node.name])
+            .args([
+                "--federation-listen",
+                &format!("127.0.0.1:{}", node.federation_port),
+            ])
+            .args(["--peers", &node.dir.join("peers.conf").display().to_string()])
+            .args(extra)
+            .env("RUST_LOG", "info");
+        node.process = Some(ServerProcess::start(
+            &mut command,
+            node.port,
+            certs.join(tls::DEV_CA_CERT),
+            &node.dir,
+        ));
+    }
+
+    fn node(&self, name: &str) -> &Node {
+        self.nodes.iter().find(|n| n.name == name).expect("a node")
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.nodes.iter().position(|n| n.name == name).expect("a node")
+    }
+
+    /// A client of `server` that opted in to the mailbox, registered and logged in.
+    fn user(&self, server: &str, user: &str) -> TestClient {
+        let mut client = self.client(server);
+        client.register_ok(user);
+        client.login_ok(user);
+        client
+    }
+
+    /// A mailbox client of `server`, anonymous.
+    fn client(&self, server: &str) -> TestClient {
+        let process = self.node(server).process.as_ref().expect("running");
+        let mut client = process.connect();
+        assert_eq!(client.request("MAILBOX"), common::ok("MAILBOX", ""), "MAILBOX");
+        client
+    }
+
+    /// A known user logging in again.
+    fn login(&self, server: &str, user: &str) -> TestClient {
+        let mut client = self.client(server);
+        client.login_ok(user);
+        client
+    }
+
+    fn kill9(&mut self, name: &str) {
+        let i = self.index(name);
+        if let Some(mut process) = self.nodes[i].process.take() {
+            process.kill9();
+        }
+    }
+
+    fn restart(&mut self, name: &str) {
+        let i = self.index(name);
+        self.launch(i, &[]);
+    }
+
+    fn log(&self, name: &str) -> String {
+        self.node(name)
+            .process
+            .as_ref()
+            .map(ServerProcess::log)
+            .unwrap_or_default()
+    }
+}
+
+/// `STATUS <ref> <state> <user>` for `reference`, waiting past other frames.
+fn status(client: &mut TestClient, reference: &str) -> (DeliveryState, String) {
+    match client.recv_until(|l| matches!(l, ServerLine::Status { reference: r, .. } if r == reference)) {
+        ServerLine::Status { state, user, .. } => (state, user),
+        _ => unreachable!(),
+    }
+}
+
+/// The next `MAIL`: its id, sender and payload.
+fn mail(client: &mut TestClient) -> (u64, String, String) {
+    match client.recv_until(|l| matches!(l, ServerLine::Mail { .. })) {
+        ServerLine::Mail {
+            id,
+            sender,
+            payload,
+            ..
+        } => (id, sender, payload),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn messages_and_receipts_cross_every_pair_of_three_servers_both_ways() {
+    let federation = Federation::start(&["a.test", "b.test", "c.test"]);
+    let names = ["a.test", "b.test", "c.test"];
+    let mut users: Vec<TestClient> = names
+        .iter()
+        .map(|server| federation.user(server, "user"))
+        .collect();
+    // Each pair, each direction: user@X sends to user@Y.
+    for from in 0..3 {
+        for to in 0..3 {
+            if from == to {
+                continue;
+            }
+            let reference = format!("r{from}{to}");
+            let payload = format!("sealed-{from}-to-{to}");
+            users[from].send(&format!("SEND user@{} {reference} {payload}", names[to]));
+            let (state, user) = status(&mut users[from], &reference);
+            assert!(matches!(state, DeliveryState::Queued { .. }), "{state:?}");
+            assert_eq!(user, format!("user@{}", names[to]));
+            let (id, sender, got) = mail(&mut users[to]);
+            assert_eq!(sender, format!("user@{}", names[from]), "the sender's full address");
+            assert_eq!(got, payload);
+            users[to].send(&format!("ACK {id}"));
+            let (state, user) = status(&mut users[from], &reference);
+            assert_eq!(state, DeliveryState::Delivered, "{reference}");
+            assert_eq!(user, format!("user@{}", names[to]));
+        }
+    }
+}
+
+#[test]
+fn keys_and_prekey_bundles_of_remote_users_are_fetched_through_the_federation() {
+    let federation = Federation::start(&["a.test", "b.test"]);
+    let mut alice = federation.user("a.test", "alice");
+    let mut bob = federation.user("b.test", "bob");
+    let key = "A".repeat(43) + "=";
+    assert_eq!(bob.request(&format!("SETKEY {key}")), common::ok("SETKEY", ""));
+    assert_eq!(
+        alice.request("GETKEY bob@b.test"),
+        common::ok("GETKEY", &format!("bob@b.test {key}"))
+    );
+    // An unknown user there, and a server this one is not linked with.
+    let reply = alice.request("GETKEY nobody@b.test");
+    assert_eq!(common::err_code(&reply).1, "no-such-user", "{reply:?}");
+    let reply = alice.request("GETKEY bob@elsewhere.test");
+    assert_eq!(common::err_code(&reply).1, "unreachable", "{reply:?}");
+    // Bob@a.test is alice's own server's bob: no such user here.
+    let reply = alice.request("GETKEY bob@a.test");
+    assert_eq!(common::err_code(&reply).1, "no-such-user", "{reply:?}");
+    // A live MSG to another server sends the client to the mailbox.
+    let reply = alice.request("MSG bob@b.test DH-INIT x");
+    assert_eq!(common::err_code(&reply).1, "offline", "{reply:?}");
+    let reply = alice.request("BUNDLE bob@b.test");
+    assert_eq!(common::err_code(&reply).1, "no-prekeys", "{reply:?}");
+    let reply = alice.request("SEND bob@elsewhere.test r1 x");
+    assert!(
+        matches!(
+            &reply,
+            ServerLine::Status { state: DeliveryState::Refused(Refusal::NoSuchServer), .. }
+        ),
+        "{reply:?}"
+    );
+    let reply = alice.request("SEND nobody@b.test r2 x");
+    assert!(matches!(&reply, ServerLine::Status { state: DeliveryState::Queued { .. }, .. }), "{reply:?}");
+    // b.test refuses it for good, and alice hears so.
+    let (state, user) = status(&mut alice, "r2");
+    assert_eq!(state, DeliveryState::Refused(Refusal::NoSuchUser));
+    assert_eq!(user, "nobody@b.test");
+}
+
+#[test]
+fn messages_for_a_peer_that_is_down_wait_through_kill_9_of_both_and_arrive_once() {
+    let mut federation = Federation::start(&["a.test", "b.test"]);
+    let mut alice = federation.user("a.test", "alice");
+    drop(federation.user("b.test", "bob"));
+    federation.kill9("b.test");
+    let count = 20;
+    for i in 0..count {
+        alice.send(&format!("SEND bob@b.test m{i} payload-{i}"));
+    }
+    for i in 0..count {
+        let (state, _) = status(&mut alice, &format!("m{i}"));
+        assert!(matches!(state, DeliveryState::Queued { .. }), "m{i}: {state:?}");
+    }
+    // A re-sent reference is stored once, also while the peer is down.
+    alice.send("SEND bob@b.test m0 payload-0");
+    assert!(matches!(status(&mut alice, "m0").0, DeliveryState::Queued { .. }));
+    drop(alice);
+    // The sender's server dies too, with everything still queued on its disk.
+    federation.kill9("a.test");
+    federation.restart("a.test");
+    federation.restart("b.test");
+    let mut bob = federation.login("b.test", "bob");
+    let mut seen = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < count && Instant::now() < deadline {
+        let (id, sender, payload) = mail(&mut bob);
+        assert_eq!(sender, "alice@a.test");
+        assert!(seen.insert(payload, id).is_none(), "a message arrived twice");
+        bob.send(&format!("ACK {id}"));
+    }
+    assert_eq!(seen.len(), count, "every queued message arrived");
+    bob.assert_silent(Duration::from_millis(500));
+    let mut alice = federation.login("a.test", "alice");
+    let mut delivered = std::collections::BTreeSet::new();
+    while delivered.len() < count {
+        match alice.recv_until(|l| matches!(l, ServerLine::Status { .. })) {
+            ServerLine::Status {
+                reference,
+                state: DeliveryState::Delivered,
+                ..
+            } => {
+                delivered.insert(reference);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_room_spans_the_federation_with_full_addresses_and_list_shows_a_peer() {
+    let federation = Federation::start(&["a.test", "b.test", "c.test"]);
+    let mut alice = federation.user("a.test", "alice");
+    let mut bob = federation.user("b.test", "bob");
+    let mut carol = federation.user("c.test", "carol");
+    // The links carry room lines once both directions are up; say until they arrive.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut heard = false;
+    while !heard && Instant::now() < deadline {
+        alice.send("SAY hello federation");
+        heard = bob
+            .reader
+            .recv_timeout(Duration::from_millis(500))
+            .ok()
+            .flatten()
+            .is_some_and(|l| matches!(&l, ServerLine::Room { user, text } if user == "alice@a.test" && text == "hello federation"));
+    }
+    assert!(heard, "bob@b.test saw alice's room line with her full address");
+    let line = carol.recv_until(|l| matches!(l, ServerLine::Room { .. }));
+    assert!(matches!(&line, ServerLine::Room { user, .. } if user == "alice@a.test"), "{line:?}");
+    // b.test does not pass a.test's line on to c.test (no relaying): carol sees each
+    // line once, from a.test directly.
+    carol.send("LIST b.test");
+    let list = carol.recv_until(|l| matches!(l, ServerLine::Ok { .. }));
+    assert_eq!(list, common::ok("LIST", "1 bob@b.test"));
+}
+
+// ---- The rogue peer: the server-to-server protocol spoken by hand. ----
+
+/// A TLS connection to a node's federation port as `as_name`, with that name's
+/// certificate (or none / another CA's).
+struct Rogue {
+    reader: BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
+}
+
+/// Loads the federation certificate issued for `name` in `dir`.
+fn identity(dir: &Path, name: &str) -> (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
+    tls::load_identity(&dir.join(format!("{name}.pem")), &dir.join(format!("{name}.key"))).expect("identity")
+}
+
+impl Rogue {
+    /// Connects with the certificate of `cert_name` from `cert_dir`, trusting `ca`.
+    fn connect(port: u16, cert_dir: &Path, cert_name: &str, ca: &Path) -> std::io::Result<Rogue> {
+        let (chain, key) = identity(cert_dir, cert_name);
+        let roots = tls::load_certificates(ca).expect("ca");
+        let config = tls::federation::federation_client_config(chain, key, &roots).expect("config");
+        Rogue::with_config(port, config, "a.test")
+    }
+
+    fn with_config(port: u16, config: Arc<rustls::ClientConfig>, server: &str) -> std::io::Result<Rogue> {
+        let socket = TcpStream::connect(("127.0.0.1", port))?;
+        socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let name = rustls::pki_types::ServerName::try_from(server.to_owned()).expect("name");
+        let conn = rustls::ClientConnection::new(config, name).expect("client");
+        let mut stream = rustls::StreamOwned::new(conn, socket);
+        // Drive the handshake (and learn of a refused certificate) before any frame.
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        stream.flush()?;
+        Ok(Rogue {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    fn send(&mut self, line: &str) -> std::io::Result<()> {
+        let stream = self.reader.get_mut();
+        stream.write_all(line.as_bytes())?;
+        stream.write_all(b"\n")?;
+        stream.flush()
+    }
+
+    /// The next line, or what ended the connection.
+    fn line(&mut self) -> Result<String, String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => Err("closed".into()),
+            Ok(_) => Ok(line.trim_end().to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn request(&mut self, line: &str) -> Result<String, String> {
+        self.send(line).map_err(|e| e.to_string())?;
+        self.line()
+    }
+
+    /// Asserts the acceptor closed the link.
+    fn assert_closed(&mut self) {
+        match self.line() {
+            Err(_) => {}
+            Ok(line) => panic!("the link stayed open: {line}"),
+        }
+    }
+}
+
+/// A federation of a.test and b.test, and the paths a rogue needs.
+fn two() -> (Federation, PathBuf, PathBuf) {
+    let federation = Federation::start(&["a.test", "b.test"]);
+    let fed_dir = federation_dir(federation.dir.path());
+    let ca = fed_dir.join(tls::federation::FEDERATION_CA_CERT);
+    (federation, fed_dir, ca)
+}
+
+#[test]
+fn a_peer_that_speaks_for_another_servers_user_is_cut_off() {
+    let (federation, fed_dir, ca) = two();
+    let mut alice = federation.user("a.test", "alice");
+    let port = federation.node("a.test").federation_port;
+    // b.test's own certificate, but a frame claiming a sender of c.test.
+    let mut rogue = Rogue::connect(port, &fed_dir, "b.test", &ca).expect("link");
+    assert_eq!(rogue.request("PEER 1 b.test").unwrap(), "OK PEER a.test room=on list=on");
+    let reply = rogue.request("RELAY 1 mallory@c.test alice@a.test r1 forged").unwrap();
+    assert!(reply.starts_with("ERR invalid-from"), "{reply}");
+    rogue.assert_closed();
+    // Nor may it speak for a user of the receiving server (alice writing to alice).
+    let mut rogue = Rogue::connect(port, &fed_dir, "b.test", &ca).expect("link");
+    rogue.request("PEER 1 b.test").unwrap();
+    let reply = rogue.request("ROOM alice@a.test i-am-alice").unwrap();
+    assert!(reply.starts_with("ERR invalid-from"), "{reply}");
+    rogue.assert_closed();
+    alice.assert_silent(Duration::from_millis(500));
+}
+
+#[test]
+fn a_certificate_for_another_name_or_an_unknown_name_is_not_authorized() {
+    let (federation, fed_dir, ca) = two();
+    let port = federation.node("a.test").federation_port;
+    // A valid certificate of this federation CA, for c.test, claiming to be b.test.
+    let files = tls::federation::issue_federation_certificate(
+        &fed_dir,
+        &ServerName::parse("c.test").unwrap(),
+    )
+    .unwrap();
+    assert!(files.cert.exists());
+    let mut rogue = Rogue::connect(port, &fed_dir, "c.test", &ca).expect("the chain is valid");
+    let reply = rogue.request("PEER 1 b.test").unwrap();
+    assert!(reply.starts_with("ERR not-authorized"), "{reply}");
+    rogue.assert_closed();
+    // Its own name, which is no configured peer of a.test.
+    let mut rogue = Rogue::connect(port, &fed_dir, "c.test", &ca).expect("the chain is valid");
+    let reply = rogue.request("PEER 1 c.test").unwrap();
+    assert!(reply.starts_with("ERR not-authorized"), "{reply}");
+    assert!(federation.log("a.test").contains("refused") || reply.contains("not a peer"));
+}
+
+#[test]
+fn strangers_without_this_federations_certificate_never_get_a_link() {
+    let (federation, _fed_dir, ca) = two();
+    let port = federation.node("a.test").federation_port;
+    // Another CA altogether (say, an attacker's), for the right name.
+    let other = tempfile::tempdir().unwrap();
+    tls::federation::issue_federation_certificate(other.path(), &ServerName::parse("b.test").unwrap()).unwrap();
+    let refused = Rogue::connect(port, other.path(), "b.test", &ca)
+        .and_then(|mut r| r.request("PEER 1 b.test").map_err(std::io::Error::other));
+    assert!(refused.is_err(), "a certificate from an unknown CA got a link: {refused:?}");
+    // No client certificate at all, from b.test's own address (trust is never by address).
+    let roots = tls::load_certificates(&ca).unwrap();
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(root).unwrap();
+    }
+    let config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(store)
+            .with_no_client_auth(),
+    );
+    let refused = Rogue::with_config(port, config, "a.test")
+        .and_then(|mut r| r.request("PEER 1 b.test").map_err(std::io::Error::other));
+    assert!(refused.is_err(), "a link without a client certificate: {refused:?}");
+    // Plaintext: no answer in the clear, the connection ends.
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    plain.write_all(b"PEER 1 b.test\nRELAY 1 bob@b.test alice@a.test r x\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!String::from_utf8_lossy(&answer).contains("OK PEER"), "plaintext was answered");
+    assert!(!String::from_utf8_lossy(&answer).contains("RACK"), "plaintext was answered");
+}
+
+#[test]
+fn a_replayed_message_is_stored_once_and_a_relay_for_a_third_server_is_refused() {
+    let (federation, fed_dir, ca) = two();
+    let mut alice = federation.user("a.test", "alice");
+    let port = federation.node("a.test").federation_port;
+    let mut rogue = Rogue::connect(port, &fed_dir, "b.test", &ca).expect("link");
+    rogue.request("PEER 1 b.test").unwrap();
+    let relay = "RELAY 41 bob@b.test alice@a.test ref41 sealed";
+    assert_eq!(rogue.request(relay).unwrap(), "RACK 41 queued");
+    assert_eq!(rogue.request(relay).unwrap(), "RACK 41 queued", "a replay is answered");
+    let (_, sender, payload) = mail(&mut alice);
+    assert_eq!((sender.as_str(), payload.as_str()), ("bob@b.test", "sealed"));
+    alice.assert_silent(Duration::from_millis(500));
+    // Servers never relay for a third server.
+    let reply = rogue.request("RELAY 42 bob@b.test carol@c.test ref42 x").unwrap();
+    assert_eq!(reply, "RACK 42 refused no-such-server");
+    let reply = rogue.request("RELAY 43 bob@b.test nobody@a.test ref43 x").unwrap();
+    assert_eq!(reply, "RACK 43 refused no-such-user");
+}
+
+#[test]
+fn an_oversized_or_garbled_peer_frame_ends_the_link_and_local_users_carry_on() {
+    let (federation, fed_dir, ca) = two();
+    let mut alice = federation.user("a.test", "alice");
+    let mut alice2 = federation.user("a.test", "alice2");
+    let port = federation.node("a.test").federation_port;
+    let mut rogue = Rogue::connect(port, &fed_dir, "b.test", &ca).expect("link");
+    rogue.request("PEER 1 b.test").unwrap();
+    let huge = format!("RELAY 1 bob@b.test alice@a.test r {}", "x".repeat(200_000));
+    // The acceptor may close before it read everything (then the error is lost in the
+    // reset); either way the link ends and the log says why.
+    let _ = rogue.send(&huge);
+    match rogue.line() {
+        Ok(reply) => assert!(reply.starts_with("ERR too-long"), "{reply}"),
+        Err(_) => {}
+    }
+    rogue.assert_closed();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !federation.log("a.test").contains("too-long") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(federation.log("a.test").contains("too-long"), "{}", federation.log("a.test"));
+    let mut rogue = Rogue::connect(port, &fed_dir, "b.test", &ca).expect("link");
+    rogue.request("PEER 1 b.test").unwrap();
+    let reply = rogue.request("HELLO there").unwrap();
+    assert!(reply.starts_with("ERR bad-frame"), "{reply}");
+    rogue.assert_closed();
+    // A peer that connects and then says nothing holds nobody up.
+    let _silent = Rogue::connect(port, &fed_dir, "b.test", &ca).expect("link");
+    alice.send("MSG alice2 still-here");
+    let line = alice2.recv_until(|l| matches!(l, ServerLine::From { .. }));
+    assert!(matches!(&line, ServerLine::From { user, payload } if user == "alice" && payload == "still-here"));
+}
