@@ -256,7 +256,10 @@ mod tests {
         for good in ["localhost", "a.test", "chat-1.example.org", "x1.y2"] {
             assert_eq!(ServerName::parse(good).unwrap().as_str(), good);
         }
-        assert_eq!(ServerName::parse("Chat.Example").unwrap().as_str(), "chat.example");
+        assert_eq!(
+            ServerName::parse("Chat.Example").unwrap().as_str(),
+            "chat.example"
+        );
         for bad in [
             "",
             "a..b",
@@ -293,7 +296,13 @@ mod tests {
             Address::parse("bob@a.test").unwrap(),
             Address::parse("bob@b.test").unwrap()
         );
-        for bad in ["bob@", "@b.test", "bob@b.test@c.test", "bob@127.0.0.1", "you@b.test"] {
+        for bad in [
+            "bob@",
+            "@b.test",
+            "bob@b.test@c.test",
+            "bob@127.0.0.1",
+            "you@b.test",
+        ] {
             assert!(Address::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
