@@ -129,6 +129,18 @@ fn list_shows_who_is_online() {
     let mut alice = server.login("alice");
     let _bob = server.login("bob");
     assert_eq!(alice.request("LIST"), ok("LIST", "2 alice bob"));
+    // federation: no server is linked yet, so another server's list is unreachable, said
+    // in an ERR naming that server first, and the connection goes on.
+    let reply = alice.request("LIST b.test");
+    assert_eq!(
+        err_code(&reply),
+        (
+            "LIST",
+            "unreachable",
+            "b.test is not a server this server is linked with"
+        )
+    );
+    assert_eq!(alice.request("LIST"), ok("LIST", "2 alice bob"));
 }
 
 #[test]

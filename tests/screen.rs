@@ -418,6 +418,56 @@ fn look_alike_names_from_a_malicious_server_never_show_a_private_message_without
 }
 
 #[test]
+fn users_of_other_servers_show_in_full_and_non_canonical_addresses_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tls::ensure_dev_certificates(&dir.path().join("certs")).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("localhost:{}", listener.local_addr().unwrap().port());
+    let home = dir.path().join("home");
+    let config = fake_server_config(&certs);
+    let server = thread::spawn(move || {
+        let mut client = FakeConnection::accept(&listener, config);
+        while let Some(line) = client.recv() {
+            let words: Vec<&str> = line.splitn(3, ' ').collect();
+            match words[..] {
+                ["LOGIN", user, _] => client.send(&format!("OK LOGIN {user}")),
+                ["SETKEY", _] => {
+                    client.send("OK SETKEY");
+                    client.send("ROOM alice@a.test hello from a.test");
+                    // Not canonical: one user, one spelling; an IP is no server name.
+                    client.send("ROOM bob@A.test imitation");
+                    client.send("ROOM bob@127.0.0.1 imitation");
+                    client.send("ROOM carol marker after the addresses");
+                }
+                ["LIST"] => client.send("OK LIST 1 alice"),
+                ["LIST", "b.test"] => client.send("OK LIST 3 bob@b.test dave@b.test"),
+                ["PING", ..] => client.send("PONG"),
+                ["QUIT"] => break,
+                _ => {}
+            }
+        }
+    });
+
+    let mut alice = Client::login(&address, &certs.ca, &home, "alice", false);
+    alice.expect("alice@a.test [room]: hello from a.test");
+    alice.expect("carol [room]: marker after the addresses");
+    alice.type_line("/list B.Test");
+    alice.expect("* 3 online on b.test: bob@b.test, dave@b.test and 1 more");
+    alice.type_line("/quit");
+    let _ = alice.exit_status();
+    let _ = server.join();
+
+    let text = alice.text();
+    assert!(!text.contains("imitation"), "{text}");
+    assert_eq!(
+        text.matches("breaks the user-name rule").count(),
+        2,
+        "each non-canonical address is refused as a protocol error:\n{text}"
+    );
+    alice.assert_no_terminal_controls();
+}
+
+#[test]
 fn a_padded_room_line_of_any_length_never_starts_a_row_like_a_private_message_or_status() {
     let server = TestServer::start();
     let home = tempfile::tempdir().unwrap();

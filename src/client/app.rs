@@ -24,7 +24,7 @@ use crate::client::pacing::{Message, Pacer};
 use crate::client::screen::{sanitize, Screen, ROOM_LABEL};
 use crate::e2e::MAX_PLAINTEXT_LEN;
 use crate::error::Result;
-use crate::protocol::name::is_canonical_username;
+use crate::protocol::name::is_canonical_address;
 use crate::protocol::{AnnouncedLimits, Command, ErrorCode, MailboxLimits, Request, ServerLine};
 
 /// Messages kept while the connection is down, to send after the reconnect. Enough for
@@ -55,6 +55,19 @@ pub const MIN_PONG_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Names the user can complete with Tab: whoever was seen online.
 pub type OnlineNames = Arc<Mutex<BTreeSet<String>>>;
+
+/// One `LIST` asked and not yet answered: how its answer is taken. The server answers
+/// requests in order, so the oldest one asked is the one an `OK LIST` or `ERR LIST` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ListAsked {
+    /// Our own, at login, for completion: not shown.
+    Quiet,
+    /// `/list`: who is online here, shown.
+    Here,
+    /// `/list SERVER`: who is online on that linked server, shown; its names add to
+    /// completion without replacing those of this server.
+    On(String),
+}
 
 /// Whether the session goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,8 +108,8 @@ pub struct Chat {
     quit_warned: bool,
     /// Set while a paste is being sent at the server's rate and its progress shown.
     backlog: bool,
-    /// `LIST` requests of our own (for completion) whose answers are not shown.
-    quiet_lists: usize,
+    /// `LIST` requests sent and not yet answered, oldest first.
+    lists: VecDeque<ListAsked>,
     /// When the server was last heard from (any frame).
     last_heard: Instant,
     /// When a keep-alive `PING` went out that nothing has answered yet.
@@ -127,7 +140,7 @@ impl Chat {
             sent: 0,
             quit_warned: false,
             backlog: false,
-            quiet_lists: 0,
+            lists: VecDeque::new(),
             last_heard: Instant::now(),
             ping_sent: None,
         }
@@ -150,8 +163,8 @@ impl Chat {
         self.pacer = Pacer::new(limits.rate, limits.burst);
         let key = self.secure.identity_public().to_base64();
         self.pacer.push(Request::SetKey { key: &key }.to_string());
-        self.pacer.push(Request::List.to_string());
-        self.quiet_lists += 1;
+        self.pacer.push(Request::List { server: None }.to_string());
+        self.lists.push_back(ListAsked::Quiet);
         if first {
             self.screen.event(&format!(
                 "logged in as {}. Plain lines go to the public room {ROOM_LABEL}: TLS to the \
@@ -180,7 +193,7 @@ impl Chat {
     /// The connection is gone: every message not yet written waits for the reconnect
     /// (sessions are gone too: the peers closed theirs when we went offline).
     pub fn disconnected(&mut self) {
-        self.quiet_lists = 0;
+        self.lists.clear();
         if let Some(link) = self.link.take() {
             link.close();
         }
@@ -270,7 +283,7 @@ impl Chat {
             _ if !self.is_connected() => self
                 .screen
                 .warn("not connected: that needs the server; try again once reconnected"),
-            Input::List => self.pacer.push(Request::List.to_string()),
+            Input::List(server) => self.ask_list(server),
             Input::Fingerprint(user) => {
                 let actions = self.secure.fingerprint(user.as_deref());
                 self.apply(actions)?;
@@ -301,6 +314,21 @@ impl Chat {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// `/list [SERVER]`: asks who is online here, or on the linked server `server`, and
+    /// remembers how to show the answer.
+    fn ask_list(&mut self, server: Option<String>) {
+        self.pacer.push(
+            Request::List {
+                server: server.as_deref(),
+            }
+            .to_string(),
+        );
+        self.lists.push_back(match server {
+            Some(server) => ListAsked::On(server),
+            None => ListAsked::Here,
+        });
     }
 
     /// `/dh-practice`: writes a throwaway exchange, every value in full, as a Python script
@@ -585,7 +613,7 @@ impl Chat {
         // Anything from the server shows the connection is alive.
         self.last_heard = Instant::now();
         self.ping_sent = None;
-        if let Some(name) = names_in(&line).find(|name| !is_canonical_username(name)) {
+        if let Some(name) = names_in(&line).find(|name| !is_canonical_address(name)) {
             // A name outside the rule can only come from a broken or malicious server (a
             // look-alike such as `bоb` with a Cyrillic о): a protocol error, never a line.
             let shown = name.escape_default().to_string();
@@ -691,23 +719,20 @@ impl Chat {
                 let mut words = detail.split(' ');
                 let total = words.next().unwrap_or("0");
                 let listed: Vec<&str> = words.collect();
+                let asked = self.lists.pop_front().unwrap_or(ListAsked::Here);
+                if let ListAsked::On(server) = &asked {
+                    return self.remote_list(server, total, &listed);
+                }
                 {
                     let mut names = self.online.lock().unwrap_or_else(PoisonError::into_inner);
-                    names.clear();
+                    names.retain(|name| name.contains('@'));
                     names.extend(listed.iter().map(|name| (*name).to_owned()));
                 }
-                if self.quiet_lists > 0 {
-                    self.quiet_lists -= 1;
+                if asked == ListAsked::Quiet {
                     return Ok(());
                 }
-                let names = listed;
-                let mut text = format!("* {total} online: {}", names.join(", "));
-                if let Ok(total) = total.parse::<usize>() {
-                    if total > names.len() {
-                        text.push_str(&format!(" and {} more", total - names.len()));
-                    }
-                }
-                self.screen.event(&text);
+                self.screen
+                    .event(&list_line(&format!("{total} online"), total, &listed));
             }
             Command::GetKey => {
                 let (user, key) = detail.split_once(' ').unwrap_or((detail, ""));
@@ -734,9 +759,45 @@ impl Chat {
         Ok(())
     }
 
+    /// `OK LIST` answering `/list SERVER`: shown with the server named; its names join
+    /// completion. A name that is not of that server (a bare name would read as a user of
+    /// ours) is left out with a warning.
+    fn remote_list(&mut self, server: &str, total: &str, listed: &[&str]) -> Result<()> {
+        let suffix = format!("@{server}");
+        let (theirs, strays): (Vec<&str>, Vec<&str>) =
+            listed.iter().partition(|name| name.ends_with(&suffix));
+        if !strays.is_empty() {
+            self.screen.warn(&format!(
+                "the answer about {server} also named users of other servers ({}); they                  were left out",
+                strays.join(", ")
+            ));
+        }
+        {
+            let mut names = self.online.lock().unwrap_or_else(PoisonError::into_inner);
+            names.retain(|name| !name.ends_with(&suffix));
+            names.extend(theirs.iter().map(|name| (*name).to_owned()));
+        }
+        self.screen.event(&list_line(
+            &format!("{total} online on {server}"),
+            total,
+            &theirs,
+        ));
+        Ok(())
+    }
+
     fn error(&mut self, command: Option<Command>, code: ErrorCode, text: &str) -> Result<()> {
         // For these codes the first word of the text is the user concerned.
         let user = text.split(' ').next().unwrap_or("");
+        if command == Some(Command::List) {
+            self.lists.pop_front();
+        }
+        let unreachable;
+        let reason = if code == ErrorCode::Unreachable {
+            unreachable = format!("{} cannot be reached now: {text}", server_of(user));
+            unreachable.as_str()
+        } else {
+            text
+        };
         let mut steps = Vec::new();
         let actions = match (command, code) {
             (Some(Command::Msg), ErrorCode::Offline) if self.offline.is_on() => {
@@ -747,12 +808,15 @@ impl Chat {
             (Some(Command::Msg), ErrorCode::Offline | ErrorCode::NoSuchUser) => {
                 self.secure.peer_gone(user)
             }
-            (Some(Command::GetKey), ErrorCode::NoKey | ErrorCode::NoSuchUser) => {
-                steps = self.offline.key_unavailable(user, text);
-                self.secure.key_unavailable(user, text)
+            (
+                Some(Command::GetKey),
+                ErrorCode::NoKey | ErrorCode::NoSuchUser | ErrorCode::Unreachable,
+            ) => {
+                steps = self.offline.key_unavailable(user, reason);
+                self.secure.key_unavailable(user, reason)
             }
             (Some(Command::Bundle), _) => {
-                steps = self.offline.bundle_unavailable(user, text);
+                steps = self.offline.bundle_unavailable(user, reason);
                 Vec::new()
             }
             _ => Vec::new(),
@@ -826,7 +890,30 @@ impl Chat {
     }
 }
 
-/// Every user name a frame from the server carries: each must follow the user-name rule.
+/// The `/list` line: `what` (`N online`, `N online on SERVER`), the names, and how many
+/// more the server did not name.
+fn list_line(what: &str, total: &str, names: &[&str]) -> String {
+    let mut text = format!("* {what}: {}", names.join(", "));
+    if let Ok(total) = total.parse::<usize>() {
+        if total > names.len() {
+            text.push_str(&format!(" and {} more", total - names.len()));
+        }
+    }
+    text
+}
+
+/// The server part of `address`, for saying which server cannot be reached; "their
+/// server" when the server sent no address.
+fn server_of(address: &str) -> &str {
+    match address.split_once('@') {
+        Some((_, server)) => server,
+        None => "their server",
+    }
+}
+
+/// Every user a frame from the server names: each must be a canonical address, a bare
+/// name for a user of this server or `user@server` for a user of another, so that
+/// `bob@a.test` can never be shown as, or stand for, `bob@b.test` or a local `bob`.
 /// (`ERR` texts name a user only as their first word, and are shown as text either way.)
 fn names_in(line: &ServerLine) -> Box<dyn Iterator<Item = &str> + '_> {
     match line {
@@ -948,6 +1035,98 @@ mod tests {
             online.lock().unwrap().is_empty(),
             "a history line says nothing of who is online"
         );
+    }
+
+    /// Feeds `frame` to `chat` as the server's.
+    fn from_server(chat: &mut Chat, frame: &str) {
+        let line = ServerLine::parse(frame).unwrap();
+        assert_eq!(chat.server(line).unwrap(), Flow::Continue);
+    }
+
+    #[test]
+    fn users_of_other_servers_are_shown_by_full_address_and_bad_addresses_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let online = OnlineNames::default();
+        let (mut chat, screen) = alice(&dir, online.clone());
+        from_server(&mut chat, "ROOM alice@a.test hi");
+        from_server(&mut chat, "ROOM bob hello");
+        for refused in [
+            "ROOM alice@A.test hi",
+            "ROOM alice@127.0.0.1 hi",
+            "ROOM alice@ hi",
+            "ROOM alice@a.test@b.test hi",
+        ] {
+            from_server(&mut chat, refused);
+        }
+        let lines = screen.lines();
+        assert_eq!(lines.len(), 6, "{lines:?}");
+        assert!(lines[0].ends_with("] alice@a.test [room]: hi"), "{lines:?}");
+        assert!(lines[1].ends_with("] bob [room]: hello"), "{lines:?}");
+        for line in &lines[2..] {
+            assert!(line.contains("breaks the user-name rule"), "{lines:?}");
+        }
+        let names: Vec<String> = online.lock().unwrap().iter().cloned().collect();
+        assert_eq!(
+            names,
+            ["alice@a.test", "bob"],
+            "completion offers addresses seen"
+        );
+    }
+
+    #[test]
+    fn list_of_a_linked_server_is_asked_and_shown_with_full_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let online = OnlineNames::default();
+        let (mut chat, screen) = alice(&dir, online.clone());
+        online.lock().unwrap().insert("carol".to_owned());
+        chat.ask_list(Some("b.test".to_owned()));
+        let sent: Vec<String> = chat.pacer.take_all().into_iter().map(|o| o.line).collect();
+        assert_eq!(sent, ["LIST b.test"]);
+        from_server(&mut chat, "OK LIST 3 bob@b.test dave@b.test");
+        chat.ask_list(None);
+        from_server(&mut chat, "OK LIST 1 alice");
+        chat.ask_list(Some("c.test".to_owned()));
+        from_server(&mut chat, "ERR LIST unreachable c.test is not linked");
+        chat.ask_list(None);
+        from_server(&mut chat, "OK LIST 2 alice erin");
+        let lines = screen.lines();
+        assert!(
+            lines[0].ends_with("] * 3 online on b.test: bob@b.test, dave@b.test and 1 more"),
+            "{lines:?}"
+        );
+        assert!(lines[1].ends_with("] * 1 online: alice"), "{lines:?}");
+        assert!(
+            lines[2].contains("c.test is not linked (unreachable)"),
+            "{lines:?}"
+        );
+        assert!(lines[3].ends_with("] * 2 online: alice, erin"), "{lines:?}");
+        let names: Vec<String> = online.lock().unwrap().iter().cloned().collect();
+        assert_eq!(names, ["alice", "bob@b.test", "dave@b.test", "erin"]);
+    }
+
+    #[test]
+    fn an_unreachable_server_is_a_message_not_sent_never_a_protocol_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut chat, screen) = alice(&dir, OnlineNames::default());
+        let actions = chat.secure.send_text("bob@b.test", "hi");
+        assert!(
+            actions
+                .iter()
+                .any(|action| matches!(action, Action::FetchKey(user) if user == "bob@b.test")),
+            "{actions:?}"
+        );
+        from_server(
+            &mut chat,
+            "ERR GETKEY unreachable bob@b.test b.test cannot be reached now",
+        );
+        let lines = screen.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0]
+                .contains("bob@b.test: no identity key available (b.test cannot be reached now"),
+            "{lines:?}"
+        );
+        assert!(lines[0].ends_with("1 message(s) not sent"), "{lines:?}");
     }
 
     #[test]

@@ -4,6 +4,14 @@
 //! the side of asking: leading whitespace never hides a command (` /msg bob x` is the
 //! command), and a line that starts with `/` but is no command (`/mgs bob x`, `/ msg`) is
 //! refused with a hint instead of being sent as text. `//text` sends `/text` literally.
+//!
+//! A user is named as the server names them: a bare name for a user of the server the
+//! client is connected to, `user@server` for a user of another server. What the user types
+//! is lower-cased and checked through [`Address::parse`], so that `Bob@B.Test` and
+//! `bob@b.test` are one conversation, one pin and one safety number, and a name the server
+//! could never send is refused here with the rule instead of asked for.
+
+use crate::protocol::name::{Address, ServerName};
 
 /// One line typed by the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,8 +27,9 @@ pub enum Input {
     },
     /// `/chat USER`: plain lines go to USER; `/chat` alone: back to the room.
     Chat(Option<String>),
-    /// `/list`: who is online.
-    List,
+    /// `/list`: who is online; `/list SERVER`: who is online on the linked server SERVER
+    /// (lower-cased and checked).
+    List(Option<String>),
     /// `/fingerprint [USER]`: your identity fingerprint, or the safety number with USER.
     Fingerprint(Option<String>),
     /// `/verify USER`: mark USER's key as checked out of band.
@@ -57,6 +66,7 @@ commands:
                      and you see 'to USER: queued (offline delivery)', then 'delivered'
   /chat USER         send plain lines to USER from now on; /chat alone returns to the room
   /list              who is online
+  /list SERVER       who is online on SERVER, a server linked with yours (federation)
   /fingerprint [USER]  your key fingerprint, or the safety number you share with USER
   /verify USER       mark USER's key as verified (after comparing safety numbers)
   /dh USER           show a fresh Diffie-Hellman exchange with USER step by step (live
@@ -72,6 +82,10 @@ commands:
   /help              this help
   /quit              leave (Ctrl-C or Ctrl-D too); waiting messages are reported first
   exit               leave /chat when talking to someone; in the room, leave
+USER is a name (a user of your server) or user@server (a user of another server linked
+with yours, e.g. bob@b.test); a user of another server is always shown with @server, so
+bob@b.test can never pass for your server's bob. Messages to another server's users always
+go by offline delivery.
 The public room is protected by TLS only: the server can read it, and keeps its last
 lines, shown at login as [room, history] with the time they were sent. Private messages
 are end-to-end encrypted: only you and your partner can read them. Those that waited for
@@ -109,12 +123,16 @@ pub fn parse(line: &str) -> Result<Input, String> {
         if user.is_empty() || user.contains(char::is_whitespace) {
             Err(format!("usage: {usage}"))
         } else {
-            Ok(user.to_lowercase())
+            address(user)
         }
     };
-    let optional_user = || -> Option<String> {
+    let optional_user = || -> Result<Option<String>, String> {
         let user = rest.trim();
-        (!user.is_empty()).then(|| user.to_lowercase())
+        if user.is_empty() {
+            Ok(None)
+        } else {
+            address(user).map(Some)
+        }
     };
     match name {
         "msg" => {
@@ -123,16 +141,21 @@ pub fn parse(line: &str) -> Result<Input, String> {
                 return Err("usage: /msg USER TEXT".into());
             }
             Ok(Input::Msg {
-                to: to.to_lowercase(),
+                to: address(to)?,
                 text: text.to_owned(),
             })
         }
-        "chat" => Ok(Input::Chat(optional_user())),
-        "list" | "who" => Ok(Input::List),
-        "fingerprint" | "fp" => Ok(Input::Fingerprint(optional_user())),
+        "chat" => optional_user().map(Input::Chat),
+        "list" | "who" => match rest.trim() {
+            "" => Ok(Input::List(None)),
+            server => ServerName::parse(server)
+                .map(|server| Input::List(Some(server.to_string())))
+                .map_err(|e| format!("not sent: {server:?}: {e}; usage: /list [SERVER]")),
+        },
+        "fingerprint" | "fp" => optional_user().map(Input::Fingerprint),
         "verify" => user_arg("/verify USER").map(Input::Verify),
         "accept" => user_arg("/accept USER").map(Input::Accept),
-        "dh" => Ok(Input::Explain(optional_user())),
+        "dh" => optional_user().map(Input::Explain),
         "dh-practice" => Ok(Input::Practice),
         "dh-offline" => Ok(Input::OfflinePractice),
         "help" | "?" => Ok(Input::Help),
@@ -142,6 +165,14 @@ pub fn parse(line: &str) -> Result<Input, String> {
              //{command} to send the text itself"
         )),
     }
+}
+
+/// `typed` as the server would name that user: lower-cased and checked as a bare name or
+/// `user@server`; otherwise what is wrong, with the rules.
+fn address(typed: &str) -> Result<String, String> {
+    Address::parse(typed)
+        .map(|address| address.to_string())
+        .map_err(|e| format!("not sent: {typed:?} is not a user: {e}"))
 }
 
 #[cfg(test)]
@@ -160,7 +191,7 @@ mod tests {
         );
         assert_eq!(parse("/chat bob"), Ok(Input::Chat(Some("bob".into()))));
         assert_eq!(parse("/chat"), Ok(Input::Chat(None)));
-        assert_eq!(parse("/list"), Ok(Input::List));
+        assert_eq!(parse("/list"), Ok(Input::List(None)));
         assert_eq!(parse("/fingerprint"), Ok(Input::Fingerprint(None)));
         assert_eq!(
             parse("/fingerprint bob"),
@@ -176,6 +207,55 @@ mod tests {
         assert_eq!(parse("exit"), Ok(Input::Exit));
         assert_eq!(parse("/help"), Ok(Input::Help));
         assert_eq!(parse("   "), Ok(Input::Nothing));
+    }
+
+    #[test]
+    fn users_of_other_servers_are_named_by_their_address_in_one_spelling() {
+        assert_eq!(
+            parse("/msg Bob@B.Test hi"),
+            Ok(Input::Msg {
+                to: "bob@b.test".into(),
+                text: "hi".into()
+            })
+        );
+        assert_eq!(
+            parse("/chat bob@b.test"),
+            Ok(Input::Chat(Some("bob@b.test".into())))
+        );
+        assert_eq!(
+            parse("/fingerprint BOB@b.test"),
+            Ok(Input::Fingerprint(Some("bob@b.test".into())))
+        );
+        assert_eq!(
+            parse("/verify bob@b.test"),
+            Ok(Input::Verify("bob@b.test".into()))
+        );
+        assert_eq!(
+            parse("/accept bob@b.test"),
+            Ok(Input::Accept("bob@b.test".into()))
+        );
+        assert_eq!(
+            parse("/list b.test"),
+            Ok(Input::List(Some("b.test".into())))
+        );
+        assert_eq!(
+            parse("/list B.Test "),
+            Ok(Input::List(Some("b.test".into())))
+        );
+        for bad in [
+            "/msg bob@127.0.0.1 hi",
+            "/msg bob@ hi",
+            "/msg b@b.test hi",
+            "/msg bob@b.test@c.test hi",
+            "/chat bоb",
+            "/verify you@b.test",
+            "/list 10.0.0.1",
+            "/list a b",
+        ] {
+            let problem = parse(bad).expect_err(bad);
+            assert!(problem.starts_with("not sent"), "{bad}: {problem}");
+        }
+        assert!(parse("/msg bob@ hi").unwrap_err().contains("NAME@SERVER"));
     }
 
     #[test]

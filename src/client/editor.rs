@@ -373,5 +373,10 @@ mod tests {
             (5, vec!["bert ".to_owned(), "bob ".to_owned()])
         );
         assert_eq!(complete(&["bob"], "hi "), (3, vec![]));
+        assert_eq!(
+            complete(&["bob", "bob@b.test", "carol@b.test"], "/msg bob@"),
+            (5, vec!["bob@b.test ".to_owned()]),
+            "addresses of users of other servers complete too"
+        );
     }
 }

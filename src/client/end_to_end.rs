@@ -455,9 +455,10 @@ impl EndToEnd {
             if let Some(like) = self.pins.look_alike(user).map(str::to_owned) {
                 actions.push(warn(&format!(
                     "{user} is NOT {like}: this is a first contact under a name that looks \
-                     like your contact {like}. Nothing was answered or sent, and no key was \
+                     like your contact {like}{}. Nothing was answered or sent, and no key was \
                      pinned. Only if you know {user} is someone else you want to talk to, \
-                     /accept {user}"
+                     /accept {user}",
+                    other_server(user, &like)
                 )));
                 self.peer(user).exchange = Exchange::LooksLike {
                     key,
@@ -665,9 +666,10 @@ impl EndToEnd {
                 if let Some(like) = self.pins.look_alike(user).map(str::to_owned) {
                     return Err(vec![warn(&format!(
                         "{user} is NOT {like}: this is a first contact under a name that looks \
-                         like your contact {like}. Nothing was sent or read, and no key was \
+                         like your contact {like}{}. Nothing was sent or read, and no key was \
                          pinned. Only if you know {user} is someone else, /accept {user} \
-                         while they are online"
+                         while they are online",
+                        other_server(user, &like)
                     ))]);
                 }
                 let actions = self.pin_first_contact(user, key);
@@ -1227,6 +1229,17 @@ fn explain_lines<'a>(
     }
 }
 
+/// Said after a look-alike warning when the two share their user name and differ in their
+/// server: the same name on another server is another person.
+fn other_server(user: &str, like: &str) -> &'static str {
+    let name = |address: &str| address.split('@').next().unwrap_or("").to_owned();
+    if name(user) == name(like) {
+        " (the same name, on another server: another person)"
+    } else {
+        ""
+    }
+}
+
 fn info(text: &str) -> Action {
     Action::Show(Notice::Info(text.to_owned()))
 }
@@ -1303,6 +1316,35 @@ mod tests {
         assert!(
             accepted.contains(&Action::FetchKey("carol".into())),
             "{accepted:?}"
+        );
+    }
+
+    #[test]
+    fn the_same_name_on_another_server_is_held_as_a_look_alike_until_accept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut alice, _, _) = alice_with_bob_pinned(dir.path());
+        let other = IdentityKey::generate().expect("key").public_key();
+        let asked = alice.send_text("bob@b.test", "hi");
+        assert!(
+            asked.contains(&Action::FetchKey("bob@b.test".into())),
+            "{asked:?}"
+        );
+        let shown = alice.key_arrived("bob@b.test", &other.to_base64());
+        let [Action::Show(Notice::Warning(warning))] = &shown[..] else {
+            panic!("{shown:?}");
+        };
+        assert!(
+            warning.starts_with("bob@b.test is NOT bob:")
+                && warning.contains("the same name, on another server")
+                && warning.contains("/accept bob@b.test"),
+            "{warning}"
+        );
+        assert_eq!(alice.pinned_key("bob@b.test"), None, "nothing pinned");
+        assert!(alice.awaits_accept("bob@b.test"), "held for /accept");
+        assert_ne!(
+            alice.pinned_key("bob"),
+            Some(other),
+            "bob's pin is untouched"
         );
     }
 

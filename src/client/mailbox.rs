@@ -906,6 +906,38 @@ mod tests {
     }
 
     #[test]
+    fn sessions_and_messages_keyed_by_full_addresses_survive_a_restart() {
+        let (alice, bob) = (User::new("alice@a.test", 1), User::new("bob@b.test", 2));
+        let bundle = bundle_of(&bob);
+        let first = alice
+            .mailbox()
+            .seal_first("bob@b.test", bob.key(), &bundle, "one")
+            .expect("first");
+        let (reference, _) = alice
+            .mailbox()
+            .remember_sent("bob@b.test", "one", &first)
+            .expect("remembered");
+        let reread = alice.mailbox();
+        assert!(reread.has_session("bob@b.test"));
+        assert!(!reread.has_session("bob"), "another user, another session");
+        let sent = reread.sent(&reference).expect("kept");
+        assert_eq!(sent.peer, "bob@b.test");
+        assert_eq!(sent.text.as_deref(), Some("one"));
+        let second = alice.mailbox().seal("bob@b.test", "two").expect("second");
+        assert_eq!(
+            bob.mailbox()
+                .open_ok(10, "alice@a.test", alice.key(), &first),
+            Ok("one".into())
+        );
+        assert_eq!(
+            bob.mailbox()
+                .open_ok(11, "alice@a.test", alice.key(), &second),
+            Ok("two".into())
+        );
+        assert!(bob.mailbox().has_session("alice@a.test"));
+    }
+
+    #[test]
     fn replays_are_refused_and_a_one_time_prekey_opens_once() {
         let (alice, bob) = (User::new("alice", 1), User::new("bob", 2));
         let bundle = bundle_of(&bob);

@@ -607,6 +607,11 @@ impl Offline {
             DeliveryState::Refused(Refusal::Quota) => {
                 format!("refused: quota ({user}'s offline queue is full), NOT delivered")
             }
+            DeliveryState::Refused(Refusal::NoSuchServer) => format!(
+                "not sent: {} is not a server this server is linked with",
+                user.split_once('@')
+                    .map_or("their server", |(_, server)| server)
+            ),
             DeliveryState::Refused(reason) => format!("refused: {}", reason.as_str()),
             DeliveryState::Unreadable => {
                 format!("NOT readable by {user}'s client (it lost or damaged its offline session)")
@@ -1416,6 +1421,19 @@ mod tests {
             matches!(&steps[0], Step::Delivery { state, .. } if state.starts_with("refused: quota"))
         );
         assert_eq!(steps[1], Step::Frame("ACKSTATUS r1".to_owned()));
+        let steps = offline.status(
+            "r3",
+            DeliveryState::Refused(Refusal::NoSuchServer),
+            "bob@b.test",
+        );
+        assert_eq!(
+            steps[0],
+            Step::Delivery {
+                to: "bob@b.test".to_owned(),
+                state: "not sent: b.test is not a server this server is linked with".to_owned()
+            }
+        );
+        assert_eq!(steps[1], Step::Frame("ACKSTATUS r3".to_owned()));
         let queued = offline.status("r2", DeliveryState::Queued { id: 7 }, "bob");
         assert_eq!(
             queued,

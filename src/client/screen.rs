@@ -18,9 +18,13 @@
 //!   non-ASCII character), so the terminal never wraps before the client does.
 //! * **Marks nobody can imitate.** After the time, a row names its origin with something
 //!   a user name cannot be: `*` (status), `!!!` (warning), [`OWN_MARK`] (the local user),
-//!   or a user name, which the client has checked against the user-name rule (lower-case
-//!   ASCII letters, digits, `_`; never `you`, `me`, `server`, …). Meaning never depends on
-//!   colour: the client uses none.
+//!   or a user's address, which the client has checked against the rules (lower-case
+//!   ASCII letters, digits, `_`; never `you`, `me`, `server`, …; for a user of another
+//!   server, `@` and a lower-case DNS name). Meaning never depends on colour: the client
+//!   uses none.
+//! * **Addresses in full.** A user of another server is always shown as `user@server`,
+//!   exactly as the server sent it, so `bob@a.test` cannot pass for `bob@b.test` or for
+//!   the local `bob`.
 //! * **Repeated warnings are one line.** A warning identical to the one just shown is
 //!   counted instead of printed, and the count is shown once something else is printed.
 
@@ -482,6 +486,35 @@ mod tests {
         );
         assert!(
             lines[1].ends_with("] (you) [room, history]: mine"),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn users_of_other_servers_are_shown_with_their_full_address() {
+        let screen = Screen::capture();
+        screen.room("alice@a.test", "hi");
+        screen.private_from("alice@a.test", Trust::FirstUse, "psst");
+        screen.private_to("alice@a.test", Trust::Verified, "back");
+        screen.offline_from("alice@a.test", Trust::FirstUse, 0, "later");
+        screen.delivery("alice@a.test", "delivered");
+        let lines = screen.lines();
+        assert!(lines[0].ends_with("] alice@a.test [room]: hi"), "{lines:?}");
+        assert!(
+            lines[1]
+                .ends_with("] alice@a.test -> (you) [private, e2e, first use, not verified]: psst"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].ends_with("] (you) -> alice@a.test [private, e2e, verified]: back"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[3].contains("] alice@a.test -> (you) [private, e2e offline, first use"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[4].ends_with("] to alice@a.test: delivered"),
             "{lines:?}"
         );
     }

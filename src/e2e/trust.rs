@@ -6,8 +6,15 @@
 //! ```text
 //! # securechat pinned identity keys
 //! bob 3q2+7w...base64 of 32 bytes...= verified
+//! bob@b.test Zm9v...= unverified
 //! carol Zm9v...= unverified
 //! ```
+//!
+//! A contact is named as the server names them: a bare name for a user of the user's own
+//! server, `user@server` for a user of another server (federation). Those are different
+//! contacts with different pins: `bob@b.test` is never `bob`, nor `bob@a.test`. Both forms
+//! are canonical addresses ([`is_canonical_address`]: no space, no `#`, lower case), so each
+//! line stays `name key status`.
 //!
 //! `verified` means the user compared the safety number with that contact; `unverified` means the
 //! key was only taken on first use; `accepted` means the contact's key changed and the user
@@ -24,10 +31,11 @@ use std::path::{Path, PathBuf};
 
 use super::{E2eError, IdentityPublicKey};
 use crate::files::{check_directory_chain, check_private, write_atomically};
+use crate::protocol::name::is_canonical_address;
 
 /// Written at the top of the file for anyone who opens it.
 const FILE_HEADER: &str = "# securechat pinned identity keys (trust on first use)\n\
-                           # <username> <base64 Ed25519 public key> verified|unverified|accepted\n";
+                           # <user or user@server> <base64 Ed25519 public key> verified|unverified|accepted\n";
 /// Marks a key whose safety number the user compared.
 const VERIFIED: &str = "verified";
 /// Marks a key taken on first use only.
@@ -174,11 +182,22 @@ impl PinStore {
     /// A pinned contact whose name looks like `user` on screen without being it (`b0b`,
     /// `bobl`/`bobi`, `rnallory`/`mallory`, `BOB` for `bob`), if any: a first contact under
     /// such a name must not be taken silently for the contact it imitates.
+    ///
+    /// Only the user part is compared (by its skeleton), so the same name on another server
+    /// is a look-alike too: `bob@b.test` of pinned `bob` or `bob@a.test`, and so is
+    /// `bob@b.te5t` of `bob@b.test`. Someone who registers `bob` on a server of their own
+    /// must not pass for the `bob` the user knows. A pinned contact is itself, never a
+    /// look-alike of another (`bob` and `bob@a.test` may both be known contacts).
     pub fn look_alike(&self, user: &str) -> Option<&str> {
-        let skeleton = look_alike_skeleton(user);
+        if self.pins.contains_key(user) {
+            return None;
+        }
+        let skeleton = look_alike_skeleton(user_part(user));
         self.pins
             .keys()
-            .find(|pinned| pinned.as_str() != user && look_alike_skeleton(pinned) == skeleton)
+            .find(|pinned| {
+                pinned.as_str() != user && look_alike_skeleton(user_part(pinned)) == skeleton
+            })
             .map(String::as_str)
     }
 
@@ -233,12 +252,16 @@ impl PinStore {
     }
 }
 
-/// A username must be one non-empty token so that each line stays `name key status`.
+/// The user part of an address (`bob` of `bob@b.test`); a bare name is all user part.
+fn user_part(address: &str) -> &str {
+    address.split_once('@').map_or(address, |(user, _)| user)
+}
+
+/// A contact is a canonical address (`bob`, `bob@b.test`): one token with no space and no
+/// leading `#`, so each line stays `name key status`, and one spelling per contact, so a
+/// pin is found under the name the server sends.
 fn check_username(user: &str) -> Result<(), E2eError> {
-    let usable = !user.is_empty()
-        && !user.starts_with('#')
-        && !user.chars().any(|c| c.is_whitespace() || c.is_control());
-    if usable {
+    if is_canonical_address(user) {
         Ok(())
     } else {
         Err(E2eError::TrustStore(format!(
@@ -493,6 +516,64 @@ mod tests {
             "a name is not its own look-alike"
         );
         assert_eq!(store.look_alike("carol"), None);
+    }
+
+    #[test]
+    fn a_user_of_another_server_is_another_pin_and_a_look_alike_at_first_contact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pins");
+        let mut store = PinStore::open(&path).expect("open");
+        let (local, remote) = (new_key(), new_key());
+        store.pin("bob@a.test", &remote).expect("pin");
+        assert_eq!(store.check("bob", &local), PinStatus::FirstUse);
+        assert_eq!(store.look_alike("bob"), Some("bob@a.test"));
+        store.pin("bob", &local).expect("pin");
+        assert_eq!(
+            store.check("bob", &remote),
+            PinStatus::Changed { old: local },
+            "bob and bob@a.test are two pins"
+        );
+        assert_eq!(
+            store.check("bob@a.test", &remote),
+            PinStatus::Matches { verified: false }
+        );
+        assert_eq!(store.look_alike("bob"), None, "exact matches are matches");
+        assert_eq!(store.look_alike("bob@a.test"), None);
+        let found = store.look_alike("bob@b.test");
+        assert!(
+            found == Some("bob") || found == Some("bob@a.test"),
+            "{found:?}"
+        );
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let mut only_local = PinStore::open(&dir2.path().join("pins")).expect("open");
+        only_local.pin("bob", &local).expect("pin");
+        assert_eq!(only_local.look_alike("bob@b.test"), Some("bob"));
+        assert_eq!(only_local.look_alike("b0b@b.test"), Some("bob"));
+        only_local.pin("carol@b.test", &remote).expect("pin");
+        assert_eq!(only_local.look_alike("carol@b.te5t"), Some("carol@b.test"));
+        assert_eq!(only_local.look_alike("carol"), Some("carol@b.test"));
+        assert_eq!(only_local.look_alike("dave@b.test"), None);
+        store.mark_verified("bob@a.test", &remote).expect("verify");
+        let reopened = PinStore::open(&path).expect("reopen");
+        assert_eq!(
+            reopened.check("bob@a.test", &remote),
+            PinStatus::Matches { verified: true }
+        );
+        assert_eq!(
+            reopened.check("bob", &local),
+            PinStatus::Matches { verified: false }
+        );
+        let text = fs::read_to_string(&path).expect("read");
+        assert!(text.contains("\nbob@a.test "), "{text}");
+        for bad in [
+            "Bob@a.test",
+            "bob@A.test",
+            "bob@127.0.0.1",
+            "bob@",
+            "bob@a.test@b.test",
+        ] {
+            assert!(store.pin(bad, &new_key()).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -40,8 +40,13 @@ pub enum Request<'a> {
         /// Echoed in the `PONG` (may be empty).
         token: &'a str,
     },
-    /// `LIST`: who is online.
-    List,
+    /// `LIST [server]`: who is online here, or (federation) on the linked server named.
+    List {
+        /// The linked server asked about; `None` for this server. Taken as one word,
+        /// unchecked: the server answers a name it is not linked with by `ERR LIST
+        /// unreachable`, a bad one included.
+        server: Option<&'a str>,
+    },
     /// `SAY <text>`: a message to the public room (protected by TLS only).
     Say {
         /// The message, to the end of the line.
@@ -352,7 +357,12 @@ impl<'a> Request<'a> {
             }
             Command::Quit => Request::Quit,
             Command::Ping => Request::Ping { token: rest },
-            Command::List => Request::List,
+            Command::List => match split_word(rest) {
+                ("", _) => Request::List { server: None },
+                _ => Request::List {
+                    server: Some(one_word(rest, "the server name")?),
+                },
+            },
             Command::Say => {
                 if rest.trim().is_empty() {
                     return Err(missing("the text"));
@@ -455,7 +465,7 @@ impl<'a> Request<'a> {
             Request::Login { .. } => Command::Login,
             Request::Quit => Command::Quit,
             Request::Ping { .. } => Command::Ping,
-            Request::List => Command::List,
+            Request::List { .. } => Command::List,
             Request::Say { .. } => Command::Say,
             Request::Msg { .. } => Command::Msg,
             Request::SetKey { .. } => Command::SetKey,
@@ -480,9 +490,13 @@ impl fmt::Display for Request<'_> {
             Request::Register { user, password } | Request::Login { user, password } => {
                 write!(f, "{verb} {user} {password}")
             }
-            Request::Quit | Request::List | Request::History | Request::Mailbox => {
-                f.write_str(verb)
-            }
+            Request::Quit
+            | Request::List { server: None }
+            | Request::History
+            | Request::Mailbox => f.write_str(verb),
+            Request::List {
+                server: Some(server),
+            } => write!(f, "{verb} {server}"),
             Request::Ping { token: "" } => f.write_str(verb),
             Request::Ping { token } => write!(f, "{verb} {token}"),
             Request::Say { text } => write!(f, "{verb} {text}"),
@@ -600,7 +614,7 @@ impl Command {
             Command::Login => "LOGIN <user> <password>",
             Command::Quit => "QUIT",
             Command::Ping => "PING [token]",
-            Command::List => "LIST",
+            Command::List => "LIST [server]",
             Command::Say => "SAY <text>",
             Command::Msg => "MSG <user> <payload>",
             Command::SetKey => "SETKEY <base64 identity key>",
@@ -1316,7 +1330,18 @@ mod tests {
         assert_eq!(Request::parse("QUIT"), Ok(Request::Quit));
         assert_eq!(Request::parse("PING"), Ok(Request::Ping { token: "" }));
         assert_eq!(Request::parse("PING 42"), Ok(Request::Ping { token: "42" }));
-        assert_eq!(Request::parse("LIST"), Ok(Request::List));
+        assert_eq!(Request::parse("LIST"), Ok(Request::List { server: None }));
+        assert_eq!(
+            Request::parse("LIST b.test"),
+            Ok(Request::List {
+                server: Some("b.test")
+            })
+        );
+        assert_eq!(
+            Request::parse("LIST b.test c.test").map_err(|e| e.code),
+            Err(ErrorCode::BadFrame),
+            "one server at most"
+        );
         assert_eq!(
             Request::parse("SAY hello  world"),
             Ok(Request::Say {
@@ -1532,6 +1557,7 @@ mod tests {
             "PING",
             "PING t",
             "LIST",
+            "LIST b.test",
             "SAY hi there",
             "MSG bob payload with spaces",
             "SETKEY k",

@@ -296,7 +296,9 @@ fn number(word: &str, what: &str) -> Result<u64, BadPeerFrame> {
 fn full_address(word: &str, what: &str) -> Result<Address, BadPeerFrame> {
     match Address::parse(word) {
         Ok(address) if address.server.is_some() && address.to_string() == word => Ok(address),
-        _ => Err(bad(format!("{what} is not a canonical user@server address"))),
+        _ => Err(bad(format!(
+            "{what} is not a canonical user@server address"
+        ))),
     }
 }
 
@@ -758,8 +760,7 @@ mod tests {
         assert_eq!(relay.speaks_for(), Some(&address("alice@a.test")));
         assert_eq!(relay.speaks_to(), Some(&address("bob@b.test")));
         // A receipt comes from the recipient's server, about the sender's message.
-        let receipt =
-            PeerRequest::parse("RECEIPT 1 alice@a.test r bob@b.test delivered").unwrap();
+        let receipt = PeerRequest::parse("RECEIPT 1 alice@a.test r bob@b.test delivered").unwrap();
         assert_eq!(receipt.speaks_for(), Some(&address("bob@b.test")));
         assert_eq!(receipt.speaks_to(), Some(&address("alice@a.test")));
         let bundle = PeerRequest::parse("BUNDLE 1 alice@a.test bob@b.test").unwrap();
