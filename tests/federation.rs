@@ -61,9 +61,12 @@ impl Federation {
                 .stdout(std::process::Stdio::null())
                 .status()
                 .expect("run the server");
-            assert!(status.success(), "issuing a federation certificate for {name}");
+            assert!(
+                status.success(),
+                "issuing a federation certificate for {name}"
+            );
         }
-        let mut nodes: Vec<Node> = names
+        let nodes: Vec<Node> = names
             .iter()
             .map(|name| Node {
                 name: name.to_string(),
@@ -110,7 +113,10 @@ impl Federation {
                 "--federation-listen",
                 &format!("127.0.0.1:{}", node.federation_port),
             ])
-            .args(["--peers", &node.dir.join("peers.conf").display().to_string()])
+            .args([
+                "--peers",
+                &node.dir.join("peers.conf").display().to_string(),
+            ])
             .args(extra)
             .env("RUST_LOG", "info");
         node.process = Some(ServerProcess::start(
@@ -126,7 +132,10 @@ impl Federation {
     }
 
     fn index(&self, name: &str) -> usize {
-        self.nodes.iter().position(|n| n.name == name).expect("a node")
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .expect("a node")
     }
 
     /// A client of `server` that opted in to the mailbox, registered and logged in.
@@ -141,7 +150,11 @@ impl Federation {
     fn client(&self, server: &str) -> TestClient {
         let process = self.node(server).process.as_ref().expect("running");
         let mut client = process.connect();
-        assert_eq!(client.request("MAILBOX"), common::ok("MAILBOX", ""), "MAILBOX");
+        assert_eq!(
+            client.request("MAILBOX"),
+            common::ok("MAILBOX", ""),
+            "MAILBOX"
+        );
         client
     }
 
@@ -175,7 +188,9 @@ impl Federation {
 
 /// `STATUS <ref> <state> <user>` for `reference`, waiting past other frames.
 fn status(client: &mut TestClient, reference: &str) -> (DeliveryState, String) {
-    match client.recv_until(|l| matches!(l, ServerLine::Status { reference: r, .. } if r == reference)) {
+    match client
+        .recv_until(|l| matches!(l, ServerLine::Status { reference: r, .. } if r == reference))
+    {
         ServerLine::Status { state, user, .. } => (state, user),
         _ => unreachable!(),
     }
@@ -215,7 +230,11 @@ fn messages_and_receipts_cross_every_pair_of_three_servers_both_ways() {
             assert!(matches!(state, DeliveryState::Queued { .. }), "{state:?}");
             assert_eq!(user, format!("user@{}", names[to]));
             let (id, sender, got) = mail(&mut users[to]);
-            assert_eq!(sender, format!("user@{}", names[from]), "the sender's full address");
+            assert_eq!(
+                sender,
+                format!("user@{}", names[from]),
+                "the sender's full address"
+            );
             assert_eq!(got, payload);
             users[to].send(&format!("ACK {id}"));
             let (state, user) = status(&mut users[from], &reference);
@@ -231,7 +250,10 @@ fn keys_and_prekey_bundles_of_remote_users_are_fetched_through_the_federation() 
     let mut alice = federation.user("a.test", "alice");
     let mut bob = federation.user("b.test", "bob");
     let key = "A".repeat(43) + "=";
-    assert_eq!(bob.request(&format!("SETKEY {key}")), common::ok("SETKEY", ""));
+    assert_eq!(
+        bob.request(&format!("SETKEY {key}")),
+        common::ok("SETKEY", "")
+    );
     assert_eq!(
         alice.request("GETKEY bob@b.test"),
         common::ok("GETKEY", &format!("bob@b.test {key}"))
@@ -253,12 +275,24 @@ fn keys_and_prekey_bundles_of_remote_users_are_fetched_through_the_federation() 
     assert!(
         matches!(
             &reply,
-            ServerLine::Status { state: DeliveryState::Refused(Refusal::NoSuchServer), .. }
+            ServerLine::Status {
+                state: DeliveryState::Refused(Refusal::NoSuchServer),
+                ..
+            }
         ),
         "{reply:?}"
     );
     let reply = alice.request("SEND nobody@b.test r2 x");
-    assert!(matches!(&reply, ServerLine::Status { state: DeliveryState::Queued { .. }, .. }), "{reply:?}");
+    assert!(
+        matches!(
+            &reply,
+            ServerLine::Status {
+                state: DeliveryState::Queued { .. },
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
     // b.test refuses it for good, and alice hears so.
     let (state, user) = status(&mut alice, "r2");
     assert_eq!(state, DeliveryState::Refused(Refusal::NoSuchUser));
@@ -277,11 +311,17 @@ fn messages_for_a_peer_that_is_down_wait_through_kill_9_of_both_and_arrive_once(
     }
     for i in 0..count {
         let (state, _) = status(&mut alice, &format!("m{i}"));
-        assert!(matches!(state, DeliveryState::Queued { .. }), "m{i}: {state:?}");
+        assert!(
+            matches!(state, DeliveryState::Queued { .. }),
+            "m{i}: {state:?}"
+        );
     }
     // A re-sent reference is stored once, also while the peer is down.
     alice.send("SEND bob@b.test m0 payload-0");
-    assert!(matches!(status(&mut alice, "m0").0, DeliveryState::Queued { .. }));
+    assert!(matches!(
+        status(&mut alice, "m0").0,
+        DeliveryState::Queued { .. }
+    ));
     drop(alice);
     // The sender's server dies too, with everything still queued on its disk.
     federation.kill9("a.test");
@@ -293,7 +333,10 @@ fn messages_for_a_peer_that_is_down_wait_through_kill_9_of_both_and_arrive_once(
     while seen.len() < count && Instant::now() < deadline {
         let (id, sender, payload) = mail(&mut bob);
         assert_eq!(sender, "alice@a.test");
-        assert!(seen.insert(payload, id).is_none(), "a message arrived twice");
+        assert!(
+            seen.insert(payload, id).is_none(),
+            "a message arrived twice"
+        );
         bob.send(&format!("ACK {id}"));
     }
     assert_eq!(seen.len(), count, "every queued message arrived");
@@ -317,7 +360,7 @@ fn messages_for_a_peer_that_is_down_wait_through_kill_9_of_both_and_arrive_once(
 #[test]
 fn the_room_spans_the_federation_with_full_addresses_and_list_shows_a_peer() {
     let federation = Federation::start(&["a.test", "b.test", "c.test"]);
-    let mut alice = federation.user("a.test", "alice");
+    let alice = federation.user("a.test", "alice");
     let mut bob = federation.user("b.test", "bob");
     let mut carol = federation.user("c.test", "carol");
     // The links carry room lines once both directions are up; say until they arrive.
@@ -332,9 +375,15 @@ fn the_room_spans_the_federation_with_full_addresses_and_list_shows_a_peer() {
             .flatten()
             .is_some_and(|l| matches!(&l, ServerLine::Room { user, text } if user == "alice@a.test" && text == "hello federation"));
     }
-    assert!(heard, "bob@b.test saw alice's room line with her full address");
+    assert!(
+        heard,
+        "bob@b.test saw alice's room line with her full address"
+    );
     let line = carol.recv_until(|l| matches!(l, ServerLine::Room { .. }));
-    assert!(matches!(&line, ServerLine::Room { user, .. } if user == "alice@a.test"), "{line:?}");
+    assert!(
+        matches!(&line, ServerLine::Room { user, .. } if user == "alice@a.test"),
+        "{line:?}"
+    );
     // b.test does not pass a.test's line on to c.test (no relaying): carol sees each
     // line once, from a.test directly.
     carol.send("LIST b.test");
@@ -351,8 +400,18 @@ struct Rogue {
 }
 
 /// Loads the federation certificate issued for `name` in `dir`.
-fn identity(dir: &Path, name: &str) -> (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
-    tls::load_identity(&dir.join(format!("{name}.pem")), &dir.join(format!("{name}.key"))).expect("identity")
+fn identity(
+    dir: &Path,
+    name: &str,
+) -> (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    tls::load_identity(
+        &dir.join(format!("{name}.pem")),
+        &dir.join(format!("{name}.key")),
+    )
+    .expect("identity")
 }
 
 impl Rogue {
@@ -364,7 +423,11 @@ impl Rogue {
         Rogue::with_config(port, config, "a.test")
     }
 
-    fn with_config(port: u16, config: Arc<rustls::ClientConfig>, server: &str) -> std::io::Result<Rogue> {
+    fn with_config(
+        port: u16,
+        config: Arc<rustls::ClientConfig>,
+        server: &str,
+    ) -> std::io::Result<Rogue> {
         let socket = TcpStream::connect(("127.0.0.1", port))?;
         socket.set_read_timeout(Some(Duration::from_secs(10)))?;
         let name = rustls::pki_types::ServerName::try_from(server.to_owned()).expect("name");
@@ -426,8 +489,13 @@ fn a_peer_that_speaks_for_another_servers_user_is_cut_off() {
     let port = federation.node("a.test").federation_port;
     // b.test's own certificate, but a frame claiming a sender of c.test.
     let mut rogue = Rogue::connect(port, &fed_dir, "b.test", &ca).expect("link");
-    assert_eq!(rogue.request("PEER 1 b.test").unwrap(), "OK PEER a.test room=on list=on");
-    let reply = rogue.request("RELAY 1 mallory@c.test alice@a.test r1 forged").unwrap();
+    assert_eq!(
+        rogue.request("PEER 1 b.test").unwrap(),
+        "OK PEER a.test room=on list=on"
+    );
+    let reply = rogue
+        .request("RELAY 1 mallory@c.test alice@a.test r1 forged")
+        .unwrap();
     assert!(reply.starts_with("ERR invalid-from"), "{reply}");
     rogue.assert_closed();
     // Nor may it speak for a user of the receiving server (alice writing to alice).
@@ -467,10 +535,17 @@ fn strangers_without_this_federations_certificate_never_get_a_link() {
     let port = federation.node("a.test").federation_port;
     // Another CA altogether (say, an attacker's), for the right name.
     let other = tempfile::tempdir().unwrap();
-    tls::federation::issue_federation_certificate(other.path(), &ServerName::parse("b.test").unwrap()).unwrap();
+    tls::federation::issue_federation_certificate(
+        other.path(),
+        &ServerName::parse("b.test").unwrap(),
+    )
+    .unwrap();
     let refused = Rogue::connect(port, other.path(), "b.test", &ca)
         .and_then(|mut r| r.request("PEER 1 b.test").map_err(std::io::Error::other));
-    assert!(refused.is_err(), "a certificate from an unknown CA got a link: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "a certificate from an unknown CA got a link: {refused:?}"
+    );
     // No client certificate at all, from b.test's own address (trust is never by address).
     let roots = tls::load_certificates(&ca).unwrap();
     let mut store = rustls::RootCertStore::empty();
@@ -486,15 +561,28 @@ fn strangers_without_this_federations_certificate_never_get_a_link() {
     );
     let refused = Rogue::with_config(port, config, "a.test")
         .and_then(|mut r| r.request("PEER 1 b.test").map_err(std::io::Error::other));
-    assert!(refused.is_err(), "a link without a client certificate: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "a link without a client certificate: {refused:?}"
+    );
     // Plaintext: no answer in the clear, the connection ends.
     let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    plain.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    plain.write_all(b"PEER 1 b.test\nRELAY 1 bob@b.test alice@a.test r x\n").unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    plain
+        .write_all(b"PEER 1 b.test\nRELAY 1 bob@b.test alice@a.test r x\n")
+        .unwrap();
     let mut answer = Vec::new();
     let _ = plain.read_to_end(&mut answer);
-    assert!(!String::from_utf8_lossy(&answer).contains("OK PEER"), "plaintext was answered");
-    assert!(!String::from_utf8_lossy(&answer).contains("RACK"), "plaintext was answered");
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("OK PEER"),
+        "plaintext was answered"
+    );
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("RACK"),
+        "plaintext was answered"
+    );
 }
 
 #[test]
@@ -506,21 +594,32 @@ fn a_replayed_message_is_stored_once_and_a_relay_for_a_third_server_is_refused()
     rogue.request("PEER 1 b.test").unwrap();
     let relay = "RELAY 41 bob@b.test alice@a.test ref41 sealed";
     assert_eq!(rogue.request(relay).unwrap(), "RACK 41 queued");
-    assert_eq!(rogue.request(relay).unwrap(), "RACK 41 queued", "a replay is answered");
+    assert_eq!(
+        rogue.request(relay).unwrap(),
+        "RACK 41 queued",
+        "a replay is answered"
+    );
     let (_, sender, payload) = mail(&mut alice);
-    assert_eq!((sender.as_str(), payload.as_str()), ("bob@b.test", "sealed"));
+    assert_eq!(
+        (sender.as_str(), payload.as_str()),
+        ("bob@b.test", "sealed")
+    );
     alice.assert_silent(Duration::from_millis(500));
     // Servers never relay for a third server.
-    let reply = rogue.request("RELAY 42 bob@b.test carol@c.test ref42 x").unwrap();
+    let reply = rogue
+        .request("RELAY 42 bob@b.test carol@c.test ref42 x")
+        .unwrap();
     assert_eq!(reply, "RACK 42 refused no-such-server");
-    let reply = rogue.request("RELAY 43 bob@b.test nobody@a.test ref43 x").unwrap();
+    let reply = rogue
+        .request("RELAY 43 bob@b.test nobody@a.test ref43 x")
+        .unwrap();
     assert_eq!(reply, "RACK 43 refused no-such-user");
 }
 
 #[test]
 fn an_oversized_or_garbled_peer_frame_ends_the_link_and_local_users_carry_on() {
     let (federation, fed_dir, ca) = two();
-    let mut alice = federation.user("a.test", "alice");
+    let alice = federation.user("a.test", "alice");
     let mut alice2 = federation.user("a.test", "alice2");
     let port = federation.node("a.test").federation_port;
     let mut rogue = Rogue::connect(port, &fed_dir, "b.test", &ca).expect("link");
@@ -538,7 +637,11 @@ fn an_oversized_or_garbled_peer_frame_ends_the_link_and_local_users_carry_on() {
     while !federation.log("a.test").contains("too-long") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(federation.log("a.test").contains("too-long"), "{}", federation.log("a.test"));
+    assert!(
+        federation.log("a.test").contains("too-long"),
+        "{}",
+        federation.log("a.test")
+    );
     let mut rogue = Rogue::connect(port, &fed_dir, "b.test", &ca).expect("link");
     rogue.request("PEER 1 b.test").unwrap();
     let reply = rogue.request("HELLO there").unwrap();
@@ -548,5 +651,7 @@ fn an_oversized_or_garbled_peer_frame_ends_the_link_and_local_users_carry_on() {
     let _silent = Rogue::connect(port, &fed_dir, "b.test", &ca).expect("link");
     alice.send("MSG alice2 still-here");
     let line = alice2.recv_until(|l| matches!(l, ServerLine::From { .. }));
-    assert!(matches!(&line, ServerLine::From { user, payload } if user == "alice" && payload == "still-here"));
+    assert!(
+        matches!(&line, ServerLine::From { user, payload } if user == "alice" && payload == "still-here")
+    );
 }

@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use securechat::protocol::name::ServerName;
 use securechat::server::ThrottlePolicy;
 use securechat::server::{self, Config, Limits, Server};
-use securechat::protocol::name::ServerName;
 use securechat::{logging, tls};
 
 /// A TLS chat server with end-to-end encrypted private messages.
@@ -203,7 +203,8 @@ fn federation(args: &Args) -> securechat::Result<Option<server::FederationConfig
     let (Some(listen), Some(peers)) = (args.federation_listen, &args.peers) else {
         return Ok(None);
     };
-    let name = ServerName::parse(&args.name).map_err(|e| securechat::Error::Config(e.to_string()))?;
+    let name =
+        ServerName::parse(&args.name).map_err(|e| securechat::Error::Config(e.to_string()))?;
     let (cert, key) = match (&args.federation_cert, &args.federation_key) {
         (Some(cert), Some(key)) => (cert.clone(), key.clone()),
         _ => {
@@ -221,7 +222,9 @@ fn federation(args: &Args) -> securechat::Result<Option<server::FederationConfig
     let (chain, key) = tls::load_identity(&cert, &key)?;
     let peers = server::federation::peers::load(peers)?;
     if peers.iter().any(|p| p.name == name) {
-        return Err(securechat::Error::Config(format!("{name} lists itself as a peer")));
+        return Err(securechat::Error::Config(format!(
+            "{name} lists itself as a peer"
+        )));
     }
     Ok(Some(server::FederationConfig {
         name,

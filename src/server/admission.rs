@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::federation::Federation;
 use super::accounts::Accounts;
+use super::federation::Federation;
 use super::limits::Limits;
 use super::mailbox::BundleBudgets;
 use super::outbox::{Line, Outbox};

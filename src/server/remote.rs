@@ -86,14 +86,24 @@ impl RequestHandler {
     }
 
     /// Asks `peer` and maps a `FAIL` or no answer to `ERR <command> …`.
-    fn ask(&mut self, command: Command, peer: &ServerName, address: &Address, request: PeerRequest) -> Result<PeerReply, Step> {
+    fn ask(
+        &mut self,
+        command: Command,
+        peer: &ServerName,
+        address: &Address,
+        request: PeerRequest,
+    ) -> Result<PeerReply, Step> {
         let Some(federation) = self.context.federation.clone() else {
             return Err(self.unreachable(command, &address.to_string(), "is on another server"));
         };
         match federation.query(peer, request) {
             Some(PeerReply::Fail { code, text, .. }) => {
                 let code = ErrorCode::from_wire(&code).unwrap_or(ErrorCode::Unreachable);
-                Err(self.reply_error(&ProtocolError::new(command, code, format!("{address} {text}"))))
+                Err(self.reply_error(&ProtocolError::new(
+                    command,
+                    code,
+                    format!("{address} {text}"),
+                )))
             }
             Some(reply) => Ok(reply),
             None => Err(self.unreachable(
@@ -116,13 +126,22 @@ impl RequestHandler {
                 command,
                 detail: format!("{address} {key}"),
             }),
-            Ok(_) => self.unreachable(command, &address.to_string(), "got an answer that is no key"),
+            Ok(_) => self.unreachable(
+                command,
+                &address.to_string(),
+                "got an answer that is no key",
+            ),
             Err(step) => step,
         }
     }
 
     /// `BUNDLE user@peer` (the requester's budget was already charged).
-    pub(super) fn remote_bundle(&mut self, requester: &UserName, peer: &ServerName, address: &Address) -> Step {
+    pub(super) fn remote_bundle(
+        &mut self,
+        requester: &UserName,
+        peer: &ServerName,
+        address: &Address,
+    ) -> Step {
         let command = Command::Bundle;
         let Some(home) = self.context.federation.as_ref().map(|f| f.name().clone()) else {
             return self.unreachable(command, &address.to_string(), "is on another server");
@@ -136,12 +155,26 @@ impl RequestHandler {
             user: address.clone(),
         };
         match self.ask(command, peer, address, request) {
-            Ok(PeerReply::Bundle { record, one_time, .. }) => {
+            Ok(PeerReply::Bundle {
+                record, one_time, ..
+            }) => {
                 let one_time = match one_time.as_str() {
                     "-" => None,
-                    item => match item.split_once(':').and_then(|(id, key)| Some((id.parse().ok()?, key))) {
-                        Some((id, key)) => Some(OneTimePrekey { id, key: key.to_owned() }),
-                        None => return self.unreachable(command, &address.to_string(), "sent a malformed prekey"),
+                    item => match item
+                        .split_once(':')
+                        .and_then(|(id, key)| Some((id.parse().ok()?, key)))
+                    {
+                        Some((id, key)) => Some(OneTimePrekey {
+                            id,
+                            key: key.to_owned(),
+                        }),
+                        None => {
+                            return self.unreachable(
+                                command,
+                                &address.to_string(),
+                                "sent a malformed prekey",
+                            )
+                        }
                     },
                 };
                 self.reply(ServerLine::Bundle {
@@ -150,13 +183,23 @@ impl RequestHandler {
                     one_time,
                 })
             }
-            Ok(_) => self.unreachable(command, &address.to_string(), "got an answer that is no bundle"),
+            Ok(_) => self.unreachable(
+                command,
+                &address.to_string(),
+                "got an answer that is no bundle",
+            ),
             Err(step) => step,
         }
     }
 
     /// `SEND user@peer ref payload`: committed to the peer's queue, then relayed.
-    pub(super) fn remote_send(&mut self, user: &UserName, away: &Away, reference: &str, payload: &str) -> Step {
+    pub(super) fn remote_send(
+        &mut self,
+        user: &UserName,
+        away: &Away,
+        reference: &str,
+        payload: &str,
+    ) -> Step {
         let status = |state, to: String| ServerLine::Status {
             reference: reference.to_owned(),
             state,
@@ -173,7 +216,10 @@ impl RequestHandler {
             Away::Peer { peer, address } => (peer, address),
         };
         let Some(federation) = self.context.federation.clone() else {
-            return self.reply(status(DeliveryState::Refused(Refusal::NoSuchServer), address.to_string()));
+            return self.reply(status(
+                DeliveryState::Refused(Refusal::NoSuchServer),
+                address.to_string(),
+            ));
         };
         let stored = self.store().enqueue_for_peer(
             user,
@@ -209,17 +255,34 @@ impl RequestHandler {
                 return Step::Continue;
             }
             (Ok(name), Some(_)) => name,
-            _ => return self.unreachable(command, server, "is not a server this server is linked with"),
+            _ => {
+                let shown = crate::protocol::truncate(server, 253).to_owned();
+                return self.unreachable(
+                    command,
+                    &shown,
+                    "is not a server this server is linked with",
+                );
+            }
         };
         let Some(federation) = federation else {
-            return self.unreachable(command, server, "is not a server this server is linked with");
+            return self.unreachable(
+                command,
+                server,
+                "is not a server this server is linked with",
+            );
         };
         match federation.query(&peer, PeerRequest::List { qid: 0 }) {
             Some(PeerReply::List { total, names, .. }) => {
                 let names: Vec<String> = names
                     .iter()
                     .filter_map(|n| UserName::parse(n).ok())
-                    .map(|user| Address { user, server: Some(peer.clone()) }.to_string())
+                    .map(|user| {
+                        Address {
+                            user,
+                            server: Some(peer.clone()),
+                        }
+                        .to_string()
+                    })
                     .collect();
                 self.reply(ServerLine::Ok {
                     command,
@@ -227,7 +290,11 @@ impl RequestHandler {
                 })
             }
             Some(PeerReply::Fail { text, .. }) => self.unreachable(command, peer.as_str(), &text),
-            _ => self.unreachable(command, peer.as_str(), "cannot be reached now; try again later"),
+            _ => self.unreachable(
+                command,
+                peer.as_str(),
+                "cannot be reached now; try again later",
+            ),
         }
     }
 }

@@ -386,20 +386,9 @@ impl RequestHandler {
     fn logged_in_request(&mut self, user: &UserName, request: Request<'_>) -> Step {
         match request {
             Request::List { server: None } => self.route(Routed::List),
-            // federation: until servers are linked, no other server can be asked; the
-            // federation work replaces this arm with a query to the linked server named.
             Request::List {
                 server: Some(server),
-            } => {
-                return self.reply_error(&ProtocolError::new(
-                    Command::List,
-                    ErrorCode::Unreachable,
-                    format!(
-                        "{} is not a server this server is linked with",
-                        crate::protocol::truncate(server, 253)
-                    ),
-                ))
-            }
+            } => return self.remote_list(server),
             Request::Say { text } => self.route(Routed::Room(room_line(user, text))),
             Request::Msg { to, payload } => {
                 let away = self.away(to);

@@ -147,13 +147,19 @@ fn serve(shared: &Shared, socket: TcpStream) {
     let ended = (|| {
         socket.set_read_timeout(Some(HANDSHAKE_DEADLINE))?;
         socket.set_write_timeout(Some(HANDSHAKE_DEADLINE))?;
-        let conn = ServerConnection::new(shared.tls.clone())
-            .map_err(|e| LinkDown::Io(e.to_string()))?;
+        let conn =
+            ServerConnection::new(shared.tls.clone()).map_err(|e| LinkDown::Io(e.to_string()))?;
         let mut stream = PeerStream::handshake(conn, socket, shared.max_frame)?;
         let peer = match authenticate(shared, &mut stream) {
             Ok(peer) => peer,
             Err((code, text)) => {
-                let _ = stream.write_line(&PeerReply::Error { code, text: text.clone() }.to_string());
+                let _ = stream.write_line(
+                    &PeerReply::Error {
+                        code,
+                        text: text.clone(),
+                    }
+                    .to_string(),
+                );
                 stream.close();
                 return Err(LinkDown::Protocol(text));
             }
@@ -186,7 +192,10 @@ fn authenticate(
         .read_line()
         .map_err(|e| (LinkError::BadFrame, format!("no PEER frame: {e}")))?;
     let Ok(PeerRequest::Hello { version, name }) = PeerRequest::parse(&line) else {
-        return Err((LinkError::BadFrame, "the first frame must be PEER <version> <name>".into()));
+        return Err((
+            LinkError::BadFrame,
+            "the first frame must be PEER <version> <name>".into(),
+        ));
     };
     if version != PEER_PROTOCOL_VERSION {
         return Err((
@@ -195,12 +204,18 @@ fn authenticate(
         ));
     }
     let Some(peer) = shared.peers.get(&name) else {
-        return Err((LinkError::NotAuthorized, format!("{name} is not a peer of {}", shared.home)));
+        return Err((
+            LinkError::NotAuthorized,
+            format!("{name} is not a peer of {}", shared.home),
+        ));
     };
     crate::tls::federation::check_peer_certificate(stream.peer_certificates(), &peer.roots, &name)
         .map_err(|why| {
             log::warn!("federation: a link claiming {name} refused: {why}");
-            (LinkError::NotAuthorized, format!("the certificate does not prove {name}"))
+            (
+                LinkError::NotAuthorized,
+                format!("the certificate does not prove {name}"),
+            )
         })?;
     let welcome = PeerReply::Welcome {
         name: shared.home.clone(),
@@ -233,7 +248,10 @@ enum Verdict {
 }
 
 impl Session<'_> {
-    fn run(&mut self, stream: &mut PeerStream<ServerConnection>) -> std::result::Result<(), LinkDown> {
+    fn run(
+        &mut self,
+        stream: &mut PeerStream<ServerConnection>,
+    ) -> std::result::Result<(), LinkDown> {
         let mut pace = TokenBucket::new(PEER_RATE, PEER_BURST);
         loop {
             if self.shared.stopping.load(Ordering::SeqCst) {
@@ -281,8 +299,18 @@ impl Session<'_> {
         code: LinkError,
         text: String,
     ) -> std::result::Result<(), LinkDown> {
-        log::warn!("federation: ending the link from {}: {} {text}", self.peer, code.as_str());
-        let _ = stream.write_line(&PeerReply::Error { code, text: text.clone() }.to_string());
+        log::warn!(
+            "federation: ending the link from {}: {} {text}",
+            self.peer,
+            code.as_str()
+        );
+        let _ = stream.write_line(
+            &PeerReply::Error {
+                code,
+                text: text.clone(),
+            }
+            .to_string(),
+        );
         stream.close();
         Err(LinkDown::Protocol(format!("{} {text}", code.as_str())))
     }
@@ -339,7 +367,14 @@ impl Session<'_> {
                 let now = unix_now();
                 let quota = self.shared.quota;
                 let stored = store
-                    .enqueue(&sender_text, recipient.user.as_str(), &reference, &payload, now, quota)
+                    .enqueue(
+                        &sender_text,
+                        recipient.user.as_str(),
+                        &reference,
+                        &payload,
+                        now,
+                        quota,
+                    )
                     .map_err(storage)?;
                 let outcome = match stored {
                     Enqueued::Queued(mail_id) => {
@@ -372,7 +407,13 @@ impl Session<'_> {
                     ReceiptState::Unreadable => Outcome::Unreadable,
                 };
                 let stored = store
-                    .add_receipt(&sender.user, &reference, &recipient.to_string(), outcome, unix_now())
+                    .add_receipt(
+                        &sender.user,
+                        &reference,
+                        &recipient.to_string(),
+                        outcome,
+                        unix_now(),
+                    )
                     .map_err(storage)?;
                 if let Some(notice) = stored.as_ref().and_then(Notice::receipt) {
                     let _ = self.shared.router.send(Event::Notices(vec![notice]));
@@ -389,11 +430,19 @@ impl Session<'_> {
                 }
                 return Ok(None);
             }
-            PeerRequest::GetKey { qid, user } => match store.identity_key(&user.user).map_err(storage)? {
-                KeyLookup::Key(key) => PeerReply::Key { qid, key },
-                KeyLookup::NoKey => fail(qid, "no-key", format!("{user} has not published an identity key yet")),
-                KeyLookup::NoSuchUser => fail(qid, "no-such-user", format!("{user} has no account")),
-            },
+            PeerRequest::GetKey { qid, user } => {
+                match store.identity_key(&user.user).map_err(storage)? {
+                    KeyLookup::Key(key) => PeerReply::Key { qid, key },
+                    KeyLookup::NoKey => fail(
+                        qid,
+                        "no-key",
+                        format!("{user} has not published an identity key yet"),
+                    ),
+                    KeyLookup::NoSuchUser => {
+                        fail(qid, "no-such-user", format!("{user} has no account"))
+                    }
+                }
+            }
             PeerRequest::Bundle { qid, user, .. } => self.bundle(qid, &user.user, &user)?,
             PeerRequest::List { qid } => self.list(qid),
             PeerRequest::Ping { token } => PeerReply::Pong { token },
@@ -402,10 +451,22 @@ impl Session<'_> {
         Ok(Some(reply))
     }
 
-    fn bundle(&mut self, qid: u64, owner: &UserName, shown: &Address) -> std::result::Result<PeerReply, LinkDown> {
+    fn bundle(
+        &mut self,
+        qid: u64,
+        owner: &UserName,
+        shown: &Address,
+    ) -> std::result::Result<PeerReply, LinkDown> {
         self.bundles.refill(Instant::now());
         if !self.bundles.take() {
-            return Ok(fail(qid, "rate-limited", format!("{} more than {PEER_BUNDLES_PER_MINUTE} prekey fetches a minute", self.peer)));
+            return Ok(fail(
+                qid,
+                "rate-limited",
+                format!(
+                    "{} more than {PEER_BUNDLES_PER_MINUTE} prekey fetches a minute",
+                    self.peer
+                ),
+            ));
         }
         let found = self
             .shared
@@ -430,14 +491,24 @@ impl Session<'_> {
                         .unwrap_or_else(|| "-".into()),
                 }
             }
-            BundleLookup::NoRecord => fail(qid, "no-prekeys", format!("{shown} has not set up offline messages")),
-            BundleLookup::NoSuchUser => fail(qid, "no-such-user", format!("{shown} has no account")),
+            BundleLookup::NoRecord => fail(
+                qid,
+                "no-prekeys",
+                format!("{shown} has not set up offline messages"),
+            ),
+            BundleLookup::NoSuchUser => {
+                fail(qid, "no-such-user", format!("{shown} has no account"))
+            }
         })
     }
 
     fn list(&self, qid: u64) -> PeerReply {
         if !self.shared.share_presence {
-            return fail(qid, "not-shared", format!("{} does not share who is online", self.shared.home));
+            return fail(
+                qid,
+                "not-shared",
+                format!("{} does not share who is online", self.shared.home),
+            );
         }
         let (answer, reply) = bounded(1);
         if self.shared.router.send(Event::PeerList(answer)).is_err() {

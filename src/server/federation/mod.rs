@@ -170,10 +170,7 @@ impl Federation {
             &trusted,
         )?;
         let listener = TcpListener::bind(config.listen).map_err(|e| {
-            Error::Config(format!(
-                "cannot listen for peers on {}: {e}",
-                config.listen
-            ))
+            Error::Config(format!("cannot listen for peers on {}: {e}", config.listen))
         })?;
         let listen = listener.local_addr()?;
         let sockets = Arc::new(Sockets::default());
@@ -333,10 +330,8 @@ impl Federation {
         for link in self.links.values() {
             link.stop();
         }
-        let _ = TcpStream::connect_timeout(
-            &super::wake_address(self.listen),
-            Duration::from_secs(1),
-        );
+        let _ =
+            TcpStream::connect_timeout(&super::wake_address(self.listen), Duration::from_secs(1));
         self.sockets.cut_all();
         let threads = std::mem::take(&mut *sync::lock(&self.threads));
         for thread in threads {
@@ -348,7 +343,5 @@ impl Federation {
 /// A `Line` for a local user from a peer's room line.
 pub(super) fn remote_room_line(sender: &Address, text: &str) -> super::outbox::TextFrame {
     let sender = sender.to_string();
-    super::outbox::TextFrame::new(text, |out| {
-        crate::protocol::write_room(out, &sender, text)
-    })
+    super::outbox::TextFrame::new(text, |out| crate::protocol::write_room(out, &sender, text))
 }

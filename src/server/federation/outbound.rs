@@ -128,7 +128,10 @@ impl Link {
             return;
         }
         if let Err(TrySendError::Full(_)) = self.room.try_send(line) {
-            log::warn!("federation: room line for {} dropped: its queue is full", self.name);
+            log::warn!(
+                "federation: room line for {} dropped: its queue is full",
+                self.name
+            );
         }
     }
 
@@ -273,7 +276,9 @@ impl Connector {
         ended
     }
 
-    fn connect(&mut self) -> std::result::Result<(PeerStream<ClientConnection>, Option<u64>), LinkDown> {
+    fn connect(
+        &mut self,
+    ) -> std::result::Result<(PeerStream<ClientConnection>, Option<u64>), LinkDown> {
         let peer = &self.setup.peer;
         let address = peer
             .address
@@ -315,7 +320,11 @@ impl Connector {
             .write_line(&hello.to_string())
             .and_then(|()| stream.read_line());
         let welcome = match welcome.map(|line| PeerReply::parse(&line)) {
-            Ok(Ok(PeerReply::Welcome { name, room, list: _ })) if name == peer.name => room,
+            Ok(Ok(PeerReply::Welcome {
+                name,
+                room,
+                list: _,
+            })) if name == peer.name => room,
             Ok(Ok(PeerReply::Error { code, text })) => {
                 self.setup.sockets.remove(socket_id);
                 return Err(LinkDown::Protocol(format!(
@@ -383,7 +392,10 @@ impl Connector {
 
     /// Sends a batch of queued messages and receipts and applies their `RACK`s. Returns
     /// whether there was anything (so the caller looks again at once).
-    fn send_queued(&mut self, stream: &mut PeerStream<ClientConnection>) -> std::result::Result<bool, LinkDown> {
+    fn send_queued(
+        &mut self,
+        stream: &mut PeerStream<ClientConnection>,
+    ) -> std::result::Result<bool, LinkDown> {
         let peer = &self.setup.peer.name;
         let store = &*self.setup.store;
         let messages = store
@@ -399,10 +411,14 @@ impl Connector {
         let mut frames = Vec::new();
         let mut expected = Vec::with_capacity(messages.len() + receipts.len());
         for mail in &messages {
-            let (Ok(sender), Ok(recipient)) =
-                (UserName::parse(&mail.sender), UserName::parse(&mail.recipient))
-            else {
-                log::error!("federation: queued message {} has a bad name; dropped", mail.id);
+            let (Ok(sender), Ok(recipient)) = (
+                UserName::parse(&mail.sender),
+                UserName::parse(&mail.recipient),
+            ) else {
+                log::error!(
+                    "federation: queued message {} has a bad name; dropped",
+                    mail.id
+                );
                 let _ = store.peer_acked(peer, mail.id, None, unix_now());
                 continue;
             };
@@ -431,7 +447,10 @@ impl Connector {
                     expected.push(Sent::Receipt(receipt.id));
                 }
                 None => {
-                    log::error!("federation: receipt {} cannot be forwarded; dropped", receipt.id);
+                    log::error!(
+                        "federation: receipt {} cannot be forwarded; dropped",
+                        receipt.id
+                    );
                     let _ = store.forget_receipt(receipt.id);
                 }
             }
@@ -473,7 +492,11 @@ impl Connector {
     }
 
     /// Sends a client's query and hands it the answer.
-    fn ask(&mut self, stream: &mut PeerStream<ClientConnection>, query: Query) -> std::result::Result<(), LinkDown> {
+    fn ask(
+        &mut self,
+        stream: &mut PeerStream<ClientConnection>,
+        query: Query,
+    ) -> std::result::Result<(), LinkDown> {
         let qid = self.next_qid;
         self.next_qid += 1;
         let request = match query.request {
@@ -499,14 +522,20 @@ impl Connector {
             _ => false,
         };
         if !answered {
-            return Err(LinkDown::Protocol(format!("expected the answer to query {qid}, got {reply}")));
+            return Err(LinkDown::Protocol(format!(
+                "expected the answer to query {qid}, got {reply}"
+            )));
         }
         let _ = query.answer.send(reply);
         Ok(())
     }
 
     /// Sends room lines (this one and any others waiting) as one write.
-    fn send_room(&mut self, stream: &mut PeerStream<ClientConnection>, first: Arc<str>) -> std::result::Result<(), LinkDown> {
+    fn send_room(
+        &mut self,
+        stream: &mut PeerStream<ClientConnection>,
+        first: Arc<str>,
+    ) -> std::result::Result<(), LinkDown> {
         let mut frames = Vec::new();
         for line in std::iter::once(first).chain(self.inbox.room.try_iter()) {
             frames.extend_from_slice(line.as_bytes());
@@ -516,9 +545,17 @@ impl Connector {
     }
 
     /// Checks an idle link.
-    fn ping(&mut self, stream: &mut PeerStream<ClientConnection>) -> std::result::Result<(), LinkDown> {
+    fn ping(
+        &mut self,
+        stream: &mut PeerStream<ClientConnection>,
+    ) -> std::result::Result<(), LinkDown> {
         let token = unix_now().to_string();
-        stream.write_line(&PeerRequest::Ping { token: token.clone() }.to_string())?;
+        stream.write_line(
+            &PeerRequest::Ping {
+                token: token.clone(),
+            }
+            .to_string(),
+        )?;
         match PeerReply::parse(&stream.read_line()?) {
             Ok(PeerReply::Pong { token: echoed }) if echoed == token => Ok(()),
             _ => Err(LinkDown::Protocol("no PONG".into())),

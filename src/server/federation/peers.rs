@@ -34,8 +34,12 @@ pub struct PeerConfig {
 
 /// Reads a peers file; the error names the line.
 pub fn load(path: &Path) -> Result<Vec<PeerConfig>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Config(format!("cannot read the peers file {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Config(format!(
+            "cannot read the peers file {}: {e}",
+            path.display()
+        ))
+    })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut peers = Vec::new();
     let mut names = HashSet::new();
@@ -49,7 +53,9 @@ pub fn load(path: &Path) -> Result<Vec<PeerConfig>> {
         }
         let words: Vec<&str> = line.split_whitespace().collect();
         let [name, address, trust] = words[..] else {
-            return Err(at("expected three words: name, address (host:port), trust (a CA file)".into()));
+            return Err(at(
+                "expected three words: name, address (host:port), trust (a CA file)".into(),
+            ));
         };
         let name = ServerName::parse(name).map_err(|e| at(e.to_string()))?;
         if !address.contains(':') {
