@@ -151,7 +151,10 @@ impl Federation {
         let process = self.node(server).process.as_ref().expect("running");
         let mut client = process.connect();
         let reply = client.request("MAILBOX");
-        assert!(matches!(&reply, ServerLine::Ok { .. }), "MAILBOX: {reply:?}");
+        assert!(
+            matches!(&reply, ServerLine::Ok { .. }),
+            "MAILBOX: {reply:?}"
+        );
         client
     }
 
@@ -170,8 +173,13 @@ impl Federation {
     }
 
     fn restart(&mut self, name: &str) {
+        self.restart_with(name, &[]);
+    }
+
+    fn restart_with(&mut self, name: &str, extra: &[&str]) {
         let i = self.index(name);
-        self.launch(i, &[]);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        self.launch(i, &extra);
     }
 
     fn log(&self, name: &str) -> String {
@@ -625,9 +633,8 @@ fn an_oversized_or_garbled_peer_frame_ends_the_link_and_local_users_carry_on() {
     // The acceptor may close before it read everything (then the error is lost in the
     // reset); either way the link ends and the log says why.
     let _ = rogue.send(&huge);
-    match rogue.line() {
-        Ok(reply) => assert!(reply.starts_with("ERR too-long"), "{reply}"),
-        Err(_) => {}
+    if let Ok(reply) = rogue.line() {
+        assert!(reply.starts_with("ERR too-long"), "{reply}");
     }
     rogue.assert_closed();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -651,4 +658,126 @@ fn an_oversized_or_garbled_peer_frame_ends_the_link_and_local_users_carry_on() {
     assert!(
         matches!(&line, ServerLine::From { user, payload } if user == "alice" && payload == "still-here")
     );
+}
+
+#[test]
+fn a_server_that_opts_out_of_the_shared_room_neither_sends_nor_shows_room_lines() {
+    let mut federation = Federation::start(&["a.test", "b.test"]);
+    federation.kill9("a.test");
+    federation.restart_with("a.test", &["--no-shared-room"]);
+    let mut alice = federation.user("a.test", "alice");
+    let mut bob = federation.user("b.test", "bob");
+    // The link itself works both ways: a message crosses it.
+    bob.send("SEND alice@a.test probe payload");
+    let (id, sender, _) = mail(&mut alice);
+    assert_eq!(sender, "bob@b.test");
+    alice.send(&format!("ACK {id}"));
+    for i in 0..10 {
+        alice.send(&format!("SAY from-a-{i}"));
+        bob.send(&format!("SAY from-b-{i}"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for client in [&mut alice, &mut bob] {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            if let Ok(Some(line)) = client.reader.recv_timeout(Duration::from_millis(100)) {
+                assert!(
+                    !matches!(line, ServerLine::Room { .. }),
+                    "a room line crossed: {line:?}"
+                );
+            }
+        }
+    }
+}
+
+/// A peer that completes TLS as `b.test` and then never answers: it holds every
+/// connection it accepts until dropped.
+struct SilentPeer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentPeer {
+    fn listen(port: u16, fed_dir: &Path, ca: &Path) -> SilentPeer {
+        let (chain, key) = identity(fed_dir, "b.test");
+        let roots = tls::load_certificates(ca).unwrap();
+        let config = tls::federation::federation_server_config(chain, key, &roots).unwrap();
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("b.test's port");
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut socket, _)) => {
+                        socket.set_nonblocking(false).unwrap();
+                        socket
+                            .set_read_timeout(Some(Duration::from_secs(5)))
+                            .unwrap();
+                        let mut conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                        while conn.is_handshaking() {
+                            if conn.complete_io(&mut socket).is_err() {
+                                break;
+                            }
+                        }
+                        held.push((conn, socket));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        SilentPeer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SilentPeer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn a_peer_that_never_answers_slows_nobody_and_its_messages_wait_for_the_real_one() {
+    let (mut federation, fed_dir, ca) = two();
+    let mut alice = federation.user("a.test", "alice");
+    let mut alice2 = federation.user("a.test", "alice2");
+    drop(federation.user("b.test", "bob"));
+    federation.kill9("b.test");
+    let silent = SilentPeer::listen(federation.node("b.test").federation_port, &fed_dir, &ca);
+    // Let a.test's connector find the silent peer and hang on its PEER frame.
+    std::thread::sleep(Duration::from_secs(3));
+    let started = Instant::now();
+    alice.send("SEND bob@b.test waiting sealed-for-bob");
+    assert!(matches!(
+        status(&mut alice, "waiting").0,
+        DeliveryState::Queued { .. }
+    ));
+    let reply = alice.request("GETKEY bob@b.test");
+    assert_eq!(common::err_code(&reply).1, "unreachable", "{reply:?}");
+    alice.send("MSG alice2 local-still-flows");
+    alice2.recv_until(|l| matches!(l, ServerLine::From { .. }));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "local traffic waited {:?} on a silent peer",
+        started.elapsed()
+    );
+    // The real b.test comes back: the queued message reaches bob once.
+    drop(silent);
+    federation.restart("b.test");
+    let mut bob = federation.login("b.test", "bob");
+    let (id, sender, payload) = mail(&mut bob);
+    assert_eq!(
+        (sender.as_str(), payload.as_str()),
+        ("alice@a.test", "sealed-for-bob")
+    );
+    bob.send(&format!("ACK {id}"));
+    assert_eq!(status(&mut alice, "waiting").0, DeliveryState::Delivered);
+    bob.assert_silent(Duration::from_millis(500));
 }
