@@ -26,6 +26,7 @@
 
 pub mod clients;
 pub mod dh;
+pub mod federated;
 pub mod idle;
 pub mod offline;
 pub mod pairs;

@@ -31,6 +31,9 @@
 //!   counted, not required (see `bench/src/offline.rs`).
 //! * `--dh`: the cost of one end-to-end key agreement per group, beside `openssl speed`
 //!   (no server; see `bench/src/dh.rs`).
+//! * `--federated`: `--pairs` closed loops of offline messages between users of two linked
+//!   servers, beside the same between users of one server, alternating rounds: msgs/s and
+//!   latency p50/p99 (its own two servers in this process; see `bench/src/federated.rs`).
 //! * `--soak SECONDS`: `--clients` clients doing random actions; errors and lost private
 //!   messages must be 0, server RSS is sampled once a second.
 //! * `--figures`: a sweep, a rate series and an idle ramp, then `figures/*.svg`.
@@ -72,6 +75,7 @@ use clap::Parser;
 use securechat::{Error, Result};
 
 use bench::clients::{open_many, Setup, PASSWORD};
+use bench::federated::FederatedConfig;
 use bench::offline::OfflineConfig;
 use bench::pairs::PairsConfig;
 use bench::results::{self, Machine, PairsResult, Report, ServerInfo};
@@ -81,7 +85,7 @@ use bench::target::{
     ChildSettings, External, Target, BENCH_BCRYPT_COST, BENCH_MAX_CONNECTIONS,
     PRODUCTION_BCRYPT_COST,
 };
-use bench::{dh, idle, offline, pairs, render, soak, storm, table, target};
+use bench::{dh, federated, idle, offline, pairs, render, soak, storm, table, target};
 
 /// Pairs counts of the `--figures` throughput sweep (unless `--sweep` is given).
 const FIGURE_SWEEP: &[usize] = &[1, 10, 50, 100, 500];
@@ -157,6 +161,16 @@ struct Args {
     /// Time one end-to-end key agreement per DH group (and compare with openssl speed).
     #[arg(long)]
     dh: bool,
+    /// Private messages between two linked servers beside the same on one server
+    /// (--pairs closed loops; its own two servers in this process).
+    #[arg(long)]
+    federated: bool,
+    /// Messages each --federated sender sends per round.
+    #[arg(long, default_value_t = 200)]
+    federated_messages: usize,
+    /// Rounds of each --federated layout, alternating.
+    #[arg(long, default_value_t = 3)]
+    federated_rounds: usize,
     /// Agreements timed per group for --dh.
     #[arg(long, default_value_t = 50)]
     dh_runs: usize,
@@ -287,7 +301,8 @@ fn run(args: Args) -> Result<bool> {
             && args.soak.is_none()
             && args.storm.is_none()
             && !args.offline
-            && !args.dh);
+            && !args.dh
+            && !args.federated);
     // `--idle N --rate R`: the rate runs happen in the idle phase, with and without the
     // idle connections (with --figures they stay separate: the figure wants plain runs).
     let rates_with_idle = idle.is_some() && !rates.is_empty() && !figures;
@@ -316,6 +331,7 @@ fn run(args: Args) -> Result<bool> {
             (args.storm.is_some(), "storm"),
             (args.offline, "offline"),
             (args.dh, "dh"),
+            (args.federated, "federated"),
             (args.soak.is_some(), "soak"),
         ] {
             if on {
@@ -324,7 +340,7 @@ fn run(args: Args) -> Result<bool> {
         }
     }
     bench.report.mode = phases.join("+");
-    if phases != ["dh"] {
+    if phases != ["dh"] && phases != ["federated"] {
         println!("{}", bench.report.server.note);
     }
 
@@ -445,6 +461,13 @@ fn run(args: Args) -> Result<bool> {
     }
     if args.dh {
         bench.report.dh = Some(dh::run(args.dh_runs, args.openssl_seconds)?);
+    }
+    if args.federated {
+        federated::run(&FederatedConfig {
+            pairs: args.pairs.max(1),
+            messages: args.federated_messages.max(1),
+            rounds: args.federated_rounds.max(1),
+        })?;
     }
     if let Some(seconds) = args.soak {
         let cfg = SoakConfig {

@@ -147,6 +147,9 @@ fn serve(shared: &Shared, socket: TcpStream) {
     let ended = (|| {
         socket.set_read_timeout(Some(HANDSHAKE_DEADLINE))?;
         socket.set_write_timeout(Some(HANDSHAKE_DEADLINE))?;
+        // Each answer is one small write the connector waits for: Nagle's algorithm with
+        // the peer's delayed ACK would hold it for 40 ms.
+        socket.set_nodelay(true)?;
         let conn =
             ServerConnection::new(shared.tls.clone()).map_err(|e| LinkDown::Io(e.to_string()))?;
         let mut stream = PeerStream::handshake(conn, socket, shared.max_frame)?;

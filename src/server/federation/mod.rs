@@ -3,7 +3,7 @@
 //!
 //! | file | role |
 //! |---|---|
-//! | `mod.rs` | [`FederationConfig`], [`Federation`] (what the rest of the server calls: where an address lives, queries, waking a link, sharing a room line) |
+//! | `mod.rs` | [`FederationConfig`], `Federation` (what the rest of the server calls: where an address lives, queries, waking a link, sharing a room line) |
 //! | `peers.rs` | the peers file: name, address and trust anchor of each linked server |
 //! | `wire.rs` | one TLS connection carrying peer frames, with its deadlines |
 //! | `outbound.rs` | the connector thread per peer: relays the durable queue, forwards receipts, room lines and queries; reconnects with capped backoff |
