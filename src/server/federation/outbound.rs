@@ -276,6 +276,9 @@ impl Connector {
         ended
     }
 
+    /// Dials the peer; the socket is registered (so shutdown can cut a blocked handshake)
+    /// from connect to the end of the session, and unregistered here if the link does not
+    /// come up.
     fn connect(
         &mut self,
     ) -> std::result::Result<(PeerStream<ClientConnection>, Option<u64>), LinkDown> {
@@ -286,65 +289,62 @@ impl Connector {
             .map_err(|e| LinkDown::Io(format!("cannot resolve {}: {e}", peer.address)))?
             .next()
             .ok_or_else(|| LinkDown::Io(format!("{} resolves to nothing", peer.address)))?;
-        let socket = TcpStream::connect_timeout(&address, DEADLINE)?;
-        socket.set_read_timeout(Some(DEADLINE))?;
-        socket.set_write_timeout(Some(DEADLINE))?;
-        let _ = socket.set_nodelay(true);
-        let socket_id = self.setup.sockets.add(&socket);
         let tls_name = TlsServerName::try_from(peer.name.as_str().to_owned())
             .map_err(|e| LinkDown::Io(format!("{}: {e}", peer.name)))?;
         let conn = ClientConnection::new(self.setup.tls.clone(), tls_name)
             .map_err(|e| LinkDown::Io(e.to_string()))?;
-        let mut stream = match PeerStream::handshake(conn, socket, self.setup.max_frame) {
-            Ok(stream) => stream,
-            Err(e) => {
-                self.setup.sockets.remove(socket_id);
-                return Err(e);
+        let socket = TcpStream::connect_timeout(&address, DEADLINE)?;
+        socket.set_read_timeout(Some(DEADLINE))?;
+        socket.set_write_timeout(Some(DEADLINE))?;
+        socket.set_nodelay(true)?;
+        let socket_id = self.setup.sockets.add(&socket);
+        let name = peer.name.clone();
+        match self.introduce(conn, socket) {
+            Ok(stream) => {
+                log::info!("federation: linked to {name} at {address}");
+                Ok((stream, socket_id))
             }
-        };
+            Err(why) => {
+                self.setup.sockets.remove(socket_id);
+                Err(why)
+            }
+        }
+    }
+
+    /// The TLS handshake, the explicit certificate check, and `PEER` / `OK PEER`.
+    fn introduce(
+        &self,
+        conn: ClientConnection,
+        socket: TcpStream,
+    ) -> std::result::Result<PeerStream<ClientConnection>, LinkDown> {
+        let peer = &self.setup.peer;
+        let mut stream = PeerStream::handshake(conn, socket, self.setup.max_frame)?;
         // rustls checked the chain and the name; the check is made again here, explicitly,
         // so that which peer this is never rests on configuration alone.
-        if let Err(why) = crate::tls::federation::check_peer_certificate(
+        crate::tls::federation::check_peer_certificate(
             stream.peer_certificates(),
             &peer.roots,
             &peer.name,
-        ) {
-            self.setup.sockets.remove(socket_id);
-            return Err(LinkDown::Protocol(why));
-        }
+        )
+        .map_err(LinkDown::Protocol)?;
         let hello = PeerRequest::Hello {
             version: PEER_PROTOCOL_VERSION,
             name: self.setup.home.clone(),
         };
-        let welcome = stream
-            .write_line(&hello.to_string())
-            .and_then(|()| stream.read_line());
-        let welcome = match welcome.map(|line| PeerReply::parse(&line)) {
-            Ok(Ok(PeerReply::Welcome {
-                name,
-                room,
-                list: _,
-            })) if name == peer.name => room,
-            Ok(Ok(PeerReply::Error { code, text })) => {
-                self.setup.sockets.remove(socket_id);
+        stream.write_line(&hello.to_string())?;
+        let room = match PeerReply::parse(&stream.read_line()?) {
+            Ok(PeerReply::Welcome { name, room, .. }) if name == peer.name => room,
+            Ok(PeerReply::Error { code, text }) => {
                 return Err(LinkDown::Protocol(format!(
                     "refused: {} {text}",
                     code.as_str()
-                )));
+                )))
             }
-            Ok(_) => {
-                self.setup.sockets.remove(socket_id);
-                return Err(LinkDown::Protocol("no OK PEER with its name".into()));
-            }
-            Err(e) => {
-                self.setup.sockets.remove(socket_id);
-                return Err(e);
-            }
+            _ => return Err(LinkDown::Protocol("no OK PEER with its name".into())),
         };
-        self.peer_takes_room.store(welcome, Ordering::SeqCst);
+        self.peer_takes_room.store(room, Ordering::SeqCst);
         self.up.store(true, Ordering::SeqCst);
-        log::info!("federation: linked to {} at {address}", peer.name);
-        Ok((stream, socket_id))
+        Ok(stream)
     }
 
     /// The session's loop: the durable queue first, then whatever the inbox brings.
