@@ -285,8 +285,8 @@ fn a_version_1_database_is_upgraded_at_start_and_its_accounts_still_log_in() {
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
     assert_eq!(
-        version, 3,
-        "upgraded through every step, to the mailbox's schema"
+        version, 4,
+        "upgraded through every step, to the federation queues' schema"
     );
 }
 
