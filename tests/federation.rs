@@ -435,6 +435,7 @@ impl Rogue {
     ) -> std::io::Result<Rogue> {
         let socket = TcpStream::connect(("127.0.0.1", port))?;
         socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+        socket.set_nodelay(true)?;
         let name = rustls::pki_types::ServerName::try_from(server.to_owned()).expect("name");
         let conn = rustls::ClientConnection::new(config, name).expect("client");
         let mut stream = rustls::StreamOwned::new(conn, socket);
@@ -450,8 +451,7 @@ impl Rogue {
 
     fn send(&mut self, line: &str) -> std::io::Result<()> {
         let stream = self.reader.get_mut();
-        stream.write_all(line.as_bytes())?;
-        stream.write_all(b"\n")?;
+        stream.write_all(format!("{line}\n").as_bytes())?;
         stream.flush()
     }
 
@@ -780,4 +780,158 @@ fn a_peer_that_never_answers_slows_nobody_and_its_messages_wait_for_the_real_one
     bob.send(&format!("ACK {id}"));
     assert_eq!(status(&mut alice, "waiting").0, DeliveryState::Delivered);
     bob.assert_silent(Duration::from_millis(500));
+}
+
+#[test]
+fn a_relay_too_large_for_this_server_is_refused_for_good_and_the_link_stays_up() {
+    let (federation, fed_dir, ca) = two();
+    let alice = federation.user("a.test", "alice");
+    let port = federation.node("a.test").federation_port;
+    let mut rogue = Rogue::connect(port, &fed_dir, "b.test", &ca).expect("link");
+    rogue.request("PEER 1 b.test").unwrap();
+    // A full SEND on b.test becomes a longer RELAY: the link takes it, and a payload this
+    // server could not hand to its user is refused for good (never left at the head of
+    // b.test's queue, blocking everything behind it until it expires).
+    let max = securechat::protocol::AnnouncedLimits::DEFAULT.max_frame;
+    let relay = format!(
+        "RELAY 7 bob@b.test alice@a.test big {}",
+        "x".repeat(max + 100)
+    );
+    assert_eq!(rogue.request(&relay).unwrap(), "RACK 7 refused quota");
+    let fits = format!(
+        "RELAY 8 bob@b.test alice@a.test fits {}",
+        "y".repeat(max - 100)
+    );
+    assert_eq!(rogue.request(&fits).unwrap(), "RACK 8 queued");
+    assert_eq!(rogue.request("PING still-up").unwrap(), "PONG still-up");
+    drop(alice);
+}
+
+#[test]
+fn strangers_hold_places_on_the_federation_port_for_the_handshake_deadline_at_most() {
+    let (federation, _fed_dir, _ca) = two();
+    let port = federation.node("a.test").federation_port;
+    let started = Instant::now();
+    // Four connections that trickle a byte now and then and never finish a handshake.
+    let mut tricklers: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // A fifth from the same address is turned away at once.
+    let mut fifth = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(fifth.read(&mut byte), Ok(0) | Err(_)),
+        "a fifth pending connection from one address was kept"
+    );
+    // The four are cut at the handshake deadline however they trickle.
+    for socket in &mut tricklers {
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+    }
+    let mut open = tricklers.len();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while open > 0 && Instant::now() < deadline {
+        open = 0;
+        for socket in &mut tricklers {
+            let _ = socket.write_all(&[0x16]);
+            match socket.read(&mut byte) {
+                Ok(0) => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    open += 1
+                }
+                Err(_) => {}
+                Ok(_) => open += 1,
+            }
+        }
+    }
+    assert_eq!(
+        open, 0,
+        "trickling strangers outlived the handshake deadline"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    // The real peer still links: a message crosses.
+    let mut alice = federation.user("a.test", "alice");
+    let bob = federation.user("b.test", "bob");
+    bob.send("SEND alice@a.test after probe");
+    let (_, sender, _) = mail(&mut alice);
+    assert_eq!(sender, "bob@b.test");
+}
+
+#[test]
+fn a_peers_room_lines_beyond_its_budget_are_dropped() {
+    let (federation, fed_dir, ca) = two();
+    let mut alice = federation.user("a.test", "alice");
+    let port = federation.node("a.test").federation_port;
+    let mut rogue = Rogue::connect(port, &fed_dir, "b.test", &ca).expect("link");
+    rogue.request("PEER 1 b.test").unwrap();
+    let started = Instant::now();
+    for i in 0..300 {
+        rogue.send(&format!("ROOM bob@b.test flood-{i}")).unwrap();
+    }
+    assert_eq!(rogue.request("PING done").unwrap(), "PONG done");
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut shown = 0;
+    while let Ok(Some(line)) = alice.reader.recv_timeout(Duration::from_millis(500)) {
+        if matches!(line, ServerLine::Room { .. }) {
+            shown += 1;
+        }
+    }
+    let allowed = 40 + (20.0 * (elapsed + 0.5)).ceil() as usize;
+    assert!(shown >= 40, "the burst was not shown: {shown}");
+    assert!(
+        shown <= allowed,
+        "{shown} room lines shown, at most {allowed} allowed"
+    );
+}
+
+#[test]
+fn a_peers_prekey_fetch_budget_is_not_refilled_by_reconnecting() {
+    let (federation, fed_dir, ca) = two();
+    drop(federation.user("a.test", "alice"));
+    let port = federation.node("a.test").federation_port;
+    let fetch = |rogue: &mut Rogue, qid: usize| {
+        rogue
+            .request(&format!("BUNDLE {qid} bob@b.test alice@a.test"))
+            .unwrap()
+    };
+    // Spend the budget (it refills at 5 a second, so a few more than 300 get through).
+    let mut rogue = Rogue::connect(port, &fed_dir, "b.test", &ca).expect("link");
+    rogue.request("PEER 1 b.test").unwrap();
+    let mut spent_after = None;
+    for qid in 0..600 {
+        let answer = fetch(&mut rogue, qid);
+        if answer.contains("rate-limited") {
+            spent_after = Some(qid);
+            break;
+        }
+        assert!(answer.contains("no-prekeys"), "{answer}");
+    }
+    let spent_after = spent_after.expect("the budget ran out");
+    assert!(
+        spent_after >= 300,
+        "limited after only {spent_after} fetches"
+    );
+    drop(rogue);
+    // A new link does not bring a new budget.
+    let mut rogue = Rogue::connect(port, &fed_dir, "b.test", &ca).expect("link");
+    rogue.request("PEER 1 b.test").unwrap();
+    let limited = (0..10)
+        .filter(|qid| fetch(&mut rogue, 1000 + qid).contains("rate-limited"))
+        .count();
+    assert!(
+        limited >= 5,
+        "a reconnect refilled the budget: {limited} of 10 limited"
+    );
 }

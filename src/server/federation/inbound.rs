@@ -19,9 +19,9 @@
 //! - frames of at most the clients' frame limit; a longer one ends the link (`too-long`).
 
 use std::collections::HashMap;
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,7 @@ use crate::server::router::{Event, RouterHandle, LIST_MAX_NAMES};
 use crate::server::store::{
     BundleLookup, Enqueued, KeyLookup, Outcome, Quota, Storage, StoredMail,
 };
+use crate::sync;
 
 /// Frames a second one peer link may send, on average.
 pub(super) const PEER_RATE: u32 = 2_000;
@@ -56,13 +57,35 @@ pub(super) const PEER_BURST: u32 = 4_000;
 /// one of our users' one-time prekeys.
 const PEER_BUNDLES_PER_MINUTE: u32 = 300;
 
-/// Links accepted at once (handshaking or up), across all peers: a few per peer is plenty
-/// (each direction is one connection), and strangers without a certificate hold a place
-/// only for the handshake's deadline.
+/// Connections accepted at once (handshaking or up), across all peers: a bound on this
+/// port's threads.
 const MAX_LINKS: usize = 64;
 
-/// Deadline for the handshake and the `PEER` frame.
+/// Connections from one address that have not yet proved a peer's name: strangers share
+/// these places, and each holds one for [`HANDSHAKE_DEADLINE`] at most, so one address
+/// cannot fill the port (a place for a peer's own connection stays free elsewhere).
+pub(super) const MAX_PENDING_PER_ADDRESS: usize = 4;
+
+/// Authenticated links one peer may hold at once (it needs one; a few cover a reconnect
+/// racing the old link's end).
+pub(super) const MAX_LINKS_PER_PEER: usize = 4;
+
+/// Deadline for the handshake and the `PEER` frame together, whatever trickles in.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A peer's frames may be this many times the clients' frame limit: a `RELAY` carries a
+/// client's `SEND` payload plus two full addresses and an id, so an exactly full `SEND`
+/// still fits; its payload must still fit this server's own limit (or it is refused for
+/// good with `quota`, never left to block the peer's queue).
+const PEER_FRAME_FACTOR: usize = 2;
+
+/// Room lines a second one peer's users may put in front of this server's users, on
+/// average ([`PEER_ROOM_BURST`] at once); more are dropped, as a local sender's lines over
+/// its fan-out budget are.
+const PEER_ROOM_LINES_PER_SECOND: u32 = 20;
+
+/// The same, at once.
+const PEER_ROOM_BURST: u32 = 40;
 
 /// A link with no frame for this long is closed (the connector pings every 30 s).
 const IDLE_DEADLINE: Duration = Duration::from_secs(120);
@@ -97,6 +120,62 @@ pub(super) struct Shared {
     pub(super) max_frame: usize,
     /// The bounds of a recipient's queue (the same for relayed messages as for local ones).
     pub(super) quota: Quota,
+    /// Connections not yet authenticated, per source address.
+    pub(super) pending: Slots<IpAddr>,
+    /// Authenticated links, per peer.
+    pub(super) links: Slots<ServerName>,
+    /// Each peer's `BUNDLE` budget, across its links (a reconnect does not refill it).
+    pub(super) bundle_budgets: Mutex<HashMap<ServerName, TokenBucket>>,
+}
+
+/// Places counted per key, each given back when its [`Slot`] is dropped.
+pub(super) struct Slots<K> {
+    /// Places taken, per key (keys with none are removed).
+    taken: Arc<Mutex<HashMap<K, usize>>>,
+    /// Places per key.
+    limit: usize,
+}
+
+impl<K: Eq + std::hash::Hash + Clone> Slots<K> {
+    /// `limit` places per key.
+    pub(super) fn new(limit: usize) -> Slots<K> {
+        Slots {
+            taken: Arc::default(),
+            limit,
+        }
+    }
+
+    /// Takes a place for `key`, or `None` if all of its places are taken.
+    fn take(&self, key: &K) -> Option<Slot<K>> {
+        let mut taken = sync::lock(&self.taken);
+        let count = taken.entry(key.clone()).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            taken: self.taken.clone(),
+            key: key.clone(),
+        })
+    }
+}
+
+/// A place taken in [`Slots`]; dropping it gives it back.
+struct Slot<K: Eq + std::hash::Hash> {
+    taken: Arc<Mutex<HashMap<K, usize>>>,
+    key: K,
+}
+
+impl<K: Eq + std::hash::Hash> Drop for Slot<K> {
+    fn drop(&mut self) {
+        let mut taken = sync::lock(&self.taken);
+        if let Some(count) = taken.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                taken.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// Starts the accept loop.
@@ -143,18 +222,45 @@ fn serve(shared: &Shared, socket: TcpStream) {
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
+    let Some(pending) = socket
+        .peer_addr()
+        .ok()
+        .and_then(|a| shared.pending.take(&a.ip()))
+    else {
+        log::warn!(
+            "federation: connection from {from} refused: {MAX_PENDING_PER_ADDRESS} from its \
+             address are still proving who they are"
+        );
+        return;
+    };
     let socket_id = shared.sockets.add(&socket);
     let ended = (|| {
-        socket.set_read_timeout(Some(HANDSHAKE_DEADLINE))?;
+        let deadline = Instant::now() + HANDSHAKE_DEADLINE;
         socket.set_write_timeout(Some(HANDSHAKE_DEADLINE))?;
         // Each answer is one small write the connector waits for: Nagle's algorithm with
         // the peer's delayed ACK would hold it for 40 ms.
         socket.set_nodelay(true)?;
         let conn =
             ServerConnection::new(shared.tls.clone()).map_err(|e| LinkDown::Io(e.to_string()))?;
-        let mut stream = PeerStream::handshake(conn, socket, shared.max_frame)?;
-        let peer = match authenticate(shared, &mut stream) {
-            Ok(peer) => peer,
+        let mut stream = PeerStream::handshake(
+            conn,
+            socket,
+            PEER_FRAME_FACTOR * shared.max_frame,
+            Some(deadline),
+        )?;
+        let authenticated =
+            authenticate(shared, &mut stream, deadline).and_then(|peer| {
+                match shared.links.take(&peer) {
+                    Some(slot) => Ok((peer, slot)),
+                    None => Err((
+                        LinkError::NotAuthorized,
+                        format!("{peer} already holds {MAX_LINKS_PER_PEER} links"),
+                    )),
+                }
+            });
+        drop(pending);
+        let (peer, _link) = match authenticated {
+            Ok(authenticated) => authenticated,
             Err((code, text)) => {
                 let _ = stream.write_line(
                     &PeerReply::Error {
@@ -175,7 +281,7 @@ fn serve(shared: &Shared, socket: TcpStream) {
         let mut session = Session {
             shared,
             peer,
-            bundles: TokenBucket::per_minute(PEER_BUNDLES_PER_MINUTE, Instant::now()),
+            room: TokenBucket::new(PEER_ROOM_LINES_PER_SECOND, PEER_ROOM_BURST),
         };
         session.run(&mut stream)
     })();
@@ -190,9 +296,10 @@ fn serve(shared: &Shared, socket: TcpStream) {
 fn authenticate(
     shared: &Shared,
     stream: &mut PeerStream<ServerConnection>,
+    deadline: Instant,
 ) -> std::result::Result<ServerName, (LinkError, String)> {
     let line = stream
-        .read_line()
+        .read_line_by(deadline)
         .map_err(|e| (LinkError::BadFrame, format!("no PEER frame: {e}")))?;
     let Ok(PeerRequest::Hello { version, name }) = PeerRequest::parse(&line) else {
         return Err((
@@ -236,8 +343,8 @@ struct Session<'a> {
     shared: &'a Shared,
     /// Who the certificate proved.
     peer: ServerName,
-    /// The peer's `BUNDLE` budget.
-    bundles: TokenBucket,
+    /// The room lines this link may still show.
+    room: TokenBucket,
 }
 
 /// What a request's check decided.
@@ -366,6 +473,12 @@ impl Session<'_> {
                 reference,
                 payload,
             } => {
+                if payload.len() > self.shared.max_frame {
+                    return Ok(Some(PeerReply::Rack {
+                        id,
+                        outcome: RelayOutcome::Refused(Refusal::Quota),
+                    }));
+                }
                 let sender_text = sender.to_string();
                 let now = unix_now();
                 let quota = self.shared.quota;
@@ -427,7 +540,13 @@ impl Session<'_> {
                 }
             }
             PeerRequest::Room { sender, text } => {
-                if self.shared.share_room {
+                self.room.refill(Instant::now());
+                if !self.room.take() {
+                    log::debug!(
+                        "federation: a room line from {sender} dropped: over {}'s budget",
+                        self.peer
+                    );
+                } else if self.shared.share_room {
                     let line = remote_room_line(&sender, &text);
                     let _ = self.shared.router.send(Event::PeerRoom(line));
                 }
@@ -460,8 +579,16 @@ impl Session<'_> {
         owner: &UserName,
         shown: &Address,
     ) -> std::result::Result<PeerReply, LinkDown> {
-        self.bundles.refill(Instant::now());
-        if !self.bundles.take() {
+        let spent = {
+            let now = Instant::now();
+            let mut budgets = sync::lock(&self.shared.bundle_budgets);
+            let bucket = budgets
+                .entry(self.peer.clone())
+                .or_insert_with(|| TokenBucket::per_minute(PEER_BUNDLES_PER_MINUTE, now));
+            bucket.refill(now);
+            !bucket.take()
+        };
+        if spent {
             return Ok(fail(
                 qid,
                 "rate-limited",

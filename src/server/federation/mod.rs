@@ -225,6 +225,9 @@ impl Federation {
                 share_presence: config.share_presence,
                 max_frame,
                 quota,
+                pending: inbound::Slots::new(inbound::MAX_PENDING_PER_ADDRESS),
+                links: inbound::Slots::new(inbound::MAX_LINKS_PER_PEER),
+                bundle_budgets: Mutex::default(),
             },
         )?;
         sync::lock(&federation.threads).push(acceptor);

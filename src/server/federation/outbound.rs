@@ -318,7 +318,7 @@ impl Connector {
         socket: TcpStream,
     ) -> std::result::Result<PeerStream<ClientConnection>, LinkDown> {
         let peer = &self.setup.peer;
-        let mut stream = PeerStream::handshake(conn, socket, self.setup.max_frame)?;
+        let mut stream = PeerStream::handshake(conn, socket, self.setup.max_frame, None)?;
         // rustls checked the chain and the name; the check is made again here, explicitly,
         // so that which peer this is never rests on configuration alone.
         crate::tls::federation::check_peer_certificate(

@@ -10,7 +10,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::ops::{Deref, DerefMut};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::CertificateDer;
 use rustls::{ConnectionCommon, SideData, StreamOwned};
@@ -62,6 +62,17 @@ pub(super) struct PeerStream<C> {
     lines: LineBuffer,
 }
 
+/// What is left until `deadline`; `TimedOut` once it passed (a zero timeout would mean
+/// "no timeout" to the socket).
+fn remaining(deadline: Instant) -> Result<Duration, LinkDown> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(LinkDown::TimedOut)
+    } else {
+        Ok(left)
+    }
+}
+
 /// Bytes read from the socket at a time.
 const READ_BYTES: usize = 16 * 1024;
 
@@ -70,13 +81,19 @@ where
     C: Deref<Target = ConnectionCommon<S>> + DerefMut,
     S: SideData + 'static,
 {
-    /// Completes the TLS handshake on `socket` within its current timeouts.
+    /// Completes the TLS handshake on `socket`, by `deadline` in all (each read gets what
+    /// is left of it, so a peer that trickles bytes cannot stretch it), or within the
+    /// socket's own per-read timeout without one.
     pub(super) fn handshake(
         mut conn: C,
         mut socket: TcpStream,
         max_frame: usize,
+        deadline: Option<Instant>,
     ) -> Result<PeerStream<C>, LinkDown> {
         while conn.is_handshaking() {
+            if let Some(deadline) = deadline {
+                socket.set_read_timeout(Some(remaining(deadline)?))?;
+            }
             conn.complete_io(&mut socket)
                 .map_err(|e| LinkDown::Io(format!("TLS handshake failed: {e}")))?;
         }
@@ -111,8 +128,17 @@ where
         self.write_frames(&frame)
     }
 
-    /// The next frame, waiting at most the read timeout for it.
+    /// The next frame, by `deadline` in all.
+    pub(super) fn read_line_by(&mut self, deadline: Instant) -> Result<String, LinkDown> {
+        self.read_frame(Some(deadline))
+    }
+
+    /// The next frame, waiting at most the read timeout for each read.
     pub(super) fn read_line(&mut self) -> Result<String, LinkDown> {
+        self.read_frame(None)
+    }
+
+    fn read_frame(&mut self, deadline: Option<Instant>) -> Result<String, LinkDown> {
         let mut scratch = [0u8; READ_BYTES];
         loop {
             let mut taken: Option<Result<String, LinkDown>> = None;
@@ -124,6 +150,9 @@ where
                 .map_err(LinkDown::Frame)?;
             if let Some(line) = taken {
                 return line;
+            }
+            if let Some(deadline) = deadline {
+                self.tls.sock.set_read_timeout(Some(remaining(deadline)?))?;
             }
             let n = self.tls.read(&mut scratch)?;
             if n == 0 {
