@@ -249,6 +249,21 @@ fn messages_and_receipts_cross_every_pair_of_three_servers_both_ways() {
     }
 }
 
+/// Each server of a federation announces its name in its greeting, which its clients bind
+/// into their end-to-end cryptography (`report/protocol.md` §7.1, §11.5).
+#[test]
+fn a_federating_server_announces_its_name_in_the_greeting() {
+    let federation = Federation::start(&["a.test", "b.test"]);
+    for name in ["a.test", "b.test"] {
+        let process = federation.node(name).process.as_ref().expect("running");
+        let config = tls::client_config(Some(&process.ca)).expect("client config");
+        let (link, _, info) =
+            securechat::client::link::connect(&process.address(), config).expect("connect");
+        assert_eq!(info.home, Some(ServerName::parse(name).expect("name")));
+        link.close();
+    }
+}
+
 #[test]
 fn keys_and_prekey_bundles_of_remote_users_are_fetched_through_the_federation() {
     let federation = Federation::start(&["a.test", "b.test"]);

@@ -10,7 +10,7 @@ use securechat::client::commands;
 use securechat::e2e::{IdentityPublicKey, Payload};
 use securechat::password::password_problems;
 use securechat::protocol::frame::{decode_line, FrameError, LineBuffer};
-use securechat::protocol::name::{normalize_username, RESERVED_USERNAMES};
+use securechat::protocol::name::{normalize_username, ServerName, RESERVED_USERNAMES};
 use securechat::protocol::{
     AnnouncedLimits, Command, DeliveryState, ErrorCode, OneTimePrekey, PrekeyList, Refusal,
     Request, ServerLine,
@@ -214,6 +214,12 @@ fn text() -> impl Strategy<Value = String> {
     "[^\\p{C}]{0,40}"
 }
 
+/// A canonical server name, as a federating server announces in its greeting.
+fn server_name() -> impl Strategy<Value = ServerName> {
+    "[a-z][a-z0-9-]{0,8}[a-z0-9](\\.[a-z][a-z0-9]{0,8}){0,2}"
+        .prop_map(|name| ServerName::parse(&name).expect("a canonical server name"))
+}
+
 /// A message reference, as `SEND` allows.
 fn reference() -> impl Strategy<Value = String> {
     "[A-Za-z0-9_-]{1,32}"
@@ -252,8 +258,16 @@ fn server_line() -> impl Strategy<Value = ServerLine> {
             }
         });
     prop_oneof![
-        (any::<u32>(), prop::option::of(limits))
-            .prop_map(|(version, limits)| ServerLine::Hello { version, limits }),
+        (
+            any::<u32>(),
+            prop::option::of(limits),
+            prop::option::of(server_name())
+        )
+            .prop_map(|(version, limits, name)| ServerLine::Hello {
+                version,
+                limits,
+                name
+            }),
         (command(), text()).prop_map(|(command, detail)| ServerLine::Ok { command, detail }),
         (prop::option::of(command()), error_code(), text()).prop_map(|(command, code, text)| {
             ServerLine::Err {

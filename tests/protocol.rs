@@ -8,6 +8,18 @@ use std::time::Duration;
 use common::{err_code, ok, TestServer, PASSWORD};
 use securechat::protocol::ServerLine;
 
+/// A server that does not federate announces no name: its clients bind names as before
+/// federation (`report/protocol.md` §7.1).
+#[test]
+fn a_server_that_does_not_federate_announces_no_name() {
+    let server = TestServer::start();
+    let (link, _, info) =
+        securechat::client::link::connect(&server.address(), server.client_config())
+            .expect("connect");
+    assert_eq!(info.home, None);
+    link.close();
+}
+
 #[test]
 fn register_then_login_and_the_password_is_stored_only_as_bcrypt() {
     let server = TestServer::start();

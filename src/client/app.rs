@@ -978,6 +978,7 @@ mod tests {
             &dir.path().join("mailbox"),
             &IdentityKey::generate().unwrap(),
             "alice",
+            None,
             Group::Ffdhe2048,
             0,
         )

@@ -35,9 +35,25 @@
 //!   [`crate::e2e::look_alike_skeleton`]) is held with a warning until `/accept USER`:
 //!   nothing is pinned, answered or sent before.
 //! * Every private message shown carries its sender's trust state ([`Trust`]).
+//!
+//! **Names in the cryptography.** Users are named here as this client's server spells them:
+//! bare for its own users, `user@server` for users of another server. Those spellings differ
+//! between the two ends of a conversation across servers (alice on `a.test` writes to
+//! `bob@b.test` as `alice`; bob on `b.test` reads `alice@a.test` as `bob`), so they are not
+//! what the cryptography binds. When the server announced its federation name in its
+//! greeting (its *home*, [`EndToEnd::with_home`]), every name that enters a handshake
+//! transcript, a prekey signature or associated data (`src/client/mailbox.rs`), a safety
+//! number, or the choice of who wins a simultaneous exchange, is first qualified with
+//! [`Address::qualified`]: `me` becomes `me@home`, a bare peer `bob` becomes `bob@home`, a
+//! full `bob@b.test` stays. Both ends then bind the same full addresses. Without a home (a
+//! server that does not federate) names are bound exactly as typed, so sessions and safety
+//! numbers on such servers are unchanged. Pins, the screen and the mailbox file keep the
+//! server's spelling; only the binding is qualified.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
+
+use crate::protocol::name::{Address, ServerName};
 
 use crate::e2e::{
     safety_number, E2eError, EncryptedMessage, Group, IdentityKey, IdentityPublicKey, Init,
@@ -274,8 +290,11 @@ impl Peer {
 
 /// The end-to-end layer for one logged-in user.
 pub struct EndToEnd {
-    /// Our user name.
+    /// Our user name, as the server spells it (bare).
     me: String,
+    /// The federation name our server announced, if any: names bound into the cryptography
+    /// are qualified with it (see the module docs).
+    home: Option<ServerName>,
     /// Our long-term identity key (signs our half of each exchange).
     identity: IdentityKey,
     /// Peers' pinned identity keys (trust on first use).
@@ -301,6 +320,7 @@ impl EndToEnd {
     ) -> EndToEnd {
         EndToEnd {
             me: me.to_owned(),
+            home: None,
             identity,
             pins,
             group,
@@ -308,6 +328,19 @@ impl EndToEnd {
             peers: HashMap::new(),
             answered: VecDeque::new(),
         }
+    }
+
+    /// This layer for a user of a server that announced `home` as its federation name:
+    /// from now on the names bound into the cryptography are full addresses (see the
+    /// module docs). `None`, the default, binds names as the server spells them.
+    pub fn with_home(mut self, home: Option<ServerName>) -> EndToEnd {
+        self.home = home;
+        self
+    }
+
+    /// `user` as the cryptography binds it: [`Address::qualified`] with our home.
+    fn bound(&self, user: &str) -> String {
+        Address::qualified(user, self.home.as_ref())
     }
 
     /// Our identity public key (published with `SETKEY`).
@@ -891,7 +924,8 @@ impl EndToEnd {
             }
             None => (*offered, "not pinned yet".to_owned()),
         };
-        let number = safety_number(&self.me, &mine, user, &key);
+        let (me_bound, user_bound) = (self.bound(&self.me), self.bound(user));
+        let number = safety_number(&me_bound, &mine, &user_bound, &key);
         let mut actions = vec![info(&format!(
             "safety number with {user}: {number}\n  {user}'s key {} ({status}). Read the number \
              to each other in person or on a call: if it matches, nobody is in the middle",
@@ -906,7 +940,7 @@ impl EndToEnd {
                  number above is the pinned key's. With the new key it would be {}: only if \
                  that is the number {user} reads to you, /accept {user}",
                 new_key.fingerprint(),
-                safety_number(&self.me, &mine, user, &new_key)
+                safety_number(&me_bound, &mine, &user_bound, &new_key)
             )));
         }
         actions
@@ -945,7 +979,9 @@ impl EndToEnd {
     /// no signature), so a session we have stays until the new exchange is confirmed. A
     /// stranger's is held as a message request; a contact's is answered within the budgets.
     fn init_arrived(&mut self, from: &str, init: Init) -> Vec<Action> {
-        let me_first = self.me.as_str() < from;
+        // Compared as bound: the spellings of two users on different servers need not sort
+        // the same way at both ends, full addresses do.
+        let me_first = self.bound(&self.me) < self.bound(from);
         // Taken before the match below, which changes nothing on the paths that reach the
         // check.
         let stranger = self.is_stranger(from);
@@ -1006,8 +1042,10 @@ impl EndToEnd {
     fn proceed(&mut self, user: &str, key: IdentityPublicKey, init: Option<Init>) -> Vec<Action> {
         let explain = self.explain_all || self.peer(user).explain;
         let mut actions = Vec::new();
+        // The names the transcript binds (see the module docs); the screen keeps `user`.
+        let (me, them) = (self.bound(&self.me), self.bound(user));
         match init {
-            Some(init) => match Responder::accept(&self.me, user, &init, &self.identity, &key) {
+            Some(init) => match Responder::accept(&me, &them, &init, &self.identity, &key) {
                 Ok((responder, reply)) => {
                     if explain {
                         explain_lines(
@@ -1024,7 +1062,7 @@ impl EndToEnd {
                 }
                 Err(e) => return self.failed(user, &e),
             },
-            None => match Initiator::start(&self.me, user, self.group) {
+            None => match Initiator::start(&me, &them, self.group) {
                 Ok((initiator, init)) => {
                     if explain {
                         explain_lines(&mut actions, user, initiator.explanation().latest_step());
@@ -1252,6 +1290,7 @@ pub(super) fn warn(text: &str) -> Action {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::name::ServerName;
 
     /// alice's `EndToEnd`, with bob's key pinned, and bob's DH-INIT to her.
     fn alice_with_bob_pinned(dir: &std::path::Path) -> (EndToEnd, IdentityKey, String) {
@@ -1262,6 +1301,198 @@ mod tests {
         let secure = EndToEnd::new("alice", alice, pins, Group::Ffdhe2048, false);
         let (_, init) = Initiator::start("bob", "alice", Group::Ffdhe2048).expect("init");
         (secure, bob, Payload::Init(init).to_string())
+    }
+
+    /// One user of a federation for the live tests: its layer, as its server spells the
+    /// other user, and its key.
+    struct Federated {
+        secure: EndToEnd,
+        /// How this user's server spells the peer.
+        peer: &'static str,
+        /// How the peer's server spells this user (the sender name of what it routes).
+        as_seen: &'static str,
+        key: IdentityPublicKey,
+        /// Lines shown to this user.
+        shown: Vec<Notice>,
+    }
+
+    /// `me` on the server `home`, with its peer (`peer`, `peer_key`) pinned.
+    fn federated(
+        dir: &std::path::Path,
+        me: &str,
+        home: &str,
+        (peer, peer_key): (&'static str, IdentityPublicKey),
+        as_seen: &'static str,
+        seed: u8,
+    ) -> Federated {
+        let mut pins = PinStore::open(&dir.join(format!("{me}-{home}-pins"))).expect("pins");
+        pins.pin(peer, &peer_key).expect("pin");
+        let identity = IdentityKey::from_fixed_seed(&[seed; 32]).expect("key");
+        let key = identity.public_key();
+        let home = ServerName::parse(home).expect("server name");
+        Federated {
+            secure: EndToEnd::new(me, identity, pins, Group::Ffdhe2048, false)
+                .with_home(Some(home)),
+            peer,
+            as_seen,
+            key,
+            shown: Vec::new(),
+        }
+    }
+
+    /// Carries out both sides' actions until none is left: sends are routed to the other
+    /// side under the sender's name as the other side's server spells it; key fetches are
+    /// answered with the right key.
+    fn run(sides: &mut [Federated; 2], mut pending: Vec<(usize, Action)>) {
+        let keys = [sides[0].key, sides[1].key];
+        while !pending.is_empty() {
+            for (side, action) in std::mem::take(&mut pending) {
+                let other = 1 - side;
+                let actions = match action {
+                    Action::Send { to, payload } => {
+                        assert_eq!(to, sides[side].peer);
+                        let from = sides[side].as_seen;
+                        pending.extend(
+                            sides[other]
+                                .secure
+                                .payload_arrived(from, &payload)
+                                .into_iter()
+                                .map(|action| (other, action)),
+                        );
+                        continue;
+                    }
+                    Action::FetchKey(user) => {
+                        assert_eq!(user, sides[side].peer);
+                        sides[side]
+                            .secure
+                            .key_arrived(&user, &keys[other].to_base64())
+                    }
+                    Action::Show(notice) => {
+                        sides[side].shown.push(notice);
+                        continue;
+                    }
+                };
+                pending.extend(actions.into_iter().map(|action| (side, action)));
+            }
+        }
+    }
+
+    fn received_by(side: &Federated) -> Vec<(&str, &str)> {
+        side.shown
+            .iter()
+            .filter_map(|notice| match notice {
+                Notice::Received { from, text, .. } => Some((from.as_str(), text.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// alice on a.test and bob on b.test, each naming the other in full and itself bare:
+    /// the live exchange's signatures verify at both ends, and messages open both ways.
+    #[test]
+    fn a_live_exchange_between_users_of_two_servers_binds_their_full_addresses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let alice_key = IdentityKey::from_fixed_seed(&[1; 32])
+            .expect("key")
+            .public_key();
+        let bob_key = IdentityKey::from_fixed_seed(&[2; 32])
+            .expect("key")
+            .public_key();
+        let mut sides = [
+            federated(
+                dir.path(),
+                "alice",
+                "a.test",
+                ("bob@b.test", bob_key),
+                "alice@a.test",
+                1,
+            ),
+            federated(
+                dir.path(),
+                "bob",
+                "b.test",
+                ("alice@a.test", alice_key),
+                "bob@b.test",
+                2,
+            ),
+        ];
+        let first = sides[0].secure.send_text("bob@b.test", "hello bob");
+        run(&mut sides, first.into_iter().map(|a| (0, a)).collect());
+        assert_eq!(
+            received_by(&sides[1]),
+            [("alice@a.test", "hello bob")],
+            "{:?}",
+            sides[1].shown
+        );
+        let reply = sides[1].secure.send_text("alice@a.test", "hi alice");
+        run(&mut sides, reply.into_iter().map(|a| (1, a)).collect());
+        assert_eq!(
+            received_by(&sides[0]),
+            [("bob@b.test", "hi alice")],
+            "{:?}",
+            sides[0].shown
+        );
+    }
+
+    /// Two users both named `alice`, on a.test and b.test, start exchanges with each other
+    /// at once: exactly one exchange wins (compared as bound, `alice@a.test` sorts first at
+    /// both ends; compared as spelled, each end would think its own bare name wins and
+    /// neither would answer) and both messages arrive.
+    #[test]
+    fn simultaneous_exchanges_across_servers_settle_on_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let at_a = IdentityKey::from_fixed_seed(&[1; 32])
+            .expect("key")
+            .public_key();
+        let at_b = IdentityKey::from_fixed_seed(&[2; 32])
+            .expect("key")
+            .public_key();
+        let mut sides = [
+            federated(
+                dir.path(),
+                "alice",
+                "a.test",
+                ("alice@b.test", at_b),
+                "alice@a.test",
+                1,
+            ),
+            federated(
+                dir.path(),
+                "alice",
+                "b.test",
+                ("alice@a.test", at_a),
+                "alice@b.test",
+                2,
+            ),
+        ];
+        let mut pending: Vec<(usize, Action)> = Vec::new();
+        pending.extend(
+            sides[0]
+                .secure
+                .send_text("alice@b.test", "from a")
+                .into_iter()
+                .map(|a| (0, a)),
+        );
+        pending.extend(
+            sides[1]
+                .secure
+                .send_text("alice@a.test", "from b")
+                .into_iter()
+                .map(|a| (1, a)),
+        );
+        run(&mut sides, pending);
+        assert_eq!(
+            received_by(&sides[1]),
+            [("alice@a.test", "from a")],
+            "{:?}",
+            sides[1].shown
+        );
+        assert_eq!(
+            received_by(&sides[0]),
+            [("alice@b.test", "from b")],
+            "{:?}",
+            sides[0].shown
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use rustls::pki_types::ServerName;
 
 use crate::error::{Error, Result};
 use crate::protocol::frame::LineBuffer;
+use crate::protocol::name::ServerName as FederationName;
 use crate::protocol::{AnnouncedLimits, Request, ServerLine, PROTOCOL_VERSION};
 use crate::tls::stream::{ReadOutcome, TlsStream};
 
@@ -59,6 +60,10 @@ pub struct LinkInfo {
     /// What the server allows this client, as its greeting announced; from a server that
     /// announces nothing (an older one), the defaults of this crate's server.
     pub limits: AnnouncedLimits,
+    /// The server's federation name, when it announced one (it federates): the client's
+    /// *home*, with which it qualifies the names bound into end-to-end cryptography
+    /// (`src/client/end_to_end.rs`). `None` for a server that does not federate.
+    pub home: Option<FederationName>,
 }
 
 /// Connects to `server` (`host:port`), verifying its certificate for `host` with `config`,
@@ -115,10 +120,12 @@ pub fn connect_to(
         .set_read_timeout(Some(deadline.saturating_duration_since(Instant::now())))?;
     let greeting = reader.recv()?;
     stream.socket().set_read_timeout(None)?;
-    let limits = match greeting {
-        Some(ServerLine::Hello { version, limits }) if version == PROTOCOL_VERSION => {
-            limits.unwrap_or(AnnouncedLimits::DEFAULT)
-        }
+    let (limits, home) = match greeting {
+        Some(ServerLine::Hello {
+            version,
+            limits,
+            name,
+        }) if version == PROTOCOL_VERSION => (limits.unwrap_or(AnnouncedLimits::DEFAULT), name),
         Some(ServerLine::Hello { version, .. }) => {
             return Err(Error::Protocol(format!(
                 "server speaks protocol version {version}; this client speaks {PROTOCOL_VERSION}"
@@ -135,6 +142,7 @@ pub fn connect_to(
         addr,
         tls: stream.describe(),
         limits,
+        home,
     };
     let link = Link {
         stream,

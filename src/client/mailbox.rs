@@ -39,6 +39,12 @@
 //! is forgotten first (its final state is then shown without its text, and it cannot be sent
 //! again); the caller tells the user which ([`Mailbox::remember_sent`]).
 //!
+//! Names: sessions and sent messages are keyed by the server's spelling of the peer (bare
+//! for users of my server), and nothing in the file names me. What the cryptography binds
+//! (my prekey signatures, each session's AD) are the names qualified with my server's
+//! federation name when it announced one (`src/client/end_to_end.rs`, names in the
+//! cryptography); my keys are signed again for that name at every load.
+//!
 //! Rules it keeps:
 //! * Every change is saved before the call returns, so the caller acknowledges a `MAIL` (or
 //!   sends a `SEND`) only once the state it produced is on disk. If saving fails the call
@@ -61,6 +67,7 @@ use crate::e2e::{
     SignedPrekey, MAX_PAYLOAD_LEN, MAX_PLAINTEXT_LEN,
 };
 use crate::files::write_atomically;
+use crate::protocol::name::{Address, ServerName};
 
 /// The mailbox file inside a user directory.
 pub const MAILBOX_FILE: &str = "mailbox";
@@ -105,8 +112,13 @@ const FLAG_TEXT: u8 = 2;
 pub struct Mailbox {
     /// Where it is saved.
     path: PathBuf,
-    /// My user name (signed into my prekeys, bound into every session's AD).
+    /// My user name as the cryptography binds it (signed into my prekeys, bound into every
+    /// session's AD): qualified with [`Mailbox::home`] when there is one.
     me: String,
+    /// My server's federation name, if it announced one: peers' names are qualified with it
+    /// before they are bound (`src/client/end_to_end.rs`, names in the cryptography), while
+    /// sessions stay keyed by the server's spelling.
+    home: Option<ServerName>,
     /// My Ed25519 identity public key (for the session's AD).
     my_identity: IdentityPublicKey,
     /// `IK`: my long-term identity DH key.
@@ -206,26 +218,32 @@ impl Mailbox {
     /// Loads the mailbox at `path`, or makes a fresh one (in `group`) when there is none or it
     /// cannot be used; `now` is unix seconds, to rotate an old signed prekey. The second value
     /// is a problem to show the user: the old file could not be read and was replaced.
+    /// `me` is my name as the server spells it; `home` my server's federation name, if it
+    /// announced one (then my keys are signed for, and sessions bind, full addresses).
+    /// Nothing in the file depends on `home`: the signatures are made again at each load.
     pub fn load_or_create(
         path: &Path,
         identity: &IdentityKey,
         me: &str,
+        home: Option<&ServerName>,
         group: Group,
         now: u64,
     ) -> Result<(Mailbox, Option<String>), E2eError> {
+        let bound = Address::qualified(me, home);
+        let me = bound.as_str();
         let (mut mailbox, problem) = match std::fs::read(path) {
-            Ok(bytes) => match Mailbox::decode(path, identity, me, &bytes) {
+            Ok(bytes) => match Mailbox::decode(path, identity, me, home, &bytes) {
                 Ok(mailbox) => (mailbox, None),
                 Err(e) => (
-                    Mailbox::fresh(path, identity, me, group, now)?,
+                    Mailbox::fresh(path, identity, me, home, group, now)?,
                     Some(replaced(path, &e.to_string())),
                 ),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                (Mailbox::fresh(path, identity, me, group, now)?, None)
+                (Mailbox::fresh(path, identity, me, home, group, now)?, None)
             }
             Err(e) => (
-                Mailbox::fresh(path, identity, me, group, now)?,
+                Mailbox::fresh(path, identity, me, home, group, now)?,
                 Some(replaced(path, &e.to_string())),
             ),
         };
@@ -239,17 +257,20 @@ impl Mailbox {
         Ok((mailbox, problem))
     }
 
-    /// A new mailbox: a new identity DH key and signed prekey, nothing else.
+    /// A new mailbox: a new identity DH key and signed prekey, nothing else. `me` is my
+    /// name as bound (already qualified).
     fn fresh(
         path: &Path,
         identity: &IdentityKey,
         me: &str,
+        home: Option<&ServerName>,
         group: Group,
         now: u64,
     ) -> Result<Mailbox, E2eError> {
         Ok(Mailbox {
             path: path.to_owned(),
             me: me.to_owned(),
+            home: home.cloned(),
             my_identity: identity.public_key(),
             identity_dh: IdentityDhKey::generate(identity, me, group)?,
             signed_prekey: SignedPrekey::generate(identity, me, 1, group)?,
@@ -327,8 +348,9 @@ impl Mailbox {
             name: &self.me,
             identity: self.my_identity,
         };
+        let bound = Address::qualified(peer, self.home.as_ref());
         let them = Party {
-            name: peer,
+            name: &bound,
             identity: pinned,
         };
         let (ratchet, first) = initiate(&me, &self.identity_dh, &them, bundle, text)?;
@@ -397,8 +419,9 @@ impl Mailbox {
                     name: &self.me,
                     identity: self.my_identity,
                 };
+                let bound = Address::qualified(peer, self.home.as_ref());
                 let them = Party {
-                    name: peer,
+                    name: &bound,
                     identity: pinned,
                 };
                 let (ratchet, text) = respond(
@@ -635,11 +658,13 @@ impl Mailbox {
         encode_fields(&slices)
     }
 
-    /// Reads [`Mailbox::encode`]'s form; the keys are signed again for `me` with `identity`.
+    /// Reads [`Mailbox::encode`]'s form; the keys are signed again for `me` (my name as
+    /// bound, already qualified) with `identity`.
     fn decode(
         path: &Path,
         identity: &IdentityKey,
         me: &str,
+        home: Option<&ServerName>,
         bytes: &[u8],
     ) -> Result<Mailbox, E2eError> {
         let mut fields = Fields::new(bytes, "offline mailbox", E2eError::State);
@@ -683,6 +708,7 @@ impl Mailbox {
         Ok(Mailbox {
             path: path.to_owned(),
             me: me.to_owned(),
+            home: home.cloned(),
             my_identity: identity.public_key(),
             identity_dh,
             signed_prekey,
@@ -818,6 +844,7 @@ mod tests {
                 &self.path,
                 &self.identity,
                 self.name,
+                None,
                 Group::Ffdhe2048,
                 now,
             )
@@ -1030,7 +1057,7 @@ mod tests {
         let old = bob.mailbox().bundle_record();
         std::fs::write(&bob.path, b"not a mailbox").expect("write");
         let (mailbox, problem) =
-            Mailbox::load_or_create(&bob.path, &bob.identity, "bob", Group::Ffdhe2048, NOW)
+            Mailbox::load_or_create(&bob.path, &bob.identity, "bob", None, Group::Ffdhe2048, NOW)
                 .expect("fresh");
         let problem = problem.expect("a problem is reported");
         assert!(problem.contains("cannot be read"), "{problem}");
@@ -1165,9 +1192,15 @@ mod tests {
         let mut mailbox = alice.mailbox();
         let long = "x".repeat(MAX_PLAINTEXT_LEN + 1);
         mailbox.remember("bob", &long, "RATCHET long");
-        let (_, problem) =
-            Mailbox::load_or_create(&alice.path, &alice.identity, "alice", Group::Ffdhe2048, NOW)
-                .expect("fresh");
+        let (_, problem) = Mailbox::load_or_create(
+            &alice.path,
+            &alice.identity,
+            "alice",
+            None,
+            Group::Ffdhe2048,
+            NOW,
+        )
+        .expect("fresh");
         let problem = problem.expect("a problem is reported");
         assert!(problem.contains("not valid"), "{problem}");
     }

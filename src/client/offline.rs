@@ -816,6 +816,7 @@ mod tests {
     use super::*;
     use crate::client::mailbox::{MAILBOX_FILE, ONE_TIME_PREKEY_TARGET};
     use crate::e2e::{Group, IdentityKey, PinStore};
+    use crate::protocol::name::ServerName;
 
     const LIMITS: MailboxLimits = MailboxLimits {
         ttl_seconds: 14 * 86_400,
@@ -828,6 +829,9 @@ mod tests {
         name: &'static str,
         seed: u8,
         dir: tempfile::TempDir,
+        /// The federation name its server announces (`None`: a server that does not
+        /// federate).
+        home: Option<ServerName>,
     }
 
     impl Client {
@@ -836,7 +840,14 @@ mod tests {
                 name,
                 seed,
                 dir: tempfile::tempdir().expect("dir"),
+                home: None,
             }
+        }
+
+        /// The same user, on a server that announces `home` as its federation name.
+        fn at(mut self, home: &str) -> Client {
+            self.home = Some(ServerName::parse(home).expect("server name"));
+            self
         }
 
         fn identity(&self) -> IdentityKey {
@@ -857,13 +868,15 @@ mod tests {
                 &self.dir.path().join(MAILBOX_FILE),
                 &identity,
                 self.name,
+                self.home.as_ref(),
                 Group::Ffdhe2048,
                 1_800_000_000,
             )
             .expect("mailbox");
             assert_eq!(problem, None);
             let pins = PinStore::open(&self.dir.path().join("pins")).expect("pins");
-            let secure = EndToEnd::new(self.name, identity, pins, Group::Ffdhe2048, false);
+            let secure = EndToEnd::new(self.name, identity, pins, Group::Ffdhe2048, false)
+                .with_home(self.home.clone());
             let mut offline = Offline::new(mailbox);
             let steps = offline.connected(Some(LIMITS));
             (offline, secure, steps)
@@ -1024,6 +1037,104 @@ mod tests {
         // Her next message goes in the same session: no key or bundle fetched.
         let next = frames(&offline.send("bob", vec!["four".to_owned()]));
         assert!(next.len() == 1 && next[0].contains(" RATCHET "), "{next:?}");
+    }
+
+    /// The private messages among `steps`, as `(from, text)`.
+    fn received(steps: &[Step]) -> Vec<(&str, &str)> {
+        steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Received { from, text, .. } => Some((from.as_str(), text.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The safety number `secure` shows with `user` (`/fingerprint user`, the server
+    /// answering with `key`).
+    fn safety_number_shown(secure: &mut EndToEnd, user: &str, key: &IdentityPublicKey) -> String {
+        assert_eq!(
+            secure.fingerprint(Some(user)),
+            [Action::FetchKey(user.to_owned())]
+        );
+        let prefix = format!("safety number with {user}: ");
+        secure
+            .key_arrived(user, &key.to_base64())
+            .iter()
+            .find_map(|action| match action {
+                Action::Show(Notice::Info(text)) => text
+                    .strip_prefix(&prefix)
+                    .and_then(|rest| rest.lines().next())
+                    .map(str::to_owned),
+                _ => None,
+            })
+            .expect("a safety number shown")
+    }
+
+    /// Across servers each client spells the two users differently (alice on a.test calls
+    /// herself `alice` and him `bob@b.test`; bob on b.test calls himself `bob` and her
+    /// `alice@a.test`). With the names its server announced, each binds the same full
+    /// addresses: bob's prekey signatures verify at alice's, her first message and his
+    /// reply open, and both show one safety number.
+    #[test]
+    fn users_of_two_servers_write_offline_reply_and_see_one_safety_number() {
+        let alice = Client::new("alice", 1).at("a.test");
+        let bob = Client::new("bob", 2).at("b.test");
+        let (alice_key, bob_key) = (alice.identity().public_key(), bob.identity().public_key());
+        let (bob_offline, _) = bob.start();
+        let record = BASE64.encode(bob_offline.mailbox.bundle_record().to_bytes());
+
+        // Alice writes to bob, who is offline (across servers, always offline delivery).
+        let (mut offline, mut secure) = alice.start();
+        let asked = frames(&offline.send("bob@b.test", vec!["hello bob".to_owned()]));
+        assert_eq!(asked, ["GETKEY bob@b.test", "BUNDLE bob@b.test"]);
+        let mut steps = offline.key_arrived("bob@b.test", &bob_key.to_base64(), &mut secure);
+        steps.extend(offline.bundle_arrived("bob@b.test", &record, None));
+        let (_, first) = one_send(&steps);
+        assert!(first.starts_with("X3DH "), "{steps:?}");
+
+        // Bob's client reads it (alice's key pinned, so no message request) and replies.
+        let (mut bob_offline, mut bob_secure) = bob.start();
+        bob_secure
+            .offline_key("alice@a.test", &alice_key, &mut Vec::new())
+            .expect("pin alice");
+        let steps = bob_offline.mail(1, "alice@a.test", 1_800_000_000, first, &bob_secure);
+        assert_eq!(
+            received(&steps),
+            [("alice@a.test", "hello bob")],
+            "{steps:?}"
+        );
+        assert_eq!(frames(&steps), ["ACK 1"]);
+        let (_, reply) = one_send(&bob_offline.send("alice@a.test", vec!["hi alice".to_owned()]));
+        assert!(reply.starts_with("RATCHET "));
+
+        // Alice reads the reply in the session her first message made.
+        let steps = offline.mail(1, "bob@b.test", 1_800_000_100, reply, &secure);
+        assert_eq!(received(&steps), [("bob@b.test", "hi alice")], "{steps:?}");
+
+        // One safety number at both ends, that of the full addresses.
+        let at_alice = safety_number_shown(&mut secure, "bob@b.test", &bob_key);
+        let at_bob = safety_number_shown(&mut bob_secure, "alice@a.test", &alice_key);
+        assert_eq!(at_alice, at_bob);
+        assert_eq!(
+            at_alice,
+            crate::e2e::safety_number("alice@a.test", &alice_key, "bob@b.test", &bob_key)
+        );
+    }
+
+    /// Without an announced name (a server that does not federate) nothing is qualified:
+    /// safety numbers stay those of the bare names, as they were before federation.
+    #[test]
+    fn without_a_server_name_safety_numbers_bind_the_bare_names() {
+        let alice = Client::new("alice", 1);
+        let bob_key = IdentityKey::from_fixed_seed(&[2; 32])
+            .expect("key")
+            .public_key();
+        let (_, mut secure) = alice.start();
+        assert_eq!(
+            safety_number_shown(&mut secure, "bob", &bob_key),
+            crate::e2e::safety_number("alice", &alice.identity().public_key(), "bob", &bob_key)
+        );
     }
 
     #[test]

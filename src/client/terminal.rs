@@ -40,7 +40,7 @@ use crate::client::screen::{sanitize, Screen};
 use crate::e2e::{Group, IdentityKey, PinStore};
 use crate::error::{Error, Result};
 use crate::password::{password_problems, rules_text};
-use crate::protocol::name::normalize_username;
+use crate::protocol::name::{normalize_username, ServerName};
 use crate::protocol::{AnnouncedLimits, Command, ErrorCode, MailboxLimits, Request, ServerLine};
 use crate::tls;
 
@@ -199,17 +199,23 @@ fn session(options: Options, terminal: TerminalState) -> Result<()> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs());
+    // The server's federation name, if it announced one: the names bound into end-to-end
+    // cryptography are qualified with it (`src/client/end_to_end.rs`), for as long as this
+    // client runs (a reconnect that announces another name is refused, see `relogin`).
+    let home = connection.home.clone();
     let (mailbox, problem) = Mailbox::load_or_create(
         &dir.join(MAILBOX_FILE),
         &identity,
         &user,
+        home.as_ref(),
         options.group,
         now,
     )?;
     if let Some(problem) = problem {
         screen.warn(&problem);
     }
-    let secure = EndToEnd::new(&user, identity, pins, options.group, options.explain);
+    let secure = EndToEnd::new(&user, identity, pins, options.group, options.explain)
+        .with_home(home.clone());
 
     let (tx, rx) = crossbeam_channel::unbounded();
     *chat_events.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx.clone());
@@ -241,6 +247,7 @@ fn session(options: Options, terminal: TerminalState) -> Result<()> {
         &options,
         &config,
         &credentials,
+        home.as_ref(),
         &mut chat,
         &input,
         &rx,
@@ -269,6 +276,7 @@ fn chat_loop(
     options: &Options,
     config: &Arc<rustls::ClientConfig>,
     credentials: &Credentials,
+    home: Option<&ServerName>,
     chat: &mut Chat,
     input: &Input,
     rx: &Receiver<Event>,
@@ -289,7 +297,7 @@ fn chat_loop(
         let now = Instant::now();
         if let Some((at, backoff)) = reconnect {
             if now >= at {
-                match relogin(&options.server, config, credentials) {
+                match relogin(&options.server, config, credentials, home) {
                     Ok(Ok((link, reader, limits, mailbox))) => {
                         *generation += 1;
                         spawn_reader(*generation, reader, tx.clone())?;
@@ -431,13 +439,31 @@ type LoggedIn = (Link, LinkReader, AnnouncedLimits, Option<MailboxLimits>);
 /// Connects again and logs in with the kept credentials (opting in to offline delivery
 /// again: the opt-in is per connection). The outer error is worth another attempt (no
 /// connection, no answer, throttled); the inner one is a refusal of the credentials
-/// themselves, which trying again cannot change.
+/// themselves, which trying again cannot change, or a server that now announces another
+/// federation name than `home`, the one this client binds into its end-to-end cryptography
+/// (carrying on would silently change every name it signs and every safety number).
 fn relogin(
     server: &str,
     config: &Arc<rustls::ClientConfig>,
     credentials: &Credentials,
+    home: Option<&ServerName>,
 ) -> Result<std::result::Result<LoggedIn, String>> {
     let (link, mut reader, info) = link::connect(server, config.clone())?;
+    if info.home.as_ref() != home {
+        link.close();
+        let name = |home: Option<&ServerName>| {
+            home.map_or_else(
+                || "no federation name".to_owned(),
+                |home| format!("the name {home}"),
+            )
+        };
+        return Ok(Err(format!(
+            "the server now announces {} (it announced {} when this client started), which \
+             changes the names your end-to-end encryption binds: start the client again",
+            name(info.home.as_ref()),
+            name(home)
+        )));
+    }
     let mut mailbox = None;
     link.send(&Request::Mailbox)?;
     link.send(&Request::Login {
@@ -486,6 +512,8 @@ struct Connection {
     config: Arc<rustls::ClientConfig>,
     /// What the server's greeting allows.
     limits: AnnouncedLimits,
+    /// The server's federation name, from its greeting (`None`: it does not federate).
+    home: Option<ServerName>,
     /// The server's offline-delivery limits, once it accepted `MAILBOX` before the login;
     /// `None` for a server without offline delivery (it answers `ERR - unknown-command`).
     mailbox: Option<MailboxLimits>,
@@ -507,6 +535,7 @@ impl Connection {
             link,
             reader,
             limits: info.limits,
+            home: info.home,
             mailbox: None,
             server: server.to_owned(),
             resolve,
@@ -529,6 +558,7 @@ impl Connection {
                 self.link = link;
                 self.reader = reader;
                 self.limits = info.limits;
+                self.home = info.home;
             }
             let verb = request.command();
             // Ask for the room's recent lines before logging in: history is an opt-in, so

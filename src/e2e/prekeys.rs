@@ -470,7 +470,9 @@ impl PrekeyMessage {
 
 /// One side of a conversation as the agreement sees it: a name and both identity keys.
 pub struct Party<'a> {
-    /// The canonical user name.
+    /// The canonical user name, as both ends bind it: the full address `user@server` when
+    /// the client's server announced a federation name (`Address::qualified` in
+    /// `src/protocol/name.rs`; the rule is in `src/client/end_to_end.rs`).
     pub name: &'a str,
     /// The Ed25519 identity key (for the peer: the *pinned* one).
     pub identity: IdentityPublicKey,

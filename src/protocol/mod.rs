@@ -13,6 +13,8 @@ pub mod peer;
 use std::fmt;
 use std::io::Write as _;
 
+use name::{is_canonical_server_name, ServerName};
+
 /// Protocol version announced in the greeting. A client refuses a server with another one.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -798,6 +800,12 @@ pub enum ServerLine {
         version: u32,
         /// Its limits, if it announced them.
         limits: Option<AnnouncedLimits>,
+        /// Its federation name (`name=`), announced only by a server that federates: the
+        /// client qualifies the names it binds into end-to-end cryptography with it, so
+        /// that both ends of a conversation between servers bind the same full addresses
+        /// (`src/client/end_to_end.rs`). Canonical only: a greeting with a name that is not
+        /// a canonical server name is refused, never used in some other spelling.
+        name: Option<ServerName>,
     },
     /// `OK <command> [detail]`: a request succeeded.
     Ok {
@@ -917,10 +925,20 @@ impl ServerLine {
                 let version = words.next().and_then(|v| v.parse().ok()).ok_or_else(|| {
                     BadServerLine::new(line, "bad protocol version in the greeting")
                 })?;
-                let limits = AnnouncedLimits::parse(words).map_err(|_| {
+                let limits = AnnouncedLimits::parse(words.clone()).map_err(|_| {
                     BadServerLine::new(line, "a limit in the greeting is not a number")
                 })?;
-                ServerLine::Hello { version, limits }
+                let name = announced_name(words).map_err(|_| {
+                    BadServerLine::new(
+                        line,
+                        "the server name in the greeting is not a canonical server name",
+                    )
+                })?;
+                ServerLine::Hello {
+                    version,
+                    limits,
+                    name,
+                }
             }
             "OK" => {
                 let (command, detail) = split_word(rest);
@@ -1099,7 +1117,11 @@ impl ServerLine {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
-            ServerLine::Hello { version, limits } => {
+            ServerLine::Hello {
+                version,
+                limits,
+                name,
+            } => {
                 let _ = write!(out, "HELLO securechat {version}");
                 if let Some(l) = limits {
                     let _ = write!(
@@ -1107,6 +1129,9 @@ impl ServerLine {
                         " max-frame={} rate={} burst={}",
                         l.max_frame, l.rate, l.burst
                     );
+                }
+                if let Some(name) = name {
+                    let _ = write!(out, " name={name}");
                 }
                 out.push(b'\n');
             }
@@ -1284,6 +1309,25 @@ impl AnnouncedLimits {
             _ => None,
         })
     }
+}
+
+/// Reads the `name=` word among the greeting's `key=value` words: `None` when there is none
+/// (a server that does not federate, or an older one), the name when it is a canonical
+/// server name, and an error (the offending word) otherwise: a name in another spelling
+/// would make the client bind other names than its peers do, so it is refused, not fixed.
+/// Older clients ignore the word (they skip keys they do not know, see
+/// [`AnnouncedLimits::parse`]), so announcing it breaks none of them.
+fn announced_name<'a>(
+    mut words: impl Iterator<Item = &'a str>,
+) -> Result<Option<ServerName>, &'a str> {
+    let Some(word) = words.find(|word| word.starts_with("name=")) else {
+        return Ok(None);
+    };
+    let value = &word["name=".len()..];
+    if !is_canonical_server_name(value) {
+        return Err(word);
+    }
+    ServerName::parse(value).map(Some).map_err(|_| word)
 }
 
 /// Splits off the first space-separated word. The rest starts after exactly one space, so
@@ -1619,6 +1663,7 @@ mod tests {
         let hello = ServerLine::Hello {
             version: PROTOCOL_VERSION,
             limits: Some(limits),
+            name: None,
         };
         assert_eq!(
             hello.encode(),
@@ -1665,7 +1710,8 @@ mod tests {
             ServerLine::parse("HELLO securechat 1"),
             Ok(ServerLine::Hello {
                 version: 1,
-                limits: None
+                limits: None,
+                name: None
             })
         );
         // Words a client does not know are ignored, wherever they stand.
@@ -1677,7 +1723,8 @@ mod tests {
                     max_frame: 100,
                     rate: 0,
                     burst: 5
-                })
+                }),
+                name: None
             })
         );
         // A partial announcement is no announcement.
@@ -1685,11 +1732,56 @@ mod tests {
             ServerLine::parse("HELLO securechat 1 max-frame=100"),
             Ok(ServerLine::Hello {
                 version: 1,
-                limits: None
+                limits: None,
+                name: None
             })
         );
         // A known key with a value that is not a number is refused, not guessed at.
         assert!(ServerLine::parse("HELLO securechat 1 max-frame=big rate=1 burst=1").is_err());
+    }
+
+    #[test]
+    fn a_federating_server_announces_its_name_in_canonical_spelling_only() {
+        let a_test = ServerName::parse("a.test").unwrap();
+        let hello = ServerLine::Hello {
+            version: PROTOCOL_VERSION,
+            limits: Some(AnnouncedLimits::DEFAULT),
+            name: Some(a_test.clone()),
+        };
+        assert_eq!(
+            hello.encode(),
+            b"HELLO securechat 1 max-frame=16384 rate=20 burst=100 name=a.test\n"
+        );
+        assert_eq!(
+            ServerLine::parse("HELLO securechat 1 max-frame=16384 rate=20 burst=100 name=a.test"),
+            Ok(hello)
+        );
+        // Wherever it stands, and without limits.
+        assert_eq!(
+            ServerLine::parse("HELLO securechat 1 name=a.test"),
+            Ok(ServerLine::Hello {
+                version: 1,
+                limits: None,
+                name: Some(a_test)
+            })
+        );
+        // A server that does not federate announces none.
+        assert!(matches!(
+            ServerLine::parse("HELLO securechat 1 max-frame=16384 rate=20 burst=100"),
+            Ok(ServerLine::Hello { name: None, .. })
+        ));
+        // Another spelling, an address, an empty or odd name: refused, never fixed up.
+        for bad in [
+            "name=A.test",
+            "name=127.0.0.1",
+            "name=",
+            "name=a..test",
+            "name=bob@a.test",
+            "name=-a.test",
+        ] {
+            let line = format!("HELLO securechat 1 max-frame=16384 rate=20 burst=100 {bad}");
+            assert!(ServerLine::parse(&line).is_err(), "{line:?} accepted");
+        }
     }
 
     #[test]

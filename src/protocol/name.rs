@@ -214,6 +214,33 @@ impl Address {
     }
 }
 
+/// The one rule for names that enter end-to-end cryptography (handshake transcripts,
+/// prekey signatures and associated data, safety numbers, who wins a simultaneous key
+/// exchange).
+impl Address {
+    /// `text` (a user name as this client spells it: bare for a user of its own server,
+    /// `user@server` otherwise) as the cryptography binds it, given `home`, the name the
+    /// client's server announced in its greeting: a bare `bob` becomes `bob@home`, a full
+    /// address stays as it is. Without a home (a server that does not federate) `text` is
+    /// returned unchanged, so that sessions and safety numbers made on such a server stay
+    /// what they always were.
+    ///
+    /// Why: across servers the two ends spell the same users differently (alice on
+    /// `a.test` says `bob@b.test` and `alice`; bob on `b.test` says `bob` and
+    /// `alice@a.test`). Signatures, keys and safety numbers over those spellings would
+    /// never agree; over full addresses both ends bind the same bytes. Only the binding is
+    /// qualified: the screen, the pins and the mailbox keep this client's spelling.
+    ///
+    /// `text` is expected to be a name the client already checked; it is not checked again
+    /// (a name with an `@` is taken to be full already).
+    pub fn qualified(text: &str, home: Option<&ServerName>) -> String {
+        match home {
+            Some(home) if !text.contains('@') => format!("{text}@{home}"),
+            _ => text.to_owned(),
+        }
+    }
+}
+
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.server {
@@ -305,6 +332,22 @@ mod tests {
         ] {
             assert!(Address::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn names_bound_into_cryptography_are_full_addresses_once_the_server_has_a_name() {
+        let a = ServerName::parse("a.test").unwrap();
+        let b = ServerName::parse("b.test").unwrap();
+        // alice on a.test and bob on b.test spell each other differently, and bind the same.
+        assert_eq!(Address::qualified("alice", Some(&a)), "alice@a.test");
+        assert_eq!(Address::qualified("alice@a.test", Some(&b)), "alice@a.test");
+        assert_eq!(Address::qualified("bob@b.test", Some(&a)), "bob@b.test");
+        assert_eq!(Address::qualified("bob", Some(&b)), "bob@b.test");
+        // A home user named in full binds as the bare name does.
+        assert_eq!(Address::qualified("bob@a.test", Some(&a)), "bob@a.test");
+        // Without a name (a server that does not federate) nothing changes.
+        assert_eq!(Address::qualified("alice", None), "alice");
+        assert_eq!(Address::qualified("bob@b.test", None), "bob@b.test");
     }
 
     #[test]

@@ -183,6 +183,12 @@ fn open_connection(
             rate: limits.message_rate,
             burst: limits.message_burst,
         }),
+        // Only a server that federates has a name to announce; its clients bind it into
+        // the names of their end-to-end cryptography (`report/protocol.md`, the greeting).
+        name: context
+            .federation
+            .as_ref()
+            .map(|federation| federation.name().clone()),
     };
     if handler.outbox.push(Line::from(&hello)).is_err() {
         return Err(Error::Protocol("could not queue the greeting".into()));

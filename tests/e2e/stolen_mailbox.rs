@@ -81,7 +81,8 @@ impl Device {
 
 fn load(path: &Path, identity: &IdentityKey, name: &str) -> Mailbox {
     let (mailbox, problem) =
-        Mailbox::load_or_create(path, identity, name, Group::Ffdhe2048, NOW).expect("mailbox");
+        Mailbox::load_or_create(path, identity, name, None, Group::Ffdhe2048, NOW)
+            .expect("mailbox");
     assert_eq!(problem, None, "the file loads as the client wrote it");
     mailbox
 }
