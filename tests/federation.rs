@@ -950,3 +950,113 @@ fn a_peers_prekey_fetch_budget_is_not_refilled_by_reconnecting() {
         "a reconnect refilled the budget: {limited} of 10 limited"
     );
 }
+
+// ---- The real client binaries on two servers. ----
+
+/// The `client` binary in scripted mode (`--user NAME --password-stdin`), its output
+/// matched as it comes.
+struct Scripted {
+    session: rexpect::session::StreamSession<std::process::ChildStdin>,
+    child: std::process::Child,
+    transcript: String,
+}
+
+impl Scripted {
+    fn spawn(node: &Node, home: &Path, user: &str) -> Scripted {
+        let process = node.process.as_ref().expect("running");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
+            .args(["--server", &process.address()])
+            .arg("--ca")
+            .arg(&process.ca)
+            .arg("--home")
+            .arg(home)
+            .args(["--user", user, "--password-stdin", "--register"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(home.join(format!("{user}.stderr"))).unwrap())
+            .spawn()
+            .expect("start the client binary");
+        let stdout = child.stdout.take().expect("stdout");
+        let stdin = child.stdin.take().expect("stdin");
+        let session = rexpect::spawn_stream(stdout, stdin, Some(20_000));
+        let mut client = Scripted {
+            session,
+            child,
+            transcript: String::new(),
+        };
+        client.send_line(common::PASSWORD);
+        client
+    }
+
+    fn send_line(&mut self, line: &str) {
+        self.session.send_line(line).expect("type into the client");
+    }
+
+    fn expect(&mut self, needle: &str) {
+        match self.session.exp_string(needle) {
+            Ok(before) => {
+                self.transcript.push_str(&before);
+                self.transcript.push_str(needle);
+            }
+            Err(e) => panic!(
+                "waiting for {needle:?}: {e}\n--- transcript ---\n{}",
+                self.transcript
+            ),
+        }
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn two_real_clients_on_two_servers_talk_end_to_end_and_neither_server_can_read_it() {
+    const TO_BOB: &str = "meet at the north gate at nine";
+    const TO_ALICE: &str = "agreed, north gate at nine";
+    let federation = Federation::start(&["a.test", "b.test"]);
+    let homes = tempfile::tempdir().unwrap();
+    let (alice_home, bob_home) = (homes.path().join("alice"), homes.path().join("bob"));
+    std::fs::create_dir_all(&alice_home).unwrap();
+    std::fs::create_dir_all(&bob_home).unwrap();
+    let mut bob = Scripted::spawn(federation.node("b.test"), &bob_home, "bob");
+    bob.expect("logged in as bob.");
+    // Bob's client publishes its prekeys right after logging in.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut alice = Scripted::spawn(federation.node("a.test"), &alice_home, "alice");
+    alice.expect("logged in as alice.");
+    alice.send_line(&format!("/msg bob@b.test {TO_BOB}"));
+    // A first message from someone new is a message request: nothing is read until bob
+    // accepts (typed after the request could be read).
+    bob.expect("/accept alice@a.test to read what they sent");
+    std::thread::sleep(Duration::from_millis(1_200));
+    bob.send_line("/accept alice@a.test");
+    bob.expect(TO_BOB);
+    alice.expect("to bob@b.test: delivered");
+    bob.send_line(&format!("/msg alice@a.test {TO_ALICE}"));
+    alice.expect("bob@b.test");
+    alice.expect(TO_ALICE);
+    // Both servers relayed and stored it; neither holds a readable word of it, on disk or
+    // in its log.
+    for node in ["a.test", "b.test"] {
+        let data = federation.node(node).dir.join("data");
+        let stored = common::files_under(&data);
+        assert!(!stored.is_empty(), "{node} stored nothing");
+        for (path, bytes) in &stored {
+            for secret in [TO_BOB, TO_ALICE] {
+                assert!(
+                    !common::contains(bytes, secret),
+                    "{secret:?} in {}",
+                    path.display()
+                );
+            }
+        }
+        let log = federation.log(node);
+        for secret in [TO_BOB, TO_ALICE] {
+            assert!(!log.contains(secret), "{secret:?} in {node}'s log");
+        }
+    }
+}
