@@ -1029,8 +1029,12 @@ fn two_real_clients_on_two_servers_talk_end_to_end_and_neither_server_can_read_i
     let mut alice = Scripted::spawn(federation.node("a.test"), &alice_home, "alice");
     alice.expect("logged in as alice.");
     alice.send_line(&format!("/msg bob@b.test {TO_BOB}"));
+    alice.expect(
+        "bob@b.test is on another server, and messages between servers travel as offline messages",
+    );
     // A first message from someone new is a message request: nothing is read until bob
     // accepts (typed after the request could be read).
+    bob.expect("message request: alice@a.test wrote to you from another server");
     bob.expect("/accept alice@a.test to read what they sent");
     std::thread::sleep(Duration::from_millis(1_200));
     bob.send_line("/accept alice@a.test");

@@ -261,10 +261,17 @@ impl Offline {
         if !first {
             return Vec::new();
         }
+        let why = match is_elsewhere(to) {
+            true => {
+                "is on another server, and messages between servers travel as offline \
+                     messages"
+            }
+            false => "is offline",
+        };
         vec![
             info(&format!(
-                "{to} is offline: fetching their prekeys for offline delivery (end-to-end \
-                 encrypted; the server keeps it until {to}'s client fetches it)"
+                "{to} {why}: fetching their prekeys for offline delivery (end-to-end \
+                 encrypted; the servers keep it until {to}'s client fetches it)"
             )),
             Step::Frame(Request::GetKey { user: to }.to_string()),
             Step::Frame(Request::Bundle { user: to }.to_string()),
@@ -516,9 +523,9 @@ impl Offline {
                 return Vec::new(); // told at the first one
             }
             return vec![info(&format!(
-                "message request: {sender} wrote to you while you were offline; nothing was \
-                 read. /accept {sender} to read what they sent, or ignore it (it expires on \
-                 the server)"
+                "message request: {sender} wrote to you {}; nothing was read. /accept \
+                 {sender} to read what they sent, or ignore it (it expires on the server)",
+                when_sent(sender)
             ))];
         }
         if let Some(key) = secure.pinned_key(sender) {
@@ -545,7 +552,8 @@ impl Offline {
             .extend(requests);
         Some(vec![
             info(&format!(
-                "{user}: request accepted; reading {count} message(s) they sent while you were offline"
+                "{user}: request accepted; reading {count} message(s) they sent {}",
+                when_sent(user)
             )),
             Step::Frame(Request::GetKey { user }.to_string()),
         ])
@@ -809,6 +817,21 @@ fn info(text: &str) -> Step {
 
 fn warn(text: &str) -> Step {
     Step::Show(Notice::Warning(text.to_owned()))
+}
+
+/// Whether `user` is a user of another server (a full address): messages to and from them
+/// always travel as offline messages, whether or not they are online.
+fn is_elsewhere(user: &str) -> bool {
+    user.contains('@')
+}
+
+/// How a message from `sender` came to be stored rather than live, for the screen.
+fn when_sent(sender: &str) -> &'static str {
+    if is_elsewhere(sender) {
+        "from another server (such messages always travel as offline messages)"
+    } else {
+        "while you were offline"
+    }
 }
 
 #[cfg(test)]
