@@ -261,17 +261,7 @@ fn serve(shared: &Shared, socket: TcpStream) {
         drop(pending);
         let (peer, _link) = match authenticated {
             Ok(authenticated) => authenticated,
-            Err((code, text)) => {
-                let _ = stream.write_line(
-                    &PeerReply::Error {
-                        code,
-                        text: text.clone(),
-                    }
-                    .to_string(),
-                );
-                stream.close();
-                return Err(LinkDown::Protocol(text));
-            }
+            Err((code, text)) => return Err(refuse(&mut stream, code, text)),
         };
         log::info!("federation: {peer} connected from {from}");
         if let Some(federation) = shared.federation.upgrade() {
@@ -414,15 +404,7 @@ impl Session<'_> {
             self.peer,
             code.as_str()
         );
-        let _ = stream.write_line(
-            &PeerReply::Error {
-                code,
-                text: text.clone(),
-            }
-            .to_string(),
-        );
-        stream.close();
-        Err(LinkDown::Protocol(format!("{} {text}", code.as_str())))
+        Err(refuse(stream, code, text))
     }
 
     /// The boundary rules (see the module documentation).
@@ -656,6 +638,19 @@ impl Session<'_> {
             Err(_) => fail(qid, "storage", "the server is busy".into()),
         }
     }
+}
+
+/// Sends `ERR <code> <text>` and closes the link; what ended it, for the log.
+fn refuse(stream: &mut PeerStream<ServerConnection>, code: LinkError, text: String) -> LinkDown {
+    let _ = stream.write_line(
+        &PeerReply::Error {
+            code,
+            text: text.clone(),
+        }
+        .to_string(),
+    );
+    stream.close();
+    LinkDown::Protocol(format!("{} {text}", code.as_str()))
 }
 
 fn fail(qid: u64, code: &str, text: String) -> PeerReply {
