@@ -43,7 +43,7 @@ use crate::server::history::unix_now;
 use crate::server::mailbox::{Notice, PREKEY_REFILL_MARK};
 use crate::server::router::{Event, RouterHandle, LIST_MAX_NAMES};
 use crate::server::store::{
-    BundleLookup, Enqueued, KeyLookup, Outcome, Quota, Storage, StoredMail,
+    BundleLookup, Enqueued, KeyLookup, NewMail, Outcome, Quota, Storage, StoredMail,
 };
 use crate::sync;
 
@@ -337,6 +337,24 @@ struct Session<'a> {
     room: TokenBucket,
 }
 
+/// Frames answered together at most (one batch of a connector, and a few more).
+const MAX_FRAMES_AT_ONCE: usize = 256;
+
+/// A relayed message that passed the checks, waiting to be stored with the rest of its
+/// batch.
+struct Relayed {
+    /// The connector's id for it, echoed in the `RACK`.
+    id: u64,
+    /// The sender's full address.
+    sender: String,
+    /// The recipient, a user of this server.
+    recipient: UserName,
+    /// The sender's reference.
+    reference: String,
+    /// The payload.
+    payload: String,
+}
+
 /// What a request's check decided.
 enum Verdict {
     /// Carry it out.
@@ -358,38 +376,163 @@ impl Session<'_> {
                 stream.close();
                 return Ok(());
             }
-            let line = match stream.read_line() {
-                Ok(line) => line,
-                Err(LinkDown::Frame(e)) => {
+            // One frame, and every frame that came with it (a connector sends its batch in
+            // one write): they are answered together, so a batch's messages are stored in
+            // one transaction and its answers go back in one write.
+            let mut next = stream.read_line().map(Some);
+            let mut requests = Vec::new();
+            let mut ended = None;
+            let mut failed = None;
+            loop {
+                let line = match next {
+                    Ok(Some(line)) => line,
+                    Ok(None) => break,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                };
+                pace.refill(Instant::now());
+                while !pace.take() {
+                    thread::sleep(Duration::from_millis(5));
+                    pace.refill(Instant::now());
+                }
+                let request = match PeerRequest::parse(&line) {
+                    Ok(request) => request,
+                    Err(e) => {
+                        ended = Some((LinkError::BadFrame, e.to_string()));
+                        break;
+                    }
+                };
+                match self.check(&request) {
+                    Verdict::Accept => requests.push(Ok(request)),
+                    Verdict::Answer(reply) => requests.push(Err(reply)),
+                    Verdict::End(code, text) => {
+                        ended = Some((code, text));
+                        break;
+                    }
+                }
+                next = match requests.len() < MAX_FRAMES_AT_ONCE {
+                    true => stream.buffered_line(),
+                    false => Ok(None),
+                };
+            }
+            let replies = self.answer_all(requests)?;
+            if !replies.is_empty() {
+                let mut frames = String::new();
+                for reply in replies {
+                    frames.push_str(&reply.to_string());
+                    frames.push('\n');
+                }
+                stream.write_frames(frames.as_bytes())?;
+            }
+            if let Some((code, text)) = ended {
+                return self.end(stream, code, text);
+            }
+            match failed {
+                None => {}
+                Some(LinkDown::Frame(e)) => {
                     let code = match e {
                         FrameError::TooLong { .. } => LinkError::TooLong,
                         _ => LinkError::BadFrame,
                     };
                     return self.end(stream, code, e.to_string());
                 }
-                Err(LinkDown::TimedOut) => {
+                Some(LinkDown::TimedOut) => {
                     return self.end(stream, LinkError::Timeout, "idle too long".into());
                 }
-                Err(e) => return Err(e),
-            };
-            pace.refill(Instant::now());
-            while !pace.take() {
-                thread::sleep(Duration::from_millis(5));
-                pace.refill(Instant::now());
-            }
-            let request = match PeerRequest::parse(&line) {
-                Ok(request) => request,
-                Err(e) => return self.end(stream, LinkError::BadFrame, e.to_string()),
-            };
-            let reply = match self.check(&request) {
-                Verdict::Accept => self.handle(request)?,
-                Verdict::Answer(reply) => Some(reply),
-                Verdict::End(code, text) => return self.end(stream, code, text),
-            };
-            if let Some(reply) = reply {
-                stream.write_line(&reply.to_string())?;
+                Some(e) => return Err(e),
             }
         }
+    }
+
+    /// Carries out requests that passed the boundary checks (`Ok`), or passes on their
+    /// ready answers (`Err`), in order. Consecutive `RELAY`s are stored in one
+    /// transaction; the answers keep the requests' order.
+    fn answer_all(
+        &mut self,
+        requests: Vec<std::result::Result<PeerRequest, PeerReply>>,
+    ) -> std::result::Result<Vec<PeerReply>, LinkDown> {
+        let mut replies = Vec::with_capacity(requests.len());
+        let mut relays = Vec::new();
+        for request in requests {
+            match request {
+                Ok(PeerRequest::Relay {
+                    id,
+                    sender,
+                    recipient,
+                    reference,
+                    payload,
+                }) if payload.len() <= self.shared.max_frame => relays.push(Relayed {
+                    id,
+                    sender: sender.to_string(),
+                    recipient: recipient.user,
+                    reference,
+                    payload,
+                }),
+                other => {
+                    replies.extend(self.store_relays(std::mem::take(&mut relays))?);
+                    match other {
+                        Ok(request) => replies.extend(self.handle(request)?),
+                        Err(reply) => replies.push(reply),
+                    }
+                }
+            }
+        }
+        replies.extend(self.store_relays(relays)?);
+        Ok(replies)
+    }
+
+    /// Stores relayed messages in one transaction and hands the router a `MAIL` for each
+    /// one stored; their `RACK`s, in order. `Err` (nothing answered: the peer sends them
+    /// again) when the store fails.
+    fn store_relays(&self, relays: Vec<Relayed>) -> std::result::Result<Vec<PeerReply>, LinkDown> {
+        if relays.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch: Vec<NewMail<'_>> = relays
+            .iter()
+            .map(|r| NewMail {
+                sender: &r.sender,
+                recipient: r.recipient.as_str(),
+                reference: &r.reference,
+                payload: &r.payload,
+            })
+            .collect();
+        let now = unix_now();
+        let stored = self
+            .shared
+            .store
+            .enqueue_all(&batch, now, self.shared.quota)
+            .map_err(|e| LinkDown::Io(format!("store: {e}")))?;
+        drop(batch);
+        let mut notices = Vec::new();
+        let mut replies = Vec::with_capacity(relays.len());
+        for (relay, stored) in relays.into_iter().zip(stored) {
+            let outcome = match stored {
+                Enqueued::Queued(mail_id) => {
+                    let mail = StoredMail {
+                        id: mail_id,
+                        sender: relay.sender,
+                        time: now,
+                        payload: relay.payload,
+                    };
+                    notices.push(Notice::mail(relay.recipient, &mail));
+                    RelayOutcome::Stored
+                }
+                Enqueued::AlreadyQueued(_) | Enqueued::Resolved(_) => RelayOutcome::Stored,
+                Enqueued::NoSuchUser => RelayOutcome::Refused(Refusal::NoSuchUser),
+                Enqueued::Quota => RelayOutcome::Refused(Refusal::Quota),
+            };
+            replies.push(PeerReply::Rack {
+                id: relay.id,
+                outcome,
+            });
+        }
+        if !notices.is_empty() {
+            let _ = self.shared.router.send(Event::Notices(notices));
+        }
+        Ok(replies)
     }
 
     /// Sends `ERR` and ends the link.
@@ -448,50 +591,13 @@ impl Session<'_> {
         let store = &*self.shared.store;
         let storage = |e: crate::error::Error| LinkDown::Io(format!("store: {e}"));
         let reply = match request {
-            PeerRequest::Relay {
+            // `answer_all` stores every `RELAY` whose payload fits; one that reaches here
+            // is larger than this server's users may receive: refused for good, so that it
+            // never blocks the peer's queue.
+            PeerRequest::Relay { id, .. } => PeerReply::Rack {
                 id,
-                sender,
-                recipient,
-                reference,
-                payload,
-            } => {
-                if payload.len() > self.shared.max_frame {
-                    return Ok(Some(PeerReply::Rack {
-                        id,
-                        outcome: RelayOutcome::Refused(Refusal::Quota),
-                    }));
-                }
-                let sender_text = sender.to_string();
-                let now = unix_now();
-                let quota = self.shared.quota;
-                let stored = store
-                    .enqueue(
-                        &sender_text,
-                        recipient.user.as_str(),
-                        &reference,
-                        &payload,
-                        now,
-                        quota,
-                    )
-                    .map_err(storage)?;
-                let outcome = match stored {
-                    Enqueued::Queued(mail_id) => {
-                        let mail = StoredMail {
-                            id: mail_id,
-                            sender: sender_text,
-                            time: now,
-                            payload,
-                        };
-                        let notice = Notice::mail(recipient.user, &mail);
-                        let _ = self.shared.router.send(Event::Notices(vec![notice]));
-                        RelayOutcome::Stored
-                    }
-                    Enqueued::AlreadyQueued(_) | Enqueued::Resolved(_) => RelayOutcome::Stored,
-                    Enqueued::NoSuchUser => RelayOutcome::Refused(Refusal::NoSuchUser),
-                    Enqueued::Quota => RelayOutcome::Refused(Refusal::Quota),
-                };
-                PeerReply::Rack { id, outcome }
-            }
+                outcome: RelayOutcome::Refused(Refusal::Quota),
+            },
             PeerRequest::Receipt {
                 id,
                 sender,

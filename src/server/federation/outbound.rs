@@ -451,42 +451,55 @@ impl Connector {
                         "federation: receipt {} cannot be forwarded; dropped",
                         receipt.id
                     );
-                    let _ = store.forget_receipt(receipt.id);
+                    let _ = store.forget_receipts(&[receipt.id]);
                 }
             }
         }
         stream.write_frames(&frames)?;
-        for sent in expected {
-            let reply = PeerReply::parse(&stream.read_line()?)
-                .map_err(|e| LinkDown::Protocol(e.to_string()))?;
-            let PeerReply::Rack { id, outcome } = reply else {
-                return Err(LinkDown::Protocol(format!("expected RACK, got {reply}")));
-            };
-            match sent {
-                Sent::Message(sent_id) if id == sent_id => self.message_taken(id, outcome)?,
-                Sent::Receipt(sent_id) if id == sent_id => store
-                    .forget_receipt(id)
-                    .map_err(|e| LinkDown::Io(format!("store: {e}")))?,
-                _ => return Err(LinkDown::Protocol(format!("RACK {id} out of order"))),
+        // The answers, in order. What was answered is applied even if the link fails
+        // before the rest: one transaction for the batch's messages, one for its receipts.
+        let mut taken = Vec::with_capacity(expected.len());
+        let mut forwarded = Vec::new();
+        let read = (|| {
+            for sent in expected {
+                let reply = PeerReply::parse(&stream.read_line()?)
+                    .map_err(|e| LinkDown::Protocol(e.to_string()))?;
+                let PeerReply::Rack { id, outcome } = reply else {
+                    return Err(LinkDown::Protocol(format!("expected RACK, got {reply}")));
+                };
+                match sent {
+                    Sent::Message(sent_id) if id == sent_id => taken.push((id, refusal(outcome))),
+                    Sent::Receipt(sent_id) if id == sent_id => forwarded.push(id),
+                    _ => return Err(LinkDown::Protocol(format!("RACK {id} out of order"))),
+                }
             }
-        }
+            Ok(())
+        })();
+        self.messages_taken(&taken)?;
+        store
+            .forget_receipts(&forwarded)
+            .map_err(|e| LinkDown::Io(format!("store: {e}")))?;
+        read?;
         Ok(true)
     }
 
-    /// The peer took (or refused for good) queued message `id`: forget it, and tell its
-    /// sender if refused.
-    fn message_taken(&self, id: u64, outcome: RelayOutcome) -> std::result::Result<(), LinkDown> {
-        let refused = match outcome {
-            RelayOutcome::Stored => None,
-            RelayOutcome::Refused(reason) => Some(Outcome::Refused(reason)),
-        };
-        let receipt = self
+    /// The peer took (or refused for good) these queued messages: forget them in one
+    /// transaction, and tell the senders of those it refused.
+    fn messages_taken(
+        &self,
+        taken: &[(u64, Option<Outcome>)],
+    ) -> std::result::Result<(), LinkDown> {
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let receipts = self
             .setup
             .store
-            .peer_acked(&self.setup.peer.name, id, refused, unix_now())
+            .peer_acked_all(&self.setup.peer.name, taken, unix_now())
             .map_err(|e| LinkDown::Io(format!("store: {e}")))?;
-        if let Some(notice) = receipt.as_ref().and_then(Notice::receipt) {
-            let _ = self.setup.router.send(Event::Notices(vec![notice]));
+        let notices: Vec<Notice> = receipts.iter().filter_map(Notice::receipt).collect();
+        if !notices.is_empty() {
+            let _ = self.setup.router.send(Event::Notices(notices));
         }
         Ok(())
     }
@@ -560,6 +573,15 @@ impl Connector {
             Ok(PeerReply::Pong { token: echoed }) if echoed == token => Ok(()),
             _ => Err(LinkDown::Protocol("no PONG".into())),
         }
+    }
+}
+
+/// The receipt outcome a `RACK` records: none when the peer stored the message (its
+/// receipt comes later), a refusal otherwise.
+fn refusal(outcome: RelayOutcome) -> Option<Outcome> {
+    match outcome {
+        RelayOutcome::Stored => None,
+        RelayOutcome::Refused(reason) => Some(Outcome::Refused(reason)),
     }
 }
 

@@ -133,6 +133,18 @@ where
         self.read_frame(Some(deadline))
     }
 
+    /// The next frame if one is already buffered, without reading the socket.
+    pub(super) fn buffered_line(&mut self) -> Result<Option<String>, LinkDown> {
+        let mut taken: Option<Result<String, LinkDown>> = None;
+        self.lines
+            .drain_lines(|line| {
+                taken = Some(line.map(str::to_owned).map_err(LinkDown::Frame));
+                false
+            })
+            .map_err(LinkDown::Frame)?;
+        taken.transpose()
+    }
+
     /// The next frame, waiting at most the read timeout for each read.
     pub(super) fn read_line(&mut self) -> Result<String, LinkDown> {
         self.read_frame(None)
@@ -141,15 +153,8 @@ where
     fn read_frame(&mut self, deadline: Option<Instant>) -> Result<String, LinkDown> {
         let mut scratch = [0u8; READ_BYTES];
         loop {
-            let mut taken: Option<Result<String, LinkDown>> = None;
-            self.lines
-                .drain_lines(|line| {
-                    taken = Some(line.map(str::to_owned).map_err(LinkDown::Frame));
-                    false
-                })
-                .map_err(LinkDown::Frame)?;
-            if let Some(line) = taken {
-                return line;
+            if let Some(line) = self.buffered_line()? {
+                return Ok(line);
             }
             if let Some(deadline) = deadline {
                 self.tls.sock.set_read_timeout(Some(remaining(deadline)?))?;

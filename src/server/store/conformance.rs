@@ -7,8 +7,8 @@ use std::sync::Barrier;
 use std::thread;
 
 use super::{
-    BundleLookup, Created, Enqueued, KeyLookup, Outcome, PeerMail, Quota, Receipt, Storage,
-    StoredMail, MAX_ONE_TIME_PREKEYS,
+    BundleLookup, Created, Enqueued, KeyLookup, NewMail, Outcome, PeerMail, Quota, Receipt,
+    Storage, StoredMail, MAX_ONE_TIME_PREKEYS,
 };
 use crate::protocol::name::{ServerName, UserName};
 use crate::protocol::Refusal;
@@ -39,6 +39,9 @@ macro_rules! suite {
             a_forwarded_receipt_resolves_the_pending_message_and_is_recorded_once,
             a_relayed_message_is_stored_once_and_its_receipt_owed_to_its_server_alone,
             expiry_of_a_peer_queue_gives_expired_receipts_in_the_senders_backlog,
+            a_batch_of_acknowledgements_applies_each_in_order_and_only_the_peers_own,
+            forwarded_receipts_are_forgotten_together,
+            a_relayed_batch_is_checked_message_by_message_in_order,
         );
     };
     (@tests $open:path; $($test:ident),* $(,)?) => {
@@ -955,6 +958,129 @@ fn a_peers_byte_quota_is_never_overshot_and_each_peer_is_counted_apart(store: &d
     );
 }
 
+fn a_batch_of_acknowledgements_applies_each_in_order_and_only_the_peers_own(store: &dyn Storage) {
+    let (alice, bob) = (name("alice"), name("bob"));
+    let (b, c) = (server("b.test"), server("c.test"));
+    let send = |peer: &ServerName, reference: &str| {
+        queued(
+            store
+                .enqueue_for_peer(&alice, peer, &bob, reference, "p", 1, ROOMY_PEER)
+                .unwrap(),
+        )
+    };
+    let (stored, refused, also_refused) = (send(&b, "r1"), send(&b, "r2"), send(&b, "r3"));
+    let for_c = send(&c, "r4");
+    let (no_user, quota) = (
+        Outcome::Refused(Refusal::NoSuchUser),
+        Outcome::Refused(Refusal::Quota),
+    );
+    let receipts = store
+        .peer_acked_all(
+            &b,
+            &[
+                (also_refused, Some(quota)),
+                (stored, None),
+                (for_c, Some(no_user)),
+                (refused, Some(no_user)),
+                (also_refused, Some(quota)),
+            ],
+            2,
+        )
+        .unwrap();
+    // The two refusals, in the batch's order; c.test's message and the repeat untouched.
+    let described: Vec<_> = receipts.iter().map(described).collect();
+    assert_eq!(
+        described,
+        [
+            ("alice", "r3", "bob@b.test", quota),
+            ("alice", "r2", "bob@b.test", no_user),
+        ]
+    );
+    assert!(receipts[0].id < receipts[1].id, "receipt ids grow in order");
+    assert!(peer_ids(store, &b).is_empty());
+    assert_eq!(peer_ids(store, &c), [for_c]);
+    assert!(store.peer_acked_all(&b, &[], 3).unwrap().is_empty());
+}
+
+fn a_relayed_batch_is_checked_message_by_message_in_order(store: &dyn Storage) {
+    let bob = name("bob");
+    store.create_account(&bob, "hash").unwrap();
+    let quota = Quota {
+        messages: 3,
+        bytes: 1 << 20,
+    };
+    let mail = |reference, recipient| NewMail {
+        sender: "alice@a.test",
+        recipient,
+        reference,
+        payload: "p",
+    };
+    let results = store
+        .enqueue_all(
+            &[
+                mail("r1", "bob"),
+                mail("r1", "bob"),
+                mail("r2", "nobody"),
+                mail("r3", "bob"),
+                mail("r4", "bob"),
+                mail("r5", "bob"),
+            ],
+            1,
+            quota,
+        )
+        .unwrap();
+    let Enqueued::Queued(first) = results[0] else {
+        panic!("{results:?}")
+    };
+    // A repeat within the batch is the message before it; the quota counts what the batch
+    // itself queued.
+    assert_eq!(results[1], Enqueued::AlreadyQueued(first));
+    assert_eq!(results[2], Enqueued::NoSuchUser);
+    assert!(matches!(results[3], Enqueued::Queued(id) if id > first));
+    assert!(matches!(results[4], Enqueued::Queued(_)));
+    assert_eq!(results[5], Enqueued::Quota);
+    let backlog = store.backlog(&bob).unwrap();
+    let stored: Vec<(&str, &str)> = backlog
+        .mail
+        .iter()
+        .map(|m| (m.sender.as_str(), m.payload.as_str()))
+        .collect();
+    assert_eq!(stored, [("alice@a.test", "p"); 3]);
+    assert!(store.enqueue_all(&[], 2, quota).unwrap().is_empty());
+}
+
+fn forwarded_receipts_are_forgotten_together(store: &dyn Storage) {
+    let quota = Quota {
+        messages: 10,
+        bytes: 1 << 20,
+    };
+    let (bob, carol) = (name("bob"), name("carol"));
+    for user in [&bob, &carol] {
+        store.create_account(user, "hash").unwrap();
+    }
+    let mut ids = Vec::new();
+    for (reference, recipient) in [("r1", &bob), ("r2", &carol), ("r3", &bob)] {
+        let Enqueued::Queued(id) = store
+            .enqueue("alice@a.test", recipient.as_str(), reference, "p", 1, quota)
+            .unwrap()
+        else {
+            panic!("not queued");
+        };
+        ids.push((id, recipient));
+    }
+    for (id, recipient) in &ids {
+        store.ack(recipient, *id, Outcome::Delivered, 2).unwrap();
+    }
+    let owed = store.peer_receipts(&server("a.test"), 0, 10).unwrap();
+    assert_eq!(owed.len(), 3);
+    // Two of them taken (and one id twice, and one that never existed): one left.
+    store
+        .forget_receipts(&[owed[0].id, owed[2].id, owed[0].id, u64::MAX >> 2])
+        .unwrap();
+    let left = store.peer_receipts(&server("a.test"), 0, 10).unwrap();
+    assert_eq!(left, [owed[1].clone()]);
+}
+
 fn a_peer_acknowledges_only_its_own_messages_and_each_once(store: &dyn Storage) {
     let (alice, bob) = (name("alice"), name("bob"));
     let (b, c) = (server("b.test"), server("c.test"));
@@ -1165,8 +1291,8 @@ fn a_relayed_message_is_stored_once_and_its_receipt_owed_to_its_server_alone(sto
         [receipts[0].clone(), receipts[3].clone()]
     );
     // The peer took one: forgotten, once; the local sender's is not owed to anyone.
-    store.forget_receipt(receipts[0].id).unwrap();
-    store.forget_receipt(receipts[0].id).unwrap();
+    store.forget_receipts(&[receipts[0].id]).unwrap();
+    store.forget_receipts(&[receipts[0].id]).unwrap();
     assert_eq!(owed("a.test", 0, 10), ["w@a.test/r3"]);
     assert_eq!(owed("b.a.test", 0, 10), ["y@b.a.test/r1"]);
     assert_eq!(

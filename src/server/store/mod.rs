@@ -29,7 +29,7 @@
 //! ([`Storage::peer_acked`]); its receipt comes back later ([`Storage::add_receipt`]) and
 //! is stored with the local ones. A message a peer relayed here is queued like a local one,
 //! with the full address as its sender ([`Storage::enqueue`]), and its receipt waits until
-//! the link hands it to that peer ([`Storage::peer_receipts`], [`Storage::forget_receipt`]).
+//! the link hands it to that peer ([`Storage::peer_receipts`], [`Storage::forget_receipts`]).
 //! Every row is deleted only when the next hop has it, in the transaction that records
 //! what follows, so nothing acknowledged is lost.
 //!
@@ -134,6 +134,17 @@ pub(super) trait Storage: Send + Sync {
         quota: Quota,
     ) -> Result<Enqueued>;
 
+    /// [`Storage::enqueue`] for each message of a batch a peer relayed, in order, all in
+    /// **one** transaction (one durable commit for the batch); returns what became of each,
+    /// in that order. Each message is checked against the queue as the ones before it in
+    /// the batch left it (a repeat within the batch is `AlreadyQueued`).
+    fn enqueue_all(
+        &self,
+        messages: &[NewMail<'_>],
+        now: u64,
+        quota: Quota,
+    ) -> Result<Vec<Enqueued>>;
+
     /// `recipient` is done with message `id`: deletes it and records its receipt with
     /// `outcome` at `now`, in one transaction. `None`, and nothing done, if no message
     /// with that id is queued for `recipient` (so a repeated `ACK` records nothing).
@@ -194,13 +205,26 @@ pub(super) trait Storage: Send + Sync {
     /// `None`, and no receipt, when `outcome` is `None` (the receipt comes later, through
     /// [`Storage::add_receipt`]) or when `peer` has no message `id` queued: a repeated
     /// acknowledgement records nothing, and a peer cannot touch another peer's queue.
+    /// [`Storage::peer_acked_all`] of one.
     fn peer_acked(
         &self,
         peer: &ServerName,
         id: u64,
         outcome: Option<Outcome>,
         now: u64,
-    ) -> Result<Option<Receipt>>;
+    ) -> Result<Option<Receipt>> {
+        Ok(self.peer_acked_all(peer, &[(id, outcome)], now)?.pop())
+    }
+
+    /// [`Storage::peer_acked`] for each `(id, outcome)` of a batch the peer answered, in
+    /// order, all in **one** transaction (one durable commit for the batch: the link's
+    /// cost per message); returns the receipts recorded, in that order.
+    fn peer_acked_all(
+        &self,
+        peer: &ServerName,
+        acks: &[(u64, Option<Outcome>)],
+        now: u64,
+    ) -> Result<Vec<Receipt>>;
 
     /// A receipt a peer forwarded about the message local `sender` sent as `reference` to
     /// `recipient` (a full address `user@server`, the server being the peer that
@@ -225,8 +249,9 @@ pub(super) trait Storage: Send + Sync {
     /// `after`, oldest first, at most `limit`: what this server owes that peer.
     fn peer_receipts(&self, peer: &ServerName, after: u64, limit: usize) -> Result<Vec<Receipt>>;
 
-    /// Deletes receipt `id` (the peer it was for took it). Nothing happens if it is gone.
-    fn forget_receipt(&self, id: u64) -> Result<()>;
+    /// Deletes the receipts `ids` (the peer they were for took them), in one transaction.
+    /// Ids already gone are skipped.
+    fn forget_receipts(&self, ids: &[u64]) -> Result<()>;
 }
 
 /// What a key look-up found.
@@ -274,6 +299,19 @@ pub(super) enum Enqueued {
     /// The recipient's queue (or, for a message to another server, that server's queue)
     /// is full; nothing stored.
     Quota,
+}
+
+/// A message for [`Storage::enqueue_all`]: the arguments of one [`Storage::enqueue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct NewMail<'a> {
+    /// Who sent it: a local name or a full address.
+    pub(super) sender: &'a str,
+    /// Who it is for: a local canonical name.
+    pub(super) recipient: &'a str,
+    /// The sender's reference.
+    pub(super) reference: &'a str,
+    /// The payload.
+    pub(super) payload: &'a str,
 }
 
 /// A message waiting in a peer's outbound queue, as the link relays it.

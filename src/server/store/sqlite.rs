@@ -30,7 +30,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    Backlog, BundleLookup, Created, Enqueued, KeyLookup, Outcome, PeerMail, Quota, Receipt, Storage,
+    Backlog, BundleLookup, Created, Enqueued, KeyLookup, NewMail, Outcome, PeerMail, Quota,
+    Receipt, Storage,
 };
 use crate::error::{Error, Result};
 use crate::files;
@@ -319,6 +320,15 @@ impl Storage for SqliteStore {
         })
     }
 
+    fn enqueue_all(
+        &self,
+        messages: &[NewMail<'_>],
+        now: u64,
+        quota: Quota,
+    ) -> Result<Vec<Enqueued>> {
+        self.with_connection(|conn| mailbox::enqueue_all(conn, messages, now, quota))
+    }
+
     fn ack(
         &self,
         recipient: &UserName,
@@ -362,14 +372,13 @@ impl Storage for SqliteStore {
         self.with_connection(|conn| peers::peer_queue(conn, peer, after, limit))
     }
 
-    fn peer_acked(
+    fn peer_acked_all(
         &self,
         peer: &ServerName,
-        id: u64,
-        outcome: Option<Outcome>,
+        acks: &[(u64, Option<Outcome>)],
         now: u64,
-    ) -> Result<Option<Receipt>> {
-        self.with_connection(|conn| peers::peer_acked(conn, peer, id, outcome, now))
+    ) -> Result<Vec<Receipt>> {
+        self.with_connection(|conn| peers::peer_acked_all(conn, peer, acks, now))
     }
 
     fn add_receipt(
@@ -389,8 +398,8 @@ impl Storage for SqliteStore {
         self.with_connection(|conn| peers::peer_receipts(conn, peer, after, limit))
     }
 
-    fn forget_receipt(&self, id: u64) -> Result<()> {
-        self.with_connection(|conn| peers::forget_receipt(conn, id))
+    fn forget_receipts(&self, ids: &[u64]) -> Result<()> {
+        self.with_connection(|conn| peers::forget_receipts(conn, ids))
     }
 }
 

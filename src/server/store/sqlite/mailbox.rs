@@ -20,7 +20,8 @@ use super::{peers, sql_count, unix_now};
 use crate::protocol::name::UserName;
 use crate::protocol::Refusal;
 use crate::server::store::{
-    Backlog, BundleLookup, Enqueued, Outcome, Quota, Receipt, StoredMail, MAX_ONE_TIME_PREKEYS,
+    Backlog, BundleLookup, Enqueued, NewMail, Outcome, Quota, Receipt, StoredMail,
+    MAX_ONE_TIME_PREKEYS,
 };
 
 /// The schema step from version 2 to 3, run by `migrate` in its own transaction.
@@ -167,7 +168,52 @@ pub(super) fn enqueue(
     quota: Quota,
 ) -> rusqlite::Result<Enqueued> {
     let tx = write_transaction(conn)?;
-    if !account_exists(&tx, recipient)? {
+    let enqueued = enqueue_in(
+        &tx,
+        NewMail {
+            sender,
+            recipient,
+            reference,
+            payload,
+        },
+        now,
+        quota,
+    )?;
+    tx.commit()?;
+    Ok(enqueued)
+}
+
+/// See [`Storage::enqueue_all`](crate::server::store::Storage::enqueue_all): every
+/// message's checks and insert are one write transaction.
+pub(super) fn enqueue_all(
+    conn: &Connection,
+    messages: &[NewMail<'_>],
+    now: u64,
+    quota: Quota,
+) -> rusqlite::Result<Vec<Enqueued>> {
+    let tx = write_transaction(conn)?;
+    let enqueued = messages
+        .iter()
+        .map(|mail| enqueue_in(&tx, *mail, now, quota))
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    tx.commit()?;
+    Ok(enqueued)
+}
+
+/// One message's checks and insert, inside the caller's write transaction.
+fn enqueue_in(
+    tx: &Transaction<'_>,
+    mail: NewMail<'_>,
+    now: u64,
+    quota: Quota,
+) -> rusqlite::Result<Enqueued> {
+    let NewMail {
+        sender,
+        recipient,
+        reference,
+        payload,
+    } = mail;
+    if !account_exists(tx, recipient)? {
         return Ok(Enqueued::NoSuchUser);
     }
     // A re-sent message (same sender and reference) is stored once.
@@ -181,10 +227,10 @@ pub(super) fn enqueue(
     if let Some(id) = queued {
         return Ok(Enqueued::AlreadyQueued(id as u64));
     }
-    if let Some(id) = peers::queued_id(&tx, sender, reference)? {
+    if let Some(id) = peers::queued_id(tx, sender, reference)? {
         return Ok(Enqueued::AlreadyQueued(id));
     }
-    if let Some(outcome) = receipt_state(&tx, sender, reference)? {
+    if let Some(outcome) = receipt_state(tx, sender, reference)? {
         return Ok(Enqueued::Resolved(outcome));
     }
     let (count, bytes): (i64, i64) = tx.query_row(
@@ -201,9 +247,7 @@ pub(super) fn enqueue(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![sender, recipient, reference, payload, sql_u64(now), len],
     )?;
-    let id = tx.last_insert_rowid();
-    tx.commit()?;
-    Ok(Enqueued::Queued(id as u64))
+    Ok(Enqueued::Queued(tx.last_insert_rowid() as u64))
 }
 
 /// See [`Storage::ack`](crate::server::store::Storage::ack): the delete and the receipt

@@ -130,36 +130,37 @@ pub(super) fn peer_queue(
     rows.collect()
 }
 
-/// See [`Storage::peer_acked`](crate::server::store::Storage::peer_acked): the delete and
-/// the receipt are one write transaction.
-pub(super) fn peer_acked(
+/// See [`Storage::peer_acked_all`](crate::server::store::Storage::peer_acked_all): every
+/// delete and receipt of the batch are one write transaction.
+pub(super) fn peer_acked_all(
     conn: &Connection,
     peer: &ServerName,
-    id: u64,
-    outcome: Option<Outcome>,
+    acks: &[(u64, Option<Outcome>)],
     now: u64,
-) -> rusqlite::Result<Option<Receipt>> {
+) -> rusqlite::Result<Vec<Receipt>> {
     let tx = write_transaction(conn)?;
-    let taken: Option<(String, String, String)> = tx
-        .query_row(
-            "DELETE FROM peer_queue WHERE id = ?1 AND peer = ?2 RETURNING sender, ref, recipient",
-            params![sql_u64(id), peer.as_str()],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )
-        .optional()?;
-    let receipt = match (taken, outcome) {
-        (Some((sender, reference, recipient)), Some(outcome)) => Some(insert_receipt(
-            &tx,
-            sender,
-            reference,
-            format!("{recipient}@{peer}"),
-            outcome,
-            now,
-        )?),
-        _ => None,
-    };
+    let mut receipts = Vec::new();
+    for &(id, outcome) in acks {
+        let taken: Option<(String, String, String)> = tx
+            .query_row(
+                "DELETE FROM peer_queue WHERE id = ?1 AND peer = ?2 RETURNING sender, ref, recipient",
+                params![sql_u64(id), peer.as_str()],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()?;
+        if let (Some((sender, reference, recipient)), Some(outcome)) = (taken, outcome) {
+            receipts.push(insert_receipt(
+                &tx,
+                sender,
+                reference,
+                format!("{recipient}@{peer}"),
+                outcome,
+                now,
+            )?);
+        }
+    }
     tx.commit()?;
-    Ok(receipt)
+    Ok(receipts)
 }
 
 /// See [`Storage::add_receipt`](crate::server::store::Storage::add_receipt): the delete
@@ -231,10 +232,14 @@ pub(super) fn peer_receipts(
     rows.collect()
 }
 
-/// See [`Storage::forget_receipt`](crate::server::store::Storage::forget_receipt).
-pub(super) fn forget_receipt(conn: &Connection, id: u64) -> rusqlite::Result<()> {
-    conn.execute("DELETE FROM receipts WHERE id = ?1", [sql_u64(id)])
-        .map(drop)
+/// See [`Storage::forget_receipts`](crate::server::store::Storage::forget_receipts): one
+/// write transaction.
+pub(super) fn forget_receipts(conn: &Connection, ids: &[u64]) -> rusqlite::Result<()> {
+    let tx = write_transaction(conn)?;
+    for &id in ids {
+        tx.execute("DELETE FROM receipts WHERE id = ?1", [sql_u64(id)])?;
+    }
+    tx.commit()
 }
 
 /// The id of the message `sender` queued as `reference` for any peer, if one is queued.
