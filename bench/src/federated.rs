@@ -62,9 +62,13 @@ fn free_port() -> Result<u16> {
 
 /// The two linked servers and what clients need to reach them.
 struct Pair {
+    /// The senders' server, `a.test`.
     a: Server,
+    /// The remote recipients' server, `b.test`.
     b: Server,
+    /// TLS for the bench's clients (the development CA both servers share).
     client_tls: Arc<rustls::ClientConfig>,
+    /// Their data and certificates, removed at the end.
     dir: PathBuf,
 }
 

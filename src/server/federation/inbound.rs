@@ -162,7 +162,9 @@ impl<K: Eq + std::hash::Hash + Clone> Slots<K> {
 
 /// A place taken in [`Slots`]; dropping it gives it back.
 struct Slot<K: Eq + std::hash::Hash> {
+    /// The counts it was taken from.
     taken: Arc<Mutex<HashMap<K, usize>>>,
+    /// Whose place it is.
     key: K,
 }
 
@@ -330,6 +332,7 @@ fn authenticate(
 
 /// One authenticated link.
 struct Session<'a> {
+    /// What every link shares.
     shared: &'a Shared,
     /// Who the certificate proved.
     peer: ServerName,

@@ -164,10 +164,15 @@ pub(super) struct Setup {
 
 /// The connector's receiving ends.
 struct Inbox {
+    /// Something new is in the store for this peer.
     wake: Receiver<()>,
+    /// The peer connected to us: cut the backoff short.
     reset: Receiver<()>,
+    /// Client queries to forward.
     queries: Receiver<Query>,
+    /// Room lines to forward.
     room: Receiver<Arc<str>>,
+    /// The server is stopping.
     stop: Receiver<()>,
 }
 
@@ -214,9 +219,13 @@ pub(super) fn start(setup: Setup) -> Result<(Link, JoinHandle<()>)> {
 
 /// The connector thread's state.
 struct Connector {
+    /// What it was started with.
     setup: Setup,
+    /// What the rest of the server hands it.
     inbox: Inbox,
+    /// Shared with the [`Link`]: whether queries can be sent now.
     up: Arc<AtomicBool>,
+    /// Shared with the [`Link`]: whether the peer shows room lines (its `OK PEER`).
     peer_takes_room: Arc<AtomicBool>,
     /// The next query id.
     next_qid: u64,
@@ -587,7 +596,9 @@ fn refusal(outcome: RelayOutcome) -> Option<Outcome> {
 
 /// What a batch sent, for matching its `RACK`s in order.
 enum Sent {
+    /// `RELAY` of the queued message with this id.
     Message(u64),
+    /// `RECEIPT` of the stored receipt with this id.
     Receipt(u64),
 }
 
