@@ -265,6 +265,12 @@ fn serve(shared: &Shared, socket: TcpStream) {
             Ok(authenticated) => authenticated,
             Err((code, text)) => return Err(refuse(&mut stream, code, text)),
         };
+        let welcome = PeerReply::Welcome {
+            name: shared.home.clone(),
+            room: shared.share_room,
+            list: shared.share_presence,
+        };
+        stream.write_line(&welcome.to_string())?;
         log::info!("federation: {peer} connected from {from}");
         if let Some(federation) = shared.federation.upgrade() {
             federation.heard_from(&peer);
@@ -284,7 +290,8 @@ fn serve(shared: &Shared, socket: TcpStream) {
     }
 }
 
-/// Reads the `PEER` frame and checks the certificate against the name it claims.
+/// Reads the `PEER` frame and checks the certificate against the name it claims; the
+/// caller answers `OK PEER` once the peer also has a place.
 fn authenticate(
     shared: &Shared,
     stream: &mut PeerStream<ServerConnection>,
@@ -319,14 +326,6 @@ fn authenticate(
                 format!("the certificate does not prove {name}"),
             )
         })?;
-    let welcome = PeerReply::Welcome {
-        name: shared.home.clone(),
-        room: shared.share_room,
-        list: shared.share_presence,
-    };
-    stream
-        .write_line(&welcome.to_string())
-        .map_err(|e| (LinkError::BadFrame, e.to_string()))?;
     Ok(name)
 }
 
