@@ -283,6 +283,12 @@ fn keys_and_prekey_bundles_of_remote_users_are_fetched_through_the_federation() 
     assert_eq!(common::err_code(&reply).1, "no-such-user", "{reply:?}");
     let reply = alice.request("GETKEY bob@elsewhere.test");
     assert_eq!(common::err_code(&reply).1, "unreachable", "{reply:?}");
+    let reply = alice.request("LIST elsewhere.test");
+    let (_, code, text) = common::err_code(&reply);
+    assert_eq!(code, "unreachable", "{reply:?}");
+    assert!(text.contains("not linked with"), "{text}");
+    // Its own name is this server: the local list.
+    assert_eq!(alice.request("LIST a.test"), common::ok("LIST", "1 alice"));
     // Bob@a.test is alice's own server's bob: no such user here.
     let reply = alice.request("GETKEY bob@a.test");
     assert_eq!(common::err_code(&reply).1, "no-such-user", "{reply:?}");

@@ -66,6 +66,16 @@ impl RequestHandler {
         ))
     }
 
+    /// `ERR <command> unreachable <address> …` for a user of a server this one is not
+    /// linked with.
+    pub(super) fn unlinked(&mut self, command: Command, address: &str) -> Step {
+        self.unreachable(
+            command,
+            address,
+            "is on a server this server is not linked with",
+        )
+    }
+
     /// `MSG` to another server: the client should send it as an offline message.
     pub(super) fn remote_msg(&mut self, away: &Away) -> Step {
         match away {
@@ -77,11 +87,7 @@ impl RequestHandler {
                     "{address} is on another server: private messages to other servers travel as offline messages (SEND)"
                 ),
             )),
-            Away::Unlinked(address) => self.unreachable(
-                Command::Msg,
-                address,
-                "is on a server this server is not linked with",
-            ),
+            Away::Unlinked(address) => self.unlinked(Command::Msg, address),
         }
     }
 
@@ -248,28 +254,19 @@ impl RequestHandler {
     /// `LIST <server>`: who is online on a linked server that shares it.
     pub(super) fn remote_list(&mut self, server: &str) -> Step {
         let command = Command::List;
-        let federation = self.context.federation.clone();
-        let peer = match (ServerName::parse(server), &federation) {
-            (Ok(name), Some(f)) if name == *f.name() => {
+        let linked = ServerName::parse(server)
+            .ok()
+            .zip(self.context.federation.clone());
+        let (peer, federation) = match linked {
+            Some((name, federation)) if name == *federation.name() => {
                 self.route(Routed::List);
                 return Step::Continue;
             }
-            (Ok(name), Some(_)) => name,
+            Some((name, federation)) if federation.is_linked(&name) => (name, federation),
             _ => {
                 let shown = crate::protocol::truncate(server, 253).to_owned();
-                return self.unreachable(
-                    command,
-                    &shown,
-                    "is not a server this server is linked with",
-                );
+                return self.unlinked(command, &shown);
             }
-        };
-        let Some(federation) = federation else {
-            return self.unreachable(
-                command,
-                server,
-                "is not a server this server is linked with",
-            );
         };
         match federation.query(&peer, PeerRequest::List { qid: 0 }) {
             Some(PeerReply::List { total, names, .. }) => {

@@ -413,13 +413,7 @@ impl RequestHandler {
             Request::SetKey { key } => return self.set_key(user, key),
             Request::GetKey { user: wanted } => match self.away(wanted) {
                 Some(Away::Peer { peer, address }) => return self.remote_get_key(&peer, &address),
-                Some(Away::Unlinked(address)) => {
-                    return self.reply_error(&ProtocolError::new(
-                        Command::GetKey,
-                        ErrorCode::Unreachable,
-                        format!("{address} is on a server this server is not linked with"),
-                    ))
-                }
+                Some(Away::Unlinked(address)) => return self.unlinked(Command::GetKey, &address),
                 Some(Away::Home(user)) => return self.get_key(user.as_str()),
                 None => return self.get_key(wanted),
             },
@@ -712,13 +706,7 @@ impl RequestHandler {
             Some(Away::Peer { peer, address }) => {
                 return self.remote_bundle(requester, &peer, &address)
             }
-            Some(Away::Unlinked(address)) => {
-                return self.reply_error(&ProtocolError::new(
-                    command,
-                    ErrorCode::Unreachable,
-                    format!("{address} is on a server this server is not linked with"),
-                ))
-            }
+            Some(Away::Unlinked(address)) => return self.unlinked(command, &address),
             Some(Away::Home(user)) => user,
             None => match UserName::parse(owner) {
                 Ok(owner) => owner,

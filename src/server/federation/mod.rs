@@ -255,6 +255,11 @@ impl Federation {
         names
     }
 
+    /// Whether `server` is one of this server's peers.
+    pub(super) fn is_linked(&self, server: &ServerName) -> bool {
+        self.links.contains_key(server)
+    }
+
     /// Most payload bytes queued for one peer.
     pub(super) fn queue_max_bytes(&self) -> u64 {
         self.queue_max_bytes
@@ -264,9 +269,7 @@ impl Federation {
     pub(super) fn destination(&self, address: Address) -> Destination {
         match address.relative_to(&self.name).server {
             None => Destination::Local(address.user),
-            Some(server) if self.links.contains_key(&server) => {
-                Destination::Remote { peer: server }
-            }
+            Some(server) if self.is_linked(&server) => Destination::Remote { peer: server },
             Some(_) => Destination::Unlinked(address),
         }
     }
