@@ -13,6 +13,8 @@
 //! | `history.rs` | the room's last lines: kept by the router, stored by a writer thread, replayed at login |
 //! | `mailbox.rs` | offline delivery: what readers hand the router after their database writes, the login backlog, expiry |
 //! | `accounts.rs`, `throttle.rs` | accounts (bcrypt), brute-force defences |
+//! | `remote.rs` | what a request naming a user of another server (`bob@b.test`) does |
+//! | `federation/` | links to servers of other names: the peers file, the connector per peer (relays the durable queue), the federation port (mutual TLS, the boundary rules) |
 //! | `store/` | the storage interface (`mod.rs`: the trait and what a backend guarantees; `conformance.rs`: its tests) and its SQLite backend (`sqlite.rs`, `sqlite/mailbox.rs`) |
 //!
 //! # Threads, sockets and locks
@@ -27,6 +29,8 @@
 //! | bcrypt pool | `bcrypt_concurrency` | password jobs | results to the waiting login thread |
 //! | `history` | 1 (0 with `room_history` 0) | the room lines the router recorded (a bounded channel) | the database, one transaction per wake-up |
 //! | `mailbox-expiry` | 1 | a clock (every minute, or every `queue_ttl` if shorter) | the database (one transaction per run); expiry receipts to the router's inbox |
+//! | `peer-out-NAME` | per configured peer (0 without federation) | the database (that peer's queue and receipts), its bounded query and room queues, the peer's answers | the link to that peer; the database (deletes on `RACK`); receipts to the router's inbox |
+//! | `peer-accept`, `peer-in-N` | 1, and per accepted link | the federation port; a peer's requests | the database (relayed messages, receipts), answers to the peer; lines for local users to the router's inbox |
 //!
 //! Mailbox requests (`SEND`, `ACK`, `ACKSTATUS`, `BUNDLE`, `SETPREKEY`, `ADDPREKEYS`) and an
 //! opted-in login's backlog read are database work done by that connection's `reader-N` (or
@@ -64,8 +68,9 @@
 //! Shutdown: [`ShutdownHandle::trigger`] (from Ctrl-C/SIGTERM, or a test) stops the accept
 //! loop, tells every connection `BYE server shutting down`, waits up to 10 s for their
 //! threads, cuts off those still open (a client that does not read keeps its writer
-//! blocked), stops the router, waits for the history writer to store what it was given,
-//! and closes the database.
+//! blocked), stops expiry and the federation's threads (their sockets are cut; queued
+//! messages stay in the database), stops the router, waits for the history writer to store
+//! what it was given, and closes the database.
 
 mod accounts;
 mod admission;

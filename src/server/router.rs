@@ -24,6 +24,11 @@
 //! logs in exactly once, as history or live (see `history.rs`); the database write is
 //! another thread's.
 //!
+//! With federation, a local user's room line is also handed to each peer's connector (a
+//! bounded queue that drops when full: the router never waits for a peer), and a peer's
+//! room line arrives as [`Event::PeerRoom`] for everyone here; `LIST <server>` from a peer
+//! is [`Event::PeerList`].
+//!
 //! Presence (`OFFLINE`) is told to a user's *contacts* — the users it exchanged
 //! private messages with since logging in — rather than to everyone: broadcasting every
 //! login to every user costs O(n²) with 10,000 users online, and contacts are who needs to
