@@ -132,8 +132,9 @@ impl Notice {
         }
     }
 
-    /// The `STATUS` of `receipt` for its sender; `None` if the stored sender is no user
-    /// name (a file edited by hand).
+    /// The `STATUS` of `receipt` for its sender; `None` if the sender is no local user
+    /// name: a user of another server (its receipt is forwarded by that peer's link, see
+    /// `federation/outbound.rs`), or a file edited by hand.
     pub(super) fn receipt(receipt: &Receipt) -> Option<Notice> {
         Some(Notice {
             to: UserName::parse(&receipt.sender).ok()?,
