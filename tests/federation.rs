@@ -722,7 +722,7 @@ impl SilentPeer {
     fn listen(port: u16, fed_dir: &Path, ca: &Path) -> SilentPeer {
         let (chain, key) = identity(fed_dir, "b.test");
         let roots = tls::load_certificates(ca).unwrap();
-        let config = tls::federation::federation_server_config(chain, key, &roots).unwrap();
+        let config = tls::federation::federation_server_config(chain, key, &roots, &[]).unwrap();
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("b.test's port");
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1069,4 +1069,64 @@ fn two_real_clients_on_two_servers_talk_end_to_end_and_neither_server_can_read_i
             assert!(!log.contains(secret), "{secret:?} in {node}'s log");
         }
     }
+}
+
+#[test]
+fn a_peer_trusted_by_its_key_links_and_the_shared_ca_cannot_stand_in_for_it() {
+    let mut federation = Federation::start(&["a.test", "b.test", "c.test"]);
+    let fed_dir = federation_dir(federation.dir.path());
+    let ca = fed_dir.join(tls::federation::FEDERATION_CA_CERT);
+    // a.test trusts b.test by its key alone; c.test still by the CA.
+    let b_pin = tls::federation::KeyPin::of_certificate(&identity(&fed_dir, "b.test").0[0])
+        .expect("b.test's pin");
+    let b_port = federation.node("b.test").federation_port;
+    let c_port = federation.node("c.test").federation_port;
+    std::fs::write(
+        federation.node("a.test").dir.join("peers.conf"),
+        format!(
+            "b.test 127.0.0.1:{b_port} {b_pin}\nc.test 127.0.0.1:{c_port} {}\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    federation.kill9("a.test");
+    federation.restart("a.test");
+    let mut alice = federation.user("a.test", "alice");
+    let mut bob = federation.user("b.test", "bob");
+    alice.send("SEND bob@b.test k1 to-bob");
+    assert!(matches!(
+        status(&mut alice, "k1").0,
+        DeliveryState::Queued { .. }
+    ));
+    let (id, sender, _) = mail(&mut bob);
+    assert_eq!(sender, "alice@a.test");
+    bob.send(&format!("ACK {id}"));
+    assert_eq!(status(&mut alice, "k1").0, DeliveryState::Delivered);
+    bob.send("SEND alice@a.test k2 to-alice");
+    let (_, sender, _) = mail(&mut alice);
+    assert_eq!(sender, "bob@b.test");
+
+    // The federation CA issues another certificate for b.test (another key). a.test still
+    // trusts that CA (for c.test), so the handshake passes — and the pin refuses it.
+    let other = tempfile::tempdir().unwrap();
+    for file in [
+        tls::federation::FEDERATION_CA_CERT,
+        tls::federation::FEDERATION_CA_KEY,
+    ] {
+        std::fs::copy(fed_dir.join(file), other.path().join(file)).unwrap();
+    }
+    tls::federation::issue_federation_certificate(
+        other.path(),
+        &ServerName::parse("b.test").unwrap(),
+    )
+    .unwrap();
+    let port = federation.node("a.test").federation_port;
+    let mut rogue = Rogue::connect(port, other.path(), "b.test", &ca).expect("the CA's chain");
+    let reply = rogue.request("PEER 1 b.test").unwrap();
+    assert!(reply.starts_with("ERR not-authorized"), "{reply}");
+    rogue.assert_closed();
+    // Nor can it pass for c.test, which a.test does trust by the CA: it holds only b.test.
+    let mut rogue = Rogue::connect(port, other.path(), "b.test", &ca).expect("the CA's chain");
+    let reply = rogue.request("PEER 1 c.test").unwrap();
+    assert!(reply.starts_with("ERR not-authorized"), "{reply}");
 }

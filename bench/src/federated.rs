@@ -105,7 +105,7 @@ fn start(dir: &Path) -> Result<Pair> {
                 peers: vec![PeerConfig {
                     name: peer.clone(),
                     address: format!("127.0.0.1:{peer_port}"),
-                    roots: roots.clone(),
+                    trust: tls::federation::PeerTrust::Ca(roots.clone()),
                 }],
                 share_room: true,
                 share_presence: true,

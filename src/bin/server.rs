@@ -189,12 +189,20 @@ fn issue_federation_cert(certs_dir: &std::path::Path, name: &str) -> securechat:
     let name = ServerName::parse(name).map_err(|e| securechat::Error::Config(e.to_string()))?;
     let dir = certs_dir.join(FEDERATION_DIR);
     let files = tls::federation::issue_federation_certificate(&dir, &name)?;
+    let pin = tls::load_certificates(&files.cert)?
+        .first()
+        .map(tls::federation::KeyPin::of_certificate)
+        .transpose()
+        .map_err(securechat::Error::Config)?;
     println!(
         "federation certificate for {name}: {} (key {})\ntrust anchor for peers files: {}",
         real_path(&files.cert).display(),
         real_path(&files.key).display(),
         real_path(&files.ca).display()
     );
+    if let Some(pin) = pin {
+        println!("or trust {name} by its key alone, in a peers file: {pin}");
+    }
     Ok(())
 }
 

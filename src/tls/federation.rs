@@ -43,9 +43,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::client::danger::ServerCertVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
@@ -81,25 +82,39 @@ const FEDERATION_CERT_LIFETIME_DAYS: u64 = 365;
 /// TLS for the server-to-server port: certificates required on both sides.
 ///
 /// The client certificate must chain to one of `trusted` (the union of every configured
-/// peer's CA certificates) and carry the clientAuth usage; which peer it is, is decided
-/// afterwards by [`check_peer_certificate`]. No `trusted` certificate is a configuration
-/// error: no peer could ever be verified.
+/// peer's CA certificates) and carry the clientAuth usage, or hold one of the `pinned`
+/// keys (peers trusted by key, [`KeyPin`]); which peer it is, is decided afterwards by
+/// [`PeerTrust::check`]. Neither a CA nor a pin is a configuration error: no peer could
+/// ever be verified.
 pub fn federation_server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     trusted: &[CertificateDer<'static>],
+    pinned: &[KeyPin],
 ) -> Result<Arc<ServerConfig>> {
-    if trusted.is_empty() {
+    if trusted.is_empty() && pinned.is_empty() {
         return Err(Error::Config(
-            "the federation port needs at least one peer's CA certificate: without one no \
-             peer can be verified; configure a peer with its CA file"
+            "the federation port needs at least one peer's CA certificate or key pin: \
+             without one no peer can be verified; configure a peer with its CA file or pin"
                 .to_owned(),
         ));
     }
-    let roots = root_store(trusted).map_err(Error::Config)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crypto_provider())
-        .build()
-        .map_err(|e| Error::Config(format!("cannot verify federation peers: {e}")))?;
+    let by_ca = match trusted.is_empty() {
+        true => None,
+        false => {
+            let roots = root_store(trusted).map_err(Error::Config)?;
+            Some(
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crypto_provider())
+                    .build()
+                    .map_err(|e| Error::Config(format!("cannot verify federation peers: {e}")))?,
+            )
+        }
+    };
+    let verifier = Arc::new(PeerClientVerifier {
+        by_ca,
+        pinned: pinned.to_vec(),
+        schemes: crypto_provider().signature_verification_algorithms,
+    });
     let config = ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(VERSIONS)?
         .with_client_cert_verifier(verifier)
@@ -182,6 +197,223 @@ pub fn check_peer_certificate(
                 "the certificate of the peer claiming to be {name} is refused: {why} ({e})"
             ))
         })
+}
+
+/// How one peer is recognised: by a CA and its name, or by its key alone.
+#[derive(Debug, Clone)]
+pub enum PeerTrust {
+    /// Its certificate chains to one of these CA certificates (this peer's own) and is valid
+    /// for its configured name ([`check_peer_certificate`]).
+    Ca(Vec<CertificateDer<'static>>),
+    /// Its certificate holds this public key ([`KeyPin`]): the key is the identity, as an
+    /// SSH known host, and no CA can vouch for anyone else under the peer's name.
+    Pin(KeyPin),
+}
+
+impl PeerTrust {
+    /// TLS for dialling this peer, showing `chain`.
+    pub fn client_config(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Arc<ClientConfig>> {
+        match self {
+            PeerTrust::Ca(roots) => federation_client_config(chain, key, roots),
+            PeerTrust::Pin(pin) => {
+                let verifier = Arc::new(PinnedServerVerifier {
+                    pin: pin.clone(),
+                    schemes: crypto_provider().signature_verification_algorithms,
+                });
+                let config = ClientConfig::builder_with_provider(crypto_provider())
+                    .with_protocol_versions(VERSIONS)?
+                    .dangerous()
+                    .with_custom_certificate_verifier(verifier)
+                    .with_client_auth_cert(chain, key)?;
+                Ok(Arc::new(config))
+            }
+        }
+    }
+
+    /// The explicit check after a handshake: `chain` is this peer's, named `name`.
+    pub fn check(
+        &self,
+        chain: &[CertificateDer<'_>],
+        name: &ServerName,
+    ) -> std::result::Result<(), String> {
+        match self {
+            PeerTrust::Ca(roots) => check_peer_certificate(chain, roots, name),
+            PeerTrust::Pin(pin) => {
+                let Some(end_entity) = chain.first() else {
+                    return Err(format!(
+                        "the peer claiming to be {name} presented no certificate"
+                    ));
+                };
+                match KeyPin::of_certificate(end_entity) {
+                    Ok(seen) if seen == *pin => Ok(()),
+                    Ok(seen) => Err(format!(
+                        "the peer claiming to be {name} holds the key {seen}, not the key \
+                         pinned for {name}"
+                    )),
+                    Err(e) => Err(escape(&e)),
+                }
+            }
+        }
+    }
+}
+
+/// A peer's public key, pinned: the SHA-256 of its certificate's DER SubjectPublicKeyInfo,
+/// written `sha256:<base64>` (HPKP's and curl's `--pinnedpubkey` form). Survives a renewed
+/// certificate with the same key; [`issue_federation_certificate`] and the server's start-up
+/// log print a server's own.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyPin([u8; 32]);
+
+impl KeyPin {
+    /// Reads `sha256:<base64 of 32 bytes>`.
+    pub fn parse(text: &str) -> std::result::Result<KeyPin, String> {
+        use base64::Engine as _;
+        let bad = || format!("{text:?} is not a key pin: sha256:<base64 of 32 bytes>");
+        let encoded = text.strip_prefix("sha256:").ok_or_else(bad)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| bad())?;
+        Ok(KeyPin(bytes.try_into().map_err(|_| bad())?))
+    }
+
+    /// The pin of the key `certificate` holds.
+    pub fn of_certificate(certificate: &CertificateDer<'_>) -> std::result::Result<KeyPin, String> {
+        let parsed = rustls::server::ParsedCertificate::try_from(certificate)
+            .map_err(|e| format!("the certificate cannot be read: {e}"))?;
+        let spki = parsed.subject_public_key_info();
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki.as_ref());
+        let mut pin = [0u8; 32];
+        pin.copy_from_slice(digest.as_ref());
+        Ok(KeyPin(pin))
+    }
+}
+
+impl std::fmt::Display for KeyPin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use base64::Engine as _;
+        write!(
+            f,
+            "sha256:{}",
+            base64::engine::general_purpose::STANDARD.encode(self.0)
+        )
+    }
+}
+
+impl std::fmt::Debug for KeyPin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// The acceptor's check of client certificates: a configured CA's chain, or a pinned key.
+/// The handshake signature is verified either way (the peer proves it holds the key).
+#[derive(Debug)]
+struct PeerClientVerifier {
+    /// The CA peers' verifier; `None` when every peer is pinned.
+    by_ca: Option<Arc<dyn ClientCertVerifier>>,
+    /// The pinned peers' keys.
+    pinned: Vec<KeyPin>,
+    /// How handshake signatures are checked.
+    schemes: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for PeerClientVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.by_ca.as_ref().map_or(&[], |v| v.root_hint_subjects())
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        if KeyPin::of_certificate(end_entity).is_ok_and(|pin| self.pinned.contains(&pin)) {
+            return Ok(ClientCertVerified::assertion());
+        }
+        match &self.by_ca {
+            Some(verifier) => verifier.verify_client_cert(end_entity, intermediates, now),
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.schemes)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.schemes)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.schemes.supported_schemes()
+    }
+}
+
+/// The connector's check of a pinned peer: its certificate holds the pinned key (whoever
+/// signed it, whatever names it holds), and the handshake signature is made with it.
+#[derive(Debug)]
+struct PinnedServerVerifier {
+    /// The peer's key.
+    pin: KeyPin,
+    /// How handshake signatures are checked.
+    schemes: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        match KeyPin::of_certificate(end_entity) {
+            Ok(pin) if pin == self.pin => Ok(ServerCertVerified::assertion()),
+            _ => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.schemes)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.schemes)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.schemes.supported_schemes()
+    }
 }
 
 /// A root store holding `certificates`, or why one of them cannot be a trust anchor.
@@ -438,6 +670,90 @@ mod tests {
         reports.recv_timeout(TIMEOUT * 2).unwrap()
     }
 
+    /// The key pin of the certificate issued in `files`.
+    fn pin(files: &FederationFiles) -> KeyPin {
+        KeyPin::of_certificate(&identity(files).0[0]).unwrap()
+    }
+
+    #[test]
+    fn a_key_pin_reads_back_as_written_and_nothing_else_is_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = issue_federation_certificate(dir.path(), &name("a.test")).unwrap();
+        let pin = pin(&a);
+        assert_eq!(KeyPin::parse(&pin.to_string()).unwrap(), pin);
+        assert!(pin.to_string().starts_with("sha256:"));
+        // A new certificate for the same name has a new key, so a new pin.
+        let again = issue_federation_certificate(dir.path(), &name("a.test")).unwrap();
+        assert_ne!(super::tests::pin(&again), pin);
+        for bad in [
+            "",
+            "sha256:",
+            "sha1:AAAA",
+            "sha256:AAAA",
+            "sha256:!!!",
+            &pin.to_string()[7..],
+        ] {
+            assert!(KeyPin::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_pinned_peer_links_by_its_key_and_no_other_key_passes_on_either_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = issue_federation_certificate(dir.path(), &name("a.test")).unwrap();
+        let b = issue_federation_certificate(dir.path(), &name("b.test")).unwrap();
+        let (a_pin, b_pin) = (pin(&a), pin(&b));
+        let (a_chain, a_key) = identity(&a);
+        let (b_chain, b_key) = identity(&b);
+
+        // a.test trusts b.test by key alone (no CA at all); b.test trusts a.test by key.
+        let server = federation_server_config(
+            a_chain.clone(),
+            a_key.clone_key(),
+            &[],
+            std::slice::from_ref(&b_pin),
+        )
+        .unwrap();
+        let (addr, reports) = accept_one(server.clone());
+        let client = PeerTrust::Pin(a_pin.clone())
+            .client_config(b_chain.clone(), b_key.clone_key())
+            .unwrap();
+        let (seen_by_b, _socket) = connect(addr, client, &name("a.test"));
+        let seen_by_a = accepted(&reports).expect("a.test accepts b.test's key");
+        let seen_by_b = seen_by_b.expect("b.test accepts a.test's key");
+        PeerTrust::Pin(b_pin.clone())
+            .check(&seen_by_a, &name("b.test"))
+            .unwrap();
+        PeerTrust::Pin(a_pin.clone())
+            .check(&seen_by_b, &name("a.test"))
+            .unwrap();
+
+        // Another key, even under b.test's name and from the same CA, is refused by the
+        // acceptor (nothing but the pin is trusted)...
+        let impostor = tempfile::tempdir().unwrap();
+        let forged = issue_federation_certificate(impostor.path(), &name("b.test")).unwrap();
+        let (f_chain, f_key) = identity(&forged);
+        let (addr, reports) = accept_one(server);
+        let client = PeerTrust::Pin(a_pin)
+            .client_config(f_chain.clone(), f_key.clone_key())
+            .unwrap();
+        let (_, _socket) = connect(addr, client, &name("a.test"));
+        assert!(accepted(&reports).is_err(), "another key got in");
+        let error = PeerTrust::Pin(b_pin)
+            .check(&f_chain, &name("b.test"))
+            .unwrap_err();
+        assert!(error.contains("not the key pinned for b.test"), "{error}");
+
+        // ...and by the connector: b.test dialling a server that shows another key.
+        let (addr, _reports) =
+            accept_one(federation_server_config(f_chain, f_key, &[], &[pin(&b)]).unwrap());
+        let client = PeerTrust::Pin(pin(&a))
+            .client_config(b_chain, b_key)
+            .unwrap();
+        let (seen, _socket) = connect(addr, client, &name("a.test"));
+        assert!(seen.is_err(), "b.test linked to a key that is not a.test's");
+    }
+
     #[test]
     fn two_servers_of_one_federation_authenticate_each_other_by_name() {
         let dir = tempfile::tempdir().unwrap();
@@ -449,7 +765,8 @@ mod tests {
         assert_eq!(roots, ca(&b), "one CA for the whole federation");
 
         // a.test accepts; b.test dials it.
-        let (addr, reports) = accept_one(federation_server_config(a_chain, a_key, &roots).unwrap());
+        let (addr, reports) =
+            accept_one(federation_server_config(a_chain, a_key, &roots, &[]).unwrap());
         let client = federation_client_config(b_chain, b_key, &roots).unwrap();
         let (seen_by_b, _socket) = connect(addr, client, &name("a.test"));
         let seen_by_a = accepted(&reports).expect("a.test accepts b.test");
@@ -465,7 +782,8 @@ mod tests {
         let a = issue_federation_certificate(dir.path(), &name("a.test")).unwrap();
         let (a_chain, a_key) = identity(&a);
         let roots = ca(&a);
-        let (addr, reports) = accept_one(federation_server_config(a_chain, a_key, &roots).unwrap());
+        let (addr, reports) =
+            accept_one(federation_server_config(a_chain, a_key, &roots, &[]).unwrap());
 
         let mut store = RootCertStore::empty();
         store.add(roots[0].clone()).unwrap();
@@ -489,7 +807,7 @@ mod tests {
         let (a_chain, a_key) = identity(&a);
         let (s_chain, s_key) = identity(&stranger);
         let (addr, reports) =
-            accept_one(federation_server_config(a_chain, a_key, &ca(&a)).unwrap());
+            accept_one(federation_server_config(a_chain, a_key, &ca(&a), &[]).unwrap());
 
         // The stranger trusts a.test's CA, so only a.test's verdict can stop it.
         let client = federation_client_config(s_chain, s_key, &ca(&a)).unwrap();
@@ -506,7 +824,8 @@ mod tests {
         let (a_chain, a_key) = identity(&a);
         let (b_chain, b_key) = identity(&b);
         let roots = ca(&a);
-        let (addr, reports) = accept_one(federation_server_config(a_chain, a_key, &roots).unwrap());
+        let (addr, reports) =
+            accept_one(federation_server_config(a_chain, a_key, &roots, &[]).unwrap());
         let client = federation_client_config(b_chain, b_key, &roots).unwrap();
         let (_, _socket) = connect(addr, client, &name("a.test"));
 
@@ -530,7 +849,8 @@ mod tests {
         let (a_chain, a_key) = identity(&a);
         let (f_chain, f_key) = identity(&forged);
         let union: Vec<_> = b_roots.iter().chain(&c_roots).cloned().collect();
-        let (addr, reports) = accept_one(federation_server_config(a_chain, a_key, &union).unwrap());
+        let (addr, reports) =
+            accept_one(federation_server_config(a_chain, a_key, &union, &[]).unwrap());
         let client = federation_client_config(f_chain, f_key, &b_roots).unwrap();
         let (_, _socket) = connect(addr, client, &name("a.test"));
 
@@ -551,7 +871,7 @@ mod tests {
         let a = issue_federation_certificate(dir.path(), &name("a.test")).unwrap();
         let (a_chain, a_key) = identity(&a);
         let (addr, reports) =
-            accept_one(federation_server_config(a_chain, a_key, &ca(&a)).unwrap());
+            accept_one(federation_server_config(a_chain, a_key, &ca(&a), &[]).unwrap());
         let mut socket = TcpStream::connect(addr).unwrap();
         socket.write_all(b"PEER 1 a.test\n").unwrap();
         let error = accepted(&reports).expect_err("plaintext is never a session");
@@ -569,7 +889,8 @@ mod tests {
         assert!(error.contains("presented no certificate"), "{error}");
         let error = check_peer_certificate(&a_chain, &[], &name("a.test")).unwrap_err();
         assert!(error.contains("no CA certificate is configured"), "{error}");
-        let error = federation_server_config(a_chain.clone(), a_key.clone_key(), &[]).unwrap_err();
+        let error =
+            federation_server_config(a_chain.clone(), a_key.clone_key(), &[], &[]).unwrap_err();
         assert!(error.to_string().contains("at least one peer"), "{error}");
         assert!(federation_client_config(a_chain, a_key, &[]).is_err());
     }

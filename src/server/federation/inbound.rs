@@ -318,7 +318,8 @@ fn authenticate(
             format!("{name} is not a peer of {}", shared.home),
         ));
     };
-    crate::tls::federation::check_peer_certificate(stream.peer_certificates(), &peer.roots, &name)
+    peer.trust
+        .check(stream.peer_certificates(), &name)
         .map_err(|why| {
             log::warn!("federation: a link claiming {name} refused: {why}");
             (

@@ -9,12 +9,13 @@
 //! | `outbound.rs` | the connector thread per peer: relays the durable queue, forwards receipts, room lines and queries; reconnects with capped backoff |
 //! | `inbound.rs` | the federation port: mutual TLS, the explicit name check, the boundary rules, and what each peer request does here |
 //!
-//! **Trust.** A peer is a configured name with its own trust anchor (a CA certificate),
-//! never an address: the federation port requires a client certificate (rustls checks its
-//! chain against the configured CAs), and then this server checks, itself, that the
-//! certificate chains to *that peer's* CA and is valid for the name the peer claims in its
-//! first frame (`tls::federation::check_peer_certificate`). The connector checks the name
-//! it dialled the same way. There is no fallback: no certificate, no link.
+//! **Trust.** A peer is a configured name with its own trust anchor — a CA certificate, or
+//! a pinned key — never an address: the federation port requires a client certificate
+//! (rustls checks its chain against the configured CAs, or its key against the pins), and
+//! then this server checks, itself, that the certificate chains to *that peer's* CA and is
+//! valid for the name the peer claims in its first frame, or holds *that peer's* pinned key
+//! (`tls::federation::PeerTrust::check`). The connector checks the peer it dialled the same
+//! way. There is no fallback: no certificate, no link.
 //!
 //! **The boundary.** Every user a peer frame speaks for must be of the peer's domain (or the
 //! link ends with `invalid-from`), every user it speaks to must be ours (servers never relay
@@ -53,6 +54,7 @@ use crate::error::{Error, Result};
 use crate::protocol::name::{Address, ServerName, UserName};
 use crate::protocol::peer::{PeerReply, PeerRequest};
 use crate::sync;
+use crate::tls::federation::{KeyPin, PeerTrust};
 
 pub use peers::PeerConfig;
 
@@ -159,30 +161,33 @@ impl Federation {
         max_frame: usize,
         quota: Quota,
     ) -> Result<Arc<Federation>> {
-        let trusted: Vec<CertificateDer<'static>> = config
-            .peers
-            .iter()
-            .flat_map(|p| p.roots.iter().cloned())
-            .collect();
+        let mut trusted: Vec<CertificateDer<'static>> = Vec::new();
+        let mut pinned = Vec::new();
+        for peer in &config.peers {
+            match &peer.trust {
+                PeerTrust::Ca(roots) => trusted.extend(roots.iter().cloned()),
+                PeerTrust::Pin(pin) => pinned.push(pin.clone()),
+            }
+        }
         let server_tls = crate::tls::federation::federation_server_config(
             config.chain.clone(),
             config.key.clone_key(),
             &trusted,
+            &pinned,
         )?;
         let listener = TcpListener::bind(config.listen).map_err(|e| {
             Error::Config(format!("cannot listen for peers on {}: {e}", config.listen))
         })?;
         let listen = listener.local_addr()?;
+        let config_pin = config.chain.first().map(KeyPin::of_certificate);
         let sockets = Arc::new(Sockets::default());
         let stopping = Arc::new(AtomicBool::new(false));
         let mut links = HashMap::new();
         let mut threads = Vec::new();
         for peer in &config.peers {
-            let client_tls = crate::tls::federation::federation_client_config(
-                config.chain.clone(),
-                config.key.clone_key(),
-                &peer.roots,
-            )?;
+            let client_tls = peer
+                .trust
+                .client_config(config.chain.clone(), config.key.clone_key())?;
             let (link, thread) = outbound::start(outbound::Setup {
                 home: config.name.clone(),
                 peer: peer.clone(),
@@ -236,6 +241,9 @@ impl Federation {
             federation.name,
             federation.peer_names().join(", ")
         );
+        if let Some(Ok(pin)) = config_pin {
+            log::info!("federation: this server's key pin, for peers that trust it by key: {pin}");
+        }
         Ok(federation)
     }
 

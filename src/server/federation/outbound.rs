@@ -330,12 +330,9 @@ impl Connector {
         let mut stream = PeerStream::handshake(conn, socket, self.setup.max_frame, None)?;
         // rustls checked the chain and the name; the check is made again here, explicitly,
         // so that which peer this is never rests on configuration alone.
-        crate::tls::federation::check_peer_certificate(
-            stream.peer_certificates(),
-            &peer.roots,
-            &peer.name,
-        )
-        .map_err(LinkDown::Protocol)?;
+        peer.trust
+            .check(stream.peer_certificates(), &peer.name)
+            .map_err(LinkDown::Protocol)?;
         let hello = PeerRequest::Hello {
             version: PEER_PROTOCOL_VERSION,
             name: self.setup.home.clone(),
