@@ -5,7 +5,7 @@
 //! name, an address and a trust anchor (its CA certificate file): there is no trust by IP
 //! address, no plaintext and no fallback to either.
 //!
-//! Three steps, in this order, decide who is on the other end:
+//! Three steps, in this order, decide who is on the other end of a CA-trusted link:
 //!
 //! 1. [`federation_server_config`] (the acceptor) requires a client certificate that chains
 //!    to the union of every configured peer's CA, and [`federation_client_config`] (the
@@ -27,6 +27,14 @@
 //! checks clientAuth and the explicit check serverAuth: a peer certificate must carry both.
 //! (As everywhere in webpki, a certificate with no extended key usage extension at all
 //! counts as valid for every usage.)
+//!
+//! A peer may instead be trusted by its **key** ([`PeerTrust::Pin`], a [`KeyPin`]: the
+//! SHA-256 of its certificate's SubjectPublicKeyInfo), as an SSH known host: the acceptor's
+//! verifier then also accepts a client certificate holding a pinned key, the connector's
+//! accepts only the pinned key (whatever signed the certificate, whatever names it holds),
+//! and the explicit check compares the key. Both still verify the handshake signature with
+//! the provider's algorithms, so the peer proves it holds the private key. No CA can stand
+//! in for a pinned peer — not even one the acceptor trusts for another peer.
 //!
 //! The development federation CA ([`issue_federation_certificate`]) is separate from the
 //! client-facing development CA of [`super::ensure_dev_certificates_for`], and unlike that

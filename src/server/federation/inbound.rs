@@ -2,10 +2,10 @@
 //! their requests within the boundary rules.
 //!
 //! A connection's life: TLS with a client certificate (refused without one, or with one
-//! no configured peer's CA signed) → the peer's first frame `PEER 1 <name>` → this server
-//! checks that `name` is a configured peer and that the certificate chains to *that
-//! peer's* CA and is valid for `name` (`not-authorized` otherwise) → `OK PEER` → requests,
-//! each answered in order.
+//! no configured peer's CA signed and with no pinned key) → the peer's first frame
+//! `PEER 1 <name>` → this server checks that `name` is a configured peer and that the
+//! certificate chains to *that peer's* CA and is valid for `name`, or holds *that peer's*
+//! pinned key (`not-authorized` otherwise) → `OK PEER` → requests, each answered in order.
 //!
 //! The rules every request passes before it does anything ([`Session::check`]):
 //! - each user it speaks *for* (a sender, a requester, the recipient who produced a
