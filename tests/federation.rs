@@ -1130,3 +1130,58 @@ fn a_peer_trusted_by_its_key_links_and_the_shared_ca_cannot_stand_in_for_it() {
     let reply = rogue.request("PEER 1 c.test").unwrap();
     assert!(reply.starts_with("ERR not-authorized"), "{reply}");
 }
+
+#[test]
+fn a_servers_name_defaults_to_its_federation_certificates_and_a_mismatch_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path());
+    let fed_dir = federation_dir(dir.path());
+    let files = tls::federation::issue_federation_certificate(
+        &fed_dir,
+        &ServerName::parse("d.test").unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("peers.conf"),
+        format!("a.test 127.0.0.1:{} {}\n", free_port(), files.ca.display()),
+    )
+    .unwrap();
+    let start = |extra: &[&str], log_dir: &Path| {
+        std::fs::create_dir_all(log_dir).unwrap();
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
+        command
+            .args(server_args(port, &log_dir.join("data"), &certs))
+            .args(["--federation-listen", &format!("127.0.0.1:{}", free_port())])
+            .args([
+                "--peers",
+                &dir.path().join("peers.conf").display().to_string(),
+            ])
+            .arg("--federation-cert")
+            .arg(&files.cert)
+            .arg("--federation-key")
+            .arg(&files.key)
+            .args(extra)
+            .env("RUST_LOG", "info");
+        ServerProcess::start(&mut command, port, certs.join(tls::DEV_CA_CERT), log_dir)
+    };
+    let mut named_by_certificate = start(&[], &dir.path().join("one"));
+    let log = named_by_certificate.log();
+    assert!(
+        log.contains("federation: d.test listening for peers"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("peers that trust it by a CA will refuse it"),
+        "{log}"
+    );
+    named_by_certificate.stop();
+    let mut misnamed = start(&["--name", "e.test"], &dir.path().join("two"));
+    let log = misnamed.log();
+    assert!(
+        log.contains("federation: e.test listening for peers"),
+        "{log}"
+    );
+    assert!(log.contains("holds d.test, not e.test"), "{log}");
+    misnamed.stop();
+}

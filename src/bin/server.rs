@@ -132,9 +132,10 @@ struct Args {
     #[arg(long, default_value_t = ThrottlePolicy::default().logins_per_prefix)]
     logins_per_prefix: usize,
     /// This server's name in a federation: its users are `user@NAME` to other servers,
-    /// and its federation certificate must be valid for it.
-    #[arg(long, default_value = "localhost")]
-    name: String,
+    /// and its federation certificate must be valid for it. Default: the first DNS name of
+    /// --federation-cert, else localhost.
+    #[arg(long)]
+    name: Option<String>,
     /// Where the server-to-server port listens; with --peers, this server federates.
     #[arg(long, requires = "peers")]
     federation_listen: Option<SocketAddr>,
@@ -211,11 +212,35 @@ fn federation(args: &Args) -> securechat::Result<Option<server::FederationConfig
     let (Some(listen), Some(peers)) = (args.federation_listen, &args.peers) else {
         return Ok(None);
     };
-    let name =
-        ServerName::parse(&args.name).map_err(|e| securechat::Error::Config(e.to_string()))?;
-    let (cert, key) = match (&args.federation_cert, &args.federation_key) {
-        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+    let parse =
+        |name: &str| ServerName::parse(name).map_err(|e| securechat::Error::Config(e.to_string()));
+    let (name, chain, key) = match (&args.federation_cert, &args.federation_key) {
+        (Some(cert), Some(key)) => {
+            let (chain, key) = tls::load_identity(cert, key)?;
+            let held = chain
+                .first()
+                .map(tls::federation::dns_names)
+                .unwrap_or_default();
+            let name = match &args.name {
+                Some(name) => parse(name)?,
+                None => parse(held.first().map_or("localhost", String::as_str))?,
+            };
+            if !held.iter().any(|n| n.eq_ignore_ascii_case(name.as_str())) {
+                log::warn!(
+                    "federation: {} holds {}, not {name}: peers that trust it by a CA will \
+                     refuse it (a peer that pins its key will not)",
+                    cert.display(),
+                    if held.is_empty() {
+                        "no DNS name".to_owned()
+                    } else {
+                        held.join(", ")
+                    }
+                );
+            }
+            (name, chain, key)
+        }
         _ => {
+            let name = parse(args.name.as_deref().unwrap_or("localhost"))?;
             let dir = args.certs_dir.join(FEDERATION_DIR);
             let cert = dir.join(format!("{name}.pem"));
             if !cert.exists() {
@@ -224,10 +249,10 @@ fn federation(args: &Args) -> securechat::Result<Option<server::FederationConfig
                      --issue-federation-cert {name}, or give --federation-cert/--federation-key"
                 )));
             }
-            (cert, dir.join(format!("{name}.key")))
+            let (chain, key) = tls::load_identity(&cert, &dir.join(format!("{name}.key")))?;
+            (name, chain, key)
         }
     };
-    let (chain, key) = tls::load_identity(&cert, &key)?;
     let peers = server::federation::peers::load(peers)?;
     if peers.iter().any(|p| p.name == name) {
         return Err(securechat::Error::Config(format!(

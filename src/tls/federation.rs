@@ -424,6 +424,15 @@ impl ServerCertVerifier for PinnedServerVerifier {
     }
 }
 
+/// The DNS names `certificate` holds (its subject alternative names), in order; none if it
+/// cannot be read. For choosing a default server name and warning about a mismatch only:
+/// whether a certificate is valid for a name is [`check_peer_certificate`]'s to say.
+pub fn dns_names(certificate: &CertificateDer<'_>) -> Vec<String> {
+    webpki::EndEntityCert::try_from(certificate)
+        .map(|cert| cert.valid_dns_names().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 /// A root store holding `certificates`, or why one of them cannot be a trust anchor.
 fn root_store(
     certificates: &[CertificateDer<'static>],
@@ -681,6 +690,14 @@ mod tests {
     /// The key pin of the certificate issued in `files`.
     fn pin(files: &FederationFiles) -> KeyPin {
         KeyPin::of_certificate(&identity(files).0[0]).unwrap()
+    }
+
+    #[test]
+    fn a_federation_certificate_holds_its_servers_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = issue_federation_certificate(dir.path(), &name("a.test")).unwrap();
+        assert_eq!(dns_names(&identity(&a).0[0]), ["a.test"]);
+        assert!(dns_names(&CertificateDer::from(vec![0u8; 8])).is_empty());
     }
 
     #[test]
