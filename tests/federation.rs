@@ -405,6 +405,18 @@ fn the_room_spans_the_federation_with_full_addresses_and_list_shows_a_peer() {
         heard,
         "bob@b.test saw alice's room line with her full address"
     );
+    // Kept in b.test's room history too: a later login there that asks gets it, with the
+    // full address.
+    let process = federation.node("b.test").process.as_ref().expect("running");
+    let mut dave = process.connect();
+    assert!(matches!(dave.request("HISTORY"), ServerLine::Ok { .. }));
+    dave.register_ok("dave");
+    dave.login_ok("dave");
+    let replayed = dave.recv_until(|l| matches!(l, ServerLine::History { .. }));
+    assert!(
+        matches!(&replayed, ServerLine::History { user, text, .. } if user == "alice@a.test" && text == "hello federation"),
+        "{replayed:?}"
+    );
     let line = carol.recv_until(|l| matches!(l, ServerLine::Room { .. }));
     assert!(
         matches!(&line, ServerLine::Room { user, .. } if user == "alice@a.test"),
@@ -414,7 +426,7 @@ fn the_room_spans_the_federation_with_full_addresses_and_list_shows_a_peer() {
     // line once, from a.test directly.
     carol.send("LIST b.test");
     let list = carol.recv_until(|l| matches!(l, ServerLine::Ok { .. }));
-    assert_eq!(list, common::ok("LIST", "1 bob@b.test"));
+    assert_eq!(list, common::ok("LIST", "2 bob@b.test dave@b.test"));
 }
 
 // ---- The rogue peer: the server-to-server protocol spoken by hand. ----

@@ -241,6 +241,13 @@ impl Address {
     }
 }
 
+/// A user of this server, as an address (no server part).
+impl From<UserName> for Address {
+    fn from(user: UserName) -> Address {
+        Address { user, server: None }
+    }
+}
+
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.server {

@@ -30,7 +30,7 @@ use super::outbox::{Line, TextFrame};
 use super::store::Storage;
 use crate::error::Result;
 use crate::protocol;
-use crate::protocol::name::UserName;
+use crate::protocol::name::Address;
 
 /// Lines that may wait for the writer. Ample: one commit stores everything waiting, and
 /// room lines are rate-limited per user; a writer this far behind has a stuck disk.
@@ -41,18 +41,19 @@ const WRITER_QUEUE_LINES: usize = 4096;
 pub(super) struct HistoryLine {
     /// When the router relayed it, in seconds since the Unix epoch.
     time: u64,
-    /// Its sender, the authenticated user of the connection that sent it.
-    sender: UserName,
+    /// Its sender: the authenticated user of the connection that sent it, or a user of a
+    /// linked server (full address) whose line that server shared.
+    sender: Address,
     /// The complete `HISTORY <time> <sender> <text>` frame.
     frame: TextFrame,
 }
 
 impl HistoryLine {
     /// The history line for `text`, sent by `sender` at `time` (Unix seconds).
-    pub(super) fn new(time: u64, sender: UserName, text: &str) -> HistoryLine {
-        let frame = TextFrame::new(text, |out| {
-            protocol::write_history(out, time, sender.as_str(), text)
-        });
+    pub(super) fn new(time: u64, sender: impl Into<Address>, text: &str) -> HistoryLine {
+        let sender = sender.into();
+        let shown = sender.to_string();
+        let frame = TextFrame::new(text, |out| protocol::write_history(out, time, &shown, text));
         HistoryLine {
             time,
             sender,
@@ -66,7 +67,7 @@ impl HistoryLine {
     }
 
     /// Who sent it.
-    pub(super) fn sender(&self) -> &UserName {
+    pub(super) fn sender(&self) -> &Address {
         &self.sender
     }
 
@@ -115,11 +116,11 @@ impl RoomHistory {
     }
 
     /// Records a room line the router has just fanned out, stamped with the time now.
-    pub(super) fn record(&mut self, sender: &UserName, text: &str) {
+    pub(super) fn record(&mut self, sender: impl Into<Address>, text: &str) {
         if self.keep == 0 {
             return;
         }
-        let line = HistoryLine::new(unix_now(), sender.clone(), text);
+        let line = HistoryLine::new(unix_now(), sender, text);
         if self.lines.len() == self.keep {
             self.lines.pop_front();
         }
@@ -212,6 +213,7 @@ pub(super) fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::name::UserName;
 
     fn name(user: &str) -> UserName {
         UserName::parse(user).unwrap()
@@ -232,7 +234,7 @@ mod tests {
             b"HISTORY 1700000000 alice hi  there\n"
         );
         assert_eq!(line.text(), "hi  there");
-        assert_eq!(line.sender().as_str(), "alice");
+        assert_eq!(line.sender().to_string(), "alice");
         assert_eq!(line.time(), 1_700_000_000);
         assert_eq!(HistoryLine::new(5, name("bob"), "").text(), "");
     }
@@ -241,7 +243,7 @@ mod tests {
     fn only_the_last_lines_are_kept_and_replayed_oldest_first_within_the_budget() {
         let mut history = RoomHistory::new(3, Vec::new(), None);
         for text in ["one", "two", "three", "four"] {
-            history.record(&name("alice"), text);
+            history.record(name("alice"), text);
         }
         let texts: Vec<&str> = history.lines.iter().map(HistoryLine::text).collect();
         assert_eq!(texts, ["two", "three", "four"]);
@@ -257,7 +259,7 @@ mod tests {
     #[test]
     fn with_history_off_nothing_is_recorded() {
         let mut history = RoomHistory::new(0, Vec::new(), None);
-        history.record(&name("alice"), "hello");
+        history.record(name("alice"), "hello");
         assert_eq!(frames(&history, usize::MAX).len(), 0);
     }
 }

@@ -44,7 +44,7 @@ use super::federation::Federation;
 use super::history::RoomHistory;
 use super::mailbox::{Notice, NoticeKind};
 use super::outbox::{ClientSocket, Line, Outbox, QueueFull, TextFrame};
-use crate::protocol::name::UserName;
+use crate::protocol::name::{Address, UserName};
 use crate::protocol::{self, Command, ErrorCode, ProtocolError, ServerLine};
 use crate::rate::TokenBucket;
 use crate::tls::stream::TlsStream;
@@ -103,8 +103,14 @@ pub(super) enum Event<S = TlsStream> {
         outbox: Outbox<S>,
         farewell: Option<Line>,
     },
-    /// A room line a peer server's user said (`ROOM user@server text`): to everyone here.
-    PeerRoom(TextFrame),
+    /// A room line a peer server's user said (`ROOM user@server text`): to everyone here,
+    /// and into the room's history like a local one.
+    PeerRoom {
+        /// Who said it (a full address).
+        sender: Address,
+        /// The `ROOM` frame.
+        line: TextFrame,
+    },
     /// A peer asks who is online: the total and the names, sorted.
     PeerList(Sender<(usize, Vec<String>)>),
     /// The server is stopping: exit (the server has already said goodbye to everyone).
@@ -439,10 +445,11 @@ impl<S: ClientSocket> Router<S> {
                 }
                 outbox.close();
             }
-            Event::PeerRoom(line) => {
+            Event::PeerRoom { sender, line } => {
                 for client in self.online.values() {
                     client.outbox.push_room(line.line());
                 }
+                self.history.record(sender, line.text());
             }
             Event::PeerList(answer) => {
                 let _ = answer.send(self.online_names());
@@ -573,7 +580,7 @@ impl<S: ClientSocket> Router<S> {
                 }
                 // After the fan-out, before the next event: a login handled next gets
                 // this line as history, one handled before got it live.
-                self.history.record(user, line.text());
+                self.history.record(user.clone(), line.text());
                 if let Some(federation) = &self.federation {
                     federation.share_room(user, line.text());
                 }

@@ -639,7 +639,7 @@ impl Session<'_> {
                     );
                 } else if self.shared.share_room {
                     let line = remote_room_line(&sender, &text);
-                    let _ = self.shared.router.send(Event::PeerRoom(line));
+                    let _ = self.shared.router.send(Event::PeerRoom { sender, line });
                 }
                 return Ok(None);
             }

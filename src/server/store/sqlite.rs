@@ -35,7 +35,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::files;
-use crate::protocol::name::{ServerName, UserName};
+use crate::protocol::name::{Address, ServerName, UserName};
 use crate::server::history::HistoryLine;
 use crate::sync;
 
@@ -245,7 +245,7 @@ impl Storage for SqliteStore {
                 for line in lines {
                     insert.execute(params![
                         unix_seconds(line.time()),
-                        line.sender().as_str(),
+                        line.sender().to_string(),
                         line.text()
                     ])?;
                 }
@@ -275,7 +275,7 @@ impl Storage for SqliteStore {
         })?;
         Ok(rows
             .into_iter()
-            .filter_map(|(time, sender, text)| match UserName::parse(&sender) {
+            .filter_map(|(time, sender, text)| match Address::parse(&sender) {
                 Ok(sender) => Some(HistoryLine::new(
                     u64::try_from(time).unwrap_or(0),
                     sender,
