@@ -694,10 +694,10 @@ fn an_oversized_or_garbled_peer_frame_ends_the_link_and_local_users_carry_on() {
 }
 
 #[test]
-fn a_server_that_opts_out_of_the_shared_room_neither_sends_nor_shows_room_lines() {
+fn a_server_that_opts_out_of_sharing_neither_sends_nor_shows_room_lines_nor_its_list() {
     let mut federation = Federation::start(&["a.test", "b.test"]);
     federation.kill9("a.test");
-    federation.restart_with("a.test", &["--no-shared-room"]);
+    federation.restart_with("a.test", &["--no-shared-room", "--no-shared-presence"]);
     let mut alice = federation.user("a.test", "alice");
     let mut bob = federation.user("b.test", "bob");
     // The link itself works both ways: a message crosses it.
@@ -705,6 +705,15 @@ fn a_server_that_opts_out_of_the_shared_room_neither_sends_nor_shows_room_lines(
     let (id, sender, _) = mail(&mut alice);
     assert_eq!(sender, "bob@b.test");
     alice.send(&format!("ACK {id}"));
+    // Nor does a.test say who is online there; b.test still does.
+    bob.send("LIST a.test");
+    let reply = bob.recv_until(|l| matches!(l, ServerLine::Err { .. } | ServerLine::Ok { .. }));
+    let (_, code, text) = common::err_code(&reply);
+    assert_eq!(code, "unreachable", "{reply:?}");
+    assert!(text.contains("does not share who is online"), "{text}");
+    alice.send("LIST b.test");
+    let reply = alice.recv_until(|l| matches!(l, ServerLine::Err { .. } | ServerLine::Ok { .. }));
+    assert_eq!(reply, common::ok("LIST", "1 bob@b.test"));
     for i in 0..10 {
         alice.send(&format!("SAY from-a-{i}"));
         bob.send(&format!("SAY from-b-{i}"));

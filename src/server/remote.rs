@@ -268,6 +268,13 @@ impl RequestHandler {
                 return self.unlinked(command, &shown);
             }
         };
+        if !federation.shares_presence(&peer) {
+            return self.unreachable(
+                command,
+                peer.as_str(),
+                "does not share who is online there (or cannot be reached now)",
+            );
+        }
         match federation.query(&peer, PeerRequest::List { qid: 0 }) {
             Some(PeerReply::List { total, names, .. }) => {
                 let names: Vec<String> = names

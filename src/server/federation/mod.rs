@@ -263,6 +263,14 @@ impl Federation {
         names
     }
 
+    /// Whether `peer` said it answers `LIST` (false while its link is down and before it
+    /// first came up).
+    pub(super) fn shares_presence(&self, peer: &ServerName) -> bool {
+        self.links
+            .get(peer)
+            .is_some_and(outbound::Link::shares_presence)
+    }
+
     /// Whether `server` is one of this server's peers.
     pub(super) fn is_linked(&self, server: &ServerName) -> bool {
         self.links.contains_key(server)

@@ -93,9 +93,16 @@ pub(super) struct Link {
     stop: Sender<()>,
     /// Whether the peer shows shared room lines (from its `OK PEER`).
     peer_takes_room: Arc<AtomicBool>,
+    /// Whether the peer answers `LIST` (from its `OK PEER`).
+    peer_lists: Arc<AtomicBool>,
 }
 
 impl Link {
+    /// Whether the peer said (in its last `OK PEER`) that it answers `LIST`.
+    pub(super) fn shares_presence(&self) -> bool {
+        self.peer_lists.load(Ordering::SeqCst)
+    }
+
     /// Sends `request` and waits for the answer; `None` if the link is down, busy, or the
     /// answer does not come in time.
     pub(super) fn query(&self, request: PeerRequest, timeout: Duration) -> Option<PeerReply> {
@@ -185,6 +192,7 @@ pub(super) fn start(setup: Setup) -> Result<(Link, JoinHandle<()>)> {
     let (stop, stop_rx) = bounded(1);
     let up = Arc::new(AtomicBool::new(false));
     let peer_takes_room = Arc::new(AtomicBool::new(false));
+    let peer_lists = Arc::new(AtomicBool::new(false));
     let link = Link {
         name: setup.peer.name.clone(),
         up: up.clone(),
@@ -194,6 +202,7 @@ pub(super) fn start(setup: Setup) -> Result<(Link, JoinHandle<()>)> {
         room,
         stop,
         peer_takes_room: peer_takes_room.clone(),
+        peer_lists: peer_lists.clone(),
     };
     let inbox = Inbox {
         wake: wake_rx,
@@ -210,6 +219,7 @@ pub(super) fn start(setup: Setup) -> Result<(Link, JoinHandle<()>)> {
                 inbox,
                 up,
                 peer_takes_room,
+                peer_lists,
                 next_qid: 1,
             }
             .run()
@@ -227,6 +237,8 @@ struct Connector {
     up: Arc<AtomicBool>,
     /// Shared with the [`Link`]: whether the peer shows room lines (its `OK PEER`).
     peer_takes_room: Arc<AtomicBool>,
+    /// Shared with the [`Link`]: whether the peer answers `LIST` (its `OK PEER`).
+    peer_lists: Arc<AtomicBool>,
     /// The next query id.
     next_qid: u64,
 }
@@ -338,8 +350,8 @@ impl Connector {
             name: self.setup.home.clone(),
         };
         stream.write_line(&hello.to_string())?;
-        let room = match PeerReply::parse(&stream.read_line()?) {
-            Ok(PeerReply::Welcome { name, room, .. }) if name == peer.name => room,
+        let (room, list) = match PeerReply::parse(&stream.read_line()?) {
+            Ok(PeerReply::Welcome { name, room, list }) if name == peer.name => (room, list),
             Ok(PeerReply::Error { code, text }) => {
                 return Err(LinkDown::Protocol(format!(
                     "refused: {} {text}",
@@ -349,6 +361,7 @@ impl Connector {
             _ => return Err(LinkDown::Protocol("no OK PEER with its name".into())),
         };
         self.peer_takes_room.store(room, Ordering::SeqCst);
+        self.peer_lists.store(list, Ordering::SeqCst);
         self.up.store(true, Ordering::SeqCst);
         Ok(stream)
     }
