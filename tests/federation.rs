@@ -1206,3 +1206,27 @@ fn a_servers_name_defaults_to_its_federation_certificates_and_a_mismatch_is_repo
     assert!(log.contains("holds d.test, not e.test"), "{log}");
     misnamed.stop();
 }
+
+#[test]
+fn a_peers_frames_are_paced_not_dropped() {
+    let (federation, fed_dir, ca) = two();
+    let port = federation.node("a.test").federation_port;
+    let mut rogue = Rogue::connect(port, &fed_dir, "b.test", &ca).expect("link");
+    rogue.request("PEER 1 b.test").unwrap();
+    // 10,000 frames at once: a burst of 4,000 goes at once, the rest at 2,000 a second, so
+    // the last answer cannot come before 3 s; every one of them is answered, in order.
+    let count = 10_000;
+    let started = Instant::now();
+    let frames: String = (0..count).map(|i| format!("PING {i}\n")).collect();
+    let stream = rogue.reader.get_mut();
+    stream.write_all(frames.as_bytes()).unwrap();
+    stream.flush().unwrap();
+    for i in 0..count {
+        assert_eq!(rogue.line().unwrap(), format!("PONG {i}"));
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(2_500),
+        "not paced: {elapsed:?}"
+    );
+}
