@@ -265,7 +265,11 @@ impl RequestHandler {
             Some((name, federation)) if federation.is_linked(&name) => (name, federation),
             _ => {
                 let shown = crate::protocol::truncate(server, 253).to_owned();
-                return self.unlinked(command, &shown);
+                return self.unreachable(
+                    command,
+                    &shown,
+                    "is not a server this server is linked with",
+                );
             }
         };
         if !federation.shares_presence(&peer) {
