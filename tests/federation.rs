@@ -286,7 +286,10 @@ fn keys_and_prekey_bundles_of_remote_users_are_fetched_through_the_federation() 
     let reply = alice.request("LIST elsewhere.test");
     let (_, code, text) = common::err_code(&reply);
     assert_eq!(code, "unreachable", "{reply:?}");
-    assert!(text.contains("is not a server this server is linked with"), "{text}");
+    assert!(
+        text.contains("is not a server this server is linked with"),
+        "{text}"
+    );
     // Its own name is this server: the local list.
     assert_eq!(alice.request("LIST a.test"), common::ok("LIST", "1 alice"));
     // Bob@a.test is alice's own server's bob: no such user here.
