@@ -10,8 +10,8 @@
 //!
 //! Federation: `--name a.test --federation-listen 127.0.0.1:7101 --peers peers.conf` links
 //! this server with the servers in the peers file (see `securechat::server::federation::peers`);
-//! `--issue-federation-cert NAME` makes (or reuses) a development federation CA in
-//! `certs/federation/` and issues a certificate for NAME there, then exits.
+//! `--issue-federation-cert NAME...` makes (or reuses) a development federation CA in
+//! `certs/federation/` and issues a certificate for each NAME there, then exits.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -159,10 +159,10 @@ struct Args {
     /// Payload bytes queued for one peer while it is unreachable; more are refused.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     peer_queue_max_bytes: u64,
-    /// Issue a development federation certificate for NAME (and the federation CA, on
-    /// first use) in certs/federation/, then exit.
-    #[arg(long, value_name = "NAME")]
-    issue_federation_cert: Option<String>,
+    /// Issue a development federation certificate for each NAME (and the federation CA, on
+    /// first use) in certs/federation/, then exit: one command for a whole test federation.
+    #[arg(long, value_name = "NAME", num_args = 1..)]
+    issue_federation_cert: Vec<String>,
 }
 
 /// The development federation CA's directory, below --certs-dir.
@@ -272,8 +272,11 @@ fn federation(args: &Args) -> securechat::Result<Option<server::FederationConfig
 }
 
 fn run(args: Args) -> securechat::Result<()> {
-    if let Some(name) = &args.issue_federation_cert {
-        return issue_federation_cert(&args.certs_dir, name);
+    if !args.issue_federation_cert.is_empty() {
+        for name in &args.issue_federation_cert {
+            issue_federation_cert(&args.certs_dir, name)?;
+        }
+        return Ok(());
     }
     let federation = federation(&args)?;
     let (cert, key) = match (args.cert, args.key) {
