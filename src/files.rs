@@ -79,6 +79,30 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
         .create(dir)
 }
 
+/// An exclusive lock on a directory, held until dropped: processes that make files there
+/// (two servers started at the same moment on one `certs/`) take turns instead of writing
+/// each other's half-made files. An advisory `flock` on `<dir>/.lock` (0600).
+pub struct DirLock {
+    /// The locked file; closing it releases the lock.
+    _file: File,
+}
+
+/// Waits for and takes [`DirLock`] on `dir` (which must exist).
+pub fn lock_dir(dir: &Path) -> io::Result<DirLock> {
+    use std::os::fd::AsRawFd;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(dir.join(".lock"))?;
+    // SAFETY: flock on a descriptor this function owns; it blocks until granted.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(DirLock { _file: file })
+}
+
 /// Refuses a private file (or directory) that group or others can access: a leaked key is
 /// no longer a secret, and silently carrying on would hide the leak.
 pub fn check_private(path: &Path) -> io::Result<()> {

@@ -477,8 +477,8 @@ pub struct FederationFiles {
 /// (0600). Reissued each call (fresh key). Returns the paths.
 ///
 /// A directory that already exists keeps its mode (the keys in it are 0600 whatever it
-/// is). The name `federation-ca` is refused: its files would be the CA's own. Not meant for
-/// several processes making the same CA at once (the first use is not locked).
+/// is). The name `federation-ca` is refused: its files would be the CA's own. Processes
+/// issuing at once in one directory take turns (a lock file, `.lock`).
 pub fn issue_federation_certificate(ca_dir: &Path, name: &ServerName) -> Result<FederationFiles> {
     if name.as_str() == RESERVED_FILE_STEM {
         return Err(Error::Config(format!(
@@ -492,6 +492,8 @@ pub fn issue_federation_certificate(ca_dir: &Path, name: &ServerName) -> Result<
             ca_dir.display()
         ))
     })?;
+    // Several issuers at once on one directory take turns (see `files::lock_dir`).
+    let _lock = files::lock_dir(ca_dir)?;
     let ca = ca_dir.join(FEDERATION_CA_CERT);
     let ca_key_file = ca_dir.join(FEDERATION_CA_KEY);
 

@@ -264,6 +264,9 @@ pub fn ensure_dev_certificates_for(dir: &Path, hostnames: &[String]) -> Result<D
             dir.display()
         ))
     })?;
+    // Two servers started at once on one directory would each make a CA and overwrite the
+    // other's files; they take turns, and the second reuses what the first made.
+    let _lock = files::lock_dir(dir)?;
     let ca_cert = dir.join(DEV_CA_CERT);
     let ca_key = dir.join(DEV_CA_KEY);
     let cert = dir.join(DEV_SERVER_CERT);
@@ -439,6 +442,33 @@ mod tests {
     use super::*;
     use rustls::client::danger::ServerCertVerifier;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn servers_started_at_once_on_one_directory_share_one_development_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let starts = 8;
+        let barrier = std::sync::Barrier::new(starts);
+        let made: Vec<DevCertificates> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..starts)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        ensure_dev_certificates_for(dir.path(), &[]).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // One CA, made once: every start reports it, and the server certificate on disk
+        // carries it (a start that made its own CA over another's would break this).
+        assert_eq!(made.iter().filter(|m| m.action == "created").count(), 1);
+        let on_disk = load_certificates(&dir.path().join(DEV_CA_CERT)).unwrap();
+        for m in &made {
+            assert_eq!(m.ca_fingerprint, fingerprint(&on_disk[0]));
+        }
+        let chain = load_certificates(&dir.path().join(DEV_SERVER_CERT)).unwrap();
+        assert_eq!(chain.last(), on_disk.first(), "the server certificate's CA");
+    }
 
     #[test]
     fn dev_pki_is_created_once_with_private_keys() {
