@@ -506,8 +506,7 @@ impl Session<'_> {
         let stored = self
             .shared
             .store
-            .enqueue_all(&batch, now, self.shared.quota)
-            .map_err(|e| LinkDown::Io(format!("store: {e}")))?;
+            .enqueue_all(&batch, now, self.shared.quota)?;
         drop(batch);
         let mut notices = Vec::new();
         let mut replies = Vec::with_capacity(relays.len());
@@ -592,7 +591,6 @@ impl Session<'_> {
     /// sends it again later) when the store fails.
     fn handle(&mut self, request: PeerRequest) -> std::result::Result<Option<PeerReply>, LinkDown> {
         let store = &*self.shared.store;
-        let storage = |e: crate::error::Error| LinkDown::Io(format!("store: {e}"));
         let reply = match request {
             // `answer_all` stores every `RELAY` whose payload fits; one that reaches here
             // is larger than this server's users may receive: refused for good, so that it
@@ -613,15 +611,13 @@ impl Session<'_> {
                     ReceiptState::Expired => Outcome::Expired,
                     ReceiptState::Unreadable => Outcome::Unreadable,
                 };
-                let stored = store
-                    .add_receipt(
-                        &sender.user,
-                        &reference,
-                        &recipient.to_string(),
-                        outcome,
-                        unix_now(),
-                    )
-                    .map_err(storage)?;
+                let stored = store.add_receipt(
+                    &sender.user,
+                    &reference,
+                    &recipient.to_string(),
+                    outcome,
+                    unix_now(),
+                )?;
                 if let Some(notice) = stored.as_ref().and_then(Notice::receipt) {
                     let _ = self.shared.router.send(Event::Notices(vec![notice]));
                 }
@@ -643,19 +639,17 @@ impl Session<'_> {
                 }
                 return Ok(None);
             }
-            PeerRequest::GetKey { qid, user } => {
-                match store.identity_key(&user.user).map_err(storage)? {
-                    KeyLookup::Key(key) => PeerReply::Key { qid, key },
-                    KeyLookup::NoKey => fail(
-                        qid,
-                        "no-key",
-                        format!("{user} has not published an identity key yet"),
-                    ),
-                    KeyLookup::NoSuchUser => {
-                        fail(qid, "no-such-user", format!("{user} has no account"))
-                    }
+            PeerRequest::GetKey { qid, user } => match store.identity_key(&user.user)? {
+                KeyLookup::Key(key) => PeerReply::Key { qid, key },
+                KeyLookup::NoKey => fail(
+                    qid,
+                    "no-key",
+                    format!("{user} has not published an identity key yet"),
+                ),
+                KeyLookup::NoSuchUser => {
+                    fail(qid, "no-such-user", format!("{user} has no account"))
                 }
-            }
+            },
             PeerRequest::Bundle { qid, user, .. } => self.bundle(qid, &user.user, &user)?,
             PeerRequest::List { qid } => self.list(qid),
             PeerRequest::Ping { token } => PeerReply::Pong { token },
@@ -689,11 +683,7 @@ impl Session<'_> {
                 ),
             ));
         }
-        let found = self
-            .shared
-            .store
-            .take_bundle(owner)
-            .map_err(|e| LinkDown::Io(format!("store: {e}")))?;
+        let found = self.shared.store.take_bundle(owner)?;
         Ok(match found {
             BundleLookup::Found {
                 record,

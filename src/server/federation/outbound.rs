@@ -417,12 +417,8 @@ impl Connector {
     ) -> std::result::Result<bool, LinkDown> {
         let peer = &self.setup.peer.name;
         let store = &*self.setup.store;
-        let messages = store
-            .peer_queue(peer, 0, BATCH)
-            .map_err(|e| LinkDown::Io(format!("store: {e}")))?;
-        let receipts = store
-            .peer_receipts(peer, 0, BATCH)
-            .map_err(|e| LinkDown::Io(format!("store: {e}")))?;
+        let messages = store.peer_queue(peer, 0, BATCH)?;
+        let receipts = store.peer_receipts(peer, 0, BATCH)?;
         if messages.is_empty() && receipts.is_empty() {
             return Ok(false);
         }
@@ -495,9 +491,7 @@ impl Connector {
             Ok(())
         })();
         self.messages_taken(&taken)?;
-        store
-            .forget_receipts(&forwarded)
-            .map_err(|e| LinkDown::Io(format!("store: {e}")))?;
+        store.forget_receipts(&forwarded)?;
         read?;
         Ok(true)
     }
@@ -514,8 +508,7 @@ impl Connector {
         let receipts = self
             .setup
             .store
-            .peer_acked_all(&self.setup.peer.name, taken, unix_now())
-            .map_err(|e| LinkDown::Io(format!("store: {e}")))?;
+            .peer_acked_all(&self.setup.peer.name, taken, unix_now())?;
         let notices: Vec<Notice> = receipts.iter().filter_map(Notice::receipt).collect();
         if !notices.is_empty() {
             let _ = self.setup.router.send(Event::Notices(notices));

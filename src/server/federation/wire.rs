@@ -30,6 +30,9 @@ pub(super) enum LinkDown {
     Io(String),
     /// The peer broke the protocol (said why).
     Protocol(String),
+    /// The store failed: the link ends unanswered, and what was not acknowledged is sent
+    /// again on the next one.
+    Store(String),
 }
 
 impl fmt::Display for LinkDown {
@@ -40,7 +43,14 @@ impl fmt::Display for LinkDown {
             LinkDown::TimedOut => f.write_str("timed out"),
             LinkDown::Io(e) => f.write_str(e),
             LinkDown::Protocol(e) => write!(f, "protocol error: {e}"),
+            LinkDown::Store(e) => write!(f, "store: {e}"),
         }
+    }
+}
+
+impl From<crate::error::Error> for LinkDown {
+    fn from(e: crate::error::Error) -> LinkDown {
+        LinkDown::Store(e.to_string())
     }
 }
 
