@@ -12,7 +12,6 @@
 //! - A server this one is not linked with gets `unreachable` (or `refused no-such-server`
 //!   for a `SEND`); so does a linked peer that is down, for queries that need it now.
 
-use super::federation::Destination;
 use super::history::unix_now;
 use super::requests::{storage_error, RequestHandler, Step};
 use super::router::Routed;
@@ -50,10 +49,10 @@ impl RequestHandler {
         let Some(federation) = &self.context.federation else {
             return Some(Away::Unlinked(address.to_string()));
         };
-        Some(match federation.destination(address.clone()) {
-            Destination::Local(user) => Away::Home(user),
-            Destination::Remote { peer, .. } => Away::Peer { peer, address },
-            Destination::Unlinked(address) => Away::Unlinked(address.to_string()),
+        Some(match address.relative_to(federation.name()).server {
+            None => Away::Home(address.user),
+            Some(peer) if federation.is_linked(&peer) => Away::Peer { peer, address },
+            Some(_) => Away::Unlinked(address.to_string()),
         })
     }
 

@@ -85,19 +85,6 @@ pub struct FederationConfig {
 /// How long a client's request waits for a peer's answer (`GETKEY`, `BUNDLE`, `LIST`).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where an address a client named lives, from this server's point of view.
-pub(super) enum Destination {
-    /// A user of this server.
-    Local(UserName),
-    /// A user of a linked server.
-    Remote {
-        /// The peer.
-        peer: ServerName,
-    },
-    /// A user of a server this one is not linked with.
-    Unlinked(Address),
-}
-
 /// The federation as the rest of the server sees it. Shared as `Arc<Federation>`.
 pub(super) struct Federation {
     /// This server's name.
@@ -279,15 +266,6 @@ impl Federation {
     /// Most payload bytes queued for one peer.
     pub(super) fn queue_max_bytes(&self) -> u64 {
         self.queue_max_bytes
-    }
-
-    /// Where `address` (already parsed) lives.
-    pub(super) fn destination(&self, address: Address) -> Destination {
-        match address.relative_to(&self.name).server {
-            None => Destination::Local(address.user),
-            Some(server) if self.is_linked(&server) => Destination::Remote { peer: server },
-            Some(_) => Destination::Unlinked(address),
-        }
     }
 
     /// Asks `peer` a question (`GETKEY`, `BUNDLE`, `LIST`; its query id is set by the
