@@ -190,6 +190,24 @@ pub struct OneTimePrekey {
 }
 
 impl OneTimePrekey {
+    /// Reads the prekey word of a `BUNDLE` line (a client's or a peer's): `<id>:<key>`, or
+    /// `-` for none.
+    pub fn from_word(word: &str) -> Result<Option<OneTimePrekey>, &'static str> {
+        if word == "-" {
+            return Ok(None);
+        }
+        let (id, key) = OneTimePrekey::split(word)?;
+        Ok(Some(OneTimePrekey {
+            id,
+            key: key.to_owned(),
+        }))
+    }
+
+    /// The prekey word of a `BUNDLE` line for `prekey` (see [`OneTimePrekey::from_word`]).
+    pub fn word(prekey: Option<&OneTimePrekey>) -> String {
+        prekey.map_or_else(|| "-".to_owned(), |k| format!("{}:{}", k.id, k.key))
+    }
+
     /// Splits `<u32 id>:<key>`, the key non-empty and without `:` or spaces.
     fn split(item: &str) -> Result<(u32, &str), &'static str> {
         let (id, key) = item
@@ -1027,17 +1045,8 @@ impl ServerLine {
                 if user.is_empty() || record.is_empty() {
                     return Err(BadServerLine::new(line, "BUNDLE without a user or record"));
                 }
-                let one_time = match one_time {
-                    "-" => None,
-                    item => {
-                        let (id, key) = OneTimePrekey::split(item)
-                            .map_err(|problem| BadServerLine::new(line, problem))?;
-                        Some(OneTimePrekey {
-                            id,
-                            key: owned(key),
-                        })
-                    }
-                };
+                let one_time = OneTimePrekey::from_word(one_time)
+                    .map_err(|problem| BadServerLine::new(line, problem))?;
                 ServerLine::Bundle {
                     user: owned(user),
                     record: owned(record),
@@ -1163,9 +1172,7 @@ impl ServerLine {
                 record,
                 one_time,
             } => {
-                let one_time = one_time
-                    .as_ref()
-                    .map_or_else(|| "-".to_owned(), |k| format!("{}:{}", k.id, k.key));
+                let one_time = OneTimePrekey::word(one_time.as_ref());
                 write_words(&mut out, &["BUNDLE", user, record, &one_time]);
             }
             ServerLine::Mail {

@@ -17,7 +17,7 @@
 use std::fmt;
 
 use super::name::{Address, ServerName};
-use super::{split_word, valid_reference, Refusal};
+use super::{split_word, valid_reference, OneTimePrekey, Refusal};
 
 /// The server-to-server protocol version, the first word after `PEER`.
 pub const PEER_PROTOCOL_VERSION: u32 = 1;
@@ -179,8 +179,8 @@ pub enum PeerReply {
         qid: u64,
         /// The signed-prekey record, base64.
         record: String,
-        /// The one-time prekey handed out, as `<id>:<b64>`, or `-`.
-        one_time: String,
+        /// The one-time prekey handed out, if any was left (`<id>:<b64>` or `-` on the wire).
+        one_time: Option<OneTimePrekey>,
     },
     /// `LIST <qid> <total> [<user> …]`: the answer to `LIST` (bare names of the
     /// acceptor's users).
@@ -555,7 +555,7 @@ impl PeerReply {
                 PeerReply::Bundle {
                     qid: number(qid, "the query id")?,
                     record: record.to_owned(),
-                    one_time: one_time.to_owned(),
+                    one_time: OneTimePrekey::from_word(one_time).map_err(bad)?,
                 }
             }
             "LIST" => {
@@ -619,7 +619,11 @@ impl fmt::Display for PeerReply {
                 qid,
                 record,
                 one_time,
-            } => write!(f, "BUNDLE {qid} {record} {one_time}"),
+            } => write!(
+                f,
+                "BUNDLE {qid} {record} {}",
+                OneTimePrekey::word(one_time.as_ref())
+            ),
             PeerReply::List { qid, total, names } => {
                 write!(f, "LIST {qid} {total}")?;
                 for name in names {
@@ -708,7 +712,15 @@ mod tests {
             PeerReply::Bundle {
                 qid: 2,
                 record: "rec".into(),
-                one_time: "-".into(),
+                one_time: None,
+            },
+            PeerReply::Bundle {
+                qid: 3,
+                record: "rec".into(),
+                one_time: Some(OneTimePrekey {
+                    id: 7,
+                    key: "AAAA".into(),
+                }),
             },
             PeerReply::List {
                 qid: 3,
@@ -751,6 +763,23 @@ mod tests {
             "HELLO",
         ] {
             assert!(PeerRequest::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn an_answer_that_cannot_be_read_is_refused() {
+        for bad in [
+            "BUNDLE 1 rec 7:",
+            "BUNDLE 1 rec x:AAAA",
+            "BUNDLE 1 rec AAAA",
+            "BUNDLE 1 rec",
+            "RACK 1 refused because",
+            "RACK x queued",
+            "OK PEER b.test room=maybe list=on",
+            "ERR nonsense text",
+            "KEY 1",
+        ] {
+            assert!(PeerReply::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
 

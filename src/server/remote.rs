@@ -18,9 +18,7 @@ use super::router::Routed;
 use super::store::Enqueued;
 use crate::protocol::name::{Address, ServerName, UserName};
 use crate::protocol::peer::{PeerReply, PeerRequest};
-use crate::protocol::{
-    Command, DeliveryState, ErrorCode, OneTimePrekey, ProtocolError, Refusal, ServerLine,
-};
+use crate::protocol::{Command, DeliveryState, ErrorCode, ProtocolError, Refusal, ServerLine};
 
 /// Where a name with an `@` points.
 pub(super) enum Away {
@@ -162,32 +160,11 @@ impl RequestHandler {
         match self.ask(command, peer, address, request) {
             Ok(PeerReply::Bundle {
                 record, one_time, ..
-            }) => {
-                let one_time = match one_time.as_str() {
-                    "-" => None,
-                    item => match item
-                        .split_once(':')
-                        .and_then(|(id, key)| Some((id.parse().ok()?, key)))
-                    {
-                        Some((id, key)) => Some(OneTimePrekey {
-                            id,
-                            key: key.to_owned(),
-                        }),
-                        None => {
-                            return self.unreachable(
-                                command,
-                                &address.to_string(),
-                                "sent a malformed prekey",
-                            )
-                        }
-                    },
-                };
-                self.reply(ServerLine::Bundle {
-                    user: address.to_string(),
-                    record,
-                    one_time,
-                })
-            }
+            }) => self.reply(ServerLine::Bundle {
+                user: address.to_string(),
+                record,
+                one_time,
+            }),
             Ok(_) => self.unreachable(
                 command,
                 &address.to_string(),

@@ -37,7 +37,7 @@ use crate::protocol::name::{Address, ServerName, UserName};
 use crate::protocol::peer::{
     LinkError, PeerReply, PeerRequest, ReceiptState, RelayOutcome, PEER_PROTOCOL_VERSION,
 };
-use crate::protocol::Refusal;
+use crate::protocol::{OneTimePrekey, Refusal};
 use crate::rate::TokenBucket;
 use crate::server::history::unix_now;
 use crate::server::mailbox::{Notice, PREKEY_REFILL_MARK};
@@ -697,9 +697,7 @@ impl Session<'_> {
                 PeerReply::Bundle {
                     qid,
                     record,
-                    one_time: one_time
-                        .map(|(id, key)| format!("{id}:{key}"))
-                        .unwrap_or_else(|| "-".into()),
+                    one_time: one_time.map(|(id, key)| OneTimePrekey { id, key }),
                 }
             }
             BundleLookup::NoRecord => fail(
