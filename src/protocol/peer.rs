@@ -413,6 +413,17 @@ impl PeerRequest {
         Ok(request)
     }
 
+    /// The query id of a query (`GETKEY`, `BUNDLE`, `LIST`), for the connector to number
+    /// it; `None` for other requests.
+    pub fn query_id_mut(&mut self) -> Option<&mut u64> {
+        match self {
+            PeerRequest::GetKey { qid, .. }
+            | PeerRequest::Bundle { qid, .. }
+            | PeerRequest::List { qid } => Some(qid),
+            _ => None,
+        }
+    }
+
     /// The users this frame speaks *for*: each must belong to the server the link
     /// authenticated (the acceptor ends the link with `invalid-from` otherwise).
     pub fn speaks_for(&self) -> Option<&Address> {
@@ -493,6 +504,17 @@ fn on_off_word(on: bool) -> &'static str {
 }
 
 impl PeerReply {
+    /// The query id an answer is for (`KEY`, `BUNDLE`, `LIST`, `FAIL`); `None` for others.
+    pub fn query_id(&self) -> Option<u64> {
+        match self {
+            PeerReply::Key { qid, .. }
+            | PeerReply::Bundle { qid, .. }
+            | PeerReply::List { qid, .. }
+            | PeerReply::Fail { qid, .. } => Some(*qid),
+            _ => None,
+        }
+    }
+
     /// Parses one frame from the acceptor.
     pub fn parse(line: &str) -> Result<PeerReply, BadPeerFrame> {
         let (verb, rest) = split_word(line);

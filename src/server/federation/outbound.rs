@@ -89,7 +89,7 @@ pub(super) struct Link {
     queries: Sender<Query>,
     /// Room lines, complete frames without the line ending.
     room: Sender<Arc<str>>,
-    /// Dropped to stop the connector.
+    /// A message on it stops the connector.
     stop: Sender<()>,
     /// Whether the peer shows shared room lines (from its `OK PEER`).
     peer_takes_room: Arc<AtomicBool>,
@@ -144,7 +144,6 @@ impl Link {
 
     /// Asks the connector to stop (it ends its session and returns).
     pub(super) fn stop(&self) {
-        // Dropping every sender would need ownership; a message does the same job.
         let _ = self.stop.try_send(());
     }
 }
@@ -524,29 +523,14 @@ impl Connector {
     ) -> std::result::Result<(), LinkDown> {
         let qid = self.next_qid;
         self.next_qid += 1;
-        let request = match query.request {
-            PeerRequest::GetKey { user, .. } => PeerRequest::GetKey { qid, user },
-            PeerRequest::Bundle {
-                requester, user, ..
-            } => PeerRequest::Bundle {
-                qid,
-                requester,
-                user,
-            },
-            PeerRequest::List { .. } => PeerRequest::List { qid },
-            other => other,
-        };
+        let mut request = query.request;
+        if let Some(id) = request.query_id_mut() {
+            *id = qid;
+        }
         stream.write_line(&request.to_string())?;
         let reply = PeerReply::parse(&stream.read_line()?)
             .map_err(|e| LinkDown::Protocol(e.to_string()))?;
-        let answered = match &reply {
-            PeerReply::Key { qid: q, .. }
-            | PeerReply::Bundle { qid: q, .. }
-            | PeerReply::List { qid: q, .. }
-            | PeerReply::Fail { qid: q, .. } => *q == qid,
-            _ => false,
-        };
-        if !answered {
+        if reply.query_id() != Some(qid) {
             return Err(LinkDown::Protocol(format!(
                 "expected the answer to query {qid}, got {reply}"
             )));
