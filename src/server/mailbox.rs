@@ -53,31 +53,50 @@ pub(super) const BUNDLE_FETCHES_PER_MINUTE: u32 = 30;
 /// accounts that fetched in the last two minutes.
 const BUNDLE_BUDGETS_PRUNE_AT: usize = 1_024;
 
-/// The `BUNDLE` budget of each account that fetched recently, shared by its connections.
-#[derive(Default)]
-pub(super) struct BundleBudgets {
+/// The `BUNDLE` budget of each requester that fetched recently (an account, across its
+/// connections; or a linked server, across its links), all with one rate.
+pub(super) struct BundleBudgets<K = UserName> {
+    /// Fetches each requester may make a minute.
+    per_minute: u32,
     /// The buckets, behind one lock (a fetch takes it briefly).
-    inner: Mutex<Budgets>,
+    inner: Mutex<Budgets<K>>,
 }
 
 /// [`BundleBudgets`]' state.
-#[derive(Default)]
-struct Budgets {
-    /// One bucket per requesting account; absent means full.
-    buckets: HashMap<UserName, TokenBucket>,
+struct Budgets<K> {
+    /// One bucket per requester; absent means full.
+    buckets: HashMap<K, TokenBucket>,
     /// The size at which full buckets are next forgotten (at least
-    /// [`BUNDLE_BUDGETS_PRUNE_AT`]): twice what a pruning kept, so that many accounts
+    /// [`BUNDLE_BUDGETS_PRUNE_AT`]): twice what a pruning kept, so that many requesters
     /// fetching at once make a scan only now and then, not at every fetch.
     prune_at: usize,
 }
 
-impl BundleBudgets {
+impl Default for BundleBudgets {
+    /// Accounts' budgets: [`BUNDLE_FETCHES_PER_MINUTE`] each.
+    fn default() -> BundleBudgets {
+        BundleBudgets::per_minute(BUNDLE_FETCHES_PER_MINUTE)
+    }
+}
+
+impl<K: Eq + std::hash::Hash + Clone> BundleBudgets<K> {
+    /// Budgets of `per_minute` fetches a minute (and at once) for each requester.
+    pub(super) fn per_minute(per_minute: u32) -> BundleBudgets<K> {
+        BundleBudgets {
+            per_minute,
+            inner: Mutex::new(Budgets {
+                buckets: HashMap::new(),
+                prune_at: 0,
+            }),
+        }
+    }
+
     /// Takes one fetch from `requester`'s budget; `false` if it is spent.
-    pub(super) fn take(&self, requester: &UserName) -> bool {
+    pub(super) fn take(&self, requester: &K) -> bool {
         self.take_at(requester, Instant::now())
     }
 
-    fn take_at(&self, requester: &UserName, now: Instant) -> bool {
+    fn take_at(&self, requester: &K, now: Instant) -> bool {
         let mut guard = sync::lock(&self.inner);
         let budgets = &mut *guard;
         if budgets.buckets.len() >= budgets.prune_at.max(BUNDLE_BUDGETS_PRUNE_AT) {
@@ -87,10 +106,11 @@ impl BundleBudgets {
             });
             budgets.prune_at = 2 * budgets.buckets.len();
         }
+        let per_minute = self.per_minute;
         let bucket = budgets
             .buckets
             .entry(requester.clone())
-            .or_insert_with(|| TokenBucket::per_minute(BUNDLE_FETCHES_PER_MINUTE, now));
+            .or_insert_with(|| TokenBucket::per_minute(per_minute, now));
         bucket.refill(now);
         bucket.take()
     }

@@ -40,7 +40,7 @@ use crate::protocol::peer::{
 use crate::protocol::{OneTimePrekey, Refusal};
 use crate::rate::TokenBucket;
 use crate::server::history::unix_now;
-use crate::server::mailbox::{Notice, PREKEY_REFILL_MARK};
+use crate::server::mailbox::{BundleBudgets, Notice, PREKEY_REFILL_MARK};
 use crate::server::router::{Event, RouterHandle, LIST_MAX_NAMES};
 use crate::server::store::{
     BundleLookup, Enqueued, KeyLookup, NewMail, Outcome, Quota, Storage, StoredMail,
@@ -55,7 +55,7 @@ pub(super) const PEER_BURST: u32 = 4_000;
 
 /// `BUNDLE` fetches a minute one peer may make for all its users together: each hands out
 /// one of our users' one-time prekeys.
-const PEER_BUNDLES_PER_MINUTE: u32 = 300;
+pub(super) const PEER_BUNDLES_PER_MINUTE: u32 = 300;
 
 /// Connections accepted at once (handshaking or up), across all peers: a bound on this
 /// port's threads.
@@ -125,7 +125,7 @@ pub(super) struct Shared {
     /// Authenticated links, per peer.
     pub(super) links: Slots<ServerName>,
     /// Each peer's `BUNDLE` budget, across its links (a reconnect does not refill it).
-    pub(super) bundle_budgets: Mutex<HashMap<ServerName, TokenBucket>>,
+    pub(super) bundle_budgets: BundleBudgets<ServerName>,
 }
 
 /// Places counted per key, each given back when its [`Slot`] is dropped.
@@ -664,16 +664,7 @@ impl Session<'_> {
         owner: &UserName,
         shown: &Address,
     ) -> std::result::Result<PeerReply, LinkDown> {
-        let spent = {
-            let now = Instant::now();
-            let mut budgets = sync::lock(&self.shared.bundle_budgets);
-            let bucket = budgets
-                .entry(self.peer.clone())
-                .or_insert_with(|| TokenBucket::per_minute(PEER_BUNDLES_PER_MINUTE, now));
-            bucket.refill(now);
-            !bucket.take()
-        };
-        if spent {
+        if !self.shared.bundle_budgets.take(&self.peer) {
             return Ok(fail(
                 qid,
                 "rate-limited",

@@ -48,6 +48,7 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::mailbox::BundleBudgets;
 use super::router::RouterHandle;
 use super::store::{Quota, Storage};
 use crate::error::{Error, Result};
@@ -219,7 +220,7 @@ impl Federation {
                 quota,
                 pending: inbound::Slots::new(inbound::MAX_PENDING_PER_ADDRESS),
                 links: inbound::Slots::new(inbound::MAX_LINKS_PER_PEER),
-                bundle_budgets: Mutex::default(),
+                bundle_budgets: BundleBudgets::per_minute(inbound::PEER_BUNDLES_PER_MINUTE),
             },
         )?;
         sync::lock(&federation.threads).push(acceptor);
