@@ -41,7 +41,7 @@ use crate::sync;
 
 /// A client's one-time prekeys below this after a fetch: it is sent `PREKEYS <n>` to
 /// refill (to about 100), so that fetches rarely find none.
-pub(super) const PREKEY_REFILL_MARK: u64 = 35;
+const PREKEY_REFILL_MARK: u64 = 35;
 
 /// `BUNDLE` fetches one account may make per minute, and at once, across all its
 /// connections. Each hands out one of the owner's one-time prekeys: without a bound, one
@@ -163,13 +163,14 @@ impl Notice {
         })
     }
 
-    /// `PREKEYS <left>` for `owner`.
-    pub(super) fn prekeys(owner: UserName, left: u64) -> Notice {
-        Notice {
-            to: owner,
+    /// `PREKEYS <left>` for `owner` after a fetch left it `left` one-time prekeys, if that
+    /// is below [`PREKEY_REFILL_MARK`] (the owner tops them up); `None` above it.
+    pub(super) fn refill(owner: &UserName, left: u64) -> Option<Notice> {
+        (left < PREKEY_REFILL_MARK).then(|| Notice {
+            to: owner.clone(),
             kind: NoticeKind::Prekeys,
             line: Line::from(&prekeys_line(left)),
-        }
+        })
     }
 }
 

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use super::accounts::{Busy, LoginError, RegisterError};
 use super::admission::Context;
 use super::history::unix_now;
-use super::mailbox::{self, Notice, BUNDLE_FETCHES_PER_MINUTE, PREKEY_REFILL_MARK};
+use super::mailbox::{self, Notice, BUNDLE_FETCHES_PER_MINUTE};
 use super::outbox::{Line, Outbox};
 use super::remote::Away;
 use super::router::{room_line, ConnId, Direct, Event, Routed};
@@ -724,8 +724,8 @@ impl RequestHandler {
                     record,
                     one_time: one_time.map(|(id, key)| OneTimePrekey { id, key }),
                 });
-                if left < PREKEY_REFILL_MARK {
-                    self.route(Routed::Notice(Notice::prekeys(owner, left)));
+                if let Some(notice) = Notice::refill(&owner, left) {
+                    self.route(Routed::Notice(notice));
                 }
                 step
             }

@@ -40,7 +40,7 @@ use crate::protocol::peer::{
 use crate::protocol::{OneTimePrekey, Refusal};
 use crate::rate::TokenBucket;
 use crate::server::history::unix_now;
-use crate::server::mailbox::{BundleBudgets, Notice, PREKEY_REFILL_MARK};
+use crate::server::mailbox::{BundleBudgets, Notice};
 use crate::server::router::{Event, RouterHandle, LIST_MAX_NAMES};
 use crate::server::store::{
     BundleLookup, Enqueued, KeyLookup, NewMail, Outcome, Quota, Storage, StoredMail,
@@ -681,8 +681,7 @@ impl Session<'_> {
                 one_time,
                 left,
             } => {
-                if left < PREKEY_REFILL_MARK {
-                    let notice = Notice::prekeys(owner.clone(), left);
+                if let Some(notice) = Notice::refill(owner, left) {
                     let _ = self.shared.router.send(Event::Notices(vec![notice]));
                 }
                 PeerReply::Bundle {
