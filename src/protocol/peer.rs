@@ -17,7 +17,7 @@
 use std::fmt;
 
 use super::name::{Address, ServerName};
-use super::{split_word, valid_reference, OneTimePrekey, Refusal};
+use super::{split_word, valid_reference, ErrorCode, OneTimePrekey, Refusal};
 
 /// The server-to-server protocol version, the first word after `PEER`.
 pub const PEER_PROTOCOL_VERSION: u32 = 1;
@@ -193,12 +193,12 @@ pub enum PeerReply {
         names: Vec<String>,
     },
     /// `FAIL <qid> <code> <text>`: a query that has no answer (`no-such-user`, `no-key`,
-    /// `no-prekeys`, `rate-limited`, `storage`, `not-shared`).
+    /// `no-prekeys`, `rate-limited`, `storage`, `unreachable`: the client protocol's codes).
     Fail {
         /// The query id.
         qid: u64,
-        /// Why, for programs (a client protocol error code, or `not-shared`).
-        code: String,
+        /// Why, for programs: a client protocol error code, passed on to the client.
+        code: ErrorCode,
         /// Why, for people.
         text: String,
     },
@@ -598,7 +598,7 @@ impl PeerReply {
                 let (code, text) = word(rest, "the code")?;
                 PeerReply::Fail {
                     qid: number(qid, "the query id")?,
-                    code: code.to_owned(),
+                    code: ErrorCode::from_wire(code).ok_or_else(|| bad("an unknown FAIL code"))?,
                     text: text.to_owned(),
                 }
             }
@@ -653,7 +653,9 @@ impl fmt::Display for PeerReply {
                 }
                 Ok(())
             }
-            PeerReply::Fail { qid, code, text } => write!(f, "FAIL {qid} {code} {text}"),
+            PeerReply::Fail { qid, code, text } => {
+                write!(f, "FAIL {qid} {} {text}", code.as_str())
+            }
             PeerReply::Pong { token } if token.is_empty() => f.write_str("PONG"),
             PeerReply::Pong { token } => write!(f, "PONG {token}"),
             PeerReply::Error { code, text } => write!(f, "ERR {} {text}", code.as_str()),
@@ -751,7 +753,7 @@ mod tests {
             },
             PeerReply::Fail {
                 qid: 4,
-                code: "no-such-user".into(),
+                code: ErrorCode::NoSuchUser,
                 text: "bob@b.test has no account".into(),
             },
             PeerReply::Pong { token: "x".into() },
@@ -799,6 +801,7 @@ mod tests {
             "RACK x queued",
             "OK PEER b.test room=maybe list=on",
             "ERR nonsense text",
+            "FAIL 1 not-a-code text",
             "KEY 1",
         ] {
             assert!(PeerReply::parse(bad).is_err(), "{bad:?} accepted");

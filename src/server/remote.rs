@@ -100,14 +100,11 @@ impl RequestHandler {
             return Err(self.unreachable(command, &address.to_string(), "is on another server"));
         };
         match federation.query(peer, request) {
-            Some(PeerReply::Fail { code, text, .. }) => {
-                let code = ErrorCode::from_wire(&code).unwrap_or(ErrorCode::Unreachable);
-                Err(self.reply_error(&ProtocolError::new(
-                    command,
-                    code,
-                    format!("{address} {text}"),
-                )))
-            }
+            Some(PeerReply::Fail { code, text, .. }) => Err(self.reply_error(&ProtocolError::new(
+                command,
+                code,
+                format!("{address} {text}"),
+            ))),
             Some(reply) => Ok(reply),
             None => Err(self.unreachable(
                 command,

@@ -37,7 +37,7 @@ use crate::protocol::name::{Address, ServerName, UserName};
 use crate::protocol::peer::{
     LinkError, PeerReply, PeerRequest, ReceiptState, RelayOutcome, PEER_PROTOCOL_VERSION,
 };
-use crate::protocol::{OneTimePrekey, Refusal};
+use crate::protocol::{ErrorCode, OneTimePrekey, Refusal};
 use crate::rate::TokenBucket;
 use crate::server::history::unix_now;
 use crate::server::mailbox::{BundleBudgets, Notice};
@@ -573,7 +573,7 @@ impl Session<'_> {
                         }
                     }
                     PeerRequest::GetKey { qid, .. } | PeerRequest::Bundle { qid, .. } => {
-                        fail(*qid, "no-such-user", text)
+                        fail(*qid, ErrorCode::NoSuchUser, text)
                     }
                     _ => return Verdict::End(LinkError::BadFrame, text),
                 });
@@ -643,11 +643,11 @@ impl Session<'_> {
                 KeyLookup::Key(key) => PeerReply::Key { qid, key },
                 KeyLookup::NoKey => fail(
                     qid,
-                    "no-key",
+                    ErrorCode::NoKey,
                     format!("{user} has not published an identity key yet"),
                 ),
                 KeyLookup::NoSuchUser => {
-                    fail(qid, "no-such-user", format!("{user} has no account"))
+                    fail(qid, ErrorCode::NoSuchUser, format!("{user} has no account"))
                 }
             },
             PeerRequest::Bundle { qid, user, .. } => self.bundle(qid, &user.user, &user)?,
@@ -667,7 +667,7 @@ impl Session<'_> {
         if !self.shared.bundle_budgets.take(&self.peer) {
             return Ok(fail(
                 qid,
-                "rate-limited",
+                ErrorCode::RateLimited,
                 format!(
                     "{} more than {PEER_BUNDLES_PER_MINUTE} prekey fetches a minute",
                     self.peer
@@ -692,12 +692,14 @@ impl Session<'_> {
             }
             BundleLookup::NoRecord => fail(
                 qid,
-                "no-prekeys",
+                ErrorCode::NoPrekeys,
                 format!("{shown} has not set up offline messages"),
             ),
-            BundleLookup::NoSuchUser => {
-                fail(qid, "no-such-user", format!("{shown} has no account"))
-            }
+            BundleLookup::NoSuchUser => fail(
+                qid,
+                ErrorCode::NoSuchUser,
+                format!("{shown} has no account"),
+            ),
         })
     }
 
@@ -705,13 +707,13 @@ impl Session<'_> {
         if !self.shared.share_presence {
             return fail(
                 qid,
-                "not-shared",
+                ErrorCode::Unreachable,
                 format!("{} does not share who is online", self.shared.home),
             );
         }
         let (answer, reply) = bounded(1);
         if self.shared.router.send(Event::PeerList(answer)).is_err() {
-            return fail(qid, "storage", "the server is stopping".into());
+            return fail(qid, ErrorCode::Storage, "the server is stopping".into());
         }
         match reply.recv_timeout(LIST_DEADLINE) {
             Ok((total, mut names)) => {
@@ -722,7 +724,7 @@ impl Session<'_> {
                     names,
                 }
             }
-            Err(_) => fail(qid, "storage", "the server is busy".into()),
+            Err(_) => fail(qid, ErrorCode::Storage, "the server is busy".into()),
         }
     }
 }
@@ -740,10 +742,7 @@ fn refuse(stream: &mut PeerStream<ServerConnection>, code: LinkError, text: Stri
     LinkDown::Protocol(format!("{} {text}", code.as_str()))
 }
 
-fn fail(qid: u64, code: &str, text: String) -> PeerReply {
-    PeerReply::Fail {
-        qid,
-        code: code.to_owned(),
-        text,
-    }
+/// `FAIL <qid> <code> <text>`.
+fn fail(qid: u64, code: ErrorCode, text: String) -> PeerReply {
+    PeerReply::Fail { qid, code, text }
 }
