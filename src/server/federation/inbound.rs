@@ -16,11 +16,13 @@
 //!   form;
 //! - at most [`PEER_RATE`] frames a second (bursts of [`PEER_BURST`]): beyond it the
 //!   thread waits before reading on, so the peer's TCP window closes — nothing is dropped;
-//! - frames of at most the clients' frame limit; a longer one ends the link (`too-long`).
+//! - frames of at most [`PEER_FRAME_FACTOR`] times the clients' limit (a longer one ends the
+//!   link, `too-long`), and relayed payloads of at most the clients' limit (a larger one is
+//!   refused for good, so it never blocks the peer's queue).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -189,7 +191,9 @@ pub(super) fn start(listener: TcpListener, shared: Shared) -> Result<JoinHandle<
 }
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let open = Arc::new(AtomicUsize::new(0));
+    // One place per connection, given back when its thread ends — or when the thread
+    // cannot start and the closure holding it is dropped.
+    let open = Slots::new(MAX_LINKS);
     let mut next = 0u64;
     for socket in listener.incoming() {
         if shared.stopping.load(Ordering::SeqCst) {
@@ -199,18 +203,17 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             thread::sleep(Duration::from_millis(50));
             continue;
         };
-        if open.fetch_add(1, Ordering::SeqCst) >= MAX_LINKS {
-            open.fetch_sub(1, Ordering::SeqCst);
+        let Some(place) = open.take(&()) else {
             log::warn!("federation: link refused: {MAX_LINKS} already open");
             continue;
-        }
+        };
         next += 1;
-        let (shared, open) = (shared.clone(), open.clone());
+        let shared = shared.clone();
         let spawned = thread::Builder::new()
             .name(format!("peer-in-{next}"))
             .spawn(move || {
                 serve(&shared, socket);
-                open.fetch_sub(1, Ordering::SeqCst);
+                drop(place);
             });
         if let Err(e) = spawned {
             log::error!("federation: cannot start a link thread: {e}");
@@ -220,15 +223,10 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 
 /// Serves one accepted connection until it ends.
 fn serve(shared: &Shared, socket: TcpStream) {
-    let from = socket
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
-    let Some(pending) = socket
-        .peer_addr()
-        .ok()
-        .and_then(|a| shared.pending.take(&a.ip()))
-    else {
+    let Ok(from) = socket.peer_addr() else {
+        return; // already gone
+    };
+    let Some(pending) = shared.pending.take(&from.ip()) else {
         log::warn!(
             "federation: connection from {from} refused: {MAX_PENDING_PER_ADDRESS} from its \
              address are still proving who they are"
