@@ -58,7 +58,10 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use super::{crypto_provider, generate_key, load_certificates, set_validity, VERSIONS};
+use super::{
+    crypto_provider, generate_key, load_ca_key, load_certificates, open_ca_dir, set_validity,
+    VERSIONS,
+};
 use crate::error::{Error, Result};
 use crate::files;
 use crate::protocol::name::ServerName;
@@ -486,29 +489,20 @@ pub fn issue_federation_certificate(ca_dir: &Path, name: &ServerName) -> Result<
              overwrite the federation CA's; choose another server name"
         )));
     }
-    files::create_private_dir(ca_dir).map_err(|e| {
-        Error::Config(format!(
-            "cannot create the federation CA directory {}: {e}",
-            ca_dir.display()
-        ))
-    })?;
-    // Several issuers at once on one directory take turns (see `files::lock_dir`).
-    let _lock = files::lock_dir(ca_dir)?;
+    let _lock = open_ca_dir(ca_dir, "federation CA directory")?;
     let ca = ca_dir.join(FEDERATION_CA_CERT);
     let ca_key_file = ca_dir.join(FEDERATION_CA_KEY);
 
     let ca_key = if ca.exists() && ca_key_file.exists() {
-        files::check_private(&ca_key_file)?;
-        let pem = fs::read_to_string(&ca_key_file)?;
-        rcgen::KeyPair::from_pem(&pem).map_err(|e| {
-            Error::Config(format!(
-                "{} is not a usable CA key ({e}); delete {} and {} to make a new development \
-                 federation CA (every peer then needs the new CA certificate)",
-                ca_key_file.display(),
+        load_ca_key(
+            &ca_key_file,
+            &format!(
+                "delete {} and {} to make a new development federation CA (every peer then \
+                 needs the new CA certificate)",
                 ca_key_file.display(),
                 ca.display()
-            ))
-        })?
+            ),
+        )?
     } else {
         let key = generate_key()?;
         let certificate = federation_ca_params(&key)?

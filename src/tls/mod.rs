@@ -253,20 +253,34 @@ pub fn ensure_dev_certificates(dir: &Path) -> Result<DevCertificates> {
     ensure_dev_certificates_for(dir, &[])
 }
 
+/// Creates a development CA's directory (owner-only) if needed and takes its lock: two
+/// servers (or issuers) started at once on one directory would each make a CA and overwrite
+/// the other's files; they take turns, and the second reuses what the first made.
+fn open_ca_dir(dir: &Path, what: &str) -> Result<files::DirLock> {
+    files::create_private_dir(dir)
+        .map_err(|e| Error::Config(format!("cannot create the {what} {}: {e}", dir.display())))?;
+    Ok(files::lock_dir(dir)?)
+}
+
+/// A development CA's private key from `path`, which must be owner-only; `remedy` says
+/// what to do when it cannot be read as a key.
+fn load_ca_key(path: &Path, remedy: &str) -> Result<rcgen::KeyPair> {
+    files::check_private(path)?;
+    let pem = fs::read_to_string(path)?;
+    rcgen::KeyPair::from_pem(&pem).map_err(|e| {
+        Error::Config(format!(
+            "{} is not a usable CA key ({e}); {remedy}",
+            path.display()
+        ))
+    })
+}
+
 /// Makes sure `dir` holds a development CA, name-constrained to [`DEV_DEFAULT_NAMES`] plus
 /// `hostnames`, and a current server certificate for those names, creating, renewing or
 /// replacing them as needed.
 pub fn ensure_dev_certificates_for(dir: &Path, hostnames: &[String]) -> Result<DevCertificates> {
     let names = dev_names(hostnames)?;
-    files::create_private_dir(dir).map_err(|e| {
-        Error::Config(format!(
-            "cannot create certificate directory {}: {e}",
-            dir.display()
-        ))
-    })?;
-    // Two servers started at once on one directory would each make a CA and overwrite the
-    // other's files; they take turns, and the second reuses what the first made.
-    let _lock = files::lock_dir(dir)?;
+    let _lock = open_ca_dir(dir, "certificate directory")?;
     let ca_cert = dir.join(DEV_CA_CERT);
     let ca_key = dir.join(DEV_CA_KEY);
     let cert = dir.join(DEV_SERVER_CERT);
@@ -277,15 +291,10 @@ pub fn ensure_dev_certificates_for(dir: &Path, hostnames: &[String]) -> Result<D
     let ca_exists = ca_cert.exists() && ca_key.exists();
     let mut action = "reused";
     let ca_key_pair = if ca_exists && issued_for.as_deref() == Some(&names_text(&names)) {
-        files::check_private(&ca_key)?;
-        let pem = fs::read_to_string(&ca_key)?;
-        rcgen::KeyPair::from_pem(&pem).map_err(|e| {
-            Error::Config(format!(
-                "{} is not a usable CA key ({e}); delete {} to make a new development PKI",
-                ca_key.display(),
-                dir.display()
-            ))
-        })?
+        load_ca_key(
+            &ca_key,
+            &format!("delete {} to make a new development PKI", dir.display()),
+        )?
     } else {
         // A new key too: copies of an old CA (unconstrained, or for other names) must stop
         // vouching for anything this server issues from now on.
