@@ -24,7 +24,7 @@ use crate::client::pacing::{Message, Pacer};
 use crate::client::screen::{sanitize, Screen, ROOM_LABEL};
 use crate::e2e::MAX_PLAINTEXT_LEN;
 use crate::error::Result;
-use crate::protocol::name::is_canonical_address;
+use crate::protocol::name::{is_canonical_address, server_of};
 use crate::protocol::{AnnouncedLimits, Command, ErrorCode, MailboxLimits, Request, ServerLine};
 
 /// Messages kept while the connection is down, to send after the reconnect. Enough for
@@ -768,7 +768,8 @@ impl Chat {
             listed.iter().partition(|name| name.ends_with(&suffix));
         if !strays.is_empty() {
             self.screen.warn(&format!(
-                "the answer about {server} also named users of other servers ({}); they                  were left out",
+                "the answer about {server} also named users of other servers ({}); they \
+                 were left out",
                 strays.join(", ")
             ));
         }
@@ -793,7 +794,10 @@ impl Chat {
         }
         let unreachable;
         let reason = if code == ErrorCode::Unreachable {
-            unreachable = format!("{} cannot be reached now: {text}", server_of(user));
+            unreachable = format!(
+                "{} cannot be reached now: {text}",
+                server_of(user).unwrap_or("their server")
+            );
             unreachable.as_str()
         } else {
             text
@@ -900,15 +904,6 @@ fn list_line(what: &str, total: &str, names: &[&str]) -> String {
         }
     }
     text
-}
-
-/// The server part of `address`, for saying which server cannot be reached; "their
-/// server" when the server sent no address.
-fn server_of(address: &str) -> &str {
-    match address.split_once('@') {
-        Some((_, server)) => server,
-        None => "their server",
-    }
 }
 
 /// Every user a frame from the server names: each must be a canonical address, a bare
@@ -1083,7 +1078,7 @@ mod tests {
         chat.ask_list(Some("b.test".to_owned()));
         let sent: Vec<String> = chat.pacer.take_all().into_iter().map(|o| o.line).collect();
         assert_eq!(sent, ["LIST b.test"]);
-        from_server(&mut chat, "OK LIST 3 bob@b.test dave@b.test");
+        from_server(&mut chat, "OK LIST 3 bob@b.test dave@b.test mallory@c.test");
         chat.ask_list(None);
         from_server(&mut chat, "OK LIST 1 alice");
         chat.ask_list(Some("c.test".to_owned()));
@@ -1091,6 +1086,15 @@ mod tests {
         chat.ask_list(None);
         from_server(&mut chat, "OK LIST 2 alice erin");
         let lines = screen.lines();
+        // A name of another server in b.test's answer is left out, and said so.
+        assert!(
+            lines[0].ends_with(
+                "the answer about b.test also named users of other servers (mallory@c.test); \
+                 they were left out"
+            ),
+            "{lines:?}"
+        );
+        let lines = &lines[1..];
         assert!(
             lines[0].ends_with("] * 3 online on b.test: bob@b.test, dave@b.test and 1 more"),
             "{lines:?}"

@@ -33,6 +33,7 @@ use base64::Engine as _;
 use crate::client::end_to_end::{self, Action, EndToEnd, Notice};
 use crate::client::mailbox::{Mailbox, Sent, MAX_UNRESOLVED, REFILL_BELOW};
 use crate::e2e::{E2eError, IdentityPublicKey, PrekeyBundle, Trust};
+use crate::protocol::name::server_of;
 use crate::protocol::{DeliveryState, MailboxLimits, OneTimePrekey, PrekeyList, Refusal, Request};
 
 /// One-time prekeys made per refill step (one `ADDPREKEYS` frame).
@@ -617,8 +618,7 @@ impl Offline {
             }
             DeliveryState::Refused(Refusal::NoSuchServer) => format!(
                 "not sent: {} is not a server this server is linked with",
-                user.split_once('@')
-                    .map_or("their server", |(_, server)| server)
+                server_of(user).unwrap_or("their server")
             ),
             DeliveryState::Refused(reason) => format!("refused: {}", reason.as_str()),
             DeliveryState::Unreadable => {
@@ -822,7 +822,7 @@ fn warn(text: &str) -> Step {
 /// Whether `user` is a user of another server (a full address): messages to and from them
 /// always travel as offline messages, whether or not they are online.
 fn is_elsewhere(user: &str) -> bool {
-    user.contains('@')
+    server_of(user).is_some()
 }
 
 /// How a message from `sender` came to be stored rather than live, for the screen.

@@ -272,6 +272,12 @@ impl fmt::Display for BadAddress {
 
 impl std::error::Error for BadAddress {}
 
+/// The server part of a full address (`b.test` of `bob@b.test`); `None` for a bare name (a
+/// user of the server one is connected to).
+pub fn server_of(address: &str) -> Option<&str> {
+    address.split_once('@').map(|(_, server)| server)
+}
+
 /// Whether `text` is a canonical address: a canonical user name, or one followed by `@`
 /// and a canonical server name. The client checks every name the server sends with it.
 pub fn is_canonical_address(text: &str) -> bool {

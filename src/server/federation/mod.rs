@@ -52,7 +52,7 @@ use super::mailbox::BundleBudgets;
 use super::router::RouterHandle;
 use super::store::{Quota, Storage};
 use crate::error::{Error, Result};
-use crate::protocol::name::{Address, ServerName, UserName};
+use crate::protocol::name::{server_of, Address, ServerName, UserName};
 use crate::protocol::peer::{PeerReply, PeerRequest};
 use crate::sync;
 use crate::tls::federation::{KeyPin, PeerTrust};
@@ -287,7 +287,7 @@ impl Federation {
     /// A receipt was stored for `sender`, a full address: if it is a user of a peer, that
     /// peer's connector forwards it.
     pub(super) fn receipt_for(&self, sender: &str) {
-        if let Some((_, server)) = sender.split_once('@') {
+        if let Some(server) = server_of(sender) {
             if let Some((name, link)) = self.links.get_key_value(server) {
                 log::debug!("federation: a receipt waits for {name}");
                 link.wake();
