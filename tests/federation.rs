@@ -1233,3 +1233,51 @@ fn a_peers_frames_are_paced_not_dropped() {
         "not paced: {elapsed:?}"
     );
 }
+
+#[test]
+fn a_peer_holds_a_few_links_at_most_and_speaks_this_version_only() {
+    let (federation, fed_dir, ca) = two();
+    let port = federation.node("a.test").federation_port;
+    // Another version of the protocol is refused by name.
+    let mut rogue = Rogue::connect(port, &fed_dir, "b.test", &ca).expect("link");
+    let reply = rogue.request("PEER 2 b.test").unwrap();
+    assert!(reply.starts_with("ERR version"), "{reply}");
+    rogue.assert_closed();
+    // b.test's own connector holds one link (or will); its certificate gets at most four.
+    let mut held = Vec::new();
+    let mut refused = None;
+    for _ in 0..5 {
+        let mut rogue = Rogue::connect(port, &fed_dir, "b.test", &ca).expect("link");
+        let reply = rogue.request("PEER 1 b.test").unwrap();
+        if reply.starts_with("OK PEER") {
+            held.push(rogue);
+        } else {
+            refused = Some(reply);
+            break;
+        }
+    }
+    let refused = refused.expect("a fifth link for b.test was refused");
+    assert!(
+        refused.starts_with("ERR not-authorized b.test already holds 4 links"),
+        "{refused}"
+    );
+    assert!((3..=4).contains(&held.len()), "{} links held", held.len());
+    // A link given up frees its place.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut rogue = Rogue::connect(port, &fed_dir, "b.test", &ca).expect("link");
+        if rogue
+            .request("PEER 1 b.test")
+            .unwrap()
+            .starts_with("OK PEER")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a closed link's place was not given back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
