@@ -52,8 +52,12 @@ impl HistoryLine {
     /// The history line for `text`, sent by `sender` at `time` (Unix seconds).
     pub(super) fn new(time: u64, sender: impl Into<Address>, text: &str) -> HistoryLine {
         let sender = sender.into();
-        let shown = sender.to_string();
-        let frame = TextFrame::new(text, |out| protocol::write_history(out, time, &shown, text));
+        // A local sender (every line the router records for its own users: the hot path)
+        // is written as it is; only a peer's needs its address assembled.
+        let frame = TextFrame::new(text, |out| match &sender.server {
+            None => protocol::write_history(out, time, sender.user.as_str(), text),
+            Some(_) => protocol::write_history(out, time, &sender.to_string(), text),
+        });
         HistoryLine {
             time,
             sender,
