@@ -185,9 +185,14 @@ fn real_path(path: &std::path::Path) -> std::path::PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// `text` as a server name, or the rule it breaks as a configuration error.
+fn server_name(text: &str) -> securechat::Result<ServerName> {
+    ServerName::parse(text).map_err(|e| securechat::Error::Config(e.to_string()))
+}
+
 /// `--issue-federation-cert NAME`: issues, says where, and what to put in a peers file.
 fn issue_federation_cert(certs_dir: &std::path::Path, name: &str) -> securechat::Result<()> {
-    let name = ServerName::parse(name).map_err(|e| securechat::Error::Config(e.to_string()))?;
+    let name = server_name(name)?;
     let dir = certs_dir.join(FEDERATION_DIR);
     let files = tls::federation::issue_federation_certificate(&dir, &name)?;
     let pin = tls::load_certificates(&files.cert)?
@@ -212,8 +217,6 @@ fn federation(args: &Args) -> securechat::Result<Option<server::FederationConfig
     let (Some(listen), Some(peers)) = (args.federation_listen, &args.peers) else {
         return Ok(None);
     };
-    let parse =
-        |name: &str| ServerName::parse(name).map_err(|e| securechat::Error::Config(e.to_string()));
     let (name, chain, key) = match (&args.federation_cert, &args.federation_key) {
         (Some(cert), Some(key)) => {
             let (chain, key) = tls::load_identity(cert, key)?;
@@ -222,8 +225,8 @@ fn federation(args: &Args) -> securechat::Result<Option<server::FederationConfig
                 .map(tls::federation::dns_names)
                 .unwrap_or_default();
             let name = match &args.name {
-                Some(name) => parse(name)?,
-                None => parse(held.first().map_or("localhost", String::as_str))?,
+                Some(name) => server_name(name)?,
+                None => server_name(held.first().map_or("localhost", String::as_str))?,
             };
             if !held.iter().any(|n| n.eq_ignore_ascii_case(name.as_str())) {
                 log::warn!(
@@ -240,7 +243,7 @@ fn federation(args: &Args) -> securechat::Result<Option<server::FederationConfig
             (name, chain, key)
         }
         _ => {
-            let name = parse(args.name.as_deref().unwrap_or("localhost"))?;
+            let name = server_name(args.name.as_deref().unwrap_or("localhost"))?;
             let dir = args.certs_dir.join(FEDERATION_DIR);
             let cert = dir.join(format!("{name}.pem"));
             if !cert.exists() {
