@@ -1281,3 +1281,44 @@ fn a_peer_holds_a_few_links_at_most_and_speaks_this_version_only() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_client_stops_when_its_server_comes_back_under_another_federation_name() {
+    let mut federation = Federation::start(&["a.test", "b.test"]);
+    let homes = tempfile::tempdir().unwrap();
+    let mut alice = Scripted::spawn(federation.node("a.test"), homes.path(), "alice");
+    alice.expect("logged in as alice.");
+    // a.test comes back on the same port and data, but no longer federating: it announces
+    // no name, so every name alice's client signs would change under her.
+    federation.kill9("a.test");
+    let node = federation.node("a.test");
+    let certs = certs(federation.dir.path());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
+    command.args(server_args(node.port, &node.dir.join("data"), &certs));
+    let _plain = ServerProcess::start(
+        &mut command,
+        node.port,
+        certs.join(tls::DEV_CA_CERT),
+        &node.dir,
+    );
+    // The client reconnects, sees the new greeting, says why on its error stream and stops
+    // (with a failure status) rather than carry on under changed names.
+    let _ = alice.session.exp_eof();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        match alice.child.try_wait().expect("the client's status") {
+            Some(status) => break status,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            None => panic!("the client carried on under another server name"),
+        }
+    };
+    assert!(!status.success(), "{status}");
+    let stderr = std::fs::read_to_string(homes.path().join("alice.stderr")).unwrap();
+    assert!(
+        stderr.contains(
+            "the server now announces no federation name (it announced the name a.test \
+             when this client started)"
+        ),
+        "{stderr}"
+    );
+}
