@@ -1322,3 +1322,34 @@ fn a_client_stops_when_its_server_comes_back_under_another_federation_name() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_message_that_waits_too_long_on_either_server_comes_back_expired() {
+    let mut federation = Federation::start_with(&["a.test", "b.test"], &["--queue-ttl", "1"]);
+    let mut alice = federation.user("a.test", "alice");
+    drop(federation.user("b.test", "bob"));
+    // Stored on b.test for bob, who never comes: b.test's expiry makes the receipt, and
+    // b.test's connector (at its next look at the store) forwards it to a.test.
+    alice.send("SEND bob@b.test on-b payload");
+    assert!(matches!(
+        status(&mut alice, "on-b").0,
+        DeliveryState::Queued { .. }
+    ));
+    let (state, user) = status(&mut alice, "on-b");
+    assert_eq!(
+        (state, user.as_str()),
+        (DeliveryState::Expired, "bob@b.test")
+    );
+    // b.test is down: the message expires in a.test's own queue for it.
+    federation.kill9("b.test");
+    alice.send("SEND bob@b.test on-a payload");
+    assert!(matches!(
+        status(&mut alice, "on-a").0,
+        DeliveryState::Queued { .. }
+    ));
+    let (state, user) = status(&mut alice, "on-a");
+    assert_eq!(
+        (state, user.as_str()),
+        (DeliveryState::Expired, "bob@b.test")
+    );
+}
