@@ -1353,3 +1353,30 @@ fn a_message_that_waits_too_long_on_either_server_comes_back_expired() {
         (DeliveryState::Expired, "bob@b.test")
     );
 }
+
+#[test]
+fn a_returning_peer_is_reached_at_once_not_after_the_backoff() {
+    let mut federation = Federation::start(&["a.test", "b.test"]);
+    let mut alice = federation.user("a.test", "alice");
+    drop(federation.user("b.test", "bob"));
+    federation.kill9("b.test");
+    alice.send("SEND bob@b.test back payload");
+    assert!(matches!(
+        status(&mut alice, "back").0,
+        DeliveryState::Queued { .. }
+    ));
+    // a.test's connector retries after 1, 2, 4, 8 s: after 16 s down its next try is
+    // about 16 s away. b.test's return must cut that short: its own connector dials
+    // a.test, and being heard from resets a.test's backoff.
+    std::thread::sleep(Duration::from_secs(16));
+    federation.restart("b.test");
+    let returned = Instant::now();
+    let mut bob = federation.login("b.test", "bob");
+    let (_, sender, _) = mail(&mut bob);
+    assert_eq!(sender, "alice@a.test");
+    assert!(
+        returned.elapsed() < Duration::from_secs(6),
+        "the queued message took {:?} after b.test returned",
+        returned.elapsed()
+    );
+}
