@@ -1189,8 +1189,19 @@ fn a_servers_name_defaults_to_its_federation_certificates_and_a_mismatch_is_repo
             .env("RUST_LOG", "info");
         ServerProcess::start(&mut command, port, certs.join(tls::DEV_CA_CERT), log_dir)
     };
+    // The port accepts connections before the start-up log is complete: wait for it.
+    let log_with = |process: &ServerProcess, needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = process.log();
+            if log.contains(needle) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
     let mut named_by_certificate = start(&[], &dir.path().join("one"));
-    let log = named_by_certificate.log();
+    let log = log_with(&named_by_certificate, "listening for peers");
     assert!(
         log.contains("federation: d.test listening for peers"),
         "{log}"
@@ -1201,7 +1212,7 @@ fn a_servers_name_defaults_to_its_federation_certificates_and_a_mismatch_is_repo
     );
     named_by_certificate.stop();
     let mut misnamed = start(&["--name", "e.test"], &dir.path().join("two"));
-    let log = misnamed.log();
+    let log = log_with(&misnamed, "listening for peers");
     assert!(
         log.contains("federation: e.test listening for peers"),
         "{log}"
