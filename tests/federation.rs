@@ -98,7 +98,39 @@ impl Federation {
         for i in 0..federation.nodes.len() {
             federation.launch(i, &extra);
         }
+        for i in 0..federation.nodes.len() {
+            federation.wait_linked(i);
+        }
         federation
+    }
+
+    /// Waits until node `i` has linked to every other node that runs: a test then starts
+    /// from a federation that is up, not from one still dialling.
+    fn wait_linked(&self, i: usize) {
+        let node = &self.nodes[i];
+        let log = || {
+            node.process
+                .as_ref()
+                .map(ServerProcess::log)
+                .unwrap_or_default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for other in &self.nodes {
+            if other.name == node.name || other.process.is_none() {
+                continue;
+            }
+            let linked = format!("federation: linked to {}", other.name);
+            while !log().contains(&linked) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} did not link to {}:\n{}",
+                    node.name,
+                    other.name,
+                    log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 
     /// Starts (or restarts) node `i` on its ports and data.
@@ -180,6 +212,7 @@ impl Federation {
         let i = self.index(name);
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         self.launch(i, &extra);
+        self.wait_linked(i);
     }
 
     fn log(&self, name: &str) -> String {
